@@ -1,0 +1,15 @@
+"""ssm_kernels: fast state space model primitives with pure-PyTorch references.
+
+Every public op takes `backend=None` ("torch", "triton", "cuda"; None picks automatically, see
+ssm_kernels._dispatch). Importing this package loads only torch: Triton and the CUDA extensions are
+imported or built on first use, and CUDA is not initialised.
+"""
+from ._dispatch import BackendUnavailableError, available_backends, record_backends, use_backend
+from .causal_conv1d import causal_conv1d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "available_backends", "record_backends", "use_backend",
+    "causal_conv1d",
+]

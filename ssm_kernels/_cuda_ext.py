@@ -1,0 +1,142 @@
+"""Lazy build and load of the CUDA C++ extensions in csrc/<name>/.
+
+Each csrc/<name>/ folder holds the kernels of one op and a registration file that defines its ops with
+TORCH_LIBRARY_FRAGMENT(ssm_kernels_cuda, m), so they appear as torch.ops.ssm_kernels_cuda.* (visible to
+torch.compile) once loaded. Loading, first that works:
+1. a prebuilt library ssm_kernels/_C_<name>*.so (`SSM_KERNELS_BUILD_CUDA=1` at install time);
+2. a JIT build with ninja through torch.utils.cpp_extension.load, for the current GPU's architecture only,
+   cached in $SSM_KERNELS_CACHE (default ~/.cache/ssm_kernels) per torch/CUDA version and architecture;
+   torch rebuilds only when the sources change.
+Nothing here runs at `import ssm_kernels`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+NAMESPACE = "ssm_kernels_cuda"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_LOADED: Dict[str, str] = {}  # name -> how it was loaded
+_LOCK = threading.Lock()
+
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo",
+              "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+              "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
+CXX_FLAGS = ["-O3"]
+
+
+def csrc_dir() -> Optional[Path]:
+    """csrc/ of a source checkout, else the copy installed as ssm_kernels/_csrc."""
+    for candidate in (_PACKAGE_DIR.parent / "csrc", _PACKAGE_DIR / "_csrc"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def sources(name: str) -> List[Path]:
+    root = csrc_dir()
+    if root is None:
+        return []
+    return sorted(p for pattern in ("*.cu", "*.cpp") for p in (root / name).glob(pattern))
+
+
+def prebuilt(name: str) -> Optional[Path]:
+    found = sorted(_PACKAGE_DIR.glob(f"_C_{name}*.so"))
+    return found[0] if found else None
+
+
+def cuda_home() -> Optional[str]:
+    from torch.utils.cpp_extension import CUDA_HOME
+    return CUDA_HOME if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) else None
+
+
+def arch() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
+def cache_dir(name: str) -> Path:
+    base = Path(os.environ.get("SSM_KERNELS_CACHE", Path.home() / ".cache" / "ssm_kernels"))
+    tag = f"{name}-torch{torch.__version__}-cuda{torch.version.cuda}-sm{arch().replace('.', '')}"
+    return base / tag.replace("+", "_")
+
+
+def problem(name: Optional[str]) -> Optional[str]:
+    """None when csrc/<name> is loaded or can be loaded or built here, else why not (builds nothing)."""
+    if name is None:
+        return "no csrc extension is declared for this op"
+    if name in _LOADED or prebuilt(name) is not None:
+        return None
+    if not sources(name):
+        return f"csrc/{name} has no sources in this installation"
+    if torch.version.cuda is None:
+        return "torch was built without CUDA"
+    if cuda_home() is None:
+        return (f"no CUDA toolkit (nvcc) to build csrc/{name}: set CUDA_HOME, or install with "
+                "SSM_KERNELS_BUILD_CUDA=1 on a machine that has one")
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401  (the pip package puts the binary on its own path)
+        except ImportError:
+            return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def load(name: str) -> str:
+    """Load csrc/<name>, building it first if needed. Returns how it was loaded; raises on failure."""
+    with _LOCK:
+        if name in _LOADED:
+            return _LOADED[name]
+        path = prebuilt(name)
+        if path is not None:
+            torch.ops.load_library(str(path))
+            _LOADED[name] = f"prebuilt {path}"
+            return _LOADED[name]
+        reason = problem(name)
+        if reason is not None:
+            raise RuntimeError(reason)
+        _LOADED[name] = _jit_build(name)
+        return _LOADED[name]
+
+
+def _jit_build(name: str) -> str:
+    from torch.utils import cpp_extension
+
+    build_dir = cache_dir(name)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = arch()  # the current GPU's architecture only
+    start = time.perf_counter()
+    try:
+        cpp_extension.load(
+            name=f"ssm_kernels_{name}", sources=[str(p) for p in sources(name)],
+            build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
+            is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = previous
+    return f"JIT-built for sm_{arch().replace('.', '')} in {build_dir} ({time.perf_counter() - start:.1f} s)"
+
+
+def status() -> Dict[str, str]:
+    """For `python -m ssm_kernels`: every csrc extension and whether it is loaded / loadable here."""
+    root = csrc_dir()
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) if root else []
+    report = {}
+    for name in names:
+        if name in _LOADED:
+            report[name] = _LOADED[name]
+        elif prebuilt(name) is not None:
+            report[name] = f"prebuilt: {prebuilt(name)}"
+        else:
+            reason = problem(name)
+            report[name] = "builds on first use" if reason is None else f"unavailable: {reason}"
+    return report

@@ -1,0 +1,323 @@
+"""Backend registry and selection for every op.
+
+Backends: "torch" (pure PyTorch, any device), "triton" (Triton kernels: CUDA GPUs of compute capability
+8.0 or newer, or the CPU through the Triton interpreter when TRITON_INTERPRET=1), "cuda" (the csrc/ CUDA
+C++ extension, built on first use).
+
+Which backend runs a call, first rule that applies:
+1. `backend=` passed to the op: that backend or a BackendUnavailableError saying why it cannot run.
+2. `with use_backend(...)` (innermost first), then the environment variable SSM_KERNELS_BACKEND. Both take
+   a backend name for every op, or per-op choices ("selective_scan=cuda,causal_conv1d=triton"). An op
+   that has no implementation in that backend chooses automatically (logged once); an op that has one
+   that cannot run for the given tensors raises.
+3. Automatic: CPU tensors -> "torch"; CUDA tensors -> the first runnable backend of the op's row in
+   MEASURED_ORDER (filled from benchmarks/results on the H100). A preferred backend that cannot run is
+   skipped and the reason logged once.
+
+Nothing here imports Triton or initialises CUDA at import time.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+logger = logging.getLogger("ssm_kernels")
+
+BACKENDS = ("torch", "triton", "cuda")
+ENV_VAR = "SSM_KERNELS_BACKEND"
+
+# Every public op of DESIGN.md §3, in its order. An op lists only the backends that are implemented.
+OPS = (
+    "selective_scan", "selective_state_update", "ssd_chunk_scan", "linear_scan", "fftconv",
+    "causal_conv1d", "causal_conv1d_update", "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run the op for these inputs."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Backend preference for CUDA tensors of one op, for a dtype set and a size class."""
+    order: Tuple[str, ...]
+    dtypes: Optional[Tuple[torch.dtype, ...]] = None  # None: every dtype
+    max_size: Optional[int] = None  # problem size (op-defined, e.g. numel of the main input); None: any
+    source: str = "placeholder: not yet benchmarked"
+
+
+# Filled from measured winners (benchmarks/results/); rules are tried in order, the first that matches
+# the dtype and size gives the order. Ops without a row use DEFAULT_ORDER.
+DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"))
+MEASURED_ORDER: Dict[str, List[Rule]] = {
+    "causal_conv1d": [Rule(order=("cuda", "triton", "torch"),
+                           source="placeholder: only the CUDA forward/backward exist; Triton comes with issue 5")],
+}
+
+# A backend-specific constraint: (device, dtype, features) -> None when supported, else the reason.
+Supports = Callable[[torch.device, Optional[torch.dtype], dict], Optional[str]]
+
+
+@dataclass
+class Implementation:
+    op: str
+    backend: str
+    module: str
+    function: str
+    supports: Optional[Supports] = None
+    extension: Optional[str] = None  # csrc/<extension> that must be built first ("cuda" backend)
+    _fn: Optional[Callable] = field(default=None, repr=False)
+
+    def load(self) -> Callable:
+        if self._fn is None:
+            if self.extension is not None:
+                from . import _cuda_ext
+                _cuda_ext.load(self.extension)
+            self._fn = getattr(importlib.import_module(self.module), self.function)
+        return self._fn
+
+
+_REGISTRY: Dict[str, Dict[str, Implementation]] = {op: {} for op in OPS}
+
+
+def register(op: str, backend: str, module: str, function: str, *, supports: Optional[Supports] = None,
+             extension: Optional[str] = None) -> None:
+    """Declare that `module.function` implements `op` for `backend` (imported on first use)."""
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops are {list(OPS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
+    _REGISTRY[op][backend] = Implementation(op, backend, module, function, supports, extension)
+
+
+def implemented_backends(op: str) -> Tuple[str, ...]:
+    return tuple(b for b in BACKENDS if b in _REGISTRY[op])
+
+
+# --- can a backend run here? ------------------------------------------------------------------------------
+_CAPABILITY: Dict[int, Tuple[int, int]] = {}
+_LOAD_FAILURES: Dict[Tuple[str, str], str] = {}  # (op, backend) -> why loading it failed
+
+
+def triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _capability(device: torch.device) -> Tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return _CAPABILITY[index]
+
+
+def backend_problem(backend: str, device: torch.device, extension: Optional[str] = None) -> Optional[str]:
+    """None when `backend` can run on `device` in this environment, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if not triton_importable():
+            return "Triton is not installed"
+        if device.type == "cuda":
+            if torch.version.hip is None and _capability(device) < (8, 0):
+                return f"Triton kernels need compute capability 8.0+, GPU has {_capability(device)}"
+            return None
+        if device.type == "cpu" and triton_interpreter_on():
+            return None
+        return f"Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 for CPU tensors), got {device.type} tensors"
+    if backend == "cuda":
+        if device.type != "cuda" or torch.version.cuda is None:
+            return f"the CUDA extension needs CUDA tensors and a CUDA build of torch, got {device.type} tensors"
+        from . import _cuda_ext
+        return _cuda_ext.problem(extension)
+    raise ValueError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
+
+
+def _implementation_problem(impl: Implementation, device: torch.device, dtype, features: dict) -> Optional[str]:
+    problem = _LOAD_FAILURES.get((impl.op, impl.backend))
+    if problem is None:
+        problem = backend_problem(impl.backend, device, impl.extension)
+    if problem is None and impl.supports is not None:
+        problem = impl.supports(device, dtype, features)
+    return problem
+
+
+# --- overrides --------------------------------------------------------------------------------------------
+_OVERRIDES: List[Dict[str, str]] = []  # innermost last; "*" is the every-op entry
+
+
+def _parse_override(spec, source: str) -> Dict[str, str]:
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    else:
+        items = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            if part:
+                op, _, backend = part.rpartition("=")
+                items.append((op.strip() or "*", backend.strip()))
+    parsed = {}
+    for op, backend in items:
+        if backend not in BACKENDS:
+            raise ValueError(f"{source}: unknown backend {backend!r}; backends are {list(BACKENDS)}")
+        if op != "*" and op not in _REGISTRY:
+            raise ValueError(f"{source}: unknown op {op!r}; ops are {list(OPS)}")
+        parsed[op] = backend
+    return parsed
+
+
+@contextlib.contextmanager
+def use_backend(spec):
+    """Prefer a backend inside the block: `use_backend("triton")` or `use_backend({"fftconv": "torch"})`."""
+    _OVERRIDES.append(_parse_override(spec, "use_backend"))
+    try:
+        yield
+    finally:
+        _OVERRIDES.pop()
+
+
+def _override_for(op: str) -> Tuple[Optional[str], str]:
+    for spec in reversed(_OVERRIDES):
+        if op in spec or "*" in spec:
+            return spec.get(op, spec.get("*")), "use_backend()"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        spec = _parse_override(env, ENV_VAR)
+        if op in spec or "*" in spec:
+            return spec.get(op, spec.get("*")), ENV_VAR
+    return None, ""
+
+
+# --- selection ---------------------------------------------------------------------------------------------
+_LOGGED: set = set()
+_RECORDERS: List[Dict[str, Dict[str, int]]] = []
+
+
+def _log_once(message: str) -> None:
+    if torch.compiler.is_compiling() or message in _LOGGED:
+        return
+    _LOGGED.add(message)
+    logger.warning(message)
+
+
+def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[int] = None) -> Tuple[Tuple[str, ...], str]:
+    """The preference order for automatic choice, and where it comes from."""
+    if device.type != "cuda":
+        return ("torch",), f"{device.type} tensors use the torch backend"
+    for rule in MEASURED_ORDER.get(op, []):
+        if (rule.dtypes is None or dtype in rule.dtypes) and (rule.max_size is None or size is None
+                                                              or size <= rule.max_size):
+            return rule.order, rule.source
+    return DEFAULT_ORDER.order, DEFAULT_ORDER.source
+
+
+def _load(impl: Implementation, explicit: bool) -> Optional[Callable]:
+    try:
+        return impl.load()
+    except Exception as error:  # a failed CUDA build or a broken Triton install
+        reason = f"loading its {impl.backend} backend failed: {error}"
+        _LOAD_FAILURES[(impl.op, impl.backend)] = reason
+        if explicit:
+            raise BackendUnavailableError(f"{impl.op}: {reason}") from error
+        return None
+
+
+def explain(op: str, device, dtype=None, size: Optional[int] = None, **features) -> Tuple[str, str]:
+    """(backend, reason) that automatic selection would pick, without loading anything."""
+    device = torch.device(device)
+    order, source = automatic_order(op, device, dtype, size)
+    skipped = []
+    for backend in order:
+        impl = _REGISTRY[op].get(backend)
+        if impl is None:
+            continue
+        problem = _implementation_problem(impl, device, dtype, features)
+        if problem is None:
+            reason = source if not skipped else f"{source}; skipped " + "; ".join(skipped)
+            return backend, reason
+        skipped.append(f"{backend} ({problem})")
+    return "none", "no backend can run: " + ("; ".join(skipped) or "no implementation yet")
+
+
+def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtype=None,
+           size: Optional[int] = None, **features) -> Callable:
+    """Return the implementation of `op` to call for tensors on `device` (see the module docstring)."""
+    impls = _REGISTRY[op]
+    source = "backend="
+    if backend is None:
+        backend, source = _override_for(op)
+        if backend is not None and backend not in impls:
+            _log_once(f"{op}: {source} asks for {backend!r}, which {op} does not implement "
+                      f"(it has {list(impls)}); choosing automatically")
+            backend = None
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"{op}: unknown backend {backend!r}; backends are {list(BACKENDS)}")
+        impl = impls.get(backend)
+        if impl is None:
+            raise BackendUnavailableError(f"{op}: no {backend!r} backend; implemented: {list(impls)}")
+        problem = _implementation_problem(impl, device, dtype, features)
+        if problem is not None:
+            raise BackendUnavailableError(f"{op}: backend {backend!r} (from {source}) cannot run: {problem}")
+        return _chosen(impl, _load(impl, explicit=True))
+
+    order, _ = automatic_order(op, device, dtype, size)
+    for name in order:
+        impl = impls.get(name)
+        if impl is None:
+            continue
+        problem = _implementation_problem(impl, device, dtype, features)
+        fn = _load(impl, explicit=False) if problem is None else None
+        if fn is not None:
+            return _chosen(impl, fn)
+        problem = problem or _LOAD_FAILURES[(impl.op, name)]
+        _log_once(f"{op}: skipping the {name} backend for {device.type} tensors: {problem}")
+    raise BackendUnavailableError(f"{op}: no backend can run on {device.type} tensors "
+                                  f"(implemented: {list(impls)})")
+
+
+def _chosen(impl: Implementation, fn: Callable) -> Callable:
+    if _RECORDERS and not torch.compiler.is_compiling():
+        for record in _RECORDERS:
+            counts = record.setdefault(impl.op, {})
+            counts[impl.backend] = counts.get(impl.backend, 0) + 1
+    return fn
+
+
+@contextlib.contextmanager
+def record_backends():
+    """Collect which backend each op call used: yields {op: {backend: calls}}."""
+    record: Dict[str, Dict[str, int]] = {}
+    _RECORDERS.append(record)
+    try:
+        yield record
+    finally:
+        _RECORDERS.remove(record)
+
+
+def available_backends(op: Optional[str] = None) -> dict:
+    """What can run here. For one op: {backend: None or the reason it cannot run}, for CUDA tensors on
+    the current GPU if there is one, else for CPU tensors. Without `op`: that mapping for every op."""
+    if op is None:
+        return {name: available_backends(name) for name in OPS}
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}; ops are {list(OPS)}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {b: _implementation_problem(impl, device, None, {}) for b, impl in _REGISTRY[op].items()}
+
+
+def ensure_registered() -> None:
+    """Import every op package so that its register() calls have run."""
+    for op in OPS:
+        if importlib.util.find_spec(f"ssm_kernels.{op}") is not None:
+            importlib.import_module(f"ssm_kernels.{op}")

@@ -1,0 +1,134 @@
+"""Helpers shared by every op: argument validation and output allocation.
+
+Validation raises TypeError for a wrong kind or dtype and ValueError for a wrong shape or value, and the
+message always names the op, the argument and the expected shape with the sizes already known, e.g.
+``causal_conv1d: weight must have shape (D, W) = (64, W), got (32, 4)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+REAL_DTYPES = FLOAT_DTYPES + (torch.float64,)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+Dim = Union[str, int]
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+class ArgCheck:
+    """Validates the tensor arguments of one op call.
+
+    Named dimensions ("B", "D", "L", ...) are bound by the first tensor that uses them and checked against
+    every later one; all tensors must share the device of the first one checked.
+
+        check = ArgCheck("causal_conv1d")
+        check.tensor("x", x, ("B", "D", "L"))
+        check.tensor("weight", weight, ("D", "W"))
+        W = check.dims["W"]
+    """
+
+    def __init__(self, op: str):
+        self.op = op
+        self.dims: dict = {}
+        self.device: Optional[torch.device] = None
+        self._device_owner = ""
+
+    def fail(self, message: str, exc: type = ValueError):
+        raise exc(f"{self.op}: {message}")
+
+    def _expected(self, shape: Sequence[Dim]) -> str:
+        comma = "," if len(shape) == 1 else ""
+        names = ", ".join(str(d) for d in shape) + comma
+        sizes = ", ".join(str(self.dims.get(d, d)) if isinstance(d, str) else str(d) for d in shape) + comma
+        return f"({names})" if names == sizes else f"({names}) = ({sizes})"
+
+    def tensor(self, name: str, t, shape: Optional[Sequence[Dim]] = None, *,
+               dtypes: Sequence[torch.dtype] = FLOAT_DTYPES, optional: bool = False):
+        """Check `t` and return it (None passes only when optional)."""
+        if t is None:
+            if optional:
+                return None
+            self.fail(f"{name} is required", TypeError)
+        if not isinstance(t, torch.Tensor):
+            self.fail(f"{name} must be a torch.Tensor, got {type(t).__name__}", TypeError)
+        if dtypes is not None and t.dtype not in dtypes:
+            self.fail(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {_dtype_names([t.dtype])}",
+                      TypeError)
+        if shape is not None:
+            self._check_shape(name, t, shape)
+        if self.device is None:
+            self.device, self._device_owner = t.device, name
+        elif t.device != self.device:
+            self.fail(f"{name} is on {t.device} but {self._device_owner} is on {self.device}; "
+                      "all tensors must be on one device")
+        return t
+
+    def _check_shape(self, name: str, t: torch.Tensor, shape: Sequence[Dim]):
+        expected = self._expected(shape)
+        if t.dim() != len(shape):
+            self.fail(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+        bound = {}
+        for dim, size in zip(shape, t.shape):
+            want = self.dims.get(dim, bound.get(dim)) if isinstance(dim, str) else dim
+            if want is not None and want != size:
+                self.fail(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+            if isinstance(dim, str):
+                bound[dim] = size
+        self.dims.update(bound)
+
+    def choice(self, name: str, value, choices: Sequence):
+        if value not in choices:
+            self.fail(f"{name} must be one of {list(choices)}, got {value!r}")
+        return value
+
+    def integer(self, name: str, value, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(f"{name} must be an int, got {type(value).__name__}", TypeError)
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            lo = "-inf" if minimum is None else minimum
+            hi = "inf" if maximum is None else maximum
+            self.fail(f"{name} must be in [{lo}, {hi}], got {value}")
+        return value
+
+    def finite(self, name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(f"{name} must be a real number, got {type(value).__name__}", TypeError)
+        if not math.isfinite(value):
+            self.fail(f"{name} must be finite, got {value}")
+        return float(value)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype math runs in: fp32 (complex64) for fp32 and lower, fp64 (complex128) for fp64 inputs."""
+    if dtype.is_complex:
+        return torch.complex128 if dtype == torch.complex128 else torch.complex64
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --- output allocation -----------------------------------------------------------------------------------
+# Tests switch poisoning on so that every output a kernel backend allocates starts as NaN (integers as -1):
+# an element the kernel forgets to write then fails the comparison instead of passing by luck.
+_POISON_OUTPUTS = [False]
+
+
+def set_poison_outputs(enabled: bool) -> bool:
+    """Turn NaN-poisoning of kernel outputs on or off; returns the previous setting."""
+    previous = _POISON_OUTPUTS[0]
+    _POISON_OUTPUTS[0] = bool(enabled)
+    return previous
+
+
+def new_output(shape: Sequence[int], dtype: torch.dtype, device) -> torch.Tensor:
+    """Allocate an output buffer that a kernel fully overwrites (NaN-filled while poisoning is on)."""
+    if not _POISON_OUTPUTS[0]:
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    fill = float("nan") if (dtype.is_floating_point or dtype.is_complex) else -1
+    return torch.full(tuple(shape), fill, dtype=dtype, device=device)

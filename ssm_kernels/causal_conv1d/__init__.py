@@ -1,0 +1,69 @@
+"""causal_conv1d: depthwise causal 1-D convolution (the short conv of Mamba / Mamba-2 / H3)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
+from .reference import final_states
+
+ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
+CUDA_MAX_WIDTH = 8
+
+
+def _cuda_supports(device, dtype, features) -> Optional[str]:
+    if features.get("width", 1) > CUDA_MAX_WIDTH:
+        return f"the CUDA kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
+    return None
+
+
+_dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.reference", "causal_conv1d_torch")
+_dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "causal_conv1d_cuda",
+                   supports=_cuda_supports, extension="causal_conv1d")
+
+
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                  activation: Optional[str] = None, seq_idx: Optional[torch.Tensor] = None,
+                  initial_states: Optional[torch.Tensor] = None, return_final_states: bool = False,
+                  backend: Optional[str] = None):
+    """Depthwise causal convolution over the last axis, optionally followed by SiLU.
+
+    y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]), with x at negative positions
+    taken from initial_states (zeros without it), and terms across a sequence boundary of seq_idx dropped.
+
+    Args:
+        x: (B, D, L) fp32 / fp16 / bf16 (fp64 on the torch backend); any strides.
+        weight: (D, W), W >= 1 (the CUDA backend takes W <= 8).
+        bias: (D,) or None.
+        activation: None, "silu" (or its alias "swish").
+        seq_idx: (B, L) int32/int64 sequence index of every token of packed sequences, or None.
+        initial_states: (B, D, W-1), x's dtype: the inputs preceding x (they continue the first sequence).
+        return_final_states: also return the (B, D, W-1) state that continues the last sequence.
+        backend: None (automatic), "torch" or "cuda".
+    Returns:
+        y: (B, D, L) in x's dtype, or (y, final_states) with return_final_states.
+    """
+    check = ArgCheck("causal_conv1d")
+    check.tensor("x", x, ("B", "D", "L"), dtypes=REAL_DTYPES)
+    check.tensor("weight", weight, ("D", "W"), dtypes=REAL_DTYPES)
+    width = check.integer("weight.shape[1] (the width W)", check.dims["W"], minimum=1)
+    check.tensor("bias", bias, ("D",), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("seq_idx", seq_idx, ("B", "L"), dtypes=INDEX_DTYPES, optional=True)
+    check.tensor("initial_states", initial_states, ("B", "D", width - 1), dtypes=(x.dtype,), optional=True)
+    check.choice("activation", activation, ACTIVATIONS)
+    activation = "silu" if activation in ("silu", "swish") else None
+
+    if x.shape[-1] == 0:
+        y = x.clone()  # nothing to convolve; keeps y connected to the graph like any other output
+    else:
+        fn = _dispatch.select("causal_conv1d", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
+                              width=width)
+        y = fn(x, weight, bias, activation, seq_idx, initial_states)
+    if return_final_states:
+        return y, final_states(x, initial_states, seq_idx, width)
+    return y
+
+
+__all__ = ["causal_conv1d"]

@@ -1,0 +1,48 @@
+"""Shared fixtures. On a machine without a CUDA GPU, Triton kernels run through the interpreter:
+TRITON_INTERPRET=1 must be set before any @triton.jit function is defined, so it is set here, at the
+start of the session, before the package's Triton modules are imported."""
+import os
+import zlib
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from ssm_kernels import _dispatch  # noqa: E402
+from ssm_kernels._utils import set_poison_outputs  # noqa: E402
+
+from tests.helpers import TRITON_DEVICE  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every output buffer a kernel backend allocates starts as NaN, so unwritten elements fail."""
+    previous = set_poison_outputs(True)
+    yield
+    set_poison_outputs(previous)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed(request):
+    """Fresh but reproducible random inputs per test (seeded from the test's name)."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def triton_device():
+    """The device to run Triton kernels on; skips (with the reason) when Triton cannot run at all."""
+    if not _dispatch.triton_importable():
+        pytest.skip("Triton is not installed")
+    if TRITON_DEVICE == "cpu" and not _dispatch.triton_interpreter_on():
+        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    return torch.device(TRITON_DEVICE)
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)

@@ -1,0 +1,74 @@
+"""Helpers for op tests: where each backend runs here, and forward + every-gradient parity checks."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, Optional
+
+import pytest
+import torch
+
+from ssm_kernels import _dispatch
+from ssm_kernels.testing import assert_close
+
+HAS_CUDA = torch.cuda.is_available()
+# Where Triton kernels run in this session: natively on the GPU, else on the CPU through the interpreter.
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def backend_device(backend: str) -> torch.device:
+    """The device on which `backend` is tested in this session, or a skip saying why it cannot be."""
+    if backend == "torch":
+        return torch.device("cuda" if HAS_CUDA else "cpu")
+    if backend == "triton":
+        if not _dispatch.triton_importable():
+            pytest.skip("Triton is not installed")
+        return torch.device(TRITON_DEVICE)
+    if not HAS_CUDA:
+        pytest.skip("the cuda backend needs a CUDA GPU")
+    return torch.device("cuda")
+
+
+def as_outputs(result) -> tuple:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+def check_parity(fn: Callable, ref: Callable, inputs: Dict[str, Optional[torch.Tensor]], dtype: torch.dtype,
+                 grads: Iterable[str], **kwargs) -> Dict[str, float]:
+    """Compare fn(**inputs) with ref on fp32 copies of the same (already rounded) inputs: every output and
+    the gradient of every input named in `grads`, under one random cotangent per output.
+
+    `inputs` hold the values in the dtypes the op receives (low-precision tensors stay low precision for
+    fn); the reference gets fp32 upcasts (fp64 stays fp64, integer tensors unchanged).
+    Returns {name: relative error}. Tolerance: ssm_kernels.testing.tolerance(dtype).
+    """
+    grads = list(grads)
+
+    def leaves(upcast: bool):
+        out = {}
+        for name, t in inputs.items():
+            if t is None or not (t.is_floating_point() or t.is_complex()):
+                out[name] = t
+                continue
+            # detach() keeps the caller's strides, so non-contiguous inputs reach fn as they are
+            v = t.detach().float() if upcast and t.dtype in LOW_PRECISION else t.detach()
+            out[name] = v.requires_grad_(name in grads)
+        return out
+
+    test_in, ref_in = leaves(False), leaves(True)
+    outs = as_outputs(fn(**test_in, **kwargs))
+    ref_outs = as_outputs(ref(**ref_in, **kwargs))
+    assert len(outs) == len(ref_outs)
+    errors = {}
+    cotangents = [torch.randn_like(r, dtype=r.dtype) for r in ref_outs]
+    for i, (o, r) in enumerate(zip(outs, ref_outs)):
+        errors[f"out{i}"] = assert_close(o, r, dtype, f"output {i}")
+    if grads:
+        test_loss = sum((o.to(c.dtype) * c).sum() for o, c in zip(outs, cotangents))
+        ref_loss = sum((r * c).sum() for r, c in zip(ref_outs, cotangents))
+        test_grads = torch.autograd.grad(test_loss, [test_in[g] for g in grads], allow_unused=True)
+        ref_grads = torch.autograd.grad(ref_loss, [ref_in[g] for g in grads], allow_unused=True)
+        for name, g, rg in zip(grads, test_grads, ref_grads):
+            assert g is not None and rg is not None, f"no gradient for {name}"
+            assert g.dtype == test_in[name].dtype, f"grad of {name} has dtype {g.dtype}, input {test_in[name].dtype}"
+            errors[f"d{name}"] = assert_close(g, rg, dtype, f"gradient of {name}")
+    return errors

@@ -1,0 +1,148 @@
+"""Backend registry: automatic choice, overrides and their precedence, errors, fallback logging."""
+import logging
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ssm_kernels
+from ssm_kernels import _dispatch
+from ssm_kernels._dispatch import BackendUnavailableError, Implementation
+
+
+@pytest.fixture
+def fake_op(monkeypatch):
+    """causal_conv1d's registry row replaced by three fake implementations that report their name."""
+    calls = {}
+
+    def make(backend, problem=None):
+        impl = Implementation("causal_conv1d", backend, "unused", "unused",
+                              supports=(lambda d, t, f: problem) if problem else None)
+        impl._fn = lambda: backend
+        calls[backend] = impl
+        return impl
+
+    row = {"torch": make("torch"), "triton": make("triton"), "cuda": make("cuda")}
+    monkeypatch.setitem(_dispatch._REGISTRY, "causal_conv1d", row)
+    monkeypatch.setattr(_dispatch, "backend_problem", lambda backend, device, extension=None: None)
+    monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
+    return row
+
+
+def pick(**kwargs):
+    device = kwargs.pop("device", torch.device("cuda"))
+    return _dispatch.select("causal_conv1d", device, **kwargs)()
+
+
+def test_cpu_tensors_choose_torch(fake_op):
+    assert pick(device=torch.device("cpu")) == "torch"
+
+
+def test_cuda_tensors_follow_measured_order(fake_op, monkeypatch):
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER, "causal_conv1d", [
+        _dispatch.Rule(order=("triton", "cuda", "torch"), dtypes=(torch.bfloat16,), source="test"),
+        _dispatch.Rule(order=("cuda", "torch"), source="test")])
+    assert pick(dtype=torch.bfloat16) == "triton"
+    assert pick(dtype=torch.float32) == "cuda"
+
+
+def test_size_classes(fake_op, monkeypatch):
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER, "causal_conv1d", [
+        _dispatch.Rule(order=("triton", "torch"), max_size=1000, source="small"),
+        _dispatch.Rule(order=("cuda", "torch"), source="large")])
+    assert pick(size=10) == "triton"
+    assert pick(size=10**6) == "cuda"
+
+
+def test_unrunnable_preference_falls_back_and_logs_once(fake_op, monkeypatch, caplog):
+    fake_op["cuda"].supports = lambda d, t, f: "width 9 is too wide"
+    with caplog.at_level(logging.WARNING, logger="ssm_kernels"):
+        assert pick() == "triton"
+        assert pick() == "triton"
+    messages = [r.getMessage() for r in caplog.records if "width 9" in r.getMessage()]
+    assert len(messages) == 1 and "skipping the cuda backend" in messages[0]
+
+
+def test_failed_load_falls_back_and_is_remembered(fake_op, monkeypatch):
+    def broken():
+        raise OSError("nvcc exploded")
+    monkeypatch.setattr(fake_op["cuda"], "load", broken)
+    monkeypatch.setattr(_dispatch, "_LOAD_FAILURES", {})
+    assert pick() == "triton"
+    assert "nvcc exploded" in _dispatch.explain("causal_conv1d", "cuda")[1]
+    with pytest.raises(BackendUnavailableError, match="nvcc exploded"):
+        pick(backend="cuda")
+
+
+def test_explicit_backend_that_cannot_run_raises(fake_op):
+    fake_op["triton"].supports = lambda d, t, f: "no GPU"
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' .*cannot run: no GPU"):
+        pick(backend="triton")
+
+
+def test_precedence_argument_context_env(fake_op, monkeypatch):
+    monkeypatch.setenv(_dispatch.ENV_VAR, "triton")
+    assert pick() == "triton"
+    with ssm_kernels.use_backend("torch"):
+        assert pick() == "torch"
+        with ssm_kernels.use_backend({"causal_conv1d": "cuda"}):
+            assert pick() == "cuda"
+            assert pick(backend="triton") == "triton"
+        assert pick() == "torch"
+    monkeypatch.setenv(_dispatch.ENV_VAR, "selective_scan=torch, causal_conv1d=cuda")
+    assert pick() == "cuda"
+
+
+def test_override_for_an_op_without_that_backend_chooses_automatically(fake_op, caplog):
+    del fake_op["triton"]
+    with ssm_kernels.use_backend("triton"), caplog.at_level(logging.WARNING, logger="ssm_kernels"):
+        assert pick() == "cuda"
+    assert any("does not implement" in r.getMessage() for r in caplog.records)
+
+
+def test_override_that_cannot_run_raises(fake_op):
+    fake_op["cuda"].supports = lambda d, t, f: "no GPU"
+    with ssm_kernels.use_backend("cuda"), pytest.raises(BackendUnavailableError, match="use_backend"):
+        pick()
+
+
+@pytest.mark.parametrize("spec,match", [("tpu", "unknown backend 'tpu'"), ("foo=torch", "unknown op 'foo'")])
+def test_bad_override_specs(spec, match, monkeypatch):
+    with pytest.raises(ValueError, match=match):
+        with ssm_kernels.use_backend(spec):
+            pass
+    monkeypatch.setenv(_dispatch.ENV_VAR, spec)
+    with pytest.raises(ValueError, match=f"{_dispatch.ENV_VAR}: {match}"):
+        ssm_kernels.causal_conv1d(torch.randn(1, 2, 3), torch.randn(2, 2))
+
+
+def test_record_backends_counts_calls():
+    with ssm_kernels.record_backends() as used:
+        ssm_kernels.causal_conv1d(torch.randn(1, 2, 3), torch.randn(2, 2))
+        ssm_kernels.causal_conv1d(torch.randn(1, 2, 3), torch.randn(2, 2))
+    assert used == {"causal_conv1d": {"torch": 2}}
+
+
+def test_available_backends_reports_reasons():
+    report = ssm_kernels.available_backends()
+    assert set(report) == set(_dispatch.OPS)
+    assert report["causal_conv1d"]["torch"] is None
+    if not torch.cuda.is_available():
+        assert "CUDA tensors" in report["causal_conv1d"]["cuda"]
+    with pytest.raises(ValueError, match="unknown op"):
+        ssm_kernels.available_backends("nope")
+
+
+def test_import_is_light():
+    code = ("import sys, torch, ssm_kernels; "
+            "assert 'triton' not in sys.modules, 'triton imported'; "
+            "assert 'torch.utils.cpp_extension' not in sys.modules, 'cpp_extension imported'; "
+            "assert not torch.cuda.is_initialized(), 'CUDA initialised'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_report_runs():
+    out = subprocess.run([sys.executable, "-m", "ssm_kernels"], check=True, capture_output=True, text=True).stdout
+    assert "torch " in out and "causal_conv1d: implemented backends: torch, cuda" in out
+    assert "cpu  float32  -> torch" in out
