@@ -1,0 +1,77 @@
+"""python -m benchmarks --op OP [--quick] [--peers] [--memory] [--json PATH] [--device cpu|cuda]"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import pkgutil
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from . import cases as cases_pkg
+from .core import copy_bandwidth_gbps, format_table, run_case
+
+
+def environment(device: torch.device) -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": str(device), "cpu_threads": torch.get_num_threads()}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        env["commit"] = None
+    return env
+
+
+def available_ops() -> list:
+    return sorted(m.name for m in pkgutil.iter_modules(cases_pkg.__path__))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--op", action="append", help=f"op(s) to time (default: all): {available_ops()}")
+    parser.add_argument("--quick", action="store_true", help="small cases, short timing")
+    parser.add_argument("--peers", action="store_true", help="add peer packages that import here")
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory per variant")
+    parser.add_argument("--only", action="append", help="variant labels to run (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", type=Path, help="write results and environment here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    ops = args.op or available_ops()
+    unknown = sorted(set(ops) - set(available_ops()))
+    if unknown:
+        parser.error(f"no benchmark cases for {unknown}; available: {available_ops()}")
+    bandwidth = copy_bandwidth_gbps(device)
+    results = []
+    for op in ops:
+        module = importlib.import_module(f"benchmarks.cases.{op}")
+        for case in module.cases(args.quick):
+            results.extend(run_case(case, device, args.quick, args.peers, bandwidth, args.memory, args.only))
+            print(f"done: {op} {case.name}", file=sys.stderr, flush=True)
+    env = environment(device)
+    env["copy_bandwidth_GBps"] = bandwidth
+    print(f"# {env}")
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"environment": env, "results": [dataclasses.asdict(r) for r in results]},
+                                        indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

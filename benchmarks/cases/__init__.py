@@ -1,0 +1,1 @@
+"""One module per op: `cases(quick: bool) -> list[benchmarks.core.Case]`."""
