@@ -23,11 +23,11 @@ def cuda_extensions():
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     extensions = []
-    for op_dir in sorted(p for p in (ROOT / "csrc").iterdir() if p.is_dir()):
+    for op_dir in sorted(p for p in (ROOT / "csrc").iterdir() if p.is_dir() and not p.name.startswith("_")):
         sources = sorted(str(p.relative_to(ROOT)) for s in ("*.cu", "*.cpp") for p in op_dir.glob(s))
         if sources:
             extensions.append(CUDAExtension(
-                name=f"ssm_kernels._C_{op_dir.name}", sources=sources,
+                name=f"ssm_kernels._C_{op_dir.name}", sources=sources, include_dirs=[str(ROOT / "csrc")],
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]}))
     return extensions, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 

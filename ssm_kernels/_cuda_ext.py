@@ -117,6 +117,7 @@ def _jit_build(name: str) -> str:
         cpp_extension.load(
             name=f"ssm_kernels_{name}", sources=[str(p) for p in sources(name)],
             build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
+            extra_include_paths=[str(csrc_dir())],
             is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
     finally:
         if previous is None:

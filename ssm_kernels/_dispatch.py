@@ -225,11 +225,16 @@ def _load(impl: Implementation, explicit: bool) -> Optional[Callable]:
     try:
         return impl.load()
     except Exception as error:  # a failed CUDA build or a broken Triton install
-        reason = f"loading its {impl.backend} backend failed: {error}"
+        reason = f"loading its {impl.backend} backend failed: {_tail(str(error))}"
         _LOAD_FAILURES[(impl.op, impl.backend)] = reason
         if explicit:
             raise BackendUnavailableError(f"{impl.op}: {reason}") from error
         return None
+
+
+def _tail(text: str, limit: int = 1500) -> str:
+    """The end of a long message (a failed build's log ends with the error)."""
+    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def explain(op: str, device, dtype=None, size: Optional[int] = None, **features) -> Tuple[str, str]:
@@ -251,15 +256,34 @@ def explain(op: str, device, dtype=None, size: Optional[int] = None, **features)
 
 def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtype=None,
            size: Optional[int] = None, **features) -> Callable:
-    """Return the implementation of `op` to call for tensors on `device` (see the module docstring)."""
-    impls = _REGISTRY[op]
+    """Return the implementation of `op` to call for tensors on `device` (see the module docstring).
+
+    Overrides are read here, in code torch.compile traces (so a compiled graph is guarded on them); the
+    checks, imports, CUDA builds and logging run in _resolve, which Dynamo calls without tracing.
+    """
     source = "backend="
     if backend is None:
         backend, source = _override_for(op)
-        if backend is not None and backend not in impls:
-            _log_once(f"{op}: {source} asks for {backend!r}, which {op} does not implement "
-                      f"(it has {list(impls)}); choosing automatically")
-            backend = None
+    chosen = _resolve(op, device.type, device.index, dtype, size, backend, source, tuple(sorted(features.items())))
+    impl = _REGISTRY[op][chosen]
+    if _RECORDERS and not torch.compiler.is_compiling():
+        for record in _RECORDERS:
+            counts = record.setdefault(op, {})
+            counts[chosen] = counts.get(chosen, 0) + 1
+    return impl._fn
+
+
+def _resolve(op: str, device_type: str, device_index: Optional[int], dtype, size: Optional[int],
+             backend: Optional[str], source: str, features: tuple) -> str:
+    """The backend to run, its implementation loaded; raises BackendUnavailableError for requests that
+    cannot be met."""
+    device = torch.device(device_type, device_index)
+    features = dict(features)
+    impls = _REGISTRY[op]
+    if backend is not None and source != "backend=" and backend not in impls:
+        _log_once(f"{op}: {source} asks for {backend!r}, which {op} does not implement "
+                  f"(it has {list(impls)}); choosing automatically")
+        backend = None
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"{op}: unknown backend {backend!r}; backends are {list(BACKENDS)}")
@@ -269,7 +293,8 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
         problem = _implementation_problem(impl, device, dtype, features)
         if problem is not None:
             raise BackendUnavailableError(f"{op}: backend {backend!r} (from {source}) cannot run: {problem}")
-        return _chosen(impl, _load(impl, explicit=True))
+        _load(impl, explicit=True)
+        return backend
 
     order, _ = automatic_order(op, device, dtype, size)
     for name in order:
@@ -277,21 +302,17 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
         if impl is None:
             continue
         problem = _implementation_problem(impl, device, dtype, features)
-        fn = _load(impl, explicit=False) if problem is None else None
-        if fn is not None:
-            return _chosen(impl, fn)
-        problem = problem or _LOAD_FAILURES[(impl.op, name)]
+        if problem is None and _load(impl, explicit=False) is not None:
+            return name
+        problem = problem or _LOAD_FAILURES[(op, name)]
         _log_once(f"{op}: skipping the {name} backend for {device.type} tensors: {problem}")
     raise BackendUnavailableError(f"{op}: no backend can run on {device.type} tensors "
                                   f"(implemented: {list(impls)})")
 
 
-def _chosen(impl: Implementation, fn: Callable) -> Callable:
-    if _RECORDERS and not torch.compiler.is_compiling():
-        for record in _RECORDERS:
-            counts = record.setdefault(impl.op, {})
-            counts[impl.backend] = counts.get(impl.backend, 0) + 1
-    return fn
+# torch.compile calls _resolve at trace time instead of tracing it (what torch.compiler.assume_constant_result
+# does; set directly because calling that helper imports Dynamo, too heavy for `import ssm_kernels`).
+_resolve._dynamo_marked_constant = True
 
 
 @contextlib.contextmanager

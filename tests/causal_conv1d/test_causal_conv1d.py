@@ -143,3 +143,42 @@ def test_validation(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         causal_conv1d(**args)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("length", [4096, 65536])
+def test_cuda_long_sequences(dtype, length):
+    """Long sequences on the GPU, against the torch backend in fp32 (itself checked against the
+    sequential reference above; the Python-loop reference is too slow at these lengths)."""
+    inputs = make_inputs(2, 64, length, 4, dtype, "cuda", init=True, seq=True)
+    fast = lambda **kw: causal_conv1d(**kw, backend="cuda")  # noqa: E731
+    reference_fp32 = lambda **kw: causal_conv1d(**kw, backend="torch")  # noqa: E731
+    check_parity(fast, reference_fp32, inputs, dtype, ["x", "weight", "bias", "initial_states"],
+                 activation="silu", return_final_states=True)
+
+
+@pytest.mark.gpu
+def test_cuda_backward_is_deterministic():
+    inputs = make_inputs(4, 256, 3000, 4, torch.bfloat16, "cuda", init=True)
+    leaves = [inputs[k].requires_grad_() for k in ("x", "weight", "bias", "initial_states")]
+    dout = torch.randn(4, 256, 3000, device="cuda", dtype=torch.bfloat16)
+
+    def grads():
+        y = causal_conv1d(inputs["x"], inputs["weight"], inputs["bias"], "silu",
+                          initial_states=inputs["initial_states"], backend="cuda")
+        return torch.autograd.grad(y, leaves, dout)
+    first, second = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.gpu
+def test_cuda_compile_fullgraph():
+    x, w, b = (torch.randn(2, 64, 1000, device="cuda"), torch.randn(64, 4, device="cuda"),
+               torch.randn(64, device="cuda"))
+    x.requires_grad_()
+    compiled = torch.compile(lambda x, w, b: causal_conv1d(x, w, b, "silu", backend="cuda"), fullgraph=True)
+    y = compiled(x, w, b)
+    assert_close(y, causal_conv1d_ref(x.detach(), w, b, "silu"), torch.float32)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
