@@ -288,8 +288,9 @@ void causal_conv1d_bwd(const at::Tensor& x, const at::Tensor& weight, const c10:
         p.width > 1 ? dinitial.data_ptr<scalar_t>() : nullptr, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  dweight.copy_(partial_w.sum({0, 1}));
-  dbias.copy_(partial_b.sum({0, 1}));
+  const std::vector<int64_t> batch_and_tiles{0, 1};
+  dweight.copy_(partial_w.sum(batch_and_tiles));
+  dbias.copy_(partial_b.sum(batch_and_tiles));
 }
 
 }  // namespace ssm_kernels
