@@ -6,10 +6,12 @@ imported or built on first use, and CUDA is not initialised.
 """
 from ._dispatch import BackendUnavailableError, available_backends, record_backends, use_backend
 from .causal_conv1d import causal_conv1d
+from .selective_scan import selective_scan, selective_scan_fn
+from .selective_state_update import selective_state_update
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "available_backends", "record_backends", "use_backend",
-    "causal_conv1d",
+    "causal_conv1d", "selective_scan", "selective_scan_fn", "selective_state_update",
 ]

@@ -63,8 +63,9 @@ def check_parity(fn: Callable, ref: Callable, inputs: Dict[str, Optional[torch.T
     for i, (o, r) in enumerate(zip(outs, ref_outs)):
         errors[f"out{i}"] = assert_close(o, r, dtype, f"output {i}")
     if grads:
-        test_loss = sum((o.to(c.dtype) * c).sum() for o, c in zip(outs, cotangents))
-        ref_loss = sum((r * c).sum() for r, c in zip(ref_outs, cotangents))
+        # <o, c> = Re sum(o * conj(c)): the real inner product, which also covers complex outputs
+        test_loss = sum((o.to(c.dtype) * c.conj()).real.sum() for o, c in zip(outs, cotangents))
+        ref_loss = sum((r * c.conj()).real.sum() for r, c in zip(ref_outs, cotangents))
         test_grads = torch.autograd.grad(test_loss, [test_in[g] for g in grads], allow_unused=True)
         ref_grads = torch.autograd.grad(ref_loss, [ref_in[g] for g in grads], allow_unused=True)
         for name, g, rg in zip(grads, test_grads, ref_grads):

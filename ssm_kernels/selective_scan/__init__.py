@@ -1,0 +1,113 @@
+"""selective_scan: the Mamba-1 selective state space scan, and mamba_ssm's selective_scan_fn."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import COMPLEX_DTYPES, INDEX_DTYPES, REAL_DTYPES, ArgCheck
+
+_dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.reference", "selective_scan_torch")
+
+PARAM_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_bc(check: ArgCheck, name: str, X, complex_A: bool):
+    """B or C: (D, N) fixed, (B, N, L) variable or (B, G, N, L) grouped; with complex A a variable one is
+    complex, or real with interleaved (re, im) pairs along a last axis of 2L."""
+    if not isinstance(X, torch.Tensor):
+        check.tensor(name, X)  # raises the TypeError
+    if X.dim() == 2:
+        check.tensor(name, X, ("D", "N"), dtypes=COMPLEX_DTYPES if complex_A else REAL_DTYPES)
+        return
+    interleaved = complex_A and not X.is_complex()
+    length = 2 * check.dims["L"] if interleaved else "L"
+    dtypes = (COMPLEX_DTYPES + REAL_DTYPES) if complex_A else REAL_DTYPES
+    if X.dim() == 3:
+        check.tensor(name, X, ("B", "N", length), dtypes=dtypes)
+        return
+    check.tensor(name, X, ("B", f"G_{name}", "N", length), dtypes=dtypes)
+    groups = X.shape[1]
+    if groups < 1 or check.dims["D"] % groups:
+        check.fail(f"{name} has {groups} groups, which must divide D = {check.dims['D']}")
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                   delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                   initial_state: Optional[torch.Tensor] = None, return_final_state: bool = False,
+                   cu_seqlens: Optional[torch.Tensor] = None, backend: Optional[str] = None):
+    """Mamba-1 selective scan.
+
+    With Δ = softplus(delta + delta_bias) (softplus only when delta_softplus; delta_bias optional):
+        h_t = exp(Δ_t A) * h_{t-1} + Δ_t u_t B_t        (h_{-1} = initial_state, zeros by default)
+        y_t = C_t . h_t + D u_t,   y_t *= silu(z_t)
+    For complex A, y_t = 2 Re(C_t . h_t) + D u_t, as mamba_ssm computes it (the state holds one of each
+    conjugate pair of modes).
+
+    Args:
+        u, delta: (B, D, L) fp32 / fp16 / bf16 (fp64 on the torch backend); any strides.
+        A: (D, N) fp32 (fp64) or complex64 (complex128).
+        B, C: (D, N) fixed, (B, N, L) variable, or (B, G, N, L) grouped (G divides D; channel d uses group
+            d // (D / G)). With complex A: fixed ones complex; variable ones complex, or real of length 2L with
+            real and imaginary parts interleaved ((B, N, 2L) / (B, G, N, 2L)), as mamba_ssm takes them.
+        D, delta_bias: (D,) or None, fp32 (fp64).
+        z: (B, D, L) or None: the output gate.
+        initial_state: (B, D, N), or (S, D, N) with cu_seqlens; fp32 (complex64 for complex A), fp64 allowed.
+        return_final_state: also return the final state: (B, D, N), or (S, D, N) with cu_seqlens, the last
+            state of every sequence (an empty sequence's is its initial state), in A's compute dtype (fp32 /
+            complex64, fp64 / complex128 for fp64 inputs).
+        cu_seqlens: (S + 1,) int32 / int64 cumulative sequence lengths of packed sequences, only with B == 1:
+            starts at 0, non-decreasing, ends at L. The state restarts at every sequence start.
+        backend: None (automatic) or "torch".
+    Returns:
+        y (B, D, L) in u's dtype, or (y, final_state) with return_final_state.
+    """
+    check = ArgCheck("selective_scan")
+    check.tensor("u", u, ("B", "D", "L"), dtypes=REAL_DTYPES)
+    check.tensor("delta", delta, ("B", "D", "L"), dtypes=REAL_DTYPES)
+    check.tensor("A", A, ("D", "N"), dtypes=PARAM_DTYPES + COMPLEX_DTYPES)
+    _check_bc(check, "B", B, A.is_complex())
+    _check_bc(check, "C", C, A.is_complex())
+    check.tensor("D", D, ("D",), dtypes=PARAM_DTYPES, optional=True)
+    check.tensor("z", z, ("B", "D", "L"), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("delta_bias", delta_bias, ("D",), dtypes=PARAM_DTYPES, optional=True)
+    if not isinstance(delta_softplus, bool):
+        check.fail(f"delta_softplus must be a bool, got {type(delta_softplus).__name__}", TypeError)
+    check.tensor("cu_seqlens", cu_seqlens, ("S+1",), dtypes=INDEX_DTYPES, optional=True)
+    state_rows = "B"
+    if cu_seqlens is not None:
+        if u.shape[0] != 1:
+            check.fail(f"cu_seqlens packs sequences along L and needs batch size B == 1, got B = {u.shape[0]}")
+        check.integer("the number of sequences in cu_seqlens", cu_seqlens.shape[0] - 1, minimum=1)
+        check.dims["S"] = cu_seqlens.shape[0] - 1
+        state_rows = "S"
+        if not torch.compiler.is_compiling():
+            _check_cu_seqlens(check, cu_seqlens, u.shape[-1])
+    state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
+    check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
+
+    fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel())
+    y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
+    return (y, final_state) if return_final_state else y
+
+
+def _check_cu_seqlens(check: ArgCheck, cu_seqlens: torch.Tensor, length: int):
+    values = cu_seqlens.tolist()
+    if values[0] != 0 or values[-1] != length:
+        check.fail(f"cu_seqlens must start at 0 and end at the total length L = {length}, "
+                   f"got {values[0]} ... {values[-1]}")
+    if any(b < a for a, b in zip(values, values[1:])):
+        check.fail("cu_seqlens must be non-decreasing (cumulative sequence lengths)")
+
+
+def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                      return_last_state=False):
+    """mamba_ssm's selective_scan_fn: same arguments and return convention (out, or (out, last_state)).
+    See selective_scan for the shapes."""
+    return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          return_final_state=return_last_state)
+
+
+__all__ = ["selective_scan", "selective_scan_fn"]

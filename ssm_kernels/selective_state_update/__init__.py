@@ -1,0 +1,80 @@
+"""selective_state_update: one decoding step of the selective scan (Mamba-1 and Mamba-2 shapes), in place."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
+
+_dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.reference",
+                   "selective_state_update_torch")
+
+PARAM_DTYPES = (torch.float32, torch.float64)
+
+
+def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                           B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
+                           z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+                           dt_softplus: bool = False, state_batch_indices: Optional[torch.Tensor] = None,
+                           backend: Optional[str] = None) -> torch.Tensor:
+    """One step of the selective scan; `state` is updated in place (no autograd: an "update" op).
+
+        dt' = softplus(dt + dt_bias)       state <- exp(dt' A) * state + dt' x B
+        out = (C . state + D x) * silu(z)
+
+    Two forms, as in mamba_ssm:
+      Mamba-1: state (Bc, D, N); x, dt, z (B, D); A (D, N); B, C (B, N) or (B, G, N) (channel d uses group
+               d // (D / G), as in selective_scan); D, dt_bias (D,).
+      Mamba-2: state (Bc, H, P, N); x, dt, z (B, H, P); A (H, P, N) (typically expanded from (H,) with
+               stride 0); B, C (B, G, N) (head h uses group h // (H / G)); D, dt_bias (H, P).
+    Args:
+        state: fp32 / fp16 / bf16 (fp64) state cache; Bc == B without state_batch_indices.
+        x, dt, z: the step's inputs, fp32 / fp16 / bf16 (fp64).
+        A, D, dt_bias: fp32 (fp64) parameters.
+        state_batch_indices: (B,) int32 / int64 cache row of each batch entry (distinct, in [0, Bc)).
+        backend: None (automatic) or "torch".
+    Returns:
+        out in x's shape and dtype.
+    """
+    check = ArgCheck("selective_state_update")
+    if not isinstance(state, torch.Tensor):
+        check.tensor("state", state)
+    heads_form = state.dim() == 4
+    channels = ("H", "P") if heads_form else ("D",)
+    check.tensor("state", state, ("Bc",) + channels + ("N",), dtypes=REAL_DTYPES)
+    check.tensor("x", x, ("B",) + channels, dtypes=REAL_DTYPES)
+    check.tensor("dt", dt, ("B",) + channels, dtypes=REAL_DTYPES)
+    check.tensor("A", A, channels + ("N",), dtypes=PARAM_DTYPES)
+    for name, X in (("B", B), ("C", C)):
+        if not heads_form and isinstance(X, torch.Tensor) and X.dim() == 2:
+            check.tensor(name, X, ("B", "N"), dtypes=REAL_DTYPES)
+        else:
+            check.tensor(name, X, ("B", f"G_{name}", "N"), dtypes=REAL_DTYPES)
+            if X.shape[1] < 1 or check.dims[channels[0]] % X.shape[1]:
+                check.fail(f"{name} has {X.shape[1]} groups, which must divide "
+                           f"{channels[0]} = {check.dims[channels[0]]}")
+    check.tensor("D", D, channels, dtypes=PARAM_DTYPES, optional=True)
+    check.tensor("z", z, ("B",) + channels, dtypes=REAL_DTYPES, optional=True)
+    check.tensor("dt_bias", dt_bias, channels, dtypes=PARAM_DTYPES, optional=True)
+    check.tensor("state_batch_indices", state_batch_indices, ("B",), dtypes=INDEX_DTYPES, optional=True)
+    if state_batch_indices is None and state.shape[0] != x.shape[0]:
+        check.fail(f"state must have shape (B, ...) with B = {x.shape[0]} rows without state_batch_indices, "
+                   f"got {tuple(state.shape)}")
+    if not isinstance(dt_softplus, bool):
+        check.fail(f"dt_softplus must be a bool, got {type(dt_softplus).__name__}", TypeError)
+
+    fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
+                          size=state.numel())
+    if heads_form:
+        return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    # Mamba-1 form: channels are heads of size P = 1, and B, C (B, N) one group
+    unsq = lambda t: None if t is None else t.unsqueeze(-1)  # noqa: E731
+    B, C = (X if X.dim() == 3 else X[:, None] for X in (B, C))
+    out = fn(state.unsqueeze(2), unsq(x), unsq(dt), A.unsqueeze(1), B, C, unsq(D), unsq(z), unsq(dt_bias),
+             dt_softplus, state_batch_indices)
+    return out.squeeze(-1)
+
+
+__all__ = ["selective_state_update"]

@@ -1,0 +1,128 @@
+"""selective_state_update: in-place decoding steps against the reference and against selective_scan."""
+import pytest
+import torch
+
+from ssm_kernels.selective_scan import selective_scan
+from ssm_kernels.selective_state_update import selective_state_update
+from ssm_kernels.selective_state_update.reference import selective_state_update_ref
+from ssm_kernels.testing import assert_close
+from tests.helpers import backend_device
+
+BACKENDS = ["torch"]
+
+
+def mamba1_inputs(batch, dim, length, dstate, groups, device):
+    return dict(u=torch.randn(batch, dim, length, device=device), delta=torch.randn(batch, dim, length, device=device),
+                A=-torch.rand(dim, dstate, device=device) * 2, B=torch.randn(batch, groups, dstate, length, device=device),
+                C=torch.randn(batch, groups, dstate, length, device=device), D=torch.randn(dim, device=device),
+                z=torch.randn(batch, dim, length, device=device), delta_bias=torch.randn(dim, device=device))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_mamba1_steps_equal_scan(backend, groups):
+    device = backend_device(backend)
+    p = mamba1_inputs(2, 8, 13, 4, groups, device)
+    init = torch.randn(2, 8, 4, device=device)
+    y, final = selective_scan(**p, delta_softplus=True, initial_state=init, return_final_state=True, backend=backend)
+    state = init.clone()
+    ys = []
+    for t in range(13):
+        B, C = (p[k][..., t] if groups > 1 else p[k][:, 0, :, t] for k in ("B", "C"))
+        ys.append(selective_state_update(state, p["u"][..., t], p["delta"][..., t], p["A"], B, C, D=p["D"],
+                                         z=p["z"][..., t], dt_bias=p["delta_bias"], dt_softplus=True,
+                                         backend=backend))
+    assert_close(torch.stack(ys, -1), y, torch.float32, "stepped outputs")
+    assert_close(state, final, torch.float32, "state after the steps")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mamba2_steps_with_cache_rows_equal_scan(backend):
+    """Mamba-2 form, A broadcast from (H,) with stride 0, state rows picked from a larger cache: equals
+    selective_scan over the H * P channels (head h's channels share A[h] and group h // (H / G))."""
+    device = backend_device(backend)
+    batch, heads, headdim, dstate, groups, length = 2, 4, 3, 5, 2, 9
+    x = torch.randn(batch, heads, headdim, length, device=device)
+    dt = torch.randn(batch, heads, length, device=device)
+    A_head = -torch.rand(heads, device=device)
+    B = torch.randn(batch, groups, dstate, length, device=device)
+    C = torch.randn(batch, groups, dstate, length, device=device)
+    D, dt_bias = torch.randn(heads, headdim, device=device), torch.randn(heads, device=device)
+    cache = torch.randn(5, heads, headdim, dstate, device=device)
+    rows = torch.tensor([3, 1], device=device)
+    untouched = cache[[0, 2, 4]].clone()
+    channels = heads * headdim
+    y, final = selective_scan(x.flatten(1, 2), dt[:, :, None].expand(-1, -1, headdim, -1).flatten(1, 2),
+                              A_head[:, None, None].expand(heads, headdim, dstate).reshape(channels, dstate),
+                              B, C, D=D.flatten(), delta_bias=dt_bias[:, None].expand(heads, headdim).flatten(),
+                              delta_softplus=True, initial_state=cache[rows].flatten(1, 2),
+                              return_final_state=True, backend=backend)
+    A = A_head[:, None, None].expand(heads, headdim, dstate)
+    assert A.stride() == (1, 0, 0)
+    ys = []
+    for t in range(length):
+        ys.append(selective_state_update(cache, x[..., t], dt[:, :, None, t].expand(-1, -1, headdim), A,
+                                         B[..., t], C[..., t], D=D, dt_bias=dt_bias[:, None].expand(heads, headdim),
+                                         dt_softplus=True, state_batch_indices=rows, backend=backend))
+    assert_close(torch.stack(ys, -1).flatten(1, 2), y, torch.float32, "stepped outputs")
+    assert_close(cache[rows].flatten(1, 2), final, torch.float32, "cache rows after the steps")
+    assert torch.equal(cache[[0, 2, 4]], untouched)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                               (torch.float16, torch.float16)])
+def test_matches_reference(backend, dtype, state_dtype):
+    device = backend_device(backend)
+    batch, heads, headdim, dstate, groups = 3, 4, 2, 6, 2
+    state = torch.randn(batch, heads, headdim, dstate, device=device).to(state_dtype)
+    args = dict(x=torch.randn(batch, heads, headdim, device=device).to(dtype),
+                dt=torch.randn(batch, heads, headdim, device=device).to(dtype),
+                A=-torch.rand(heads, headdim, dstate, device=device),
+                B=torch.randn(batch, groups, dstate, device=device).to(dtype),
+                C=torch.randn(batch, groups, dstate, device=device).to(dtype),
+                D=torch.randn(heads, headdim, device=device), z=torch.randn(batch, heads, headdim, device=device).to(dtype),
+                dt_bias=torch.randn(heads, headdim, device=device), dt_softplus=True)
+    ref_state = state.clone()
+    out = selective_state_update(state, **args, backend=backend)
+    expected = selective_state_update_ref(ref_state, **args)
+    assert out.dtype == dtype and state.dtype == state_dtype
+    assert_close(out, expected, dtype)
+    assert_close(state, ref_state, state_dtype, "state")
+
+
+def test_compile_fullgraph():
+    state = torch.randn(2, 8, 4)
+    args = (torch.randn(2, 8), torch.randn(2, 8), -torch.rand(8, 4), torch.randn(2, 4), torch.randn(2, 4))
+    expected_state = state.clone()
+    expected = selective_state_update(expected_state, *args, dt_softplus=True)
+    compiled = torch.compile(lambda s, *a: selective_state_update(s, *a, dt_softplus=True), fullgraph=True,
+                             backend="aot_eager")
+    out = compiled(state, *args)
+    assert_close(out, expected, torch.float32)
+    assert_close(state, expected_state, torch.float32, "state")
+
+
+def _base():
+    return dict(state=torch.randn(2, 8, 4), x=torch.randn(2, 8), dt=torch.randn(2, 8), A=-torch.rand(8, 4),
+                B=torch.randn(2, 4), C=torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(x=torch.randn(2, 7)), ValueError, r"x must have shape \(B, D\) = \(B, 8\)"),
+    (dict(A=torch.randn(8, 5)), ValueError, r"A must have shape \(D, N\) = \(8, 4\)"),
+    (dict(B=torch.randn(2, 3, 4)), ValueError, "B has 3 groups, which must divide D = 8"),
+    (dict(C=torch.randn(3, 4)), ValueError, r"C must have shape \(B, N\) = \(2, 4\)"),
+    (dict(D=torch.randn(8, 1)), ValueError, r"D must have shape \(D,\)"),
+    (dict(dt_bias=torch.randn(8, dtype=torch.bfloat16)), TypeError, "dt_bias must have dtype"),
+    (dict(state=torch.randn(3, 8, 4)), ValueError, "without state_batch_indices"),
+    (dict(state_batch_indices=torch.tensor([0.0, 1.0])), TypeError, "state_batch_indices must have dtype"),
+    (dict(A=torch.randn(4, 2, 4), state=torch.randn(2, 4, 2, 4)), ValueError, r"x must have shape \(B, H, P\)"),
+    (dict(dt_softplus="yes"), TypeError, "dt_softplus must be a bool"),
+    (dict(state=None), TypeError, "state is required"),
+])
+def test_validation(kwargs, error, match):
+    args = _base()
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        selective_state_update(**args)
