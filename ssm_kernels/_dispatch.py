@@ -95,6 +95,7 @@ def register(op: str, backend: str, module: str, function: str, *, supports: Opt
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends are {list(BACKENDS)}")
     _REGISTRY[op][backend] = Implementation(op, backend, module, function, supports, extension)
+    _RESOLVED.clear()
 
 
 def implemented_backends(op: str) -> Tuple[str, ...]:
@@ -264,7 +265,8 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     source = "backend="
     if backend is None:
         backend, source = _override_for(op)
-    chosen = _resolve(op, device.type, device.index, dtype, size, backend, source, tuple(sorted(features.items())))
+    order, _ = automatic_order(op, device, dtype, size)
+    chosen = _resolve(op, device.type, device.index, dtype, order, backend, source, tuple(sorted(features.items())))
     impl = _REGISTRY[op][chosen]
     if _RECORDERS and not torch.compiler.is_compiling():
         for record in _RECORDERS:
@@ -273,12 +275,23 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     return impl._fn
 
 
-def _resolve(op: str, device_type: str, device_index: Optional[int], dtype, size: Optional[int],
+_RESOLVED: Dict[tuple, str] = {}  # _resolve's answers: its arguments -> backend
+
+
+def _resolve(op: str, device_type: str, device_index: Optional[int], dtype, order: Tuple[str, ...],
              backend: Optional[str], source: str, features: tuple) -> str:
-    """The backend to run, its implementation loaded; raises BackendUnavailableError for requests that
-    cannot be met."""
-    device = torch.device(device_type, device_index)
-    features = dict(features)
+    """The backend to run, its implementation loaded (cached per arguments); raises
+    BackendUnavailableError for requests that cannot be met."""
+    key = (op, device_type, device_index, dtype, order, backend, source, features)
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = _resolve_uncached(op, torch.device(device_type, device_index), dtype, order,
+                                                    backend, source, dict(features))
+    return chosen
+
+
+def _resolve_uncached(op: str, device: torch.device, dtype, order: Tuple[str, ...], backend: Optional[str],
+                      source: str, features: dict) -> str:
     impls = _REGISTRY[op]
     if backend is not None and source != "backend=" and backend not in impls:
         _log_once(f"{op}: {source} asks for {backend!r}, which {op} does not implement "
@@ -296,7 +309,6 @@ def _resolve(op: str, device_type: str, device_index: Optional[int], dtype, size
         _load(impl, explicit=True)
         return backend
 
-    order, _ = automatic_order(op, device, dtype, size)
     for name in order:
         impl = impls.get(name)
         if impl is None:

@@ -25,6 +25,7 @@ def fake_op(monkeypatch):
 
     row = {"torch": make("torch"), "triton": make("triton"), "cuda": make("cuda")}
     monkeypatch.setitem(_dispatch._REGISTRY, "causal_conv1d", row)
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})
     monkeypatch.setattr(_dispatch, "backend_problem", lambda backend, device, extension=None: None)
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     return row
@@ -59,6 +60,7 @@ def test_unrunnable_preference_falls_back_and_logs_once(fake_op, monkeypatch, ca
     fake_op["cuda"].supports = lambda d, t, f: "width 9 is too wide"
     with caplog.at_level(logging.WARNING, logger="ssm_kernels"):
         assert pick() == "triton"
+        _dispatch._RESOLVED.clear()  # a fresh resolution must not log again
         assert pick() == "triton"
     messages = [r.getMessage() for r in caplog.records if "width 9" in r.getMessage()]
     assert len(messages) == 1 and "skipping the cuda backend" in messages[0]
