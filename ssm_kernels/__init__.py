@@ -5,13 +5,18 @@ ssm_kernels._dispatch). Importing this package loads only torch: Triton and the 
 imported or built on first use, and CUDA is not initialised.
 """
 from ._dispatch import BackendUnavailableError, available_backends, record_backends, use_backend
+from .cauchy_kernel import cauchy_kernel
 from .causal_conv1d import causal_conv1d
+from .causal_conv1d_update import causal_conv1d_update
+from .gated_rmsnorm import gated_rmsnorm
 from .selective_scan import selective_scan, selective_scan_fn
 from .selective_state_update import selective_state_update
+from .vandermonde_kernel import vandermonde_kernel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "available_backends", "record_backends", "use_backend",
-    "causal_conv1d", "selective_scan", "selective_scan_fn", "selective_state_update",
+    "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_scan_fn", "selective_state_update",
+    "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
 ]

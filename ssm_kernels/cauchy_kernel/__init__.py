@@ -1,0 +1,34 @@
+"""cauchy_kernel: the Cauchy matrix-vector product of S4's DPLR kernel, K = sum_n v / (z - w)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import COMPLEX_DTYPES, ArgCheck
+
+_dispatch.register("cauchy_kernel", "torch", "ssm_kernels.cauchy_kernel.reference", "cauchy_kernel_torch")
+
+
+def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
+    """K[h, l] = sum_n v[h, n] / (z[l] - w[h, n]).
+
+    Args:
+        v: (H, N) complex64 / complex128; any strides.
+        z: (L,), v's dtype (S4: the frequencies at which the kernel's generating function is evaluated).
+        w: (H, N), v's dtype (the diagonal part of the state matrix); z - w must not vanish.
+        backend: None (automatic) or "torch".
+    Returns:
+        K: (H, L) in v's dtype; differentiable in v, z and w (torch's complex autograd convention).
+        Memory O(H N) per chunk of z, not O(H N L).
+    """
+    check = ArgCheck("cauchy_kernel")
+    check.tensor("v", v, ("H", "N"), dtypes=COMPLEX_DTYPES)
+    check.tensor("z", z, ("L",), dtypes=(v.dtype,))
+    check.tensor("w", w, ("H", "N"), dtypes=(v.dtype,))
+    fn = _dispatch.select("cauchy_kernel", v.device, backend=backend, dtype=v.dtype, size=v.numel() * z.numel())
+    return fn(v, z, w)
+
+
+__all__ = ["cauchy_kernel"]

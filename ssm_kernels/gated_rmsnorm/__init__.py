@@ -1,0 +1,58 @@
+"""gated_rmsnorm: RMSNorm with an optional SiLU gate and group-wise statistics (Mamba-2's output norm)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import REAL_DTYPES, ArgCheck
+
+_dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.reference", "gated_rmsnorm_torch")
+
+
+def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-6,
+                  group_size: Optional[int] = None, norm_before_gate: bool = True,
+                  backend: Optional[str] = None) -> torch.Tensor:
+    """RMS-normalise x over groups of channels, scale by weight, and gate by silu(z) (mamba_ssm convention).
+
+        norm_before_gate=True:  y = x / rms(x) * weight * silu(z)
+        norm_before_gate=False: y = u / rms(u) * weight with u = x * silu(z)
+    rms is taken over each group of group_size consecutive channels: sqrt(mean(u^2) + eps).
+
+    Args:
+        x: (..., D) fp32 / fp16 / bf16 (fp64 on the torch backend); any strides.
+        weight: (D,) (may be fp32 while x is low precision).
+        z: (..., D), x's shape, or None (no gate).
+        eps: finite and > 0.
+        group_size: a divisor of D, or None for D (one group).
+        norm_before_gate: where the gate is applied, see above.
+        backend: None (automatic) or "torch".
+    Returns:
+        y: (..., D) in x's dtype; differentiable in x, weight and z.
+    """
+    check = ArgCheck("gated_rmsnorm")
+    check.tensor("x", x, dtypes=REAL_DTYPES)
+    if x.dim() < 1:
+        check.fail("x must have shape (..., D), got a 0-dim tensor")
+    check.dims["D"] = dim = x.shape[-1]
+    check.tensor("weight", weight, ("D",), dtypes=REAL_DTYPES)
+    check.tensor("z", z, dtypes=REAL_DTYPES, optional=True)
+    if z is not None and z.shape != x.shape:
+        check.fail(f"z must have x's shape (..., D) = {tuple(x.shape)}, got {tuple(z.shape)}")
+    if check.finite("eps", eps) <= 0:
+        check.fail(f"eps must be > 0, got {eps}")
+    if group_size is not None:
+        check.integer("group_size", group_size, minimum=1)
+        if dim % group_size:
+            check.fail(f"group_size must divide D = {dim}, got {group_size}")
+    if not isinstance(norm_before_gate, bool):
+        check.fail(f"norm_before_gate must be a bool, got {type(norm_before_gate).__name__}", TypeError)
+
+    if dim == 0:
+        return x.clone()  # no channels to normalise
+    fn = _dispatch.select("gated_rmsnorm", x.device, backend=backend, dtype=x.dtype, size=x.numel())
+    return fn(x, weight, z, float(eps), group_size, norm_before_gate)
+
+
+__all__ = ["gated_rmsnorm"]

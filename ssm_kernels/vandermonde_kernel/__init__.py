@@ -1,0 +1,37 @@
+"""vandermonde_kernel: the S4D / DSS convolution kernel K = 2 Re(C · z^l), from log z."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import COMPLEX_DTYPES, ArgCheck
+
+_dispatch.register("vandermonde_kernel", "torch", "ssm_kernels.vandermonde_kernel.reference",
+                   "vandermonde_kernel_torch")
+
+
+def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Optional[str] = None) -> torch.Tensor:
+    """K[h, l] = 2 Re sum_n C[h, n] exp(log_z[h, n] * l) for l = 0 .. L-1.
+
+    The factor 2 and the real part account for the conjugate half of the state that S4D keeps implicit.
+
+    Args:
+        C: (H, N) complex64 / complex128; any strides.
+        log_z: (H, N), C's dtype (S4D: dt * A).
+        L: kernel length, an int >= 1.
+        backend: None (automatic) or "torch".
+    Returns:
+        K: (H, L) float32 for complex64, float64 for complex128; differentiable in C and log_z (torch's
+        complex autograd convention). Memory O(H N sqrt(L)), not O(H N L).
+    """
+    check = ArgCheck("vandermonde_kernel")
+    check.tensor("C", C, ("H", "N"), dtypes=COMPLEX_DTYPES)
+    check.tensor("log_z", log_z, ("H", "N"), dtypes=(C.dtype,))
+    check.integer("L", L, minimum=1)
+    fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L)
+    return fn(C, log_z, L)
+
+
+__all__ = ["vandermonde_kernel"]

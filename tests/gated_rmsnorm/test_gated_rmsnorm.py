@@ -1,0 +1,127 @@
+"""gated_rmsnorm: every backend against the sequential reference (forward and gradients), validation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssm_kernels.gated_rmsnorm import gated_rmsnorm
+from ssm_kernels.gated_rmsnorm.reference import gated_rmsnorm_ref
+from ssm_kernels.testing import assert_close
+from tests.helpers import backend_device, check_parity
+
+BACKENDS = ["torch"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make_inputs(shape, dtype, device, *, gate=True, weight_dtype=None, transposed=False):
+    dim = shape[-1]
+    if transposed:  # (..., D) views of (D, ...) memory
+        x = torch.randn(dim, *shape[:-1], device=device).to(dtype).movedim(0, -1)
+        z = torch.randn(dim, *shape[:-1], device=device).to(dtype).movedim(0, -1) if gate else None
+    else:
+        x = torch.randn(*shape, device=device).to(dtype)
+        z = torch.randn(*shape, device=device).to(dtype) if gate else None
+    weight = (1 + 0.1 * torch.randn(dim, device=device)).to(weight_dtype or dtype)
+    return {"x": x, "weight": weight, "z": z}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,group_size,norm_before_gate,gate", [
+    ((2, 7, 64), None, True, True), ((2, 7, 64), 16, False, True), ((3, 48), 8, True, True),
+    ((63, 40), None, False, True), ((5, 24), 24, True, False), ((1, 1, 6), 2, False, True), ((33,), 11, True, True),
+])
+def test_matches_reference(backend, dtype, shape, group_size, norm_before_gate, gate):
+    device = backend_device(backend)
+    inputs = make_inputs(shape, dtype, device, gate=gate)
+    grads = ["x", "weight"] + (["z"] if gate else [])
+    check_parity(lambda **kw: gated_rmsnorm(**kw, backend=backend), gated_rmsnorm_ref, inputs, dtype, grads,
+                 eps=1e-5, group_size=group_size, norm_before_gate=norm_before_gate)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_noncontiguous_fp32_weight(backend, dtype, norm_before_gate):
+    device = backend_device(backend)
+    inputs = make_inputs((4, 9, 32), dtype, device, weight_dtype=torch.float32, transposed=True)
+    assert not inputs["x"].is_contiguous() and not inputs["z"].is_contiguous()
+    check_parity(lambda **kw: gated_rmsnorm(**kw, backend=backend), gated_rmsnorm_ref, inputs, dtype,
+                 ["x", "weight", "z"], group_size=8, norm_before_gate=norm_before_gate)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_groups_equal_separate_norms(backend, norm_before_gate):
+    device = backend_device(backend)
+    x, z, weight = torch.randn(5, 24, device=device), torch.randn(5, 24, device=device), torch.randn(24, device=device)
+    grouped = gated_rmsnorm(x, weight, z, group_size=6, norm_before_gate=norm_before_gate, backend=backend)
+    parts = [gated_rmsnorm(x[:, s:s + 6], weight[s:s + 6], z[:, s:s + 6], norm_before_gate=norm_before_gate,
+                           backend=backend) for s in range(0, 24, 6)]
+    assert_close(grouped, torch.cat(parts, -1), torch.float32, "grouped output")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mamba_convention(backend):
+    """Gate after the norm: rmsnorm(x) * weight * silu(z); before it: rmsnorm(x * silu(z)) * weight."""
+    device = backend_device(backend)
+    x = torch.tensor([[3.0, -4.0]], device=device)
+    z = torch.tensor([[1.0, -2.0]], device=device)
+    weight = torch.tensor([2.0, 0.5], device=device)
+    eps = 1e-6
+
+    def rmsnorm(u):
+        return u / torch.sqrt(u.square().mean(-1, keepdim=True) + eps)
+    after = gated_rmsnorm(x, weight, z, eps=eps, norm_before_gate=True, backend=backend)
+    before = gated_rmsnorm(x, weight, z, eps=eps, norm_before_gate=False, backend=backend)
+    assert_close(after, rmsnorm(x) * weight * F.silu(z), torch.float32, "norm_before_gate=True")
+    assert_close(before, rmsnorm(x * F.silu(z)) * weight, torch.float32, "norm_before_gate=False")
+
+
+@pytest.mark.parametrize("norm_before_gate", [True, False])
+def test_gradcheck_fp64(norm_before_gate):
+    inputs = make_inputs((3, 12), torch.float64, "cpu")
+    args = [inputs[k].requires_grad_() for k in ("x", "weight", "z")]
+    assert torch.autograd.gradcheck(
+        lambda x, w, z: gated_rmsnorm(x, w, z, group_size=4, norm_before_gate=norm_before_gate), args)
+
+
+def test_empty_inputs():
+    weight = torch.randn(8)
+    x = torch.randn(0, 8, requires_grad=True)
+    y = gated_rmsnorm(x, weight, torch.randn(0, 8), group_size=4)
+    y.sum().backward()
+    assert y.shape == (0, 8) and x.grad.shape == (0, 8)
+    assert gated_rmsnorm(torch.randn(3, 0), torch.randn(0)).shape == (3, 0)
+
+
+def test_compile_fullgraph():
+    x, weight, z = torch.randn(4, 32, requires_grad=True), torch.randn(32), torch.randn(4, 32)
+    compiled = torch.compile(lambda x, w, z: gated_rmsnorm(x, w, z, group_size=8, norm_before_gate=False),
+                             fullgraph=True, backend="aot_eager")
+    y = compiled(x, weight, z)
+    assert_close(y, gated_rmsnorm_ref(x, weight, z, group_size=8, norm_before_gate=False), torch.float32)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(x=torch.tensor(1.0)), ValueError, r"x must have shape \(\.\.\., D\)"),
+    (dict(weight=torch.randn(7)), ValueError, r"weight must have shape \(D,\) = \(8,\), got \(7,\)"),
+    (dict(z=torch.randn(2, 3, 4)), ValueError, r"z must have x's shape \(\.\.\., D\) = \(2, 3, 8\)"),
+    (dict(z=torch.randint(0, 2, (2, 3, 8))), TypeError, "z must have dtype"),
+    (dict(x=torch.randn(2, 3, 8, dtype=torch.complex64)), TypeError, "x must have dtype"),
+    (dict(eps=0.0), ValueError, "eps must be > 0"),
+    (dict(eps=-1e-5), ValueError, "eps must be > 0"),
+    (dict(eps=float("nan")), ValueError, "eps must be finite"),
+    (dict(eps=float("inf")), ValueError, "eps must be finite"),
+    (dict(group_size=3), ValueError, "group_size must divide D = 8, got 3"),
+    (dict(group_size=0), ValueError, r"group_size must be in \[1, inf\]"),
+    (dict(group_size=4.0), TypeError, "group_size must be an int"),
+    (dict(norm_before_gate=None), TypeError, "norm_before_gate must be a bool"),
+    (dict(backend="cuda"), RuntimeError, "no 'cuda' backend"),
+])
+def test_validation(kwargs, error, match):
+    args = dict(x=torch.randn(2, 3, 8), weight=torch.randn(8), z=torch.randn(2, 3, 8))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        gated_rmsnorm(**args)
