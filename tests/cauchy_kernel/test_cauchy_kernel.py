@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import ssm_kernels.cauchy_kernel.reference as cauchy_reference
+from ssm_kernels.cauchy_kernel import reference as cauchy_reference
 from ssm_kernels.cauchy_kernel import cauchy_kernel
 from ssm_kernels.cauchy_kernel.reference import cauchy_kernel_ref
 from ssm_kernels.testing import assert_close
