@@ -1,0 +1,162 @@
+"""Mamba-1 block (the selective SSM block of arXiv 2312.00752), a drop-in for mamba_ssm's Mamba.
+
+Same constructor arguments, defaults, parameter names, state_dict keys and initialisation as
+mamba_ssm.modules.mamba_simple.Mamba (mamba_ssm 2.3.2), and the same math as its non-fused path, so a
+mamba_ssm checkpoint loads with strict=True and gives the same outputs. The convolution and the scan go
+through the public ssm_kernels ops, which pick the fastest backend for the tensors at hand.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+
+State = Tuple[torch.Tensor, torch.Tensor]
+
+
+class Mamba(nn.Module):
+    """Mamba-1 block: (B, L, d_model) -> (B, L, d_model).
+
+    in_proj -> x, z (d_inner = expand * d_model each); x = silu(causal depthwise conv(x));
+    x_proj(x) -> dt (dt_rank), B, C (d_state each); dt = dt_proj(dt) with its bias applied inside the scan;
+    y = selective_scan(x, dt, A = -exp(A_log), B, C, D, gate z); out_proj(y).
+
+    `use_fast_path` is accepted for compatibility and ignored: ssm_kernels chooses the kernels.
+    Recurrent state: (conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state) fp32).
+    """
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
+                 dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
+                 use_fast_path=True, layer_idx=None, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(self.expand * self.d_model)
+        self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
+        self.activation = "silu"
+
+        self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
+        # an nn.Conv1d only for mamba_ssm's parameter layout (weight (d_inner, 1, d_conv)); never called
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
+
+        # dt projection initialised to preserve variance
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        else:
+            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        # dt bias = softplus^-1 of a log-uniform sample in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True  # model-level init zeroes Linear biases except this one
+
+        # S4D-real initialisation; A_log and D stay fp32 whatever `dtype` is, as in mamba_ssm
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+
+        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
+
+    def forward(self, hidden_states: torch.Tensor, inference_params=None, state: Optional[State] = None):
+        """hidden_states: (B, L, d_model) -> (B, L, d_model).
+
+        state: optional (conv_state, ssm_state) from default_state: the sequence continues from it, and it is
+            overwritten in place with the state after the last token (detached), ready for `step`.
+        inference_params: mamba_ssm's InferenceParams (key_value_memory_dict, seqlen_offset): the states of
+            layer `layer_idx` are kept there; seqlen_offset == 0 starts from zero states (prefill), > 0
+            continues from the cached ones (one token at a time like mamba_ssm, or several).
+        """
+        batch, seqlen, _ = hidden_states.shape
+        if inference_params is not None:
+            state = self._get_states_from_cache(inference_params, batch)
+            if inference_params.seqlen_offset == 0:
+                for s in state:
+                    s.zero_()
+            elif seqlen == 1:
+                return self.step(hidden_states[:, 0], state)[0].unsqueeze(1)
+
+        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 d_inner, L)
+        x, z = xz.chunk(2, dim=1)
+        weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        conv_init = None
+        if state is not None:
+            conv_state, ssm_state = state
+            conv_init = conv_state[..., conv_state.shape[-1] - (self.d_conv - 1):].to(x.dtype)
+            with torch.no_grad():
+                new_conv = torch.cat([conv_state.to(x.dtype), x], dim=-1)[..., -conv_state.shape[-1]:]
+        x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init)
+
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 d_state)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
+        B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
+        C = C.transpose(1, 2).contiguous()
+        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                           delta_softplus=True, return_final_state=state is not None,
+                           initial_state=None if state is None else ssm_state.float())
+        if state is not None:
+            y, last_state = y
+            conv_state.copy_(new_conv)
+            ssm_state.copy_(last_state.detach())
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """One token: x_t (B, d_model) -> (y_t (B, d_model), state). The state tensors are updated in place
+        (the returned state is the same pair of tensors)."""
+        conv_state, ssm_state = state
+        x, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, d_inner) each
+        # causal_conv1d_update needs x in the cache's dtype (they differ under autocast)
+        x = causal_conv1d_update(x.to(conv_state.dtype), conv_state, self.conv1d.weight.squeeze(1),
+                                 self.conv1d.bias, activation=self.activation)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, d_inner); bias added in the update
+        A = -torch.exp(self.A_log.float())
+        y = selective_state_update(ssm_state, x, dt, A, B, C, D=self.D.float(), z=z,
+                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        return self.out_proj(y), state
+
+    def default_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """Zero state: conv_state (B, d_inner, d_conv) in `dtype` (default: the conv weight's), the last
+        d_conv conv inputs as mamba_ssm caches them; ssm_state (B, d_inner, d_state) fp32."""
+        device = self.conv1d.weight.device if device is None else device
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs) -> State:
+        """mamba_ssm's cache allocation (used by its generation utilities): default_state."""
+        return self.default_state(batch_size, dtype=dtype)
+
+    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False) -> State:
+        if self.layer_idx is None:
+            raise ValueError("Mamba needs layer_idx to keep its state in inference_params")
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.default_state(batch_size)
+        elif initialize_states:
+            for s in cache[self.layer_idx]:
+                s.zero_()
+        return cache[self.layer_idx]

@@ -1,0 +1,277 @@
+"""ssm_universal.layers.Mamba against mamba_ssm's Mamba (mamba_simple.py), and step == forward.
+
+References (each test runs against every one available, so a clean clone still checks something real):
+* "inline": MambaSimpleRef below, a transcription of mamba_ssm 2.3.2 mamba_ssm/modules/mamba_simple.py
+  (github.com/state-spaces/mamba, tag v2.3.2) restricted to the path it takes without causal_conv1d and
+  Triton (nn.Conv1d, the torch decoding step), with its selective_scan_ref (ops/selective_scan_interface.py)
+  for the scan: same parameter creation order, so the same seed gives the same weights.
+* "mamba_ssm": the published file itself, when `../shared/tools/peer_packages.sh peers` has unpacked it into
+  <repo>/peers/mamba/mamba_ssm; its CUDA and Triton imports are shimmed away and selective_scan_fn is bound
+  to its own selective_scan_ref, so it runs the same pure-PyTorch path on the CPU.
+"""
+import importlib
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels.testing import assert_close
+from ssm_universal.layers import Mamba
+
+FP32 = torch.float32
+PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """mamba_ssm's selective_scan_ref for real A and B, C (B, N, L): sequential, fp32."""
+    dtype_in = u.dtype
+    u, delta, B, C = u.float(), delta.float(), B.float(), C.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    x = A.new_zeros((u.shape[0], A.shape[0], A.shape[1]))
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    ys = []
+    for i in range(u.shape[2]):
+        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    out = torch.stack(ys, dim=2) + u * D[:, None]
+    out = (out * F.silu(z)).to(dtype_in)
+    return (out, x) if return_last_state else out
+
+
+class MambaSimpleRef(nn.Module):
+    """mamba_simple.Mamba (mamba_ssm 2.3.2), use_fast_path=False, no causal_conv1d, no Triton."""
+
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
+                 dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
+                 use_fast_path=True, layer_idx=None, device=None, dtype=None):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.layer_idx = layer_idx
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, bias=conv_bias, kernel_size=d_conv,
+                                groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + d_state * 2, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+        A = torch.arange(1, d_state + 1, dtype=torch.float32)[None].repeat(self.d_inner, 1).contiguous()
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+    def forward(self, hidden_states, inference_params=None):
+        batch, seqlen, _ = hidden_states.shape
+        conv_state = ssm_state = None
+        if inference_params is not None:
+            cache = inference_params.key_value_memory_dict
+            if self.layer_idx not in cache:
+                cache[self.layer_idx] = (torch.zeros(batch, self.d_inner, self.d_conv),
+                                         torch.zeros(batch, self.d_inner, self.d_state))
+            conv_state, ssm_state = cache[self.layer_idx]
+            if inference_params.seqlen_offset > 0:
+                return self.step(hidden_states, conv_state, ssm_state)[0]
+        xz = (self.in_proj.weight @ hidden_states.reshape(-1, self.d_model).t()).reshape(-1, batch, seqlen)
+        xz = xz.transpose(0, 1)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        A = -torch.exp(self.A_log.float())
+        x, z = xz.chunk(2, dim=1)
+        if conv_state is not None:
+            conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        x = F.silu(self.conv1d(x)[..., :seqlen])
+        x_dbl = self.x_proj(x.transpose(1, 2).reshape(batch * seqlen, self.d_inner))
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (self.dt_proj.weight @ dt.t()).reshape(-1, batch, seqlen).transpose(0, 1)
+        B = B.reshape(batch, seqlen, -1).transpose(1, 2).contiguous()
+        C = C.reshape(batch, seqlen, -1).transpose(1, 2).contiguous()
+        y = selective_scan_ref(x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                               delta_softplus=True, return_last_state=ssm_state is not None)
+        if ssm_state is not None:
+            y, last_state = y
+            ssm_state.copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))
+
+    def step(self, hidden_states, conv_state, ssm_state):
+        x, z = self.in_proj(hidden_states.squeeze(1)).chunk(2, dim=-1)
+        conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
+        conv_state[:, :, -1] = x
+        x = F.silu(torch.sum(conv_state * self.conv1d.weight[:, 0], dim=-1) + self.conv1d.bias)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias)
+        A = -torch.exp(self.A_log.float())
+        dA = torch.exp(torch.einsum("bd,dn->bdn", dt, A))
+        dB = torch.einsum("bd,bn->bdn", dt, B)
+        ssm_state.copy_(ssm_state * dA + x[..., None] * dB)
+        y = (torch.einsum("bdn,bn->bd", ssm_state, C) + self.D * x) * F.silu(z)
+        return self.out_proj(y).unsqueeze(1), conv_state, ssm_state
+
+
+def load_mamba_ssm_mamba():
+    """mamba_ssm 2.3.2's Mamba class from <repo>/peers, or None when the peer sources are absent.
+
+    sys.modules is restored afterwards, so other tests that import the real packages are not affected."""
+    if not (PEER_MAMBA / "modules" / "mamba_simple.py").is_file():
+        return None
+    ours = lambda n: n.split(".")[0] in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d")  # noqa: E731
+    saved = {n: m for n, m in sys.modules.items() if ours(n)}
+    try:
+        package = types.ModuleType("mamba_ssm")
+        package.__path__ = [str(PEER_MAMBA)]  # its __init__ would import the CUDA extension and Mamba-3
+        layer_norm = types.ModuleType("mamba_ssm.ops.triton.layer_norm")  # Triton; only _layer_norm_fwd used
+        layer_norm._layer_norm_fwd = None
+        sys.modules.update({
+            "mamba_ssm": package, "selective_scan_cuda": types.ModuleType("selective_scan_cuda"),
+            "mamba_ssm.ops.triton.layer_norm": layer_norm,
+            "causal_conv1d": None, "mamba_ssm.ops.triton.selective_state_update": None,  # -> ImportError
+        })
+        interface = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+        simple = importlib.import_module("mamba_ssm.modules.mamba_simple")
+    finally:
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+    assert simple.causal_conv1d_fn is None and simple.selective_state_update is None
+    simple.selective_scan_fn = interface.selective_scan_ref  # its slow path's scan without the CUDA op
+    return simple.Mamba
+
+
+REFERENCES = {"inline": MambaSimpleRef, "mamba_ssm": load_mamba_ssm_mamba()}
+REFERENCES = {name: cls for name, cls in REFERENCES.items() if cls is not None}
+
+CONFIGS = [dict(d_model=16, d_state=8), dict(d_model=24, d_state=4, d_conv=3, expand=1, bias=True)]
+
+
+def make_pair(reference, seed=0, **config):
+    """(reference, ours) built from the same seed."""
+    torch.manual_seed(seed)
+    ref = reference(**config, use_fast_path=False, layer_idx=0)
+    torch.manual_seed(seed)
+    return ref, Mamba(**config, layer_idx=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "bias-d_conv3-expand1"])
+@pytest.mark.parametrize("ref_name", list(REFERENCES))
+def test_parameters_and_init_match_mamba_ssm(ref_name, config):
+    ref, ours = make_pair(REFERENCES[ref_name], **config)
+    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
+    assert list(our_sd) == list(ref_sd)
+    for key, value in ref_sd.items():
+        assert our_sd[key].shape == value.shape and our_sd[key].dtype == value.dtype, key
+        assert torch.equal(our_sd[key], value), f"{key}: different initialisation from the same seed"
+    assert ours.conv1d.weight.shape == (ours.d_inner, 1, ours.d_conv)
+    assert ours.A_log._no_weight_decay and ours.D._no_weight_decay and ours.dt_proj.bias._no_reinit
+    dt = F.softplus(ours.dt_proj.bias)
+    assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "bias-d_conv3-expand1"])
+@pytest.mark.parametrize("ref_name", list(REFERENCES))
+def test_checkpoint_loads_and_matches_mamba_ssm(ref_name, config):
+    """A reference checkpoint loads with strict=True; outputs, every parameter gradient, and a prefill then
+    one-token decoding through inference_params (outputs and cached states) agree in fp32."""
+    ref, ours = make_pair(REFERENCES[ref_name], **config)
+    with torch.no_grad():  # move away from the init so that every parameter matters
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 13, config["d_model"])
+    y_ref, y = ref(x), ours(x)
+    assert_close(y, y_ref, FP32, "forward")
+    cotangent = torch.randn_like(y)
+    (y_ref * cotangent).sum().backward()
+    (y * cotangent).sum().backward()
+    for (name, p_ref), p in zip(ref.named_parameters(), ours.parameters()):
+        assert_close(p.grad, p_ref.grad, FP32, f"gradient of {name}")
+
+    prefill = 3  # shorter than d_conv = 4: the conv cache is zero-padded
+    params_ref = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
+    params = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
+    with torch.no_grad():
+        outs_ref, outs = [ref(x[:, :prefill], params_ref)], [ours(x[:, :prefill], params)]
+        for t in range(prefill, x.shape[1]):
+            params_ref.seqlen_offset = params.seqlen_offset = t
+            outs_ref.append(ref(x[:, t:t + 1], params_ref))
+            outs.append(ours(x[:, t:t + 1], params))
+    assert_close(torch.cat(outs, 1), torch.cat(outs_ref, 1), FP32, "prefill + decode")
+    assert_close(torch.cat(outs, 1), y_ref.detach(), FP32, "prefill + decode vs forward")
+    for name, s, s_ref in zip(("conv_state", "ssm_state"), params.key_value_memory_dict[0],
+                              params_ref.key_value_memory_dict[0]):
+        assert_close(s, s_ref, FP32, name)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["default", "bias-d_conv3-expand1"])
+def test_step_equals_forward(config):
+    """Token by token from default_state == the full forward; the state after the steps == the state a
+    forward with `state=` leaves; a forward continuing from a stepped state == the rest of the forward."""
+    layer = Mamba(**config)
+    batch, length, split = 3, 23, 9
+    x = torch.randn(batch, length, config["d_model"])
+    with torch.no_grad():
+        y = layer(x)
+        state = layer.default_state(batch)
+        assert state[0].shape == (batch, layer.d_inner, layer.d_conv) and state[0].dtype == FP32
+        assert state[1].shape == (batch, layer.d_inner, layer.d_state) and state[1].dtype == FP32
+        steps = []
+        for t in range(length):
+            y_t, new_state = layer.step(x[:, t], state)
+            assert all(a is b for a, b in zip(new_state, state)), "step updates the state in place"
+            steps.append(y_t)
+        assert_close(torch.stack(steps, 1), y, FP32, "steps")
+
+        forward_state = layer.default_state(batch)
+        assert_close(layer(x, state=forward_state), y, FP32, "forward with state")
+        for name, s, s_ref in zip(("conv_state", "ssm_state"), state, forward_state):
+            assert_close(s, s_ref, FP32, f"{name} after the steps")
+
+        state = layer.default_state(batch)
+        for t in range(split):
+            layer.step(x[:, t], state)
+        assert_close(layer(x[:, split:], state=state), y[:, split:], FP32, "forward continuing a state")
+
+
+def test_forward_backward_shapes_and_finite_grads():
+    layer = Mamba(d_model=32, d_state=8)
+    x = torch.randn(2, 17, 32, requires_grad=True)
+    y = layer(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    y.square().sum().backward()
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, name
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: gradient {p.grad}"
+
+
+def test_bf16_autocast():
+    """Under CPU bf16 autocast: forward and backward run, the output is bf16 and within the bf16 tolerance
+    of the fp32 forward; a decoding step runs from an fp32 cache."""
+    layer = Mamba(d_model=32, d_state=8)
+    x = torch.randn(2, 17, 32)
+    y32 = layer(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        state = layer.default_state(2)
+        y_t, _ = layer.step(x[:, 0], state)
+    assert y.dtype == torch.bfloat16 and y_t.shape == (2, 32) and torch.isfinite(y_t).all()
+    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
+    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
+    y.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
