@@ -12,36 +12,30 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import ssm_kernels
 from ssm_kernels.testing import relative_error, tolerance
 
 
-class ConvMixerBlock(nn.Module):
-    """Pre-norm residual block: in_proj -> causal depthwise conv + SiLU, gated by SiLU(z) -> out_proj.
-    Used until ssm_universal's architectures are available. x: (B, L, d_model)."""
+class PreNormResidual(nn.Module):
+    """x + mixer(norm(x)), x: (B, L, d_model). Used until ssm_universal.models.create_model exists."""
 
-    def __init__(self, d_model: int, expand: int = 2, d_conv: int = 4):
+    def __init__(self, d_model: int, mixer: nn.Module):
         super().__init__()
-        inner = expand * d_model
         self.norm = nn.LayerNorm(d_model)
-        self.in_proj = nn.Linear(d_model, 2 * inner)
-        self.conv_weight = nn.Parameter(torch.randn(inner, d_conv) / d_conv ** 0.5)
-        self.conv_bias = nn.Parameter(torch.zeros(inner))
-        self.out_proj = nn.Linear(inner, d_model)
+        self.mixer = mixer
 
     def forward(self, x):
-        u, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
-        u = ssm_kernels.causal_conv1d(u.transpose(1, 2), self.conv_weight, self.conv_bias, "silu").transpose(1, 2)
-        return x + self.out_proj(u * F.silu(z))
+        return x + self.mixer(self.norm(x))
 
 
 def build_model(d_model: int, n_layer: int) -> tuple:
     try:
         from ssm_universal.models import create_model
     except ImportError:
-        return nn.Sequential(*[ConvMixerBlock(d_model) for _ in range(n_layer)]), "conv-mixer (fallback)"
+        from ssm_universal.layers import Mamba
+        blocks = [PreNormResidual(d_model, Mamba(d_model, layer_idx=i)) for i in range(n_layer)]
+        return nn.Sequential(*blocks), f"{n_layer} pre-norm residual ssm_universal.layers.Mamba blocks"
     return create_model(architecture="mamba", d_model=d_model, n_layer=n_layer), "ssm_universal mamba"
 
 
