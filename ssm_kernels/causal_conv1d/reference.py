@@ -57,15 +57,11 @@ def causal_conv1d_ref(x, weight, bias=None, activation=None, seq_idx=None, initi
     w = weight.to(acc_dtype)
     outputs = []
     for t in range(length):
-        acc = torch.zeros(batch, dim, dtype=acc_dtype, device=x.device)
-        if bias is not None:
-            acc = acc + bias.to(acc_dtype)
-        for k in range(width):
-            term = w[:, k] * xp[:, :, t + k]
-            if ids is not None:
-                term = term * (ids[:, t + k] == ids[:, t + width - 1]).unsqueeze(1).to(acc_dtype)
-            acc = acc + term
-        outputs.append(acc)
+        window = xp[:, :, t:t + width]  # (B, D, W): the inputs output t reads
+        if ids is not None:
+            window = window * (ids[:, t:t + width] == ids[:, t + width - 1:t + width]).unsqueeze(1).to(acc_dtype)
+        acc = (window * w).sum(-1)
+        outputs.append(acc if bias is None else acc + bias.to(acc_dtype))
     y = torch.stack(outputs, dim=-1) if outputs else x.new_zeros(batch, dim, 0, dtype=acc_dtype)
     return _activate(y, activation).to(x.dtype)
 
