@@ -11,6 +11,7 @@ from .causal_conv1d_update import causal_conv1d_update
 from .gated_rmsnorm import gated_rmsnorm
 from .selective_scan import selective_scan, selective_scan_fn
 from .selective_state_update import selective_state_update
+from .ssd_chunk_scan import mamba_chunk_scan_combined, ssd_chunk_scan
 from .vandermonde_kernel import vandermonde_kernel
 
 __version__ = "0.1.0"
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "available_backends", "record_backends", "use_backend",
     "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_scan_fn", "selective_state_update",
-    "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
+    "ssd_chunk_scan", "mamba_chunk_scan_combined", "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
 ]

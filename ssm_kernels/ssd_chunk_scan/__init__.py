@@ -1,0 +1,133 @@
+"""ssd_chunk_scan: the Mamba-2 SSD scan (chunked), and mamba_ssm's mamba_chunk_scan_combined signature."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _dispatch
+from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
+
+_dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.reference", "ssd_chunk_scan_torch")
+
+DEFAULT_DT_LIMIT = (0.0, float("inf"))
+
+
+def _check_dt_limit(check: ArgCheck, dt_limit) -> Tuple[float, float]:
+    if not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2:
+        check.fail(f"dt_limit must be a pair (min, max), got {dt_limit!r}", TypeError)
+    low = check.finite("dt_limit[0]", dt_limit[0])
+    high = dt_limit[1]
+    if isinstance(high, bool) or not isinstance(high, (int, float)):
+        check.fail(f"dt_limit[1] must be a real number, got {type(high).__name__}", TypeError)
+    if math.isnan(high) or high == -math.inf:
+        check.fail(f"dt_limit[1] must be finite or +inf, got {high}")
+    if low > high:
+        check.fail(f"dt_limit must have min <= max, got {tuple(dt_limit)}")
+    return low, float(high)
+
+
+def _check_cu_seqlens(check: ArgCheck, cu_seqlens: torch.Tensor, length: int) -> None:
+    if check.dims["B"] != 1:
+        check.fail(f"cu_seqlens packs sequences along L and needs batch size B = 1, got B = {check.dims['B']}")
+    if torch.compiler.is_compiling():  # the value checks read the tensor: left to eager calls
+        return
+    bounds = cu_seqlens.tolist()
+    if bounds[0] != 0 or bounds[-1] != length:
+        check.fail(f"cu_seqlens must start at 0 and end at L = {length}, got {bounds[0]} ... {bounds[-1]}")
+    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        check.fail("cu_seqlens must be strictly increasing (sequences of length 0 are not allowed)")
+
+
+def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   chunk_size: int = 256, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                   dt_bias: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+                   dt_limit: Tuple[float, float] = DEFAULT_DT_LIMIT, initial_states: Optional[torch.Tensor] = None,
+                   seq_idx: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
+                   return_final_states: bool = False, return_varlen_states: bool = False,
+                   backend: Optional[str] = None):
+    """Mamba-2 SSD scan. Per head h, with dt' = clamp(softplus(dt + dt_bias) if dt_softplus else dt + dt_bias,
+    *dt_limit) (the clamp always applies, as in mamba_ssm):
+
+        state_t = exp(dt'_t A_h) state_{t-1} + dt'_t x_t B_t^T      (P, N), B/C of group h // (H / G)
+        out_t   = (state_t C_t + D_h x_t) * silu(z_t)
+
+    The result does not depend on chunk_size (it sets the chunk length of the algorithm only).
+
+    Args:
+        x: (B, L, H, P) fp32 / fp16 / bf16 (fp64 on the torch backend); any strides.
+        dt: (B, L, H) raw step sizes.
+        A: (H,), negative for a decaying state (fp32 also with low-precision x).
+        B, C: (B, L, G, N); G (ngroups) divides H.
+        chunk_size: chunk length >= 1.
+        D: (H,) or (H, P) skip connection, or None.
+        z: (B, L, H, P) gate, or None.
+        dt_bias: (H,) or None. dt_softplus: apply softplus to dt + dt_bias.
+        dt_limit: (min, max) clamp of dt'; min finite, max finite or +inf.
+        initial_states: (B, H, P, N), the state before step 0; it continues the first sequence.
+        seq_idx: (B, L) int32/int64: a new sequence (zero state) starts wherever seq_idx changes.
+        cu_seqlens: (S + 1,) int, B = 1: packed sequences [cu_seqlens[s], cu_seqlens[s + 1]); strictly
+            increasing from 0 to L (no empty sequences). The state resets at every cu_seqlens[s]; with
+            seq_idx too, it resets at the boundaries of both.
+        return_final_states: also return the (B, H, P, N) state after step L - 1.
+        return_varlen_states: also return the (S, H, P, N) states after the last step of every sequence of
+            cu_seqlens (which it requires).
+        backend: None (automatic) or "torch".
+    Returns:
+        out (B, L, H, P) in x's dtype; with return_final_states and/or return_varlen_states the tuple
+        (out, final_states), (out, varlen_states) or (out, final_states, varlen_states), mamba_ssm's order.
+        States are fp32 (fp64 for fp64 x). Every floating input gets a gradient, through states too.
+    """
+    check = ArgCheck("ssd_chunk_scan")
+    check.tensor("x", x, ("B", "L", "H", "P"), dtypes=REAL_DTYPES)
+    check.tensor("dt", dt, ("B", "L", "H"), dtypes=REAL_DTYPES)
+    check.tensor("A", A, ("H",), dtypes=REAL_DTYPES)
+    check.tensor("B", B, ("B", "L", "G", "N"), dtypes=REAL_DTYPES)
+    check.tensor("C", C, ("B", "L", "G", "N"), dtypes=REAL_DTYPES)
+    heads, groups = check.dims["H"], check.dims["G"]
+    if groups == 0 or heads % groups != 0:
+        check.fail(f"B and C must have shape (B, L, G, N) with G (ngroups) dividing H = {heads}, got G = {groups}")
+    chunk_size = check.integer("chunk_size", chunk_size, minimum=1)
+    if D is not None and D.dim() == 2:
+        check.tensor("D", D, ("H", "P"), dtypes=REAL_DTYPES)
+    else:
+        check.tensor("D", D, ("H",), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("z", z, ("B", "L", "H", "P"), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("dt_bias", dt_bias, ("H",), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("initial_states", initial_states, ("B", "H", "P", "N"), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("seq_idx", seq_idx, ("B", "L"), dtypes=INDEX_DTYPES, optional=True)
+    check.tensor("cu_seqlens", cu_seqlens, ("S + 1",), dtypes=INDEX_DTYPES, optional=True)
+    dt_limit = _check_dt_limit(check, dt_limit)
+    if cu_seqlens is not None:
+        _check_cu_seqlens(check, cu_seqlens, check.dims["L"])
+    if return_varlen_states and cu_seqlens is None:
+        check.fail("return_varlen_states=True needs cu_seqlens")
+
+    fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel())
+    out, final_states, varlen_states = fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, bool(dt_softplus), dt_limit,
+                                          initial_states, seq_idx, cu_seqlens)
+    extra = ((final_states,) if return_final_states else ()) + ((varlen_states,) if return_varlen_states else ())
+    return (out,) + extra if extra else out
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=DEFAULT_DT_LIMIT,
+                              return_final_states=False, return_varlen_states=False, backend=None):
+    """mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined: same arguments, order and returns
+    (out; (out, final_states); (out, varlen_states); or (out, final_states, varlen_states)).
+
+    As in mamba_ssm, cu_seqlens is used only with return_varlen_states (which requires it). Unlike
+    mamba_ssm, the states then also reset at cu_seqlens boundaries without seq_idx (mamba_ssm's output
+    would carry state across them), and varlen states have gradients. See ssd_chunk_scan for shapes.
+    """
+    if return_varlen_states and cu_seqlens is None:
+        raise ValueError("mamba_chunk_scan_combined: cu_seqlens must be provided if return_varlen_states is True")
+    return ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                          dt_limit=dt_limit, initial_states=initial_states, seq_idx=seq_idx,
+                          cu_seqlens=cu_seqlens if return_varlen_states else None,
+                          return_final_states=return_final_states, return_varlen_states=return_varlen_states,
+                          backend=backend)
+
+
+__all__ = ["ssd_chunk_scan", "mamba_chunk_scan_combined"]
