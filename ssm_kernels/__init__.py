@@ -8,7 +8,9 @@ from ._dispatch import BackendUnavailableError, available_backends, record_backe
 from .cauchy_kernel import cauchy_kernel
 from .causal_conv1d import causal_conv1d
 from .causal_conv1d_update import causal_conv1d_update
+from .fftconv import fftconv
 from .gated_rmsnorm import gated_rmsnorm
+from .linear_scan import linear_scan
 from .selective_scan import selective_scan, selective_scan_fn
 from .selective_state_update import selective_state_update
 from .ssd_chunk_scan import mamba_chunk_scan_combined, ssd_chunk_scan
@@ -19,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "available_backends", "record_backends", "use_backend",
     "causal_conv1d", "causal_conv1d_update", "selective_scan", "selective_scan_fn", "selective_state_update",
-    "ssd_chunk_scan", "mamba_chunk_scan_combined", "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
+    "ssd_chunk_scan", "mamba_chunk_scan_combined", "linear_scan", "fftconv", "gated_rmsnorm", "vandermonde_kernel", "cauchy_kernel",
 ]

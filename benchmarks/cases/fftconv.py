@@ -1,0 +1,40 @@
+"""fftconv: the H3/Hyena long convolution with skip and both gates, causal and bidirectional."""
+from __future__ import annotations
+
+import torch
+
+from ssm_kernels import _dispatch
+from ssm_kernels.fftconv import fftconv
+from ssm_kernels.fftconv.reference import fftconv_ref
+
+from ..core import Case, Variant
+
+
+def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch.dtype, reference: bool) -> Case:
+    def make(device, with_peers):
+        u, pre, post = (torch.randn(batch, heads, length, device=device, dtype=dtype, requires_grad=True)
+                        for _ in range(3))
+        kshape = (2, heads, length) if bidirectional else (heads, length)
+        k = torch.randn(kshape, device=device, requires_grad=True)
+        D = torch.randn(heads, device=device, requires_grad=True)
+        leaves = (u, k, D, pre, post)
+        variants = {}
+        for backend in _dispatch.implemented_backends("fftconv"):
+            if _dispatch.backend_problem(backend, device) is None:
+                variants[backend] = Variant(lambda backend=backend: fftconv(u, k, D, bidirectional, pre, post,
+                                                                            backend=backend), leaves)
+        if reference:
+            variants["reference"] = Variant(lambda: fftconv_ref(u, k, D, bidirectional, pre, post), leaves)
+        return variants
+
+    io = batch * heads * length * dtype.itemsize
+    kernel = (2 if bidirectional else 1) * heads * length * 4
+    kind = "bidir" if bidirectional else "causal"
+    return Case("fftconv", f"B{batch} H{heads} L{length} {kind} {str(dtype).replace('torch.', '')}", make,
+                bytes_fwd=4 * io + kernel, bytes_fwd_bwd=11 * io + 3 * kernel)
+
+
+def cases(quick: bool):
+    if quick:
+        return [_case(2, 64, 1024, False, torch.float32, True), _case(2, 64, 1024, True, torch.float32, False)]
+    return [_case(4, 256, 4096, False, torch.float32, True), _case(4, 256, 4096, True, torch.float32, False)]

@@ -1,0 +1,43 @@
+"""linear_scan: real fp32 B=4 D=1024 L=4096 (issue 3's CPU case) and a complex S5/LRU-style case.
+
+"floor:cumsum" is torch.cumsum of the tokens along L: one memory pass over the same (B, D, L) tensor, the
+yardstick of issue 3 (forward within 4x of it)."""
+from __future__ import annotations
+
+import torch
+
+from ssm_kernels import _dispatch
+from ssm_kernels.linear_scan import linear_scan
+from ssm_kernels.linear_scan.reference import linear_scan_ref
+
+from ..core import Case, Variant
+
+
+def _case(batch: int, dim: int, length: int, dtype: torch.dtype, reference: bool) -> Case:
+    def make(device, with_peers):
+        shape = (batch, dim, length)
+        gates = 0.5 + 0.5 * torch.rand(shape, device=device, dtype=dtype.to_real())
+        if dtype.is_complex:  # S5 / LRU: eigenvalues inside the unit disc
+            gates = torch.polar(gates, torch.rand(shape, device=device, dtype=gates.dtype) * 6.28)
+        gates.requires_grad_()
+        tokens = torch.randn(batch, dim, length, device=device, dtype=dtype, requires_grad=True)
+        leaves = (gates, tokens)
+        variants = {}
+        for backend in _dispatch.implemented_backends("linear_scan"):
+            if _dispatch.backend_problem(backend, device) is None:
+                variants[backend] = Variant(lambda backend=backend: linear_scan(gates, tokens, backend=backend),
+                                            leaves)
+        if reference:
+            variants["reference"] = Variant(lambda: linear_scan_ref(gates, tokens), leaves)
+        variants["floor:cumsum"] = Variant(lambda: torch.cumsum(tokens, -1), (tokens,))
+        return variants
+
+    io = batch * dim * length * dtype.itemsize
+    return Case("linear_scan", f"B{batch} D{dim} L{length} {str(dtype).replace('torch.', '')}", make,
+                bytes_fwd=3 * io, bytes_fwd_bwd=8 * io)  # fwd: a, b in, x out; bwd adds a, x, dy in, da, db out
+
+
+def cases(quick: bool):
+    if quick:
+        return [_case(2, 256, 1024, torch.float32, True), _case(2, 128, 1024, torch.complex64, True)]
+    return [_case(4, 1024, 4096, torch.float32, True), _case(2, 512, 2048, torch.complex64, False)]

@@ -1,0 +1,51 @@
+"""fftconv: long (global) convolution by FFT, the S4 / H3 / Hyena convolution with skip and gates."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import REAL_DTYPES, ArgCheck
+
+_dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.reference", "fftconv_torch")
+
+
+def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, bidirectional: bool = False,
+            pregate: Optional[torch.Tensor] = None, postgate: Optional[torch.Tensor] = None,
+            backend: Optional[str] = None):
+    """y = (v * k + D v) * postgate with v = u * pregate, * a convolution along the last axis.
+
+    Causal: y_t = sum_{0 <= j < Lk} k[j] v_{t-j}. Bidirectional (state-spaces/s4's convention): k[0] is the
+    causal kernel as above and k[1] the anti-causal one, y_t += sum_{0 <= j < Lk} k[1][j] v_{t+1+j}
+    (k[1][0] weighs the next input). Inputs outside [0, L) are zero.
+
+    Args:
+        u: (B, H, L) fp32 / fp16 / bf16 / fp64; any strides.
+        k: (H, Lk) with 1 <= Lk <= L (a shorter kernel acts as zero-padded to L), or (2, H, Lk) when
+            bidirectional; real, any float dtype (fp32 parameters with bf16 inputs are fine).
+        D: (H,) skip connection, or None.
+        bidirectional: add the anti-causal part k[1].
+        pregate, postgate: (B, H, L) multiplicative gates, or None.
+        backend: None (automatic) or "torch".
+    Math runs in fp32 (fp64 when any input is fp64); y and every gradient come back in the inputs' dtypes.
+    Returns:
+        y: (B, H, L) in u's dtype.
+    """
+    check = ArgCheck("fftconv")
+    check.tensor("u", u, ("B", "H", "L"), dtypes=REAL_DTYPES)
+    length = check.dims["L"]
+    check.tensor("k", k, (2, "H", "Lk") if bidirectional else ("H", "Lk"), dtypes=REAL_DTYPES)
+    if length > 0:
+        check.integer("k.shape[-1] (the kernel length Lk)", check.dims["Lk"], minimum=1, maximum=length)
+    check.tensor("D", D, ("H",), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("pregate", pregate, ("B", "H", "L"), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("postgate", postgate, ("B", "H", "L"), dtypes=REAL_DTYPES, optional=True)
+
+    if length == 0:
+        return u.clone()  # nothing to convolve; keeps y connected to the graph like any other output
+    fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel())
+    return fn(u, k, D, bool(bidirectional), pregate, postgate)
+
+
+__all__ = ["fftconv"]

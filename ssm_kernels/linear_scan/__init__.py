@@ -1,0 +1,65 @@
+"""linear_scan: the first-order linear recurrence x_t = a_t * x_{t-1} + b_t (S5, LRU, EMA)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import _dispatch
+from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
+from .reference import _final_state, result_dtypes
+
+SCAN_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
+
+_dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.reference", "linear_scan_torch")
+
+_GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
+
+
+def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+                reverse: bool = False, return_final_state: bool = False, backend: Optional[str] = None):
+    """First-order linear recurrence along the last axis.
+
+    x_t = a_t * x_{t-1} + b_t with x_{-1} = initial_state (zeros without it); with reverse the scan runs
+    from the end: x_t = a_t * x_{t+1} + b_t, the initial state entering after position L-1.
+    Gates may be zero (resets) or larger than 1 in magnitude anywhere.
+
+    Args:
+        gates: a, (B, D, L), or (D, L) / (D,) shared over the batch (and over time for (D,)); real or
+            complex (fp32, fp16, bf16, fp64, complex64, complex128); any strides.
+        tokens: b, (B, D, L), same dtype choices; any strides.
+        initial_state: (B, D) or None.
+        reverse: scan from the end.
+        return_final_state: also return the (B, D) state after the last step (x_{L-1}; x_0 with reverse;
+            the initial state, or zeros, when L == 0).
+        backend: None (automatic) or "torch".
+    Dtypes: the scan is complex when any of gates, tokens, initial_state is complex (a real gate with
+        complex tokens is the usual S5/LRU case). x keeps the tokens' precision: the tokens' dtype for a real
+        scan, else complex64 (complex128 for fp64/complex128 tokens). Math runs in fp32/complex64, or in
+        fp64/complex128 when any input is 64-bit. Gradients come back in each input's dtype (the real part
+        for a real input of a complex scan; summed over the dims a broadcast gate was shared across).
+    Returns:
+        x: (B, D, L), or (x, final_state (B, D)) with return_final_state.
+    """
+    check = ArgCheck("linear_scan")
+    check.tensor("tokens", tokens, ("B", "D", "L"), dtypes=SCAN_DTYPES)
+    if not isinstance(gates, torch.Tensor) or gates.dim() not in _GATE_SHAPES:
+        if isinstance(gates, torch.Tensor):
+            check.fail(f"gates must have shape (B, D, L) = {tuple(tokens.shape)}, (D, L) or (D,), "
+                       f"got {tuple(gates.shape)}")
+        check.tensor("gates", gates)  # raises the TypeError naming gates
+    check.tensor("gates", gates, _GATE_SHAPES[gates.dim()], dtypes=SCAN_DTYPES)
+    check.tensor("initial_state", initial_state, ("B", "D"), dtypes=SCAN_DTYPES, optional=True)
+
+    if tokens.shape[-1] == 0:
+        x = tokens.to(result_dtypes(gates, tokens, initial_state)[1]).clone()
+    else:
+        fn = _dispatch.select("linear_scan", tokens.device, backend=backend, dtype=tokens.dtype,
+                              size=tokens.numel())
+        x = fn(gates, tokens, initial_state, bool(reverse))
+    if return_final_state:
+        return x, _final_state(x, initial_state, bool(reverse))
+    return x
+
+
+__all__ = ["linear_scan"]

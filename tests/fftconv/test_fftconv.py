@@ -1,0 +1,118 @@
+"""fftconv: the FFT path against the direct-sum reference, s4's bidirectional convention, validation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssm_kernels.fftconv import fftconv
+from ssm_kernels.fftconv.reference import fft_length, fftconv_ref
+from ssm_kernels.testing import assert_close
+from tests.helpers import backend_device, check_parity
+
+BACKENDS = ["torch"]
+
+
+def make_inputs(batch, heads, length, taps, dtype, device, *, bidirectional=False, skip=True, gates=True,
+                transposed=False):
+    if transposed:
+        u = torch.randn(batch, length, heads, device=device).to(dtype).transpose(1, 2)
+    else:
+        u = torch.randn(batch, heads, length, device=device).to(dtype)
+    kshape = (2, heads, taps) if bidirectional else (heads, taps)
+    return {
+        "u": u,
+        "k": (torch.randn(kshape, device=device) / taps ** 0.5).to(dtype),
+        "D": torch.randn(heads, device=device).to(dtype) if skip else None,
+        "pregate": torch.randn(batch, heads, length, device=device).to(dtype) if gates else None,
+        "postgate": torch.randn(batch, heads, length, device=device).to(dtype) if gates else None,
+    }
+
+
+def run(backend):
+    return lambda **kw: fftconv(**kw, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length,taps", [(1, 1), (7, 7), (63, 20), (130, 130), (1025, 64)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_matches_reference(backend, dtype, length, taps, bidirectional):
+    inputs = make_inputs(2, 6, length, taps, dtype, backend_device(backend), bidirectional=bidirectional)
+    check_parity(run(backend), fftconv_ref, inputs, dtype, ["u", "k", "D", "pregate", "postgate"],
+                 bidirectional=bidirectional)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noncontiguous_no_extras(backend):
+    inputs = make_inputs(2, 8, 257, 100, torch.float32, backend_device(backend), skip=False, gates=False,
+                         transposed=True)
+    assert not inputs["u"].is_contiguous()
+    check_parity(run(backend), fftconv_ref, inputs, torch.float32, ["u", "k"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_precision_parameters(backend):
+    """fp32 kernel and skip with bf16 activations: y stays bf16, k and D get fp32 gradients."""
+    inputs = make_inputs(2, 6, 63, 63, torch.bfloat16, backend_device(backend))
+    inputs["k"], inputs["D"] = inputs["k"].float(), inputs["D"].float()
+    assert fftconv(**inputs).dtype == torch.bfloat16
+    check_parity(run(backend), fftconv_ref, inputs, torch.bfloat16, ["u", "k", "D", "pregate", "postgate"])
+
+
+def test_bidirectional_follows_s4():
+    """state-spaces/s4: k = pad(k0, (0, L)) + pad(k1.flip(-1), (L, 0)), circular FFT convolution of size 2L."""
+    length = 33
+    u, k = torch.randn(2, 4, length, dtype=torch.float64), torch.randn(2, 4, length, dtype=torch.float64)
+    kk = F.pad(k[0], (0, length)) + F.pad(k[1].flip(-1), (length, 0))
+    s4 = torch.fft.irfft(torch.fft.rfft(u, n=2 * length) * torch.fft.rfft(kk, n=2 * length), n=2 * length)
+    assert_close(fftconv(u, k, bidirectional=True), s4[..., :length], torch.float64)
+
+
+def test_short_kernel_equals_zero_padded():
+    u, k = torch.randn(2, 4, 50), torch.randn(2, 4, 9)
+    assert_close(fftconv(u, k, bidirectional=True), fftconv(u, F.pad(k, (0, 41)), bidirectional=True),
+                 torch.float32)
+    assert_close(fftconv(u, k[0]), fftconv(u, F.pad(k[0], (0, 41))), torch.float32)
+
+
+def test_fft_length():
+    assert [fft_length(n) for n in (1, 2, 7, 13, 2049, 4096)] == [1, 2, 8, 15, 2160, 4096]
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gradcheck(bidirectional):
+    inputs = make_inputs(2, 3, 9, 5, torch.float64, "cpu", bidirectional=bidirectional)
+    names = ["u", "k", "D", "pregate", "postgate"]
+    args = [inputs[n].requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(lambda u, k, d, p, q: fftconv(u, k, d, bidirectional, p, q), args)
+
+
+def test_empty_sequence():
+    u = torch.randn(2, 3, 0, requires_grad=True)
+    assert fftconv(u, torch.randn(3, 4)).shape == (2, 3, 0)
+
+
+def test_compile_fullgraph():
+    inputs = make_inputs(2, 4, 40, 40, torch.float32, "cpu", bidirectional=True)
+    fn = torch.compile(lambda u, k, d, p, q: fftconv(u, k, d, True, p, q), fullgraph=True, backend="aot_eager")
+    args = [inputs[n] for n in ("u", "k", "D", "pregate", "postgate")]
+    assert_close(fn(*args), fftconv_ref(*args[:3], True, *args[3:]), torch.float32)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(u=torch.randn(2, 8)), ValueError, r"u must have shape \(B, H, L\)"),
+    (dict(k=torch.randn(8, 17)), ValueError, r"kernel length Lk\) must be in \[1, 16\], got 17"),
+    (dict(k=torch.randn(8, 0)), ValueError, r"kernel length Lk\) must be in \[1, 16\], got 0"),
+    (dict(k=torch.randn(7, 16)), ValueError, r"k must have shape \(H, Lk\) = \(8, Lk\)"),
+    (dict(k=torch.randn(8, 16), bidirectional=True), ValueError, r"k must have shape \(2, H, Lk\) = \(2, 8, Lk\)"),
+    (dict(D=torch.randn(9)), ValueError, r"D must have shape \(H,\) = \(8,\)"),
+    (dict(pregate=torch.randn(2, 8, 15)), ValueError, r"pregate must have shape \(B, H, L\) = \(2, 8, 16\)"),
+    (dict(postgate=torch.randn(1, 8, 16)), ValueError, r"postgate must have shape \(B, H, L\) = \(2, 8, 16\)"),
+    (dict(u=torch.randn(2, 8, 16, dtype=torch.complex64)), TypeError, "u must have dtype"),
+    (dict(k=[1.0]), TypeError, "k must be a torch.Tensor"),
+    (dict(backend="triton"), RuntimeError, "no 'triton' backend"),
+])
+def test_validation(kwargs, error, match):
+    args = dict(u=torch.randn(2, 8, 16), k=torch.randn(8, 16))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        fftconv(**args)

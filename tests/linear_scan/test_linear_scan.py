@@ -1,0 +1,175 @@
+"""linear_scan: the fast path against the sequential reference, gradients, states, dtypes, validation."""
+import pytest
+import torch
+
+from ssm_kernels.linear_scan import linear_scan
+from ssm_kernels.linear_scan.reference import linear_scan_ref
+from ssm_kernels.testing import assert_close
+from tests.helpers import backend_device, check_parity
+
+BACKENDS = ["torch"]
+
+
+def make_inputs(batch, dim, length, device, *, gate_shape="full", dtype=torch.float32,
+                gate_dtype=None, complex_gates=False, init=True, zeros=True, transposed=False):
+    """Gates around |a| ~ 0.9 with some exact zeros (resets) and some |a| > 1."""
+    shape = {"full": (batch, dim, length), "DL": (dim, length), "D": (dim,)}[gate_shape]
+    gates = 0.6 + 0.5 * torch.rand(shape, device=device)
+    if complex_gates:
+        gates = torch.polar(gates, torch.randn(shape, device=device))
+    if zeros:
+        gates = gates * (torch.rand(shape, device=device) > 0.1)
+    if transposed:  # (B, L, D) memory seen as (B, D, L)
+        tokens = torch.randn(batch, length, dim, device=device).to(dtype).transpose(1, 2)
+    else:
+        tokens = torch.randn(batch, dim, length, device=device).to(dtype)
+    gate_dtype = gate_dtype or (torch.complex64 if complex_gates else dtype)
+    initial = torch.randn(batch, dim, device=device).to(tokens.dtype) if init else None
+    return {"gates": gates.to(gate_dtype), "tokens": tokens, "initial_state": initial}
+
+
+def run(backend):
+    return lambda **kw: linear_scan(**kw, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length", [1, 7, 63, 130, 1025])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_matches_reference(backend, dtype, length, reverse):
+    inputs = make_inputs(2, 8, length, backend_device(backend), dtype=dtype)
+    check_parity(run(backend), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
+                 reverse=reverse, return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("gate_shape", ["DL", "D"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_broadcast_gates(backend, gate_shape, reverse):
+    inputs = make_inputs(3, 8, 130, backend_device(backend), gate_shape=gate_shape)
+    check_parity(run(backend), linear_scan_ref, inputs, torch.float32, ["gates", "tokens", "initial_state"],
+                 reverse=reverse, return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("tokens_dtype,complex_gates", [(torch.complex64, True), (torch.complex64, False),
+                                                         (torch.float32, True)])
+def test_complex(backend, tokens_dtype, complex_gates):
+    device = backend_device(backend)
+    inputs = make_inputs(2, 8, 130, device, complex_gates=complex_gates)
+    tokens = torch.randn(2, 8, 130, device=device, dtype=tokens_dtype)
+    inputs["tokens"], inputs["initial_state"] = tokens, torch.randn(2, 8, device=device, dtype=tokens_dtype)
+    assert linear_scan(**inputs).dtype == torch.complex64
+    check_parity(run(backend), linear_scan_ref, inputs, torch.complex64, ["gates", "tokens", "initial_state"],
+                 reverse=True, return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_precision_gates(backend):
+    """fp32 gates (parameters) with bf16 tokens: the output stays bf16, the gates' gradient fp32."""
+    inputs = make_inputs(2, 8, 63, backend_device(backend), dtype=torch.bfloat16, gate_dtype=torch.float32,
+                         gate_shape="D")
+    assert linear_scan(**inputs).dtype == torch.bfloat16
+    check_parity(run(backend), linear_scan_ref, inputs, torch.bfloat16, ["gates", "tokens", "initial_state"],
+                 return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noncontiguous(backend):
+    inputs = make_inputs(2, 16, 257, backend_device(backend), transposed=True)
+    inputs["gates"] = inputs["gates"].transpose(0, 2).contiguous().transpose(0, 2)
+    assert not inputs["tokens"].is_contiguous() and not inputs["gates"].is_contiguous()
+    check_parity(run(backend), linear_scan_ref, inputs, torch.float32, ["gates", "tokens", "initial_state"],
+                 return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("split", [1, 64, 129])
+def test_split_with_state_equals_whole(backend, reverse, split):
+    inputs = make_inputs(2, 8, 130, backend_device(backend))
+    a, b, h = inputs["gates"], inputs["tokens"], inputs["initial_state"]
+    whole, whole_state = linear_scan(a, b, h, reverse=reverse, return_final_state=True, backend=backend)
+    first, second = (slice(split, None), slice(None, split)) if reverse else (slice(None, split), slice(split, None))
+    x1, state = linear_scan(a[..., first], b[..., first], h, reverse=reverse, return_final_state=True,
+                            backend=backend)
+    x2, state2 = linear_scan(a[..., second], b[..., second], state, reverse=reverse, return_final_state=True,
+                             backend=backend)
+    parts = [x2, x1] if reverse else [x1, x2]
+    assert_close(torch.cat(parts, -1), whole, torch.float32, "split output")
+    assert_close(state2, whole_state, torch.float32, "final state")
+
+
+def test_zero_gate_resets_and_large_gates():
+    """A zero gate forgets everything before it exactly; |a| > 1 grows without any log/division trouble."""
+    gates = torch.full((1, 2, 200), 1.05)
+    gates[..., 100] = 0.0
+    tokens = torch.randn(1, 2, 200)
+    x = linear_scan(gates, tokens)
+    tail = linear_scan(gates[..., 100:], tokens[..., 100:])
+    assert_close(x[..., 100:], tail, torch.float32, "after the reset")
+    assert_close(x, linear_scan_ref(gates, tokens), torch.float32)
+
+
+def test_final_state_gradient_reaches_inputs():
+    gates = torch.tensor([[[0.5, 2.0, 3.0]]], requires_grad=True)
+    tokens = torch.randn(1, 1, 3, requires_grad=True)
+    init = torch.randn(1, 1, requires_grad=True)
+    _, state = linear_scan(gates, tokens, init, return_final_state=True)
+    state.sum().backward()
+    assert torch.allclose(tokens.grad, torch.tensor([[[6.0, 3.0, 1.0]]]))  # d x_2 / d b_t = a_{t+1}...a_2
+    assert torch.allclose(init.grad, torch.tensor([[3.0]]))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("gate_shape,complex_gates", [("full", True), ("DL", False), ("D", True)])
+def test_gradcheck(reverse, gate_shape, complex_gates):
+    inputs = make_inputs(2, 3, 11, "cpu", gate_shape=gate_shape, complex_gates=complex_gates, dtype=torch.float64,
+                         gate_dtype=torch.complex128 if complex_gates else torch.float64)
+    tokens = torch.randn(2, 3, 11, dtype=torch.complex128).requires_grad_()
+    args = [inputs["gates"].requires_grad_(), tokens, torch.randn(2, 3, dtype=torch.complex128).requires_grad_()]
+
+    def fn(a, b, h):
+        return linear_scan(a, b, h, reverse=reverse, return_final_state=True)
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b.real, reverse=reverse), args[:2])
+
+
+def test_empty_sequence():
+    init = torch.randn(2, 3, requires_grad=True)
+    x, state = linear_scan(torch.rand(3), torch.randn(2, 3, 0), init, return_final_state=True)
+    assert x.shape == (2, 3, 0) and torch.equal(state, init)
+    _, zeros = linear_scan(torch.rand(3), torch.randn(2, 3, 0), return_final_state=True)
+    assert torch.equal(zeros, torch.zeros(2, 3))
+
+
+def test_compile_fullgraph():
+    inputs = make_inputs(2, 8, 70, "cpu")
+    compiled = torch.compile(lambda a, b, h: linear_scan(a, b, h, return_final_state=True), fullgraph=True,
+                             backend="aot_eager")
+    leaves = [inputs[k].requires_grad_() for k in ("gates", "tokens", "initial_state")]
+    x, state = compiled(*leaves)
+    ref, ref_state = linear_scan_ref(*leaves, return_final_state=True)
+    assert_close(x, ref, torch.float32)
+    (x.sum() + state.sum()).backward()
+    assert leaves[0].grad is not None and leaves[2].grad is not None
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(tokens=torch.randn(2, 8)), ValueError, r"tokens must have shape \(B, D, L\)"),
+    (dict(gates=torch.rand(2, 8, 15)), ValueError, r"gates must have shape \(B, D, L\) = \(2, 8, 16\)"),
+    (dict(gates=torch.rand(7, 16)), ValueError, r"gates must have shape \(D, L\) = \(8, 16\)"),
+    (dict(gates=torch.rand(9)), ValueError, r"gates must have shape \(D,\) = \(8,\)"),
+    (dict(gates=torch.rand(1, 2, 8, 16)), ValueError, r"gates must have shape \(B, D, L\) = \(2, 8, 16\), \(D, L\)"),
+    (dict(initial_state=torch.randn(2, 7)), ValueError, r"initial_state must have shape \(B, D\) = \(2, 8\)"),
+    (dict(tokens=torch.randint(0, 3, (2, 8, 16))), TypeError, "tokens must have dtype"),
+    (dict(gates=[0.5]), TypeError, "gates must be a torch.Tensor"),
+    (dict(initial_state=torch.zeros(2, 8, dtype=torch.int64)), TypeError, "initial_state must have dtype"),
+    (dict(backend="triton"), RuntimeError, "no 'triton' backend"),
+    (dict(backend="jax"), ValueError, "unknown backend"),
+])
+def test_validation(kwargs, error, match):
+    args = dict(gates=torch.rand(2, 8, 16), tokens=torch.randn(2, 8, 16))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        linear_scan(**args)
