@@ -95,9 +95,11 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[floa
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
+    # An op's self memory is what it allocated itself (its cpu_memory_usage also counts its children's,
+    # which would count them twice); frees come as "[memory]" records with negative sizes.
     live, peak = 0, 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.cpu_memory_usage if event.cpu_memory_usage else 0
+        live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak / 2**20
 
