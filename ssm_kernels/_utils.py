@@ -84,6 +84,26 @@ class ArgCheck:
                 bound[dim] = size
         self.dims.update(bound)
 
+    def cu_seqlens(self, cu_seqlens: torch.Tensor, length: int, batch: int, allow_empty: bool) -> int:
+        """Check packed-sequence boundaries (S + 1,) int: batch size 1, S >= 1 sequences, from 0 to L,
+        increasing (non-decreasing when sequences of length 0 are allowed). Returns S. Reading the values
+        syncs with the device, so those checks run in eager calls only, not while torch.compile traces."""
+        self.tensor("cu_seqlens", cu_seqlens, ("S + 1",), dtypes=INDEX_DTYPES)
+        if batch != 1:
+            self.fail(f"cu_seqlens packs sequences along L and needs batch size B = 1, got B = {batch}")
+        sequences = self.integer("the number of sequences in cu_seqlens", cu_seqlens.shape[0] - 1, minimum=1)
+        self.dims["S"] = sequences
+        if torch.compiler.is_compiling():
+            return sequences
+        bounds = cu_seqlens.tolist()
+        if bounds[0] != 0 or bounds[-1] != length:
+            self.fail(f"cu_seqlens must start at 0 and end at L = {length}, got {bounds[0]} ... {bounds[-1]}")
+        if allow_empty and any(b < a for a, b in zip(bounds, bounds[1:])):
+            self.fail("cu_seqlens must be non-decreasing (cumulative sequence lengths)")
+        if not allow_empty and any(b <= a for a, b in zip(bounds, bounds[1:])):
+            self.fail("cu_seqlens must be strictly increasing (sequences of length 0 are not allowed)")
+        return sequences
+
     def choice(self, name: str, value, choices: Sequence):
         if value not in choices:
             self.fail(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
-from .._utils import COMPLEX_DTYPES, INDEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
 
 _dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.reference", "selective_scan_torch")
 
@@ -75,31 +75,16 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     check.tensor("delta_bias", delta_bias, ("D",), dtypes=PARAM_DTYPES, optional=True)
     if not isinstance(delta_softplus, bool):
         check.fail(f"delta_softplus must be a bool, got {type(delta_softplus).__name__}", TypeError)
-    check.tensor("cu_seqlens", cu_seqlens, ("S+1",), dtypes=INDEX_DTYPES, optional=True)
     state_rows = "B"
     if cu_seqlens is not None:
-        if u.shape[0] != 1:
-            check.fail(f"cu_seqlens packs sequences along L and needs batch size B == 1, got B = {u.shape[0]}")
-        check.integer("the number of sequences in cu_seqlens", cu_seqlens.shape[0] - 1, minimum=1)
-        check.dims["S"] = cu_seqlens.shape[0] - 1
+        check.cu_seqlens(cu_seqlens, check.dims["L"], check.dims["B"], allow_empty=True)
         state_rows = "S"
-        if not torch.compiler.is_compiling():
-            _check_cu_seqlens(check, cu_seqlens, u.shape[-1])
     state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
     check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
 
     fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel())
     y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
     return (y, final_state) if return_final_state else y
-
-
-def _check_cu_seqlens(check: ArgCheck, cu_seqlens: torch.Tensor, length: int):
-    values = cu_seqlens.tolist()
-    if values[0] != 0 or values[-1] != length:
-        check.fail(f"cu_seqlens must start at 0 and end at the total length L = {length}, "
-                   f"got {values[0]} ... {values[-1]}")
-    if any(b < a for a, b in zip(values, values[1:])):
-        check.fail("cu_seqlens must be non-decreasing (cumulative sequence lengths)")
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

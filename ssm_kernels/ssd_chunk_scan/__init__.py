@@ -28,18 +28,6 @@ def _check_dt_limit(check: ArgCheck, dt_limit) -> Tuple[float, float]:
     return low, float(high)
 
 
-def _check_cu_seqlens(check: ArgCheck, cu_seqlens: torch.Tensor, length: int) -> None:
-    if check.dims["B"] != 1:
-        check.fail(f"cu_seqlens packs sequences along L and needs batch size B = 1, got B = {check.dims['B']}")
-    if torch.compiler.is_compiling():  # the value checks read the tensor: left to eager calls
-        return
-    bounds = cu_seqlens.tolist()
-    if bounds[0] != 0 or bounds[-1] != length:
-        check.fail(f"cu_seqlens must start at 0 and end at L = {length}, got {bounds[0]} ... {bounds[-1]}")
-    if any(b <= a for a, b in zip(bounds, bounds[1:])):
-        check.fail("cu_seqlens must be strictly increasing (sequences of length 0 are not allowed)")
-
-
 def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    chunk_size: int = 256, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    dt_bias: Optional[torch.Tensor] = None, dt_softplus: bool = False,
@@ -97,10 +85,9 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     check.tensor("dt_bias", dt_bias, ("H",), dtypes=REAL_DTYPES, optional=True)
     check.tensor("initial_states", initial_states, ("B", "H", "P", "N"), dtypes=REAL_DTYPES, optional=True)
     check.tensor("seq_idx", seq_idx, ("B", "L"), dtypes=INDEX_DTYPES, optional=True)
-    check.tensor("cu_seqlens", cu_seqlens, ("S + 1",), dtypes=INDEX_DTYPES, optional=True)
     dt_limit = _check_dt_limit(check, dt_limit)
     if cu_seqlens is not None:
-        _check_cu_seqlens(check, cu_seqlens, check.dims["L"])
+        check.cu_seqlens(cu_seqlens, check.dims["L"], check.dims["B"], allow_empty=False)
     if return_varlen_states and cu_seqlens is None:
         check.fail("return_varlen_states=True needs cu_seqlens")
 

@@ -234,7 +234,7 @@ def _base():
     (dict(delta_bias=torch.randn(8, dtype=torch.float16)), TypeError, "delta_bias must have dtype"),
     (dict(initial_state=torch.randn(2, 8, 5)), ValueError, r"initial_state must have shape \(B, D, N\) = \(2, 8, 4\)"),
     (dict(delta_softplus=1), TypeError, "delta_softplus must be a bool"),
-    (dict(cu_seqlens=torch.tensor([0, 16])), ValueError, "needs batch size B == 1"),
+    (dict(cu_seqlens=torch.tensor([0, 16])), ValueError, "needs batch size B = 1"),
     (dict(u=[1.0]), TypeError, "u must be a torch.Tensor"),
     (dict(backend="triton"), RuntimeError, "no 'triton' backend"),
 ])
@@ -247,7 +247,7 @@ def test_validation(kwargs, error, match):
 
 @pytest.mark.parametrize("cu_seqlens,match", [
     (torch.tensor([0, 9, 5, 16]), "non-decreasing"),
-    (torch.tensor([0, 5, 15]), "end at the total length L = 16"),
+    (torch.tensor([0, 5, 15]), "end at L = 16"),
     (torch.tensor([1, 16]), "start at 0"),
     (torch.tensor([0.0, 16.0]), "cu_seqlens must have dtype"),
 ])
