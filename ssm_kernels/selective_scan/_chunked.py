@@ -29,7 +29,11 @@ from torch import Tensor
 from .._utils import new_output
 from ._layout import sequence_bounds
 
-CHUNK = 64  # most positions per chunk, and the spacing of the checkpointed states
+# most positions per chunk, and the spacing of the checkpointed states. Small: Mamba's decays (|Δ A| ~ 2 per
+# step at Δ = 0.1, N = 16) cut chunks at ~17 steps anyway, and every extra budget cut inside a checkpoint
+# segment costs the backward a recomputation of that sub-chunk's states; the checkpoints themselves are
+# only L / CHUNK states (1/16 of the (B, D, L, N) tensor pscan materialises several times).
+CHUNK = 16
 # most |Σ Δ A| inside a chunk. Overflow would allow ~170; the bound is set by precision: fp32 rounds the
 # exponent S - m (up to half the budget) to ~eps * |S - m|, which becomes relative error in every decay.
 DECAY_BUDGET = {False: 32.0, True: 16.0}  # real A, complex A (whose phase also counts)
