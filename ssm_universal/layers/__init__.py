@@ -1,4 +1,6 @@
 """nn.Module layers built on ssm_kernels, each with forward, default_state and a recurrent step."""
 from .mamba import Mamba
+from .s4d import S4D
+from .s5 import S5
 
-__all__ = ["Mamba"]
+__all__ = ["Mamba", "S4D", "S5"]

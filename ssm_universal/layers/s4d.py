@@ -1,0 +1,250 @@
+"""S4D: the diagonal structured state space layer (Gu et al., "On the Parameterization and Initialization of
+Diagonal State Space Models", arXiv 2206.11893), after state-spaces/s4 (models/s4/s4d.py and the
+SSMKernelDiag kernel of src/models/sequence/kernels/ssm.py).
+
+Per channel h (H = d_model channels, each an independent single-input single-output SSM) the state has N/2
+complex modes; their conjugates are implicit, which is why the kernel is 2 Re(...):
+    A = -exp(A_real_log) + i A_imag,  dt = exp(log_dt),  x' = A x + B u,  y = 2 Re(C x) + D u.
+The layer convolves with the discretised impulse response (ssm_kernels.vandermonde_kernel + fftconv), then
+applies GELU, dropout and a position-wise Conv1d(H, 2H, 1) + GLU, as s4d.py's S4D module does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels import fftconv, vandermonde_kernel
+
+INITS = ("diag-inv", "diag-lin", "diag-legs", "diag-real")
+DISCRETIZATIONS = ("zoh", "bilinear")
+
+
+def hippo_legs_normal_eigenvalues(N: int) -> torch.Tensor:
+    """The N/2 eigenvalues with positive imaginary part of the normal part S = A + P P^T of HiPPO-LegS.
+
+    A[n, k] = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); P[n] = sqrt(n + 1/2). S is
+    -1/2 I plus a skew-symmetric matrix, so its eigenvalues are -1/2 + i w with w the (real) eigenvalues
+    of the Hermitian matrix -i (S + I/2); computed that way (eigvalsh, float64) they are exact pairs +-w.
+    Returns (N/2,) complex128, sorted by increasing imaginary part.
+    """
+    q = torch.arange(N, dtype=torch.float64)
+    r = torch.sqrt(2 * q + 1)
+    skew = 0.5 * r[:, None] * r[None, :] * (torch.tril(torch.ones(N, N, dtype=torch.float64), -1) * -1
+                                            + torch.triu(torch.ones(N, N, dtype=torch.float64), 1))
+    w = torch.linalg.eigvalsh(-1j * skew.to(torch.complex128))  # ascending, real
+    return -0.5 + 1j * w[N - N // 2:].to(torch.complex128)
+
+
+def s4d_init(init: str, H: int, N: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(A_real (H, N/2) > 0, A_imag (H, N/2) >= 0) of A = -A_real + i A_imag for a state of size N.
+
+    diag-inv: A_imag = N/pi (N/(2n+1) - 1); diag-lin: A_imag = pi n; diag-legs: the spectrum of HiPPO-LegS's
+    normal part; diag-real: A = -(n+1). Real part 1/2 except for diag-real (the inits of dplr.py).
+    """
+    n = torch.arange(N // 2, dtype=torch.float64)
+    real = torch.full((N // 2,), 0.5, dtype=torch.float64)
+    if init == "diag-inv":
+        imag = N / math.pi * (N / (2 * n + 1) - 1)
+    elif init == "diag-lin":
+        imag = math.pi * n
+    elif init == "diag-legs":
+        eig = hippo_legs_normal_eigenvalues(N)
+        real, imag = -eig.real, eig.imag
+    elif init == "diag-real":
+        real, imag = n + 1, torch.zeros_like(n)
+    else:
+        raise ValueError(f"S4D: init must be one of {INITS}, got {init!r}")
+    expand = lambda t: t.to(torch.float32).expand(H, N // 2).clone()  # noqa: E731
+    return expand(real), expand(imag)
+
+
+class TiedDropout(nn.Module):
+    """Dropout of s4's DropoutNd (tie=True): one mask per (batch, channel), shared over the sequence.
+    x: (B, H, L) -> (B, H, L)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[:2] + (1,) * (x.dim() - 2), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+
+class S4D(nn.Module):
+    """Diagonal S4 layer: (B, L, d_model) -> (B, L, d_model), or (B, d_model, L) both ways if transposed.
+
+    Args:
+        d_model: H, the number of channels (independent SSMs).
+        d_state: N, the state size; N/2 complex modes are kept (conjugate symmetry), so N must be even.
+        l_max: longest convolution kernel; a sequence longer than l_max is convolved with the first l_max
+            taps of the impulse response (as s4's FFTConv does). None: the kernel is as long as the input.
+        init: "diag-inv", "diag-lin", "diag-legs" or "diag-real" (see s4d_init).
+        discretization: "zoh" (dA = exp(dt A), dB = (exp(dt A) - 1) / A B) or "bilinear"
+            (dA = (1 + dt A/2) / (1 - dt A/2), dB = dt B / (1 - dt A/2)).
+        dt_min, dt_max: dt is initialised log-uniformly in [dt_min, dt_max] per channel.
+        bidirectional: add an anti-causal kernel from a second C (C is then (2, H, N/2)); A, B, dt shared.
+        dropout: dropout after the activation, one mask per (batch, channel) tied over the sequence.
+        transposed: inputs and outputs are (B, d_model, L) instead of (B, L, d_model).
+        lr: learning rate for the SSM parameters log_dt, A_real_log, A_imag, B, stored on them as
+            `_optim = {"weight_decay": 0.0, "lr": lr}` (state-spaces/s4's convention); lr == 0.0 freezes
+            them as buffers; None keeps the optimizer's rate (weight decay still 0).
+
+    Parameters (complex ones stored as real views (..., 2)): log_dt (H,), A_real_log (H, N/2),
+    A_imag (H, N/2), B (H, N/2, 2), C (H, N/2, 2) or (2, H, N/2, 2), D (H,), output_linear (Conv1d + GLU).
+    Recurrent state (causal layers only): (B, H, N/2) complex64.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, l_max: Optional[int] = None, init: str = "diag-lin",
+                 discretization: str = "zoh", dt_min: float = 0.001, dt_max: float = 0.1,
+                 bidirectional: bool = False, dropout: float = 0.0, transposed: bool = False,
+                 lr: Optional[float] = None):
+        super().__init__()
+        _check_int("d_model", d_model, 1)
+        _check_int("d_state", d_state, 2)
+        if d_state % 2:
+            raise ValueError(f"S4D: d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
+        if l_max is not None:
+            _check_int("l_max", l_max, 1)
+        if init not in INITS:
+            raise ValueError(f"S4D: init must be one of {INITS}, got {init!r}")
+        if discretization not in DISCRETIZATIONS:
+            raise ValueError(f"S4D: discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
+        for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"S4D: {name} must be a finite number > 0, got {value!r}")
+        if dt_min > dt_max:
+            raise ValueError(f"S4D: dt_min ({dt_min}) must not exceed dt_max ({dt_max})")
+        for name, value in (("bidirectional", bidirectional), ("transposed", transposed)):
+            if not isinstance(value, bool):
+                raise TypeError(f"S4D: {name} must be a bool, got {type(value).__name__}")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"S4D: dropout must be in [0, 1), got {dropout!r}")
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool)
+                               or not 0.0 <= lr < math.inf):
+            raise ValueError(f"S4D: lr must be None or a finite number >= 0, got {lr!r}")
+
+        self.d_model = self.H = d_model
+        self.d_state = d_state
+        self.l_max = l_max
+        self.init = init
+        self.discretization = discretization
+        self.bidirectional = bidirectional
+        self.transposed = transposed
+        H, N2 = d_model, d_state // 2
+
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        A_real, A_imag = s4d_init(init, H, d_state)
+        B = torch.ones(H, N2, dtype=torch.cfloat)
+        self._register_ssm("log_dt", log_dt, lr)
+        self._register_ssm("A_real_log", torch.log(A_real), lr)
+        self._register_ssm("A_imag", A_imag, lr)
+        self._register_ssm("B", torch.view_as_real(B), lr)
+        C = torch.randn((2, H, N2) if bidirectional else (H, N2), dtype=torch.cfloat)
+        self.C = nn.Parameter(torch.view_as_real(C))
+        self.D = nn.Parameter(torch.randn(H))
+
+        self.activation = nn.GELU()
+        self.dropout = TiedDropout(dropout) if dropout > 0 else nn.Identity()
+        self.output_linear = nn.Sequential(nn.Conv1d(H, 2 * H, kernel_size=1), nn.GLU(dim=-2))
+
+    def _register_ssm(self, name: str, tensor: torch.Tensor, lr: Optional[float]):
+        if lr == 0.0:
+            self.register_buffer(name, tensor)
+            return
+        self.register_parameter(name, nn.Parameter(tensor))
+        optim = {"weight_decay": 0.0}
+        if lr is not None:
+            optim["lr"] = lr
+        getattr(self, name)._optim = optim
+
+    def discretize(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(log dA, dB), each (H, N/2) complex64: the recurrence h_t = dA h_{t-1} + dB u_t."""
+        dt = torch.exp(self.log_dt.float()).unsqueeze(-1)  # (H, 1)
+        A = torch.complex(-torch.exp(self.A_real_log.float()), self.A_imag.float())
+        B = torch.view_as_complex(self.B.float())
+        dtA = dt * A
+        if self.discretization == "zoh":
+            return dtA, B * torch.expm1(dtA) / A
+        # bilinear: log of (1 + dtA/2) / (1 - dtA/2); the modulus is < 1 since Re A < 0
+        return torch.log1p(dtA / 2) - torch.log1p(-dtA / 2), B * dt / (1 - dtA / 2)
+
+    def kernel(self, length: int) -> torch.Tensor:
+        """Convolution kernel K[h, l] = 2 Re sum_n C[h, n] dB[h, n] dA[h, n]^l, l < length:
+        (H, length) float32, or (2, H, length) (causal, anti-causal) when bidirectional."""
+        with torch.autocast(device_type=self.C.device.type, enabled=False):
+            log_dA, dB = self.discretize()
+            C = torch.view_as_complex(self.C.float())
+            if not self.bidirectional:
+                return vandermonde_kernel(C * dB, log_dA, length)
+            K = vandermonde_kernel((C * dB).reshape(2 * self.H, -1), log_dA.repeat(2, 1), length)
+            return K.reshape(2, self.H, length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
+        (the autocast dtype under autocast)."""
+        if x.dim() != 3 or x.shape[1 if self.transposed else 2] != self.H:
+            layout = "(B, d_model, L)" if self.transposed else "(B, L, d_model)"
+            raise ValueError(f"S4D: x must have shape {layout} with d_model = {self.H}, got {tuple(x.shape)}")
+        u = x if self.transposed else x.transpose(1, 2)  # (B, H, L)
+        length = u.shape[-1]
+        if length == 0:
+            return x.clone()
+        k = self.kernel(length if self.l_max is None else min(length, self.l_max))
+        y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
+        y = self.output_linear(self.dropout(self.activation(y)))
+        return y if self.transposed else y.transpose(1, 2)
+
+    def default_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        """Zero state (batch_size, d_model, d_state/2) complex64 (`dtype` is accepted for the common
+        interface and ignored: the recurrence runs in complex64)."""
+        self._check_causal()
+        device = self.C.device if device is None else device
+        return torch.zeros(batch_size, self.H, self.d_state // 2, dtype=torch.complex64, device=device)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One token: x_t (B, d_model), state (B, d_model, d_state/2) -> (y_t (B, d_model), new state).
+
+        h = dA h + dB u, y = 2 Re(C h) + D u, then the activation and output transform of forward. The new
+        state is returned (the given one is not modified), so stepping stays differentiable. Equals forward
+        token by token while the position is < l_max (forward truncates the kernel there, the recurrence
+        does not). In training mode the dropout mask is drawn per step, not tied over the sequence.
+        """
+        self._check_causal()
+        if x_t.dim() != 2 or x_t.shape[1] != self.H:
+            raise ValueError(f"S4D.step: x_t must have shape (B, d_model) = (B, {self.H}), got {tuple(x_t.shape)}")
+        if state.shape != (x_t.shape[0], self.H, self.d_state // 2) or state.dtype != torch.complex64:
+            raise ValueError(f"S4D.step: state must be complex64 of shape (B, d_model, d_state/2) = "
+                             f"({x_t.shape[0]}, {self.H}, {self.d_state // 2}), got {state.dtype} "
+                             f"{tuple(state.shape)}")
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            log_dA, dB = self.discretize()
+            u = x_t.float()
+            state = torch.exp(log_dA) * state + dB * u.unsqueeze(-1)
+            C = torch.view_as_complex(self.C.float())
+            y = 2 * (C * state).sum(-1).real + self.D.float() * u
+        y = self.dropout(self.activation(y.to(x_t.dtype)).unsqueeze(-1)).squeeze(-1)
+        conv = self.output_linear[0]
+        y = F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)
+        return y, state
+
+    def _check_causal(self):
+        if self.bidirectional:
+            raise RuntimeError("S4D: a bidirectional layer has no recurrent step (its output depends on future "
+                               "inputs); build it with bidirectional=False for step-by-step inference")
+
+
+def _check_int(name: str, value, minimum: int):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"S4D: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"S4D: {name} must be >= {minimum}, got {value}")
+
+
+__all__ = ["S4D", "s4d_init", "hippo_legs_normal_eigenvalues"]
