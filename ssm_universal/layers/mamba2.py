@@ -1,0 +1,350 @@
+"""Mamba-2 block (the parallel SSD block of arXiv 2405.21060), a drop-in for mamba_ssm's Mamba2.
+
+Same constructor arguments, defaults, parameter names, state_dict keys and initialisation as
+mamba_ssm.modules.mamba2.Mamba2 (mamba_ssm 2.3.2), and the math of its non-fused path (which its fused
+path equals), so a mamba_ssm checkpoint loads with strict=True and gives the same outputs. The conv, the
+SSD scan, the gated RMSNorm and the decoding updates go through the public ssm_kernels ops.
+
+Fixed relative to mamba_ssm: the decoding step applies dt_limit (mamba_ssm's step ignores it, so its
+decoding drifts from its forward), supports ngroups > 1 and D_has_hdim on every path, and cu_seqlens
+alone resets the conv and the scan at sequence boundaries (mamba_ssm also needs seq_idx for that).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, selective_state_update,
+                         ssd_chunk_scan)
+
+State = Tuple[torch.Tensor, torch.Tensor]
+NO_DT_LIMIT = (0.0, float("inf"))
+
+
+class RMSNormGated(nn.Module):
+    """mamba_ssm.ops.triton.layernorm_gated.RMSNorm: group-wise RMSNorm with an optional SiLU gate z.
+    x, z: (..., hidden_size) -> (..., hidden_size). Parameters: weight (hidden_size,), ones at init."""
+
+    def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
+        self.group_size = group_size
+        self.norm_before_gate = norm_before_gate
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return gated_rmsnorm(x, self.weight, z, eps=self.eps, group_size=self.group_size,
+                             norm_before_gate=self.norm_before_gate)
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Mamba2: {name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"Mamba2: {name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _positive_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Mamba2: {name} must be a real number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"Mamba2: {name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def _pair(name, value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"Mamba2: {name} must be a pair (low, high), got {value!r}")
+    low, high = value
+    for v in (low, high):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+            raise TypeError(f"Mamba2: {name} must hold two real numbers, got {value!r}")
+    if low > high:
+        raise ValueError(f"Mamba2: {name} must have low <= high, got {tuple(value)}")
+    return float(low), float(high)
+
+
+class Mamba2(nn.Module):
+    """Mamba-2 block: u (B, L, d_model) -> (B, L, d_model); or (B * L, d_model) with `seqlen=L`.
+
+    in_proj -> z0, x0 (d_mlp = d_inner - d_ssm each, a gated MLP), z (d_ssm), xBC (d_ssm + 2 ngroups d_state),
+    dt (nheads); xBC = silu(causal depthwise conv(xBC)) -> x (nheads, headdim), B, C (ngroups, d_state);
+    y = SSD(x, dt + dt_bias (softplus, clamped to dt_limit), A = -exp(A_log), B, C, D);
+    y = gated_rmsnorm(y, z) if rmsnorm else y * silu(z); out_proj(cat(silu(z0) * x0, y)).
+
+    use_mem_eff_path and sequence_parallel are accepted for compatibility: ssm_kernels chooses the kernels.
+    Recurrent state: (conv_state (B, conv_dim, d_conv), the last d_conv conv inputs as mamba_ssm caches them,
+    conv_dim = d_ssm + 2 ngroups d_state; ssm_state (B, nheads, headdim, d_state) fp32).
+    """
+
+    def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None,
+                 ngroups=1, A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False,
+                 dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False,
+                 conv_bias=True, chunk_size=256, use_mem_eff_path=True, layer_idx=None, process_group=None,
+                 sequence_parallel=True, device=None, dtype=None):
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__()
+        if process_group is not None:
+            raise ValueError("Mamba2: process_group (tensor parallelism) is not supported; pass None")
+        self.d_model = _positive_int("d_model", d_model)
+        self.d_state = _positive_int("d_state", d_state)
+        self.d_conv = _positive_int("d_conv", d_conv)
+        self.conv_init = None if conv_init is None else _positive_float("conv_init", conv_init)
+        _positive_float("expand", expand)
+        if (expand * d_model) != int(expand * d_model):
+            raise ValueError(f"Mamba2: expand * d_model must be an integer, got {expand} * {d_model}")
+        self.expand = expand
+        self.process_group = process_group
+        self.sequence_parallel = sequence_parallel
+        self.world_size, self.local_rank = 1, 0
+        self.d_inner = int(expand * d_model)
+        self.headdim = _positive_int("headdim", headdim)
+        self.d_ssm = self.d_inner if d_ssm is None else _positive_int("d_ssm", d_ssm)
+        if self.d_ssm > self.d_inner:
+            raise ValueError(f"Mamba2: d_ssm must be <= d_inner = expand * d_model = {self.d_inner}, got {d_ssm}")
+        if self.d_ssm % self.headdim:
+            raise ValueError(f"Mamba2: headdim = {headdim} must divide d_ssm = {self.d_ssm}")
+        self.ngroups = _positive_int("ngroups", ngroups)
+        self.nheads = self.d_ssm // self.headdim
+        if self.nheads % self.ngroups:
+            raise ValueError(f"Mamba2: ngroups = {ngroups} must divide nheads = d_ssm / headdim = {self.nheads}")
+        A_init_range = _pair("A_init_range", A_init_range)
+        if A_init_range[0] <= 0 or not math.isfinite(A_init_range[1]):
+            raise ValueError(f"Mamba2: A_init_range must satisfy 0 < low <= high < inf, got {A_init_range}")
+        dt_min, dt_max = _positive_float("dt_min", dt_min), _positive_float("dt_max", dt_max)
+        if dt_min > dt_max:
+            raise ValueError(f"Mamba2: dt_min must be <= dt_max, got {dt_min} > {dt_max}")
+        dt_init_floor = _positive_float("dt_init_floor", dt_init_floor)
+        low, high = _pair("dt_limit", dt_limit)
+        if not math.isfinite(low) or high == -math.inf:
+            raise ValueError(f"Mamba2: dt_limit must be (finite low, high <= inf), got {tuple(dt_limit)}")
+        self.D_has_hdim = bool(D_has_hdim)
+        self.rmsnorm = bool(rmsnorm)
+        self.norm_before_gate = bool(norm_before_gate)
+        self.dt_limit = dt_limit
+        self.activation = "silu"
+        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.use_mem_eff_path = use_mem_eff_path
+        self.layer_idx = layer_idx
+
+        # Order: [z0, x0, z, x, B, C, dt] (z0, x0: the d_mlp = d_inner - d_ssm gated-MLP channels)
+        d_in_proj = 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
+        self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=bias, **factory_kwargs)
+        conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
+        # an nn.Conv1d only for mamba_ssm's parameter layout (weight (conv_dim, 1, d_conv)); never called
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, bias=conv_bias, kernel_size=self.d_conv, groups=conv_dim,
+                                padding=self.d_conv - 1, **factory_kwargs)
+        if self.conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -self.conv_init, self.conv_init)
+        self.act = nn.SiLU()
+
+        # dt bias = softplus^-1 of a log-uniform sample in [dt_min, dt_max]; same RNG calls as mamba_ssm
+        dt = torch.exp(torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min))
+        dt = torch.clamp(dt, min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias._no_weight_decay = True
+
+        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_ssm if self.D_has_hdim else self.nheads, device=device))
+        self.D._no_weight_decay = True
+
+        if self.rmsnorm:
+            self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=self.norm_before_gate,
+                                     group_size=self.d_ssm // self.ngroups, **factory_kwargs)
+        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
+
+    # ------------------------------------------------------------------ helpers
+    def _split(self, zxbcdt):
+        d_mlp = self.d_inner - self.d_ssm
+        return torch.split(zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state,
+                                    self.nheads], dim=-1)
+
+    def _D(self):
+        """D as ssd_chunk_scan takes it: (H,) or (H, P) with D_has_hdim."""
+        return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
+
+    def _output(self, y, z, z0, x0):
+        """y, z (..., d_ssm) -> out_proj input: norm / gate, then the gated-MLP channels in front."""
+        if self.rmsnorm:
+            y = self.norm(y, z)
+        if z0.shape[-1] > 0:
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    def _conv_tail(self, prev, xBC, seq_idx):
+        """The last d_conv conv inputs (B, conv_dim, d_conv) after xBC (B, conv_dim, L), preceded by prev
+        (or zeros); with seq_idx, inputs of earlier sequences than the last token's are zeroed."""
+        batch, dim, length = xBC.shape
+        if prev is None:
+            prev = xBC.new_zeros(batch, dim, self.d_conv)
+        tail = torch.cat([prev.to(xBC.dtype), xBC], dim=-1)[..., -self.d_conv:]
+        if seq_idx is not None:
+            ids = torch.cat([seq_idx[:, :1].expand(batch, self.d_conv), seq_idx], dim=-1)[:, -self.d_conv:]
+            tail = tail * (ids == ids[:, -1:]).unsqueeze(1).to(tail.dtype)
+        return tail
+
+    def _varlen_conv_states(self, xBC, cu_seqlens, seq_idx):
+        """Per-sequence conv states (S, conv_dim, d_conv) of packed xBC (1, conv_dim, L)."""
+        ends = cu_seqlens[1:].long()
+        idx = ends[:, None] - self.d_conv + torch.arange(self.d_conv, device=xBC.device)  # (S, d_conv)
+        safe = idx.clamp(min=0)
+        valid = (idx >= 0) & (seq_idx[0][safe] == seq_idx[0][ends - 1][:, None])
+        return xBC[0][:, safe].permute(1, 0, 2) * valid.unsqueeze(1).to(xBC.dtype)
+
+    @staticmethod
+    def _seq_idx_from_cu_seqlens(cu_seqlens, seq_idx, length):
+        """One index per token that changes wherever seq_idx changes or a cu_seqlens sequence starts."""
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"Mamba2: cu_seqlens must have shape (S + 1,), got {tuple(cu_seqlens.shape)}")
+        pos = torch.arange(length, device=cu_seqlens.device)
+        ids = torch.searchsorted(cu_seqlens[1:-1].to(pos.dtype).contiguous(), pos, right=True)[None]
+        if seq_idx is None:
+            return ids.to(torch.int32)
+        change = torch.zeros_like(ids, dtype=torch.bool)
+        change[:, 1:] = (ids[:, 1:] != ids[:, :-1]) | (seq_idx[:, 1:] != seq_idx[:, :-1])
+        return change.cumsum(-1).to(torch.int32)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, u: torch.Tensor, seqlen: Optional[int] = None, seq_idx: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, inference_params=None,
+                state: Optional[State] = None) -> torch.Tensor:
+        """u: (B, L, d_model), or (B * L, d_model) with seqlen = L -> the same shape.
+
+        seq_idx: (B, L) int32/int64: the conv and the scan restart wherever it changes (packed sequences).
+        cu_seqlens: (S + 1,) int, B = 1: packed sequences [cu_seqlens[s], cu_seqlens[s + 1]); the conv and
+            the scan restart at each; with inference_params, the cache holds the S per-sequence states.
+        state: optional (conv_state, ssm_state) from default_state: the sequence continues from it, and it is
+            overwritten in place with the state after the last token (detached), ready for `step`.
+        inference_params: mamba_ssm's InferenceParams: layer `layer_idx`'s states live in its
+            key_value_memory_dict; seqlen_offset == 0 starts from zero states (prefill), > 0 continues from
+            the cached ones (one token at a time like mamba_ssm, or several).
+        """
+        seqlen_og = seqlen
+        if seqlen is None:
+            if u.dim() != 3:
+                raise ValueError(f"Mamba2: u must have shape (B, L, d_model), got {tuple(u.shape)}")
+            batch, seqlen, _ = u.shape
+        else:
+            if u.dim() != 2 or seqlen < 1 or u.shape[0] % seqlen:
+                raise ValueError(f"Mamba2: with seqlen = {seqlen}, u must have shape (B * seqlen, d_model), "
+                                 f"got {tuple(u.shape)}")
+            batch = u.shape[0] // seqlen
+            u = u.reshape(batch, seqlen, u.shape[-1])
+        if cu_seqlens is not None:
+            if batch != 1:
+                raise ValueError(f"Mamba2: cu_seqlens needs batch size 1 (packed sequences), got {batch}")
+            if state is not None:
+                raise ValueError("Mamba2: state= with cu_seqlens is not supported; use inference_params")
+            seq_idx = self._seq_idx_from_cu_seqlens(cu_seqlens, seq_idx, seqlen)
+
+        varlen_cache = False
+        if inference_params is not None:
+            if state is not None:
+                raise ValueError("Mamba2: pass either state= or inference_params, not both")
+            inference_batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch
+            state = self._get_states_from_cache(inference_params, inference_batch)
+            if inference_params.seqlen_offset == 0:
+                for s in state:
+                    s.zero_()
+                varlen_cache = cu_seqlens is not None
+            elif cu_seqlens is not None:
+                raise ValueError("Mamba2: cu_seqlens is supported with inference_params only for the prefill "
+                                 "(seqlen_offset == 0)")
+            elif seqlen == 1:
+                out = self.step(u[:, 0], state)[0].unsqueeze(1)
+                return out.reshape(batch, -1) if seqlen_og is not None else out
+
+        z0, x0, z, xBC, dt = self._split(self.in_proj(u))
+        xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)
+        conv_init = None
+        if state is not None and not varlen_cache:
+            conv_state, ssm_state = state
+            conv_init = conv_state[..., conv_state.shape[-1] - (self.d_conv - 1):].to(xBC.dtype)
+            with torch.no_grad():
+                new_conv = self._conv_tail(conv_state, xBC, seq_idx)
+        elif varlen_cache:
+            with torch.no_grad():
+                new_conv = self._varlen_conv_states(xBC, cu_seqlens, seq_idx)
+        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
+                            seq_idx=seq_idx, initial_states=conv_init).transpose(1, 2)
+        x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        heads = (batch, seqlen, self.nheads, self.headdim)
+        groups = (batch, seqlen, self.ngroups, self.d_state)
+        y = ssd_chunk_scan(
+            x.reshape(heads), dt, -torch.exp(self.A_log.float()), B.reshape(groups), C.reshape(groups),
+            chunk_size=self.chunk_size, D=self._D(), z=None if self.rmsnorm else z.reshape(heads),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, seq_idx=seq_idx,
+            initial_states=None if state is None or varlen_cache else ssm_state.float(),
+            cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
+            return_varlen_states=varlen_cache)
+        if state is not None:
+            y, last_state = y
+            state[0].copy_(new_conv)
+            state[1].copy_(last_state.detach())
+        out = self._output(y.reshape(batch, seqlen, self.d_ssm), z, z0, x0)
+        return out.reshape(batch * seqlen, -1) if seqlen_og is not None else out
+
+    # ------------------------------------------------------------------ recurrent
+    def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """One token: x_t (B, d_model) -> (y_t (B, d_model), state). The state tensors are updated in place
+        (the returned state is the same pair of tensors)."""
+        conv_state, ssm_state = state
+        z0, x0, z, xBC, dt = self._split(self.in_proj(x_t))
+        # causal_conv1d_update needs xBC in the cache's dtype (they differ under autocast)
+        xBC = causal_conv1d_update(xBC.to(conv_state.dtype), conv_state, self.conv1d.weight.squeeze(1),
+                                   self.conv1d.bias, activation=self.activation)
+        x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        H, P, N = self.nheads, self.headdim, self.d_state
+        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(H, P, N)
+        dt_bias = self.dt_bias.float()
+        if tuple(self.dt_limit) == NO_DT_LIMIT:
+            dt_bias, dt_softplus = dt_bias[:, None].expand(H, P), True
+        else:  # the update has no clamp: apply softplus and dt_limit here, as the forward does
+            dt = F.softplus(dt.float() + dt_bias).clamp(*self.dt_limit).to(x.dtype)
+            dt_bias, dt_softplus = None, False
+        D = self._D().float()
+        D = D if self.D_has_hdim else D[:, None].expand(H, P)
+        y = selective_state_update(
+            ssm_state, x.reshape(-1, H, P), dt[:, :, None].expand(-1, H, P), A,
+            B.reshape(-1, self.ngroups, N), C.reshape(-1, self.ngroups, N), D=D,
+            z=None if self.rmsnorm else z.reshape(-1, H, P).to(x.dtype), dt_bias=dt_bias, dt_softplus=dt_softplus)
+        return self._output(y.reshape(-1, self.d_ssm), z, z0, x0), state
+
+    def default_state(self, batch_size: int, device=None, dtype=None) -> State:
+        """Zero state: conv_state (B, conv_dim, d_conv) in `dtype` (default: the conv weight's);
+        ssm_state (B, nheads, headdim, d_state) fp32."""
+        device = self.conv1d.weight.device if device is None else device
+        dtype = self.conv1d.weight.dtype if dtype is None else dtype
+        conv_state = torch.zeros(batch_size, self.conv1d.weight.shape[0], self.d_conv, device=device, dtype=dtype)
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                                dtype=torch.float32)
+        return conv_state, ssm_state
+
+    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs) -> State:
+        """mamba_ssm's cache allocation (used by its generation utilities): default_state."""
+        return self.default_state(batch_size, dtype=dtype)
+
+    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False) -> State:
+        if self.layer_idx is None:
+            raise ValueError("Mamba2 needs layer_idx to keep its state in inference_params")
+        cache = inference_params.key_value_memory_dict
+        if self.layer_idx not in cache:
+            cache[self.layer_idx] = self.default_state(batch_size)
+        elif initialize_states:
+            for s in cache[self.layer_idx]:
+                s.zero_()
+        return cache[self.layer_idx]
