@@ -16,10 +16,12 @@ import torch.nn.functional as F
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
+from ._inference_cache import InferenceCacheMixin
+
 State = Tuple[torch.Tensor, torch.Tensor]
 
 
-class Mamba(nn.Module):
+class Mamba(InferenceCacheMixin, nn.Module):
     """Mamba-1 block: (B, L, d_model) -> (B, L, d_model).
 
     in_proj -> x, z (d_inner = expand * d_model each); x = silu(causal depthwise conv(x));
@@ -145,18 +147,3 @@ class Mamba(nn.Module):
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
         return conv_state, ssm_state
-
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs) -> State:
-        """mamba_ssm's cache allocation (used by its generation utilities): default_state."""
-        return self.default_state(batch_size, dtype=dtype)
-
-    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False) -> State:
-        if self.layer_idx is None:
-            raise ValueError("Mamba needs layer_idx to keep its state in inference_params")
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            cache[self.layer_idx] = self.default_state(batch_size)
-        elif initialize_states:
-            for s in cache[self.layer_idx]:
-                s.zero_()
-        return cache[self.layer_idx]

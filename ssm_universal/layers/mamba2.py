@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, selective_state_update,
                          ssd_chunk_scan)
 
+from ._inference_cache import InferenceCacheMixin
+
 State = Tuple[torch.Tensor, torch.Tensor]
 NO_DT_LIMIT = (0.0, float("inf"))
 
@@ -75,7 +77,7 @@ def _pair(name, value):
     return float(low), float(high)
 
 
-class Mamba2(nn.Module):
+class Mamba2(InferenceCacheMixin, nn.Module):
     """Mamba-2 block: u (B, L, d_model) -> (B, L, d_model); or (B * L, d_model) with `seqlen=L`.
 
     in_proj -> z0, x0 (d_mlp = d_inner - d_ssm each, a gated MLP), z (d_ssm), xBC (d_ssm + 2 ngroups d_state),
@@ -333,18 +335,3 @@ class Mamba2(nn.Module):
         ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
                                 dtype=torch.float32)
         return conv_state, ssm_state
-
-    def allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs) -> State:
-        """mamba_ssm's cache allocation (used by its generation utilities): default_state."""
-        return self.default_state(batch_size, dtype=dtype)
-
-    def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False) -> State:
-        if self.layer_idx is None:
-            raise ValueError("Mamba2 needs layer_idx to keep its state in inference_params")
-        cache = inference_params.key_value_memory_dict
-        if self.layer_idx not in cache:
-            cache[self.layer_idx] = self.default_state(batch_size)
-        elif initialize_states:
-            for s in cache[self.layer_idx]:
-                s.zero_()
-        return cache[self.layer_idx]
