@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers import Mamba
+from tests.ssm_universal.layer_checks import check_shapes_and_grads
 
 FP32 = torch.float32
 PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
@@ -249,15 +250,7 @@ def test_step_equals_forward(config):
 
 
 def test_forward_backward_shapes_and_finite_grads():
-    layer = Mamba(d_model=32, d_state=8)
-    x = torch.randn(2, 17, 32, requires_grad=True)
-    y = layer(x)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    y.square().sum().backward()
-    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.shape == p.shape, name
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: gradient {p.grad}"
+    check_shapes_and_grads(Mamba(d_model=32, d_state=8), torch.randn(2, 17, 32))
 
 
 def test_bf16_autocast():

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.mamba2 import Mamba2
+from tests.ssm_universal.layer_checks import check_shapes_and_grads
 
 FP32 = torch.float32
 PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
@@ -404,14 +405,7 @@ def test_seqlen_flattened_input():
 
 def test_forward_backward_shapes_and_finite_grads():
     layer = Mamba2(d_model=16, d_state=8, headdim=8, d_ssm=24, ngroups=3, bias=True, chunk_size=8)
-    x = torch.randn(2, 17, 16, requires_grad=True)
-    y = layer(x)
-    assert y.shape == x.shape and y.dtype == x.dtype
-    y.square().sum().backward()
-    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.shape == p.shape, name
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: gradient {p.grad}"
+    check_shapes_and_grads(layer, torch.randn(2, 17, 16))
 
 
 def test_bf16_autocast():

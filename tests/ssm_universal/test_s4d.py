@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.s4d import S4D, INITS
+from tests.ssm_universal.layer_checks import check_shapes_and_grads
 
 FP32 = torch.float32
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -225,15 +226,7 @@ def test_dropout_is_tied_over_the_sequence():
 def test_forward_backward_shapes_and_finite_grads():
     for kwargs in (dict(), dict(bidirectional=True, discretization="bilinear", init="diag-legs")):
         torch.manual_seed(0)
-        layer = S4D(8, d_state=6, **kwargs)
-        x = torch.randn(2, 17, 8, requires_grad=True)
-        y = layer(x)
-        assert y.shape == x.shape and y.dtype == x.dtype
-        y.square().sum().backward()
-        assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
-        for name, p in layer.named_parameters():
-            assert p.grad is not None and p.grad.shape == p.shape, name
-            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: gradient {p.grad}"
+        check_shapes_and_grads(S4D(8, d_state=6, **kwargs), torch.randn(2, 17, 8), str(kwargs))
 
 
 def test_bf16_autocast():
