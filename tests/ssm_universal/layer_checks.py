@@ -12,3 +12,32 @@ def check_shapes_and_grads(layer: torch.nn.Module, x: torch.Tensor, label: str =
     for name, p in layer.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, f"{label} {name}"
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{label} {name}: gradient {p.grad}"
+
+
+def check_in_place_steps_equal_forward(layer: torch.nn.Module, x: torch.Tensor, split: int) -> None:
+    """For layers whose step updates the state in place and whose forward takes `state=` (Mamba, Mamba2):
+    stepping token by token equals the forward; forward(state=) leaves the state the steps leave; a forward
+    continuing from a stepped state equals the rest of the forward. x: (B, L, d_model)."""
+    from ssm_kernels.testing import assert_close
+
+    fp32 = torch.float32
+    batch, length, _ = x.shape
+    with torch.no_grad():
+        y = layer(x)
+        state = layer.default_state(batch)
+        steps = []
+        for t in range(length):
+            y_t, new_state = layer.step(x[:, t], state)
+            assert all(a is b for a, b in zip(new_state, state)), "step updates the state in place"
+            steps.append(y_t)
+        assert_close(torch.stack(steps, 1), y, fp32, "steps")
+
+        forward_state = layer.default_state(batch)
+        assert_close(layer(x, state=forward_state), y, fp32, "forward with state")
+        for name, s, s_ref in zip(("conv_state", "ssm_state"), state, forward_state):
+            assert_close(s, s_ref, fp32, f"{name} after the steps")
+
+        state = layer.default_state(batch)
+        for t in range(split):
+            layer.step(x[:, t], state)
+        assert_close(layer(x[:, split:], state=state), y[:, split:], fp32, "forward continuing a state")
