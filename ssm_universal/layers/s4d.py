@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_kernels import fftconv, vandermonde_kernel
+from ssm_kernels import vandermonde_kernel
+
+from ._kernel_conv import KernelConvLayer
 
 INITS = ("diag-inv", "diag-lin", "diag-legs", "diag-real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -77,7 +79,7 @@ class TiedDropout(nn.Module):
         return x * keep.to(x.dtype) / (1.0 - self.p)
 
 
-class S4D(nn.Module):
+class S4D(KernelConvLayer):
     """Diagonal S4 layer: (B, L, d_model) -> (B, L, d_model), or (B, d_model, L) both ways if transposed.
 
     Args:
@@ -185,21 +187,6 @@ class S4D(nn.Module):
                 return vandermonde_kernel(C * dB, log_dA, length)
             K = vandermonde_kernel((C * dB).reshape(2 * self.H, -1), log_dA.repeat(2, 1), length)
             return K.reshape(2, self.H, length)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
-        (the autocast dtype under autocast)."""
-        if x.dim() != 3 or x.shape[1 if self.transposed else 2] != self.H:
-            layout = "(B, d_model, L)" if self.transposed else "(B, L, d_model)"
-            raise ValueError(f"S4D: x must have shape {layout} with d_model = {self.H}, got {tuple(x.shape)}")
-        u = x if self.transposed else x.transpose(1, 2)  # (B, H, L)
-        length = u.shape[-1]
-        if length == 0:
-            return x.clone()
-        k = self.kernel(length if self.l_max is None else min(length, self.l_max))
-        y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
-        y = self.output_linear(self.dropout(self.activation(y)))
-        return y if self.transposed else y.transpose(1, 2)
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """Zero state (batch_size, d_model, d_state/2) complex64 (`dtype` is accepted for the common

@@ -1,0 +1,29 @@
+"""The forward shared by layers that convolve with an SSM kernel (S4D, DSS): kernel -> fftconv with the D
+skip -> activation -> tied dropout -> output transform."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ssm_kernels import fftconv
+
+
+class KernelConvLayer(nn.Module):
+    """Subclasses set H, l_max, transposed, bidirectional, D, activation, dropout, output_linear and define
+    kernel(length) -> (H, length), or (2, H, length) when bidirectional."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
+        (the autocast dtype under autocast)."""
+        if x.dim() != 3 or x.shape[1 if self.transposed else 2] != self.H:
+            layout = "(B, d_model, L)" if self.transposed else "(B, L, d_model)"
+            raise ValueError(f"{type(self).__name__}: x must have shape {layout} with d_model = {self.H}, "
+                             f"got {tuple(x.shape)}")
+        u = x if self.transposed else x.transpose(1, 2)  # (B, H, L)
+        length = u.shape[-1]
+        if length == 0:
+            return x.clone()
+        k = self.kernel(length if self.l_max is None else min(length, self.l_max))
+        y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
+        y = self.output_linear(self.dropout(self.activation(y)))
+        return y if self.transposed else y.transpose(1, 2)
