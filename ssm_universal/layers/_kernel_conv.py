@@ -1,9 +1,10 @@
-"""The forward shared by layers that convolve with an SSM kernel (S4D, DSS): kernel -> fftconv with the D
-skip -> activation -> tied dropout -> output transform."""
+"""What layers that convolve with an SSM kernel (S4D, DSS) share: the forward (kernel -> fftconv with the D
+skip -> activation -> tied dropout -> output transform) and the same transform for one recurrent step."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ssm_kernels import fftconv
 
@@ -27,3 +28,10 @@ class KernelConvLayer(nn.Module):
         y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(1, 2)
+
+    def output_step(self, y: torch.Tensor) -> torch.Tensor:
+        """The forward's activation, dropout and output transform (pointwise Conv1d + GLU) for one step:
+        y (B, H) -> (B, H)."""
+        y = self.dropout(self.activation(y).unsqueeze(-1)).squeeze(-1)
+        conv = self.output_linear[0]
+        return F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)

@@ -25,9 +25,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ssm_kernels import vandermonde_kernel
+from ssm_kernels._utils import ArgCheck
 
 from ._kernel_conv import KernelConvLayer
 from .s4d import TiedDropout, hippo_legs_normal_eigenvalues
@@ -82,10 +82,11 @@ class DSS(KernelConvLayer):
                  bidirectional: bool = False, dropout: float = 0.0, transposed: bool = False,
                  sep_dt_re_im: bool = False, epsilon: float = 1e-7):
         super().__init__()
-        _check_int("d_model", d_model, 1)
-        _check_int("d_state", d_state, 1)
+        check = ArgCheck("DSS")
+        check.integer("d_model", d_model, 1)
+        check.integer("d_state", d_state, 1)
         if l_max is not None:
-            _check_int("l_max", l_max, 1)
+            check.integer("l_max", l_max, 1)
         if version not in VERSIONS:
             raise ValueError(f"DSS: version must be one of {VERSIONS}, got {version!r}")
         if lambda_init not in LAMBDA_INITS:
@@ -206,10 +207,7 @@ class DSS(KernelConvLayer):
             u = x_t.float()
             state = torch.exp(P) * state + u.unsqueeze(-1)
             y = (W * coef * state).sum(-1).real + self.D.float() * u
-        y = self.dropout(self.activation(y.to(x_t.dtype)).unsqueeze(-1)).squeeze(-1)
-        conv = self.output_linear[0]
-        y = F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)
-        return y, state
+        return self.output_step(y.to(x_t.dtype)), state
 
     def _check_steppable(self):
         if self.bidirectional:
@@ -218,13 +216,6 @@ class DSS(KernelConvLayer):
         if self.version == "softmax" and self.l_max is None:
             raise RuntimeError("DSS: version='softmax' normalises its kernel over the sequence length, so the "
                                "recurrent step needs a fixed length: build the layer with l_max set")
-
-
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"DSS: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"DSS: {name} must be >= {minimum}, got {value}")
 
 
 __all__ = ["DSS", "dss_lambda_init"]

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import fftconv
+from ssm_kernels._utils import ArgCheck
 from .s4d import S4D
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -69,13 +70,14 @@ class H3(nn.Module):
     def __init__(self, d_model: int, d_state: int = 64, l_max: Optional[int] = None, head_dim: int = 1,
                  use_fast_fftconv: bool = False, dropout: float = 0.0, layer_idx: Optional[int] = None):
         super().__init__()
-        _check_int("d_model", d_model, 1)
-        _check_int("d_state", d_state, 2)
+        check = ArgCheck("H3")
+        check.integer("d_model", d_model, 1)
+        check.integer("d_state", d_state, 2)
         if d_state % 2:
             raise ValueError(f"H3: d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
         if l_max is not None:
-            _check_int("l_max", l_max, 1)
-        _check_int("head_dim", head_dim, 1)
+            check.integer("l_max", l_max, 1)
+        check.integer("head_dim", head_dim, 1)
         if d_model % head_dim:
             raise ValueError(f"H3: head_dim ({head_dim}) must divide d_model ({d_model})")
         if not isinstance(use_fast_fftconv, bool):
@@ -83,7 +85,7 @@ class H3(nn.Module):
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"H3: dropout must be in [0, 1), got {dropout!r}")
         if layer_idx is not None:
-            _check_int("layer_idx", layer_idx, 0)
+            check.integer("layer_idx", layer_idx, 0)
 
         self.d_model, self.d_state, self.l_max, self.head_dim = d_model, d_state, l_max, head_dim
         self.H = d_model // head_dim
@@ -163,13 +165,6 @@ class H3(nn.Module):
             y = y.transpose(1, 2).reshape(batch, self.d_model)
         new_state = (window[..., 1:].reshape(state[0].shape), diag_state.reshape(state[1].shape))
         return self.output_linear(y.to(x_t.dtype)), new_state
-
-
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"H3: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"H3: {name} must be >= {minimum}, got {value}")
 
 
 __all__ = ["H3"]

@@ -15,9 +15,9 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ssm_kernels import vandermonde_kernel
+from ssm_kernels._utils import ArgCheck
 
 from ._kernel_conv import KernelConvLayer
 
@@ -108,12 +108,13 @@ class S4D(KernelConvLayer):
                  bidirectional: bool = False, dropout: float = 0.0, transposed: bool = False,
                  lr: Optional[float] = None):
         super().__init__()
-        _check_int("d_model", d_model, 1)
-        _check_int("d_state", d_state, 2)
+        check = ArgCheck("S4D")
+        check.integer("d_model", d_model, 1)
+        check.integer("d_state", d_state, 2)
         if d_state % 2:
             raise ValueError(f"S4D: d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
         if l_max is not None:
-            _check_int("l_max", l_max, 1)
+            check.integer("l_max", l_max, 1)
         if init not in INITS:
             raise ValueError(f"S4D: init must be one of {INITS}, got {init!r}")
         if discretization not in DISCRETIZATIONS:
@@ -216,22 +217,12 @@ class S4D(KernelConvLayer):
             state = torch.exp(log_dA) * state + dB * u.unsqueeze(-1)
             C = torch.view_as_complex(self.C.float())
             y = 2 * (C * state).sum(-1).real + self.D.float() * u
-        y = self.dropout(self.activation(y.to(x_t.dtype)).unsqueeze(-1)).squeeze(-1)
-        conv = self.output_linear[0]
-        y = F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)
-        return y, state
+        return self.output_step(y.to(x_t.dtype)), state
 
     def _check_causal(self):
         if self.bidirectional:
             raise RuntimeError("S4D: a bidirectional layer has no recurrent step (its output depends on future "
                                "inputs); build it with bidirectional=False for step-by-step inference")
-
-
-def _check_int(name: str, value, minimum: int):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"S4D: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"S4D: {name} must be >= {minimum}, got {value}")
 
 
 __all__ = ["S4D", "s4d_init", "hippo_legs_normal_eigenvalues"]

@@ -41,3 +41,20 @@ def check_in_place_steps_equal_forward(layer: torch.nn.Module, x: torch.Tensor, 
         for t in range(split):
             layer.step(x[:, t], state)
         assert_close(layer(x[:, split:], state=state), y[:, split:], fp32, "forward continuing a state")
+
+
+def check_bf16_autocast_with_complex_state(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    """Under CPU bf16 autocast: forward and a first step from default_state are bf16 and within the bf16
+    tolerance of the fp32 forward, the complex64 state stays complex64, and backward gives finite grads."""
+    from ssm_kernels.testing import assert_close
+
+    batch, _, width = x.shape
+    y32 = layer(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        y_t, state = layer.step(x[:, 0], layer.default_state(batch))
+    assert y.dtype == torch.bfloat16 and state.dtype == torch.complex64 and y_t.shape == (batch, width)
+    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
+    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
+    y.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.dss import DSS
-from tests.ssm_universal.layer_checks import check_shapes_and_grads
+from tests.ssm_universal.layer_checks import check_bf16_autocast_with_complex_state, check_shapes_and_grads
 
 FP32 = torch.float32
 CASES = [dict(version="exp"), dict(version="exp", sep_dt_re_im=True), dict(version="softmax"),
@@ -241,15 +241,7 @@ def test_bf16_autocast(version):
     torch.manual_seed(0)
     layer = DSS(16, d_state=8, version=version, l_max=17)
     x = torch.randn(2, 17, 16)
-    y32 = layer(x).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
-        y_t, state = layer.step(x[:, 0], layer.default_state(2))
-    assert y.dtype == torch.bfloat16 and state.dtype == torch.complex64 and y_t.shape == (2, 16)
-    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
-    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
-    y.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    check_bf16_autocast_with_complex_state(layer, x)
 
 
 @pytest.mark.parametrize("kwargs, error", [
