@@ -47,11 +47,10 @@ def main() -> None:
             print(f"  {device:4s} {str(dtype).replace('torch.', ''):8s} -> {choice:6s} ({why})")
         if "cuda" not in devices:
             print(f"  cuda tensors -> not available here (no CUDA GPU)")
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        for backend in backends:
-            problem = _dispatch._implementation_problem(_dispatch._REGISTRY[op][backend], device, None, {})
+        here = "cuda" if torch.cuda.is_available() else "cpu"
+        for backend, problem in _dispatch.available_backends(op).items():
             state = "can run" if problem is None else f"cannot run: {problem}"
-            print(f"  {backend:6s} on {device.type}: {state}")
+            print(f"  {backend:6s} on {here}: {state}")
 
 
 if __name__ == "__main__":
