@@ -23,7 +23,9 @@ def cuda_extensions():
         major, minor = torch.cuda.get_device_capability()
         os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     extensions = []
-    for op_dir in sorted(p for p in (ROOT / "csrc").iterdir() if p.is_dir() and not p.name.startswith("_")):
+    # csrc/_* hold shared headers; csrc/cpu is the CPU kernels' extension, built on first use (ssm_kernels._cpu_ext)
+    for op_dir in sorted(p for p in (ROOT / "csrc").iterdir()
+                         if p.is_dir() and not p.name.startswith("_") and p.name != "cpu"):
         sources = sorted(str(p.relative_to(ROOT)) for s in ("*.cu", "*.cpp") for p in op_dir.glob(s))
         if sources:
             extensions.append(CUDAExtension(

@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from . import _cuda_ext, _dispatch
+from . import _cpu_ext, _cuda_ext, _dispatch
 
 
 def _versions() -> list:
@@ -28,6 +28,7 @@ def _versions() -> list:
     lines.append(f"CUDA toolkit for csrc/: {cuda_home or 'not found'}")
     for name, state in _cuda_ext.status().items():
         lines.append(f"  csrc/{name}: {state}")
+    lines.append(f"CPU C++ kernels (csrc/cpu, used by the torch backend on CPU tensors): {_cpu_ext.status()}")
     return lines
 
 

@@ -39,6 +39,14 @@ def csrc_dir() -> Optional[Path]:
     return None
 
 
+def cuda_extension_names() -> List[str]:
+    """The csrc/<name> folders that are CUDA extensions (not _shared headers, not the cpu/ kernels)."""
+    root = csrc_dir()
+    if root is None:
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_") and p.name != "cpu")
+
+
 def sources(name: str) -> List[Path]:
     root = csrc_dir()
     if root is None:
@@ -61,10 +69,13 @@ def arch() -> str:
     return f"{major}.{minor}"
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("SSM_KERNELS_CACHE", Path.home() / ".cache" / "ssm_kernels"))
+
+
 def cache_dir(name: str) -> Path:
-    base = Path(os.environ.get("SSM_KERNELS_CACHE", Path.home() / ".cache" / "ssm_kernels"))
     tag = f"{name}-torch{torch.__version__}-cuda{torch.version.cuda}-sm{arch().replace('.', '')}"
-    return base / tag.replace("+", "_")
+    return cache_root() / tag.replace("+", "_")
 
 
 def problem(name: Optional[str]) -> Optional[str]:
@@ -129,10 +140,8 @@ def _jit_build(name: str) -> str:
 
 def status() -> Dict[str, str]:
     """For `python -m ssm_kernels`: every csrc extension and whether it is loaded / loadable here."""
-    root = csrc_dir()
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")) if root else []
     report = {}
-    for name in names:
+    for name in cuda_extension_names():
         if name in _LOADED:
             report[name] = _LOADED[name]
         elif prebuilt(name) is not None:

@@ -11,6 +11,10 @@ every chunk is one plane with the nc chunks contiguous. Then:
   4. the L - L0 positions past the last whole chunk continue sequentially from the last state.
 reverse=True runs the same steps mirrored (chunks from the end, the remainder at the start).
 Temporaries are block-sized and reused between blocks, so no (B, D, L) intermediate is allocated.
+
+On the CPU, when the C++ kernels of csrc/cpu build here (ssm_kernels._cpu_ext), scan_into hands the whole
+scan to torch.ops.ssm_kernels_cpu.linear_scan_into instead: a sequential loop per row at memory speed, the
+one thing the chunked engine cannot match with PyTorch ops (several passes and a Python step loop).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import math
 from typing import Optional
 
 import torch
+
+from .. import _cpu_ext
 
 # Rows x length elements per block: big enough for multithreaded, vectorised steps, small enough that the
 # transposed temporaries stay in cache.
@@ -40,6 +46,12 @@ def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
     batch, dim, length = out.shape
     if length == 0 or out.numel() == 0:
         return out
+    if out.device.type == "cpu" and _cpu_ext.load():
+        conj_gates = gates.is_conj()
+        torch.ops.ssm_kernels_cpu.linear_scan_into(
+            out, _in_dtype(gates.conj() if conj_gates else gates, out.dtype), _in_dtype(tokens, out.dtype),
+            initial_state, reverse, conj_gates)
+        return out
     rows = max(1, BLOCK_ELEMENTS // length)
     per_batch = max(1, rows // dim)  # whole batches per block when D is small
     d_step = dim if per_batch > 1 else min(dim, rows)
@@ -50,6 +62,17 @@ def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
             h0 = None if initial_state is None else initial_state[bs, ds]
             _scan_block(out[bs, ds], gates[bs, ds], tokens[bs, ds], h0, reverse)
     return out
+
+
+def _in_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x converted to dtype without materialising its broadcast (stride-0) dims; conjugate views resolved."""
+    if x.dtype == dtype and not x.is_conj():
+        return x
+    compact = x
+    for axis, stride in enumerate(x.stride()):
+        if stride == 0:
+            compact = compact.narrow(axis, 0, 1)
+    return compact.resolve_conj().to(dtype).expand(x.shape)
 
 
 def _scan_block(out, gates, tokens, h0, reverse):
