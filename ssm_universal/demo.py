@@ -15,28 +15,12 @@ import torch.nn as nn
 
 import ssm_kernels
 from ssm_kernels.testing import relative_error, tolerance
-
-
-class PreNormResidual(nn.Module):
-    """x + mixer(norm(x)), x: (B, L, d_model). Used until ssm_universal.models.create_model exists."""
-
-    def __init__(self, d_model: int, mixer: nn.Module):
-        super().__init__()
-        self.norm = nn.LayerNorm(d_model)
-        self.mixer = mixer
-
-    def forward(self, x):
-        return x + self.mixer(self.norm(x))
+from ssm_universal.models import create_model
 
 
 def build_model(d_model: int, n_layer: int) -> tuple:
-    try:
-        from ssm_universal.models import create_model
-    except ImportError:
-        from ssm_universal.layers import Mamba
-        blocks = [PreNormResidual(d_model, Mamba(d_model, layer_idx=i)) for i in range(n_layer)]
-        return nn.Sequential(*blocks), f"{n_layer} pre-norm residual ssm_universal.layers.Mamba blocks"
-    return create_model(architecture="mamba", d_model=d_model, n_layer=n_layer), "ssm_universal mamba"
+    model = create_model(architecture="mamba", d_model=d_model, n_layer=n_layer)
+    return model, f"create_model('mamba'): {n_layer} pre-norm residual Mamba blocks"
 
 
 def run(model: nn.Module, x: torch.Tensor, cotangent: torch.Tensor):

@@ -1,0 +1,127 @@
+"""SSMLanguageModel: token embedding, a create_model backbone, tied LM head; training loss and generation.
+
+Generation runs the recurrent step with one state per layer (constant memory per token, whatever the
+length); the prompt is fed through the same steps.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssm_kernels._utils import ArgCheck
+
+from .factory import create_model
+
+IGNORE_INDEX = -100
+
+
+class SSMLanguageModel(nn.Module):
+    """input_ids (B, L) -> logits (B, L, vocab_size) over any create_model architecture.
+
+    Args:
+        vocab_size, architecture, d_model, n_layer: as named; the rest goes to create_model (block_type,
+            d_state, d_conv, expand_factor, conv_kernel_size, dropout, layer options).
+        tie_embeddings: the LM head reuses the embedding matrix (mamba_ssm's default).
+        pad_vocab_size_multiple: round the embedding rows up to a multiple (logits keep the padded width,
+            as mamba_ssm's MambaLMHeadModel does).
+    """
+
+    def __init__(self, vocab_size: int, architecture: str, d_model: int = 256, n_layer: int = 4,
+                 tie_embeddings: bool = True, pad_vocab_size_multiple: int = 1, **create_model_kwargs):
+        super().__init__()
+        check = ArgCheck("SSMLanguageModel")
+        check.integer("vocab_size", vocab_size, minimum=1)
+        check.integer("pad_vocab_size_multiple", pad_vocab_size_multiple, minimum=1)
+        if architecture == "hiss":
+            check.fail("architecture 'hiss' predicts at the chunk rate, not per token: it has no language model "
+                       "head here (use ssm_universal.models.HiSS for sequence-to-sequence tasks)")
+        padded = -(-vocab_size // pad_vocab_size_multiple) * pad_vocab_size_multiple
+        self.vocab_size = vocab_size
+        self.embedding = nn.Embedding(padded, d_model)
+        self.backbone = create_model(architecture, d_model=d_model, n_layer=n_layer, **create_model_kwargs)
+        self.lm_head = nn.Linear(d_model, padded, bias=False)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        if tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+        self.config = dict(vocab_size=vocab_size, tie_embeddings=tie_embeddings,
+                           pad_vocab_size_multiple=pad_vocab_size_multiple, **self.backbone.config)
+
+    def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None):
+        """input_ids: (B, L) int. Returns logits (B, L, V); with labels (B, L) (the targets aligned with the
+        inputs: position t predicts labels[t + 1]; -100 is ignored) returns (logits, mean cross-entropy)."""
+        logits = self.lm_head(self.backbone(self.embedding(input_ids)))
+        if labels is None:
+            return logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                               ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def default_state(self, batch_size: int, device=None, dtype=None) -> list:
+        device = self.embedding.weight.device if device is None else device
+        return self.backbone.default_state(batch_size, device=device, dtype=dtype)
+
+    def step(self, token_ids: torch.Tensor, state: list):
+        """token_ids (B,) -> (logits (B, V), new state)."""
+        hidden, state = self.backbone.step(self.embedding(token_ids), state)
+        return self.lm_head(hidden), state
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_length: int, temperature: float = 1.0,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None,
+                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Continue input_ids (B, L0) to max_length tokens in all (prompt included): (B, max_length).
+
+        Sampling from softmax(logits / temperature) restricted to the top_k tokens and to the smallest set
+        whose probability reaches top_p; top_k=1 or temperature=0 is greedy decoding. After eos_token_id
+        a sequence keeps emitting it. Runs in eval mode (restored afterwards), one recurrent step per token.
+        """
+        check = ArgCheck("generate")
+        check.tensor("input_ids", input_ids, ("B", "L"), dtypes=(torch.int64, torch.int32))
+        check.integer("input_ids.shape[1] (the prompt length)", input_ids.shape[1], minimum=1)
+        check.integer("max_length", max_length, minimum=input_ids.shape[1])
+        if check.finite("temperature", temperature) < 0:
+            check.fail(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None:
+            check.integer("top_k", top_k, minimum=1)
+        if top_p is not None and not 0.0 < check.finite("top_p", top_p) <= 1.0:
+            check.fail(f"top_p must be in (0, 1], got {top_p}")
+
+        was_training = self.training
+        self.eval()
+        try:
+            state = self.default_state(input_ids.shape[0])
+            tokens = [input_ids[:, t] for t in range(input_ids.shape[1])]
+            for token in tokens[:-1]:
+                _, state = self.step(token, state)
+            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            while len(tokens) < max_length:
+                logits, state = self.step(tokens[-1], state)
+                nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
+                if eos_token_id is not None:
+                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                    finished |= nxt == eos_token_id
+                tokens.append(nxt.to(input_ids.dtype))
+        finally:
+            self.train(was_training)
+        return torch.stack(tokens, dim=1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+           top_p: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,)."""
+    if top_k == 1 or temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p (the first one always stays)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)

@@ -1,0 +1,291 @@
+"""create_model for every architecture, the language model and generation, save/load."""
+import json
+import math
+
+import pytest
+import torch
+
+from ssm_kernels.testing import assert_close
+from ssm_universal.models import (ARCHITECTURES, SSMLanguageModel, create_model, load_safetensors,
+                                  load_state_dict, save_safetensors, save_state_dict)
+from ssm_universal.models.language_model import sample
+from ssm_universal.models.serialization import read_safetensors_metadata
+from tests.ssm_universal.layer_checks import check_shapes_and_grads
+
+FP32 = torch.float32
+SMALL = dict(d_model=16, d_state=8, n_layer=2)
+# (architecture, block_type, extra create_model arguments for tiny sizes)
+CONFIGS = [(name, None, {}) for name in ARCHITECTURES if name != "mamba2"] + [
+    ("mamba2", "parallel", {}), ("mamba2", "sequential", {})]
+
+
+def _ids(configs):
+    return [f"{a}-{b}" if b else a for a, b, _ in configs]
+
+
+def _stepped(model, x):
+    state = model.default_state(x.shape[0])
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, state = model.step(x[:, t], state)
+        outputs.append(y_t)
+    return torch.stack(outputs, 1)
+
+
+@pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
+def test_every_architecture_forward_backward_and_step(architecture, block_type, extra):
+    model = create_model(architecture, block_type=block_type, **SMALL, **extra)
+    x = torch.randn(2, 11, 16)
+    check_shapes_and_grads(model, x, architecture)
+    model.eval()
+    with torch.no_grad():
+        assert_close(_stepped(model, x), model(x), FP32, f"{architecture} steps")
+
+
+@pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
+def test_conv_gate_and_dropout_options(architecture, block_type, extra):
+    model = create_model(architecture, block_type=block_type, conv_kernel_size=3, dropout=0.1, norm="layernorm",
+                         **SMALL, **extra)
+    assert all(block.conv_gate is not None for block in model.layers)
+    x = torch.randn(2, 9, 16)
+    model.train()
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, model(x)), "dropout is active in training"
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        assert_close(_stepped(model, x), y, FP32, f"{architecture} steps with the conv gate")
+        # causal: changing the last input leaves every earlier output unchanged
+        x2 = x.clone()
+        x2[:, -1] += 1.0
+        assert_close(model(x2)[:, :-1], y[:, :-1], FP32, "causal")
+
+
+def test_readme_examples_run():
+    x = torch.randn(1, 5, 256)
+    for kwargs in (dict(architecture="mamba2", block_type="sequential", d_model=256, d_state=16, n_layer=4),
+                   dict(architecture="h3", d_model=256, d_state=64, n_layer=4)):
+        model = create_model(**kwargs)
+        assert model(x).shape == x.shape
+        assert len(model.layers) == kwargs["n_layer"]
+    model = create_model(architecture="mamba2", block_type="parallel", d_model=512, d_state=32, n_layer=6,
+                         d_conv=8, expand_factor=4, conv_kernel_size=7, dropout=0.1)
+    mixer = model.layers[0].mixer
+    assert (mixer.d_inner, mixer.d_state, mixer.d_conv) == (2048, 32, 8)
+    assert model.layers[0].conv_gate.weight.shape == (512, 7) and model.layers[0].dropout.p == 0.1
+    assert model(torch.randn(1, 5, 512)).shape == (1, 5, 512)
+
+
+def test_layer_options_reach_the_layer():
+    model = create_model("s4d", init="diag-inv", **SMALL)
+    assert model.layers[0].mixer.init == "diag-inv"
+    model = create_model("mamba2", headdim=4, **SMALL)
+    assert model.layers[1].mixer.headdim == 4 and model.layers[1].mixer.layer_idx == 1
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(architecture="transformer"), ValueError, "architecture"),
+    (dict(architecture="mamba", block_type="parallel"), ValueError, "block_type"),
+    (dict(architecture="mamba2", block_type="diagonal"), ValueError, "block_type"),
+    (dict(architecture="s4d", n_layer=0), ValueError, "n_layer"),
+    (dict(architecture="s4d", d_model=2.5), TypeError, "d_model"),
+    (dict(architecture="s4d", dropout=1.0), ValueError, "dropout"),
+    (dict(architecture="s4d", conv_kernel_size=0), ValueError, "conv_kernel_size"),
+    (dict(architecture="s4d", norm="batchnorm"), ValueError, "norm"),
+])
+def test_create_model_validation(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        create_model(**kwargs)
+
+
+def test_bf16_autocast():
+    model = create_model("mamba", **SMALL)
+    x = torch.randn(2, 7, 16)
+    y32 = model(x).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x)
+    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast")
+    y.float().square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- language model ---------------------------------------------------------------------------------------
+def _lm(architecture="mamba", **kwargs):
+    torch.manual_seed(0)
+    return SSMLanguageModel(37, architecture, d_model=16, n_layer=2, d_state=8, **kwargs)
+
+
+@pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
+def test_language_model_on_every_architecture(architecture, block_type, extra):
+    lm = _lm(architecture, block_type=block_type, **extra)
+    ids = torch.randint(0, 37, (2, 9))
+    logits, loss = lm(ids, labels=ids)
+    assert logits.shape == (2, 9, 37)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 37), ids[:, 1:].reshape(-1))
+    assert_close(loss, expected, FP32, "loss")
+    loss.backward()
+    assert lm.embedding.weight.grad is not None and torch.isfinite(lm.embedding.weight.grad).all()
+    out = lm.generate(ids[:, :3], max_length=6, top_k=1)
+    assert out.shape == (2, 6) and torch.equal(out[:, :3], ids[:, :3])
+
+
+def test_loss_ignores_minus_100_and_ties_embeddings():
+    lm = _lm()
+    assert lm.lm_head.weight is lm.embedding.weight
+    ids = torch.randint(0, 37, (2, 8))
+    labels = ids.clone()
+    labels[:, 5:] = -100
+    logits, loss = lm(ids, labels=labels)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 37), ids[:, 1:5].reshape(-1))
+    assert_close(loss, expected, FP32, "masked loss")
+    untied = _lm(tie_embeddings=False, pad_vocab_size_multiple=8)
+    assert untied.lm_head.weight is not untied.embedding.weight and untied.embedding.weight.shape[0] == 40
+
+
+@pytest.mark.parametrize("architecture", ["mamba", "s4d", "h3"])
+def test_greedy_generate_equals_repeated_full_forwards(architecture):
+    lm = _lm(architecture).eval()
+    ids = torch.randint(0, 37, (3, 4))
+    out = lm.generate(ids, max_length=12, top_k=1)
+    expected = ids
+    with torch.no_grad():
+        while expected.shape[1] < 12:
+            nxt = lm(expected)[:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, nxt], 1)
+    assert torch.equal(out, expected)
+    assert torch.equal(lm.generate(ids, max_length=12, temperature=0.0), expected)
+
+
+def test_generate_state_is_constant_size_and_mode_restored():
+    lm = _lm("mamba2").train()
+    sizes = []
+    for length in (3, 20):
+        state = lm.default_state(2)
+        for t in range(length):
+            _, state = lm.step(torch.randint(0, 37, (2,)), state)
+        sizes.append(sum(t.numel() for t in _tensors(state)))
+    assert sizes[0] == sizes[1]
+    lm.generate(torch.randint(0, 37, (2, 3)), max_length=5)
+    assert lm.training
+
+
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if tree is None:
+        return []
+    return [t for item in tree for t in _tensors(item)]
+
+
+def test_generate_eos_and_seeded_sampling():
+    lm = _lm()
+    ids = torch.randint(0, 37, (2, 2))
+    a = lm.generate(ids, max_length=10, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    b = lm.generate(ids, max_length=10, top_p=0.9, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    greedy = lm.generate(ids, max_length=10, top_k=1)
+    eos = int(greedy[0, 2])
+    out = lm.generate(ids, max_length=10, top_k=1, eos_token_id=eos)
+    assert (out[0, 2:] == eos).all()
+
+
+def test_sample_top_k_and_top_p_restrict_the_support():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])  # not sorted, so that the top-p mask must be unsorted
+    logits = probs.log().repeat(4000, 1)
+    gen = torch.Generator().manual_seed(0)
+
+    def support(**kwargs):
+        counts = torch.bincount(sample(logits, generator=gen, **kwargs), minlength=4)
+        return set(torch.nonzero(counts).flatten().tolist()), counts / 4000
+
+    kept, freq = support(top_k=2)
+    assert kept == {1, 3} and abs(freq[1] - 0.5 / 0.8) < 0.03
+    assert support(top_p=0.75)[0] == {1, 3}, "0.5 + 0.3 reaches top_p: the rest is dropped"
+    assert support(top_p=0.85)[0] == {0, 1, 3}
+    assert support(top_p=0.4)[0] == {1}, "the top token always stays"
+    kept, freq = support(temperature=0.5)
+    assert kept == {0, 1, 2, 3} and abs(freq[1] - 0.25 / (probs ** 2).sum()) < 0.03
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(max_length=2), ValueError, "max_length"),
+    (dict(max_length=5, temperature=-1.0), ValueError, "temperature"),
+    (dict(max_length=5, top_k=0), ValueError, "top_k"),
+    (dict(max_length=5, top_p=0.0), ValueError, "top_p"),
+    (dict(max_length=5, top_p=float("nan")), ValueError, "top_p"),
+])
+def test_generate_validation(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _lm().generate(torch.randint(0, 37, (1, 3)), **kwargs)
+    with pytest.raises(TypeError, match="input_ids"):
+        _lm().generate(torch.randn(1, 3), max_length=5)
+
+
+# --- save / load ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_save_and_load_language_model(tmp_path, suffix):
+    lm = _lm("s4d").eval()
+    path = tmp_path / f"model{suffix}"
+    save_state_dict(lm, path)
+    state = load_state_dict(path)
+    fresh = _lm("s4d").eval()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.add_(1.0)
+    fresh.load_state_dict(state, strict=True)
+    ids = torch.randint(0, 37, (2, 6))
+    assert torch.equal(fresh(ids), lm(ids))
+    assert fresh.lm_head.weight is fresh.embedding.weight
+    if suffix == ".safetensors":
+        config = json.loads(read_safetensors_metadata(path)["config"])
+        rebuilt = SSMLanguageModel(**config)
+        rebuilt.load_state_dict(load_state_dict(path), strict=True)
+        assert torch.equal(rebuilt.eval()(ids), lm(ids))
+
+
+def test_safetensors_dtypes_aliases_and_views(tmp_path):
+    base = torch.randn(4, 6)
+    tensors = {"f32": base, "bf16": torch.randn(3).bfloat16(), "f16": torch.randn(2, 2).half(),
+               "f64": torch.randn(5).double(), "i64": torch.arange(7), "u8": torch.arange(4, dtype=torch.uint8),
+               "bool": torch.tensor([True, False]), "empty": torch.empty(0, 3), "strided": base.t()[1:],
+               "alias": base}
+    path = tmp_path / "t.safetensors"
+    save_safetensors(tensors, path, metadata={"k": "v"})
+    loaded = load_safetensors(path)
+    assert set(loaded) == set(tensors) and read_safetensors_metadata(path)["k"] == "v"
+    for name, t in tensors.items():
+        assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+    assert loaded["alias"] is loaded["f32"]
+    with pytest.raises(TypeError, match="complex"):
+        save_safetensors({"c": torch.randn(2, dtype=torch.complex64)}, tmp_path / "c.safetensors")
+
+
+def test_safetensors_interoperates_with_the_reference_package(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).bfloat16(), "c": torch.arange(3)}
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+    save_safetensors(tensors, ours, metadata={"m": "1"})
+    for name, t in safetensors_torch.load_file(str(ours)).items():
+        assert torch.equal(t, tensors[name])
+    safetensors_torch.save_file(tensors, str(theirs), metadata={"m": "2"})
+    for name, t in load_safetensors(theirs).items():
+        assert torch.equal(t, tensors[name])
+
+
+def test_corrupt_safetensors_and_pickles_are_refused(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    save_safetensors({"a": torch.randn(4)}, path)
+    raw = bytearray(path.read_bytes())
+    path.write_bytes(bytes(raw[:-4]))  # truncated data
+    with pytest.raises(ValueError, match="offsets"):
+        load_safetensors(path)
+
+    class Exploit:
+        def __reduce__(self):
+            return (math.factorial, (5,))
+    pickled = tmp_path / "evil.pt"
+    torch.save({"w": torch.randn(2), "x": Exploit()}, pickled)
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
+        load_state_dict(pickled)
