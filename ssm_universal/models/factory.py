@@ -97,6 +97,25 @@ ARCHITECTURES: Dict[str, tuple] = {
 }
 
 
+def _create_hiss(config: dict) -> nn.Module:
+    from .hiss import HiSS
+
+    options = {k: v for k, v in config.items() if k not in ("architecture", "block_type")}
+    chunk_size = options.pop("chunk_size", 16)
+    dropout = options.pop("dropout")
+    names = {level: options.pop(f"{level}_level", "mamba") for level in ("low", "high")}
+    block_types = {level: options.pop(f"{level}_block_type", None) for level in ("low", "high")}
+    for level, name in names.items():
+        if name == "hiss":
+            ArgCheck("create_model").fail(f"{level}_level cannot itself be 'hiss'")
+    levels = {level: create_model(names[level], block_type=block_types[level], dropout=dropout, **options)
+              for level in ("low", "high")}
+    model = HiSS(config["d_model"], config["d_model"], chunk_size, low_level=levels["low"],
+                 high_level=levels["high"], dropout=dropout)
+    model.config = dict(config, chunk_size=chunk_size, low_level=names["low"], high_level=names["high"])
+    return model
+
+
 def create_model(architecture: str, block_type: Optional[str] = None, d_model: int = 256, d_state: int = 16,
                  n_layer: int = 4, d_conv: int = 4, expand_factor: int = 2,
                  conv_kernel_size: Optional[int] = None, dropout: float = 0.0, **kwargs) -> nn.Module:
@@ -105,7 +124,11 @@ def create_model(architecture: str, block_type: Optional[str] = None, d_model: i
     architecture: one of ARCHITECTURES ("s4", "s4d", "s5", "dss", "mamba", "mamba2", "h3", "gated_mlp",
         "gss", "hiss"); block_type: "sequential" or "parallel" for "mamba2" (default "parallel": mamba_ssm's
         Mamba2), None otherwise. See the module docstring for the other arguments.
-    Returns an SSMModel (forward, default_state, step); "hiss" returns a HiSS model (chunk-rate output).
+    Returns an SSMModel (forward, default_state, step). "hiss" returns a HiSS model (models/hiss.py):
+    (B, L, d_model) -> (B, ceil(L / chunk_size), d_model), one prediction per chunk, whose low and high
+    levels are each a create_model stack of n_layer blocks; its kwargs: chunk_size (default 16),
+    low_level / high_level (architecture names, default "mamba"), low_block_type / high_block_type, and the
+    rest go to both levels.
     """
     check = ArgCheck("create_model")
     check.choice("architecture", architecture, tuple(ARCHITECTURES) + ("hiss",))
@@ -121,8 +144,7 @@ def create_model(architecture: str, block_type: Optional[str] = None, d_model: i
                   n_layer=n_layer, d_conv=d_conv, expand_factor=expand_factor,
                   conv_kernel_size=conv_kernel_size, dropout=dropout, **kwargs)
     if architecture == "hiss":
-        from .hiss_factory import create_hiss
-        return create_hiss(**config)
+        return _create_hiss(config)
 
     build, block_types, default_block = ARCHITECTURES[architecture]
     block_type = default_block if block_type is None else block_type

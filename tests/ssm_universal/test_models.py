@@ -289,3 +289,26 @@ def test_corrupt_safetensors_and_pickles_are_refused(tmp_path):
     torch.save({"w": torch.randn(2), "x": Exploit()}, pickled)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         load_state_dict(pickled)
+
+
+@pytest.mark.parametrize("low,high", [("mamba", "s4d"), ("s5", "mamba2")])
+def test_hiss_architecture(low, high):
+    model = create_model("hiss", low_level=low, high_level=high, chunk_size=4, **SMALL)
+    assert model.config["low_level"] == low and model.low_level.config["n_layer"] == 2
+    x = torch.randn(2, 12, 16)
+    y = model(x)
+    assert y.shape == (2, 3, 16)
+    y.square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        state, outputs = model.default_state(2), []
+        for t in range(12):
+            y_t, state = model.step(x[:, t], state)
+            if y_t is not None:
+                outputs.append(y_t)
+        assert_close(torch.stack(outputs, 1), model(x), FP32, "hiss steps")
+    with pytest.raises(ValueError, match="hiss"):
+        create_model("hiss", low_level="hiss", **SMALL)
+    with pytest.raises(ValueError, match="chunk rate"):
+        SSMLanguageModel(11, "hiss", d_model=16, n_layer=1)
