@@ -2,6 +2,8 @@
 skip -> activation -> tied dropout -> output transform) and the same transform for one recurrent step."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,6 +14,18 @@ from ssm_kernels import fftconv
 class KernelConvLayer(nn.Module):
     """Subclasses set H, l_max, transposed, bidirectional, D, activation, dropout, output_linear and define
     kernel(length) -> (H, length), or (2, H, length) when bidirectional."""
+
+    def _register_ssm(self, name: str, tensor: torch.Tensor, lr: Optional[float]):
+        """An SSM parameter with state-spaces' optimizer hints (`_optim`: no weight decay, its own lr);
+        lr == 0 makes it a fixed buffer."""
+        if lr == 0.0:
+            self.register_buffer(name, tensor)
+            return
+        self.register_parameter(name, nn.Parameter(tensor))
+        optim = {"weight_decay": 0.0}
+        if lr is not None:
+            optim["lr"] = lr
+        getattr(self, name)._optim = optim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
@@ -28,6 +42,12 @@ class KernelConvLayer(nn.Module):
         y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(1, 2)
+
+    def _check_causal(self):
+        if self.bidirectional:
+            raise RuntimeError(f"{type(self).__name__}: a bidirectional layer has no recurrent step (its output "
+                               "depends on future inputs); build it with bidirectional=False for step-by-step "
+                               "inference")
 
     def output_step(self, y: torch.Tensor) -> torch.Tensor:
         """The forward's activation, dropout and output transform (pointwise Conv1d + GLU) for one step:

@@ -25,11 +25,12 @@ from .h3 import H3
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba2_sequential import Mamba2Sequential
+from .s4 import S4
 from .s4d import S4D
 from .s5 import S5
 
 ACTIVATIONS = {"sigmoid": F.sigmoid, "silu": F.silu, "swish": F.silu, "gelu": F.gelu, "relu": F.relu}
-SSM_LAYERS = {"s4d": S4D, "dss": DSS, "s5": S5, "h3": H3, "mamba": Mamba, "mamba2": Mamba2,
+SSM_LAYERS = {"s4": S4, "s4d": S4D, "dss": DSS, "s5": S5, "h3": H3, "mamba": Mamba, "mamba2": Mamba2,
               "mamba2_sequential": Mamba2Sequential}
 
 

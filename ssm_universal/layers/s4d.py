@@ -157,16 +157,6 @@ class S4D(KernelConvLayer):
         self.dropout = TiedDropout(dropout) if dropout > 0 else nn.Identity()
         self.output_linear = nn.Sequential(nn.Conv1d(H, 2 * H, kernel_size=1), nn.GLU(dim=-2))
 
-    def _register_ssm(self, name: str, tensor: torch.Tensor, lr: Optional[float]):
-        if lr == 0.0:
-            self.register_buffer(name, tensor)
-            return
-        self.register_parameter(name, nn.Parameter(tensor))
-        optim = {"weight_decay": 0.0}
-        if lr is not None:
-            optim["lr"] = lr
-        getattr(self, name)._optim = optim
-
     def discretize(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(log dA, dB), each (H, N/2) complex64: the recurrence h_t = dA h_{t-1} + dB u_t."""
         dt = torch.exp(self.log_dt.float()).unsqueeze(-1)  # (H, 1)
@@ -219,10 +209,6 @@ class S4D(KernelConvLayer):
             y = 2 * (C * state).sum(-1).real + self.D.float() * u
         return self.output_step(y.to(x_t.dtype)), state
 
-    def _check_causal(self):
-        if self.bidirectional:
-            raise RuntimeError("S4D: a bidirectional layer has no recurrent step (its output depends on future "
-                               "inputs); build it with bidirectional=False for step-by-step inference")
 
 
 __all__ = ["S4D", "s4d_init", "hippo_legs_normal_eigenvalues"]

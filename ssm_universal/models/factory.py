@@ -21,7 +21,7 @@ The argument names are those of the "State Space Model Universal" README. Their 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import torch.nn as nn
 
@@ -79,7 +79,8 @@ def _gated_mlp(d_model, d_state, d_conv, expand, layer_idx, block_type, kwargs):
 
 def _gss(d_model, d_state, d_conv, expand, layer_idx, block_type, kwargs):
     from ..layers.gss import GSS
-    return GSS(dim=d_model, dim_expansion_factor=expand, dss_kernel_N=d_state, **kwargs)
+    # the GSS layer without its own norm and skip: the residual block provides them
+    return GSS(dim=d_model, dim_expansion_factor=expand, dss_kernel_N=d_state, residual=False, **kwargs)
 
 
 # name -> (builder(d_model, d_state, d_conv, expand, layer_idx, block_type, layer_kwargs) -> mixer,

@@ -1,5 +1,6 @@
 """Checks shared by the layer tests."""
 import torch
+import torch.nn.functional as F
 
 
 def check_shapes_and_grads(layer: torch.nn.Module, x: torch.Tensor, label: str = "") -> None:
@@ -58,3 +59,20 @@ def check_bf16_autocast_with_complex_state(layer: torch.nn.Module, x: torch.Tens
     assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
     y.float().square().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+def reference_forward(layer, x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """A kernel-convolution layer's (S4, S4D) math written out in fp64: direct causal (and anti-causal) sums
+    with the kernel K (H, L) ((2, H, L) when bidirectional), D skip, GELU, Conv1d(H, 2H, 1) + GLU.
+    x: (B, L, H)."""
+    u = x.double().transpose(1, 2)  # (B, H, L)
+    length = u.shape[-1]
+    k0, k1 = (K[0], K[1]) if layer.bidirectional else (K, None)
+    y = layer.D.double()[:, None] * u
+    for lag in range(min(length, k0.shape[-1])):
+        y[..., lag:] += k0[:, lag][:, None] * u[..., :length - lag]
+        if k1 is not None and lag + 1 < length:
+            y[..., :length - lag - 1] += k1[:, lag][:, None] * u[..., lag + 1:]
+    conv = layer.output_linear[0]
+    y = F.glu(F.conv1d(F.gelu(y), conv.weight.double(), conv.bias.double()), dim=-2)
+    return y.transpose(1, 2)

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.dss import DSS
-from tests.ssm_universal.layer_checks import check_bf16_autocast_with_complex_state, check_shapes_and_grads
+from tests.ssm_universal.layer_checks import (check_bf16_autocast_with_complex_state, check_shapes_and_grads,
+                                              reference_forward)
 
 FP32 = torch.float32
 CASES = [dict(version="exp"), dict(version="exp", sep_dt_re_im=True), dict(version="softmax"),
@@ -62,21 +62,6 @@ def paper_kernel(layer, length):
     else:
         W = W * (torch.exp(P) - 1) / Lambda
     return torch.einsum("...hn,hnl->...hl", W, S).real
-
-
-def reference_forward(layer, x, K):
-    """Direct causal (and anti-causal) sums with K, D skip, GELU, Conv1d(H, 2H, 1) + GLU. x: (B, L, H)."""
-    u = x.double().transpose(1, 2)
-    length = u.shape[-1]
-    k0, k1 = (K[0], K[1]) if layer.bidirectional else (K, None)
-    y = layer.D.double()[:, None] * u
-    for lag in range(min(length, k0.shape[-1])):
-        y[..., lag:] += k0[:, lag][:, None] * u[..., :length - lag]
-        if k1 is not None and lag + 1 < length:
-            y[..., :length - lag - 1] += k1[:, lag][:, None] * u[..., lag + 1:]
-    conv = layer.output_linear[0]
-    y = F.glu(F.conv1d(F.gelu(y), conv.weight.double(), conv.bias.double()), dim=-2)
-    return y.transpose(1, 2)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])

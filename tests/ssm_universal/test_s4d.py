@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.s4d import S4D, INITS
-from tests.ssm_universal.layer_checks import check_bf16_autocast_with_complex_state, check_shapes_and_grads
+from tests.ssm_universal.layer_checks import (check_bf16_autocast_with_complex_state, check_shapes_and_grads,
+                                              reference_forward)
 
 FP32 = torch.float32
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -43,23 +43,6 @@ def explicit_kernel(layer, length):
     return K.real
 
 
-def reference_forward(layer, x, K=None):
-    """The layer's math written out: direct causal (and anti-causal) sums with the explicit kernel, D skip,
-    GELU, Conv1d(H, 2H, 1) + GLU. x: (B, L, H)."""
-    u = x.double().transpose(1, 2)  # (B, H, L)
-    length = u.shape[-1]
-    K = explicit_kernel(layer, length) if K is None else K
-    k0, k1 = (K[0], K[1]) if layer.bidirectional else (K, None)
-    y = layer.D.double()[:, None] * u
-    for lag in range(min(length, k0.shape[-1])):
-        y[..., lag:] += k0[:, lag][:, None] * u[..., :length - lag]
-        if k1 is not None and lag + 1 < length:
-            y[..., :length - lag - 1] += k1[:, lag][:, None] * u[..., lag + 1:]
-    conv = layer.output_linear[0]
-    y = F.glu(F.conv1d(F.gelu(y), conv.weight.double(), conv.bias.double()), dim=-2)
-    return y.transpose(1, 2)
-
-
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("discretization", DISCRETIZATIONS)
 @pytest.mark.parametrize("init", INITS)
@@ -72,7 +55,7 @@ def test_kernel_and_forward_equal_explicit_sum(init, discretization, bidirection
     with torch.no_grad():
         assert_close(K, explicit_kernel(layer, length), FP32, "kernel")
         x = torch.randn(2, length, 6)
-        assert_close(layer(x), reference_forward(layer, x), FP32, "forward")
+        assert_close(layer(x), reference_forward(layer, x, explicit_kernel(layer, x.shape[1])), FP32, "forward")
 
 
 @pytest.mark.parametrize("discretization", DISCRETIZATIONS)
