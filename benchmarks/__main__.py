@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     for op in ops:
         module = importlib.import_module(f"benchmarks.cases.{op}")
         for case in module.cases(args.quick):
+            if device.type not in case.device_types:
+                continue
             results.extend(run_case(case, device, args.quick, args.peers, bandwidth, args.memory, args.only))
             print(f"done: {op} {case.name}", file=sys.stderr, flush=True)
     env = environment(device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -33,6 +33,7 @@ class Case:
     bytes_fwd_bwd: int = 0  # the same for forward+backward
     flops_fwd: int = 0
     notes: str = ""
+    device_types: Tuple[str, ...] = ("cpu", "cuda")  # where the case is worth running (GPU sizes: "cuda")
 
 
 @dataclass

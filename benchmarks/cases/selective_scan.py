@@ -3,6 +3,8 @@
 Inputs follow Mamba's initialisation: A = -(1..N) per channel, Δ = softplus(delta + delta_bias) with
 softplus(delta_bias) log-uniform in [1e-3, 0.1]. Peer "peer:mambapy": mambapy's pscan (Blelloch scan over
 the materialised (B, L, D, N) tensors) inside the same Mamba-1 formula, as mambapy's MambaBlock does it.
+GPU cases (issue 5): (4, 4096, 4096) N=16 bf16 and fp32 beside "peer:mamba_ssm", mamba_ssm 2.3.2's CUDA
+selective_scan_fn (benchmarks/peers.py links it from prebuilt objects).
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def _mambapy(pscan):
     return run
 
 
-def _case(batch, dim, length, dstate, dtype, reference: bool) -> Case:
+def _case(batch, dim, length, dstate, dtype, reference: bool, device_types=("cpu", "cuda")) -> Case:
     def make(device, with_peers):
         p = _inputs(batch, dim, length, dstate, dtype, device)
         grads = tuple(p.values())
@@ -57,19 +59,27 @@ def _case(batch, dim, length, dstate, dtype, reference: bool) -> Case:
                     lambda backend=backend: selective_scan(**p, delta_softplus=True, backend=backend), grads)
         if reference:  # forward only: its autograd graph over L steps is not what anyone would train with
             variants["reference"] = Variant(lambda: selective_scan_ref(**p, delta_softplus=True)[0])
-        pscan = peers.load("mambapy.pscan", "pscan") if with_peers else None
+        pscan = peers.load("mambapy.pscan", "pscan") if with_peers and device.type == "cpu" else None
         if pscan is not None:
             variants["peer:mambapy"] = Variant(lambda: _mambapy(pscan)(**p), grads)
+        mamba = peers.load("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn") \
+            if with_peers and device.type == "cuda" else None
+        if mamba is not None:
+            variants["peer:mamba_ssm"] = Variant(lambda: mamba(**p, delta_softplus=True), grads)
         return variants
 
     io = batch * dim * length * dtype.itemsize
     bc = batch * dstate * length * dtype.itemsize
     return Case("selective_scan", f"B{batch} D{dim} L{length} N{dstate} {str(dtype).replace('torch.', '')}", make,
                 bytes_fwd=4 * io + 2 * bc,  # u, delta, z in, y out; B, C in
-                bytes_fwd_bwd=4 * io + 2 * bc + 8 * io + 4 * bc)  # bwd: inputs again + dy in, 4 grads out
+                bytes_fwd_bwd=4 * io + 2 * bc + 8 * io + 4 * bc,  # bwd: inputs again + dy in, 4 grads out
+                device_types=device_types)
 
 
 def cases(quick: bool):
     if quick:
         return [_case(1, 128, 256, 16, torch.float32, reference=True)]
-    return [_case(1, 1024, 2048, 16, torch.float32, reference=True)]
+    gpu = ("cuda",)
+    return [_case(4, 4096, 4096, 16, torch.bfloat16, reference=False, device_types=gpu),
+            _case(4, 4096, 4096, 16, torch.float32, reference=False, device_types=gpu),
+            _case(1, 1024, 2048, 16, torch.float32, reference=True)]
