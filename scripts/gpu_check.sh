@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device-tool call on the GPU machine: build the csrc extension(s), report, run the test suite natively,
 # the quickstart demo and the benchmarks; full logs under $OUT, a short summary printed last.
-#   usage (device tool): [SKIP_AOT=1] bash scripts/gpu_check.sh [pytest paths...]   (default: the whole suite)
+#   usage (device tool): [SKIP_AOT=1] [BENCH_OPS="op ..."] [TEST_TIMEOUT=s] bash scripts/gpu_check.sh [pytest args...]
+#   (default: the whole suite; BENCH_OPS default causal_conv1d; with a carried ./peers the benchmarks add the
+#   peers, linking their CUDA extensions from peers/objs: scripts/build_peer_objects.sh)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -18,14 +20,18 @@ python3 -m ssm_kernels > "$OUT/report.txt" 2>&1
 summary "python -m ssm_kernels: rc=$?"
 
 tests=("$@"); [ ${#tests[@]} -eq 0 ] && tests=(tests)
-python3 -m pytest -q -rs "${tests[@]}" > "$OUT/pytest.log" 2>&1
+timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -q -rs "${tests[@]}" > "$OUT/pytest.log" 2>&1
 summary "pytest ${tests[*]}: rc=$? $(tail -1 "$OUT/pytest.log")"
 
 python3 -m ssm_universal.demo > "$OUT/demo.log" 2>&1
 summary "demo: rc=$? $(tail -1 "$OUT/demo.log")"
 
-python3 -m benchmarks --op causal_conv1d --json "$OUT/bench.json" > "$OUT/bench.txt" 2> "$OUT/bench.err"
-summary "benchmarks: rc=$?"
+peer_flag=(); [ -d peers ] && { export SSM_PEERS_DIR=$PWD/peers; peer_flag=(--peers); }
+for op in ${BENCH_OPS:-causal_conv1d}; do
+  timeout 300 python3 -m benchmarks --op "$op" "${peer_flag[@]}" --json "$OUT/bench_$op.json" \
+    >> "$OUT/bench.txt" 2>> "$OUT/bench.err"
+  summary "benchmark $op: rc=$?"
+done
 
 # Ahead-of-time build through setup.py, then check the prebuilt library is what gets loaded.
 if [ "${SKIP_AOT:-0}" != 1 ]; then
@@ -40,5 +46,5 @@ fi
 echo "================ report"; cat "$OUT/report.txt"
 echo "================ failures"; grep -E "^(FAILED|ERROR)" "$OUT/pytest.log" | head -30
 echo "================ demo"; cat "$OUT/demo.log"
-echo "================ benchmarks"; tail -12 "$OUT/bench.txt"
+echo "================ benchmarks"; grep -v "^#" "$OUT/bench.txt" | grep -v "^op " 
 echo "================ summary"; cat "$OUT/summary.txt"

@@ -72,14 +72,14 @@ class ArgCheck:
         return t
 
     def _check_shape(self, name: str, t: torch.Tensor, shape: Sequence[Dim]):
-        expected = self._expected(shape)
+        # the message is built only on failure: this runs on every call of every op (decoding steps included)
         if t.dim() != len(shape):
-            self.fail(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+            self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(t.shape)}")
         bound = {}
         for dim, size in zip(shape, t.shape):
             want = self.dims.get(dim, bound.get(dim)) if isinstance(dim, str) else dim
             if want is not None and want != size:
-                self.fail(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+                self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(t.shape)}")
             if isinstance(dim, str):
                 bound[dim] = size
         self.dims.update(bound)

@@ -20,6 +20,11 @@ def _cuda_supports(device, dtype, features) -> Optional[str]:
 
 
 _dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.reference", "causal_conv1d_torch")
+_dispatch.register("causal_conv1d", "triton", "ssm_kernels.causal_conv1d.triton", "causal_conv1d_triton",
+                   supports=lambda device, dtype, features: (
+                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
+                       else f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
+                       if features.get("width", 1) > CUDA_MAX_WIDTH else None))
 _dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "causal_conv1d_cuda",
                    supports=_cuda_supports, extension="causal_conv1d")
 

@@ -12,6 +12,10 @@ ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 
 _dispatch.register("causal_conv1d_update", "torch", "ssm_kernels.causal_conv1d_update.reference",
                    "causal_conv1d_update_torch")
+_dispatch.register("causal_conv1d_update", "triton", "ssm_kernels.causal_conv1d_update.triton",
+                   "causal_conv1d_update_triton", supports=lambda device, dtype, features: (
+                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
+                       else None))
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,

@@ -10,6 +10,10 @@ from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
 
 _dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.reference",
                    "selective_state_update_torch")
+_dispatch.register("selective_state_update", "triton", "ssm_kernels.selective_state_update.triton",
+                   "selective_state_update_triton", supports=lambda device, dtype, features: (
+                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
+                       else None))
 
 PARAM_DTYPES = (torch.float32, torch.float64)
 

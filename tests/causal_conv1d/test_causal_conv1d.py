@@ -7,7 +7,7 @@ from ssm_kernels.causal_conv1d.reference import causal_conv1d_ref, final_states
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "cuda"]
+BACKENDS = ["torch", "triton", "cuda"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -133,7 +133,9 @@ def test_compile_fullgraph():
     (dict(activation="relu"), ValueError, "activation must be one of"),
     (dict(x=[1.0]), TypeError, "x must be a torch.Tensor"),
     (dict(backend="cuda"), RuntimeError, "backend 'cuda' .* cannot run"),
-    (dict(backend="triton"), RuntimeError, "no 'triton' backend"),
+    (dict(x=torch.randn(2, 8, 16, dtype=torch.float64), weight=torch.randn(8, 4, dtype=torch.float64),
+          backend="triton"), RuntimeError, "backend 'triton' .* cannot run"),
+    (dict(weight=torch.randn(8, 9), backend="triton"), RuntimeError, "backend 'triton' .* cannot run"),
     (dict(backend="jax"), ValueError, "unknown backend"),
 ])
 def test_validation(kwargs, error, match):
@@ -145,39 +147,94 @@ def test_validation(kwargs, error, match):
         causal_conv1d(**args)
 
 
+def test_triton_rejects_what_it_cannot_run():
+    """fp64 and widths over 8 are refused with the reason (automatic choice falls back to torch)."""
+    from ssm_kernels import _dispatch
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    impl = _dispatch._REGISTRY["causal_conv1d"]["triton"]
+    assert "float64" in impl.supports(torch.device(device), torch.float64, {"width": 4})
+    assert "widths up to 8" in impl.supports(torch.device(device), torch.float32, {"width": 9})
+    assert impl.supports(torch.device(device), torch.bfloat16, {"width": 8}) is None
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("layout", ["channel_first", "channel_last", "strided"])
+def test_triton_widths_layouts_blocks(triton_device, width, layout, monkeypatch):
+    """Every width, both memory layouts and a strided view, D not a multiple of the channel block, several
+    L tiles per backward program (partial dweight/dbias sums over chunks), seq_idx and states."""
+    from ssm_kernels.causal_conv1d import triton as backend_module
+    monkeypatch.setattr(backend_module, "BWD_TARGET_PROGRAMS", 2)
+    monkeypatch.setattr(backend_module, "MAX_BLOCK_L", 32)
+    batch, dim, length = 2, 21, 100
+    inputs = make_inputs(batch, dim, length, width, torch.float32, triton_device, init=True, seq=True,
+                         transposed=layout == "channel_last")
+    if layout == "strided":
+        inputs["x"] = torch.randn(batch, 2 * dim, length + 5, device=triton_device)[:, ::2, 5:]
+    grads = ["x", "weight", "bias"] + (["initial_states"] if width > 1 else [])
+    check_parity(lambda **kw: causal_conv1d(**kw, backend="triton"), reference, inputs, torch.float32, grads,
+                 activation="silu", return_final_states=True)
+
+
+def test_triton_channel_last_output_layout(triton_device):
+    """A channel-last x gets a channel-last y and dx (no copies), with the values of the reference."""
+    inputs = make_inputs(2, 16, 40, 4, torch.float32, triton_device, transposed=True)
+    x = inputs["x"].requires_grad_()
+    y = causal_conv1d(x, inputs["weight"], inputs["bias"], "silu", backend="triton")
+    assert y.stride(1) == 1
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert dx.stride(1) == 1
+    assert_close(y, causal_conv1d_ref(x.detach(), inputs["weight"], inputs["bias"], "silu"), torch.float32)
+
+
+def test_triton_compile_fullgraph(triton_device):
+    x, w, b = (torch.randn(2, 8, 33, device=triton_device, requires_grad=True),
+               torch.randn(8, 4, device=triton_device), torch.randn(8, device=triton_device))
+    compiled = torch.compile(lambda x, w, b: causal_conv1d(x, w, b, "silu", backend="triton"), fullgraph=True,
+                             backend="aot_eager")
+    y = compiled(x, w, b)
+    assert_close(y, causal_conv1d_ref(x.detach(), w, b, "silu"), torch.float32)
+    y.sum().backward()
+    x_ref = x.detach().requires_grad_()
+    causal_conv1d_ref(x_ref, w, b, "silu").sum().backward()
+    assert_close(x.grad, x_ref.grad, torch.float32, "dx")
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("length", [4096, 65536])
-def test_cuda_long_sequences(dtype, length):
+@pytest.mark.parametrize("length", [1, 63, 2047, 4096, 65536])
+def test_gpu_long_sequences(backend, dtype, length):
     """Long sequences on the GPU, against the torch backend in fp32 (itself checked against the
     sequential reference above; the Python-loop reference is too slow at these lengths)."""
     inputs = make_inputs(2, 64, length, 4, dtype, "cuda", init=True, seq=True)
-    fast = lambda **kw: causal_conv1d(**kw, backend="cuda")  # noqa: E731
+    fast = lambda **kw: causal_conv1d(**kw, backend=backend)  # noqa: E731
     reference_fp32 = lambda **kw: causal_conv1d(**kw, backend="torch")  # noqa: E731
     check_parity(fast, reference_fp32, inputs, dtype, ["x", "weight", "bias", "initial_states"],
                  activation="silu", return_final_states=True)
 
 
 @pytest.mark.gpu
-def test_cuda_backward_is_deterministic():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_backward_is_deterministic(backend):
     inputs = make_inputs(4, 256, 3000, 4, torch.bfloat16, "cuda", init=True)
     leaves = [inputs[k].requires_grad_() for k in ("x", "weight", "bias", "initial_states")]
     dout = torch.randn(4, 256, 3000, device="cuda", dtype=torch.bfloat16)
 
     def grads():
         y = causal_conv1d(inputs["x"], inputs["weight"], inputs["bias"], "silu",
-                          initial_states=inputs["initial_states"], backend="cuda")
+                          initial_states=inputs["initial_states"], backend=backend)
         return torch.autograd.grad(y, leaves, dout)
     first, second = grads(), grads()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 @pytest.mark.gpu
-def test_cuda_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_compile_fullgraph(backend):
     x, w, b = (torch.randn(2, 64, 1000, device="cuda"), torch.randn(64, 4, device="cuda"),
                torch.randn(64, device="cuda"))
     x.requires_grad_()
-    compiled = torch.compile(lambda x, w, b: causal_conv1d(x, w, b, "silu", backend="cuda"), fullgraph=True)
+    compiled = torch.compile(lambda x, w, b: causal_conv1d(x, w, b, "silu", backend=backend), fullgraph=True)
     y = compiled(x, w, b)
     assert_close(y, causal_conv1d_ref(x.detach(), w, b, "silu"), torch.float32)
     y.sum().backward()

@@ -6,9 +6,10 @@ from ssm_kernels import causal_conv1d
 from ssm_kernels.causal_conv1d_update import causal_conv1d_update
 from ssm_kernels.causal_conv1d_update.reference import causal_conv1d_update_ref
 from ssm_kernels.testing import assert_close
+from ssm_kernels._dispatch import BackendUnavailableError
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 
@@ -40,6 +41,10 @@ def make_inputs(batch, dim, steps, width, state_len, dtype, device, *, bias=True
 def test_matches_reference(backend, dtype, width, state_len, steps, activation):
     device = backend_device(backend)
     inputs = make_inputs(2, 24, steps, width, state_len, dtype, device)
+    if backend == "triton" and dtype == torch.float64:
+        with pytest.raises(BackendUnavailableError, match="cannot run: Triton kernels take .*float64"):
+            causal_conv1d_update(**inputs, activation=activation, backend=backend)
+        return
     check_parity(with_new_state(lambda *a, **kw: causal_conv1d_update(*a, **kw, backend=backend)),
                  with_new_state(causal_conv1d_update_ref), inputs, dtype, [], activation=activation)
 
@@ -124,10 +129,33 @@ def test_compile_fullgraph():
     (dict(x=torch.randint(0, 3, (2, 8))), TypeError, "x must have dtype"),
     (dict(activation="relu"), ValueError, "activation must be one of"),
     (dict(conv_state=None), TypeError, "conv_state is required"),
-    (dict(backend="triton"), RuntimeError, "no 'triton' backend"),
+    (dict(x=torch.randn(2, 8, dtype=torch.float64), conv_state=torch.randn(2, 8, 3, dtype=torch.float64),
+          backend="triton"), RuntimeError, "backend 'triton' .* cannot run"),
 ])
 def test_validation(kwargs, error, match):
     args = dict(x=torch.randn(2, 8), conv_state=torch.randn(2, 8, 3), weight=torch.randn(8, 4))
     args.update(kwargs)
     with pytest.raises(error, match=match):
         causal_conv1d_update(**args)
+
+
+@pytest.mark.parametrize("steps,state_len,dim", [(None, 3, 300), (40, 3, 5), (5, 70, 9), (33, 40, 17)])
+def test_triton_blocks(triton_device, steps, state_len, dim):
+    """Triton block edges: D over one channel block, T over one token block, S over one state chunk,
+    T shorter and longer than S (the in-place shift reads state and new tokens across chunks)."""
+    inputs = make_inputs(2, dim, steps, 4, state_len, torch.float32, triton_device)
+    check_parity(with_new_state(lambda *a, **kw: causal_conv1d_update(*a, **kw, backend="triton")),
+                 with_new_state(causal_conv1d_update_ref), inputs, torch.float32, [], activation="silu")
+
+
+def test_triton_compile_fullgraph(triton_device):
+    x, weight, bias = (torch.randn(2, 8, device=triton_device), torch.randn(8, 4, device=triton_device),
+                       torch.randn(8, device=triton_device))
+    state = torch.randn(2, 8, 3, device=triton_device)
+    ref_state = state.clone()
+    compiled = torch.compile(lambda x, s, w, b: causal_conv1d_update(x, s, w, b, "silu", backend="triton"),
+                             fullgraph=True, backend="aot_eager")
+    y = compiled(x, state, weight, bias)
+    expected = causal_conv1d_update_ref(x, ref_state, weight, bias, "silu")
+    assert_close(y, expected, torch.float32)
+    assert_close(state, ref_state, torch.float32, "state")

@@ -8,7 +8,7 @@ from ssm_kernels.selective_state_update.reference import selective_state_update_
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 
 
 def mamba1_inputs(batch, dim, length, dstate, groups, device):
@@ -24,7 +24,8 @@ def test_mamba1_steps_equal_scan(backend, groups):
     device = backend_device(backend)
     p = mamba1_inputs(2, 8, 13, 4, groups, device)
     init = torch.randn(2, 8, 4, device=device)
-    y, final = selective_scan(**p, delta_softplus=True, initial_state=init, return_final_state=True, backend=backend)
+    # the scan is the reference here (torch backend): only the step's backend is under test
+    y, final = selective_scan(**p, delta_softplus=True, initial_state=init, return_final_state=True, backend="torch")
     state = init.clone()
     ys = []
     for t in range(13):
@@ -56,7 +57,7 @@ def test_mamba2_steps_with_cache_rows_equal_scan(backend):
                               A_head[:, None, None].expand(heads, headdim, dstate).reshape(channels, dstate),
                               B, C, D=D.flatten(), delta_bias=dt_bias[:, None].expand(heads, headdim).flatten(),
                               delta_softplus=True, initial_state=cache[rows].flatten(1, 2),
-                              return_final_state=True, backend=backend)
+                              return_final_state=True, backend="torch")
     A = A_head[:, None, None].expand(heads, headdim, dstate)
     assert A.stride() == (1, 0, 0)
     ys = []
@@ -98,6 +99,67 @@ def test_compile_fullgraph():
     expected = selective_state_update(expected_state, *args, dt_softplus=True)
     compiled = torch.compile(lambda s, *a: selective_state_update(s, *a, dt_softplus=True), fullgraph=True,
                              backend="aot_eager")
+    out = compiled(state, *args)
+    assert_close(out, expected, torch.float32)
+    assert_close(state, expected_state, torch.float32, "state")
+
+
+@pytest.mark.parametrize("form", ["mamba1", "mamba1_groups", "mamba2"])
+@pytest.mark.parametrize("dtype,state_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                               (torch.float16, torch.float32)])
+@pytest.mark.parametrize("dstate", [1, 5, 16, 40])
+def test_triton_forms_and_blocks(triton_device, form, dtype, state_dtype, dstate):
+    """Both forms against the reference, N not a power of two, row counts over one row block (H * P = 150 or
+    D = 150 rows), optional arguments absent, non-contiguous x, z and state rows from a cache."""
+    device = triton_device
+    batch = 3
+    heads, headdim = (150, 1) if form.startswith("mamba1") else (10, 15)
+    groups = 2 if form == "mamba1_groups" else (5 if form == "mamba2" else 1)
+    cache = torch.randn(batch + 2, heads, headdim, dstate, device=device).to(state_dtype)
+    rows = torch.tensor([4, 0, 2], device=device)
+    x = torch.randn(heads, headdim, batch, device=device).permute(2, 0, 1).to(dtype)
+    args = dict(dt=torch.randn(batch, heads, headdim, device=device).to(dtype),
+                A=-torch.rand(heads, headdim, dstate, device=device),
+                B=torch.randn(batch, groups, dstate, device=device).to(dtype),
+                C=torch.randn(batch, groups, dstate, device=device).to(dtype),
+                z=torch.randn(batch, heads, 2 * headdim, device=device).to(dtype)[..., ::2],
+                dt_bias=torch.randn(heads, headdim, device=device), dt_softplus=True, state_batch_indices=rows)
+    ref_cache = cache.clone()
+    expected = selective_state_update_ref(ref_cache, x, **args)
+    if form.startswith("mamba1"):  # public (B, D, N) form: squeeze the P = 1 axis
+        squeeze = {k: v[..., 0] if k in ("dt", "z", "dt_bias") else v for k, v in args.items()}
+        squeeze["A"] = args["A"][:, 0]
+        if form == "mamba1":
+            squeeze["B"], squeeze["C"] = args["B"][:, 0], args["C"][:, 0]
+        state = cache[:, :, 0]
+        out = selective_state_update(state, x[..., 0], **squeeze, backend="triton")[..., None]
+    else:
+        out = selective_state_update(cache, x, **args, backend="triton")
+    assert_close(out, expected, dtype)
+    assert_close(cache, ref_cache, state_dtype, "state cache")
+
+
+def test_triton_without_options_and_fp64_refused(triton_device):
+    state = torch.randn(2, 8, 4, device=triton_device)
+    args = (torch.randn(2, 8, device=triton_device), torch.rand(2, 8, device=triton_device),
+            -torch.rand(8, 4, device=triton_device), torch.randn(2, 4, device=triton_device),
+            torch.randn(2, 4, device=triton_device))
+    ref_state = state.clone()
+    out = selective_state_update(state, *args, backend="triton")
+    assert_close(out, selective_state_update(ref_state, *args, backend="torch"), torch.float32)
+    assert_close(state, ref_state, torch.float32, "state")
+    with pytest.raises(RuntimeError, match="backend 'triton' .* cannot run: Triton kernels take .*float64"):
+        selective_state_update(state.double(), *(a.double() for a in args), backend="triton")
+
+
+def test_triton_compile_fullgraph(triton_device):
+    state = torch.randn(2, 8, 4, device=triton_device)
+    args = tuple(t.to(triton_device) for t in (torch.randn(2, 8), torch.randn(2, 8), -torch.rand(8, 4),
+                                              torch.randn(2, 4), torch.randn(2, 4)))
+    expected_state = state.clone()
+    expected = selective_state_update(expected_state, *args, dt_softplus=True, backend="torch")
+    compiled = torch.compile(lambda s, *a: selective_state_update(s, *a, dt_softplus=True, backend="triton"),
+                             fullgraph=True, backend="aot_eager")
     out = compiled(state, *args)
     assert_close(out, expected, torch.float32)
     assert_close(state, expected_state, torch.float32, "state")
