@@ -9,6 +9,9 @@ from .. import _dispatch
 from .._utils import REAL_DTYPES, ArgCheck
 
 _dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.reference", "gated_rmsnorm_torch")
+_dispatch.register("gated_rmsnorm", "triton", "ssm_kernels.gated_rmsnorm.triton", "gated_rmsnorm_triton",
+                   supports=lambda device, dtype, features: (
+                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64 else None))
 
 
 def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-6,
@@ -27,7 +30,7 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
         eps: finite and > 0.
         group_size: a divisor of D, or None for D (one group).
         norm_before_gate: where the gate is applied, see above.
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton".
     Returns:
         y: (..., D) in x's dtype; differentiable in x, weight and z.
     """

@@ -10,6 +10,9 @@ from .. import _dispatch
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
 
 _dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.reference", "ssd_chunk_scan_torch")
+_dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.triton", "ssd_chunk_scan_triton",
+                   supports=lambda device, dtype, features: (
+                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64 else None))
 
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
@@ -61,7 +64,7 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         return_final_states: also return the (B, H, P, N) state after step L - 1.
         return_varlen_states: also return the (S, H, P, N) states after the last step of every sequence of
             cu_seqlens (which it requires).
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton".
     Returns:
         out (B, L, H, P) in x's dtype; with return_final_states and/or return_varlen_states the tuple
         (out, final_states), (out, varlen_states) or (out, final_states, varlen_states), mamba_ssm's order.

@@ -8,7 +8,7 @@ from ssm_kernels.gated_rmsnorm.reference import gated_rmsnorm_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
+BACKENDS = ["torch", "triton"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -125,3 +125,60 @@ def test_validation(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         gated_rmsnorm(**args)
+
+
+# --- Triton-specific: row layouts, tile edges, partial-sum reduction, compile ---------------------------
+@pytest.mark.parametrize("case", ["unmergeable", "mixed_layouts", "big_group", "many_rows"])
+def test_triton_layouts_and_blocks(case):
+    device = backend_device("triton")
+    if case == "unmergeable":  # three leading dims whose strides do not merge into two: one copy
+        x = torch.randn(3, 8, 5, 4, device=device).permute(1, 0, 2, 3)[:, :, 1:4]
+        z = torch.randn(4, 3, 5, 6, device=device).permute(1, 0, 3, 2)[:, :2, :3, :4].transpose(0, 1)
+        x = x[:2]
+        inputs = {"x": x, "weight": torch.randn(4, device=device), "z": z}
+        group_size = 2
+    elif case == "mixed_layouts":  # x channel-last, z channel-first
+        x = torch.randn(6, 5, 16, device=device)
+        z = torch.randn(16, 6, 5, device=device).permute(1, 2, 0)
+        inputs = {"x": x, "weight": torch.randn(16, device=device), "z": z}
+        group_size = 8
+    elif case == "big_group":  # one row per tile (BLOCK_M = 1), group not a power of two
+        inputs = make_inputs((3, 4100), torch.float32, device)
+        group_size = 4100
+    else:  # more row blocks than backward programs: several tiles per program, many partial sums
+        inputs = make_inputs((1100, 2, 4), torch.float32, device)
+        group_size = 1
+    assert inputs["x"].shape == inputs["z"].shape
+    check_parity(lambda **kw: gated_rmsnorm(**kw, backend="triton"), gated_rmsnorm_ref, inputs, torch.float32,
+                 ["x", "weight", "z"], group_size=group_size, norm_before_gate=False)
+
+
+def test_triton_empty_and_deterministic():
+    device = backend_device("triton")
+    x = torch.randn(0, 8, device=device, requires_grad=True)
+    y = gated_rmsnorm(x, torch.randn(8, device=device), torch.randn(0, 8, device=device), group_size=4,
+                      backend="triton")
+    y.sum().backward()
+    assert y.shape == (0, 8) and x.grad.shape == (0, 8)
+    inputs = make_inputs((300, 24), torch.bfloat16, device)
+    w = inputs["weight"].requires_grad_()
+    grads = []
+    for _ in range(2):
+        out = gated_rmsnorm(inputs["x"], w, inputs["z"], group_size=8, backend="triton")
+        grads.append(torch.autograd.grad(out.float().square().sum(), w)[0])
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_triton_compile_fullgraph():
+    device = backend_device("triton")
+    x, weight, z = (torch.randn(4, 32, device=device, requires_grad=True), torch.randn(32, device=device),
+                    torch.randn(4, 32, device=device))
+    compiled = torch.compile(lambda x, w, z: gated_rmsnorm(x, w, z, group_size=8, norm_before_gate=False,
+                                                           backend="triton"),
+                             fullgraph=True, backend="aot_eager")
+    y = compiled(x, weight, z)
+    assert_close(y, gated_rmsnorm_ref(x, weight, z, group_size=8, norm_before_gate=False), torch.float32)
+    y.sum().backward()
+    x_ref = x.detach().requires_grad_()
+    gated_rmsnorm_ref(x_ref, weight, z, group_size=8, norm_before_gate=False).sum().backward()
+    assert_close(x.grad, x_ref.grad, torch.float32, "gradient of x")

@@ -1,0 +1,271 @@
+"""Triton kernels of the chunked SSD forward (see triton.py for the algorithm, grids and buffers).
+
+Notation per batch row b, head h (group g = h // (H / G)), chunk c of T positions, i / j positions in it:
+    dt'_j (after bias / softplus / clamp), cs_i = sum_{k <= i} dt'_k A_h (fp64, within the chunk),
+    seg: segment ids (equal exactly when no sequence boundary lies between two positions).
+Segment tests use the id of a clamped position, so positions >= L (zero dt', zero x) continue the last
+sequence, as the torch backend's padding does.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _softplus(v):
+    """torch's softplus (linear above 20), with an accurate log1p(exp(v)) for very negative v."""
+    e = tl.exp(v)
+    u = 1.0 + e
+    log1p = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
+    return tl.where(v > 20.0, v, log1p)
+
+
+@triton.jit
+def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr):
+    """a @ b with fp32 accumulation, operands rounded to DOT_DTYPE. EMULATE (the CPU interpreter, whose bf16
+    tl.dot is broken in Triton 3.9): the same rounding, then an exact fp32 product."""
+    if EMULATE:
+        out = tl.dot(a.to(DOT_DTYPE).to(tl.float32), b.to(DOT_DTYPE).to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
+                      L, H, T, NC, LP, dt_lo, dt_hi, sdb, sdl, sdh, ssb, ssl,
+                      HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEG: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Grid (nc, B, cdiv(H, BLOCK_H)): dt' and cs of one chunk for BLOCK_H heads, written to the (B, H, nc*T)
+    buffers dtp (fp32) and cs (fp64); g[b, h, c] = exp(cs_{T-1}) if the chunk's end continues the sequence
+    of the state entering it, else 0."""
+    c = tl.program_id(0)
+    b = tl.program_id(1)
+    hs = tl.program_id(2) * BLOCK_H + tl.arange(0, BLOCK_H)
+    h_mask = hs < H
+    t = tl.arange(0, BLOCK_T)
+    pos = c * T + t
+    valid = (t < T) & (pos < L)
+    dt = tl.load(dt_ptr + b * sdb + pos[:, None] * sdl + hs[None, :] * sdh, mask=valid[:, None] & h_mask[None, :],
+                 other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + hs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
+    dt = tl.where(valid[:, None], dt, 0.0)
+    A = tl.load(A_ptr + hs, mask=h_mask, other=0.0).to(tl.float32)
+    cs = tl.cumsum((dt * A[None, :]).to(tl.float64), axis=0)
+    offs = (b * H + hs[None, :]) * LP + pos[:, None]
+    st_mask = (t < T)[:, None] & h_mask[None, :]
+    tl.store(dtp_ptr + offs, dt, mask=st_mask)
+    tl.store(cs_ptr + offs, cs, mask=st_mask)
+    cs_end = tl.sum(tl.where((t == T - 1)[:, None], cs, 0.0), axis=0)
+    g = tl.exp(cs_end.to(tl.float32))
+    if HAS_SEG:
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+        g = tl.where(seg_end == entering, g, 0.0)
+    tl.store(g_ptr + (b * H + hs) * NC + c, g, mask=h_mask)
+
+
+@triton.jit
+def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
+                        L, H, HPG, P, N, T, LP, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                        stb, stc, sth, stp, stn,
+                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                        EMULATE: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Grid (nc, B * H, cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N)): the state a chunk adds from a zero start,
+    S_c = sum_j exp(cs_{T-1} - cs_j) [seg_j == seg_end] dt'_j x_j B_j^T, written to slot c + 1 of the
+    (B, nc + 1, H, P, N) fp32 states buffer (the state passing kernel completes it in place)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    g = h // HPG
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    p = (tl.program_id(2) // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = (tl.program_id(2) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_mask = p < P
+    n_mask = n < N
+    row = bh * LP + c * T
+    cs_end = tl.load(cs_ptr + row + T - 1)
+    if HAS_SEG:
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, T, BLOCK_K):
+        t = k0 + tl.arange(0, BLOCK_K)
+        pos = c * T + t
+        valid = (t < T) & (pos < L)
+        cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
+        dtp = tl.load(dtp_ptr + row + t, mask=t < T, other=0.0)
+        keep = valid
+        if HAS_SEG:
+            seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
+            keep = keep & (seg == seg_end)
+        w = tl.where(keep, tl.exp(tl.where(keep, cs_end - cs, 0.0).to(tl.float32)) * dtp, 0.0)
+        xt = tl.load(x_ptr + b * sxb + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
+                     mask=p_mask[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
+                     mask=valid[:, None] & n_mask[None, :], other=0.0)
+        acc += _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
+    tl.store(st_ptr + b * stb + (c + 1) * stc + h * sth + p[:, None] * stp + n[None, :] * stn, acc,
+             mask=p_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _state_passing_kernel(st_ptr, init_ptr, g_ptr, H, PN, NC, sib, sih, sip, sin, N,
+                          stb, stc, sth, stp, stn,
+                          HAS_INIT: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (B * H, cdiv(P * N, BLOCK)): states[:, 0] = initial state (or 0), then in chunk order
+    states[:, c + 1] = g_c states[:, c] + S_c, in place over the chunk states, fp32 in registers."""
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < PN
+    p = e // N
+    n = e % N
+    base = st_ptr + b * stb + h * sth + p * stp + n * stn
+    if HAS_INIT:
+        state = tl.load(init_ptr + b * sib + h * sih + p * sip + n * sin, mask=mask, other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK], dtype=tl.float32)
+    tl.store(base, state, mask=mask)
+    for c in range(0, NC):
+        gc = tl.load(g_ptr + bh * NC + c)
+        state = gc * state + tl.load(base + (c + 1) * stc, mask=mask, other=0.0)
+        tl.store(base + (c + 1) * stc, state, mask=mask)
+
+
+@triton.jit
+def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
+                       L, H, HPG, P, N, T, LP, sxb, sxl, sxh, sxp, szb, szl, szh, szp,
+                       sbb, sbl, sbg, sbn, scb, scl, scg, scn, sdh, sdp, ssb, ssl,
+                       stb, stc, sth, stp, stn, sob, sol, soh, sop,
+                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
+                       HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                        EMULATE: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk,
+        y_i = sum_{j <= i, seg_j == seg_i} (C_i . B_j) exp(cs_i - cs_j) dt'_j x_j
+              + exp(cs_i) [seg_i == entering] C_i states[c]^T,
+        out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
+    m_blocks = tl.cdiv(T, BLOCK_M)
+    c = tl.program_id(0) // m_blocks
+    m0 = (tl.program_id(0) % m_blocks) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    g = h // HPG
+    i = m0 + tl.arange(0, BLOCK_M)
+    pos_i = c * T + i
+    valid_i = (i < T) & (pos_i < L)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < P
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    row = bh * LP + c * T
+    cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
+    Ci = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + n[None, :] * scn,
+                 mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+
+    # the state entering the chunk, decayed to each row
+    hp = tl.load(st_ptr + b * stb + c * stc + h * sth + p[None, :] * stp + n[:, None] * stn,
+                 mask=n_mask[:, None] & p_mask[None, :], other=0.0)
+    q = tl.exp(cs_i.to(tl.float32))
+    if HAS_SEG:
+        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+        q = tl.where(seg_i == entering, q, 0.0)
+    acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
+
+    # within the chunk, up to the diagonal
+    k_end = tl.minimum(m0 + BLOCK_M, T)
+    for k0 in range(0, k_end, BLOCK_K):
+        j = k0 + tl.arange(0, BLOCK_K)
+        pos_j = c * T + j
+        valid_j = (j < T) & (pos_j < L)
+        BjT = tl.load(B_ptr + b * sbb + pos_j[None, :] * sbl + g * sbg + n[:, None] * sbn,
+                      mask=n_mask[:, None] & valid_j[None, :], other=0.0)
+        cb = _dot(Ci, BjT, DOT_DTYPE, PRECISION, EMULATE)
+        cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
+        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+        keep = (j[None, :] <= i[:, None]) & valid_j[None, :] & valid_i[:, None]
+        if HAS_SEG:
+            seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
+            keep = keep & (seg_j[None, :] == seg_i[:, None])
+        decay = tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32))
+        w = tl.where(keep, cb * decay * dt_j[None, :], 0.0)
+        xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,
+                     mask=valid_j[:, None] & p_mask[None, :], other=0.0)
+        acc += _dot(w, xj, DOT_DTYPE, PRECISION, EMULATE)
+
+    mask = valid_i[:, None] & p_mask[None, :]
+    if HAS_D:
+        xi = tl.load(x_ptr + b * sxb + pos_i[:, None] * sxl + h * sxh + p[None, :] * sxp, mask=mask,
+                     other=0.0).to(tl.float32)
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * sdh + p * sdp, mask=p_mask, other=0.0).to(tl.float32)
+            acc += xi * Dv[None, :]
+        else:
+            acc += xi * tl.load(D_ptr + h * sdh).to(tl.float32)
+    o_offs = b * sob + pos_i[:, None] * sol + h * soh + p[None, :] * sop
+    if HAS_Z:
+        if STORE_PRE:
+            tl.store(pre_ptr + o_offs, acc.to(pre_ptr.dtype.element_ty), mask=mask)
+        zi = tl.load(z_ptr + b * szb + pos_i[:, None] * szl + h * szh + p[None, :] * szp, mask=mask,
+                     other=0.0).to(tl.float32)
+        acc = acc * zi / (1.0 + tl.exp(-zi))
+    tl.store(out_ptr + o_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _varlen_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, cu_ptr, vs_ptr,
+                         L, H, HPG, P, N, T, LP, sxl, sxh, sxp, sbl, sbg, sbn, ssl,
+                         stc, sth, stp, stn, svs, svh, svp, svn,
+                         HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                        EMULATE: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Grid (S, H, cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N)), batch size 1: the state at the last step e of packed
+    sequence s (chunk c, row i): exp(cs_e) [seg_e == entering] states[c] + sum_{j <= i, seg_j == seg_e}
+    exp(cs_e - cs_j) dt'_j x_j B_j^T."""
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    g = h // HPG
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    p = (tl.program_id(2) // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = (tl.program_id(2) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_mask = p < P
+    n_mask = n < N
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
+    c = e // T
+    i = e - c * T
+    row = h * LP + c * T
+    cs_e = tl.load(cs_ptr + row + i)
+    q = tl.exp(cs_e.to(tl.float32))
+    if HAS_SEG:
+        seg_e = tl.load(seg_ptr + e * ssl)
+        entering = tl.load(seg_ptr + tl.maximum(c * T - 1, 0) * ssl)
+        q = tl.where(seg_e == entering, q, 0.0)
+    acc = q * tl.load(st_ptr + c * stc + h * sth + p[:, None] * stp + n[None, :] * stn, mask=pn_mask, other=0.0)
+    for k0 in range(0, i + 1, BLOCK_K):
+        t = k0 + tl.arange(0, BLOCK_K)
+        pos = c * T + t
+        keep = t <= i
+        cs = tl.load(cs_ptr + row + t, mask=keep, other=0.0)
+        dtp = tl.load(dtp_ptr + row + t, mask=keep, other=0.0)
+        if HAS_SEG:
+            seg = tl.load(seg_ptr + tl.minimum(pos, L - 1) * ssl)
+            keep = keep & (seg == seg_e)
+        w = tl.where(keep, tl.exp(tl.where(keep, cs_e - cs, 0.0).to(tl.float32)) * dtp, 0.0)
+        xt = tl.load(x_ptr + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
+                     mask=p_mask[:, None] & keep[None, :], other=0.0).to(tl.float32)
+        Bj = tl.load(B_ptr + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
+                     mask=keep[:, None] & n_mask[None, :], other=0.0)
+        acc += _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
+    tl.store(vs_ptr + s * svs + h * svh + p[:, None] * svp + n[None, :] * svn, acc, mask=pn_mask)
