@@ -28,7 +28,7 @@ summary "demo: rc=$? $(tail -1 "$OUT/demo.log")"
 
 peer_flag=(); [ -d peers ] && { export SSM_PEERS_DIR=$PWD/peers; peer_flag=(--peers); }
 for op in ${BENCH_OPS:-causal_conv1d}; do
-  timeout 300 python3 -m benchmarks --op "$op" "${peer_flag[@]}" --json "$OUT/bench_$op.json" \
+  timeout "${BENCH_TIMEOUT:-300}" python3 -m benchmarks --op "$op" "${peer_flag[@]}" --json "$OUT/bench_$op.json" \
     >> "$OUT/bench.txt" 2>> "$OUT/bench.err"
   summary "benchmark $op: rc=$?"
 done

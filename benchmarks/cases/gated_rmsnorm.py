@@ -37,4 +37,5 @@ def _case(tokens: int, dim: int, group_size: int, dtype: torch.dtype) -> Case:
 def cases(quick: bool):
     if quick:
         return [_case(512, 1024, 128, torch.float32)]
-    return [_case(4096, 2048, 256, torch.float32)]
+    return [_case(4096, 2048, 256, torch.float32),
+            _case(16384, 4096, 512, torch.bfloat16)]  # Mamba-2 output norm of a (4, 4096) batch, d_inner 4096

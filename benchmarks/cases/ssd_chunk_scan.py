@@ -1,4 +1,9 @@
-"""ssd_chunk_scan: the Mamba-2 SSD scan, (B, L, H, P) with ngroups G, D, dt_bias and softplus."""
+"""ssd_chunk_scan: the Mamba-2 SSD scan, (B, L, H, P) with ngroups G, D, dt_bias and softplus.
+
+Peers on the GPU: "peer:mamba_ssm" (mamba_ssm 2.3.2's mamba_chunk_scan_combined) and, for reference,
+"peer:fla" (flash-linear-attention 0.6's chunk_simple_gla on the same problem: q = C, k = B (groups expanded
+to heads beforehand, outside the timing), v = dt * x, log-decay g = dt * A; without D and dt_bias's softplus).
+"""
 from __future__ import annotations
 
 import torch
@@ -11,8 +16,18 @@ from .. import peers
 from ..core import Case, Variant
 
 
+def _fla(gla, x, dt, A, B, C, heads):
+    """chunk_simple_gla on the SSD problem; dt (B, L, H) is used as already discretised (no softplus)."""
+    q = C.repeat_interleave(heads // C.shape[2], dim=2).detach().requires_grad_()
+    k = B.repeat_interleave(heads // B.shape[2], dim=2).detach().requires_grad_()
+
+    def run():
+        return gla(q, k, x * dt.unsqueeze(-1), dt.float() * A, scale=1.0)[0]
+    return run, (q, k)
+
+
 def _case(batch: int, length: int, heads: int, headdim: int, dstate: int, groups: int, chunk: int,
-          dtype: torch.dtype, reference: bool) -> Case:
+          dtype: torch.dtype, reference: bool, device_types=("cpu", "cuda")) -> Case:
     def make(device, with_peers):
         def leaf(*shape, dt=dtype):
             return torch.randn(*shape, device=device, dtype=dt).requires_grad_()
@@ -33,17 +48,24 @@ def _case(batch: int, length: int, heads: int, headdim: int, dstate: int, groups
         peer = peers.load("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined") if with_peers else None
         if peer is not None and device.type == "cuda":
             variants["peer:mamba_ssm"] = Variant(lambda: peer(x, dt, A, B, C, chunk, **kwargs), leaves)
+        gla = peers.load("fla.ops.simple_gla", "chunk_simple_gla") if with_peers else None
+        if gla is not None and device.type == "cuda":
+            run, qk = _fla(gla, x, dt, A, B, C, heads)
+            variants["peer:fla"] = Variant(run, (x, dt, A) + qk)
         return variants
 
     size = dtype.itemsize
     io = batch * length * (2 * heads * headdim + heads + 2 * groups * dstate) * size  # x, dt, B, C in; y out
     return Case("ssd_chunk_scan", f"B{batch} L{length} H{heads} P{headdim} N{dstate} G{groups} chunk{chunk} "
                 f"{str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=io, bytes_fwd_bwd=3 * io)  # bwd reads the inputs and dy, writes their gradients
+                bytes_fwd=io, bytes_fwd_bwd=3 * io,  # bwd reads the inputs and dy, writes their gradients
+                device_types=device_types)
 
 
 def cases(quick: bool):
     if quick:
         return [_case(1, 256, 4, 32, 16, 1, 64, torch.float32, reference=True)]
-    return [_case(1, 2048, 16, 64, 64, 1, 256, torch.float32, reference=True),  # issue 3's CPU target
-            _case(2, 4096, 32, 64, 128, 8, 256, torch.bfloat16, reference=False)]  # Mamba-2 2.7B-like layer
+    gpu = ("cuda",)
+    return [_case(4, 4096, 64, 64, 128, 1, 256, torch.bfloat16, reference=False, device_types=gpu),  # issue 6
+            _case(8, 2048, 32, 64, 64, 1, 256, torch.bfloat16, reference=False, device_types=gpu),  # issue 6
+            _case(1, 2048, 16, 64, 64, 1, 256, torch.float32, reference=True)]  # issue 3's CPU target
