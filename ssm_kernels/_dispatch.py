@@ -65,6 +65,14 @@ MEASURED_ORDER: Dict[str, List[Rule]] = {
 Supports = Callable[[torch.device, Optional[torch.dtype], dict], Optional[str]]
 
 
+def triton_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
+    """The constraint every Triton backend shares: fp32 / fp16 / bf16 inputs (fp64 runs on torch). Ops with
+    more constraints check this first, then their own."""
+    if dtype == torch.float64:
+        return "Triton kernels take fp32 / fp16 / bf16 inputs, got float64 (fp64 runs on the torch backend)"
+    return None
+
+
 @dataclass
 class Implementation:
     op: str

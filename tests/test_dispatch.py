@@ -146,5 +146,5 @@ def test_import_is_light():
 
 def test_report_runs():
     out = subprocess.run([sys.executable, "-m", "ssm_kernels"], check=True, capture_output=True, text=True).stdout
-    assert "torch " in out and "causal_conv1d: implemented backends: torch, cuda" in out
+    assert "torch " in out and "causal_conv1d: implemented backends: torch, triton, cuda" in out
     assert "cpu  float32  -> torch" in out

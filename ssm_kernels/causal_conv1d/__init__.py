@@ -19,12 +19,15 @@ def _cuda_supports(device, dtype, features) -> Optional[str]:
     return None
 
 
+def _triton_supports(device, dtype, features) -> Optional[str]:
+    if features.get("width", 1) > CUDA_MAX_WIDTH:
+        return f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
+    return _dispatch.triton_supports(device, dtype, features)
+
+
 _dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.reference", "causal_conv1d_torch")
 _dispatch.register("causal_conv1d", "triton", "ssm_kernels.causal_conv1d.triton", "causal_conv1d_triton",
-                   supports=lambda device, dtype, features: (
-                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
-                       else f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
-                       if features.get("width", 1) > CUDA_MAX_WIDTH else None))
+                   supports=_triton_supports)
 _dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "causal_conv1d_cuda",
                    supports=_cuda_supports, extension="causal_conv1d")
 
@@ -46,7 +49,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         seq_idx: (B, L) int32/int64 sequence index of every token of packed sequences, or None.
         initial_states: (B, D, W-1), x's dtype: the inputs preceding x (they continue the first sequence).
         return_final_states: also return the (B, D, W-1) state that continues the last sequence.
-        backend: None (automatic), "torch" or "cuda".
+        backend: None (automatic), "torch", "triton" or "cuda".
     Returns:
         y: (B, D, L) in x's dtype, or (y, final_states) with return_final_states.
     """

@@ -13,9 +13,7 @@ ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 _dispatch.register("causal_conv1d_update", "torch", "ssm_kernels.causal_conv1d_update.reference",
                    "causal_conv1d_update_torch")
 _dispatch.register("causal_conv1d_update", "triton", "ssm_kernels.causal_conv1d_update.triton",
-                   "causal_conv1d_update_triton", supports=lambda device, dtype, features: (
-                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
-                       else None))
+                   "causal_conv1d_update_triton", supports=_dispatch.triton_supports)
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
@@ -33,7 +31,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         weight: (D, W), W >= 1.
         bias: (D,) or None.
         activation: None, "silu" (or its alias "swish").
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton".
     Returns:
         y: x's shape and dtype. Not differentiable through conv_state (an "update" op).
     """

@@ -10,8 +10,7 @@ from .._utils import REAL_DTYPES, ArgCheck
 
 _dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.reference", "gated_rmsnorm_torch")
 _dispatch.register("gated_rmsnorm", "triton", "ssm_kernels.gated_rmsnorm.triton", "gated_rmsnorm_triton",
-                   supports=lambda device, dtype, features: (
-                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64 else None))
+                   supports=_dispatch.triton_supports)
 
 
 def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-6,

@@ -8,7 +8,16 @@ import torch
 from .. import _dispatch
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
 
+
+def _triton_supports(device, dtype, features) -> Optional[str]:
+    if features.get("fp64_A"):
+        return "the Triton selective scan computes in fp32; fp64 / complex128 A runs on the torch backend"
+    return _dispatch.triton_supports(device, dtype, features)
+
+
 _dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.reference", "selective_scan_torch")
+_dispatch.register("selective_scan", "triton", "ssm_kernels.selective_scan.triton", "selective_scan_triton",
+                   supports=_triton_supports)
 
 PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -60,7 +69,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             complex64, fp64 / complex128 for fp64 inputs).
         cu_seqlens: (S + 1,) int32 / int64 cumulative sequence lengths of packed sequences, only with B == 1:
             starts at 0, non-decreasing, ends at L. The state restarts at every sequence start.
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton".
     Returns:
         y (B, D, L) in u's dtype, or (y, final_state) with return_final_state.
     """
@@ -82,7 +91,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
     check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
 
-    fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel())
+    fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
+                          fp64_A=A.dtype in (torch.float64, torch.complex128))
     y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
     return (y, final_state) if return_final_state else y
 

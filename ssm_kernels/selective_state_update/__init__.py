@@ -11,9 +11,7 @@ from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
 _dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.reference",
                    "selective_state_update_torch")
 _dispatch.register("selective_state_update", "triton", "ssm_kernels.selective_state_update.triton",
-                   "selective_state_update_triton", supports=lambda device, dtype, features: (
-                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64
-                       else None))
+                   "selective_state_update_triton", supports=_dispatch.triton_supports)
 
 PARAM_DTYPES = (torch.float32, torch.float64)
 
@@ -38,7 +36,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         x, dt, z: the step's inputs, fp32 / fp16 / bf16 (fp64).
         A, D, dt_bias: fp32 (fp64) parameters.
         state_batch_indices: (B,) int32 / int64 cache row of each batch entry (distinct, in [0, Bc)).
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton".
     Returns:
         out in x's shape and dtype.
     """

@@ -11,8 +11,7 @@ from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
 
 _dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.reference", "ssd_chunk_scan_torch")
 _dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.triton", "ssd_chunk_scan_triton",
-                   supports=lambda device, dtype, features: (
-                       "Triton kernels take fp32 / fp16 / bf16 inputs, got float64" if dtype == torch.float64 else None))
+                   supports=_dispatch.triton_supports)
 
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
 
