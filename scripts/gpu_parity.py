@@ -209,6 +209,7 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--ops", default=",".join(list(OPS) + ["updates"]))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--match", help="only cases whose name contains one of these comma-separated strings")
     parser.add_argument("--backends", help="override the backends checked (e.g. torch, to try the script on a CPU)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -224,6 +225,8 @@ def main():
         for backend in backends:
             first = True
             for case, dtype, inputs, grads, kwargs in make_cases(args.quick):
+                if args.match and not any(m in case for m in args.match.split(",")):
+                    continue
                 kwargs = dict(kwargs)
                 start = time.perf_counter()
                 try:

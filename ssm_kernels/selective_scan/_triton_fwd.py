@@ -38,11 +38,14 @@ def _load_bc(ptr, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s
              offs_d, mask_d):
     """B or C for this chunk, fp32: (BLOCK_D, BLOCK_N) when FIXED (per channel, constant in time), else the
     group's (BLOCK_N, BLOCK_L)."""
+    # one return after a constexpr if/else: Triton 3.6 rejects early returns of differently shaped values
     if FIXED:
         p = ptr + offs_d[:, None] * s_g + offs_n[None, :] * s_n
-        return tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    p = ptr + pid_b * s_b + group * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l
-    return tl.load(p, mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
+        out = tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+    else:
+        p = ptr + pid_b * s_b + group * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l
+        out = tl.load(p, mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
+    return out
 
 
 @triton.jit

@@ -42,10 +42,16 @@ from .reference import segment_ids
 
 
 # --- launchers -----------------------------------------------------------------------------------------
-def _dot_config(dtype: torch.dtype):
-    """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores, exact fp32 for fp32."""
+def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
+    """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores, exact fp32 for fp32.
+
+    Measured on the H100 with Triton 3.6 (scripts/gpu_parity.py, device runs 2-4): fp16 / bf16 operands
+    give wrong outputs and illegal memory accesses when neither headdim nor d_state is a power of two
+    (P 24 with N 40 failed; P 32 with N 40 and P 24 with N 64 were right). Those shapes take the exact fp32
+    dot instead: correct, slower, and at least as accurate."""
     import triton.language as tl
-    if dtype == torch.float32:
+    odd = headdim & (headdim - 1) and dstate & (dstate - 1)
+    if dtype == torch.float32 or odd:
         return tl.float32, "ieee"
     return (tl.bfloat16 if dtype == torch.bfloat16 else tl.float16), "tf32"
 
@@ -69,7 +75,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     pre = new_output(x.shape, x.dtype, dev) if store_pre else x.new_empty(0)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     varlen = new_output((sequences, heads, headdim, dstate), torch.float32, dev)
-    dot_dtype, precision = _dot_config(x.dtype)
+    dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
     emulate = dev.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
     has_seg = seg is not None
     seg_arg = seg if has_seg else dtp
