@@ -1,11 +1,15 @@
 """Block-size sweep of the Triton selective scan on the issue-5 H100 case (u, delta, z (4, 4096, 4096) bf16,
 N=16, D, z, delta_bias, softplus): prints forward and forward+backward medians per (MAX_BLOCK_L, tile) so the
 winners can be written into ssm_kernels/selective_scan/triton.py (FWD_TILE, BWD_TILE, MAX_BLOCK_L)."""
+import importlib
+
 import torch
 import triton
 
-import ssm_kernels.selective_scan.triton as T
 from ssm_kernels import selective_scan
+
+# the public function shadows the subpackage attribute, so import the module by name
+T = importlib.import_module("ssm_kernels.selective_scan.triton")
 
 torch.manual_seed(0)
 dev, dt, Bb, D, L, N = "cuda", torch.bfloat16, 4, 4096, 4096, 16
