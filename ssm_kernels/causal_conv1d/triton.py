@@ -53,6 +53,27 @@ def _load_seq(seq_ptr, pos, L, ssl):
 
 
 @triton.jit
+def _pre_activation(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, d, d_mask, t, L, sxd, sxl, swd, swk, sid, sil,
+                    ssl, W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                    HAS_INIT: tl.constexpr):
+    """a = bias + sum_k w[:, k] xp[t - W + 1 + k] at channels d (BLOCK_D, 1), positions t (1, n), fp32; taps
+    across a sequence boundary of seq_idx are dropped. Used by the forward and recomputed by the backward."""
+    a = tl.zeros((d + t).shape, dtype=tl.float32)
+    if HAS_BIAS:
+        a += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    if HAS_SEQ:
+        seq_t = _load_seq(seq_ptr, t, L, ssl)
+    for k in tl.static_range(W):
+        pos = t + (k - (W - 1))
+        v = _load_xp(x_ptr, init_ptr, d, d_mask, pos, L, sxd, sxl, sid, sil, W, HAS_INIT)
+        if HAS_SEQ:
+            if k < W - 1:
+                v = tl.where(_load_seq(seq_ptr, pos, L, ssl) == seq_t, v, 0.0)
+        a += tl.load(w_ptr + d * swd + k * swk, mask=d_mask, other=0.0).to(tl.float32) * v
+    return a
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, y_ptr,
                 D, L, sxb, sxd, sxl, swd, swk, sib, sid, sil, ssb, ssl, syb, syd, syl,
                 W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
@@ -66,18 +87,8 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, y_ptr,
     x_ptr += b * sxb
     init_ptr += b * sib
     seq_ptr += b * ssb
-    acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    if HAS_SEQ:
-        seq_t = _load_seq(seq_ptr, t, L, ssl)
-    for k in tl.static_range(W):
-        pos = t + (k - (W - 1))
-        v = _load_xp(x_ptr, init_ptr, d, d_mask, pos, L, sxd, sxl, sid, sil, W, HAS_INIT)
-        if HAS_SEQ:
-            if k < W - 1:
-                v = tl.where(_load_seq(seq_ptr, pos, L, ssl) == seq_t, v, 0.0)
-        acc += tl.load(w_ptr + d * swd + k * swk, mask=d_mask, other=0.0).to(tl.float32) * v
+    acc = _pre_activation(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, d, d_mask, t, L, sxd, sxl, swd, swk, sid,
+                          sil, ssl, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
     if SILU:
         acc = acc / (1.0 + tl.exp(-acc))
     tl.store(y_ptr + b * syb + d * syd + t * syl, acc.to(y_ptr.dtype.element_ty), mask=d_mask & (t < L))
@@ -92,18 +103,8 @@ def _grad_pre(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, d, d_mask, t,
     inside = d_mask & (t >= 0) & (t < L)
     g = tl.load(dout_ptr + d * sgd + t * sgl, mask=inside, other=0.0).to(tl.float32)
     if SILU:
-        a = tl.zeros(g.shape, dtype=tl.float32)
-        if HAS_BIAS:
-            a += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-        if HAS_SEQ:
-            seq_t = _load_seq(seq_ptr, t, L, ssl)
-        for k in tl.static_range(W):
-            pos = t + (k - (W - 1))
-            v = _load_xp(x_ptr, init_ptr, d, d_mask, pos, L, sxd, sxl, sid, sil, W, HAS_INIT)
-            if HAS_SEQ:
-                if k < W - 1:
-                    v = tl.where(_load_seq(seq_ptr, pos, L, ssl) == seq_t, v, 0.0)
-            a += tl.load(w_ptr + d * swd + k * swk, mask=d_mask, other=0.0).to(tl.float32) * v
+        a = _pre_activation(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, d, d_mask, t, L, sxd, sxl, swd, swk, sid,
+                            sil, ssl, W, HAS_BIAS, HAS_SEQ, HAS_INIT)
         s = 1.0 / (1.0 + tl.exp(-a))
         g = g * (s * (1.0 + a * (1.0 - s)))
     return g
