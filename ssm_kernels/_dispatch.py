@@ -303,6 +303,14 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     Overrides are read here, in code torch.compile traces (so a compiled graph is guarded on them); the
     checks, imports, CUDA builds and logging run in _resolve, which Dynamo calls without tracing.
     """
+    # decoding steps call this every token: outside use_backend() / recording / tracing, the whole answer is
+    # cached per arguments (in _RESOLVED, which register() and the tests clear)
+    fast = not _OVERRIDES and not _RECORDERS and not torch.compiler.is_compiling()
+    if fast:
+        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(features.items()))
+        fn = _RESOLVED.get(key)
+        if fn is not None:
+            return fn
     source = "backend="
     if backend is None:
         backend, source = _override_for(op)
@@ -313,10 +321,13 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
         for record in _RECORDERS:
             counts = record.setdefault(op, {})
             counts[chosen] = counts.get(chosen, 0) + 1
+    if fast and len(_RESOLVED) < _MAX_CACHED:
+        _RESOLVED[key] = impl._fn
     return impl._fn
 
 
-_RESOLVED: Dict[tuple, str] = {}  # _resolve's answers: its arguments -> backend
+_RESOLVED: Dict[tuple, object] = {}  # _resolve's answers (arguments -> backend) and select()'s (-> function)
+_MAX_CACHED = 4096  # select() answers cached per (op, device, dtype, size, ...): sizes vary in training
 
 
 def _resolve(op: str, device_type: str, device_index: Optional[int], dtype, order: Tuple[str, ...],

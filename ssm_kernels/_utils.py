@@ -126,6 +126,44 @@ class ArgCheck:
         return float(value)
 
 
+class PassedChecks:
+    """Argument signatures that passed an op's validation, for ops called once per decoded token.
+
+    A validation depends only on the arguments' kinds, shapes, dtypes and devices (and the plain values
+    passed in `extras`), so a signature that passed once passes again: `known` skips the ArgCheck calls,
+    which cost several microseconds per step. Failing signatures are never remembered; nothing is
+    remembered while torch.compile traces (it sees the full validation).
+
+        key = PASSED.key((x, state, weight), activation)
+        if not PASSED.known(key):
+            validate(...)            # raises on bad input
+            PASSED.remember(key)
+    """
+
+    def __init__(self, limit: int = 1024):
+        self._seen: set = set()
+        self._limit = limit
+
+    @staticmethod
+    def key(tensors: Sequence, *extras):
+        """The signature, or None (validate every time) for a non-tensor argument or an unhashable extra."""
+        if torch.compiler.is_compiling():
+            return None
+        try:
+            sig = tuple(None if t is None else (t.shape, t.dtype, t.device) for t in tensors)
+            hash(extras)
+        except (AttributeError, TypeError):
+            return None
+        return sig + tuple((type(e), e) for e in extras)
+
+    def known(self, key) -> bool:
+        return key is not None and key in self._seen
+
+    def remember(self, key) -> None:
+        if key is not None and len(self._seen) < self._limit:
+            self._seen.add(key)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype math runs in: fp32 (complex64) for fp32 and lower, fp64 (complex128) for fp64 inputs."""
     if dtype.is_complex:

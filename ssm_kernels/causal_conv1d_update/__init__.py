@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
-from .._utils import REAL_DTYPES, ArgCheck
+from .._utils import REAL_DTYPES, ArgCheck, PassedChecks
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 
@@ -35,6 +35,21 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     Returns:
         y: x's shape and dtype. Not differentiable through conv_state (an "update" op).
     """
+    key = _PASSED.key((x, conv_state, weight, bias), activation)
+    if not _PASSED.known(key):
+        _validate(x, conv_state, weight, bias, activation)
+        _PASSED.remember(key)
+    activation = "silu" if activation in ("silu", "swish") else None
+    if x.dim() == 3 and x.shape[-1] == 0:
+        return x.clone()  # no new tokens: the state is unchanged
+    fn = _dispatch.select("causal_conv1d_update", x.device, backend=backend, dtype=x.dtype, size=x.numel())
+    return fn(x, conv_state, weight, bias, activation)
+
+
+_PASSED = PassedChecks()  # called once per decoded token: see PassedChecks
+
+
+def _validate(x, conv_state, weight, bias, activation):
     check = ArgCheck("causal_conv1d_update")
     if isinstance(x, torch.Tensor) and x.dim() not in (2, 3):
         check.fail(f"x must have shape (B, D) or (B, D, T), got {tuple(x.shape)}")
@@ -46,14 +61,6 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     check.integer("conv_state.shape[2] (the state length S)", check.dims["S"], minimum=width - 1)
     check.tensor("bias", bias, ("D",), dtypes=REAL_DTYPES, optional=True)
     check.choice("activation", activation, ACTIVATIONS)
-    activation = "silu" if activation in ("silu", "swish") else None
-
-    tokens = x.unsqueeze(-1) if single else x
-    if tokens.shape[-1] == 0:
-        return x.clone()  # no new tokens: the state is unchanged
-    fn = _dispatch.select("causal_conv1d_update", x.device, backend=backend, dtype=x.dtype, size=x.numel())
-    y = fn(tokens, conv_state, weight, bias, activation)
-    return y.squeeze(-1) if single else y
 
 
 __all__ = ["causal_conv1d_update"]

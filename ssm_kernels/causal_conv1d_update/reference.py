@@ -41,7 +41,10 @@ def causal_conv1d_update_ref(x, conv_state, weight, bias=None, activation=None):
 
 
 def causal_conv1d_update_torch(x, conv_state, weight, bias=None, activation=None):
-    """Fast torch backend: all T tokens at once as W shifted products (W is small), fp32 math."""
+    """Fast torch backend: all T tokens at once as W shifted products (W is small), fp32 math.
+    x: (B, D, T), or (B, D) for one token."""
+    if x.dim() == 2:
+        return causal_conv1d_update_torch(x.unsqueeze(-1), conv_state, weight, bias, activation).squeeze(-1)
     width, state_len, steps = weight.shape[1], conv_state.shape[-1], x.shape[-1]
     acc_dtype = compute_dtype(x.dtype)
     extended = torch.cat([conv_state.to(acc_dtype), x.to(acc_dtype)], dim=-1)  # (B, D, S + T)

@@ -8,6 +8,10 @@ no earlier chunk has written, and a barrier between a chunk's loads and its stor
 program from overwriting inputs another thread has still to read. Any strides (vLLM's (B, W-1, D) cache
 viewed as (B, D, W-1) included): a stride of 1 is specialised by Triton, so loads coalesce along it.
 
+Sizes (but the token count T) and strides are compile-time constants: the step is launch-bound and
+Triton's launcher costs about half a microsecond per runtime argument; a decoding loop has one stride
+pattern (independent of the batch size), so one compilation.
+
 Eager calls launch the kernel directly (one launch, the output the only allocation); under torch.compile
 the same launcher runs inside a torch.library custom op that declares the in-place write of conv_state.
 """
@@ -26,8 +30,10 @@ from .._utils import new_output
 
 # --- kernel --------------------------------------------------------------------------------------------
 @triton.jit
-def _update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, D, T, S,
-                   sxb, sxd, sxt, ssb, ssd, sss, swd, swk, syb, syd, syt,
+def _update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, T, D: tl.constexpr, S: tl.constexpr,
+                   sxb: tl.constexpr, sxd: tl.constexpr, sxt: tl.constexpr, ssb: tl.constexpr, ssd: tl.constexpr,
+                   sss: tl.constexpr, swd: tl.constexpr, swk: tl.constexpr, syb: tl.constexpr, syd: tl.constexpr,
+                   syt: tl.constexpr,
                    W: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
                    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
@@ -76,13 +82,16 @@ def _config(dim: int, steps: int, state_len: int) -> Tuple[int, int, int, int]:
 
 
 def _launch(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:
-    batch, dim, steps = x.shape
+    """x: (B, D, T), or (B, D) for one token (run as T = 1 through a stride-0 axis: no view)."""
+    batch, dim = x.shape[:2]
+    steps = x.shape[2] if x.dim() == 3 else 1
     state_len = conv_state.shape[2]
     block_d, block_t, block_s, d_blocks = _config(dim, steps, state_len)
-    y = new_output((batch, dim, steps), x.dtype, x.device)
+    y = new_output(x.shape, x.dtype, x.device)
+    pad = () if x.dim() == 3 else (0,)
     _update_kernel[(batch, d_blocks)](
-        x, conv_state, weight, x if bias is None else bias, y, dim, steps, state_len,
-        *x.stride(), *conv_state.stride(), *weight.stride(), *y.stride(),
+        x, conv_state, weight, x if bias is None else bias, y, steps, dim, state_len,
+        *x.stride(), *pad, *conv_state.stride(), *weight.stride(), *y.stride(), *pad,
         W=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu,
         BLOCK_D=block_d, BLOCK_T=block_t, BLOCK_S=block_s, num_warps=4)
     return y
@@ -101,7 +110,7 @@ def _(x, conv_state, weight, bias, silu):
 
 # --- backend function ----------------------------------------------------------------------------------
 def causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=None):
-    """Triton backend of ssm_kernels.causal_conv1d_update (validated; x is (B, D, T)). Returns y (B, D, T)."""
+    """Triton backend of ssm_kernels.causal_conv1d_update (validated; x (B, D, T) or (B, D)). Returns y like x."""
     if torch.compiler.is_compiling():
         return _update_op(x, conv_state, weight, bias, activation == "silu")
     return _launch(x, conv_state, weight, bias, activation == "silu")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
-from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks
 
 _dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.reference",
                    "selective_state_update_torch")
@@ -40,6 +40,20 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     Returns:
         out in x's shape and dtype.
     """
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    key = _PASSED.key(tensors, dt_softplus)
+    if not _PASSED.known(key):
+        _validate(*tensors, dt_softplus)
+        _PASSED.remember(key)
+    fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
+                          size=state.numel())
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+
+
+_PASSED = PassedChecks()  # called once per decoded token: see PassedChecks
+
+
+def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_softplus):
     check = ArgCheck("selective_state_update")
     if not isinstance(state, torch.Tensor):
         check.tensor("state", state)
@@ -66,17 +80,6 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                    f"got {tuple(state.shape)}")
     if not isinstance(dt_softplus, bool):
         check.fail(f"dt_softplus must be a bool, got {type(dt_softplus).__name__}", TypeError)
-
-    fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
-                          size=state.numel())
-    if heads_form:
-        return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
-    # Mamba-1 form: channels are heads of size P = 1, and B, C (B, N) one group
-    unsq = lambda t: None if t is None else t.unsqueeze(-1)  # noqa: E731
-    B, C = (X if X.dim() == 3 else X[:, None] for X in (B, C))
-    out = fn(state.unsqueeze(2), unsq(x), unsq(dt), A.unsqueeze(1), B, C, unsq(D), unsq(z), unsq(dt_bias),
-             dt_softplus, state_batch_indices)
-    return out.squeeze(-1)
 
 
 __all__ = ["selective_state_update"]

@@ -3,7 +3,8 @@
 Canonical (Mamba-2) shapes: state (Bc, H, P, N) with Bc >= B rows of a state cache; x, dt, z (B, H, P);
 A (H, P, N); B, C (B, G, N), head h reading group h // (H / G); D, dt_bias (H, P);
 state_batch_indices (B,) the cache row of every batch entry (row b without it). The Mamba-1 form
-(state (B, D, N), x (B, D), A (D, N), ...) is the case P = 1, H = D (see __init__).
+(state (Bc, D, N), x (B, D), A (D, N), B / C (B, N) or (B, G, N), D (D,)) is the case P = 1, H = D: both
+functions here take either form (`_in_heads_form`).
     dt' = softplus(dt + dt_bias)                      (each part optional)
     state <- exp(dt' A) * state + dt' x B             (in place, in the state's dtype)
     out = (C . state + D x) * silu(z)                 (x's dtype)
@@ -27,6 +28,20 @@ def _write_rows(state, new, state_batch_indices):
         state.index_copy_(0, state_batch_indices.long(), new)
 
 
+def _in_heads_form(step):
+    """Wrap a heads-form step so that it also takes the Mamba-1 form, as views with P = 1."""
+    def run(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, state_batch_indices=None):
+        if state.dim() == 4:
+            return step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+        unsq = lambda t: None if t is None else t.unsqueeze(-1)  # noqa: E731
+        B, C = (X if X.dim() == 3 else X[:, None] for X in (B, C))
+        out = step(state.unsqueeze(2), unsq(x), unsq(dt), A.unsqueeze(1), B, C, unsq(D), unsq(z), unsq(dt_bias),
+                   dt_softplus, state_batch_indices)
+        return out.squeeze(-1)
+    run.__name__, run.__doc__ = step.__name__, step.__doc__
+    return run
+
+
 def _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, expand_groups):
     acc = compute_dtype(x.dtype)
     heads = x.shape[1]
@@ -48,16 +63,18 @@ def _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices
     return out.to(x.dtype)
 
 
+@_in_heads_form
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                state_batch_indices=None):
-    """Ground truth in the canonical shapes, fp32 math: every head gets its own copy of its group's B, C."""
+    """Ground truth, fp32 math: every head gets its own copy of its group's B, C."""
     return _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices,
                  lambda X, heads: X.repeat_interleave(heads // X.shape[1], dim=1))
 
 
+@_in_heads_form
 def selective_state_update_torch(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                  state_batch_indices=None):
-    """Torch backend in the canonical shapes: the same step, with groups broadcast instead of copied."""
+    """Torch backend: the same step, with groups broadcast instead of copied."""
     def broadcast(X, heads):
         groups = X.shape[1]
         if groups in (1, heads):

@@ -1,12 +1,18 @@
 """Triton backend of selective_state_update: one kernel per decoding step, the state updated in place.
 
-Canonical (Mamba-2) shapes as the public function passes them (the Mamba-1 form arrives as P = 1):
-state (Bc, H, P, N), x / dt / z (B, H, P), A (H, P, N), B / C (B, G, N), D / dt_bias (H, P).
+Canonical (Mamba-2) shapes: state (Bc, H, P, N), x / dt / z (B, H, P), A (H, P, N), B / C (B, G, N),
+D / dt_bias (H, P). The Mamba-1 form (state (Bc, D, N), x (B, D), B / C (B, N) or (B, G, N), ...) runs
+as P = 1 by inserting stride-0 axes in the launcher: no views, which cost microseconds per decoding step.
 Grid (cdiv(H * P, BLOCK_R), B): a program takes BLOCK_R rows r = h * P + p (rows of several heads when
 P is small, as in the Mamba-1 form) times all N state entries, with N the contiguous axis of the state.
 Per row it loads x, dt, z, D, dt_bias once; B / C come from the row's group h // (H / G). The state tile is
 read once and written once, in its own dtype, with fp32 math in registers; row b of the batch uses cache
 row state_batch_indices[b]. Any strides (A expanded from (H,) with stride 0 costs no extra traffic).
+
+Sizes and strides are compile-time constants: a decoding step is launch-bound, and Triton's launcher spends
+about half a microsecond per runtime argument (H100 host, Triton 3.6), so only the 11 pointers stay runtime
+arguments. A model's decoding loop has one set of strides (they do not depend on the batch size), hence one
+compilation; a new stride pattern compiles once more.
 
 Eager calls launch the kernel directly (one launch; the output is the only allocation); under
 torch.compile the same launcher runs inside a torch.library custom op that declares the in-place state.
@@ -27,12 +33,18 @@ from .._utils import new_output
 # --- kernel --------------------------------------------------------------------------------------------
 @triton.jit
 def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, sbi_ptr, out_ptr,
-                 P, N, R, heads_per_group_b, heads_per_group_c,
-                 s_sb, s_sh, s_sp, s_sn, s_xb, s_xh, s_xp, s_tb, s_th, s_tp, s_ah, s_ap, s_an,
-                 s_bb, s_bg, s_bn, s_cb, s_cg, s_cn, s_dh, s_dp, s_zb, s_zh, s_zp, s_eh, s_ep,
-                 s_ob, s_oh, s_op,
+                 P: tl.constexpr, N: tl.constexpr, R: tl.constexpr, heads_per_group_b: tl.constexpr,
+                 heads_per_group_c: tl.constexpr,
+                 s_sb: tl.constexpr, s_sh: tl.constexpr, s_sp: tl.constexpr, s_sn: tl.constexpr,
+                 s_xb: tl.constexpr, s_xh: tl.constexpr, s_xp: tl.constexpr,
+                 s_tb: tl.constexpr, s_th: tl.constexpr, s_tp: tl.constexpr,
+                 s_ah: tl.constexpr, s_ap: tl.constexpr, s_an: tl.constexpr,
+                 s_bb: tl.constexpr, s_bg: tl.constexpr, s_bn: tl.constexpr,
+                 s_cb: tl.constexpr, s_cg: tl.constexpr, s_cn: tl.constexpr, s_dh: tl.constexpr, s_dp: tl.constexpr,
+                 s_zb: tl.constexpr, s_zh: tl.constexpr, s_zp: tl.constexpr, s_eh: tl.constexpr, s_ep: tl.constexpr,
+                 s_ob: tl.constexpr, s_oh: tl.constexpr, s_op: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 HAS_INDICES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
+                 HAS_INDICES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, EVICT: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = r < R
@@ -59,7 +71,7 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
     Cv = tl.load(C_ptr + b * s_cb + (h // heads_per_group_c)[:, None] * s_cg + n * s_cn, mask=mask,
                  other=0.0).to(tl.float32)
     state_ptrs = state_ptr + row * s_sb + h[:, None] * s_sh + p[:, None] * s_sp + n * s_sn
-    s = tl.load(state_ptrs, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(state_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
     s = tl.exp(dt[:, None] * A) * s + (dt * x)[:, None] * Bv
     tl.store(state_ptrs, s.to(state_ptr.dtype.element_ty), mask=mask)
     out = tl.sum(s * Cv, axis=1)
@@ -72,30 +84,53 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
 
 
 # --- launcher ------------------------------------------------------------------------------------------
+STATE_EVICTION = ""  # eviction_policy of the state load (the B=64 sweep in scripts/gpu_decode_probe.py)
+TILE, WARPS = 2048, 4  # state entries per program, warps: from the same sweep
+
+
 @functools.lru_cache(maxsize=None)
 def _config(rows: int, dstate: int) -> Tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_N, row blocks, num_warps): tiles of about 2048 state entries (cached)."""
+    """(BLOCK_R, BLOCK_N, row blocks, num_warps): tiles of about TILE state entries (cached)."""
     block_n = triton.next_power_of_2(dstate)
-    block_r = max(1, min(triton.next_power_of_2(rows), 2048 // block_n))
+    block_r = max(1, min(triton.next_power_of_2(rows), TILE // block_n))
     tile = block_r * block_n
-    return block_r, block_n, triton.cdiv(rows, block_r), 4 if tile <= 2048 else 8
+    return block_r, block_n, triton.cdiv(rows, block_r), WARPS if tile <= TILE else 2 * WARPS
+
+
+def _p_strides(t: Optional[Tensor], at: int, default: Tuple[int, ...]) -> Tuple[int, ...]:
+    """t's strides with a stride-0 head-dim axis inserted at `at` (the Mamba-1 form as P = 1, no views)."""
+    if t is None:
+        return default
+    st = t.stride()
+    return st[:at] + (0,) + st[at:]
 
 
 def _launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices) -> Tensor:
-    batch, heads, headdim = x.shape
-    dstate = state.shape[3]
+    """Either form (see the public function): the Mamba-1 one runs as P = 1 through strides."""
+    out = new_output(x.shape, x.dtype, x.device)
+    if state.dim() == 4:
+        batch, heads, headdim = x.shape
+        strides = (*state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(),
+                   *((0, 0) if D is None else D.stride()), *((0, 0, 0) if z is None else z.stride()),
+                   *((0, 0) if dt_bias is None else dt_bias.stride()), *out.stride())
+    else:
+        (batch, heads), headdim = x.shape, 1
+        strides = (*_p_strides(state, 2, ()), *_p_strides(x, 2, ()), *_p_strides(dt, 2, ()),
+                   *_p_strides(A, 1, ()), *(_p_strides(B, 1, ()) if B.dim() == 2 else B.stride()),
+                   *(_p_strides(C, 1, ()) if C.dim() == 2 else C.stride()), *_p_strides(D, 1, (0, 0)),
+                   *_p_strides(z, 2, (0, 0, 0)), *_p_strides(dt_bias, 1, (0, 0)), *_p_strides(out, 2, ()))
+    groups_b = B.shape[1] if B.dim() == 3 else 1
+    groups_c = C.shape[1] if C.dim() == 3 else 1
+    dstate = state.shape[-1]
     rows = heads * headdim
     block_r, block_n, row_blocks, warps = _config(rows, dstate)
-    out = new_output((batch, heads, headdim), x.dtype, x.device)
     _step_kernel[(row_blocks, batch)](
         state, x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
         x if state_batch_indices is None else state_batch_indices, out,
-        headdim, dstate, rows, heads // B.shape[1], heads // C.shape[1],
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(),
-        *((0, 0) if D is None else D.stride()), *((0, 0, 0) if z is None else z.stride()),
-        *((0, 0) if dt_bias is None else dt_bias.stride()), *out.stride(),
+        headdim, dstate, rows, heads // groups_b, heads // groups_c, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_INDICES=state_batch_indices is not None, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps)
+        HAS_INDICES=state_batch_indices is not None, BLOCK_R=block_r, BLOCK_N=block_n, EVICT=STATE_EVICTION,
+        num_warps=warps)
     return out
 
 
@@ -115,7 +150,7 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
 # --- backend function ----------------------------------------------------------------------------------
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                   state_batch_indices=None):
-    """Triton backend of ssm_kernels.selective_state_update in the canonical shapes (validated)."""
+    """Triton backend of ssm_kernels.selective_state_update, either form (validated)."""
     if torch.compiler.is_compiling():
         return _step_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
     return _launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)

@@ -188,3 +188,21 @@ def test_validation(kwargs, error, match):
     args.update(kwargs)
     with pytest.raises(error, match=match):
         selective_state_update(**args)
+
+
+def test_validation_runs_again_after_a_valid_call():
+    """Passing signatures are remembered (decoding speed); a call that differs in any checked property must
+    still be refused, and a device mismatch is part of the signature."""
+    selective_state_update(**_base())
+    selective_state_update(**_base())
+    for kwargs, error, match in [(dict(x=torch.randn(2, 7)), ValueError, "x must have shape"),
+                                 (dict(D=torch.randn(8, dtype=torch.bfloat16)), TypeError, "D must have dtype"),
+                                 (dict(z=[0.0] * 8), TypeError, "z must be a torch.Tensor")]:
+        args = _base()
+        args.update(kwargs)
+        with pytest.raises(error, match=match):
+            selective_state_update(**args)
+    args = _base()
+    args["x"] = args["x"].to("meta")
+    with pytest.raises(ValueError, match="all tensors must be on one device"):
+        selective_state_update(**args)
