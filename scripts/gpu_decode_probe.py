@@ -2,7 +2,8 @@
 causal_conv1d_update call go at batch 1, and the Mamba-2 B=64 step's bandwidth per tile size.
 
     python scripts/gpu_decode_probe.py
-Host-loop times are (wall time of n calls + one synchronize) / n: what a decoding loop sees."""
+Host-loop times are (wall time of n calls + one synchronize) / n, best of 3: what a decoding loop sees.
+The last lines time a whole language-model step, eager and replayed from a CUDA graph (GraphedStep)."""
 import importlib
 import time
 
@@ -15,15 +16,19 @@ SSU = importlib.import_module("ssm_kernels.selective_state_update.triton")
 dev = "cuda"
 
 
-def host_loop(fn, n=3000):
+def host_loop(fn, n=3000, repeats=3):
+    """Best of `repeats` runs of (wall time of n calls + one synchronize) / n, in us (the host is noisy)."""
     for _ in range(200):
         fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1e6
+    best = float("inf")
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / n * 1e6)
+    return best
 
 
 def mamba1(batch=1, dim=4096, dstate=16, dtype=torch.bfloat16):
@@ -67,7 +72,6 @@ for evict in ("", "evict_first"):
               f"{state_bytes / ms / 1e9:5.2f} TB/s", flush=True)
 SSU.TILE, SSU.WARPS, SSU.STATE_EVICTION = 2048, 4, ""
 SSU._config.cache_clear()
-print(f"ssu mamba2 B1 public fn            : {host_loop(lambda: selective_state_update(**mamba2(1), dt_softplus=True)):6.1f} us")
 
 
 def graph_per_step(fn, steps=64):
@@ -86,7 +90,24 @@ def graph_per_step(fn, steps=64):
 
 
 q1 = mamba2(1)
+print(f"ssu mamba2 B1 public fn            : {host_loop(lambda: selective_state_update(**q1, dt_softplus=True)):6.1f} us")
 print(f"ssu mamba1 B1 CUDA graph per step  : {graph_per_step(lambda: selective_state_update(**p, dt_softplus=True)):6.2f} us")
 print(f"ssu mamba2 B1 CUDA graph per step  : {graph_per_step(lambda: selective_state_update(**q1, dt_softplus=True)):6.2f} us")
 print(f"conv update B1 CUDA graph per step : {graph_per_step(lambda: causal_conv1d_update(xs, cs, w, b, activation='silu')):6.2f} us")
 print(f"empty-ish torch.add host loop      : {host_loop(lambda: torch.add(xs, xs)):6.1f} us")
+
+# a whole decoding step of a language model: eager (one launch per kernel) against GraphedStep
+from ssm_universal.models import SSMLanguageModel  # noqa: E402
+from ssm_universal.models.cuda_graph import GraphedStep  # noqa: E402
+
+for arch in ("mamba", "mamba2"):
+    lm = SSMLanguageModel(1000, arch, d_model=768, n_layer=8).cuda().eval()
+    tok = torch.zeros(1, dtype=torch.long, device=dev)
+    with torch.no_grad():
+        state = [lm.default_state(1)]
+
+        def eager_step():
+            _, state[0] = lm.step(tok, state[0])
+        graphed = GraphedStep(lm, 1, dev)
+        print(f"LM {arch} d768 x8 layers B1 per token: eager {host_loop(eager_step, n=300):7.1f} us, "
+              f"CUDA graph {host_loop(lambda: graphed(tok), n=300):6.1f} us", flush=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ssm_kernels._utils import ArgCheck
 
+from .cuda_graph import GraphedStep
 from .factory import create_model
 
 IGNORE_INDEX = -100
@@ -68,15 +69,35 @@ class SSMLanguageModel(nn.Module):
         hidden, state = self.backbone.step(self.embedding(token_ids), state)
         return self.lm_head(hidden), state
 
+    def _eager_step(self, batch_size: int):
+        """token_ids -> logits, keeping the state in a closure."""
+        state = [self.default_state(batch_size)]
+
+        def step(token_ids):
+            logits, state[0] = self.step(token_ids, state[0])
+            return logits
+        return step
+
+    def _graphed_step(self, input_ids: torch.Tensor) -> GraphedStep:
+        cache = self.__dict__.setdefault("_graphed_steps", {})  # not a submodule, not in the state_dict
+        key = (input_ids.shape[0], input_ids.device)
+        if key not in cache:
+            cache[key] = GraphedStep(self, input_ids.shape[0], input_ids.device)
+        cache[key].reset()
+        return cache[key]
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_length: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                 cuda_graph: bool = False) -> torch.Tensor:
         """Continue input_ids (B, L0) to max_length tokens in all (prompt included): (B, max_length).
 
         Sampling from softmax(logits / temperature) restricted to the top_k tokens and to the smallest set
         whose probability reaches top_p; top_k=1 or temperature=0 is greedy decoding. After eos_token_id
         a sequence keeps emitting it. Runs in eval mode (restored afterwards), one recurrent step per token.
+        cuda_graph (CUDA only): replay each step from a CUDA graph captured on first use per batch size
+        (GraphedStep, kept on the model): one launch per token instead of one per kernel.
         """
         check = ArgCheck("generate")
         check.tensor("input_ids", input_ids, ("B", "L"), dtypes=(torch.int64, torch.int32))
@@ -88,17 +109,19 @@ class SSMLanguageModel(nn.Module):
             check.integer("top_k", top_k, minimum=1)
         if top_p is not None and not 0.0 < check.finite("top_p", top_p) <= 1.0:
             check.fail(f"top_p must be in (0, 1], got {top_p}")
+        if cuda_graph and input_ids.device.type != "cuda":
+            check.fail(f"cuda_graph=True needs CUDA tensors, got input_ids on {input_ids.device}")
 
         was_training = self.training
         self.eval()
         try:
-            state = self.default_state(input_ids.shape[0])
+            step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(input_ids.shape[0])
             tokens = [input_ids[:, t] for t in range(input_ids.shape[1])]
             for token in tokens[:-1]:
-                _, state = self.step(token, state)
+                step(token)
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             while len(tokens) < max_length:
-                logits, state = self.step(tokens[-1], state)
+                logits = step(tokens[-1])
                 nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
                 if eos_token_id is not None:
                     nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)

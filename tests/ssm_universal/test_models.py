@@ -215,12 +215,27 @@ def test_sample_top_k_and_top_p_restrict_the_support():
     (dict(max_length=5, top_k=0), ValueError, "top_k"),
     (dict(max_length=5, top_p=0.0), ValueError, "top_p"),
     (dict(max_length=5, top_p=float("nan")), ValueError, "top_p"),
+    (dict(max_length=5, cuda_graph=True), ValueError, "cuda_graph=True needs CUDA tensors"),
 ])
 def test_generate_validation(kwargs, error, match):
     with pytest.raises(error, match=match):
         _lm().generate(torch.randint(0, 37, (1, 3)), **kwargs)
     with pytest.raises(TypeError, match="input_ids"):
         _lm().generate(torch.randn(1, 3), max_length=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
+def test_cuda_graph_generate_equals_eager(architecture, block_type, extra):
+    """Greedy decoding replayed from one CUDA graph per step gives the eager tokens, twice in a row (the
+    state buffers are reset between generations) and at a second batch size."""
+    torch.manual_seed(0)
+    lm = _lm(architecture, block_type=block_type, **extra).cuda()
+    for batch in (2, 3):
+        ids = torch.randint(0, 37, (batch, 4), device="cuda")
+        eager = lm.generate(ids, max_length=12, top_k=1)
+        assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True), eager)
+        assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True), eager)
 
 
 # --- save / load ------------------------------------------------------------------------------------------

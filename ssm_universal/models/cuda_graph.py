@@ -1,0 +1,59 @@
+"""A language model's decoding step captured in one CUDA graph (mamba_ssm's generate(cg=True)).
+
+Eager decoding launches every layer's kernels from Python each token, and on the H100 host one launch costs
+about 14 us (scripts/gpu_decode_probe.py: torch.add in a loop), more than the step's GPU work at batch 1.
+Replaying a captured graph launches the whole step at once: the selective_state_update step then costs
+2.0 us and causal_conv1d_update 1.5 us (benchmarks/results/h100_decode_probe.txt).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+
+class GraphedStep:
+    """model.step(token_ids (B,), state) -> logits (B, V), replayed from a CUDA graph.
+
+    The token and the recurrent state live in static buffers. One replay runs the step and copies the new
+    state back into the state buffers, both inside the graph, so the next replay continues from it.
+    Parameters are read in place: optimizer steps between generations are seen; re-create the object after
+    replacing parameter tensors (e.g. load_state_dict with assign=True) or moving the model.
+    """
+
+    def __init__(self, model, batch_size: int, device, warmup: int = 2):
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"GraphedStep: CUDA graphs need a CUDA device, got {device}")
+        self.batch_size = batch_size
+        self.token = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.state = model.default_state(batch_size, device=device)
+        self._leaves, spec = tree_flatten(self.state)
+        self._initial = [t.clone() for t in self._leaves]
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # first calls (kernel compiles, lazy inits) off the graph
+            for _ in range(warmup):
+                model.step(self.token, self.state)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits, new_state = model.step(self.token, self.state)
+            new_leaves, new_spec = tree_flatten(new_state)
+            if new_spec != spec or any(n.shape != s.shape for n, s in zip(new_leaves, self._leaves)):
+                raise RuntimeError("GraphedStep: the step's new state differs in structure or shapes from "
+                                   "default_state; it cannot be written back into static buffers")
+            for old, new in zip(self._leaves, new_leaves):
+                if new is not old:
+                    old.copy_(new)
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the model's default (initial) state."""
+        for leaf, init in zip(self._leaves, self._initial):
+            leaf.copy_(init)
+
+    def __call__(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Advance by one token per sequence; returns the logits (a static buffer, overwritten next call)."""
+        self.token.copy_(token_ids)
+        self.graph.replay()
+        return self.logits
