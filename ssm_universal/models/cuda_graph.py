@@ -27,7 +27,9 @@ class GraphedStep:
         self.batch_size = batch_size
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = model.default_state(batch_size, device=device)
-        self._leaves, spec = tree_flatten(self.state)
+        leaves, spec = tree_flatten(self.state)
+        self._tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        self._leaves = [leaves[i] for i in self._tensor_at]  # other leaves (None, sizes) stay as they are
         self._initial = [t.clone() for t in self._leaves]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -38,8 +40,11 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits, new_state = model.step(self.token, self.state)
-            new_leaves, new_spec = tree_flatten(new_state)
-            if new_spec != spec or any(n.shape != s.shape for n, s in zip(new_leaves, self._leaves)):
+            new_all, new_spec = tree_flatten(new_state)
+            new_leaves = [new_all[i] for i in self._tensor_at] if new_spec == spec else []
+            same_kinds = new_spec == spec and [isinstance(n, torch.Tensor) for n in new_all] == \
+                [isinstance(o, torch.Tensor) for o in leaves]
+            if not same_kinds or any(n.shape != s.shape for n, s in zip(new_leaves, self._leaves)):
                 raise RuntimeError("GraphedStep: the step's new state differs in structure or shapes from "
                                    "default_state; it cannot be written back into static buffers")
             for old, new in zip(self._leaves, new_leaves):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Device-tool steps of session 4. STEPS picks what runs (space-separated): conv decode scan_cuda scan_triton ssd.
+# Logs under $OUT; a short summary prints last.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=/tmp/ssm_cache
+[ -d peers ] && export SSM_PEERS_DIR=$PWD/peers
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
+for step in ${STEPS:-conv decode}; do
+  case $step in
+    conv)
+      timeout 200 python3 scripts/gpu_parity.py --ops causal_conv1d,updates --out "$OUT/parity_conv" > "$OUT/parity_conv.log" 2>&1
+      echo "parity conv rc=$?"; sed -n '/================ worst/,$p' "$OUT/parity_conv.log"
+      timeout 200 python3 scripts/tune_causal_conv1d.py --quick > "$OUT/tune_conv.log" 2>&1; echo "tune conv rc=$?"
+      tail -40 "$OUT/tune_conv.log";;
+    decode)
+      timeout 120 python3 -m pytest -q -x tests/ssm_universal/test_models.py -k cuda_graph > "$OUT/cuda_graph_test.log" 2>&1
+      echo "cuda graph test rc=$?"; tail -5 "$OUT/cuda_graph_test.log"
+      timeout 150 python3 scripts/gpu_decode_probe.py > "$OUT/decode.log" 2>&1; echo "decode rc=$?"; cat "$OUT/decode.log";;
+    scan_cuda)
+      timeout 300 python3 scripts/check_selective_scan_cuda.py > "$OUT/scan_cuda.log" 2>&1; echo "scan cuda rc=$?"
+      tail -60 "$OUT/scan_cuda.log";;
+    scan_triton)
+      timeout 240 python3 scripts/gpu_parity.py --ops selective_scan --backends triton --quick --out "$OUT/parity_scan" > "$OUT/parity_scan.log" 2>&1
+      echo "parity scan rc=$?"; sed -n '/================ worst/,$p' "$OUT/parity_scan.log"
+      timeout 240 python3 scripts/tune_selective_scan.py > "$OUT/tune_scan.log" 2>&1; echo "tune scan rc=$?"; tail -40 "$OUT/tune_scan.log";;
+    ssd)
+      timeout 300 python3 scripts/check_ssd_bwd.py > "$OUT/ssd.log" 2>&1; echo "ssd rc=$?"; tail -60 "$OUT/ssd.log";;
+  esac
+done
