@@ -1,11 +1,25 @@
-"""Triton forward kernel of the selective scan (real A); launched from triton.py.
+"""Triton forward kernels of the selective scan (real and complex A); launched from triton.py.
 
-One program per (batch row, block of BLOCK_D channels). It keeps the state h (BLOCK_D, BLOCK_N) in fp32
-registers and walks L in chunks of BLOCK_L positions. Per chunk it forms a_t = exp(Δ_t A) and
-b_t = Δ_t u_t B_t as (BLOCK_D, BLOCK_N, BLOCK_L) tiles, scans them along L with the linear-recurrence
-combine (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2), adds the carried state (h_t = Π a * h_prev + scanned b),
-reduces y_t = C_t . h_t over N, adds D u_t, gates with silu(z_t) and stores y. The state entering every
-chunk is stored as a checkpoint (B, n_chunks, D, N) fp32 for the backward (SAVE_CKPT; skipped for inference).
+One program per (batch row, block of BLOCK_D channels). The program walks L in chunks of BLOCK_L positions
+(the checkpoint spacing). Per chunk it loads the group's B_t / C_t as (BLOCK_N, BLOCK_L) tiles ONCE and then
+runs the block's channels one at a time on 2-D (BLOCK_N, BLOCK_L) tiles: the rows of u / delta / z / y are
+BLOCK_L contiguous elements (coalesced), a_t = exp(Δ_t A) and b_t = Δ_t u_t B_t are scanned along the
+positions with the linear-recurrence combine (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2) (a 1-D scan along
+axis 1), the carried state enters as h_t = Π a * h_prev + scanned b, y_t = C_t . h_t is reduced over N, then
+D u_t and the silu(z_t) gate are applied.
+
+The states of the block's channels stay in registers as one (BLOCK_D, BLOCK_N) fp32 tensor H: channel dd's
+row is read with a masked sum over the rows and written back with a where (O(BLOCK_D * N) per channel and
+chunk, small next to the tile work; no scratch memory, no barriers). H entering every chunk is stored as the
+checkpoint (B, n_chunks, D, N) fp32 for the backward (SAVE_CKPT; skipped for inference).
+
+Padded positions (t >= L) have Δ = 0: a = 1, b = 0, so the state passes through to the chunk's last column.
+
+Latency and instruction count (real A, the performance case): every channel step first issues the loads of
+the NEXT channel's rows / scalars / A row (software prefetch, ~5 registers), then computes; a = 2**(Δ A log2 e)
+with log2 e folded into the per-channel A row; on the GPU (FAST) that exp2 is a single ex2.approx.ftz
+instruction through inline PTX (tl.exp costs five with its denormal fix-up), in the interpreter tl.exp2.
+Softplus (once per position, not per state entry) stays precise. Complex A keeps tl.exp / cos / sin.
 
 Packed sequences (VARLEN, batch 1): seq_start[t] is the index of the sequence starting at t (else -1),
 seq_end[t] that of the sequence ending at t (else -1). At a start a_t is replaced by 0 (exact restart) and
@@ -24,8 +38,31 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _ccombine(a1r, a1i, b1r, b1i, a2r, a2i, b2r, b2i):
+    return (a1r * a2r - a1i * a2i, a1r * a2i + a1i * a2r,
+            a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
+
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    """2**x. FAST (native GPU runs): one ex2.approx.ftz (rel. error ~2**-22, results below 2**-126 flush to
+    0); otherwise tl.exp2 (the interpreter has no inline PTX)."""
+    if FAST:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        y = tl.exp2(x)
+    return y
+
+
+@triton.jit
 def _log1p_exp(x):
-    """softplus(x) = log(1 + exp(x)), accurate for negative x (log1p through the w - 1 correction)."""
+    """softplus(x) = log(1 + exp(x)), accurate for negative x (log1p through the w - 1 correction). Always
+    the precise exp / log: it runs once per (channel, position), and lg2.approx's absolute error of ~2**-22
+    near 1 would be a large relative error of log(1 + e) for small e (H100 run 7: fp32 dΔ bias 4.6e-5)."""
     e = tl.exp(tl.minimum(x, 20.0))
     w = 1.0 + e
     one = w == 1.0
@@ -34,18 +71,66 @@ def _log1p_exp(x):
 
 
 @triton.jit
-def _load_bc(ptr, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s_l, FIXED: tl.constexpr,
-             offs_d, mask_d):
-    """B or C for this chunk, fp32: (BLOCK_D, BLOCK_N) when FIXED (per channel, constant in time), else the
-    group's (BLOCK_N, BLOCK_L)."""
-    # one return after a constexpr if/else: Triton 3.6 rejects early returns of differently shaped values
-    if FIXED:
-        p = ptr + offs_d[:, None] * s_g + offs_n[None, :] * s_n
-        out = tl.load(p, mask=mask_d[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    else:
-        p = ptr + pid_b * s_b + group * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l
-        out = tl.load(p, mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
-    return out
+def _load_tile(ptr, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s_l):
+    """The group's variable B or C for one chunk: (BLOCK_N, BLOCK_L) fp32, zero outside."""
+    p = ptr + pid_b * s_b + group * s_g + offs_n[:, None] * s_n + offs_l[None, :] * s_l
+    return tl.load(p, mask=mask_n[:, None] & mask_l[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_row(ptr, d, offs_n, mask_n, s_g, s_n):
+    """Channel d's fixed B or C (or A): (BLOCK_N,) fp32; callers pass mask_n & (d < DIM)."""
+    return tl.load(ptr + d * s_g + offs_n * s_n, mask=mask_n, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _delta_row(delta_ptr, bias_ptr, row_off, offs_l, mask, s_dt_l, d, ok, HAS_BIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr):
+    """(Δ before softplus, Δ) of one channel's chunk: (BLOCK_L,) fp32; Δ = 0 outside `mask` (a = 1, b = 0)."""
+    raw = tl.load(delta_ptr + row_off + offs_l * s_dt_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    dt = raw
+    if SOFTPLUS:
+        dt = _log1p_exp(raw)
+    return raw, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _softplus_row(raw, mask, SOFTPLUS: tl.constexpr):
+    """Δ from delta + delta_bias (fp32): softplus or not, 0 outside `mask` (a = 1, b = 0 there)."""
+    dt = raw
+    if SOFTPLUS:
+        dt = _log1p_exp(raw)
+    return tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _row_of(T, rows, dd):
+    """Row dd of a (BLOCK_D, BLOCK_N) register tensor: (BLOCK_N,)."""
+    return tl.sum(tl.where(rows[:, None] == dd, T, 0.0), axis=0)
+
+
+@triton.jit
+def _channel_inputs(delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d, ok, offs_l, offs_n, L, N,
+                    s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n,
+                    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """Channel d's inputs for one chunk, as loaded (zeros where not `ok`): the rows of delta, u and z
+    (BLOCK_L,), delta_bias and D (fp32 scalars, 0 when absent) and the row of A times log2(e) (BLOCK_N,)."""
+    m = offs_l < tl.where(ok, L, 0)
+    dt = tl.load(delta_ptr + pid_b * s_dt_b + d * s_dt_d + offs_l * s_dt_l, mask=m, other=0.0)
+    u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0)
+    z = dt
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0)
+    bias = tl.zeros([1], dtype=tl.float32)  # tensors either way: they are loop-carried
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    Dv = tl.zeros([1], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    A = tl.load(A_ptr + d * s_A_d + offs_n * s_A_n, mask=offs_n < tl.where(ok, N, 0), other=0.0) * LOG2E
+    return dt, u, z, bias, Dv, A
 
 
 @triton.jit
@@ -59,99 +144,100 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-    SAVE_CKPT: tl.constexpr,
+    SAVE_CKPT: tl.constexpr, FAST: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)  # int64 offsets: B * D * L may pass 2**31
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d0 = pid_d * BLOCK_D
+    rows = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     ar_l = tl.arange(0, BLOCK_L)
-    mask_d = offs_d < DIM
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    mask_dn = ((d0 + rows) < DIM)[:, None] & mask_n[None, :]
+    state_off = (d0 + rows)[:, None] * N + offs_n[None, :]  # checkpoint / final-state layout (.., D, N)
+    last = (ar_l == BLOCK_L - 1)[None, :]
     # every channel of the block reads one group of B / C (the launcher makes BLOCK_D divide D / G)
-    d0 = pid_d * BLOCK_D
     group_B = d0 // cpg_B
     group_C = d0 // cpg_C
-    state_off = offs_d[:, None] * N + offs_n[None, :]  # checkpoint / final-state layout (.., D, N)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    H = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     if HAS_H0:
         if not VARLEN:
-            h = tl.load(h0_ptr + pid_b * s_h0_b + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
+            H = tl.load(h0_ptr + pid_b * s_h0_b + (d0 + rows)[:, None] * s_h0_d + offs_n[None, :] * s_h0_n,
                         mask=mask_dn, other=0.0).to(tl.float32)
+    d_end = tl.minimum(d0 + BLOCK_D, DIM)
     for c in range(0, n_chunks):
         offs_l = c * BLOCK_L + ar_l
         mask_l = offs_l < L
-        mask_dl = mask_d[:, None] & mask_l[None, :]
-        dt = tl.load(delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
-                     mask=mask_dl, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _log1p_exp(dt)
-        dt = tl.where(mask_dl, dt, 0.0)  # padded positions: a = 1, b = 0 (the state passes through)
-        u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l,
-                    mask=mask_dl, other=0.0).to(tl.float32)
-        Bt = _load_bc(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l,
-                      B_FIXED, offs_d, mask_d)
-        a = tl.exp(dt[:, None, :] * A[:, :, None])
-        if B_FIXED:
-            b = (dt * u)[:, None, :] * Bt[:, :, None]
-        else:
-            b = (dt * u)[:, None, :] * Bt[None, :, :]
+        if not B_FIXED:
+            Bt = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
+        if not C_FIXED:
+            Ct = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
         if VARLEN:
             sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, None, :]
-            if HAS_H0:
-                h0 = tl.load(h0_ptr + sid[None, None, :] * s_h0_b + offs_d[:, None, None] * s_h0_d
-                             + offs_n[None, :, None] * s_h0_n,
-                             mask=is_start & mask_dn[:, :, None], other=0.0).to(tl.float32)
-                b = b + a * h0
-            a = tl.where(is_start, 0.0, a)
-        if SAVE_CKPT:
-            ckpt = ckpt_ptr + ((pid_b * n_chunks + c) * DIM) * N
-            tl.store(ckpt + state_off, h, mask=mask_dn)
-        a_cum, b_cum = tl.associative_scan((a, b), 2, _combine)
-        hs = a_cum * h[:, :, None] + b_cum
-        Ct = _load_bc(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l,
-                      C_FIXED, offs_d, mask_d)
-        if C_FIXED:
-            y = tl.sum(hs * Ct[:, :, None], axis=1)
-        else:
-            y = tl.sum(hs * Ct[None, :, :], axis=1)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
-                        mask=mask_dl, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        tl.store(y_ptr + (pid_b * DIM + offs_d[:, None]) * L + offs_l[None, :], y.to(y_ptr.dtype.element_ty),
-                 mask=mask_dl)
-        if VARLEN:
             eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            tl.store(final_ptr + eid[None, None, :] * (DIM * N) + state_off[:, :, None], hs,
-                     mask=(eid >= 0)[None, None, :] & mask_dn[:, :, None])
-        # the state after the chunk's last position (padded positions pass it through unchanged)
-        h = tl.sum(tl.where((ar_l == BLOCK_L - 1)[None, None, :], hs, 0.0), axis=2)
+            is_start = (sid >= 0)[None, :]
+            is_end = (eid >= 0)[None, :]
+        if SAVE_CKPT:
+            tl.store(ckpt_ptr + (pid_b * n_chunks + c) * DIM * N + state_off, H, mask=mask_dn)
+        # the chunk's first channel; every step prefetches the next channel's rows while it computes
+        dn = d0.to(tl.int64)
+        dt_nx, u_nx, z_nx, bias_nx, D_nx, A_nx = _channel_inputs(
+            delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, dn, dn < d_end, offs_l, offs_n, L, N,
+            s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
+        for dd in range(0, BLOCK_D):
+            d = (d0 + dd).to(tl.int64)
+            ok = d < DIM
+            m = offs_l < tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
+            mn = offs_n < tl.where(ok, N, 0)
+            dt_in = dt_nx
+            u_in = u_nx
+            z_in = z_nx
+            bias = bias_nx
+            Dv = D_nx
+            A = A_nx
+            dt_nx, u_nx, z_nx, bias_nx, D_nx, A_nx = _channel_inputs(
+                delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d + 1, d + 1 < d_end, offs_l, offs_n, L,
+                N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS,
+                HAS_D)
+            dt = _softplus_row(dt_in.to(tl.float32) + bias, m, SOFTPLUS)
+            u = u_in.to(tl.float32)
+            a = _exp2(A[:, None] * dt[None, :], FAST)  # A holds A log2(e)
+            if B_FIXED:
+                Bt = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+            b = Bt * (dt * u)[None, :]
+            if VARLEN:
+                if HAS_H0:
+                    h0 = tl.load(h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n,
+                                 mask=is_start & mn[:, None], other=0.0).to(tl.float32)
+                    b = b + a * h0
+                a = tl.where(is_start, 0.0, a)
+            h = _row_of(H, rows, dd)
+            a_cum, b_cum = tl.associative_scan((a, b), 1, _combine)
+            hs = a_cum * h[:, None] + b_cum
+            if C_FIXED:
+                Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+            y = tl.sum(hs * Ct, axis=0)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                z = z_in.to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(y_ptr + (pid_b * DIM + d) * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+            if VARLEN:
+                tl.store(final_ptr + eid[None, :] * (DIM * N) + d * N + offs_n[:, None], hs,
+                         mask=is_end & mn[:, None])
+            # the state after the chunk's last position (padded positions pass it through unchanged)
+            h_new = tl.sum(tl.where(last, hs, 0.0), axis=1)
+            H = tl.where(rows[:, None] == dd, h_new[None, :], H)
     if not VARLEN:
-        tl.store(final_ptr + pid_b * DIM * N + state_off, h, mask=mask_dn)
+        tl.store(final_ptr + pid_b * DIM * N + state_off, H, mask=mask_dn)
 
 
 # --- complex A ----------------------------------------------------------------------------------------------
 # The state holds one mode of each conjugate pair: h complex, a = exp(Δ A) complex, y = 2 Re(C . h). Complex
 # tensors arrive as their real views: every complex operand is (pointer, strides, offset of the imaginary
-# part), which also covers mamba_ssm's real B / C of length 2L with interleaved (re, im) pairs.
-
-@triton.jit
-def _ccombine(a1r, a1i, b1r, b1i, a2r, a2i, b2r, b2i):
-    return (a1r * a2r - a1i * a2i, a1r * a2i + a1i * a2r,
-            a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
-
+# part), which also covers mamba_ssm's real B / C of length 2L with interleaved (re, im) pairs. The carried
+# state is two (BLOCK_D, BLOCK_N) tensors (real, imaginary).
 
 @triton.jit
 def _selective_scan_fwd_complex_kernel(
@@ -164,112 +250,104 @@ def _selective_scan_fwd_complex_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
-    SAVE_CKPT: tl.constexpr,
+    SAVE_CKPT: tl.constexpr, FAST: tl.constexpr,
 ):
     """As _selective_scan_fwd_kernel with complex A, B, C and state; A and the states (h0, final state,
     checkpoints) are interleaved (re, im) fp32 with the imaginary part at offset 1."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d0 = pid_d * BLOCK_D
+    rows = tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     ar_l = tl.arange(0, BLOCK_L)
-    mask_d = offs_d < DIM
     mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    a_off = offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n
-    Ar = tl.load(A_ptr + a_off, mask=mask_dn, other=0.0).to(tl.float32)
-    Ai = tl.load(A_ptr + a_off + 1, mask=mask_dn, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    d0 = pid_d * BLOCK_D
+    mask_dn = ((d0 + rows) < DIM)[:, None] & mask_n[None, :]
+    state_off = ((d0 + rows)[:, None] * N + offs_n[None, :]) * 2
+    last = (ar_l == BLOCK_L - 1)[None, :]
     group_B = d0 // cpg_B
     group_C = d0 // cpg_C
-    state_off = (offs_d[:, None] * N + offs_n[None, :]) * 2
-    hr = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    hi = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    Hr = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    Hi = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     if HAS_H0:
         if not VARLEN:
-            p0 = h0_ptr + pid_b * s_h0_b + offs_d[:, None] * s_h0_d + offs_n[None, :] * s_h0_n
-            hr = tl.load(p0, mask=mask_dn, other=0.0).to(tl.float32)
-            hi = tl.load(p0 + 1, mask=mask_dn, other=0.0).to(tl.float32)
+            p0 = h0_ptr + pid_b * s_h0_b + (d0 + rows)[:, None] * s_h0_d + offs_n[None, :] * s_h0_n
+            Hr = tl.load(p0, mask=mask_dn, other=0.0).to(tl.float32)
+            Hi = tl.load(p0 + 1, mask=mask_dn, other=0.0).to(tl.float32)
     for c in range(0, n_chunks):
         offs_l = c * BLOCK_L + ar_l
         mask_l = offs_l < L
-        mask_dl = mask_d[:, None] & mask_l[None, :]
-        dt = tl.load(delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d + offs_l[None, :] * s_dt_l,
-                     mask=mask_dl, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt = dt + bias[:, None]
-        if SOFTPLUS:
-            dt = _log1p_exp(dt)
-        dt = tl.where(mask_dl, dt, 0.0)
-        u = tl.load(u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d + offs_l[None, :] * s_u_l,
-                    mask=mask_dl, other=0.0).to(tl.float32)
-        Br = _load_bc(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l,
-                      B_FIXED, offs_d, mask_d)
-        Bi = _load_bc(B_ptr + s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n,
-                      s_B_l, B_FIXED, offs_d, mask_d)
-        if B_FIXED:
-            Br = Br[:, :, None]
-            Bi = Bi[:, :, None]
-        else:
-            Br = Br[None, :, :]
-            Bi = Bi[None, :, :]
-        dt3 = dt[:, None, :]
-        mag = tl.exp(dt3 * Ar[:, :, None])
-        ang = dt3 * Ai[:, :, None]
-        a_r = mag * tl.cos(ang)
-        a_i = mag * tl.sin(ang)
-        du3 = (dt * u)[:, None, :]
-        b_r = du3 * Br
-        b_i = du3 * Bi
+        if not B_FIXED:
+            Br = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
+            Bi = _load_tile(B_ptr + s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n,
+                            s_B_l)
+        if not C_FIXED:
+            Cr = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
+            Ci = _load_tile(C_ptr + s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n,
+                            s_C_l)
         if VARLEN:
             sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, None, :]
-            if HAS_H0:
-                p0 = (h0_ptr + sid[None, None, :] * s_h0_b + offs_d[:, None, None] * s_h0_d
-                      + offs_n[None, :, None] * s_h0_n)
-                m0 = is_start & mask_dn[:, :, None]
-                h0r = tl.load(p0, mask=m0, other=0.0).to(tl.float32)
-                h0i = tl.load(p0 + 1, mask=m0, other=0.0).to(tl.float32)
-                b_r = b_r + a_r * h0r - a_i * h0i
-                b_i = b_i + a_r * h0i + a_i * h0r
-            a_r = tl.where(is_start, 0.0, a_r)
-            a_i = tl.where(is_start, 0.0, a_i)
-        if SAVE_CKPT:
-            ckpt = ckpt_ptr + ((pid_b * n_chunks + c) * DIM) * N * 2
-            tl.store(ckpt + state_off, hr, mask=mask_dn)
-            tl.store(ckpt + state_off + 1, hi, mask=mask_dn)
-        acr, aci, bcr, bci = tl.associative_scan((a_r, a_i, b_r, b_i), 2, _ccombine)
-        hsr = acr * hr[:, :, None] - aci * hi[:, :, None] + bcr
-        hsi = acr * hi[:, :, None] + aci * hr[:, :, None] + bci
-        Cr = _load_bc(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l,
-                      C_FIXED, offs_d, mask_d)
-        Ci = _load_bc(C_ptr + s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n,
-                      s_C_l, C_FIXED, offs_d, mask_d)
-        if C_FIXED:
-            y = 2.0 * tl.sum(hsr * Cr[:, :, None] - hsi * Ci[:, :, None], axis=1)
-        else:
-            y = 2.0 * tl.sum(hsr * Cr[None, :, :] - hsi * Ci[None, :, :], axis=1)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            z = tl.load(z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d + offs_l[None, :] * s_z_l,
-                        mask=mask_dl, other=0.0).to(tl.float32)
-            y = y * z * tl.sigmoid(z)
-        tl.store(y_ptr + (pid_b * DIM + offs_d[:, None]) * L + offs_l[None, :], y.to(y_ptr.dtype.element_ty),
-                 mask=mask_dl)
-        if VARLEN:
             eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            pf = final_ptr + eid[None, None, :] * (DIM * N * 2) + state_off[:, :, None]
-            mf = (eid >= 0)[None, None, :] & mask_dn[:, :, None]
-            tl.store(pf, hsr, mask=mf)
-            tl.store(pf + 1, hsi, mask=mf)
-        last = (ar_l == BLOCK_L - 1)[None, None, :]
-        hr = tl.sum(tl.where(last, hsr, 0.0), axis=2)
-        hi = tl.sum(tl.where(last, hsi, 0.0), axis=2)
+            is_start = (sid >= 0)[None, :]
+            is_end = (eid >= 0)[None, :]
+        if SAVE_CKPT:
+            ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N * 2 + state_off
+            tl.store(ck, Hr, mask=mask_dn)
+            tl.store(ck + 1, Hi, mask=mask_dn)
+        for dd in range(0, BLOCK_D):
+            d = (d0 + dd).to(tl.int64)
+            ok = d < DIM
+            lim_l = tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
+            m = offs_l < lim_l
+            mn = offs_n < tl.where(ok, N, 0)
+            _, dt = _delta_row(delta_ptr, bias_ptr, pid_b * s_dt_b + d * s_dt_d, offs_l, m, s_dt_l, d, ok,
+                               HAS_BIAS, SOFTPLUS)
+            u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0).to(tl.float32)
+            Ar = _load_row(A_ptr, d, offs_n, mn, s_A_d, s_A_n)[:, None]
+            Ai = _load_row(A_ptr + 1, d, offs_n, mn, s_A_d, s_A_n)[:, None]
+            dt2 = dt[None, :]
+            mag = tl.exp(Ar * dt2)
+            ang = Ai * dt2
+            a_r = mag * tl.cos(ang)
+            a_i = mag * tl.sin(ang)
+            if B_FIXED:
+                Br = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+                Bi = _load_row(B_ptr + s_B_im, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+            du2 = (dt * u)[None, :]
+            b_r = Br * du2
+            b_i = Bi * du2
+            if VARLEN:
+                if HAS_H0:
+                    p0 = h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n
+                    m0 = is_start & mn[:, None]
+                    h0r = tl.load(p0, mask=m0, other=0.0).to(tl.float32)
+                    h0i = tl.load(p0 + 1, mask=m0, other=0.0).to(tl.float32)
+                    b_r = b_r + a_r * h0r - a_i * h0i
+                    b_i = b_i + a_r * h0i + a_i * h0r
+                a_r = tl.where(is_start, 0.0, a_r)
+                a_i = tl.where(is_start, 0.0, a_i)
+            hr = _row_of(Hr, rows, dd)[:, None]
+            hi = _row_of(Hi, rows, dd)[:, None]
+            acr, aci, bcr, bci = tl.associative_scan((a_r, a_i, b_r, b_i), 1, _ccombine)
+            hsr = acr * hr - aci * hi + bcr
+            hsi = acr * hi + aci * hr + bci
+            if C_FIXED:
+                Cr = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+                Ci = _load_row(C_ptr + s_C_im, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+            y = 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0)
+            if HAS_D:
+                y += tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32) * u
+            if HAS_Z:
+                z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(y_ptr + (pid_b * DIM + d) * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+            if VARLEN:
+                pf = final_ptr + eid[None, :] * (DIM * N * 2) + (d * N + offs_n[:, None]) * 2
+                mf = is_end & mn[:, None]
+                tl.store(pf, hsr, mask=mf)
+                tl.store(pf + 1, hsi, mask=mf)
+            sel = rows[:, None] == dd
+            Hr = tl.where(sel, tl.sum(tl.where(last, hsr, 0.0), axis=1)[None, :], Hr)
+            Hi = tl.where(sel, tl.sum(tl.where(last, hsi, 0.0), axis=1)[None, :], Hi)
     if not VARLEN:
-        tl.store(final_ptr + pid_b * DIM * N * 2 + state_off, hr, mask=mask_dn)
-        tl.store(final_ptr + pid_b * DIM * N * 2 + state_off + 1, hi, mask=mask_dn)
+        tl.store(final_ptr + pid_b * DIM * N * 2 + state_off, Hr, mask=mask_dn)
+        tl.store(final_ptr + pid_b * DIM * N * 2 + state_off + 1, Hi, mask=mask_dn)

@@ -1,8 +1,11 @@
 """Triton backend of selective_scan (Mamba-1), real and complex A: launchers, autograd wiring, backend function.
 
-Kernels: _triton_fwd.py (forward: chunked associative scan, state checkpoints every BLOCK_L positions)
-and _triton_bwd.py (backward: per chunk, recompute the states from the checkpoint, reverse scan of the
-adjoint state). Both run one program per (batch row, block of channels); see their docstrings.
+Kernels: _triton_fwd.py (forward) and _triton_bwd.py (backward). Both run one program per (batch row, block
+of BLOCK_D channels) that walks L in chunks of BLOCK_L positions and, per chunk, loads the group's B / C tiles
+(N, BLOCK_L) once and runs the block's channels one at a time on (N, BLOCK_L) tiles (coalesced rows of u,
+delta, z; a 1-D associative scan along the chunk); per-channel carried values (states, adjoints,
+accumulators) stay in registers as (BLOCK_D, N) tensors. The backward walks the chunks in reverse,
+recomputes the states from the checkpoints and reverse-scans the adjoint; see the kernels' docstrings.
 
 Saved for the backward: the inputs and the checkpoints (B, ceil(L / BLOCK_L), D, N) fp32 (the state
 entering every chunk), never a (B, D, L, N) tensor.
@@ -12,6 +15,7 @@ inputs, and fp64 / complex128 A (the latter once the public function passes that
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -24,15 +28,22 @@ from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd
 
 
 # --- block sizes ------------------------------------------------------------------------------------------
-# (BLOCK_D * BLOCK_N * BLOCK_L fp32 elements per 3-D temporary, num_warps): the forward holds ~5 such
-# temporaries, the backward ~10. The backward writes one (N, L) partial of dB / dC per channel block (for
-# variable B / C), so its channel block is the larger one. MAX_BLOCK_L is also the checkpoint spacing.
-# From scripts/tune_selective_scan.py on the H100 (bf16 (4, 4096, 4096) N16): forward 5.2 ms with (2048, 4)
-# against 6.5 / 10.0 ms with (4096, 4) / (8192, 8); forward+backward 22.7 ms with (4096, 4) against 36 ms
-# with (8192, 8); MAX_BLOCK_L 32 / 64 helped the forward a little and the backward not at all.
-FWD_TILE = (2048, 4)
-BWD_TILE = (4096, 4)
-MAX_BLOCK_L = 16
+# A program owns (batch row, BLOCK_D channels) and walks chunks of BLOCK_L positions, one channel at a time on
+# a (BLOCK_N, BLOCK_L) tile. BLOCK_L is the checkpoint spacing: the forward and the backward use the same one
+# (from _blocks); their BLOCK_D and num_warps differ (the backward's larger BLOCK_D shrinks its dB / dC
+# partials (B, D / BLOCK_D, N, L) fp32). TILE_BUDGET bounds BLOCK_N * BLOCK_L (fp32 elements of one tile):
+# large N (e.g. 256) gets shorter chunks; complex A (two tiles per value) halves it.
+# Defaults chosen offline from the sm_90 SASS of the issue case (bf16, N 16, Triton 3.9 compiling for sm_90
+# on the CPU; no spills in the channel loop, fewest instructions per tile element: forward ~23 with BLOCK_L 64
+# on one warp (no cross-warp barriers), backward ~70 with BLOCK_L 64 on two warps). Not yet timed on the
+# H100: scripts/tune_selective_scan.py sweeps them there (it overrides these module constants) and its
+# winners belong here.
+FWD_BLOCK_D = 16
+FWD_WARPS = 1
+BWD_BLOCK_D = 32
+BWD_WARPS = 2
+BLOCK_L = 64
+TILE_BUDGET = 8192
 
 
 def _pow2_divisor(n: int) -> int:
@@ -41,21 +52,18 @@ def _pow2_divisor(n: int) -> int:
 
 
 def _blocks(dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple[int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) is the same for the forward
-    and the backward; BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a
-    program's channels all read one group. Complex A doubles the temporaries: half the tile."""
-    tile, warps = BWD_TILE if backward else FWD_TILE
-    scale = 2 if cplx else 1
-    tile //= scale
+    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
+    BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
+    all read one group."""
     block_n = triton.next_power_of_2(N)
-    block_l = max(2, min(MAX_BLOCK_L, triton.next_power_of_2(max(L, 1))))
-    while block_l > 2 and block_n * block_l > min(FWD_TILE[0], BWD_TILE[0]) // scale:  # large N: shorter chunks
+    budget = TILE_BUDGET // (2 if cplx else 1)
+    block_l = max(2, min(BLOCK_L, triton.next_power_of_2(max(L, 1))))
+    while block_l > 2 and block_n * block_l > budget:  # large N: shorter chunks
         block_l //= 2
-    block_d = max(1, tile // (block_n * block_l))
-    block_d = min(block_d, triton.next_power_of_2(dim))
+    block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, triton.next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
-    return block_d, block_n, block_l, warps
+    return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 
 
 def _bc_layout(X: Tensor, dim: int, cplx: bool):
@@ -127,6 +135,12 @@ def _shared_args(u, delta, A, z, lay_B, lay_C, h0):
     return (*u.stride(), *delta.stride(), *zs), (*_real(A).stride()[:2], *s_B, *s_C, *s_h0)
 
 
+def _fast_math(u: Tensor) -> bool:
+    """Native GPU runs use approximate ex2 / lg2 through inline PTX (_triton_fwd._exp2); the interpreter
+    cannot run PTX, so it takes tl.exp2 / tl.log."""
+    return u.is_cuda and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
+
+
 # --- launchers --------------------------------------------------------------------------------------------
 def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
     (batch, dim, L, N), lay_B, lay_C, (BD, BN, BL, warps) = _geometry(u, A, B, C, backward=False)
@@ -154,7 +168,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         VARLEN=cu_seqlens is not None, B_FIXED=lay_B[1], C_FIXED=lay_C[1], SAVE_CKPT=save_checkpoints,
-        num_warps=warps,
+        FAST=_fast_math(u), num_warps=warps,
     )
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
@@ -198,7 +212,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
-            num_warps=warps,
+            FAST=_fast_math(u), num_warps=warps,
         )
     else:
         for t in (dA, dD, dbias, dB, dC):

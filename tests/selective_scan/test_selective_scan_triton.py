@@ -1,0 +1,147 @@
+"""selective_scan, Triton backend: block-size edge cases (several chunks per sequence, several channels per
+program, partial channel blocks, forward and backward channel blocks that differ), checkpoint spacing, the
+block table and determinism. Parity is against the sequential fp32 reference, as in test_selective_scan.py.
+
+The default chunk (BLOCK_L = 256) is longer than the interpreter-sized sequences of the main suite, so the
+tests here shrink the module's block constants (the launcher reads them at call time) to walk many chunks.
+"""
+import importlib
+
+import pytest
+import torch
+import triton
+
+from ssm_kernels.selective_scan import selective_scan
+from ssm_kernels.testing import assert_close
+from tests.helpers import backend_device, check_parity
+from tests.selective_scan.test_selective_scan import ALL_GRADS, make_inputs, real_outputs, reference, run
+
+# the public function shadows the subpackage attribute, so import the module by name
+T = importlib.import_module("ssm_kernels.selective_scan.triton")
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Chunks of 16 positions, 4 channels per forward program, 8 per backward program."""
+    monkeypatch.setattr(T, "BLOCK_L", 16)
+    monkeypatch.setattr(T, "FWD_BLOCK_D", 4)
+    monkeypatch.setattr(T, "BWD_BLOCK_D", 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bc,length", [("variable", 47), ("grouped", 32), ("fixed", 33), ("variable", 1)])
+def test_triton_many_chunks(small_blocks, dtype, bc, length):
+    """L a multiple of the chunk and not, 10 channels (partial forward and backward channel blocks)."""
+    inputs = make_inputs(2, 10, length, 5, dtype, backend_device("triton"), bc=bc, groups=2)
+    check_parity(run("triton"), reference, inputs, dtype, ALL_GRADS, delta_softplus=True,
+                 return_final_state=True)
+
+
+@pytest.mark.parametrize("bc,interleaved", [("variable", True), ("grouped", False), ("fixed", False)])
+def test_triton_many_chunks_complex_A(small_blocks, bc, interleaved):
+    inputs = make_inputs(2, 6, 37, 3, torch.float32, backend_device("triton"), bc=bc, complex_A=True,
+                         interleaved=interleaved)
+    check_parity(real_outputs(run("triton")), real_outputs(reference), inputs, torch.float32, ALL_GRADS,
+                 delta_softplus=True, return_final_state=True)
+
+
+@pytest.mark.parametrize("fwd_d,bwd_d", [(8, 2), (1, 16)])
+def test_triton_forward_and_backward_channel_blocks_differ(monkeypatch, fwd_d, bwd_d):
+    """The backward reads the forward's checkpoints with another channel block (same spacing)."""
+    monkeypatch.setattr(T, "BLOCK_L", 8)
+    monkeypatch.setattr(T, "FWD_BLOCK_D", fwd_d)
+    monkeypatch.setattr(T, "BWD_BLOCK_D", bwd_d)
+    inputs = make_inputs(1, 12, 30, 4, torch.float32, backend_device("triton"), bc="grouped", groups=3)
+    check_parity(run("triton"), reference, inputs, torch.float32, ALL_GRADS, delta_softplus=True,
+                 return_final_state=True)
+
+
+@pytest.mark.parametrize("complex_A", [False, True])
+def test_triton_varlen_across_chunks(small_blocks, complex_A):
+    """Packed sequences that start on, end on and span chunk boundaries, and empty ones."""
+    device = backend_device("triton")
+    cu_seqlens = torch.tensor([0, 16, 16, 17, 40, 48, 50], device=device)
+    inputs = make_inputs(1, 6, 50, 3, torch.float32, device, complex_A=complex_A, interleaved=True)
+    inputs["initial_state"] = torch.randn(6, 6, 3, device=device, dtype=inputs["A"].dtype)
+    check_parity(real_outputs(run("triton")), real_outputs(reference), inputs, torch.float32, ALL_GRADS,
+                 delta_softplus=True, return_final_state=True, cu_seqlens=cu_seqlens)
+
+
+def test_triton_large_state_short_chunks(monkeypatch):
+    """N = 130 (BLOCK_N 256): the tile budget shortens the chunk, so L = 20 walks several chunks."""
+    monkeypatch.setattr(T, "TILE_BUDGET", 2048)  # the default gives 32-position chunks for N 256
+    block_d, block_n, block_l, _ = T._blocks(2, 130, 20, [], backward=False, cplx=False)
+    assert block_n == 256 and block_l == 8 and block_n * block_l <= T.TILE_BUDGET
+    inputs = make_inputs(2, 2, 20, 130, torch.float32, backend_device("triton"))
+    check_parity(run("triton"), reference, inputs, torch.float32, ALL_GRADS, delta_softplus=True,
+                 return_final_state=True)
+
+
+def test_triton_optional_inputs_absent_many_chunks(small_blocks):
+    device = backend_device("triton")
+    inputs = make_inputs(2, 5, 35, 4, torch.float32, device, init=False)
+    for k in ("D", "z", "delta_bias", "initial_state"):
+        inputs[k] = None
+    inputs["delta"] = inputs["delta"].abs() * 0.3
+    check_parity(run("triton"), reference, dict(inputs, B=make_inputs(2, 5, 35, 4, torch.float32, device,
+                                                                         bc="fixed")["B"]),
+                 torch.float32, ["u", "delta", "A", "B", "C"])
+
+
+def test_triton_block_table():
+    """BLOCK_L does not depend on the direction; large N and complex A shorten it; BLOCK_D divides the
+    channels per group."""
+    for N, cplx in ((16, False), (16, True), (64, False), (256, False), (256, True)):
+        fwd = T._blocks(4096, N, 4096, [], backward=False, cplx=cplx)
+        bwd = T._blocks(4096, N, 4096, [], backward=True, cplx=cplx)
+        assert fwd[2] == bwd[2] and fwd[1] * fwd[2] <= T.TILE_BUDGET // (2 if cplx else 1)
+        assert fwd[:2] == (T.FWD_BLOCK_D, triton.next_power_of_2(N)) and bwd[0] == T.BWD_BLOCK_D
+    assert T._blocks(4096, 16, 4096, [], False, False)[2] == T.BLOCK_L
+    assert T._blocks(4096, 16, 5, [], False, False)[2] == 8
+    assert T._blocks(24, 16, 100, [12, 24], True, False)[0] == 4
+    assert T._blocks(3, 16, 100, [], False, False)[0] <= 4
+
+
+def test_triton_checkpoint_spacing(monkeypatch):
+    """The forward saves the state entering every chunk of BLOCK_L positions, (B, ceil(L / BLOCK_L), D, N)
+    fp32, never (B, D, L, N); inference saves none."""
+    monkeypatch.setattr(T, "BLOCK_L", 16)
+    device = backend_device("triton")
+    inputs = make_inputs(2, 4, 40, 3, torch.float32, device)
+    for name in ("u", "delta", "initial_state"):
+        inputs[name].requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        selective_scan(**inputs, delta_softplus=True, backend="triton")
+    ckpts = [t for t in saved if t.dtype == torch.float32 and t.dim() == 4 and t.shape[1:] == (3, 4, 3)]
+    assert len(ckpts) == 1 and ckpts[0].shape[0] == 2
+    assert max(t.numel() for t in saved) < 2 * 4 * 40 * 3
+    with torch.no_grad():
+        _, _, ckpt = torch.ops.ssm_kernels.selective_scan_triton(
+            inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], None, None, None, True,
+            None, None, False)
+    assert ckpt.numel() == 0
+
+
+def test_triton_backward_is_deterministic(small_blocks):
+    inputs = make_inputs(2, 8, 40, 4, torch.float32, backend_device("triton"), bc="grouped")
+    leaves = [v.requires_grad_() for v in inputs.values()]
+    grads = []
+    for _ in range(2):
+        y, state = selective_scan(**inputs, delta_softplus=True, return_final_state=True, backend="triton")
+        grads.append(torch.autograd.grad((y.square().sum() + state.sum()), leaves))
+    for g1, g2 in zip(*grads):
+        assert torch.equal(g1, g2)
+
+
+def test_triton_split_with_state_equals_whole_many_chunks(small_blocks):
+    device = backend_device("triton")
+    inputs = make_inputs(1, 6, 45, 4, torch.float32, device, init=False)
+    kw = dict(A=inputs["A"], D=inputs["D"], delta_bias=inputs["delta_bias"], delta_softplus=True,
+              return_final_state=True, backend="triton")
+    seq = ("u", "delta", "B", "C", "z")
+    whole, whole_state = selective_scan(**{k: inputs[k] for k in seq}, **kw)
+    first, state = selective_scan(**{k: inputs[k][..., :20] for k in seq}, **kw)
+    second, second_state = selective_scan(**{k: inputs[k][..., 20:] for k in seq}, initial_state=state, **kw)
+    assert_close(torch.cat([first, second], -1), whole, torch.float32, "split output")
+    assert_close(second_state, whole_state, torch.float32, "final state")
