@@ -1,7 +1,5 @@
-"""Triton backend of ssd_chunk_scan: the chunked SSD forward in four kernels (+ one for varlen states);
-the backward is the torch backend's chunked backward (_chunked.backward through the ssd_chunk_scan_bwd
-custom op) fed with the boundary states this forward computed, plus hand-written gradients of the dt
-preprocessing, D and the z gate. A Triton backward is not written yet.
+"""Triton backend of ssd_chunk_scan: the chunked SSD forward in four kernels (+ one for varlen states) and
+the backward in four kernels plus small torch reductions; dt preprocessing, D and the z gate are folded in.
 
 Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cdiv(L, T):
 1. _dt_cumsum_kernel, grid (nc, B, cdiv(H, BLOCK_H)): dt' = clamp(softplus?(dt + dt_bias)) and the in-chunk
@@ -20,9 +18,24 @@ Matmul operands are in the input dtype (bf16 / fp16 tensor cores) or fp32 with i
 fp32 inputs (tf32 would miss the fp32 tolerance); accumulation is fp32 throughout.
 
 Stored for backward: the inputs, the segment ids, the (B, nc + 1, H, P, N) fp32 boundary states and the
-pre-gate output (only with z). Every gradient (x, dt, A, B, C, D, z, dt_bias, initial_states, through the
-final and varlen states) comes from the torch backward, which recomputes the chunk products from the
-boundary states (cu_seqlens included).
+pre-gate output (only with z). dt' / cs / g are recomputed by _dt_cumsum_kernel.
+
+Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows / columns per block):
+1. _bwd_state_kernel, grid (B*H, P/N tiles of 64): reverse state passing, sequential over chunks, with the
+   chunk's (dy q)^T C on tensor cores: dHP[c] (the gradient on the state entering chunk c; dHP[0] is the
+   initial states' gradient) into a (B, nc + 1, H, P, N) fp32 buffer; partials of dg_c g_c.
+2. _bwd_dx_kernel, grid (nc * T/BLOCK_T, B*H), per head and column block: du from the intra-chunk
+   (C B^T * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes dx (x's dtype), dz, du . x
+   and the column sums of dss (the gradient on cs_i - cs_j), dD partials.
+3. _bwd_dc_kernel, grid (nc * T/BLOCK_T, B*G, splits), per group and row block, looping the heads of a split:
+   dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)), dC partials (dGm B + q dy states),
+   and the row sums of dss per head.
+4. _bwd_db_kernel, grid (nc * T/BLOCK_T, B*G, splits): dB partials (dGm^T C + the state and varlen terms).
+Then torch: dB, dC = sums over the splits; dcs = row sums - column sums (fp64); da = its reverse cumsum per
+chunk; ddt' = da A + du . x; dA = sum da dt'; dD = sum of partials; the dt_limit / softplus / dt_bias chain.
+All partial sums are written per program and reduced by torch: no atomics, bitwise reproducible.
+Where one rounding of an fp32 operand to bf16 / fp16 would show in the reduced gradients (dA, ddt_bias), the
+dot splits it into high and low parts (_dot_split: two or three tensor-core dots).
 """
 from __future__ import annotations
 
@@ -35,7 +48,7 @@ import triton
 from torch import Tensor
 
 from .._utils import new_output
-from . import _ops
+from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
                           _varlen_state_kernel)
 from .reference import segment_ids
@@ -60,6 +73,26 @@ def _pow2(n: int, low: int = 16) -> int:
     return max(low, triton.next_power_of_2(n))
 
 
+def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
+    """dt' (B, H, nc*T) fp32, cs (B, H, nc*T) fp64 and g (B, H, max(nc, 1)) fp32 from _dt_cumsum_kernel
+    (the forward's step 1; the backward recomputes them rather than storing them)."""
+    batch, length = dt.shape[:2]
+    lp = nc * T
+    dev = dt.device
+    dtp = torch.empty((batch, heads, lp), dtype=torch.float32, device=dev)
+    cs = torch.empty((batch, heads, lp), dtype=torch.float64, device=dev)
+    g = torch.empty((batch, heads, max(nc, 1)), dtype=torch.float32, device=dev)
+    if nc > 0:
+        block_t = triton.next_power_of_2(T)
+        block_h = max(1, min(triton.next_power_of_2(heads), 4096 // block_t))
+        _dt_cumsum_kernel[(nc, batch, triton.cdiv(heads, block_h))](
+            dt, A, dt if dt_bias is None else dt_bias, dtp if seg is None else seg, dtp, cs, g,
+            length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *(seg.stride() if seg is not None else (0, 0)),
+            HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
+            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+    return dtp, cs, g
+
+
 def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, T, dt_softplus, dt_lo, dt_hi,
                     store_pre):
     batch, length, heads, headdim = x.shape
@@ -67,9 +100,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     nc = triton.cdiv(length, T)
     lp = nc * T
     dev = x.device
-    dtp = torch.empty((batch, heads, lp), dtype=torch.float32, device=dev)
-    cs = torch.empty((batch, heads, lp), dtype=torch.float64, device=dev)
-    g = torch.empty((batch, heads, max(nc, 1)), dtype=torch.float32, device=dev)
+    dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
     states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, dev)
     out = new_output(x.shape, x.dtype, dev)
     pre = new_output(x.shape, x.dtype, dev) if store_pre else x.new_empty(0)
@@ -84,13 +115,6 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     hpg = heads // groups
 
     if nc > 0:
-        block_t = triton.next_power_of_2(T)
-        block_h = max(1, min(triton.next_power_of_2(heads), 4096 // block_t))
-        _dt_cumsum_kernel[(nc, batch, triton.cdiv(heads, block_h))](
-            dt, A, dt if dt_bias is None else dt_bias, seg_arg, dtp, cs, g,
-            length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *seg_strides,
-            HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=has_seg,
-            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
         block_k = min(_pow2(T), 64)
@@ -130,6 +154,129 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     return out, pre, states, varlen
 
 
+def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
+    """(splits, heads per split) for the per-group kernels 3 and 4, which loop over the heads of a group:
+    enough splits that the grid has about two programs per H100 SM (132), each split writing its own fp32
+    partial of dB / dC (summed by torch)."""
+    splits = min(hpg, max(1, triton.cdiv(264, max(programs, 1))))
+    per_split = triton.cdiv(hpg, splits)
+    return triton.cdiv(hpg, per_split), per_split
+
+
+def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
+                     T, dt_softplus, dt_lo, dt_hi):
+    """Gradients (dx, ddt', dA, dB, dC, dD, dz, dinit) of the SSD part; ddt' (B, L, H) fp32 is the gradient on dt'
+    (the caller applies the clamp / softplus / bias chain). Requires L > 0."""
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    hpg = heads // groups
+    nc = triton.cdiv(length, T)
+    lp = nc * T
+    bh_count = batch * heads
+    dev = x.device
+    f32, f64 = torch.float32, torch.float64
+    dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
+    dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
+    emulate = dev.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
+    has_seg = seg is not None
+    seg_arg = seg if has_seg else dtp
+    seg_strides = seg.stride() if has_seg else (0, 0)
+    has_z = z is not None
+    z_arg = z if has_z else x
+    z_strides = z.stride() if has_z else (0, 0, 0, 0)
+    has_dv = dvarlen is not None and cu_seqlens is not None
+    if has_dv:
+        ends = cu_seqlens[1:].to(torch.int64) - 1
+        # the sequences ending in chunk c are vlo[c] .. vlo[c + 1] - 1 (ends are strictly increasing)
+        vlo = torch.searchsorted(ends, torch.arange(nc + 1, device=dev, dtype=torch.int64) * T).to(torch.int32)
+        dv_arg, cu_arg, dv_strides = dvarlen, cu_seqlens, dvarlen.stride()
+    else:
+        vlo, dv_arg, cu_arg, dv_strides = dtp, dtp, dtp, (0, 0, 0, 0)
+    st_strides = states.stride()
+    common = dict(DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate)
+
+    # 1. reverse state passing: dHP (B, nc + 1, H, P, N) and <dHP[c + 1], hp_{c + 1}> per tile
+    dhp = new_output(states.shape, f32, dev)
+    assert dhp.stride() == st_strides
+    block_p = min(_pow2(headdim), 64)
+    block_n = min(_pow2(dstate), 64)
+    n_tiles = triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n)
+    part = new_output((bh_count, n_tiles, nc), f32, dev)
+    vq = new_output((dvarlen.shape[0], heads, n_tiles), f32, dev) if has_dv else part
+    has_dst = dstates is not None
+    _bwd_state_kernel[(bh_count, n_tiles)](
+        dout, z_arg, C, cs, g, seg_arg, states, dstates if has_dst else states, dv_arg, vlo, cu_arg, dhp, part, vq,
+        length, heads, hpg, headdim, dstate, T, lp, nc, n_tiles,
+        *dout.stride(), *z_strides, *C.stride(), *seg_strides, *st_strides,
+        *(dstates.stride() if has_dst else (0,) * 5), *dv_strides,
+        HAS_Z=has_z, HAS_SEG=has_seg, HAS_DST=has_dst, HAS_DV=has_dv, **common,
+        BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
+
+    # 2. per head and column block: dx, dz, du . x, column sums of dss, dD partials
+    block_t = min(_pow2(T), 64)
+    n_jb = triton.cdiv(T, block_t)
+    block_p = _pow2(headdim)
+    block_n = _pow2(dstate)
+    warps = 8 if block_p * block_n >= 8192 else 4  # full (P, N) state tiles in registers: more warps share them
+    dx = new_output(x.shape, x.dtype, dev)
+    dz = new_output(x.shape, z.dtype, dev) if has_z else dx
+    if has_z:
+        assert pre.stride() == dx.stride() == dz.stride()
+    dux = new_output((bh_count, lp), f32, dev)
+    col = new_output((bh_count, lp), f64, dev)
+    dD_part = new_output((nc * n_jb, bh_count, block_p), f32, dev) if D is not None else dux
+    srow = new_output((bh_count, n_jb, nc), f64, dev)
+    vrow = torch.zeros((dvarlen.shape[0], heads, n_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
+    D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
+    _bwd_dx_kernel[(nc * n_jb, bh_count)](
+        x, dout, z_arg, pre if has_z else x, B, C, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
+        cu_arg, dx, dz, dux, col, dD_part, srow, vrow,
+        length, heads, hpg, headdim, dstate, T, lp, bh_count,
+        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *D_strides, *seg_strides,
+        *st_strides, *dv_strides, *dx.stride(),
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
+        HAS_DV=has_dv, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+
+    # 3. per group and row block, over the heads of a split: dGm, dC partials, row sums of dss
+    splits, per_split = _split_heads(hpg, nc * n_jb * batch * groups)
+    dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
+    rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
+    dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
+    _bwd_dc_kernel[(nc * n_jb, batch * groups, splits)](
+        x, dout, z_arg, B, C, dtp, cs, seg_arg, states, dgm, rowp, dC_part,
+        length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
+        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
+        HAS_Z=has_z, HAS_SEG=has_seg, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=warps)
+
+    # 4. per group and column block: dB partials
+    dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
+    _bwd_db_kernel[(nc * n_jb, batch * groups, splits)](
+        x, C, dtp, cs, seg_arg, dhp, dv_arg, vlo, cu_arg, dgm, dB_part,
+        length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
+        *x.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,
+        HAS_SEG=has_seg, HAS_DV=has_dv, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=warps)
+
+    # the log-decay gradient: dcs = row sums - column sums of dss (+ the state and varlen rows), in fp64;
+    # da = its reverse cumsum within each chunk; ddt' = da A + du . x, dA = sum da dt'
+    dcs = (rowp.sum(1) - col).view(bh_count, nc, T)
+    dcs[:, :, T - 1] += part.sum(1, dtype=f64) + srow.sum(1)
+    if has_dv:
+        dcs = dcs.view(bh_count, lp)  # batch 1: rows are heads
+        vals = vrow.sum(-1) + vq.sum(-1, dtype=f64)  # (S, H)
+        dcs[:, ends] = dcs[:, ends] + vals.t()  # one sequence ends per position: no clash
+    da = dcs.view(batch, heads, nc, T).flip(-1).cumsum(-1).flip(-1).reshape(batch, heads, lp)
+    ddtp = (da * A.to(f64)[None, :, None] + dux.view(batch, heads, lp)).to(f32)[:, :, :length].transpose(1, 2)
+    ddtp = ddtp.contiguous()
+    dA = (da * dtp).sum((0, 2)).to(f32)
+    dD = None
+    if D is not None:
+        dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
+        dD = dD.sum(-1) if D.dim() == 1 else dD
+    return (dx, ddtp, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dhp[:, 0].contiguous())
+
+
 # --- autograd wiring -----------------------------------------------------------------------------------
 @torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton", mutates_args=())
 def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -153,6 +300,32 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size
             x.new_empty((sequences, heads, headdim, B.shape[-1]), dtype=torch.float32))
 
 
+@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton_bwd", mutates_args=())
+def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
+              B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
+              seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
+              dt_softplus: bool, dt_lo: float, dt_hi: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                      Tensor, Tensor, Tensor]:
+    """(dx x's dtype, ddt' (B, L, H), dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
+    (B, H, P, N)), all but dx and dz fp32. L > 0."""
+    dx, ddtp, dA, dB, dC, dD, dz, dinit = _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias,
+                                                           seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
+                                                           dt_lo, dt_hi)
+    empty = x.new_empty(0, dtype=torch.float32)
+    return dx, ddtp, dA, dB, dC, empty if dD is None else dD, x.new_empty(0) if dz is None else dz, dinit
+
+
+@_backward.register_fake
+def _(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
+      dt_lo, dt_hi):
+    f32 = torch.float32
+    batch, length, heads, headdim = x.shape
+    return (x.new_empty(x.shape), x.new_empty(dt.shape, dtype=f32), x.new_empty(A.shape, dtype=f32),
+            x.new_empty(B.shape, dtype=f32), x.new_empty(C.shape, dtype=f32),
+            x.new_empty(0 if D is None else D.shape, dtype=f32), x.new_empty(0) if z is None else z.new_empty(z.shape),
+            x.new_empty((batch, heads, headdim, B.shape[-1]), dtype=f32))
+
+
 def _setup_context(ctx, inputs, output):
     (x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
      store_pre) = inputs
@@ -166,46 +339,34 @@ def _autograd_backward(ctx, dout, dpre, dstates, dvarlen):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states = ctx.saved_tensors
     chunk_size, dt_softplus, dt_lo, dt_hi, store_pre = ctx.args
     f32 = torch.float32
-    # dt' = clamp(softplus?(dt + dt_bias)), recomputed
-    raw = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
-    soft = F.softplus(raw) if dt_softplus else raw
-    dtp = soft.clamp(min=dt_lo, max=dt_hi)
-    g = torch.zeros(x.shape, dtype=f32, device=x.device) if dout is None else dout.to(f32)
-    dz = None
-    if z is not None:
-        if not store_pre:
-            raise RuntimeError("ssd_chunk_scan (triton): backward through z needs the forward's pre-gate output; "
-                               "the forward ran without a gradient to take")
-        zf = z.to(f32)
-        sig = torch.sigmoid(zf)
-        dz = (g * pre.to(f32) * sig * (1 + zf * (1 - sig))).to(z.dtype)
-        g = g * zf * sig
-    dD = None
-    xf = x.to(f32)
-    dx_skip = None
-    if D is not None:
-        Df = D.to(f32)
-        dD = (g * xf).sum((0, 1))
-        dD = (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype)
-        dx_skip = g * (Df[:, None] if D.dim() == 1 else Df)
+    if z is not None and not store_pre:
+        raise RuntimeError("ssd_chunk_scan (triton): backward through z needs the forward's pre-gate output; "
+                           "the forward ran without a gradient to take")
+    if dout is None:
+        dout = torch.zeros_like(x)
     if x.shape[1] == 0:
-        dx, ddtp = torch.zeros_like(xf), torch.zeros_like(dtp)
+        dx, ddtp = torch.zeros_like(x), torch.zeros(dt.shape, dtype=f32, device=x.device)
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
+        dD = None if D is None else torch.zeros_like(D)
+        dz = None if z is None else torch.zeros_like(z)
         dinit = dstates[:, 0] if dstates is not None else torch.zeros_like(states[:, 0])
     else:
-        dx, ddtp, dA, dB, dC, dinit = _ops.ssd_chunk_scan_bwd(
-            g, dstates, dvarlen if cu_seqlens is not None else None, xf, dtp, A.to(f32), B.to(f32), C.to(f32),
-            None if initial_states is None else initial_states.to(f32), seg, cu_seqlens, states, chunk_size)
-    if dx_skip is not None:
-        dx = dx + dx_skip
+        dx, ddtp, dA, dB, dC, dD, dz, dinit = _backward(
+            dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
+            cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi)
+        dD = None if D is None else dD
+        dz = None if z is None else dz
     # back through the clamp (torch's rule: the gradient passes where lo <= v <= hi) and softplus
+    raw = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
+    soft = F.softplus(raw) if dt_softplus else raw
     ddt = ddtp * ((soft >= dt_lo) & (soft <= dt_hi)).to(f32)
     if dt_softplus:
         ddt = ddt * torch.where(raw > 20.0, torch.ones_like(raw), torch.sigmoid(raw))
     ddt_bias = ddt.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
     dinit = dinit.to(initial_states.dtype) if initial_states is not None else None
-    return (dx.to(x.dtype), ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddt_bias,
-            dinit, None, None, None, None, None, None, None)
+    return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if dD is None else dD.to(D.dtype), dz, ddt_bias, dinit,
+            None, None, None, None, None, None, None)
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -1,0 +1,415 @@
+"""Triton kernels of the chunked SSD backward (see triton.py for the launch sequence, buffers and the torch
+reductions that finish it). Notation of _chunked.py / _triton_fwd.py, per batch row b, head h (group g),
+chunk c of T positions, rows i and columns j inside it:
+
+    u_j = dt'_j x_j        M[i, j] = exp(cs_i - cs_j) [j <= i] [seg_i == seg_j]        Gm[i, j] = C_i . B_j
+    q_i = exp(cs_i) [seg_i == entering]     r_j = exp(cs_{T-1} - cs_j) [seg_j == seg_end]
+    y_i = sum_j M[i, j] Gm[i, j] u_j + q_i hp_c C_i         hp_{c+1} = g_c hp_c + sum_j r_j u_j B_j^T
+    varlen state of sequence s ending at row e of chunk c: q_e hp_c + sum_j w[e, j] u_j B_j^T, w = M[e, :]
+
+dy_i = dout_i * silu(z_i) (the gradient on y, recomputed in every kernel that reads it), dHP[c] the total
+gradient on hp_c (c = 0 .. nc; dHP[0] is the initial states' gradient), dss[i, j] the gradient on
+ss[i, j] = cs_i - cs_j. The gradient on cs is assembled in triton.py from the row sums of dss (kernel 3 for the intra-chunk terms,
+per column block, plus dq_i q_i; kernel 2 for the state term on row T - 1 and the varlen terms on rows e),
+minus its column sums (kernel 2), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1).
+Row and column sums of a term come from the same recomputed values, so that they cancel as they should
+in da_k = sum_{i >= k > j} dss[i, j] (with the forward's states instead, their rounding would not).
+Every program writes its own slots of the partial-sum buffers; torch sums them (deterministic, no atomics).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._triton_fwd import _dot
+
+
+@triton.jit
+def _load_dy(dout_ptr, z_ptr, offs_g, offs_z, mask, HAS_Z: tl.constexpr):
+    """dy = dout * silu(z) (fp32), zero where masked."""
+    dy = tl.load(dout_ptr + offs_g, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + offs_z, mask=mask, other=0.0).to(tl.float32)
+        dy = dy * zz / (1.0 + tl.exp(-zz))
+    return dy
+
+
+@triton.jit
+def _dot_split(a, b, SPLIT_A: tl.constexpr, SPLIT_B: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+               EMULATE: tl.constexpr):
+    """a @ b (fp32 accumulation) with the fp32 operands flagged SPLIT_* kept to about twice DOT_DTYPE's
+    precision: each is split into its rounded value and the rounded remainder and the products of the parts
+    are summed (lo @ lo dropped), 1 + SPLIT_A + SPLIT_B tensor-core dots. Used where one rounding of an fp32
+    operand to bf16 / fp16 would show in the reduced gradients dA / ddt_bias; exact fp32 dots need no split."""
+    out = _dot(a, b, DOT_DTYPE, PRECISION, EMULATE)  # the operands rounded once (exact for fp32 dots)
+    if DOT_DTYPE != tl.float32:
+        if SPLIT_A:
+            a_lo = a - a.to(DOT_DTYPE).to(tl.float32)
+            out += _dot(a_lo, b, DOT_DTYPE, PRECISION, EMULATE)
+        if SPLIT_B:
+            b_lo = b - b.to(DOT_DTYPE).to(tl.float32)
+            out += _dot(a, b_lo, DOT_DTYPE, PRECISION, EMULATE)
+    return out
+
+
+@triton.jit
+def _bwd_state_kernel(dout_ptr, z_ptr, C_ptr, cs_ptr, g_ptr, seg_ptr, st_ptr, dst_ptr, dv_ptr, vlo_ptr, cu_ptr,
+                      dhp_ptr, part_ptr, vq_ptr,
+                      L, H, HPG, P, N, T, LP, NC, NT,
+                      sgb, sgl, sgh, sgp, szb, szl, szh, szp, scb, scl, scg, scn, ssb, ssl,
+                      stb, stc, sth, stp, stn, sdb, sdc, sdh, sdp, sdn, svs, svh, svp, svn,
+                      HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, HAS_DST: tl.constexpr, HAS_DV: tl.constexpr,
+                      DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                      BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Grid (B * H, cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N)): reverse state passing, sequential over chunks,
+        dHP[nc] = dstates[nc];  dHP[c] = g_c dHP[c + 1] + sum_i q_i dy_i^T C_i + dstates[c] + sum_s q_e dvarlen_s
+    (s over the sequences that end in chunk c), written to the (B, nc + 1, H, P, N) fp32 buffer dhp; this
+    tile's partials of dg_c g_c = g_c <dHP[c + 1], hp_c> to part[bh, tile, c] and of q_e <dvarlen_s, hp_c> to
+    vq[s, h, tile]."""
+    bh = tl.program_id(0)
+    tile = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    g = h // HPG
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    p = (tile // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = (tile % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_mask = p < P
+    n_mask = n < N
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    st_off = b * stb + h * sth + p[:, None] * stp + n[None, :] * stn
+    ds_off = b * sdb + h * sdh + p[:, None] * sdp + n[None, :] * sdn
+    if HAS_DST:
+        acc = tl.load(dst_ptr + ds_off + NC * sdc, mask=pn_mask, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for cc in range(0, NC):
+        c = NC - 1 - cc
+        tl.store(dhp_ptr + st_off + (c + 1) * stc, acc, mask=pn_mask)
+        hp = tl.load(st_ptr + st_off + c * stc, mask=pn_mask, other=0.0)
+        gc = tl.load(g_ptr + bh * NC + c)
+        tl.store(part_ptr + (bh * NT + tile) * NC + c, gc * tl.sum(acc * hp))
+        row = bh * LP + c * T
+        if HAS_SEG:
+            entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+        local = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, T, BLOCK_K):
+            t = k0 + tl.arange(0, BLOCK_K)
+            pos = c * T + t
+            valid = (t < T) & (pos < L)
+            cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
+            keep = valid
+            if HAS_SEG:
+                seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
+                keep = keep & (seg == entering)
+            q = tl.where(keep, tl.exp(tl.where(keep, cs, 0.0).to(tl.float32)), 0.0)
+            m2 = p_mask[:, None] & valid[None, :]
+            dyT = _load_dy(dout_ptr, z_ptr, b * sgb + pos[None, :] * sgl + h * sgh + p[:, None] * sgp,
+                           b * szb + pos[None, :] * szl + h * szh + p[:, None] * szp, m2, HAS_Z)
+            Ct = tl.load(C_ptr + b * scb + pos[:, None] * scl + g * scg + n[None, :] * scn,
+                         mask=valid[:, None] & n_mask[None, :], other=0.0)
+            local += _dot_split(dyT * q[None, :], Ct, True, False, DOT_DTYPE, PRECISION, EMULATE)
+        acc = gc * acc + local
+        if HAS_DST:
+            acc += tl.load(dst_ptr + ds_off + c * sdc, mask=pn_mask, other=0.0).to(tl.float32)
+        if HAS_DV:
+            for s in range(tl.load(vlo_ptr + c), tl.load(vlo_ptr + c + 1)):
+                e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
+                qe = tl.exp(tl.load(cs_ptr + bh * LP + e).to(tl.float32))
+                if HAS_SEG:
+                    qe = tl.where(tl.load(seg_ptr + e * ssl) == entering, qe, 0.0)
+                dv = tl.load(dv_ptr + s * svs + h * svh + p[:, None] * svp + n[None, :] * svn, mask=pn_mask,
+                             other=0.0).to(tl.float32)
+                acc += qe * dv
+                tl.store(vq_ptr + (s * H + h) * NT + tile, qe * tl.sum(dv * hp))
+    tl.store(dhp_ptr + st_off, acc, mask=pn_mask)
+
+
+@triton.jit
+def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr,
+                   dv_ptr, vlo_ptr, cu_ptr, dx_ptr, dz_ptr, dux_ptr, col_ptr, dD_ptr, srow_ptr, vrow_ptr,
+                   L, H, HPG, P, N, T, LP, BH,
+                   sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
+                   scb, scl, scg, scn, sdh, sdp, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
+                   sob, sol, soh, sop,
+                   HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
+                   HAS_DV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head:
+        du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
+        dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
+        col_j = sum over i of dss[i, j] (i > j in the chunk; the state and varlen rows include i = j);
+        the row sums of this block's state and varlen terms of dss (rows T - 1 and e): srow[bh, jb, c],
+        vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p]."""
+    n_jb = tl.cdiv(T, BLOCK_T)
+    c = tl.program_id(0) // n_jb
+    j0 = (tl.program_id(0) % n_jb) * BLOCK_T
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    g = h // HPG
+    j = j0 + tl.arange(0, BLOCK_T)
+    pos_j = c * T + j
+    valid_j = (j < T) & (pos_j < L)
+    pp = tl.arange(0, BLOCK_P)
+    nn = tl.arange(0, BLOCK_N)
+    p_mask = pp < P
+    n_mask = nn < N
+    row = bh * LP + c * T
+    cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
+    dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+    keep_r = valid_j
+    if HAS_SEG:
+        seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+        keep_r = keep_r & (seg_j == seg_end)
+    jp_mask = valid_j[:, None] & p_mask[None, :]
+    B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
+                  mask=valid_j[:, None] & n_mask[None, :], other=0.0)
+    x_J = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + pp[None, :] * sxp, mask=jp_mask,
+                  other=0.0).to(tl.float32)
+    u_J = x_J * dt_j[:, None]
+
+    # the chunk's contribution to the state leaving it
+    cs_end = tl.load(cs_ptr + row + T - 1)
+    r = tl.where(keep_r, tl.exp(tl.where(keep_r, cs_end - cs_j, 0.0).to(tl.float32)), 0.0)
+    dsT = tl.load(dhp_ptr + b * stb + (c + 1) * stc + h * sth + nn[:, None] * stn + pp[None, :] * stp,
+                  mask=n_mask[:, None] & p_mask[None, :], other=0.0)
+    K = _dot_split(B_J, dsT, False, True, DOT_DTYPE, PRECISION, EMULATE)
+    du = K * r[:, None]
+    col = (tl.sum(u_J * K, axis=1) * r).to(tl.float64)  # fp64 sums: rows and columns of dss must cancel
+    tl.store(srow_ptr + (bh * n_jb + j0 // BLOCK_T) * (LP // T) + c, tl.sum(col))
+    if HAS_DV:
+        for s in range(tl.load(vlo_ptr + c), tl.load(vlo_ptr + c + 1)):
+            e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
+            ie = e - c * T
+            if ie >= j0:
+                cs_e = tl.load(cs_ptr + row + ie)
+                keep = (j <= ie) & valid_j
+                if HAS_SEG:
+                    keep = keep & (seg_j == tl.load(seg_ptr + e * ssl))
+                w = tl.where(keep, tl.exp(tl.where(keep, cs_e - cs_j, 0.0).to(tl.float32)), 0.0)
+                dvT = tl.load(dv_ptr + s * svs + h * svh + nn[:, None] * svn + pp[None, :] * svp,
+                              mask=n_mask[:, None] & p_mask[None, :], other=0.0)
+                Kv = _dot_split(B_J, dvT, False, True, DOT_DTYPE, PRECISION, EMULATE)
+                du += Kv * w[:, None]
+                cv = (tl.sum(u_J * Kv, axis=1) * w).to(tl.float64)
+                col += cv
+                tl.store(vrow_ptr + (s * H + h) * n_jb + j0 // BLOCK_T, tl.sum(cv))
+
+    # within the chunk: rows i >= j
+    BT_J = tl.trans(B_J)
+    xT_J = tl.trans(x_J)
+    for i0 in range(j0, T, BLOCK_T):
+        i = i0 + tl.arange(0, BLOCK_T)
+        pos_i = c * T + i
+        valid_i = (i < T) & (pos_i < L)
+        cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
+        C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
+                      mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+        ip_mask = valid_i[:, None] & p_mask[None, :]
+        dy_I = _load_dy(dout_ptr, z_ptr, b * sgb + pos_i[:, None] * sgl + h * sgh + pp[None, :] * sgp,
+                        b * szb + pos_i[:, None] * szl + h * szh + pp[None, :] * szp, ip_mask, HAS_Z)
+        keep = (j[None, :] <= i[:, None]) & valid_i[:, None] & valid_j[None, :]
+        if HAS_SEG:
+            seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+            keep = keep & (seg_i[:, None] == seg_j[None, :])
+        M = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)), 0.0)
+        CB = _dot(C_I, BT_J, DOT_DTYPE, PRECISION, EMULATE)
+        du += _dot_split(tl.trans(CB * M), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
+        # dss as kernel 3 forms it (same operands, same order of the products: their sums cancel in da)
+        dG = _dot_split(dy_I, xT_J, True, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
+        col += tl.sum(tl.where(j[None, :] < i[:, None], dG * CB, 0.0).to(tl.float64), axis=0)
+
+    # this block's own rows: skip connection, gate, outputs
+    offs_g = b * sgb + pos_j[:, None] * sgl + h * sgh + pp[None, :] * sgp
+    offs_z = b * szb + pos_j[:, None] * szl + h * szh + pp[None, :] * szp
+    dx = du * dt_j[:, None]
+    if HAS_D:
+        dy_J = _load_dy(dout_ptr, z_ptr, offs_g, offs_z, jp_mask, HAS_Z)
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * sdh + pp * sdp, mask=p_mask, other=0.0).to(tl.float32)
+            dx += dy_J * Dv[None, :]
+        else:
+            dx += dy_J * tl.load(D_ptr + h * sdh).to(tl.float32)
+        tl.store(dD_ptr + (tl.program_id(0) * BH + bh) * BLOCK_P + pp, tl.sum(dy_J * x_J, axis=0))
+    tl.store(dx_ptr + b * sob + pos_j[:, None] * sol + h * soh + pp[None, :] * sop,
+             dx.to(dx_ptr.dtype.element_ty), mask=jp_mask)
+    if HAS_Z:
+        do = tl.load(dout_ptr + offs_g, mask=jp_mask, other=0.0).to(tl.float32)
+        zz = tl.load(z_ptr + offs_z, mask=jp_mask, other=0.0).to(tl.float32)
+        pre = tl.load(pre_ptr + b * sob + pos_j[:, None] * sol + h * soh + pp[None, :] * sop, mask=jp_mask,
+                      other=0.0).to(tl.float32)
+        sig = 1.0 / (1.0 + tl.exp(-zz))
+        dz = do * pre * sig * (1.0 + zz * (1.0 - sig))
+        tl.store(dz_ptr + b * sob + pos_j[:, None] * sol + h * soh + pp[None, :] * sop,
+                 dz.to(dz_ptr.dtype.element_ty), mask=jp_mask)
+    tl.store(dux_ptr + row + j, tl.sum(du * x_J, axis=1), mask=j < T)
+    tl.store(col_ptr + row + j, col, mask=j < T)
+
+
+@triton.jit
+def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
+                   dgm_ptr, rowp_ptr, dC_ptr,
+                   L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
+                   sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
+                   scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn,
+                   HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one row block i of one chunk and group, over the heads
+    h of split `split` (HPS heads each):
+        dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j] (j blocks <= i block)
+        dC_i = sum_j dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc   -> dC[split, b, pos, g, :] (fp32 partial)
+        rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi."""
+    n_ib = tl.cdiv(T, BLOCK_T)
+    c = tl.program_id(0) // n_ib
+    i0 = (tl.program_id(0) % n_ib) * BLOCK_T
+    bg = tl.program_id(1)
+    b = bg // G
+    g = bg % G
+    split = tl.program_id(2)
+    h_lo = g * HPG + split * HPS
+    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
+    i = i0 + tl.arange(0, BLOCK_T)
+    pos_i = c * T + i
+    valid_i = (i < T) & (pos_i < L)
+    pp = tl.arange(0, BLOCK_P)
+    nn = tl.arange(0, BLOCK_N)
+    p_mask = pp < P
+    n_mask = nn < N
+    ip_mask = valid_i[:, None] & p_mask[None, :]
+    C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
+                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+    keep_q = valid_i
+    if HAS_SEG:
+        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+        keep_q = keep_q & (seg_i == entering)
+    n_jb = tl.cdiv(T, BLOCK_T)
+    offs_g = b * sgb + pos_i[:, None] * sgl + pp[None, :] * sgp
+    offs_z = b * szb + pos_i[:, None] * szl + pp[None, :] * szp
+
+    # the entering states' part
+    dC = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+    for h in range(h_lo, h_hi):
+        bh = b * H + h
+        cs_i = tl.load(cs_ptr + bh * LP + c * T + i, mask=i < T, other=0.0)
+        q = tl.where(keep_q, tl.exp(tl.where(keep_q, cs_i, 0.0).to(tl.float32)), 0.0)
+        dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
+        hp = tl.load(st_ptr + b * stb + c * stc + h * sth + pp[:, None] * stp + nn[None, :] * stn,
+                     mask=p_mask[:, None] & n_mask[None, :], other=0.0)
+        Z = _dot_split(dy_I, hp, True, True, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
+        dC += Z
+        tl.store(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + c * T + i,
+                 tl.sum(Z * C_I.to(tl.float32), axis=1), mask=i < T)
+
+    # within the chunk: column blocks up to the diagonal
+    dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
+    for j0 in range(0, i0 + 1, BLOCK_T):
+        j = j0 + tl.arange(0, BLOCK_T)
+        pos_j = c * T + j
+        valid_j = (j < T) & (pos_j < L)
+        B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
+                      mask=valid_j[:, None] & n_mask[None, :], other=0.0)
+        CB = _dot(C_I, tl.trans(B_J), DOT_DTYPE, PRECISION, EMULATE)
+        keep = (j[None, :] <= i[:, None]) & valid_i[:, None] & valid_j[None, :]
+        if HAS_SEG:
+            seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
+            keep = keep & (seg_i[:, None] == seg_j[None, :])
+        strict = j[None, :] < i[:, None]
+        acc = tl.zeros([BLOCK_T, BLOCK_T], dtype=tl.float32)
+        for h in range(h_lo, h_hi):
+            bh = b * H + h
+            row = bh * LP + c * T
+            cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
+            cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
+            dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+            M = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)), 0.0)
+            dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
+            xT = tl.load(x_ptr + b * sxb + pos_j[None, :] * sxl + h * sxh + pp[:, None] * sxp,
+                         mask=p_mask[:, None] & valid_j[None, :], other=0.0)
+            dG = _dot_split(dy_I, xT, True, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
+            acc += dG
+            tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i,
+                     tl.sum(tl.where(strict, dG * CB, 0.0).to(tl.float64), axis=1), mask=i < T)
+        dC += _dot(acc, B_J, DOT_DTYPE, PRECISION, EMULATE)
+        tl.store(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], acc, mask=(i < T)[:, None] & (j < T)[None, :])
+    dC_off = ((split * BZ + b) * L + pos_i[:, None]) * G * N + g * N + nn[None, :]
+    tl.store(dC_ptr + dC_off, dC, mask=valid_i[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_ptr, cu_ptr, dgm_ptr, dB_ptr,
+                   L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
+                   sxb, sxl, sxh, sxp, scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
+                   HAS_SEG: tl.constexpr, HAS_DV: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one column block j of one chunk and group:
+        dB_j = sum_{i >= j} dGm[i, j] C_i + sum_h r_hj u_hj^T dHP_h[c + 1] + sum_{h, s} w_h[e, j] u_hj^T dvarlen_hs
+    -> dB[split, b, pos, g, :] (fp32 partial)."""
+    n_jb = tl.cdiv(T, BLOCK_T)
+    c = tl.program_id(0) // n_jb
+    j0 = (tl.program_id(0) % n_jb) * BLOCK_T
+    bg = tl.program_id(1)
+    b = bg // G
+    g = bg % G
+    split = tl.program_id(2)
+    h_lo = g * HPG + split * HPS
+    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
+    j = j0 + tl.arange(0, BLOCK_T)
+    pos_j = c * T + j
+    valid_j = (j < T) & (pos_j < L)
+    pp = tl.arange(0, BLOCK_P)
+    nn = tl.arange(0, BLOCK_N)
+    p_mask = pp < P
+    n_mask = nn < N
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+    dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
+    for i0 in range(j0, T, BLOCK_T):
+        i = i0 + tl.arange(0, BLOCK_T)
+        pos_i = c * T + i
+        valid_i = (i < T) & (pos_i < L)
+        dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], mask=(i < T)[:, None] & (j < T)[None, :],
+                     other=0.0)
+        C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
+                      mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+        acc += _dot(tl.trans(dG), C_I, DOT_DTYPE, PRECISION, EMULATE)
+
+    keep_r = valid_j
+    if HAS_SEG:
+        seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+        keep_r = keep_r & (seg_j == seg_end)
+    if HAS_DV:
+        s_lo = tl.load(vlo_ptr + c)
+        s_hi = tl.load(vlo_ptr + c + 1)
+    for h in range(h_lo, h_hi):
+        bh = b * H + h
+        row = bh * LP + c * T
+        cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
+        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+        x_J = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + pp[None, :] * sxp,
+                      mask=valid_j[:, None] & p_mask[None, :], other=0.0)
+        cs_end = tl.load(cs_ptr + row + T - 1)
+        r = tl.where(keep_r, tl.exp(tl.where(keep_r, cs_end - cs_j, 0.0).to(tl.float32)), 0.0)
+        ds = tl.load(dhp_ptr + b * stb + (c + 1) * stc + h * sth + pp[:, None] * stp + nn[None, :] * stn,
+                     mask=pn_mask, other=0.0)
+        acc += _dot_split(x_J, ds, False, True, DOT_DTYPE, PRECISION, EMULATE) * (dt_j * r)[:, None]  # x exact, scales after
+        if HAS_DV:
+            for s in range(s_lo, s_hi):
+                e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
+                ie = e - c * T
+                if ie >= j0:
+                    keep = (j <= ie) & valid_j
+                    if HAS_SEG:
+                        keep = keep & (seg_j == tl.load(seg_ptr + e * ssl))
+                    w = tl.where(keep, tl.exp(tl.where(keep, tl.load(cs_ptr + row + ie) - cs_j, 0.0)
+                                              .to(tl.float32)), 0.0)
+                    dv = tl.load(dv_ptr + s * svs + h * svh + pp[:, None] * svp + nn[None, :] * svn,
+                                 mask=pn_mask, other=0.0)
+                    acc += _dot_split(x_J, dv, False, True, DOT_DTYPE, PRECISION, EMULATE) * (dt_j * w)[:, None]
+    dB_off = ((split * BZ + b) * L + pos_j[:, None]) * G * N + g * N + nn[None, :]
+    tl.store(dB_ptr + dB_off, acc, mask=valid_j[:, None] & n_mask[None, :])

@@ -1,0 +1,129 @@
+"""Triton backward of ssd_chunk_scan: chunk and block edges, ngroups with several heads per program, D per
+head-dim, active dt_limit clamps, varlen states (sequences ending on chunk edges, several per chunk, loss on
+them alone), and bitwise reproducibility under torch.use_deterministic_algorithms. Each checks every gradient
+against the sequential fp32 reference (tests/helpers.check_parity)."""
+import math
+
+import pytest
+import torch
+
+from ssm_kernels.ssd_chunk_scan import ssd_chunk_scan
+from tests.helpers import backend_device, check_parity
+from tests.ssd_chunk_scan.test_ssd_chunk_scan import grads_of, make_inputs, random_seq_idx, reference
+
+
+def triton_scan(**kw):
+    return ssd_chunk_scan(**kw, backend="triton")
+
+
+@pytest.mark.parametrize("length,chunk_size", [
+    (64, 64),    # one full chunk, one row block
+    (128, 64),   # two full chunks
+    (129, 64),   # one step into a third chunk
+    (96, 80),    # chunk of one full and one partial row block (64 + 16)
+    (20, 300),   # chunk longer than the sequence
+    (33, 1),     # one step per chunk
+])
+def test_chunk_edges(length, chunk_size):
+    device = backend_device("triton")
+    inputs = make_inputs(1, length, 2, 8, 1, 6, torch.float32, device)
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=chunk_size,
+                 dt_softplus=True, return_final_states=True)
+
+
+@pytest.mark.parametrize("split", [(1, 4), (2, 2), None])
+def test_ngroups_heads_per_program(monkeypatch, split):
+    """8 heads in 2 groups: dB / dC sum the 4 heads of a group, looped inside one program (split (1, 4)), over
+    two programs with partials summed by torch (2, 2), or as the launch heuristic picks (None)."""
+    from ssm_kernels.ssd_chunk_scan import triton as backend
+    if split is not None:
+        monkeypatch.setattr(backend, "_split_heads", lambda hpg, programs: split)
+    device = backend_device("triton")
+    inputs = make_inputs(2, 45, 8, 8, 2, 6, torch.float32, device, D_shape="HP")
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=16,
+                 dt_softplus=True, return_final_states=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dt_limit_clamps_both_sides(dtype):
+    """dt' clamped below and above on a good share of the steps: the gradient of dt / dt_bias passes only
+    where the clamp is inactive; D per head-dim."""
+    device = backend_device("triton")
+    inputs = make_inputs(2, 40, 4, 8, 2, 6, dtype, device, D_shape="HP")
+    check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), chunk_size=16, dt_softplus=True,
+                 dt_limit=(0.05, 0.15), return_final_states=True)
+
+
+def test_no_softplus_no_bias_no_z():
+    device = backend_device("triton")
+    inputs = make_inputs(1, 50, 4, 12, 4, 10, torch.float32, device, D_shape=None, z=False, init=False)
+    del inputs["dt_bias"]
+    inputs["dt"] = inputs["dt"].abs() * 0.3
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=32,
+                 return_final_states=True)
+
+
+@pytest.mark.parametrize("loss_on", ["all", "varlen"])
+def test_varlen_chunk_edges(loss_on):
+    """Sequences ending on the last row of a chunk (15, 31), several ending in one chunk (32..47: 33, 36, 40),
+    a one-step sequence, and the last sequence ending inside a chunk; with seq_idx boundaries too. "varlen":
+    the loss sees only the varlen states (so every gradient flows through them alone)."""
+    device = backend_device("triton")
+    length = 57
+    inputs = make_inputs(1, length, 4, 8, 2, 6, torch.float32, device)
+    inputs["cu_seqlens"] = torch.tensor([0, 16, 32, 34, 37, 41, 42, length], dtype=torch.int32, device=device)
+    inputs["seq_idx"] = random_seq_idx(1, length, device)
+    kw = dict(chunk_size=16, dt_softplus=True, return_final_states=True, return_varlen_states=True)
+    if loss_on == "varlen":
+        def only_varlen(fn):
+            return lambda **a: fn(**a, **kw)[2]
+        grads = ["x", "dt", "A", "B", "dt_bias", "initial_states"]  # varlen states do not see C, D, z
+        check_parity(only_varlen(triton_scan), only_varlen(reference), inputs, torch.float32, grads)
+    else:
+        check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_long_chunk(dtype):
+    """Two row blocks per chunk, headdim / d_state not powers of two, in fp16 / bf16."""
+    device = backend_device("triton")
+    inputs = make_inputs(1, 150, 2, 12, 1, 20, dtype, device, D_shape="H")
+    check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), chunk_size=128, dt_softplus=True,
+                 dt_limit=(0.0, 0.3), return_final_states=True)
+
+
+def test_backward_bitwise_deterministic():
+    """Under torch.use_deterministic_algorithms(True) two backward passes (varlen, seq_idx, ngroups, every
+    gradient) are bitwise equal: partial sums are written per program and reduced by torch, no atomics."""
+    device = backend_device("triton")
+    inputs = make_inputs(1, 40, 4, 8, 2, 6, torch.bfloat16, device, D_shape="HP")
+    cu = torch.tensor([0, 9, 16, 40], dtype=torch.int64, device=device)
+    seq_idx = random_seq_idx(1, 40, device)
+    names = grads_of(inputs)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = []
+        for _ in range(2):
+            leaves = {k: (v.detach().requires_grad_(k in names) if v is not None else None)
+                      for k, v in inputs.items()}
+            out, final, varlen = triton_scan(**leaves, chunk_size=16, dt_softplus=True, seq_idx=seq_idx,
+                                             cu_seqlens=cu, return_final_states=True, return_varlen_states=True)
+            gen = torch.Generator(device=device).manual_seed(3)
+            loss = sum((o.float() * torch.randn(o.shape, generator=gen, device=device)).sum()
+                       for o in (out, final, varlen))
+            runs.append(torch.autograd.grad(loss, [leaves[n] for n in names]))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for name, a, b in zip(names, *runs):
+        assert torch.isfinite(a.float()).all(), f"gradient of {name} is not finite"
+        assert torch.equal(a, b), f"gradient of {name} differs between two runs"
+
+
+def test_dt_limit_math_inf_default():
+    """The default dt_limit (0, inf) leaves dt' unclamped above (math.inf reaches the kernels as a float)."""
+    device = backend_device("triton")
+    inputs = make_inputs(1, 24, 2, 8, 1, 6, torch.float32, device)
+    inputs["dt"] = inputs["dt"] + 3.0  # large dt': softplus near linear
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=8,
+                 dt_softplus=True, dt_limit=(0.0, math.inf), return_final_states=True)
