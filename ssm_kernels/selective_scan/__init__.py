@@ -15,9 +15,19 @@ def _triton_supports(device, dtype, features) -> Optional[str]:
     return _dispatch.triton_supports(device, dtype, features)
 
 
+def _cuda_supports(device, dtype, features) -> Optional[str]:
+    if dtype == torch.float64:
+        return "the CUDA selective scan takes fp32 / fp16 / bf16 inputs; fp64 runs on the torch backend"
+    if features.get("fp64_A"):
+        return "the CUDA selective scan computes in fp32; fp64 / complex128 A runs on the torch backend"
+    return None
+
+
 _dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.reference", "selective_scan_torch")
 _dispatch.register("selective_scan", "triton", "ssm_kernels.selective_scan.triton", "selective_scan_triton",
                    supports=_triton_supports)
+_dispatch.register("selective_scan", "cuda", "ssm_kernels.selective_scan.cuda", "selective_scan_cuda",
+                   supports=_cuda_supports, extension="selective_scan")
 
 PARAM_DTYPES = (torch.float32, torch.float64)
 

@@ -1,0 +1,283 @@
+"""Binding to csrc/selective_scan: the CUDA forward and backward kernels of selective_scan as torch custom ops
+with autograd, and the backend function.
+
+Kernels (see the .cu files): one block per (channel, batch row) in the forward, one per (kch channels, batch
+row) in the backward. Saved for the backward: the inputs and the checkpoints (B, D, ceil(L / 512), N) fp32
+(complex A: (.., N, 2)), the state entering every 512 positions; never a (B, D, L, N) tensor.
+
+Arguments as the kernels take them (prepared in selective_scan_cuda, outside the custom op, so that autograd
+returns every gradient in its input's dtype): u, delta, z in one dtype (fp32 when the three differ), with any
+strides (the kernels take the L stride: no copies; unit stride and 16-byte alignment make loads vectorised);
+A fp32 / complex64 and the states fp32 / complex64; D, delta_bias fp32 contiguous; B, C in u's dtype or fp32
+(fixed ones fp32 / complex64; complex ones complex64, or real in u's dtype with interleaved (re, im) along 2L).
+Complex tensors reach the kernels as their real views.
+
+Memory of the backward beyond its outputs: with variable or grouped B / C, one partial sum of dB (and dC) per
+block of kch channels, (B, D / kch, N, L) fp32 ((.., 2) complex), kch = the largest power of two <= 16 that
+divides the channels per group; summed with torch (deterministic, no atomics). For the (4, 4096, 4096) N=16
+case: 2 x 4 x 256 x 16 x 4096 x 4 bytes = 537 MB. Plus a (B, D, N) fp32 workspace.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._utils import new_output
+
+CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
+MAX_CHANNELS_PER_BLOCK = 16
+
+
+def _real(t: Optional[Tensor]) -> Optional[Tensor]:
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
+
+
+def _bc_arg(X: Tensor, dim: int, cplx: bool) -> Tuple[Tensor, List[int]]:
+    """B or C as the kernel takes it: (real tensor, [fixed, channels per group, stride batch, stride group,
+    stride n, stride l, offset of the imaginary part]) in elements of that tensor."""
+    if X.is_complex():
+        Xr = torch.view_as_real(X)
+        st, im = list(Xr.stride()[:-1]), 1
+    elif cplx:  # real with (re, im) pairs interleaved along a last axis of 2L
+        Xr = X
+        st, im = list(X.stride()), X.stride(-1)
+        st[-1] *= 2
+    else:
+        Xr, st, im = X, list(X.stride()), 0
+    if X.dim() == 2:
+        return Xr, [1, 1, 0, st[0], st[1], 0, im]
+    if X.dim() == 3:
+        return Xr, [0, dim, st[0], 0, st[1], st[2], im]
+    return Xr, [0, dim // X.shape[1], st[0], st[1], st[2], st[3], im]
+
+
+def _channels_per_block(dim: int, lay_B: List[int], lay_C: List[int]) -> int:
+    """Channels per backward block: 1 when B and C are fixed, else the largest power of two <= 16 dividing
+    the channels per group of every variable one (a block's channels share one group)."""
+    kch = 1
+    cpgs = [lay[1] for lay in (lay_B, lay_C) if not lay[0]]
+    if cpgs:
+        kch = MAX_CHANNELS_PER_BLOCK
+        for cpg in cpgs:
+            kch = min(kch, cpg & -cpg)
+    return kch
+
+
+def _seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """(start (L,), end (L,), empty (S,)) int32: start[t] / end[t] = the sequence starting / ending at t, or -1."""
+    cu = cu_seqlens.to(torch.int64)
+    S = cu.numel() - 1
+    empty = cu[1:] == cu[:-1]
+    ids = torch.arange(S, dtype=torch.int32, device=cu.device)
+    start = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
+    end = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
+    start.scatter_(0, torch.where(empty, L, cu[:-1]), ids)  # empty sequences write the dummy slot L
+    end.scatter_(0, torch.where(empty, L, cu[1:] - 1), ids)
+    return start[:L].contiguous(), end[:L].contiguous(), empty
+
+
+def _rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
+    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def _n_ckpt(L: int) -> int:
+    return (L + CKPT_SPACING - 1) // CKPT_SPACING
+
+
+# --- launchers --------------------------------------------------------------------------------------------
+def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    cplx = A.is_complex()
+    state_dtype = torch.complex64 if cplx else torch.float32
+    pair = (2,) if cplx else ()
+    rows = _rows(u, cu_seqlens)
+    y = new_output((batch, dim, L), u.dtype, u.device)
+    final = new_output((rows, dim, N), state_dtype, u.device)
+    ckpt = new_output((batch, dim, _n_ckpt(L) if save_checkpoints else 0, N, *pair), torch.float32, u.device)
+    init = (initial_state if initial_state is not None
+            else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
+    if L == 0:
+        return y, init.clone(), ckpt
+    start = end = empty = None
+    if cu_seqlens is not None:
+        start, end, empty = _seq_markers(cu_seqlens, L)
+    B_arg, lay_B = _bc_arg(B, dim, cplx)
+    C_arg, lay_C = _bc_arg(C, dim, cplx)
+    torch.ops.ssm_kernels_cuda.selective_scan_fwd(
+        u, delta, _real(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus, _real(initial_state),
+        start, end, y, _real(final), ckpt)
+    if empty is not None:  # an empty sequence's final state is its initial state
+        final = torch.where(empty[:, None, None], init, final)
+    return y, final, ckpt
+
+
+def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    cplx = A.is_complex()
+    state_dtype = torch.complex64 if cplx else torch.float32
+    pair = (2,) if cplx else ()
+    rows = _rows(u, cu_seqlens)
+    dev = u.device
+    B_arg, lay_B = _bc_arg(B, dim, cplx)
+    C_arg, lay_C = _bc_arg(C, dim, cplx)
+    fixed_B, fixed_C = bool(lay_B[0]), bool(lay_C[0])
+    kch = _channels_per_block(dim, lay_B, lay_C)
+    n_dblocks = dim // kch
+    du = new_output((batch, dim, L), u.dtype, dev)
+    ddelta = new_output((batch, dim, L), delta.dtype, dev)
+    dz = new_output((batch, dim, L), z.dtype, dev) if z is not None else u.new_empty((0,))
+    dA = new_output((batch, dim, N, *pair), torch.float32, dev)
+    dD = new_output((batch, dim), torch.float32, dev)
+    dbias = new_output((batch, dim), torch.float32, dev)
+    dB = new_output(((batch, dim, N) if fixed_B else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
+    dC = new_output(((batch, dim, N) if fixed_C else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
+    dh0 = (new_output((rows, dim, N, *pair), torch.float32, dev) if initial_state is not None
+           else u.new_empty((0,), dtype=torch.float32))
+    workspace = torch.empty((batch, dim, N, *pair), dtype=torch.float32, device=dev)
+    start = end = empty = None
+    if cu_seqlens is not None:
+        start, end, empty = _seq_markers(cu_seqlens, L)
+    if dfinal is not None:
+        dfinal = dfinal.to(state_dtype).contiguous()
+    if L > 0:
+        torch.ops.ssm_kernels_cuda.selective_scan_bwd(
+            u, delta, _real(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus,
+            _real(initial_state), start, end, dout, _real(dfinal), ckpt, kch,
+            du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, workspace)
+    else:
+        for t in (dA, dD, dbias, dB, dC):
+            t.zero_()
+
+    def as_state(t):  # fp32 (.., 2) -> complex64 for complex A
+        return torch.view_as_complex(t) if cplx else t
+
+    if initial_state is not None:
+        passed = dfinal if dfinal is not None else torch.zeros(rows, dim, N, dtype=state_dtype, device=dev)
+        if L == 0:
+            dh0 = passed.clone()
+        else:
+            dh0 = as_state(dh0)
+            if empty is not None:  # an empty sequence passes dfinal straight to its initial state
+                dh0 = torch.where(empty[:, None, None], passed, dh0)
+
+    def reduce_bc(part, X, fixed):
+        if fixed:
+            g = part.sum(0)
+        elif X.dim() == 3:
+            g = part.sum(1)
+        else:
+            groups = X.shape[1]
+            g = part.view(batch, groups, n_dblocks // groups, N, L, *pair).sum(2)
+        if cplx:
+            g = torch.view_as_complex(g.contiguous())
+            if not X.is_complex():  # interleaved (re, im) along 2L
+                g = torch.view_as_real(g).flatten(-2)
+        return g.to(X.dtype)
+
+    return (du, ddelta, as_state(dA.sum(0).contiguous()).to(A.dtype), reduce_bc(dB, B, fixed_B),
+            reduce_bc(dC, C, fixed_C), dD.sum(0).to(D.dtype) if D is not None else None,
+            dz if z is not None else None,
+            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            dh0.to(initial_state.dtype) if initial_state is not None else None)
+
+
+# --- autograd wiring --------------------------------------------------------------------------------------
+@torch.library.custom_op("ssm_kernels::selective_scan_cuda", mutates_args=())
+def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                       initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
+                    save_checkpoints)
+
+
+@_selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    cplx = A.is_complex()
+    return (u.new_empty(u.shape),
+            u.new_empty((_rows(u, cu_seqlens), dim, N), dtype=torch.complex64 if cplx else torch.float32),
+            u.new_empty((batch, dim, _n_ckpt(L) if save_checkpoints else 0, N, *((2,) if cplx else ())),
+                        dtype=torch.float32))
+
+
+@torch.library.custom_op("ssm_kernels::selective_scan_cuda_bwd", mutates_args=())
+def _selective_scan_bwd_op(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor,
+                           B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+                           delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
+                           cu_seqlens: Optional[Tensor], ckpt: Tensor
+                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    grads = _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                      cu_seqlens, ckpt)
+    return tuple(g if g is not None else u.new_empty((0,)) for g in grads)
+
+
+@_selective_scan_bwd_op.register_fake
+def _(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
+    def like(t):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty((0,))
+    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, _ = inputs
+    ctx.delta_softplus = delta_softplus
+    ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
+
+
+def _backward_autograd(ctx, dy, dfinal, _dckpt):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
+    if ckpt.shape[2] == 0 and u.shape[2] > 0:
+        raise RuntimeError("selective_scan (cuda): the forward ran without checkpoints (no input required "
+                           "grad when it ran), so it cannot be differentiated")
+    grads = torch.ops.ssm_kernels.selective_scan_cuda_bwd(
+        dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, cu_seqlens, ckpt)
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
+    has_D, has_z, has_bias, has_h0 = ctx.present
+    return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None, dbias if has_bias else None,
+            None, dh0 if has_h0 else None, None, None)
+
+
+torch.library.register_autograd("ssm_kernels::selective_scan_cuda", _backward_autograd,
+                                setup_context=_setup_context)
+
+
+# --- backend function --------------------------------------------------------------------------------------
+def _bc_input(X: Tensor, common: torch.dtype, cplx: bool) -> Tensor:
+    """B or C in a dtype the kernels read: u's dtype or fp32 (fixed: fp32 / complex64; complex: complex64)."""
+    if X.is_complex() or (cplx and X.dim() == 2):
+        return X.to(torch.complex64)
+    if X.dim() == 2 or X.dtype != common:
+        return X.to(torch.float32)
+    return X
+
+
+def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        initial_state=None, cu_seqlens=None):
+    """CUDA backend of selective_scan: same arguments as selective_scan_torch; returns
+    (out (B, D, L) in u's dtype, final state (B or S, D, N) fp32, complex64 for complex A)."""
+    if A.dtype in (torch.float64, torch.complex128):
+        raise NotImplementedError("selective_scan: the CUDA backend computes in fp32; A is "
+                                  f"{str(A.dtype).replace('torch.', '')}")
+    out_dtype = u.dtype
+    common = u.dtype
+    if common == torch.float64 or delta.dtype != common or (z is not None and z.dtype != common):
+        common = torch.float32  # mixed dtypes: the kernel reads one dtype
+    cplx = A.is_complex()
+    state_dtype = torch.complex64 if cplx else torch.float32
+    args = (u.to(common), delta.to(common), A.to(state_dtype), _bc_input(B, common, cplx),
+            _bc_input(C, common, cplx), None if D is None else D.to(torch.float32).contiguous(),
+            None if z is None else z.to(common),
+            None if delta_bias is None else delta_bias.to(torch.float32).contiguous(), bool(delta_softplus),
+            None if initial_state is None else initial_state.to(state_dtype), cu_seqlens)
+    # the checkpoints are only for the backward: inference skips writing them
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    y, final, _ = torch.ops.ssm_kernels.selective_scan_cuda(*args, save)
+    return y.to(out_dtype), final
