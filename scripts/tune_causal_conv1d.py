@@ -5,7 +5,7 @@ error of y / dx against the torch backend, so the winners can be written into
 ssm_kernels/causal_conv1d/triton.py (FWD_* and BWD_* constants). The causal-conv1d peer is timed in the same
 run when benchmarks.peers can load it (SSM_PEERS_DIR=peers).
 
-    SSM_PEERS_DIR=$PWD/peers python scripts/tune_causal_conv1d.py [--quick] [--length L] [--channel-last]
+    SSM_PEERS_DIR=$PWD/peers python scripts/tune_causal_conv1d.py [--quick] [--bwd-only] [--length L] [--channel-last]
 """
 import argparse
 import importlib
@@ -30,6 +30,7 @@ parser.add_argument("--batch", type=int, default=4)
 parser.add_argument("--dim", type=int, default=4096)
 parser.add_argument("--length", type=int, default=4096)
 parser.add_argument("--device", default="cuda")
+parser.add_argument("--bwd-only", action="store_true", help="skip the forward sweep")
 parser.add_argument("--channel-last", action="store_true", help="x as (B, L, D) memory viewed as (B, D, L)")
 args = parser.parse_args()
 
@@ -89,23 +90,32 @@ else:
     print("peer causal-conv1d: not loadable here (set SSM_PEERS_DIR to the peers folder)", flush=True)
 
 FWD_NAMES = ("FWD_BLOCK_L", "FWD_TILE", "FWD_NUM_WARPS", "FWD_TILES_PER_PROGRAM", "FWD_PACKED")
-BWD_NAMES = ("BWD_BLOCK_L", "BWD_TILE", "BWD_NUM_WARPS", "BWD_PROGRAMS_PER_SM", "BWD_UNITS_PER_PROGRAM")
+BWD_NAMES = ("BWD_BLOCK_L", "BWD_TILE", "BWD_NUM_WARPS", "BWD_PROGRAMS_PER_SM", "BWD_UNITS_PER_PROGRAM",
+             "BWD_PACKED")
 defaults = {name: getattr(T, name) for name in FWD_NAMES + BWD_NAMES + ("MAX_BLOCK_L", "CL_BLOCK_D")}
 T.MAX_BLOCK_L = 4096
 if args.quick:
     fwd_grid = [c + (p,) for p in (True, False) for c in [(256, 4096, 4, 1), (512, 4096, 4, 1),
                                                           (512, 8192, 8, 1), (1024, 8192, 8, 1), (256, 4096, 4, 2)]]
-    bwd_grid = [(256, 2048, 4, 4, 8), (256, 4096, 8, 2, 8), (512, 4096, 8, 2, 8), (128, 2048, 4, 4, 8),
-                (256, 2048, 4, 8, 8), (256, 2048, 4, 4, 2)]
+    # the packed backward (no scratch, more registers per position) around the per-tap path's best tiles,
+    # and two per-tap baselines
+    bwd_grid = [(256, 2048, 4, 4, 8, True), (512, 4096, 8, 2, 8, True), (256, 4096, 8, 2, 8, True),
+                (128, 2048, 4, 4, 8, True), (1024, 4096, 8, 2, 8, True), (256, 2048, 4, 8, 8, True),
+                (512, 4096, 8, 4, 8, True), (256, 4096, 4, 2, 8, True), (512, 2048, 4, 4, 8, True),
+                (512, 4096, 8, 2, 8, False), (256, 2048, 4, 4, 8, False)]
 else:
     fwd_grid = list(itertools.product((128, 256, 512, 1024), (4096, 8192), (4, 8), (1,), (True, False)))
     fwd_grid += [(256, 4096, 4, 2, True), (512, 4096, 8, 2, True), (256, 8192, 8, 2, True), (512, 8192, 8, 2, True)]
-    bwd_grid = list(itertools.product((128, 256, 512), (2048, 4096), (4, 8), (2, 4), (8,)))
-    bwd_grid += [(256, 2048, 4, 4, 2), (256, 2048, 4, 4, 32), (256, 2048, 4, 8, 8), (1024, 4096, 8, 2, 8)]
+    bwd_grid = list(itertools.product((128, 256, 512), (2048, 4096), (4, 8), (2, 4), (8,), (True, False)))
+    bwd_grid += [(256, 2048, 4, 4, 2, True), (256, 2048, 4, 4, 32, True), (256, 2048, 4, 8, 8, True),
+                 (1024, 4096, 8, 2, 8, True), (1024, 4096, 8, 4, 8, True), (512, 4096, 8, 1, 8, True)]
 if args.channel_last:  # channel-last tiles: CL_BLOCK_D along D, tile // CL_BLOCK_D along L
     fwd_grid = [c + (cl,) for c in fwd_grid for cl in (64, 128, 256) if c[0] == 256 and c[4]]
-    bwd_grid = [(c[0], c[1], c[2], c[3], c[4], cl) for c in bwd_grid for cl in (64, 128) if c[0] == 256]
+    # channel-last takes the per-tap backward whatever BWD_PACKED says: one value of it
+    bwd_grid = [c + (cl,) for c in bwd_grid for cl in (64, 128) if c[0] == 256 and c[5]]
 
+if args.bwd_only:
+    fwd_grid = []
 for config in fwd_grid:
     for name, value in zip(FWD_NAMES + ("CL_BLOCK_D",), config):
         setattr(T, name, value)

@@ -28,6 +28,13 @@ fp32 in global memory (P slots, a few MB: it stays in L2 / L1). Per tile:
      share of dweight from the same slot; barrier before the next tile overwrites the slot.
 dweight / dbias partial sums are written once per unit to a (B * n_lchunks, D, W) fp32 buffer and reduced
 with torch.sum (deterministic, no atomics).
+Channel-first without seq_idx (BWD_PACKED), every global load is an aligned 16-byte vector and there is no
+scratch slot nor barrier: x is read on t - 2E .. t + 2E in steps of E (the aligned group loads of the forward,
+L1 hits after the first), dout on t and t + E (t + 2E when W - 1 > E); the pre-activation of the tile and of
+the tile one group ahead (two when W - 1 > E) is rebuilt from the parts with the forward's helper
+(_packed_conv), so g is computed on t and on t + E, a second silu' per position instead of a scratch round
+trip; the shifted windows g[s + j] are parts of the current or next group (registers: _tap), which give dx
+and dweight; dinitial_states recomputes g[0 .. W-2] directly (first tile of a row only).
 """
 from __future__ import annotations
 
@@ -57,6 +64,9 @@ FWD_TILES_PER_PROGRAM = 1  # consecutive L tiles per forward program
 # W - 1 > the vector) as aligned vectors and pick the shifted taps in registers, instead of W - 1 unaligned
 # (scalar) L1 re-reads of the tile.
 FWD_PACKED = True
+# Channel-first backward without seq_idx: the same aligned packed taps, g recomputed on the tile and on the
+# tile one vector ahead (no scratch slot, no barriers), the shifted g windows picked in registers.
+BWD_PACKED = True
 BWD_BLOCK_L = 256
 BWD_TILE = 2048
 BWD_NUM_WARPS = 4
@@ -341,6 +351,13 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, y_ptr,
 
 
 @triton.jit
+def _dsilu_mul(dy, a):
+    """dy * silu'(a)."""
+    s = 1.0 / (1.0 + tl.exp(-a))
+    return dy * (s * (1.0 + a * (1.0 - s)))
+
+
+@triton.jit
 def _grad_pre(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, d, d_mask, t, L, sxl, swk, sil, ssl, sgl,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr,
               SILU: tl.constexpr, MASKED: tl.constexpr):
@@ -352,8 +369,7 @@ def _grad_pre(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, d, d_mask, t,
     if SILU:
         a, x_t = _pre_activation(x_row, w_row, bias_ptr, seq_row, init_row, d, d_mask, t, L, sxl, swk, sil, ssl,
                                  W, HAS_BIAS, HAS_SEQ, HAS_INIT, MASKED)
-        s = 1.0 / (1.0 + tl.exp(-a))
-        g = dy * (s * (1.0 + a * (1.0 - s)))
+        g = _dsilu_mul(dy, a)
     else:
         g = dy
         x_t = _load_xp(x_row, init_row, d_mask, t, L, sxl, sil, W, False, MASKED)
@@ -361,13 +377,45 @@ def _grad_pre(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, d, d_mask, t,
 
 
 @triton.jit
-def _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, scr_row, d, d_mask,
-              s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
+def _bwd_init(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, scr_row, d, d_mask, L, sxl, swk,
+              sil, ssl, sgl, sjl, scr_l, dw,
               W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
-              HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr,
-              MASKED: tl.constexpr):
-    """One (BLOCK_D, BLOCK_L) tile starting at position s0: writes dx (and dinitial_states when s0 == 0),
-    returns dw / db with the tile's share added. The scratch slot is free on entry and on exit."""
+              HAS_SEQ: tl.constexpr, SILU: tl.constexpr, FROM_SCRATCH: tl.constexpr):
+    """The first tile of a row: dinitial_states[p] = sum_j w_{W-1-j} g[p + j], p = -(W-1) .. -1, and the
+    initial states' share of dweight. g[0 .. W-2] is read from the scratch slot (FROM_SCRATCH) or recomputed
+    (the packed path has no slot: W small recomputations, once per row)."""
+    kk = tl.arange(0, W_PAD)[None, :]
+    p = tl.arange(0, INIT_PAD)[None, :] - (W - 1)
+    x_p = tl.load(init_row + (p + (W - 1)) * sil, mask=d_mask & (p < 0), other=0.0).to(tl.float32)
+    if HAS_SEQ:
+        seq_0 = tl.load(seq_row)
+    dinit = tl.zeros(x_p.shape, dtype=tl.float32)
+    for j in tl.static_range(W):
+        idx = p + j
+        # its own name: Triton 3.6 rejects rebinding a (BLOCK_D, BLOCK_L) variable to another shape
+        if FROM_SCRATCH:
+            gp = tl.load(scr_row + idx * scr_l, mask=(idx >= 0) & (p < 0), other=0.0)
+        else:
+            gp, _ = _grad_pre(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, d, d_mask, tl.maximum(idx, 0),
+                              L, sxl, swk, sil, ssl, sgl, W, HAS_BIAS, HAS_SEQ, True, SILU, True)
+            gp = tl.where((idx >= 0) & (p < 0), gp, 0.0)
+        if HAS_SEQ:
+            gp = tl.where(_load_seq(seq_row, idx, L, ssl, True) == seq_0, gp, 0.0)
+        dinit += tl.load(w_row + (W - 1 - j) * swk, mask=d_mask, other=0.0).to(tl.float32) * gp
+        dw += tl.where(kk == W - 1 - j, tl.sum(x_p * gp, axis=1)[:, None], 0.0)
+    tl.store(dinit_row + (p + (W - 1)) * sjl, dinit.to(dinit_row.dtype.element_ty), mask=d_mask & (p < 0))
+    return dw
+
+
+@triton.jit
+def _bwd_tile_scratch(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, scr_row, d,
+                      d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
+                      W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, BLOCK_L: tl.constexpr,
+                      MASKED: tl.constexpr):
+    """One (BLOCK_D, BLOCK_L) tile starting at position s0 through the scratch slot (any layout, seq_idx):
+    writes dx (and dinitial_states when s0 == 0), returns dw / db with the tile's share added. The scratch
+    slot is free on entry and on exit."""
     ri = tl.arange(0, BLOCK_L)[None, :]
     kk = tl.arange(0, W_PAD)[None, :]
     t = s0 + ri
@@ -397,24 +445,144 @@ def _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit
         tl.store(dx_row + t * sdl, dx.to(dx_row.dtype.element_ty), mask=d_mask & (t < L))
     else:
         tl.store(dx_row + t * sdl, dx.to(dx_row.dtype.element_ty))
-    # 3. the first tile of a row: dinitial_states[p] = sum_j w_{W-1-j} g[p + j], p = -(W-1) .. -1
+    # 3. the first tile of a row: dinitial_states and the initial states' share of dweight
     if HAS_INIT:
         if s0 == 0:
-            p = tl.arange(0, INIT_PAD)[None, :] - (W - 1)
-            x_p = tl.load(init_row + (p + (W - 1)) * sil, mask=d_mask & (p < 0), other=0.0).to(tl.float32)
-            if HAS_SEQ:
-                seq_0 = tl.load(seq_row)
-            dinit = tl.zeros(x_p.shape, dtype=tl.float32)
-            for j in tl.static_range(W):
-                idx = p + j
-                # its own name: Triton 3.6 rejects rebinding gj (BLOCK_D, BLOCK_L) to another shape here
-                gp = tl.load(scr_row + idx * scr_l, mask=(idx >= 0) & (p < 0), other=0.0)
-                if HAS_SEQ:
-                    gp = tl.where(_load_seq(seq_row, idx, L, ssl, True) == seq_0, gp, 0.0)
-                dinit += tl.load(w_row + (W - 1 - j) * swk, mask=d_mask, other=0.0).to(tl.float32) * gp
-                dw += tl.where(kk == W - 1 - j, tl.sum(x_p * gp, axis=1)[:, None], 0.0)
-            tl.store(dinit_row + (p + (W - 1)) * sjl, dinit.to(dinit_row.dtype.element_ty), mask=d_mask & (p < 0))
+            dw = _bwd_init(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, scr_row, d, d_mask, L,
+                           sxl, swk, sil, ssl, sgl, sjl, scr_l, dw, W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, SILU,
+                           True)
     tl.debug_barrier()  # every read of the slot is done before the next tile overwrites it
+    return dw, db
+
+
+@triton.jit
+def _packed_dx(e: tl.constexpr, E: tl.constexpr, W: tl.constexpr, acc, w0, w1, w2, w3, w4, w5, w6, w7,
+               g0, g1, g2, g3, g4, g5, g6, g7, n0, n1, n2, n3, n4, n5, n6, n7, m0, m1, m2, m3, m4, m5, m6, m7):
+    """Part e of dx: sum_j w_{W-1-j} g[E grp + e + j]; offset e + j is part of the group (g), of the next
+    group (n) or of the one after (m): _tap on the run g, n, m read from its far end."""
+    for j in tl.static_range(W):
+        acc += _nth(W - 1 - j, w0, w1, w2, w3, w4, w5, w6, w7) * _tap(
+            e + j - 2 * E, E, m0, m1, m2, m3, m4, m5, m6, m7, n0, n1, n2, n3, n4, n5, n6, n7,
+            g0, g1, g2, g3, g4, g5, g6, g7)
+    return acc
+
+
+@triton.jit
+def _bwd_tile_packed(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, d, d_mask,
+                     s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, dw, db,
+                     W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     HAS_INIT: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr, E: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One tile without scratch, every global load an aligned 16-byte vector (channel-first, no seq_idx).
+    g is computed on the tile (t) and on the tile one group ahead (t + E; and t + 2E when W - 1 > E), each
+    from the forward's packed taps (x on t - 2E .. t + 2E, aligned loads of the same lines); the shifted
+    windows g[s + j] are parts of the current or next groups (registers), as in the forward mirrored."""
+    kk = tl.arange(0, W_PAD)[None, :]
+    t = s0 + tl.arange(0, BLOCK_L)[None, :]
+    w0, w1, w2, w3, w4, w5, w6, w7 = _load_w8(w_row, d_mask, swk, W)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _load_parts(x_row, init_row, d_mask, t, L, sxl, sil, W, HAS_INIT, MASKED,
+                                                 E, BLOCK_D, BLOCK_L)
+    if MASKED:
+        dy = tl.load(dout_row + t * sgl, mask=d_mask & (t < L), other=0.0).to(tl.float32)
+        dyn = tl.load(dout_row + (t + E) * sgl, mask=d_mask & (t + E < L), other=0.0).to(tl.float32)
+    else:
+        dy = tl.load(dout_row + t * sgl).to(tl.float32)
+        dyn = tl.load(dout_row + (t + E) * sgl).to(tl.float32)
+    if W - 1 > E:
+        if MASKED:
+            dym = tl.load(dout_row + (t + 2 * E) * sgl, mask=d_mask & (t + 2 * E < L), other=0.0).to(tl.float32)
+        else:
+            dym = tl.load(dout_row + (t + 2 * E) * sgl).to(tl.float32)
+    else:
+        dym = dyn
+    if SILU:
+        p0, p1, p2, p3, p4, p5, p6, p7 = _load_parts(x_row, init_row, d_mask, t - E, L, sxl, sil, W, HAS_INIT,
+                                                     MASKED, E, BLOCK_D, BLOCK_L)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _load_parts(x_row, init_row, d_mask, t + E, L, sxl, sil, W, HAS_INIT,
+                                                     MASKED, E, BLOCK_D, BLOCK_L)
+        if W - 1 > E:
+            q0, q1, q2, q3, q4, q5, q6, q7 = _load_parts(x_row, init_row, d_mask, t - 2 * E, L, sxl, sil, W,
+                                                         HAS_INIT, MASKED, E, BLOCK_D, BLOCK_L)
+            m0, m1, m2, m3, m4, m5, m6, m7 = _load_parts(x_row, init_row, d_mask, t + 2 * E, L, sxl, sil, W,
+                                                         HAS_INIT, MASKED, E, BLOCK_D, BLOCK_L)
+        else:
+            q0, q1, q2, q3, q4, q5, q6, q7 = p0, p1, p2, p3, p4, p5, p6, p7
+            m0, m1, m2, m3, m4, m5, m6, m7 = n0, n1, n2, n3, n4, n5, n6, n7
+        acc = tl.zeros(c0.shape, dtype=tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        g = _dsilu_mul(dy, _packed_conv(acc, w0, w1, w2, w3, w4, w5, w6, w7, c0, c1, c2, c3, c4, c5, c6, c7,
+                                        p0, p1, p2, p3, p4, p5, p6, p7, q0, q1, q2, q3, q4, q5, q6, q7,
+                                        E, W, False, BLOCK_D, BLOCK_L))
+        gn = _dsilu_mul(dyn, _packed_conv(acc, w0, w1, w2, w3, w4, w5, w6, w7, n0, n1, n2, n3, n4, n5, n6, n7,
+                                          c0, c1, c2, c3, c4, c5, c6, c7, p0, p1, p2, p3, p4, p5, p6, p7,
+                                          E, W, False, BLOCK_D, BLOCK_L))
+        if W - 1 > E:
+            gm = _dsilu_mul(dym, _packed_conv(acc, w0, w1, w2, w3, w4, w5, w6, w7, m0, m1, m2, m3, m4, m5, m6, m7,
+                                              n0, n1, n2, n3, n4, n5, n6, n7, c0, c1, c2, c3, c4, c5, c6, c7,
+                                              E, W, False, BLOCK_D, BLOCK_L))
+        else:
+            gm = gn
+    else:
+        g, gn, gm = dy, dyn, dym
+    db += tl.sum(g, axis=1)[:, None]
+    g0, g1, g2, g3, g4, g5, g6, g7 = _unpack(g, BLOCK_D, BLOCK_L, E)
+    gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7 = _unpack(gn, BLOCK_D, BLOCK_L, E)
+    gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7 = _unpack(gm, BLOCK_D, BLOCK_L, E)
+    zero = tl.zeros(c0.shape, dtype=tl.float32)
+    dx0 = _packed_dx(0, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                     gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+    dx1 = _packed_dx(1, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                     gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+    dx2 = _packed_dx(2, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                     gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+    dx3 = _packed_dx(3, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                     gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+    dx4, dx5, dx6, dx7 = dx0, dx1, dx2, dx3
+    if E == 8:
+        dx4 = _packed_dx(4, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                         gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+        dx5 = _packed_dx(5, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                         gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+        dx6 = _packed_dx(6, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                         gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+        dx7 = _packed_dx(7, E, W, zero, w0, w1, w2, w3, w4, w5, w6, w7, g0, g1, g2, g3, g4, g5, g6, g7,
+                         gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7)
+    dx = _pack(dx0, dx1, dx2, dx3, dx4, dx5, dx6, dx7, BLOCK_D, BLOCK_L, E).to(dx_row.dtype.element_ty)
+    if MASKED:
+        tl.store(dx_row + t * sdl, dx, mask=d_mask & (t < L))
+    else:
+        tl.store(dx_row + t * sdl, dx)
+    # dweight[W-1-j] += sum_s x[s] g[s + j]: the parts of x times the window parts, summed over parts, then
+    # one reduction per tap
+    for j in tl.static_range(W):
+        corr = zero
+        for e in tl.static_range(E):
+            corr += _nth(e, c0, c1, c2, c3, c4, c5, c6, c7) * _tap(
+                e + j - 2 * E, E, gm0, gm1, gm2, gm3, gm4, gm5, gm6, gm7, gn0, gn1, gn2, gn3, gn4, gn5, gn6, gn7,
+                g0, g1, g2, g3, g4, g5, g6, g7)
+        dw += tl.where(kk == W - 1 - j, tl.sum(corr, axis=1)[:, None], 0.0)
+    if HAS_INIT:
+        if s0 == 0:
+            dw = _bwd_init(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, dinit_row, d, d_mask, L,
+                           sxl, swk, sil, ssl, sgl, sjl, 0, dw, W, W_PAD, INIT_PAD, HAS_BIAS, False, SILU, False)
+    return dw, db
+
+
+@triton.jit
+def _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, scr_row, d, d_mask,
+              s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
+              W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+              HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr,
+              PACK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    if PACK_E > 0:
+        dw, db = _bwd_tile_packed(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, d,
+                                  d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, dw, db, W, W_PAD, INIT_PAD,
+                                  HAS_BIAS, HAS_INIT, SILU, MASKED, PACK_E, BLOCK_D, BLOCK_L)
+    else:
+        dw, db = _bwd_tile_scratch(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
+                                   scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
+                                   W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, BLOCK_L, MASKED)
     return dw, db
 
 
@@ -425,6 +593,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, din
                 scr_d, scr_l,
                 W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
                 HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, EVEN_D: tl.constexpr,
+                PACK_E: tl.constexpr, BACK: tl.constexpr, AHEAD: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
     rd = tl.arange(0, BLOCK_D)[:, None]
@@ -450,18 +619,22 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, din
         for ltile in range(first, tl.minimum(first + tiles_per_chunk, n_ltiles)):
             s0 = ltile * BLOCK_L
             if EVEN_D:
-                if (s0 >= W - 1) & (s0 + BLOCK_L + W_PAD <= L):
+                # BACK / AHEAD: how far before / after the tile the loads reach
+                if (s0 >= BACK) & (s0 + BLOCK_L + AHEAD <= L):
                     dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                        scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, BLOCK_L, False)
+                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, False, PACK_E,
+                                       BLOCK_D, BLOCK_L)
                 else:
                     dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                        scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, BLOCK_L, True)
+                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E,
+                                       BLOCK_D, BLOCK_L)
             else:
                 dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                    scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                   W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, BLOCK_L, True)
+                                   W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E,
+                                   BLOCK_D, BLOCK_L)
         part = b * n_lchunks + lchunk
         tl.store(dw_ptr + part * D * W + d * W + kk, dw, mask=d_mask & (kk < W))
         tl.store(db_ptr + part * D + d, db, mask=d_mask)
@@ -512,6 +685,15 @@ def _strides3(t: Optional[Tensor]) -> Tuple[int, int, int]:
     return (0, 0, 0) if t is None else t.stride()
 
 
+def _pack_e(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, enabled: bool) -> int:
+    """E, the elements of one 16-byte vector (8 bf16 / fp16, 4 fp32), when the packed taps apply: channel-first
+    (L contiguous), no seq_idx, BLOCK_L a multiple of E; else 0 (the per-tap path)."""
+    pack_e = 16 // x.element_size()
+    if enabled and width > 1 and seq_idx is None and x.stride(2) == 1 and block_l % pack_e == 0:
+        return pack_e
+    return 0
+
+
 def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
                     initial_states: Optional[Tensor], silu: bool) -> Tensor:
     batch, dim, length = x.shape
@@ -520,10 +702,7 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
     block_d, block_l = _blocks(dim, length, _channel_last(x), FWD_TILE, min(FWD_BLOCK_L, MAX_BLOCK_L),
                                CL_BLOCK_D)
     tiles = max(1, min(FWD_TILES_PER_PROGRAM, triton.cdiv(length, block_l)))
-    # packed taps: channel-first (L contiguous), no seq_idx, groups of one 16-byte vector (8 bf16/fp16, 4 fp32)
-    pack_e = 16 // x.element_size()
-    if not (FWD_PACKED and width > 1 and seq_idx is None and x.stride(2) == 1 and block_l % pack_e == 0):
-        pack_e = 0
+    pack_e = _pack_e(x, width, seq_idx, block_l, FWD_PACKED)
     reach = width - 1 if pack_e == 0 else pack_e * triton.cdiv(width - 1, pack_e)
     grid = (triton.cdiv(length, block_l * tiles), triton.cdiv(dim, block_d), batch)
     _fwd_kernel[grid](
@@ -558,8 +737,16 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
                        x.device)
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
     db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
-    # g scratch, one slot per program, laid out like x's tiles (the contiguous axis stays contiguous)
-    scratch = torch.empty((programs, block_d * (block_l + w_pad)), dtype=torch.float32, device=x.device)
+    pack_e = _pack_e(x, width, seq_idx, block_l, BWD_PACKED)
+    # BACK / AHEAD: how far before / after a tile its loads reach (the unmasked path needs both inside [0, L))
+    if pack_e:
+        back = ahead = pack_e * triton.cdiv(width - 1, pack_e)
+    else:
+        back, ahead = width - 1, w_pad
+    # g scratch of the per-tap path, one slot per program, laid out like x's tiles (the contiguous axis stays
+    # contiguous); the packed path has none
+    scr_numel = 1 if pack_e else programs * block_d * (block_l + w_pad)
+    scratch = torch.empty((scr_numel,), dtype=torch.float32, device=x.device)
     scr_d, scr_l = (1, block_d) if channel_last else (block_l + w_pad, 1)
     has_init = initial_states is not None and width > 1
     _bwd_kernel[(programs,)](
@@ -571,7 +758,8 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         scr_d, scr_l,
         W=width, W_PAD=w_pad, INIT_PAD=triton.next_power_of_2(max(width - 1, 1)),
         HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=has_init, SILU=silu,
-        EVEN_D=dim % block_d == 0, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=BWD_NUM_WARPS)
+        EVEN_D=dim % block_d == 0, PACK_E=pack_e, BACK=back, AHEAD=ahead, BLOCK_D=block_d, BLOCK_L=block_l,
+        num_warps=BWD_NUM_WARPS)
     if not has_init and need_dinit:
         dinit.zero_()  # W == 1: an empty state, nothing to write
     return dx, dw_part.sum(0), db_part.sum(0), dinit

@@ -6,6 +6,7 @@ import torch
 
 from ssm_kernels import causal_conv1d
 from tests.causal_conv1d.test_causal_conv1d import make_inputs, reference
+from ssm_kernels.testing import assert_close
 from tests.helpers import check_parity
 
 
@@ -52,6 +53,62 @@ def test_forward_packed_taps(triton_device, conv_module, monkeypatch, packed, dt
     small_tiles(monkeypatch, conv_module, FWD_PACKED=packed)
     inputs = make_inputs(2, 32, 103, width, dtype, triton_device, init=True)
     parity(inputs, dtype)
+
+
+def backward_both_paths(module, monkeypatch, inputs, activation="silu"):
+    """The backward op's four gradients (dx, dweight, dbias, dinitial_states) through the packed path and
+    through the per-tap scratch path, on the same inputs and cotangent; asserts the packed path is taken."""
+    x, weight = inputs["x"], inputs["weight"]
+    dout = torch.randn_like(x)
+    block_d, block_l = module._blocks(x.shape[1], x.shape[2], False, module.BWD_TILE,
+                                      min(module.BWD_BLOCK_L, module.MAX_BLOCK_L), module.CL_BLOCK_D)
+    assert module._pack_e(x, weight.shape[1], None, block_l, True) == 16 // x.element_size()
+    grads = {}
+    for packed in (True, False):
+        monkeypatch.setattr(module, "BWD_PACKED", packed)
+        grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
+                                         activation == "silu")
+    for name, a, b in zip(("dx", "dweight", "dbias", "dinitial_states"), grads[True], grads[False]):
+        assert a.dtype == b.dtype, name
+        assert_close(a, b, x.dtype, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # 16-byte groups of 4 / 8 elements
+@pytest.mark.parametrize("width", [2, 3, 4, 5, 6, 7, 8])  # fp32 W > 5: g two groups ahead, x two groups back
+def test_backward_packed_matches_per_tap(triton_device, conv_module, monkeypatch, dtype, width):
+    """The packed backward (aligned loads, g recomputed one group ahead, shifted windows in registers) against
+    the per-tap scratch backward: every gradient, L = 103 over 16-position tiles (first tile with initial
+    states, unmasked interior tiles, a partial last tile)."""
+    small_tiles(monkeypatch, conv_module)
+    backward_both_paths(conv_module, monkeypatch,
+                        make_inputs(2, 32, 103, width, dtype, triton_device, init=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim,length,max_block_l,width,activation,bias", [
+    (32, 96, 1024, 4, "silu", True),  # L a multiple of BLOCK_L: the last tile's look-ahead past L
+    (21, 103, 1024, 8, None, True),  # D not a multiple of BLOCK_D (masked everywhere), no activation
+    (16, 5, 1024, 3, "silu", False),  # L < BLOCK_L = 8: one masked tile, halo and initial states overlap
+    (16, 37, 8, 5, "silu", True),  # BLOCK_L = 8: one bf16 group per tile, the next group is the next tile
+    (16, 61, 8, 8, None, False),
+])
+def test_backward_packed_edges(triton_device, conv_module, monkeypatch, dtype, dim, length, max_block_l, width,
+                               activation, bias):
+    """The packed backward at tile edges: against the per-tap path and against the reference."""
+    small_tiles(monkeypatch, conv_module, MAX_BLOCK_L=max_block_l)
+    inputs = make_inputs(2, dim, length, width, dtype, triton_device, bias=bias, init=True)
+    backward_both_paths(conv_module, monkeypatch, inputs, activation)
+    monkeypatch.setattr(conv_module, "BWD_PACKED", True)
+    parity(inputs, dtype, activation)
+
+
+def test_backward_packed_group_tiles_fp32(triton_device, conv_module, monkeypatch):
+    """fp32, BLOCK_L = 4 = one group per tile and W = 8: g is needed two tiles ahead, x two tiles back."""
+    small_tiles(monkeypatch, conv_module, MAX_BLOCK_L=4)
+    inputs = make_inputs(2, 16, 29, 8, torch.float32, triton_device, init=True)
+    backward_both_paths(conv_module, monkeypatch, inputs)
+    monkeypatch.setattr(conv_module, "BWD_PACKED", True)
+    parity(inputs)
 
 
 @pytest.mark.parametrize("programs,units_per_program", [(None, 8), (None, 1), (1, 8), (5, 1), (64, 8)])
