@@ -202,8 +202,10 @@ class DSS(KernelConvLayer):
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             coef, log_z, flipped, W = self._modes(self.l_max)
             P = self.dt_lambda()
-            if flipped.any():  # a flipped mode's term coef exp(-P (l_max-1-l)) is coef exp(-P (l_max-1)) exp(P l)
-                coef = torch.where(flipped, coef * torch.exp(log_z * (self.l_max - 1)), coef)
+            if self.version != "exp":  # only softmax kernels flip modes
+                # a flipped mode's term coef exp(-P (l_max-1-l)) is coef exp(-P (l_max-1)) exp(P l); no host
+                # branch on `flipped` (steps are captured in CUDA graphs), and exp(0) = 1 for the other modes
+                coef = coef * torch.exp(torch.where(flipped, log_z * (self.l_max - 1), torch.zeros_like(log_z)))
             u = x_t.float()
             state = torch.exp(P) * state + u.unsqueeze(-1)
             y = (W * coef * state).sum(-1).real + self.D.float() * u
