@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Device-tool steps of session 4. STEPS picks what runs (space-separated): conv decode scan_cuda scan_triton ssd.
+# Device-tool steps of session 4. STEPS picks what runs (space-separated): conv decode scan_cuda scan_triton ssd
+# bench graph.
 # Logs under $OUT; a short summary prints last.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
@@ -25,6 +26,19 @@ for step in ${STEPS:-conv decode}; do
       timeout 240 python3 scripts/gpu_parity.py --ops selective_scan --backends triton --quick --out "$OUT/parity_scan" > "$OUT/parity_scan.log" 2>&1
       echo "parity scan rc=$?"; sed -n '/================ worst/,$p' "$OUT/parity_scan.log"
       timeout 240 python3 scripts/tune_selective_scan.py > "$OUT/tune_scan.log" 2>&1; echo "tune scan rc=$?"; tail -40 "$OUT/tune_scan.log";;
+    bench)
+      for spec in "causal_conv1d triton cuda peer:causal_conv1d" "selective_scan triton cuda peer:mamba_ssm" \
+                  "ssd_chunk_scan triton peer:mamba_ssm peer:fla" "selective_state_update triton peer:mamba_ssm" \
+                  "causal_conv1d_update triton peer:causal_conv1d"; do
+        set -- $spec; op=$1; shift
+        only=(); for v in "$@"; do only+=(--only "$v"); done
+        timeout "${BENCH_TIMEOUT:-150}" python3 -m benchmarks --op "$op" --peers "${only[@]}" \
+          --json "$OUT/bench_$op.json" >> "$OUT/bench.txt" 2>> "$OUT/bench.err"; echo "bench $op rc=$?"
+      done
+      grep -v "^#" "$OUT/bench.txt" | grep -v "^op "; grep -v "^done" "$OUT/bench.err" | tail -5;;
+    graph)
+      timeout 150 python3 -m pytest -q tests/ssm_universal/test_models.py -k cuda_graph > "$OUT/cuda_graph_test.log" 2>&1
+      echo "cuda graph test rc=$?"; tail -8 "$OUT/cuda_graph_test.log";;
     ssd)
       timeout 300 python3 scripts/check_ssd_bwd.py > "$OUT/ssd.log" 2>&1; echo "ssd rc=$?"; tail -60 "$OUT/ssd.log";;
   esac

@@ -57,17 +57,17 @@ class Rule:
 # the dtype and size gives the order. Ops without a row use DEFAULT_ORDER.
 DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"), source="default order: not benchmarked for this case")
 _BF16, _FP32 = (torch.bfloat16,), (torch.float32,)
-# H100 80GB, torch 2.11, Triton 3.6, triton.testing.do_bench medians (benchmarks/results/h100_issue5_6.txt,
-# device runs 1, 5, 6 of 2026-11-23). Where forward and forward+backward disagree, the rule follows
-# forward+backward (training); fp16 follows the default until it is measured.
+# H100 80GB, torch 2.11, Triton 3.6, triton.testing.do_bench medians (benchmarks/results/h100_session4.txt,
+# session-4 device runs 9-12; h100_issue5_6.txt for the rows not re-measured). Where forward and
+# forward+backward disagree, the rule follows forward+backward (training); fp16 follows the default until it
+# is measured.
 MEASURED_ORDER: Dict[str, List[Rule]] = {
     "causal_conv1d": [
         Rule(order=("cuda", "triton", "torch"), max_size=1 << 22,
-             source="H100: B1 D1024 L2048 fp32 fwd cuda 0.015 ms vs triton 0.107; fwd+bwd 0.389 vs 0.647"),
-        Rule(order=("triton", "cuda", "torch"), dtypes=_BF16,
-             source="H100: (4, 4096, 4096) bf16 fwd triton 0.131 ms vs cuda 0.274; fwd+bwd 0.957 vs 1.051"),
-        Rule(order=("cuda", "triton", "torch"), dtypes=_FP32,
-             source="H100: (4, 4096, 4096) fp32 fwd+bwd cuda 1.150 ms vs triton 1.471 (fwd triton 0.200 vs 0.296)"),
+             source="H100: B1 D1024 L2048 fp32 fwd cuda 0.036 ms vs triton 0.111; fwd+bwd 0.589 vs 1.002"),
+        Rule(order=("triton", "cuda", "torch"), dtypes=_BF16 + _FP32,
+             source="H100: (4, 4096, 4096) bf16 fwd+bwd triton 0.948 ms vs cuda 1.056 (fwd 0.097 no-grad vs "
+                    "0.275); fp32 fwd+bwd 0.965 vs 1.149 (fwd 0.259 vs 0.297)"),
     ],
     "causal_conv1d_update": [
         Rule(order=("triton", "torch"), dtypes=_BF16 + _FP32,
@@ -75,16 +75,20 @@ MEASURED_ORDER: Dict[str, List[Rule]] = {
     ],
     "selective_state_update": [
         Rule(order=("triton", "torch"), dtypes=_BF16,
-             source="H100: B1 D4096 N16 bf16 triton 31 us vs torch 220 us; B64 H64 P64 N128 0.101 ms vs 0.867"),
+             source="H100: B1 D4096 N16 bf16 triton 66 us (host-bound) vs torch 220 us; B64 H64 P64 N128 "
+                    "0.100 ms (2.72 TB/s) vs 0.867"),
     ],
     "selective_scan": [
-        Rule(order=("triton", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: (4, 4096, 4096) N16 bf16 fwd triton 5.22 ms vs torch 246; fp32 fwd+bwd 21.7 vs 426"),
+        Rule(order=("cuda", "triton", "torch"), max_size=1 << 22,
+             source="H100: B1 D1024 L2048 N16 fp32 fwd cuda 0.150 ms vs triton 0.654; fwd+bwd 2.42 vs 6.49"),
+        Rule(order=("triton", "cuda", "torch"), dtypes=_BF16 + _FP32,
+             source="H100: (4, 4096, 4096) N16 bf16 fwd+bwd triton 12.6 ms vs cuda 20.6 (fwd 1.50 vs 4.20); "
+                    "fp32 fwd+bwd 15.4 vs 19.0 (fwd 1.56 vs 3.86)"),
     ],
     "ssd_chunk_scan": [
         Rule(order=("triton", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: x (4, 4096, 64, 64) bf16 fwd+bwd triton 26.8 ms vs torch 37.4 (fwd 0.878 vs 12.0); "
-                    "B1 L2048 H16 fp32 fwd+bwd 5.39 vs 6.52"),
+             source="H100: x (4, 4096, 64, 64) bf16 fwd+bwd triton 5.92 ms vs torch 37.4 (fwd 0.875 vs 12.0); "
+                    "x (8, 2048, 32, 64) fwd+bwd 3.06 ms"),
     ],
     "gated_rmsnorm": [
         Rule(order=("triton", "torch"), dtypes=_BF16,

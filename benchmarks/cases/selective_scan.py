@@ -54,7 +54,7 @@ def _case(batch, dim, length, dstate, dtype, reference: bool, device_types=("cpu
         grads = tuple(p.values())
         variants = {}
         for backend in _dispatch.implemented_backends("selective_scan"):
-            if _dispatch.backend_problem(backend, device) is None:
+            if _dispatch.backend_problem(backend, device, "selective_scan") is None:
                 variants[backend] = Variant(
                     lambda backend=backend: selective_scan(**p, delta_softplus=True, backend=backend), grads)
         if reference:  # forward only: its autograd graph over L steps is not what anyone would train with
