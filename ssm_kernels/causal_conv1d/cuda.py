@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 
 
@@ -17,12 +18,16 @@ def _unit_stride_l(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@torch.library.custom_op("ssm_kernels::causal_conv1d_cuda_fwd", mutates_args=())
-def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
-             initial_states: Optional[Tensor], silu: bool) -> Tensor:
+def _forward_launch(x, weight, bias, seq_idx, initial_states, silu):
     out = new_output(x.shape, x.dtype, x.device)
     torch.ops.ssm_kernels_cuda.causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, silu, out)
     return out
+
+
+@torch.library.custom_op("ssm_kernels::causal_conv1d_cuda_fwd", mutates_args=())
+def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
+             initial_states: Optional[Tensor], silu: bool) -> Tensor:
+    return _forward_launch(x, weight, bias, seq_idx, initial_states, silu)
 
 
 @_forward.register_fake
@@ -65,11 +70,12 @@ def _autograd_backward(ctx, dout):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
 
 
 def causal_conv1d_cuda(x, weight, bias=None, activation=None, seq_idx=None, initial_states=None):
     """CUDA backend of ssm_kernels.causal_conv1d (arguments already validated). Returns y (B, D, L)."""
-    return _forward(_unit_stride_l(x), weight.float().contiguous(),
-                    None if bias is None else bias.float().contiguous(),
-                    None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
-                    initial_states, activation == "silu")
+    return _run(_unit_stride_l(x), weight.float().contiguous(),
+                None if bias is None else bias.float().contiguous(),
+                None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
+                initial_states, activation == "silu")

@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 
 MAX_WIDTH = 8
@@ -809,6 +810,7 @@ def _autograd_backward(ctx, dout):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
 
 
 # --- backend function ----------------------------------------------------------------------------------
@@ -822,4 +824,4 @@ def supports(device, dtype, features) -> Optional[str]:
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None, seq_idx=None, initial_states=None):
     """Triton backend of ssm_kernels.causal_conv1d (arguments already validated). Returns y (B, D, L)."""
-    return _forward(x, weight, bias, seq_idx, initial_states, activation == "silu")
+    return _run(x, weight, bias, seq_idx, initial_states, activation == "silu")

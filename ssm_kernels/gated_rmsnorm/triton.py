@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 
 # The backward uses about this many row programs per group (fewer partial dweight rows to sum).
@@ -253,11 +254,11 @@ def _autograd_backward(ctx, dy):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
 
 
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------
 def gated_rmsnorm_triton(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
     """Triton backend of ssm_kernels.gated_rmsnorm (arguments already validated). Returns y (..., D)."""
     dim = x.shape[-1]
-    return _forward(x, weight, z, float(eps), dim if group_size is None else int(group_size),
-                    bool(norm_before_gate))
+    return _run(x, weight, z, float(eps), dim if group_size is None else int(group_size), bool(norm_before_gate))

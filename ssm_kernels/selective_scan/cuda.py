@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 
 CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
@@ -246,6 +247,7 @@ def _backward_autograd(ctx, dy, dfinal, _dckpt):
 
 torch.library.register_autograd("ssm_kernels::selective_scan_cuda", _backward_autograd,
                                 setup_context=_setup_context)
+_run = eager_fast_path(_selective_scan_op, _forward, _setup_context, _backward_autograd)
 
 
 # --- backend function --------------------------------------------------------------------------------------
@@ -279,5 +281,5 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     # the checkpoints are only for the backward: inference skips writing them
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    y, final, _ = torch.ops.ssm_kernels.selective_scan_cuda(*args, save)
+    y, final, _ = _run(*args, save)
     return y.to(out_dtype), final

@@ -22,6 +22,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
@@ -311,6 +312,7 @@ def _backward_autograd(ctx, dy, dfinal, _dckpt):
 
 torch.library.register_autograd("ssm_kernels::selective_scan_triton", _backward_autograd,
                                 setup_context=_setup_context)
+_run = eager_fast_path(_selective_scan_op, _forward, _setup_context, _backward_autograd)
 
 
 # --- backend function --------------------------------------------------------------------------------------
@@ -324,6 +326,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     # the checkpoints are only for the backward: inference skips writing them
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, final, _ = torch.ops.ssm_kernels.selective_scan_triton(
+    y, final, _ = _run(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save)
     return y, final

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
+from .._autograd import eager_fast_path
 from .._utils import new_output
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
@@ -370,6 +371,7 @@ def _autograd_backward(ctx, dout, dpre, dstates, dvarlen):
 
 
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
 
 
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------
@@ -381,7 +383,7 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     seg = segment_ids(seq_idx, cu_seqlens, batch, length, x.device)
     tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
     store_pre = z is not None and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, _, states, varlen = _forward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
-                                      int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
-                                      store_pre)
+    out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
+                                  int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
+                                  store_pre)
     return out, states[:, -1], (varlen if cu_seqlens is not None else None)
