@@ -24,8 +24,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._autograd import eager_fast_path
 from .._utils import new_output
+from ._op_wiring import define_ops, state_rows
 
 CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
 MAX_CHANNELS_PER_BLOCK = 16
@@ -79,10 +79,6 @@ def _seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
     return start[:L].contiguous(), end[:L].contiguous(), empty
 
 
-def _rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
-    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-
-
 def _n_ckpt(L: int) -> int:
     return (L + CKPT_SPACING - 1) // CKPT_SPACING
 
@@ -94,7 +90,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
-    rows = _rows(u, cu_seqlens)
+    rows = state_rows(u, cu_seqlens)
     y = new_output((batch, dim, L), u.dtype, u.device)
     final = new_output((rows, dim, N), state_dtype, u.device)
     ckpt = new_output((batch, dim, _n_ckpt(L) if save_checkpoints else 0, N, *pair), torch.float32, u.device)
@@ -121,7 +117,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
-    rows = _rows(u, cu_seqlens)
+    rows = state_rows(u, cu_seqlens)
     dev = u.device
     B_arg, lay_B = _bc_arg(B, dim, cplx)
     C_arg, lay_C = _bc_arg(C, dim, cplx)
@@ -186,68 +182,13 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             dh0.to(initial_state.dtype) if initial_state is not None else None)
 
 
-# --- autograd wiring --------------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::selective_scan_cuda", mutates_args=())
-def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
-                       initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
-    return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
-                    save_checkpoints)
+# --- autograd wiring (custom ops ssm_kernels::selective_scan_cuda[_bwd], shared with the Triton backend) -----
+def _checkpoint_shape(u: Tensor, A: Tensor, B: Tensor, C: Tensor, n_chunks: Optional[int]) -> Tuple[int, ...]:
+    n = _n_ckpt(u.shape[2]) if n_chunks is None else n_chunks
+    return (u.shape[0], u.shape[1], n, A.shape[1], *((2,) if A.is_complex() else ()))
 
 
-@_selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
-    batch, dim, L = u.shape
-    N = A.shape[1]
-    cplx = A.is_complex()
-    return (u.new_empty(u.shape),
-            u.new_empty((_rows(u, cu_seqlens), dim, N), dtype=torch.complex64 if cplx else torch.float32),
-            u.new_empty((batch, dim, _n_ckpt(L) if save_checkpoints else 0, N, *((2,) if cplx else ())),
-                        dtype=torch.float32))
-
-
-@torch.library.custom_op("ssm_kernels::selective_scan_cuda_bwd", mutates_args=())
-def _selective_scan_bwd_op(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor,
-                           B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-                           delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
-                           cu_seqlens: Optional[Tensor], ckpt: Tensor
-                           ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      cu_seqlens, ckpt)
-    return tuple(g if g is not None else u.new_empty((0,)) for g in grads)
-
-
-@_selective_scan_bwd_op.register_fake
-def _(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
-    def like(t):
-        return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty((0,))
-    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
-
-
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, _ = inputs
-    ctx.delta_softplus = delta_softplus
-    ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
-
-
-def _backward_autograd(ctx, dy, dfinal, _dckpt):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
-    if ckpt.shape[2] == 0 and u.shape[2] > 0:
-        raise RuntimeError("selective_scan (cuda): the forward ran without checkpoints (no input required "
-                           "grad when it ran), so it cannot be differentiated")
-    grads = torch.ops.ssm_kernels.selective_scan_cuda_bwd(
-        dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, cu_seqlens, ckpt)
-    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
-    has_D, has_z, has_bias, has_h0 = ctx.present
-    return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None, dbias if has_bias else None,
-            None, dh0 if has_h0 else None, None, None)
-
-
-torch.library.register_autograd("ssm_kernels::selective_scan_cuda", _backward_autograd,
-                                setup_context=_setup_context)
-_run = eager_fast_path(_selective_scan_op, _forward, _setup_context, _backward_autograd)
+_run = define_ops("cuda", _forward, _backward, _checkpoint_shape, chunk_axis=2)
 
 
 # --- backend function --------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ import torch
 import triton
 from torch import Tensor
 
-from .._autograd import eager_fast_path
 from .._utils import new_output
+from ._op_wiring import define_ops, state_rows
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
 
@@ -116,10 +116,6 @@ def _n_chunks(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> int:
     return triton.cdiv(u.shape[2], block_l)
 
 
-def _state_rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
-    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-
-
 def _real(t: Optional[Tensor]) -> Optional[Tensor]:
     """The real view of a complex tensor (interleaved (re, im) as a last axis of 2); others unchanged."""
     return torch.view_as_real(t) if t is not None and t.is_complex() else t
@@ -147,7 +143,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
-    rows = _state_rows(u, cu_seqlens)
+    rows = state_rows(u, cu_seqlens)
     n_chunks = triton.cdiv(L, BL)
     y = new_output((batch, dim, L), u.dtype, u.device)
     final = new_output((rows, dim, N), state_dtype, u.device)
@@ -182,7 +178,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
-    rows = _state_rows(u, cu_seqlens)
+    rows = state_rows(u, cu_seqlens)
     n_chunks = triton.cdiv(L, BL)
     n_dblocks = triton.cdiv(dim, BD)
     dev = u.device
@@ -250,69 +246,13 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             dh0.to(initial_state.dtype) if dh0 is not None else None)
 
 
-# --- autograd wiring --------------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::selective_scan_triton", mutates_args=())
-def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
-                       initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
-    return _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
-                    save_checkpoints)
+# --- autograd wiring (custom ops ssm_kernels::selective_scan_triton[_bwd], shared with the CUDA backend) -----
+def _checkpoint_shape(u: Tensor, A: Tensor, B: Tensor, C: Tensor, n_chunks: Optional[int]) -> Tuple[int, ...]:
+    n = _n_chunks(u, A, B, C) if n_chunks is None else n_chunks
+    return (u.shape[0], n, u.shape[1], A.shape[1], *((2,) if A.is_complex() else ()))
 
 
-@_selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
-    batch, dim, _ = u.shape
-    rows = _state_rows(u, cu_seqlens)
-    n_chunks = _n_chunks(u, A, B, C) if save_checkpoints else 0
-    cplx = A.is_complex()
-    return (u.new_empty(u.shape),
-            u.new_empty((rows, dim, A.shape[1]), dtype=torch.complex64 if cplx else torch.float32),
-            u.new_empty((batch, n_chunks, dim, A.shape[1], *((2,) if cplx else ())), dtype=torch.float32))
-
-
-@torch.library.custom_op("ssm_kernels::selective_scan_triton_bwd", mutates_args=())
-def _selective_scan_bwd_op(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor,
-                           B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-                           delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
-                           cu_seqlens: Optional[Tensor], ckpt: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor,
-                                                                                   Tensor, Tensor, Tensor, Tensor,
-                                                                                   Tensor]:
-    grads = _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      cu_seqlens, ckpt)
-    return tuple(g if g is not None else u.new_empty((0,)) for g in grads)
-
-
-@_selective_scan_bwd_op.register_fake
-def _(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
-    def like(t):
-        return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else u.new_empty((0,))
-    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias), like(initial_state))
-
-
-def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, _ = inputs
-    ctx.delta_softplus = delta_softplus
-    ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
-
-
-def _backward_autograd(ctx, dy, dfinal, _dckpt):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
-    if ckpt.shape[1] == 0 and u.shape[2] > 0:
-        raise RuntimeError("selective_scan (triton): the forward ran without checkpoints (no input required "
-                           "grad when it ran), so it cannot be differentiated")
-    grads = torch.ops.ssm_kernels.selective_scan_triton_bwd(
-        dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, cu_seqlens, ckpt)
-    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
-    has_D, has_z, has_bias, has_h0 = ctx.present
-    return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None, dbias if has_bias else None,
-            None, dh0 if has_h0 else None, None, None)
-
-
-torch.library.register_autograd("ssm_kernels::selective_scan_triton", _backward_autograd,
-                                setup_context=_setup_context)
-_run = eager_fast_path(_selective_scan_op, _forward, _setup_context, _backward_autograd)
+_run = define_ops("triton", _forward, _backward, _checkpoint_shape, chunk_axis=1)
 
 
 # --- backend function --------------------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""The torch.library wiring shared by the Triton and CUDA selective-scan backends.
+
+Both backends expose the same pair of custom ops, ssm_kernels::selective_scan_<backend> (forward: y, final
+state, checkpoints) and ssm_kernels::selective_scan_<backend>_bwd (every gradient, empty tensors for absent
+inputs), with the same autograd rule. They differ only in their launchers and in the checkpoint layout,
+which `checkpoint_shape` describes for the fake (meta) forward.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._autograd import eager_fast_path
+
+
+def state_rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
+    """Rows of the initial / final state: B, or the number of packed sequences."""
+    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_shape: Callable,
+               chunk_axis: int) -> Callable:
+    """Register the two custom ops of `backend` and return the function to call them with (op arguments:
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints).
+
+    forward(same arguments) -> (y, final state, checkpoints); backward(dout, dfinal, u, delta, A, B, C, D, z,
+    delta_bias, delta_softplus, initial_state, cu_seqlens, checkpoints) -> 9 gradients (None for absent
+    inputs); checkpoint_shape(u, A, B, C, n_chunks or None) -> the checkpoints' shape (real view) with that
+    many chunks (None: as the forward saves them), whose chunk axis is `chunk_axis`.
+    """
+    name = f"ssm_kernels::selective_scan_{backend}"
+
+    @torch.library.custom_op(name, mutates_args=())
+    def forward_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                   z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                   initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
+        return forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
+                       save_checkpoints)
+
+    @forward_op.register_fake
+    def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
+        cplx = A.is_complex()
+        return (u.new_empty(u.shape),
+                u.new_empty((state_rows(u, cu_seqlens), u.shape[1], A.shape[1]),
+                            dtype=torch.complex64 if cplx else torch.float32),
+                u.new_empty(checkpoint_shape(u, A, B, C, None if save_checkpoints else 0), dtype=torch.float32))
+
+    @torch.library.custom_op(f"{name}_bwd", mutates_args=())
+    def backward_op(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                    C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                    delta_softplus: bool, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                    ckpt: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        grads = backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                         cu_seqlens, ckpt)
+        return tuple(g if g is not None else u.new_empty((0,)) for g in grads)
+
+    @backward_op.register_fake
+    def _(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
+        def like(t):
+            return (torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None
+                    else u.new_empty((0,)))
+        return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias),
+                like(initial_state))
+
+    def setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, _ = inputs
+        ctx.delta_softplus = delta_softplus
+        ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
+
+    def backward_rule(ctx, dy, dfinal, _dckpt):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
+        if ckpt.shape[chunk_axis] == 0 and u.shape[2] > 0:
+            raise RuntimeError(f"selective_scan ({backend}): the forward ran without checkpoints (no input "
+                               "required grad when it ran), so it cannot be differentiated")
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = backward_op(
+            dy, dfinal, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, cu_seqlens, ckpt)
+        has_D, has_z, has_bias, has_h0 = ctx.present
+        return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None,
+                dbias if has_bias else None, None, dh0 if has_h0 else None, None, None)
+
+    forward_op.register_autograd(backward_rule, setup_context=setup_context)
+    return eager_fast_path(forward_op, forward, setup_context, backward_rule)
