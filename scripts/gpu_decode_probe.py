@@ -63,14 +63,13 @@ print(f"conv update B1 D4096 W4 public fn  : {host_loop(lambda: causal_conv1d_up
 
 q = mamba2(64)
 state_bytes = q["state"].numel() * 4 * 2
-for evict in ("", "evict_first"):
-    for tile, warps in ((1024, 2), (1024, 4), (2048, 2), (2048, 4), (4096, 4), (4096, 8)):
-        SSU.TILE, SSU.WARPS, SSU.STATE_EVICTION = tile, warps, evict
-        SSU._config.cache_clear()
-        ms = triton.testing.do_bench(lambda: selective_state_update(**q, dt_softplus=True), rep=200)
-        print(f"ssu mamba2 B64 tile {tile:5d} warps {warps} evict {evict or '-':11s}: {ms * 1e3:6.1f} us  "
-              f"{state_bytes / ms / 1e9:5.2f} TB/s", flush=True)
-SSU.TILE, SSU.WARPS, SSU.STATE_EVICTION = 2048, 4, ""
+for tile, warps in ((1024, 2), (1024, 4), (2048, 2), (2048, 4), (4096, 4), (4096, 8)):
+    SSU.TILE, SSU.WARPS = tile, warps
+    SSU._config.cache_clear()
+    ms = triton.testing.do_bench(lambda: selective_state_update(**q, dt_softplus=True), rep=200)
+    print(f"ssu mamba2 B64 tile {tile:5d} warps {warps}: {ms * 1e3:6.1f} us  {state_bytes / ms / 1e9:5.2f} TB/s",
+          flush=True)
+SSU.TILE, SSU.WARPS = 2048, 4
 SSU._config.cache_clear()
 
 

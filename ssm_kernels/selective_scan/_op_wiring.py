@@ -13,11 +13,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import eager_fast_path
-
-
-def state_rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
-    """Rows of the initial / final state: B, or the number of packed sequences."""
-    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+from ._kernel_io import state_rows
 
 
 def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_shape: Callable,

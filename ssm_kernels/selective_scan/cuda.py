@@ -25,14 +25,11 @@ import torch
 from torch import Tensor
 
 from .._utils import new_output
-from ._op_wiring import define_ops, state_rows
+from ._kernel_io import gradients, real_view, seq_markers, state_rows
+from ._op_wiring import define_ops
 
 CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
 MAX_CHANNELS_PER_BLOCK = 16
-
-
-def _real(t: Optional[Tensor]) -> Optional[Tensor]:
-    return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
 def _bc_arg(X: Tensor, dim: int, cplx: bool) -> Tuple[Tensor, List[int]]:
@@ -66,19 +63,6 @@ def _channels_per_block(dim: int, lay_B: List[int], lay_C: List[int]) -> int:
     return kch
 
 
-def _seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(start (L,), end (L,), empty (S,)) int32: start[t] / end[t] = the sequence starting / ending at t, or -1."""
-    cu = cu_seqlens.to(torch.int64)
-    S = cu.numel() - 1
-    empty = cu[1:] == cu[:-1]
-    ids = torch.arange(S, dtype=torch.int32, device=cu.device)
-    start = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
-    end = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
-    start.scatter_(0, torch.where(empty, L, cu[:-1]), ids)  # empty sequences write the dummy slot L
-    end.scatter_(0, torch.where(empty, L, cu[1:] - 1), ids)
-    return start[:L].contiguous(), end[:L].contiguous(), empty
-
-
 def _n_ckpt(L: int) -> int:
     return (L + CKPT_SPACING - 1) // CKPT_SPACING
 
@@ -100,12 +84,12 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         return y, init.clone(), ckpt
     start = end = empty = None
     if cu_seqlens is not None:
-        start, end, empty = _seq_markers(cu_seqlens, L)
+        start, end, empty = seq_markers(cu_seqlens, L)
     B_arg, lay_B = _bc_arg(B, dim, cplx)
     C_arg, lay_C = _bc_arg(C, dim, cplx)
     torch.ops.ssm_kernels_cuda.selective_scan_fwd(
-        u, delta, _real(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus, _real(initial_state),
-        start, end, y, _real(final), ckpt)
+        u, delta, real_view(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus, real_view(initial_state),
+        start, end, y, real_view(final), ckpt)
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
     return y, final, ckpt
@@ -137,49 +121,20 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     workspace = torch.empty((batch, dim, N, *pair), dtype=torch.float32, device=dev)
     start = end = empty = None
     if cu_seqlens is not None:
-        start, end, empty = _seq_markers(cu_seqlens, L)
+        start, end, empty = seq_markers(cu_seqlens, L)
     if dfinal is not None:
         dfinal = dfinal.to(state_dtype).contiguous()
     if L > 0:
         torch.ops.ssm_kernels_cuda.selective_scan_bwd(
-            u, delta, _real(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus,
-            _real(initial_state), start, end, dout, _real(dfinal), ckpt, kch,
+            u, delta, real_view(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus,
+            real_view(initial_state), start, end, dout, real_view(dfinal), ckpt, kch,
             du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, workspace)
     else:
         for t in (dA, dD, dbias, dB, dC):
             t.zero_()
 
-    def as_state(t):  # fp32 (.., 2) -> complex64 for complex A
-        return torch.view_as_complex(t) if cplx else t
-
-    if initial_state is not None:
-        passed = dfinal if dfinal is not None else torch.zeros(rows, dim, N, dtype=state_dtype, device=dev)
-        if L == 0:
-            dh0 = passed.clone()
-        else:
-            dh0 = as_state(dh0)
-            if empty is not None:  # an empty sequence passes dfinal straight to its initial state
-                dh0 = torch.where(empty[:, None, None], passed, dh0)
-
-    def reduce_bc(part, X, fixed):
-        if fixed:
-            g = part.sum(0)
-        elif X.dim() == 3:
-            g = part.sum(1)
-        else:
-            groups = X.shape[1]
-            g = part.view(batch, groups, n_dblocks // groups, N, L, *pair).sum(2)
-        if cplx:
-            g = torch.view_as_complex(g.contiguous())
-            if not X.is_complex():  # interleaved (re, im) along 2L
-                g = torch.view_as_real(g).flatten(-2)
-        return g.to(X.dtype)
-
-    return (du, ddelta, as_state(dA.sum(0).contiguous()).to(A.dtype), reduce_bc(dB, B, fixed_B),
-            reduce_bc(dC, C, fixed_C), dD.sum(0).to(D.dtype) if D is not None else None,
-            dz if z is not None else None,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            dh0.to(initial_state.dtype) if initial_state is not None else None)
+    return gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_bias, initial_state,
+                     dfinal, empty)
 
 
 # --- autograd wiring (custom ops ssm_kernels::selective_scan_cuda[_bwd], shared with the Triton backend) -----

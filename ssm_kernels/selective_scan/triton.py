@@ -23,7 +23,8 @@ import triton
 from torch import Tensor
 
 from .._utils import new_output
-from ._op_wiring import define_ops, state_rows
+from ._kernel_io import gradients, real_view, seq_markers, state_rows
+from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
 
@@ -86,19 +87,6 @@ def _bc_layout(X: Tensor, dim: int, cplx: bool):
     return X, False, dim // X.shape[1], tuple(st), im
 
 
-def _seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """(start (L,), end (L,), empty (S,)): start[t] / end[t] = the sequence starting / ending at t or -1."""
-    cu = cu_seqlens.to(torch.int64)
-    S = cu.numel() - 1
-    empty = cu[1:] == cu[:-1]
-    ids = torch.arange(S, dtype=torch.int32, device=cu.device)
-    start = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
-    end = torch.full((L + 1,), -1, dtype=torch.int32, device=cu.device)
-    start.scatter_(0, torch.where(empty, L, cu[:-1]), ids)  # empty sequences write the dummy slot L
-    end.scatter_(0, torch.where(empty, L, cu[1:] - 1), ids)
-    return start[:L].contiguous(), end[:L].contiguous(), empty
-
-
 def _geometry(u: Tensor, A: Tensor, B: Tensor, C: Tensor, backward: bool):
     """Sizes, the layouts of B and C (see _bc_layout) and the block sizes."""
     batch, dim, L = u.shape
@@ -116,19 +104,14 @@ def _n_chunks(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> int:
     return triton.cdiv(u.shape[2], block_l)
 
 
-def _real(t: Optional[Tensor]) -> Optional[Tensor]:
-    """The real view of a complex tensor (interleaved (re, im) as a last axis of 2); others unchanged."""
-    return torch.view_as_real(t) if t is not None and t.is_complex() else t
-
-
 def _shared_args(u, delta, A, z, lay_B, lay_C, h0):
     """Strides of u, delta, z, A, B, C, h0 in the kernels' order (complex ones of their real views)."""
     zs = z.stride() if z is not None else (0, 0, 0)
     cplx = A.is_complex()
     s_B = (*lay_B[3], lay_B[4]) if cplx else lay_B[3]
     s_C = (*lay_C[3], lay_C[4]) if cplx else lay_C[3]
-    s_h0 = (0, 0, 0) if h0 is None else _real(h0).stride()[:3]
-    return (*u.stride(), *delta.stride(), *zs), (*_real(A).stride()[:2], *s_B, *s_C, *s_h0)
+    s_h0 = (0, 0, 0) if h0 is None else real_view(h0).stride()[:3]
+    return (*u.stride(), *delta.stride(), *zs), (*real_view(A).stride()[:2], *s_B, *s_C, *s_h0)
 
 
 def _fast_math(u: Tensor) -> bool:
@@ -154,12 +137,12 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         return y, init.clone(), ckpt
     start = end = empty = None
     if cu_seqlens is not None:
-        start, end, empty = _seq_markers(cu_seqlens, L)
+        start, end, empty = seq_markers(cu_seqlens, L)
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
     kernel[(batch, triton.cdiv(dim, BD))](
-        u, delta, _real(A), lay_B[0], lay_C[0], D, z, delta_bias, _real(initial_state), start, end,
-        y, _real(final), ckpt,
+        u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
+        y, real_view(final), ckpt,
         L, dim, N, n_chunks, lay_B[2], lay_C[2], *data_strides, *param_strides,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
@@ -194,15 +177,15 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     dh0 = new_output((rows, dim, N, *pair), torch.float32, dev) if initial_state is not None else None
     start = end = empty = None
     if cu_seqlens is not None:
-        start, end, empty = _seq_markers(cu_seqlens, L)
+        start, end, empty = seq_markers(cu_seqlens, L)
     if dfinal is not None:
         dfinal = dfinal.to(state_dtype).contiguous()
     if L > 0:
         data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
         kernel = _selective_scan_bwd_complex_kernel if cplx else _selective_scan_bwd_kernel
         kernel[(batch, n_dblocks)](
-            u, delta, _real(A), lay_B[0], lay_C[0], D, z, delta_bias, _real(initial_state), start, end,
-            dout, _real(dfinal), ckpt,
+            u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
+            dout, real_view(dfinal), ckpt,
             du, ddelta, dz, dA, dD, dbias, dB, dC, dh0,
             L, dim, N, n_chunks, n_dblocks, lay_B[2], lay_C[2], *data_strides, *dout.stride(), *param_strides,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
@@ -214,36 +197,8 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
         for t in (dA, dD, dbias, dB, dC):
             t.zero_()
 
-    def as_state(t):  # fp32 (.., 2) -> complex64 for complex A
-        return torch.view_as_complex(t) if cplx else t
-
-    if dh0 is not None:
-        passed = dfinal if dfinal is not None else torch.zeros(rows, dim, N, dtype=state_dtype, device=dev)
-        if L == 0:
-            dh0 = passed.clone()
-        else:
-            dh0 = as_state(dh0)
-            if empty is not None:  # an empty sequence passes dfinal straight to its h0
-                dh0 = torch.where(empty[:, None, None], passed, dh0)
-
-    def reduce_bc(part, X, fixed):
-        if fixed:
-            g = part.sum(0)
-        elif X.dim() == 3:
-            g = part.sum(1)
-        else:
-            groups = X.shape[1]
-            g = part.view(batch, groups, n_dblocks // groups, N, L, *pair).sum(2)
-        if cplx:
-            g = torch.view_as_complex(g.contiguous())
-            if not X.is_complex():  # interleaved (re, im) along 2L
-                g = torch.view_as_real(g).flatten(-2)
-        return g.to(X.dtype)
-
-    return (du, ddelta, as_state(dA.sum(0).contiguous()).to(A.dtype), reduce_bc(dB, B, fixed_B),
-            reduce_bc(dC, C, fixed_C), dD.sum(0).to(D.dtype) if D is not None else None, dz,
-            dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
-            dh0.to(initial_state.dtype) if dh0 is not None else None)
+    return gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_bias, initial_state,
+                     dfinal, empty)
 
 
 # --- autograd wiring (custom ops ssm_kernels::selective_scan_triton[_bwd], shared with the CUDA backend) -----

@@ -44,7 +44,7 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
                  s_zb: tl.constexpr, s_zh: tl.constexpr, s_zp: tl.constexpr, s_eh: tl.constexpr, s_ep: tl.constexpr,
                  s_ob: tl.constexpr, s_oh: tl.constexpr, s_op: tl.constexpr,
                  HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 HAS_INDICES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, EVICT: tl.constexpr):
+                 HAS_INDICES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = r < R
@@ -71,7 +71,7 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
     Cv = tl.load(C_ptr + b * s_cb + (h // heads_per_group_c)[:, None] * s_cg + n * s_cn, mask=mask,
                  other=0.0).to(tl.float32)
     state_ptrs = state_ptr + row * s_sb + h[:, None] * s_sh + p[:, None] * s_sp + n * s_sn
-    s = tl.load(state_ptrs, mask=mask, other=0.0, eviction_policy=EVICT).to(tl.float32)
+    s = tl.load(state_ptrs, mask=mask, other=0.0).to(tl.float32)
     s = tl.exp(dt[:, None] * A) * s + (dt * x)[:, None] * Bv
     tl.store(state_ptrs, s.to(state_ptr.dtype.element_ty), mask=mask)
     out = tl.sum(s * Cv, axis=1)
@@ -84,8 +84,9 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
 
 
 # --- launcher ------------------------------------------------------------------------------------------
-STATE_EVICTION = ""  # eviction_policy of the state load (the B=64 sweep in scripts/gpu_decode_probe.py)
-TILE, WARPS = 2048, 4  # state entries per program, warps: from the same sweep
+# state entries per program, warps: the B=64 sweep in scripts/gpu_decode_probe.py (benchmarks/results/
+# h100_decode_probe.txt: within run-to-run noise of 1024 / 2 warps; evict_first on the state load did not help)
+TILE, WARPS = 2048, 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,8 +130,7 @@ def _launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indic
         x if state_batch_indices is None else state_batch_indices, out,
         headdim, dstate, rows, heads // groups_b, heads // groups_c, *strides,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus,
-        HAS_INDICES=state_batch_indices is not None, BLOCK_R=block_r, BLOCK_N=block_n, EVICT=STATE_EVICTION,
-        num_warps=warps)
+        HAS_INDICES=state_batch_indices is not None, BLOCK_R=block_r, BLOCK_N=block_n, num_warps=warps)
     return out
 
 
