@@ -18,10 +18,11 @@ from typing import Optional
 
 import torch
 
-from . import _cuda_ext
+from . import _build_lock, _cuda_ext
 
 NAMESPACE = "ssm_kernels_cpu"
 CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for spreads rows over the intra-op threads
+BUILD_WAIT_S = 600.0  # longest wait for another process's build before using the pure-PyTorch paths
 
 _log = logging.getLogger("ssm_kernels")
 _LOCK = threading.Lock()
@@ -74,12 +75,12 @@ def _build() -> str:
     from torch.utils import cpp_extension
 
     build_dir = _cuda_ext.cache_root() / f"cpu-torch{torch.__version__}".replace("+", "_")
-    build_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    cpp_extension.load(
-        name="ssm_kernels_cpu", sources=[str(p) for p in _cuda_ext.sources("cpu")],
-        build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_ldflags=["-fopenmp"],
-        is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
+    with _build_lock.exclusive_build(build_dir, BUILD_WAIT_S):
+        cpp_extension.load(
+            name="ssm_kernels_cpu", sources=[str(p) for p in _cuda_ext.sources("cpu")],
+            build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_ldflags=["-fopenmp"],
+            is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
     return f"built in {build_dir} ({time.perf_counter() - start:.1f} s)"
 
 

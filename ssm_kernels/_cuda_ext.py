@@ -20,6 +20,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from . import _build_lock
+
 NAMESPACE = "ssm_kernels_cuda"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _LOADED: Dict[str, str] = {}  # name -> how it was loaded
@@ -29,6 +31,7 @@ NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo",
               "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
 CXX_FLAGS = ["-O3"]
+BUILD_WAIT_S = 1800.0  # longest wait for another process's nvcc build of the same extension
 
 
 def csrc_dir() -> Optional[Path]:
@@ -120,16 +123,16 @@ def _jit_build(name: str) -> str:
     from torch.utils import cpp_extension
 
     build_dir = cache_dir(name)
-    build_dir.mkdir(parents=True, exist_ok=True)
     previous = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch()  # the current GPU's architecture only
     start = time.perf_counter()
     try:
-        cpp_extension.load(
-            name=f"ssm_kernels_{name}", sources=[str(p) for p in sources(name)],
-            build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
-            extra_include_paths=[str(csrc_dir())],
-            is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
+        with _build_lock.exclusive_build(build_dir, BUILD_WAIT_S):
+            cpp_extension.load(
+                name=f"ssm_kernels_{name}", sources=[str(p) for p in sources(name)],
+                build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,
+                extra_include_paths=[str(csrc_dir())],
+                is_python_module=False, verbose=os.environ.get("SSM_KERNELS_VERBOSE_BUILD") == "1")
     finally:
         if previous is None:
             os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
