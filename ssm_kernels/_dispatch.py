@@ -110,6 +110,16 @@ def triton_supports(device: torch.device, dtype: Optional[torch.dtype], features
     return None
 
 
+def triton_int32_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
+    """triton_supports, for Triton backends whose kernels index with 32-bit offsets: the op passes the
+    feature beyond_int32=True when a tensor it or its kernels touch reaches 2**31 elements."""
+    problem = triton_supports(device, dtype, features)
+    if problem is None and features.get("beyond_int32"):
+        return ("its kernels index with 32-bit offsets and a tensor of this call reaches 2**31 elements "
+                "(the torch backend has no such limit)")
+    return problem
+
+
 @dataclass
 class Implementation:
     op: str

@@ -164,6 +164,21 @@ class PassedChecks:
             self._seen.add(key)
 
 
+INT32_OFFSET_LIMIT = 2**31  # kernels that index with 32-bit offsets need every element offset below this
+
+
+def index_extent(t: Optional[torch.Tensor]) -> int:
+    """1 + the largest element offset t's view reaches from its first element (0 for None or empty)."""
+    if t is None or t.numel() == 0:
+        return 0
+    return 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+
+
+def beyond_int32_offsets(*extents: int) -> bool:
+    """True when an extent (an index_extent or a buffer's element count) passes 32-bit offsets."""
+    return max(extents, default=0) >= INT32_OFFSET_LIMIT
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype math runs in: fp32 (complex64) for fp32 and lower, fp64 (complex128) for fp64 inputs."""
     if dtype.is_complex:

@@ -6,11 +6,11 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
-from .._utils import REAL_DTYPES, ArgCheck
+from .._utils import REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
 _dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.reference", "gated_rmsnorm_torch")
 _dispatch.register("gated_rmsnorm", "triton", "ssm_kernels.gated_rmsnorm.triton", "gated_rmsnorm_triton",
-                   supports=_dispatch.triton_supports)
+                   supports=_dispatch.triton_int32_supports)
 
 
 def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor] = None, eps: float = 1e-6,
@@ -53,7 +53,8 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
 
     if dim == 0:
         return x.clone()  # no channels to normalise
-    fn = _dispatch.select("gated_rmsnorm", x.device, backend=backend, dtype=x.dtype, size=x.numel())
+    fn = _dispatch.select("gated_rmsnorm", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
+                          beyond_int32=beyond_int32_offsets(index_extent(x), index_extent(z), x.numel()))
     return fn(x, weight, z, float(eps), group_size, norm_before_gate)
 
 

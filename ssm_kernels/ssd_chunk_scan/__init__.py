@@ -7,13 +7,32 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _dispatch
-from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
 _dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.reference", "ssd_chunk_scan_torch")
 _dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.triton", "ssd_chunk_scan_triton",
-                   supports=_dispatch.triton_supports)
+                   supports=_dispatch.triton_int32_supports)
 
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
+# the Triton backward splits a group's heads until its per-group kernels have about this many programs
+# (two per H100 SM); each split writes its own dB / dC partial
+SPLIT_PROGRAMS = 264
+
+
+def _beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size: int) -> bool:
+    """Whether an input view or a buffer of the Triton kernels (which index with 32-bit offsets) reaches
+    2**31 elements. The buffers are bounded from above: output / dx / dz, the chunk states, the backward's
+    per-row partials and its per-split dB / dC partials (at most one split per head)."""
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[-2:]
+    chunks = math.ceil(length / chunk_size)
+    splits = min(heads // groups, math.ceil(SPLIT_PROGRAMS / max(chunks * batch * groups, 1)))
+    buffers = (batch * length * heads * headdim,
+               batch * (chunks + 1) * heads * headdim * dstate,
+               batch * heads * chunks * chunk_size * (chunk_size // 64 + 2),
+               splits * batch * length * groups * dstate)
+    inputs = (index_extent(t) for t in (x, dt, B, C, z, initial_states, seq_idx))
+    return beyond_int32_offsets(*inputs, *buffers)
 
 
 def _check_dt_limit(check: ArgCheck, dt_limit) -> Tuple[float, float]:
@@ -93,7 +112,8 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     if return_varlen_states and cu_seqlens is None:
         check.fail("return_varlen_states=True needs cu_seqlens")
 
-    fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel())
+    fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
+                          beyond_int32=_beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size))
     out, final_states, varlen_states = fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, bool(dt_softplus), dt_limit,
                                           initial_states, seq_idx, cu_seqlens)
     extra = ((final_states,) if return_final_states else ()) + ((varlen_states,) if return_varlen_states else ())

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from .._autograd import eager_fast_path
 from .._utils import new_output
+from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
                           _varlen_state_kernel)
@@ -157,9 +158,9 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
 
 def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
     """(splits, heads per split) for the per-group kernels 3 and 4, which loop over the heads of a group:
-    enough splits that the grid has about two programs per H100 SM (132), each split writing its own fp32
-    partial of dB / dC (summed by torch)."""
-    splits = min(hpg, max(1, triton.cdiv(264, max(programs, 1))))
+    enough splits that the grid has about SPLIT_PROGRAMS programs (two per H100 SM), each split writing its own
+    fp32 partial of dB / dC (summed by torch)."""
+    splits = min(hpg, max(1, triton.cdiv(SPLIT_PROGRAMS, max(programs, 1))))
     per_split = triton.cdiv(hpg, splits)
     return triton.cdiv(hpg, per_split), per_split
 
