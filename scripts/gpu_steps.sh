@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Device-tool steps for the GPU work of issues 5 and 6, in one call: STEPS picks what runs (space-separated,
+# in that order); logs under $OUT, short summaries on stdout, the profile summary last.
+#   parity      scripts/gpu_parity.py over every GPU backend (PARITY_ARGS, e.g. "--ops selective_scan --quick")
+#   scan_cuda   scripts/check_selective_scan_cuda.py --quick and the CUDA selective_scan tests
+#   ssd         scripts/check_ssd_bwd.py (SSD_ARGS, e.g. --skip-parity)
+#   conv / scan scripts/tune_causal_conv1d.py (CONV_ARGS, default --quick) / scripts/tune_selective_scan.py
+#   decode      the CUDA-graph generate test and scripts/gpu_decode_probe.py
+#   bench       python -m benchmarks per op beside the peers (BENCH_TIMEOUT per op)
+#   profile     scripts/profile_kernels.py: per-kernel times (PROFILE_OPS, PROFILE_CASES, PROFILE_VARIANTS)
+# A carried ./peers (../shared/tools/peer_packages.sh, scripts/build_peer_objects.sh) adds the peers.
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=/tmp/ssm_cache
+[ -d peers ] && export SSM_PEERS_DIR=$PWD/peers
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
+git rev-parse --short HEAD >> "$OUT/gpu.txt" 2>/dev/null
+cat "$OUT/gpu.txt"
+for step in ${STEPS:-scan_cuda profile}; do
+  case $step in
+    parity)
+      timeout "${PARITY_TIMEOUT:-400}" python3 scripts/gpu_parity.py --out "$OUT/parity" ${PARITY_ARGS:-} \
+        > "$OUT/parity.log" 2>&1
+      echo "parity rc=$?"; sed -n '/================ worst/,$p' "$OUT/parity.log";;
+    scan_cuda)
+      timeout 200 python3 scripts/check_selective_scan_cuda.py --quick > "$OUT/scan_cuda.log" 2>&1
+      echo "scan cuda check rc=$?"; tail -12 "$OUT/scan_cuda.log"
+      timeout 150 python3 -m pytest -q tests/selective_scan -k "cuda and not validation" > "$OUT/scan_cuda_pytest.log" 2>&1
+      echo "scan cuda pytest rc=$?"; tail -3 "$OUT/scan_cuda_pytest.log";;
+    ssd)
+      timeout 300 python3 scripts/check_ssd_bwd.py ${SSD_ARGS:-} > "$OUT/ssd.log" 2>&1; echo "ssd rc=$?"; tail -30 "$OUT/ssd.log";;
+    conv)
+      timeout 200 python3 scripts/tune_causal_conv1d.py ${CONV_ARGS:---quick} > "$OUT/tune_conv.log" 2>&1
+      echo "tune conv rc=$?"; tail -30 "$OUT/tune_conv.log";;
+    scan)
+      timeout 240 python3 scripts/tune_selective_scan.py ${SCAN_ARGS:-} > "$OUT/tune_scan.log" 2>&1
+      echo "tune scan rc=$?"; tail -30 "$OUT/tune_scan.log";;
+    decode)
+      timeout 150 python3 -m pytest -q tests/ssm_universal/test_models.py -k cuda_graph > "$OUT/cuda_graph_test.log" 2>&1
+      echo "cuda graph test rc=$?"; tail -5 "$OUT/cuda_graph_test.log"
+      timeout 150 python3 scripts/gpu_decode_probe.py > "$OUT/decode.log" 2>&1; echo "decode rc=$?"; cat "$OUT/decode.log";;
+    bench)
+      for spec in "causal_conv1d triton cuda peer:causal_conv1d" "selective_scan triton cuda peer:mamba_ssm" \
+                  "ssd_chunk_scan triton peer:mamba_ssm peer:fla" "selective_state_update triton peer:mamba_ssm" \
+                  "causal_conv1d_update triton peer:causal_conv1d"; do
+        set -- $spec; op=$1; shift
+        only=(); for v in "$@"; do only+=(--only "$v"); done
+        timeout "${BENCH_TIMEOUT:-150}" python3 -m benchmarks --op "$op" --peers "${only[@]}" \
+          --json "$OUT/bench_$op.json" >> "$OUT/bench.txt" 2>> "$OUT/bench.err"; echo "bench $op rc=$?"
+      done
+      grep -v "^#" "$OUT/bench.txt" | grep -v "^op "; grep -v "^done" "$OUT/bench.err" | tail -5;;
+    profile)
+      timeout "${PROFILE_TIMEOUT:-300}" python3 scripts/profile_kernels.py \
+        --ops "${PROFILE_OPS:-causal_conv1d,selective_scan,ssd_chunk_scan}" --case-index "${PROFILE_CASES:-0}" \
+        --variants "${PROFILE_VARIANTS:-}" > "$OUT/profile.log" 2> "$OUT/profile.err"
+      echo "profile rc=$?"; tail -3 "$OUT/profile.err";;
+    *) echo "unknown step $step";;
+  esac
+done
+[ -f "$OUT/profile.log" ] && grep "^## " "$OUT/profile.log"

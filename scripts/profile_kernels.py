@@ -1,0 +1,85 @@
+"""Per-kernel GPU time of the benchmark cases' forward and forward+backward, ours beside the peers:
+
+    python scripts/profile_kernels.py [--ops causal_conv1d,selective_scan,ssd_chunk_scan] [--variants triton,peer]
+                                      [--case-index 0] [--iters 10]
+
+Uses the cases of `python -m benchmarks` (benchmarks/cases/<op>.py) and torch.profiler; prints, per case,
+variant and mode, each kernel's device time per iteration and calls per iteration, largest first, then the
+sum against the do_bench median (the gap is host time and idle device).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.core import forward_backward  # noqa: E402
+
+
+def kernel_times(fn, iters: int):
+    """{kernel name: (us per iteration, calls per iteration)} over `iters` calls of fn, after a warm-up."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    totals, calls = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name] += event.device_time_total
+            calls[event.name] += 1
+    return {name: (totals[name] / iters, calls[name] / iters) for name in totals}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ops", default="causal_conv1d,selective_scan,ssd_chunk_scan")
+    parser.add_argument("--variants", default="", help="substrings of variant labels to keep (default: all)")
+    parser.add_argument("--case-index", default="0", help="comma list of indices into the op's GPU cases")
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    from triton.testing import do_bench
+    device = torch.device("cuda")
+    keep = [v for v in args.variants.split(",") if v]
+    for op in args.ops.split(","):
+        cases = importlib.import_module(f"benchmarks.cases.{op}").cases(quick=False)
+        for index in (int(i) for i in args.case_index.split(",")):
+            if index >= len(cases):
+                continue
+            case = cases[index]
+            variants = case.make(device, True)
+            for label, variant in variants.items():
+                if keep and not any(k in label for k in keep):
+                    continue
+                modes = [("fwd", variant.fn)]
+                if variant.grad_inputs:
+                    modes.append(("fwd+bwd", forward_backward(variant)))
+                for mode, fn in modes:
+                    with torch.no_grad() if mode == "fwd" else torch.enable_grad():
+                        try:
+                            times = kernel_times(fn, args.iters)
+                            median = do_bench(fn, warmup=25, rep=100)
+                        except Exception as exc:  # noqa: BLE001  (a peer that fails must not stop the others)
+                            print(f"\n## {op} {case.name} | {label} | {mode}: failed: {type(exc).__name__}: {exc}")
+                            continue
+                    total = sum(t for t, _ in times.values())
+                    print(f"\n## {op} {case.name} | {label} | {mode}: kernels {total / 1e3:.3f} ms, "
+                          f"do_bench {median:.3f} ms")
+                    for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
+                        print(f"  {us:9.1f} us  x{n:<5.1f} {name[:110]}")
+                    sys.stdout.flush()
+            del variants
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
