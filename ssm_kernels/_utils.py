@@ -176,7 +176,15 @@ def index_extent(t: Optional[torch.Tensor]) -> int:
 
 def beyond_int32_offsets(*extents: int) -> bool:
     """True when an extent (an index_extent or a buffer's element count) passes 32-bit offsets."""
-    return max(extents, default=0) >= INT32_OFFSET_LIMIT
+    return any(extent >= INT32_OFFSET_LIMIT for extent in extents)  # (torch.compile traces no max(default=))
+
+
+def contiguous_outputs(outputs):
+    """A custom op's outputs made contiguous, as its fake declares them: torch.compile's generated code checks
+    the strides an op returns against its fake, and the math often ends in permuted or sliced views."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.contiguous()
+    return type(outputs)(t.contiguous() for t in outputs)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .._utils import compute_dtype, new_output
+from .._utils import compute_dtype, contiguous_outputs, new_output
 from .chunked import scan_into
 
 
@@ -90,7 +90,7 @@ def _scan(gates, tokens, initial_state, reverse, compute, out_dtype):
 def _linear_scan_op(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Optional[torch.Tensor],
                     reverse: bool) -> torch.Tensor:
     compute, out_dtype = result_dtypes(gates, tokens, initial_state)
-    return _scan(gates, tokens, initial_state, reverse, compute, out_dtype)
+    return contiguous_outputs(_scan(gates, tokens, initial_state, reverse, compute, out_dtype))
 
 
 @_linear_scan_op.register_fake
@@ -123,9 +123,9 @@ def _linear_scan_backward_op(grad: torch.Tensor, x: torch.Tensor, gates: torch.T
     else:
         torch.mul(g[..., entry], initial_state.conj(), out=dgates[..., entry])
     dinitial = a[..., entry].conj() * g[..., entry]
-    return [_as_input(dgates, gates), _as_input(g, tokens),
-            _as_input(dinitial, initial_state) if initial_state is not None
-            else tokens.new_zeros(tokens.shape[:-1])]
+    return contiguous_outputs([_as_input(dgates, gates), _as_input(g, tokens),
+                               _as_input(dinitial, initial_state) if initial_state is not None
+                               else tokens.new_zeros(tokens.shape[:-1])])
 
 
 def _as_input(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,9 @@ def _as_input(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @_linear_scan_backward_op.register_fake
 def _(grad, x, gates, tokens, initial_state, reverse):
-    return [torch.empty_like(gates), torch.empty_like(tokens),
-            torch.empty_like(initial_state) if initial_state is not None else tokens.new_empty(tokens.shape[:-1])]
+    return [gates.new_empty(gates.shape), tokens.new_empty(tokens.shape),
+            initial_state.new_empty(initial_state.shape) if initial_state is not None
+            else tokens.new_empty(tokens.shape[:-1])]
 
 
 def _setup_context(ctx, inputs, output):

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import new_output
+from .._utils import contiguous_outputs, new_output
 from ._layout import sequence_bounds
 
 # most positions per chunk, and the spacing of the checkpointed states. Small: Mamba's decays (|Δ A| ~ 2 per
@@ -282,7 +282,7 @@ def _backward(inp: _Inputs, gy: Tensor, g_final: Tensor, checkpoints: Tensor):
 @torch.library.custom_op("ssm_kernels::selective_scan_chunked_fwd", mutates_args=())
 def _fwd_op(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_state: Optional[Tensor],
             cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    return _forward(_Inputs(u, dt, A, B, C, initial_state, cu_seqlens))
+    return contiguous_outputs(_forward(_Inputs(u, dt, A, B, C, initial_state, cu_seqlens)))
 
 
 def _final_rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
@@ -301,13 +301,13 @@ def _bwd_op(gy: Tensor, g_final: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Te
             initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
             checkpoints: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     inp = _Inputs(u, dt, A, B, C, initial_state, cu_seqlens)
-    return _backward(inp, gy, g_final, checkpoints)
+    return contiguous_outputs(_backward(inp, gy, g_final, checkpoints))
 
 
 @_bwd_op.register_fake
 def _(gy, g_final, u, dt, A, B, C, initial_state, cu_seqlens, checkpoints):
-    return (torch.empty_like(u), torch.empty_like(dt), torch.empty_like(A), B.new_empty(B.shape),
-            C.new_empty(C.shape), A.new_empty(_final_rows(u, cu_seqlens), u.shape[1], A.shape[1]))
+    return tuple(t.new_empty(t.shape) for t in (u, dt, A, B, C)) + (
+        A.new_empty(_final_rows(u, cu_seqlens), u.shape[1], A.shape[1]),)
 
 
 def _setup_context(ctx, inputs, output):

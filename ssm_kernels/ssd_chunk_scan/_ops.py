@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._utils import contiguous_outputs
 from . import _chunked
 
 
@@ -20,7 +21,7 @@ def ssd_chunk_scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, i
                        seg: Optional[Tensor], cu_seqlens: Optional[Tensor],
                        chunk_size: int) -> Tuple[Tensor, Tensor, Tensor]:
     """(y (Bz, L, H, P), boundary states (Bz, nc + 1, H, P, N), varlen states (S, H, P, N)), all in x's dtype."""
-    return _chunked.forward(x, dt, A, B, C, initial_states, seg, cu_seqlens, chunk_size)
+    return contiguous_outputs(_chunked.forward(x, dt, A, B, C, initial_states, seg, cu_seqlens, chunk_size))
 
 
 @ssd_chunk_scan_fwd.register_fake
@@ -38,15 +39,14 @@ def ssd_chunk_scan_bwd(dy: Optional[Tensor], dstates: Optional[Tensor], dvarlen:
                        seg: Optional[Tensor], cu_seqlens: Optional[Tensor], states: Tensor,
                        chunk_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, ddt, dA, dB, dC, dinitial_states); dinitial_states is (Bz, H, P, N) even without initial_states."""
-    return _chunked.backward(dy, dstates, dvarlen, x, dt, A, B, C, initial_states, seg, cu_seqlens, states,
-                             chunk_size)
+    return contiguous_outputs(_chunked.backward(dy, dstates, dvarlen, x, dt, A, B, C, initial_states, seg, cu_seqlens,
+                                         states, chunk_size))
 
 
 @ssd_chunk_scan_bwd.register_fake
 def _(dy, dstates, dvarlen, x, dt, A, B, C, initial_states, seg, cu_seqlens, states, chunk_size):
     bz, _, h, p = x.shape
-    return (torch.empty_like(x), torch.empty_like(dt), torch.empty_like(A), torch.empty_like(B),
-            torch.empty_like(C), x.new_empty(bz, h, p, B.shape[-1]))
+    return tuple(t.new_empty(t.shape) for t in (x, dt, A, B, C)) + (x.new_empty(bz, h, p, B.shape[-1]),)
 
 
 def _setup_context(ctx, inputs, output):
