@@ -313,6 +313,7 @@ def explain(op: str, device, dtype=None, size: Optional[int] = None, **features)
 def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtype=None,
            size: Optional[int] = None, **features) -> Callable:
     """Return the implementation of `op` to call for tensors on `device` (see the module docstring).
+    `features` are booleans that the backends' `supports` checks read (e.g. wide=width > 8).
 
     Overrides are read here, in code torch.compile traces (so a compiled graph is guarded on them); the
     checks, imports, CUDA builds and logging run in _resolve, which Dynamo calls without tracing.
@@ -321,13 +322,16 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     # cached per arguments (in _RESOLVED, which register() and the tests clear)
     fast = not _OVERRIDES and not _RECORDERS and not torch.compiler.is_compiling()
     if fast:
-        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(features.items()))
+        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(sorted(features.items())))
         fn = _RESOLVED.get(key)
         if fn is not None:
             return fn
     source = "backend="
     if backend is None:
         backend, source = _override_for(op)
+    if not fast and torch.compiler.is_compiling():
+        # with dynamic shapes a feature computed from sizes is symbolic: the choice specialises on it (a guard)
+        features = {name: True if value else False for name, value in features.items()}
     order, _ = automatic_order(op, device, dtype, size)
     chosen = _resolve(op, device.type, device.index, dtype, order, backend, source, tuple(sorted(features.items())))
     impl = _REGISTRY[op][chosen]

@@ -121,7 +121,7 @@ class ArgCheck:
     def finite(self, name: str, value) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(f"{name} must be a real number, got {type(value).__name__}", TypeError)
-        if not math.isfinite(value):
+        if not -math.inf < value < math.inf:  # (not math.isfinite: torch.compile(dynamic=True) traces floats symbolically)
             self.fail(f"{name} must be finite, got {value}")
         return float(value)
 

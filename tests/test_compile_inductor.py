@@ -1,6 +1,7 @@
 """Every op's backends under torch.compile with its default (Inductor) backend, forward and backward, on
-non-contiguous inputs: Inductor's generated code checks what a custom op returns against the op's fake
-(shapes and strides), which the aot_eager tests of each op do not."""
+non-contiguous inputs, with static and dynamic shapes: Inductor's generated code checks what a custom op
+returns against the op's fake (shapes and strides), which the aot_eager tests of each op do not, and dynamic
+shapes make sizes symbolic in the ops' validation and dispatch."""
 import pytest
 import torch
 
@@ -38,8 +39,9 @@ def _cases():
 CASES = [(op, be, make) for op, backends, make in _cases() for be in backends]
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("op, backend, make", CASES, ids=[f"{op}-{be}" for op, be, _ in CASES])
-def test_inductor_forward_backward(op, backend, make):
+def test_inductor_forward_backward(op, backend, make, dynamic):
     device = backend_device(backend)
     torch.manual_seed(0)
     fn, args = make(backend)
@@ -50,7 +52,7 @@ def test_inductor_forward_backward(op, backend, make):
     # no compiled-graph caches: their keys do not cover a custom op's fake, so a stale entry would hide a change
     with torch._inductor.config.patch(fx_graph_cache=False), \
             torch._functorch.config.patch(enable_autograd_cache=False):
-        out = torch.compile(fn, fullgraph=True)(*args)
+        out = torch.compile(fn, fullgraph=True, dynamic=dynamic)(*args)
         grads = torch.autograd.grad(out.sum(), args)
     torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-5)
     for g, e in zip(grads, eager_grads):

@@ -14,14 +14,14 @@ CUDA_MAX_WIDTH = 8
 
 
 def _cuda_supports(device, dtype, features) -> Optional[str]:
-    if features.get("width", 1) > CUDA_MAX_WIDTH:
-        return f"the CUDA kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
+    if features.get("wide"):
+        return f"the CUDA kernel supports widths up to {CUDA_MAX_WIDTH}"
     return None
 
 
 def _triton_supports(device, dtype, features) -> Optional[str]:
-    if features.get("width", 1) > CUDA_MAX_WIDTH:
-        return f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}, got {features['width']}"
+    if features.get("wide"):
+        return f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}"
     return _dispatch.triton_supports(device, dtype, features)
 
 
@@ -67,7 +67,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         y = x.clone()  # nothing to convolve; keeps y connected to the graph like any other output
     else:
         fn = _dispatch.select("causal_conv1d", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
-                              width=width)
+                              wide=width > CUDA_MAX_WIDTH)
         y = fn(x, weight, bias, activation, seq_idx, initial_states)
     if return_final_states:
         return y, final_states(x, initial_states, seq_idx, width)

@@ -49,8 +49,6 @@ from torch import Tensor
 from .._autograd import eager_fast_path
 from .._utils import new_output
 
-MAX_WIDTH = 8
-
 # --- block sizes (swept by scripts/tune_causal_conv1d.py) ---------------------------------------------
 # Channel-first tiles (L contiguous): BLOCK_L = min(next_pow2(L), *_BLOCK_L, MAX_BLOCK_L) positions and
 # BLOCK_D = *_TILE // BLOCK_L channels. Channel-last tiles (D contiguous): BLOCK_D = min(next_pow2(D),
@@ -814,14 +812,6 @@ _run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_back
 
 
 # --- backend function ----------------------------------------------------------------------------------
-def supports(device, dtype, features) -> Optional[str]:
-    if dtype == torch.float64:
-        return "Triton kernels take fp32 / fp16 / bf16 inputs, got float64"
-    if features.get("width", 1) > MAX_WIDTH:
-        return f"the Triton kernel supports widths up to {MAX_WIDTH}, got {features['width']}"
-    return None
-
-
 def causal_conv1d_triton(x, weight, bias=None, activation=None, seq_idx=None, initial_states=None):
     """Triton backend of ssm_kernels.causal_conv1d (arguments already validated). Returns y (B, D, L)."""
     return _run(x, weight, bias, seq_idx, initial_states, activation == "silu")

@@ -152,9 +152,9 @@ def test_triton_rejects_what_it_cannot_run():
     from ssm_kernels import _dispatch
     device = "cuda" if torch.cuda.is_available() else "cpu"
     impl = _dispatch._REGISTRY["causal_conv1d"]["triton"]
-    assert "float64" in impl.supports(torch.device(device), torch.float64, {"width": 4})
-    assert "widths up to 8" in impl.supports(torch.device(device), torch.float32, {"width": 9})
-    assert impl.supports(torch.device(device), torch.bfloat16, {"width": 8}) is None
+    assert "float64" in impl.supports(torch.device(device), torch.float64, {"wide": False})
+    assert "widths up to 8" in impl.supports(torch.device(device), torch.float32, {"wide": True})
+    assert impl.supports(torch.device(device), torch.bfloat16, {"wide": False}) is None
 
 
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8])
