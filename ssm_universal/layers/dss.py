@@ -172,7 +172,8 @@ class DSS(KernelConvLayer):
             C = (W * coef).reshape(-1, self.N) / 2  # vandermonde_kernel returns 2 Re sum
             log_z = log_z.repeat(2, 1) if self.bidirectional else log_z
             K = vandermonde_kernel(torch.where(flipped, 0, C), log_z, length)
-            if flipped.any():
+            # "exp" has no flipped modes; under torch.compile both halves are computed (no data-dependent branch)
+            if self.version != "exp" and (torch.compiler.is_compiling() or bool(flipped.any())):
                 K = K + vandermonde_kernel(torch.where(flipped, C, 0), log_z, length).flip(-1)
             return K.reshape(2, self.H, length) if self.bidirectional else K
 
