@@ -173,9 +173,9 @@ class S4(KernelConvLayer):
         C = torch.linalg.solve(factor, C, left=False) if inverse else C @ factor
         return C.squeeze(-2)[..., : self.d_state // 2]
 
-    # Excluded from torch.compile (a graph break; fullgraph=True refuses it): torch 2.13's Inductor computes this
-    # complex kernel and its gradients wrongly on CPU (forward and gradients off by O(1) relative), reproduced
-    # without this package's ops by scripts/repro_inductor_complex_grad.py.
+    # Excluded from torch.compile (a graph break; fullgraph=True refuses it): torch 2.13's Inductor gets the
+    # gradients of this complex kernel wrong on CPU (log_dt's off by O(1) relative), reproduced without this
+    # package's ops by scripts/repro_inductor_complex_grad.py.
     @torch.compiler.disable
     def kernel(self, length: int) -> torch.Tensor:
         """Convolution kernel K[h, l] = C^T dA^l dB (sum over all N modes), l < length <= l_max: (H, length)
