@@ -322,14 +322,14 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     # cached per arguments (in _RESOLVED, which register() and the tests clear)
     fast = not _OVERRIDES and not _RECORDERS and not torch.compiler.is_compiling()
     if fast:
-        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(sorted(features.items())))
+        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(features.items()))
         fn = _RESOLVED.get(key)
         if fn is not None:
             return fn
     source = "backend="
     if backend is None:
         backend, source = _override_for(op)
-    if not fast and torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         # with dynamic shapes a feature computed from sizes is symbolic: the choice specialises on it (a guard)
         features = {name: True if value else False for name, value in features.items()}
     order, _ = automatic_order(op, device, dtype, size)

@@ -22,7 +22,7 @@ SPLIT_PROGRAMS = 264
 def _beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size: int) -> bool:
     """Whether an input view or a buffer of the Triton kernels (which index with 32-bit offsets) reaches
     2**31 elements. The buffers are bounded from above: output / dx / dz, the chunk states, the backward's
-    per-row partials and its per-split dB / dC partials (at most one split per head)."""
+    per-row partials and its per-split dB / dC partials (as many splits as the launcher makes at most)."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[-2:]
     chunks = math.ceil(length / chunk_size)

@@ -39,8 +39,8 @@ def ssd_chunk_scan_bwd(dy: Optional[Tensor], dstates: Optional[Tensor], dvarlen:
                        seg: Optional[Tensor], cu_seqlens: Optional[Tensor], states: Tensor,
                        chunk_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, ddt, dA, dB, dC, dinitial_states); dinitial_states is (Bz, H, P, N) even without initial_states."""
-    return contiguous_outputs(_chunked.backward(dy, dstates, dvarlen, x, dt, A, B, C, initial_states, seg, cu_seqlens,
-                                         states, chunk_size))
+    return contiguous_outputs(_chunked.backward(dy, dstates, dvarlen, x, dt, A, B, C, initial_states, seg,
+                                                cu_seqlens, states, chunk_size))
 
 
 @ssd_chunk_scan_bwd.register_fake
