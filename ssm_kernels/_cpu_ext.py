@@ -43,9 +43,9 @@ def problem() -> Optional[str]:
         return None
     if not _cuda_ext.sources("cpu"):
         return "csrc/cpu has no sources in this installation"
-    from torch.utils.cpp_extension import get_cxx_compiler
-    if shutil.which(get_cxx_compiler()) is None:
-        return f"no C++ compiler ({get_cxx_compiler()}) on PATH"
+    compiler = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension builds with on Linux and macOS
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) on PATH"
     return None
 
 
@@ -77,6 +77,7 @@ def _build() -> str:
     build_dir = _cuda_ext.cache_root() / f"cpu-torch{torch.__version__}".replace("+", "_")
     start = time.perf_counter()
     with _build_lock.exclusive_build(build_dir, BUILD_WAIT_S):
+        _cuda_ext.announce_build("cpu", build_dir, "this CPU with the system C++ compiler")
         cpp_extension.load(
             name="ssm_kernels_cpu", sources=[str(p) for p in _cuda_ext.sources("cpu")],
             build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_ldflags=["-fopenmp"],

@@ -11,6 +11,7 @@ Nothing here runs at `import ssm_kernels`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -32,6 +33,9 @@ NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo",
               "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
 CXX_FLAGS = ["-O3"]
 BUILD_WAIT_S = 1800.0  # longest wait for another process's nvcc build of the same extension
+# Typical first-build times (s), measured on a 16-core H200 machine; the announcement quotes them.
+TYPICAL_BUILD_S = {"causal_conv1d": 35, "selective_scan": 45, "cpu": 15}
+_log = logging.getLogger("ssm_kernels")
 
 
 def csrc_dir() -> Optional[Path]:
@@ -57,14 +61,32 @@ def sources(name: str) -> List[Path]:
     return sorted(p for pattern in ("*.cu", "*.cpp") for p in (root / name).glob(pattern))
 
 
+def announce_build(name: str, build_dir: Path, target: str) -> None:
+    """Log one line before a build that will compile (the cached library is missing or older than its
+    sources), so that a first call that takes a minute says why."""
+    library = build_dir / f"ssm_kernels_{name}.so"
+    csrc = csrc_dir()
+    inputs = [p for folder in (name, "_common") for p in (csrc / folder).rglob("*") if p.is_file()] if csrc else []
+    newest = max((p.stat().st_mtime for p in inputs), default=0.0)
+    if library.exists() and library.stat().st_mtime >= newest:
+        return
+    _log.warning("ssm_kernels: building csrc/%s for %s (about %d s, once; cached in %s)", name, target,
+                 TYPICAL_BUILD_S.get(name, 60), build_dir)
+
+
 def prebuilt(name: str) -> Optional[Path]:
     found = sorted(_PACKAGE_DIR.glob(f"_C_{name}*.so"))
     return found[0] if found else None
 
 
 def cuda_home() -> Optional[str]:
-    from torch.utils.cpp_extension import CUDA_HOME
-    return CUDA_HOME if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) else None
+    """The CUDA toolkit torch.utils.cpp_extension would build with, found as it finds it, without importing
+    it (its import warns on machines without a GPU)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home is None:
+        nvcc = shutil.which("nvcc")
+        home = os.path.dirname(os.path.dirname(nvcc)) if nvcc else "/usr/local/cuda"
+    return home if home and os.path.exists(os.path.join(home, "bin", "nvcc")) else None
 
 
 def arch() -> str:
@@ -128,6 +150,7 @@ def _jit_build(name: str) -> str:
     start = time.perf_counter()
     try:
         with _build_lock.exclusive_build(build_dir, BUILD_WAIT_S):
+            announce_build(name, build_dir, f"sm_{arch().replace('.', '')} with nvcc")
             cpp_extension.load(
                 name=f"ssm_kernels_{name}", sources=[str(p) for p in sources(name)],
                 build_directory=str(build_dir), extra_cflags=CXX_FLAGS, extra_cuda_cflags=NVCC_FLAGS,

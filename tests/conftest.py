@@ -2,6 +2,7 @@
 TRITON_INTERPRET=1 must be set before any @triton.jit function is defined, so it is set here, at the
 start of the session, before the package's Triton modules are imported."""
 import os
+import time
 import zlib
 
 import pytest
@@ -46,3 +47,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+
+
+_TEST_LOG = os.environ.get("SSM_TEST_LOG")  # a file: one line per finished test, written as it finishes
+
+
+def pytest_runtest_logreport(report):
+    """With SSM_TEST_LOG set, record each test's outcome, duration and failure as soon as it is known (in the
+    xdist controller too), so that a run stopped by a time limit still says what failed and what was slow."""
+    if not _TEST_LOG or os.environ.get("PYTEST_XDIST_WORKER") or (report.when != "call" and report.passed):
+        return  # (an xdist worker's reports reach the controller, which writes them)
+    line = f"{report.outcome}\t{report.when}\t{report.duration:.1f}\t{report.nodeid}"
+    with open(_TEST_LOG, "a") as log:
+        log.write(line + "\n")
+        if report.failed:
+            log.write("".join("    " + l + "\n" for l in str(report.longrepr).splitlines()[-40:]))

@@ -55,15 +55,15 @@ def test_automatic_choice_falls_back_to_torch(op, monkeypatch):
     assert _dispatch.select(op, cuda, dtype=torch.bfloat16, size=1, beyond_int32=True) is row["torch"].load()
 
 
-def test_explicit_triton_request_says_why(monkeypatch):
+def test_explicit_triton_request_says_why(monkeypatch, triton_device):
     """A small limit stands in for 2**31 so that real calls cross it."""
     monkeypatch.setattr(_utils, "INT32_OFFSET_LIMIT", 100)
     monkeypatch.setattr(_dispatch, "_RESOLVED", {})
-    x = torch.randn(2, 8, 16)  # 256 elements
+    x, weight = torch.randn(2, 8, 16, device=triton_device), torch.ones(16, device=triton_device)  # 256 elements
     with pytest.raises(BackendUnavailableError, match="32-bit offsets"):
-        gated_rmsnorm(x, torch.ones(16), backend="triton")
-    torch.testing.assert_close(gated_rmsnorm(x, torch.ones(16)), gated_rmsnorm(x, torch.ones(16), backend="torch"))
-    xs, dt, B, C = (torch.randn(1, 16, 2, 4), torch.rand(1, 16, 2), torch.randn(1, 16, 1, 4),
-                    torch.randn(1, 16, 1, 4))
+        gated_rmsnorm(x, weight, backend="triton")
+    torch.testing.assert_close(gated_rmsnorm(x, weight), gated_rmsnorm(x, weight, backend="torch"))
+    xs, dt, B, C = (torch.randn(1, 16, 2, 4, device=triton_device), torch.rand(1, 16, 2, device=triton_device),
+                    torch.randn(1, 16, 1, 4, device=triton_device), torch.randn(1, 16, 1, 4, device=triton_device))
     with pytest.raises(BackendUnavailableError, match="32-bit offsets"):
-        ssd_chunk_scan(xs, dt, -torch.rand(2), B, C, 8, backend="triton")
+        ssd_chunk_scan(xs, dt, -torch.rand(2, device=triton_device), B, C, 8, backend="triton")

@@ -48,6 +48,7 @@ import triton
 from torch import Tensor
 
 from .._autograd import eager_fast_path
+from .._triton_launch import launch_fitting_shared_memory
 from .._utils import new_output
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
@@ -87,11 +88,14 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     if nc > 0:
         block_t = triton.next_power_of_2(T)
         block_h = max(1, min(triton.next_power_of_2(heads), 4096 // block_t))
+        # No more warps than the tile has groups of 32 elements: Triton 3.6's layout passes fail on the fp64
+        # cumsum of a (block_t, block_h) tile of 32 or 64 elements spread over 4 warps.
+        warps = max(1, min(4, block_t * block_h // 32))
         _dt_cumsum_kernel[(nc, batch, triton.cdiv(heads, block_h))](
             dt, A, dt if dt_bias is None else dt_bias, dtp if seg is None else seg, dtp, cs, g,
             length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *(seg.stride() if seg is not None else (0, 0)),
             HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
-            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=4)
+            BLOCK_T=block_t, BLOCK_H=block_h, num_warps=warps)
     return dtp, cs, g
 
 
@@ -136,7 +140,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
-        _chunk_scan_kernel[(nc * triton.cdiv(T, block_m), batch * heads, triton.cdiv(headdim, block_p))](
+        grid = (nc * triton.cdiv(T, block_m), batch * heads, triton.cdiv(headdim, block_p))
+        launch_fitting_shared_memory(_chunk_scan_kernel, grid,
             x, x if z is None else z, B, C, x if D is None else D, dtp, cs, seg_arg, states, out,
             pre if store_pre else out,
             length, heads, hpg, headdim, dstate, T, lp, *x.stride(), *z_strides, *B.stride(), *C.stride(),
@@ -230,7 +235,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     srow = new_output((bh_count, n_jb, nc), f64, dev)
     vrow = torch.zeros((dvarlen.shape[0], heads, n_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
     D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
-    _bwd_dx_kernel[(nc * n_jb, bh_count)](
+    launch_fitting_shared_memory(_bwd_dx_kernel, (nc * n_jb, bh_count),
         x, dout, z_arg, pre if has_z else x, B, C, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
         cu_arg, dx, dz, dux, col, dD_part, srow, vrow,
         length, heads, hpg, headdim, dstate, T, lp, bh_count,
@@ -244,7 +249,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
     rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
     dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
-    _bwd_dc_kernel[(nc * n_jb, batch * groups, splits)](
+    launch_fitting_shared_memory(_bwd_dc_kernel, (nc * n_jb, batch * groups, splits),
         x, dout, z_arg, B, C, dtp, cs, seg_arg, states, dgm, rowp, dC_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
@@ -253,7 +258,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
 
     # 4. per group and column block: dB partials
     dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
-    _bwd_db_kernel[(nc * n_jb, batch * groups, splits)](
+    launch_fitting_shared_memory(_bwd_db_kernel, (nc * n_jb, batch * groups, splits),
         x, C, dtp, cs, seg_arg, dhp, dv_arg, vlo, cu_arg, dgm, dB_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,

@@ -27,6 +27,12 @@ def cpu_engine(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def device(cpu_engine, backend):
+    """The C++ kernel takes CPU tensors only; the chunked engine runs where the torch backend is tested."""
+    return torch.device("cpu") if cpu_engine == "cpu_kernel" else backend_device(backend)
+
+
 def make_inputs(batch, dim, length, device, *, gate_shape="full", dtype=torch.float32,
                 gate_dtype=None, complex_gates=False, init=True, zeros=True, transposed=False):
     """Gates around |a| ~ 0.9 with some exact zeros (resets) and some |a| > 1."""
@@ -53,8 +59,8 @@ def run(backend):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("length", [1, 7, 63, 130, 1025])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_matches_reference(backend, dtype, length, reverse):
-    inputs = make_inputs(2, 8, length, backend_device(backend), dtype=dtype)
+def test_matches_reference(backend, device, dtype, length, reverse):
+    inputs = make_inputs(2, 8, length, device, dtype=dtype)
     check_parity(run(backend), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
                  reverse=reverse, return_final_state=True)
 
@@ -62,8 +68,8 @@ def test_matches_reference(backend, dtype, length, reverse):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gate_shape", ["DL", "D"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_broadcast_gates(backend, gate_shape, reverse):
-    inputs = make_inputs(3, 8, 130, backend_device(backend), gate_shape=gate_shape)
+def test_broadcast_gates(backend, device, gate_shape, reverse):
+    inputs = make_inputs(3, 8, 130, device, gate_shape=gate_shape)
     check_parity(run(backend), linear_scan_ref, inputs, torch.float32, ["gates", "tokens", "initial_state"],
                  reverse=reverse, return_final_state=True)
 
@@ -71,8 +77,8 @@ def test_broadcast_gates(backend, gate_shape, reverse):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tokens_dtype,complex_gates", [(torch.complex64, True), (torch.complex64, False),
                                                          (torch.float32, True)])
-def test_complex(backend, tokens_dtype, complex_gates):
-    device = backend_device(backend)
+def test_complex(backend, device, tokens_dtype, complex_gates):
+    device = device
     inputs = make_inputs(2, 8, 130, device, complex_gates=complex_gates)
     tokens = torch.randn(2, 8, 130, device=device, dtype=tokens_dtype)
     inputs["tokens"], inputs["initial_state"] = tokens, torch.randn(2, 8, device=device, dtype=tokens_dtype)
@@ -82,9 +88,9 @@ def test_complex(backend, tokens_dtype, complex_gates):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_mixed_precision_gates(backend):
+def test_mixed_precision_gates(backend, device):
     """fp32 gates (parameters) with bf16 tokens: the output stays bf16, the gates' gradient fp32."""
-    inputs = make_inputs(2, 8, 63, backend_device(backend), dtype=torch.bfloat16, gate_dtype=torch.float32,
+    inputs = make_inputs(2, 8, 63, device, dtype=torch.bfloat16, gate_dtype=torch.float32,
                          gate_shape="D")
     assert linear_scan(**inputs).dtype == torch.bfloat16
     check_parity(run(backend), linear_scan_ref, inputs, torch.bfloat16, ["gates", "tokens", "initial_state"],
@@ -92,8 +98,8 @@ def test_mixed_precision_gates(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_noncontiguous(backend):
-    inputs = make_inputs(2, 16, 257, backend_device(backend), transposed=True)
+def test_noncontiguous(backend, device):
+    inputs = make_inputs(2, 16, 257, device, transposed=True)
     inputs["gates"] = inputs["gates"].transpose(0, 2).contiguous().transpose(0, 2)
     assert not inputs["tokens"].is_contiguous() and not inputs["gates"].is_contiguous()
     check_parity(run(backend), linear_scan_ref, inputs, torch.float32, ["gates", "tokens", "initial_state"],
@@ -103,8 +109,8 @@ def test_noncontiguous(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("split", [1, 64, 129])
-def test_split_with_state_equals_whole(backend, reverse, split):
-    inputs = make_inputs(2, 8, 130, backend_device(backend))
+def test_split_with_state_equals_whole(backend, device, reverse, split):
+    inputs = make_inputs(2, 8, 130, device)
     a, b, h = inputs["gates"], inputs["tokens"], inputs["initial_state"]
     whole, whole_state = linear_scan(a, b, h, reverse=reverse, return_final_state=True, backend=backend)
     first, second = (slice(split, None), slice(None, split)) if reverse else (slice(None, split), slice(split, None))

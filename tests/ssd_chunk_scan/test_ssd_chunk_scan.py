@@ -63,6 +63,18 @@ def scan(backend, **kwargs):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk_size,heads", [(1, 24), (2, 24), (3, 8), (8, 4), (16, 4), (32, 2), (64, 1), (100, 3),
+                                              (512, 2)])
+def test_every_chunk_size(backend, chunk_size, heads):
+    """Chunk sizes from 1 to 512 (small chunks are the usual remedy for bf16 overflow), with head counts that
+    make the dt kernel's (chunk, heads) tile 32 or 64 elements: Triton 3.6 failed to compile those on 4 warps."""
+    device = backend_device(backend)
+    inputs = make_inputs(1, min(2 * chunk_size + 3, 600), heads, 4, 1, 4, torch.float32, device)
+    check_parity(lambda **kw: scan(backend, **kw), reference, inputs, torch.float32, grads_of(inputs),
+                 chunk_size=chunk_size, dt_softplus=True, return_final_states=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("length,chunk_size,heads,groups,D_shape,dt_limit", [
     (63, 16, 4, 2, "H", (0.0, math.inf)),

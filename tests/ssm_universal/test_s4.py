@@ -67,11 +67,12 @@ def dense_kernel(layer, length):
 def test_hippo_legs_nplr_reconstructs_legs():
     N = 10
     A, B, P = hippo_legs(N)
-    for n in range(N):
-        assert B[n] == math.sqrt(2 * n + 1) and P[n] == math.sqrt(n + 0.5)
-        for k in range(N):
-            expected = -math.sqrt((2 * n + 1) * (2 * k + 1)) if n > k else (-(n + 1) if n == k else 0.0)
-            assert abs(A[n, k] - expected) < 1e-12
+    n = torch.arange(N, dtype=torch.float64)
+    assert_close(B, torch.sqrt(2 * n + 1), torch.float64, "B")
+    assert_close(P, torch.sqrt(n + 0.5), torch.float64, "P")
+    r = torch.sqrt(2 * n + 1)
+    expected_A = torch.where(n[:, None] > n[None, :], -r[:, None] * r[None, :], 0.0) - torch.diag(n + 1)
+    assert_close(A, expected_A, torch.float64, "A")
     Lambda, Pt, Bt, V = nplr_legs(N)
     assert Lambda.shape == Pt.shape == Bt.shape == (N // 2,) and V.shape == (N, N // 2)
     assert torch.all((Lambda.real + 0.5).abs() < 1e-12) and torch.all(Lambda.imag < 0)

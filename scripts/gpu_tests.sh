@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite natively on a GPU machine, in one call (at most ~9 minutes on an H200 with 16 cores):
+# builds every csrc extension first (so xdist workers never wait on nvcc), then `pytest -n $WORKERS`.
+# Logs and a junit report go to $OUT (default /tmp/gpu_out); the last lines printed are a summary to paste
+# into a note: GPU, torch, Triton, commit, pass/fail counts and the failing tests.
+#   usage: [WORKERS=12] [TEST_TIMEOUT=480] [PER_TEST_TIMEOUT=240] bash scripts/gpu_tests.sh [pytest args...]
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=${SSM_KERNELS_CACHE:-/tmp/ssm_cache}
+start=$(date +%s)
+{
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
+  echo "commit ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+  echo "date $(date -u +%Y-%m-%dT%H:%MZ)"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+# Build every extension before the workers start (in parallel; the flock makes a worker wait, not rebuild).
+python3 - > "$OUT/build.log" 2>&1 <<'PY'
+import concurrent.futures as cf, time
+from ssm_kernels import _cuda_ext, _cpu_ext
+names = _cuda_ext.cuda_extension_names()
+with cf.ThreadPoolExecutor(len(names) + 1) as pool:
+    jobs = {pool.submit(_cuda_ext.load, n): n for n in names}
+    jobs[pool.submit(_cpu_ext.load)] = "cpu"
+    for job in cf.as_completed(jobs):
+        try:
+            print(jobs[job], job.result())
+        except Exception as exc:  # the tests of that backend will fail and say why
+            print(jobs[job], "FAILED:", exc)
+PY
+echo "builds ($(( $(date +%s) - start )) s):"; cat "$OUT/build.log"
+
+args=("$@"); [ ${#args[@]} -eq 0 ] && args=(tests)
+export SSM_TEST_LOG="$OUT/tests.log"  # tests/conftest.py: one line per test as it finishes
+timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-12}" -p no:cacheprovider -p no:benchmark \
+  --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1
+rc=$?
+echo "================ failures"
+grep -E "^(failed|error)" "$OUT/tests.log" | cut -f2- | cut -c1-200 | head -${SHOW_FAILURES:-80}
+echo "================ slowest"
+grep -E "^(passed|failed)" "$OUT/tests.log" | sort -t$'\t' -k3 -rn | head -${SHOW_SLOWEST:-15} | cut -f3-
+echo "================ summary"
+cat "$OUT/env.txt"
+echo "pytest rc=$rc in $(( $(date +%s) - start )) s (124 = stopped by TEST_TIMEOUT): $(tail -1 "$OUT/pytest.log")"

@@ -1,0 +1,148 @@
+"""Compile every Triton kernel launch the test suite makes for a GPU target, without a GPU.
+
+The Triton versions differ between machines (the GPU image has an older one), and some versions reject
+kernels that others compile (layout passes that fail, shared memory over the chip's limit, compiles that
+never end). Two steps find those on a CPU machine:
+
+  record:  run pytest with the Triton interpreter and write each distinct launch (kernel, argument types,
+           constexprs, num_warps / num_stages) to a pickle:
+             python scripts/triton_compile_check.py record launches.pkl -- -q tests/ssd_chunk_scan -x
+  compile: compile the recorded launches for a target with whichever Triton is installed (another venv
+           may hold another version), and report failures, shared memory over the limit and slow compiles
+           (launches made through _triton_launch.launch_fitting_shared_memory are recorded at 3 stages and
+           retry with fewer on the GPU, so an SMEM line for them says that the retry will happen):
+             python scripts/triton_compile_check.py compile launches.pkl [--arch 90] [--slow 20]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes per block, opt-in maximum
+
+_TORCH_TO_TRITON = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int64": "i64",
+                    "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1"}
+
+
+def _arg_spec(value):
+    """(type string, constexpr value or None, divisible by 16) of one runtime argument, as Triton's JIT
+    specialises it: ints equal to 1 become constexprs, pointers and ints carry 16-divisibility."""
+    import torch
+    if isinstance(value, torch.Tensor):
+        return "*" + _TORCH_TO_TRITON[str(value.dtype).replace("torch.", "")], None, value.data_ptr() % 16 == 0
+    if isinstance(value, bool):
+        return "i1", None, False
+    if isinstance(value, int):
+        if value == 1:
+            return "constexpr", 1, False
+        return ("i32" if -2**31 <= value < 2**31 else "i64"), None, value % 16 == 0
+    if isinstance(value, float):
+        return "fp32", None, False
+    if value is None:
+        return "constexpr", None, False
+    raise TypeError(f"unrecorded argument type {type(value)}")
+
+
+def record(out_path: str, pytest_args: list) -> int:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import pytest
+    from triton.runtime import interpreter
+
+    launches = {}
+    original_run = interpreter.InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        import triton.language as tl
+        import inspect
+        params = list(inspect.signature(self.fn).parameters.values())
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if k in kwargs}
+        bound = dict(zip((p.name for p in params), args))
+        bound.update(kwargs)
+        signature, constexprs, divisible = {}, {}, []
+        for i, p in enumerate(params):
+            value = bound.get(p.name, p.default)
+            if p.annotation is tl.constexpr or p.annotation == "tl.constexpr":
+                signature[p.name], constexprs[p.name] = "constexpr", value
+                continue
+            kind, const, div = _arg_spec(value)
+            signature[p.name] = kind
+            if kind == "constexpr":
+                constexprs[p.name] = const
+            elif div:
+                divisible.append(p.name)
+        key = (self.fn.__module__, self.fn.__name__, tuple(signature.items()), tuple(sorted(constexprs.items())),
+               tuple(divisible), tuple(sorted(options.items())))
+        launches.setdefault(key, 0)
+        launches[key] += 1
+        return original_run(self, *args, grid=grid, warmup=warmup, **kwargs, **options)
+
+    interpreter.InterpretedFunction.run = recording_run
+    rc = pytest.main(pytest_args)
+    with open(out_path, "wb") as f:
+        pickle.dump(list(launches), f)
+    print(f"recorded {len(launches)} distinct launches into {out_path}")
+    return int(rc)
+
+
+def compile_all(path: str, arch: int, slow_s: float) -> int:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sys.path.insert(0, str(ROOT))
+    with open(path, "rb") as f:
+        launches = pickle.load(f)
+    target = GPUTarget("cuda", arch, 32)
+    limit = SHARED_MEMORY_LIMIT.get(arch)
+    problems = 0
+    print(f"triton {triton.__version__}, target sm_{arch}, {len(launches)} launches")
+    for module, name, signature, constexprs, divisible, options in launches:
+        kernel = getattr(importlib.import_module(module), name)
+        signature, constexprs = dict(signature), dict(constexprs)
+        index = {n: i for i, n in enumerate(kernel.arg_names)}
+        attrs = {(index[n],): [["tt.divisibility", 16]] for n in divisible}
+        src = ASTSource(kernel, signature, constexprs={(index[n],): v for n, v in constexprs.items()}, attrs=attrs)
+        label = f"{name} {dict(options)} {constexprs}"
+        start = time.perf_counter()
+        try:
+            compiled = triton.compile(src, target=target, options=dict(options))
+        except Exception as exc:  # the compiler's own message says which pass failed
+            problems += 1
+            print(f"FAIL  {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        seconds = time.perf_counter() - start
+        shared = compiled.metadata.shared
+        if limit is not None and shared > limit:
+            problems += 1
+            print(f"SMEM  {label}: {shared} bytes of shared memory > {limit}")
+        if seconds > slow_s:
+            problems += 1
+            print(f"SLOW  {label}: {seconds:.0f} s to compile")
+    print(f"{problems} problems in {len(launches)} launches")
+    return 1 if problems else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("out")
+    rec.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    comp = sub.add_parser("compile")
+    comp.add_argument("launches")
+    comp.add_argument("--arch", type=int, default=90)
+    comp.add_argument("--slow", type=float, default=20.0, help="report compiles longer than this (s)")
+    args = parser.parse_args()
+    if args.command == "record":
+        return record(args.out, [a for a in args.pytest_args if a != "--"])
+    return compile_all(args.launches, args.arch, args.slow)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
