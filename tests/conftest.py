@@ -42,11 +42,19 @@ def triton_device():
     return torch.device(TRITON_DEVICE)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run the tests marked slow on a CPU-only machine too")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow on a CPU: runs natively on a GPU, or here with --run-slow")
+    run_slow = HAS_CUDA or config.getoption("--run-slow")
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
 
 
 _TEST_LOG = os.environ.get("SSM_TEST_LOG")  # a file: one line per finished test, written as it finishes

@@ -113,7 +113,8 @@ def test_varlen_states_match_reference(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("chunk_size", [1, 3, 17, 64, 300])
+@pytest.mark.parametrize("chunk_size", [pytest.param(1, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow),
+                                        17, 64, 300])  # 1 and 3: a minute in the Triton interpreter
 def test_independent_of_chunk_size(backend, chunk_size):
     device = backend_device(backend)
     dtype = torch.float32 if backend == "triton" else torch.float64  # Triton has no fp64 kernels

@@ -12,7 +12,12 @@ CASES = [(arch, block_type) for arch, (_, block_types, _) in ARCHITECTURES.items
 CASES.append(("hiss", None))
 
 
-@pytest.mark.parametrize("architecture, block_type", CASES, ids=[f"{a}-{b}" if b else a for a, b in CASES])
+SLOW_ON_CPU = {"s4", "hiss"}  # about 30 s each of Inductor C++ builds on a 2-core CPU
+
+
+@pytest.mark.parametrize("architecture, block_type", [
+    pytest.param(a, b, id=f"{a}-{b}" if b else a, marks=[pytest.mark.slow] if a in SLOW_ON_CPU else [])
+    for a, b in CASES])
 def test_compiled_model_equals_eager(architecture, block_type):
     torch.manual_seed(0)
     extra = dict(chunk_size=4) if architecture == "hiss" else {}
