@@ -11,8 +11,9 @@ Which backend runs a call, first rule that applies:
    that has no implementation in that backend chooses automatically (logged once); an op that has one
    that cannot run for the given tensors raises.
 3. Automatic: CPU tensors -> "torch"; CUDA tensors -> the first runnable backend of the op's row in
-   MEASURED_ORDER (filled from benchmarks/results on the H100). A preferred backend that cannot run is
-   skipped and the reason logged once.
+   MEASURED_ORDER for the GPU's architecture (compute capability; filled from benchmarks/results); a GPU of an
+   unmeasured architecture uses DEFAULT_ORDER for every op. A preferred backend that cannot run is skipped and
+   the reason logged once.
 
 Nothing here imports Triton or initialises CUDA at import time.
 """
@@ -53,15 +54,17 @@ class Rule:
     source: str = "placeholder: not yet benchmarked"
 
 
-# Filled from measured winners (benchmarks/results/); rules are tried in order, the first that matches
-# the dtype and size gives the order. Ops without a row use DEFAULT_ORDER.
+# Filled from measured winners (benchmarks/results/), per GPU architecture (compute capability): the
+# rules of an op are tried in order, the first that matches the dtype and size gives the order. Ops or cases
+# without a rule, and every op on a GPU of an unmeasured architecture, use DEFAULT_ORDER.
 DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"), source="default order: not benchmarked for this case")
 _BF16, _FP32 = (torch.bfloat16,), (torch.float32,)
-# H100 80GB, torch 2.11, Triton 3.6, triton.testing.do_bench medians (benchmarks/results/h100_session4.txt,
-# session-4 device runs 9-12; h100_issue5_6.txt for the rows not re-measured). Where forward and
-# forward+backward disagree, the rule follows forward+backward (training); fp16 follows the default until it
-# is measured.
-MEASURED_ORDER: Dict[str, List[Rule]] = {
+HOPPER = (9, 0)  # H100 and H200
+# Hopper: measured on the H100 80GB, torch 2.11, Triton 3.6, triton.testing.do_bench medians
+# (benchmarks/results/h100_session4.txt, h100_issue5_6.txt for the rows not re-measured); the H200 shares the
+# architecture and has not been re-measured. Where forward and forward+backward disagree, the rule follows
+# forward+backward (training); fp16 follows the default until it is measured.
+_HOPPER_ORDER: Dict[str, List[Rule]] = {
     "causal_conv1d": [
         Rule(order=("cuda", "triton", "torch"), max_size=1 << 22,
              source="H100: B1 D1024 L2048 fp32 fwd cuda 0.036 ms vs triton 0.111; fwd+bwd 0.589 vs 1.002"),
@@ -97,6 +100,7 @@ MEASURED_ORDER: Dict[str, List[Rule]] = {
              source="H100: (4096, 2048) fp32 fwd+bwd torch 0.667 ms vs triton 0.927 (fwd triton 0.106 vs 0.172)"),
     ],
 }
+MEASURED_ORDER: Dict[Tuple[int, int], Dict[str, List[Rule]]] = {HOPPER: _HOPPER_ORDER}
 
 # A backend-specific constraint: (device, dtype, features) -> None when supported, else the reason.
 Supports = Callable[[torch.device, Optional[torch.dtype], dict], Optional[str]]
@@ -270,7 +274,12 @@ def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[in
     """The preference order for automatic choice, and where it comes from."""
     if device.type != "cuda":
         return ("torch",), f"{device.type} tensors use the torch backend"
-    for rule in MEASURED_ORDER.get(op, []):
+    capability = _capability(device)
+    rules = MEASURED_ORDER.get(capability)
+    if rules is None:
+        return DEFAULT_ORDER.order, (f"default order: no measurements for compute capability "
+                                     f"{capability[0]}.{capability[1]}")
+    for rule in rules.get(op, []):
         if (rule.dtypes is None or dtype in rule.dtypes) and (rule.max_size is None or size is None
                                                               or size <= rule.max_size):
             return rule.order, rule.source

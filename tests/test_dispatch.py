@@ -27,6 +27,7 @@ def fake_op(monkeypatch):
     monkeypatch.setitem(_dispatch._REGISTRY, "causal_conv1d", row)
     monkeypatch.setattr(_dispatch, "_RESOLVED", {})
     monkeypatch.setattr(_dispatch, "backend_problem", lambda backend, device, extension=None: None)
+    monkeypatch.setattr(_dispatch, "_capability", lambda device: _dispatch.HOPPER)
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     return row
 
@@ -41,15 +42,26 @@ def test_cpu_tensors_choose_torch(fake_op):
 
 
 def test_cuda_tensors_follow_measured_order(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER, "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "cuda", "torch"), dtypes=(torch.bfloat16,), source="test"),
         _dispatch.Rule(order=("cuda", "torch"), source="test")])
     assert pick(dtype=torch.bfloat16) == "triton"
     assert pick(dtype=torch.float32) == "cuda"
 
 
+def test_unmeasured_gpu_architecture_uses_the_default_order(fake_op, monkeypatch):
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+        _dispatch.Rule(order=("triton", "cuda", "torch"), source="test")])
+    assert pick() == "triton"
+    monkeypatch.setattr(_dispatch, "_capability", lambda device: (8, 6))
+    monkeypatch.setattr(_dispatch, "_RESOLVED", {})
+    assert pick() == _dispatch.DEFAULT_ORDER.order[0] == "cuda"
+    order, reason = _dispatch.automatic_order("causal_conv1d", torch.device("cuda"), torch.float32)
+    assert order == _dispatch.DEFAULT_ORDER.order and "compute capability 8.6" in reason
+
+
 def test_size_classes(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER, "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "torch"), max_size=1000, source="small"),
         _dispatch.Rule(order=("cuda", "torch"), source="large")])
     assert pick(size=10) == "triton"
