@@ -112,6 +112,24 @@ def ssd_chunk_scan_cases(quick):
         inputs["seq_idx"] = random_seq_idx(2, 1000, DEV)
         yield ("L1000 P24 N40 D(H,P) seq_idx dt_limit chunk64", dtype, inputs, grads_of(inputs),
                dict(chunk_size=64, dt_softplus=True, dt_limit=(0.01, 0.2), return_final_states=True))
+    # every chunk size the GPU must compile (1 to 256) at the lengths around chunk edges, alternating
+    # contiguous / non-contiguous inputs and plain / packed (cu_seqlens, varlen states) sequences
+    lengths = (1, 2, 65) if quick else (1, 2, 63, 64, 65, 4095)
+    for dtype in DTYPES:
+        for i, (length, chunk) in enumerate((l, c) for l in lengths for c in (1, 16, 64, 256)):
+            packed = i % 2 == 1 and length > 2
+            inputs = make_inputs(1 if packed else 2, length, 4, 16, 2, 16, dtype, DEV, transposed=i % 2 == 0)
+            kwargs = dict(chunk_size=chunk, dt_softplus=True, return_final_states=True)
+            if packed:
+                kwargs.update(cu_seqlens=torch.tensor([0, 1, length // 2, length], device=DEV),
+                              return_varlen_states=True)
+            layout = "transposed" if i % 2 == 0 else "contiguous"
+            yield (f"L{length} chunk{chunk} H4 P16 N16 {layout}{' varlen' if packed else ''}", dtype, inputs,
+                   grads_of(inputs), kwargs)
+        if not quick:
+            inputs = make_inputs(1, 65536, 2, 16, 1, 16, dtype, DEV)
+            yield ("L65536 chunk256 H2 P16 N16", dtype, inputs, grads_of(inputs),
+                   dict(chunk_size=256, dt_softplus=True, return_final_states=True))
     inputs = make_inputs(1, 2047, 4, 32, 2, 64, torch.float32, DEV)
     inputs["initial_states"] = None
     yield ("L2047 cu_seqlens varlen states", torch.float32, inputs, grads_of(inputs),

@@ -6,6 +6,10 @@ is what a same-dtype PyTorch computation of the op achieves against the fp32 seq
   fp64 1e-10, fp32 2e-5 (tf32 matmuls must be off), fp16 1e-3, bf16 1e-2: about five times one rounding
   of the output to fp16 (2e-4) or bf16 (1.7e-3); fp32 leaves room for accumulation over long sequences.
 A kernel that needs more has a bug or a precision problem to find, not a tolerance to raise.
+
+Absolute floor: where the expected tensor is exactly zero (for example the gradient of A at L = 1 from a zero
+state), there is no scale to be relative to, and the error is the absolute norm ||actual|| itself, held to the
+same bound: a kernel's rounding residue of ~1e-9 passes, a wrong value does not.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ def tolerance(dtype: torch.dtype) -> float:
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in fp64; the absolute ||actual - expected|| where expected is all
+    zeros (the absolute floor of the module docstring); NaN when actual is not finite."""
     a, e = actual.detach().to(torch.complex128 if actual.is_complex() else torch.float64), expected.detach()
     e = e.to(a.dtype)
     if not torch.isfinite(a).all():

@@ -23,6 +23,14 @@ def test_tolerance_rejects_one_ulp_of_the_next_coarser_dtype():
         assert_close(x.half(), x, torch.float32)
 
 
+def test_absolute_floor_where_the_reference_is_zero():
+    zeros = torch.zeros(64, dtype=torch.float64)
+    assert relative_error(torch.full((64,), 1e-9), zeros) == pytest.approx(8e-9)  # ||actual||, no division
+    assert_close(torch.full((64,), 1e-9), zeros, torch.float32, "rounding residue")
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_close(torch.full((64,), 1e-3), zeros, torch.float32, "a wrong gradient")
+
+
 @pytest.mark.triton
 def test_triton_kernels_run_on_this_machine(triton_device):
     import triton
