@@ -86,7 +86,7 @@ def cuda_home() -> Optional[str]:
     if home is None:
         nvcc = shutil.which("nvcc")
         home = os.path.dirname(os.path.dirname(nvcc)) if nvcc else "/usr/local/cuda"
-    return home if home and os.path.exists(os.path.join(home, "bin", "nvcc")) else None
+    return home if os.path.exists(os.path.join(home, "bin", "nvcc")) else None
 
 
 def arch() -> str:
