@@ -1,13 +1,14 @@
-"""Native GPU parity of every GPU backend against the sequential fp32 reference (issues 5 and 6).
+"""Native GPU parity of every GPU backend against the sequential fp32 reference.
 
     python scripts/gpu_parity.py [--out DIR] [--ops op,op] [--quick]
 
 For each op, backend (triton, cuda) and dtype (fp32, fp16, bf16): forward, every gradient and the states,
 on fresh random inputs built by the op's test module (tests/<op>/test_<op>.py: make_inputs, reference), at
-the lengths the issues name (1, 63, 2047, 4096 and 65536; the longest with a narrow channel count so the
-sequential reference stays affordable). Prints the worst norm-relative error per (op, backend, dtype) with
-the case and tensor it came from, PASS/FAIL against ssm_kernels.testing.tolerance, and bitwise
-reproducibility of the backward; writes everything to DIR/parity.json.
+lengths around block and chunk edges (EDGE_LENGTHS: 1, 2, 63, 64, 65, 4095; SSD crossed with chunk sizes 1, 16,
+64 and 256), alternately with non-contiguous inputs, plus 2047, 4096 and 65536 (the longest with a narrow channel
+count so the sequential reference stays affordable), packed sequences and states. Prints the worst norm-relative
+error per (op, backend, dtype) with the case and tensor it came from, PASS/FAIL against
+ssm_kernels.testing.tolerance, and bitwise reproducibility of the backward; writes everything to DIR/parity.json.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from ssm_kernels.testing import tolerance  # noqa: E402
 from tests.helpers import parity_errors  # noqa: E402
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# lengths at block and chunk edges (the SSD cases cross them with chunk sizes); odd cases use non-contiguous inputs
+EDGE_LENGTHS = (1, 2, 63, 64, 65, 4095)
+QUICK_EDGE_LENGTHS = (1, 2, 65)
 BACKEND_OF_UPDATES = ["triton"]
 DEV = os.environ.get("PARITY_DEVICE", "cuda")
 
@@ -39,6 +43,11 @@ def selective_scan_cases(quick):
     for dtype in DTYPES:
         for length in lengths:
             yield (f"L{length} D32 N16 variable", dtype, make_inputs(2, 32, length, 16, dtype, DEV), ALL_GRADS,
+                   dict(delta_softplus=True, return_final_state=True))
+        for i, length in enumerate(QUICK_EDGE_LENGTHS if quick else EDGE_LENGTHS):
+            layout = "transposed" if i % 2 else "contiguous"
+            yield (f"L{length} D24 N16 variable {layout}", dtype,
+                   make_inputs(2, 24, length, 16, dtype, DEV, transposed=i % 2 == 1), ALL_GRADS,
                    dict(delta_softplus=True, return_final_state=True))
         yield ("L2047 D32 N16 grouped G2", dtype, make_inputs(2, 32, 2047, 16, dtype, DEV, bc="grouped"),
                ALL_GRADS, dict(delta_softplus=True, return_final_state=True))
@@ -73,6 +82,11 @@ def causal_conv1d_cases(quick):
         for length in lengths:
             dim = 64 if length < 65536 else 16
             yield (f"L{length} D{dim} W4 silu states", dtype, make_inputs(2, dim, length, 4, dtype, DEV, init=True),
+                   ["x", "weight", "bias", "initial_states"], dict(activation="silu", return_final_states=True))
+        for i, length in enumerate(QUICK_EDGE_LENGTHS if quick else EDGE_LENGTHS):
+            layout = "channel-last" if i % 2 else "channel-first"
+            yield (f"L{length} D40 W4 silu states {layout}", dtype,
+                   make_inputs(2, 40, length, 4, dtype, DEV, init=True, transposed=i % 2 == 1),
                    ["x", "weight", "bias", "initial_states"], dict(activation="silu", return_final_states=True))
         yield ("L2047 D48 W3 seq_idx channel-last", dtype,
                make_inputs(2, 48, 2047, 3, dtype, DEV, seq=True, transposed=True), ["x", "weight", "bias"],
@@ -114,7 +128,7 @@ def ssd_chunk_scan_cases(quick):
                dict(chunk_size=64, dt_softplus=True, dt_limit=(0.01, 0.2), return_final_states=True))
     # every chunk size the GPU must compile (1 to 256) at the lengths around chunk edges, alternating
     # contiguous / non-contiguous inputs and plain / packed (cu_seqlens, varlen states) sequences
-    lengths = (1, 2, 65) if quick else (1, 2, 63, 64, 65, 4095)
+    lengths = QUICK_EDGE_LENGTHS if quick else EDGE_LENGTHS
     for dtype in DTYPES:
         for i, (length, chunk) in enumerate((l, c) for l in lengths for c in (1, 16, 64, 256)):
             packed = i % 2 == 1 and length > 2
