@@ -1,4 +1,4 @@
-"""Native GPU check of the Triton ssd_chunk_scan backward (issue 6), in one run of under 4 minutes:
+"""Native GPU check of the Triton ssd_chunk_scan backward, in one run of under 4 minutes:
 
     python scripts/check_ssd_bwd.py [--skip-parity] [--skip-bench] [--out DIR]
 

@@ -1,4 +1,4 @@
-"""Decoding-step probe on the GPU (issues 5/6): where the microseconds of one selective_state_update /
+"""Decoding-step probe on the GPU: where the microseconds of one selective_state_update /
 causal_conv1d_update call go at batch 1, and the Mamba-2 B=64 step's bandwidth per tile size.
 
     python scripts/gpu_decode_probe.py

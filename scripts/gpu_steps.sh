@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device-tool steps for the GPU work of issues 5 and 6, in one call: STEPS picks what runs (space-separated,
+# Device-tool steps for GPU work, in one call: STEPS picks what runs (space-separated,
 # in that order); logs under $OUT, short summaries on stdout, the profile summary last.
 #   parity      scripts/gpu_parity.py over every GPU backend (PARITY_ARGS, e.g. "--ops selective_scan --quick")
 #   scan_cuda   scripts/check_selective_scan_cuda.py --quick and the CUDA selective_scan tests

@@ -38,5 +38,5 @@ def _case(batch: int, dim: int, steps: int, width: int, dtype: torch.dtype) -> C
 def cases(quick: bool):
     if quick:
         return [_case(4, 1024, 1, 4, torch.float32)]
-    return [_case(1, 4096, 1, 4, torch.bfloat16),  # issue 5: one decoding step at batch 1, end to end
+    return [_case(1, 4096, 1, 4, torch.bfloat16),  # one decoding step at batch 1, end to end
             _case(16, 4096, 1, 4, torch.float32), _case(16, 4096, 4, 4, torch.float32)]

@@ -1,7 +1,7 @@
-"""linear_scan: real fp32 B=4 D=1024 L=4096 (issue 3's CPU case) and a complex S5/LRU-style case.
+"""linear_scan: real fp32 B=4 D=1024 L=4096 (the CPU case) and a complex S5/LRU-style case.
 
 "floor:cumsum" is torch.cumsum of the tokens along L: one memory pass over the same (B, D, L) tensor, the
-yardstick of issue 3 (forward within 4x of it)."""
+yardstick (the target: forward within 4x of it)."""
 from __future__ import annotations
 
 import torch

@@ -3,7 +3,7 @@
 Inputs follow Mamba's initialisation: A = -(1..N) per channel, Δ = softplus(delta + delta_bias) with
 softplus(delta_bias) log-uniform in [1e-3, 0.1]. Peer "peer:mambapy": mambapy's pscan (Blelloch scan over
 the materialised (B, L, D, N) tensors) inside the same Mamba-1 formula, as mambapy's MambaBlock does it.
-GPU cases (issue 5): (4, 4096, 4096) N=16 bf16 and fp32 beside "peer:mamba_ssm", mamba_ssm 2.3.2's CUDA
+GPU cases: (4, 4096, 4096) N=16 bf16 and fp32 beside "peer:mamba_ssm", mamba_ssm 2.3.2's CUDA
 selective_scan_fn (benchmarks/peers.py links it from prebuilt objects).
 """
 from __future__ import annotations
