@@ -20,7 +20,7 @@ cat "$OUT/env.txt"
 
 # Build every extension before the workers start (in parallel; the flock makes a worker wait, not rebuild).
 python3 - > "$OUT/build.log" 2>&1 <<'PY'
-import concurrent.futures as cf, time
+import concurrent.futures as cf
 from ssm_kernels import _cuda_ext, _cpu_ext
 names = _cuda_ext.cuda_extension_names()
 with cf.ThreadPoolExecutor(len(names) + 1) as pool:

@@ -2,7 +2,6 @@
 TRITON_INTERPRET=1 must be set before any @triton.jit function is defined, so it is set here, at the
 start of the session, before the package's Triton modules are imported."""
 import os
-import time
 import zlib
 
 import pytest
