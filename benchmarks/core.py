@@ -34,6 +34,8 @@ class Case:
     flops_fwd: int = 0
     notes: str = ""
     device_types: Tuple[str, ...] = ("cpu", "cuda")  # where the case is worth running (GPU sizes: "cuda")
+    dtype: Optional[torch.dtype] = None  # the dtype the op's dispatch sees (its main input's)
+    dispatch_size: Optional[int] = None  # the size the op passes to _dispatch.select() (e.g. numel of x)
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Result:
     gbps: Optional[float] = None
     floor_fraction: Optional[float] = None
     peak_mem_mb: Optional[float] = None
+    dtype: Optional[str] = None  # Case.dtype, e.g. "bfloat16"
+    dispatch_size: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,7 +132,8 @@ def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwid
             with torch.no_grad() if mode == "fwd" else torch.enable_grad():
                 ms = time_ms(fn, device, quick)
                 mem = peak_memory_mb(fn, device) if memory else None
-            r = Result(case.op, case.name, label, mode, ms, peak_mem_mb=mem)
+            r = Result(case.op, case.name, label, mode, ms, peak_mem_mb=mem, dispatch_size=case.dispatch_size,
+                       dtype=None if case.dtype is None else str(case.dtype).replace("torch.", ""))
             if nbytes:
                 r.gbps = nbytes / (ms * 1e-3) / 1e9
                 if bandwidth:

@@ -10,10 +10,11 @@ Which backend runs a call, first rule that applies:
    a backend name for every op, or per-op choices ("selective_scan=cuda,causal_conv1d=triton"). An op
    that has no implementation in that backend chooses automatically (logged once); an op that has one
    that cannot run for the given tensors raises.
-3. Automatic: CPU tensors -> "torch"; CUDA tensors -> the first runnable backend of the op's row in
-   MEASURED_ORDER for the GPU's architecture (compute capability; filled from benchmarks/results); a GPU of an
-   unmeasured architecture uses DEFAULT_ORDER for every op. A preferred backend that cannot run is skipped and
-   the reason logged once.
+3. Automatic: CPU tensors -> "torch"; CUDA tensors -> the first runnable backend of the order that
+   MEASURED_ORDER gives for the GPU's architecture (compute capability), the op, the dtype, the op's size
+   measure and whether autograd records the call (generated from benchmarks/results into _dispatch_table.py
+   by `python -m benchmarks.dispatch_table`); a GPU of an unmeasured architecture, and every case without a
+   rule, uses DEFAULT_ORDER. A preferred backend that cannot run is skipped and the reason logged once.
 
 Nothing here imports Triton or initialises CUDA at import time.
 """
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from . import _dispatch_table
 
 logger = logging.getLogger("ssm_kernels")
 
@@ -47,60 +50,37 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True)
 class Rule:
-    """Backend preference for CUDA tensors of one op, for a dtype set and a size class."""
+    """Backend preference for CUDA tensors of one op, for a dtype set, a size class and a grad mode."""
     order: Tuple[str, ...]
     dtypes: Optional[Tuple[torch.dtype, ...]] = None  # None: every dtype
     max_size: Optional[int] = None  # problem size (op-defined, e.g. numel of the main input); None: any
+    grad: Optional[bool] = None  # True: calls autograd records (training), False: calls it does not; None: both
     source: str = "placeholder: not yet benchmarked"
 
+    def matches(self, dtype, size: Optional[int], grad: Optional[bool]) -> bool:
+        return ((self.dtypes is None or dtype in self.dtypes)
+                and (self.max_size is None or size is None or size <= self.max_size)
+                and (self.grad is None or grad is None or self.grad == grad))
 
-# Filled from measured winners (benchmarks/results/), per GPU architecture (compute capability): the
-# rules of an op are tried in order, the first that matches the dtype and size gives the order. Ops or cases
-# without a rule, and every op on a GPU of an unmeasured architecture, use DEFAULT_ORDER.
+
+# Ops or cases without a rule, and every op on a GPU of an unmeasured architecture, use DEFAULT_ORDER.
 DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"), source="default order: not benchmarked for this case")
-_BF16, _FP32 = (torch.bfloat16,), (torch.float32,)
 HOPPER = (9, 0)  # H100 and H200
-# Hopper: measured on the H100 80GB, torch 2.11, Triton 3.6, triton.testing.do_bench medians
-# (benchmarks/results/h100_session4.txt, h100_issue5_6.txt for the rows not re-measured); the H200 shares the
-# architecture and has not been re-measured. Where forward and forward+backward disagree, the rule follows
-# forward+backward (training); fp16 follows the default until it is measured.
-_HOPPER_ORDER: Dict[str, List[Rule]] = {
-    "causal_conv1d": [
-        Rule(order=("cuda", "triton", "torch"), max_size=1 << 22,
-             source="H100: B1 D1024 L2048 fp32 fwd cuda 0.036 ms vs triton 0.111; fwd+bwd 0.589 vs 1.002"),
-        Rule(order=("triton", "cuda", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: (4, 4096, 4096) bf16 fwd+bwd triton 0.948 ms vs cuda 1.056 (fwd 0.097 no-grad vs "
-                    "0.275); fp32 fwd+bwd 0.965 vs 1.149 (fwd 0.259 vs 0.297)"),
-    ],
-    "causal_conv1d_update": [
-        Rule(order=("triton", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: B1 D4096 bf16 step triton 5 us vs torch 261 us; B16 fp32 6 us vs 55 us"),
-    ],
-    "selective_state_update": [
-        Rule(order=("triton", "torch"), dtypes=_BF16,
-             source="H100: B1 D4096 N16 bf16 triton 66 us (host-bound) vs torch 220 us; B64 H64 P64 N128 "
-                    "0.100 ms (2.72 TB/s) vs 0.867"),
-    ],
-    "selective_scan": [
-        Rule(order=("cuda", "triton", "torch"), max_size=1 << 22,
-             source="H100: B1 D1024 L2048 N16 fp32 fwd cuda 0.150 ms vs triton 0.654; fwd+bwd 2.42 vs 6.49"),
-        Rule(order=("triton", "cuda", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: (4, 4096, 4096) N16 bf16 fwd+bwd triton 12.6 ms vs cuda 20.6 (fwd 1.50 vs 4.20); "
-                    "fp32 fwd+bwd 15.4 vs 19.0 (fwd 1.56 vs 3.86)"),
-    ],
-    "ssd_chunk_scan": [
-        Rule(order=("triton", "torch"), dtypes=_BF16 + _FP32,
-             source="H100: x (4, 4096, 64, 64) bf16 fwd+bwd triton 5.92 ms vs torch 37.4 (fwd 0.875 vs 12.0); "
-                    "x (8, 2048, 32, 64) fwd+bwd 3.06 ms"),
-    ],
-    "gated_rmsnorm": [
-        Rule(order=("triton", "torch"), dtypes=_BF16,
-             source="H100: (16384, 4096) bf16 fwd triton 0.144 ms vs torch 1.734; fwd+bwd 0.802 vs 5.262"),
-        Rule(order=("torch", "triton"), dtypes=_FP32,
-             source="H100: (4096, 2048) fp32 fwd+bwd torch 0.667 ms vs triton 0.927 (fwd triton 0.106 vs 0.172)"),
-    ],
-}
-MEASURED_ORDER: Dict[Tuple[int, int], Dict[str, List[Rule]]] = {HOPPER: _HOPPER_ORDER}
+
+
+def _measured_rules(measured: dict) -> Dict[Tuple[int, int], Dict[str, List[Rule]]]:
+    """Rule objects from the generated table's plain data (_dispatch_table.MEASURED)."""
+    return {capability: {op: [Rule(order=tuple(r["order"]),
+                                   dtypes=None if r["dtype"] is None else (getattr(torch, r["dtype"]),),
+                                   max_size=r["max_size"], grad=r["grad"],
+                                   source=f"{r['source']} ({', '.join(r['results'])} at {', '.join(r['commit'])})")
+                              for r in rules] for op, rules in ops.items()}
+            for capability, ops in measured.items()}
+
+
+# Per GPU architecture (compute capability), the rules of each op in order: generated from
+# benchmarks/results/ by `python -m benchmarks.dispatch_table` into _dispatch_table.py.
+MEASURED_ORDER: Dict[Tuple[int, int], Dict[str, List[Rule]]] = _measured_rules(_dispatch_table.MEASURED)
 
 # A backend-specific constraint: (device, dtype, features) -> None when supported, else the reason.
 Supports = Callable[[torch.device, Optional[torch.dtype], dict], Optional[str]]
@@ -258,6 +238,12 @@ def _override_for(op: str) -> Tuple[Optional[str], str]:
     return None, ""
 
 
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd records a call on these tensors: the dispatch table orders backends by forward+backward
+    time for such calls and by forward time for the others (inference)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # --- selection ---------------------------------------------------------------------------------------------
 _LOGGED: set = set()
 _RECORDERS: List[Dict[str, Dict[str, int]]] = []
@@ -270,7 +256,8 @@ def _log_once(message: str) -> None:
     logger.warning(message)
 
 
-def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[int] = None) -> Tuple[Tuple[str, ...], str]:
+def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[int] = None,
+                    grad: Optional[bool] = None) -> Tuple[Tuple[str, ...], str]:
     """The preference order for automatic choice, and where it comes from."""
     if device.type != "cuda":
         return ("torch",), f"{device.type} tensors use the torch backend"
@@ -280,8 +267,7 @@ def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[in
         return DEFAULT_ORDER.order, (f"default order: no measurements for compute capability "
                                      f"{capability[0]}.{capability[1]}")
     for rule in rules.get(op, []):
-        if (rule.dtypes is None or dtype in rule.dtypes) and (rule.max_size is None or size is None
-                                                              or size <= rule.max_size):
+        if rule.matches(dtype, size, grad):
             return rule.order, rule.source
     return DEFAULT_ORDER.order, DEFAULT_ORDER.source
 
@@ -302,10 +288,11 @@ def _tail(text: str, limit: int = 1500) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
-def explain(op: str, device, dtype=None, size: Optional[int] = None, **features) -> Tuple[str, str]:
+def explain(op: str, device, dtype=None, size: Optional[int] = None, grad: Optional[bool] = None,
+            **features) -> Tuple[str, str]:
     """(backend, reason) that automatic selection would pick, without loading anything."""
     device = torch.device(device)
-    order, source = automatic_order(op, device, dtype, size)
+    order, source = automatic_order(op, device, dtype, size, grad)
     skipped = []
     for backend in order:
         impl = _REGISTRY[op].get(backend)
@@ -320,8 +307,10 @@ def explain(op: str, device, dtype=None, size: Optional[int] = None, **features)
 
 
 def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtype=None,
-           size: Optional[int] = None, **features) -> Callable:
+           size: Optional[int] = None, grad: Optional[bool] = None, **features) -> Callable:
     """Return the implementation of `op` to call for tensors on `device` (see the module docstring).
+    `size` is the op's size measure for the dispatch table's size classes (each op says which at its call),
+    `grad` whether autograd records the call (needs_grad(); None for ops without a backward).
     `features` are booleans that the backends' `supports` checks read (e.g. wide=width > 8).
 
     Overrides are read here, in code torch.compile traces (so a compiled graph is guarded on them); the
@@ -331,7 +320,7 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     # cached per arguments (in _RESOLVED, which register() and the tests clear)
     fast = not _OVERRIDES and not _RECORDERS and not torch.compiler.is_compiling()
     if fast:
-        key = (op, device, backend, dtype, size, os.environ.get(ENV_VAR), tuple(features.items()))
+        key = (op, device, backend, dtype, size, grad, os.environ.get(ENV_VAR), tuple(features.items()))
         fn = _RESOLVED.get(key)
         if fn is not None:
             return fn
@@ -341,7 +330,7 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
     if torch.compiler.is_compiling():
         # with dynamic shapes a feature computed from sizes is symbolic: the choice specialises on it (a guard)
         features = {name: True if value else False for name, value in features.items()}
-    order, _ = automatic_order(op, device, dtype, size)
+    order, _ = automatic_order(op, device, dtype, size, grad)
     chosen = _resolve(op, device.type, device.index, dtype, order, backend, source, tuple(sorted(features.items())))
     impl = _REGISTRY[op][chosen]
     if _RECORDERS and not torch.compiler.is_compiling():

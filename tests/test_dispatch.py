@@ -68,6 +68,38 @@ def test_size_classes(fake_op, monkeypatch):
     assert pick(size=10**6) == "cuda"
 
 
+def test_grad_mode_rules(fake_op, monkeypatch):
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+        _dispatch.Rule(order=("triton", "torch"), grad=True, source="training"),
+        _dispatch.Rule(order=("cuda", "torch"), grad=False, source="inference")])
+    assert pick(grad=True) == "triton"
+    assert pick(grad=False) == "cuda"
+    assert pick() == "triton"  # unknown: the first rule
+
+
+def test_needs_grad():
+    x, w = torch.randn(2), torch.randn(2, requires_grad=True)
+    assert not _dispatch.needs_grad(x, None)
+    assert _dispatch.needs_grad(x, w)
+    with torch.no_grad():
+        assert not _dispatch.needs_grad(x, w)
+
+
+def test_real_op_passes_grad_mode(monkeypatch):
+    seen = []
+    real_select = _dispatch.select
+
+    def spy(op, device, **kwargs):
+        seen.append(kwargs.get("grad"))
+        return real_select(op, device, **kwargs)
+    monkeypatch.setattr(_dispatch, "select", spy)
+    x, w = torch.randn(1, 2, 5), torch.randn(2, 4, requires_grad=True)
+    ssm_kernels.causal_conv1d(x, w)
+    with torch.no_grad():
+        ssm_kernels.causal_conv1d(x, w)
+    assert seen == [True, False]
+
+
 def test_unrunnable_preference_falls_back_and_logs_once(fake_op, monkeypatch, caplog):
     fake_op["cuda"].supports = lambda d, t, f: "width 9 is too wide"
     with caplog.at_level(logging.WARNING, logger="ssm_kernels"):

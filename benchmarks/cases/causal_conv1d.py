@@ -31,7 +31,7 @@ def _case(batch: int, dim: int, length: int, width: int, dtype: torch.dtype, ref
     size = dtype.itemsize
     io = batch * dim * length * size
     return Case("causal_conv1d", f"B{batch} D{dim} L{length} W{width} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=2 * io, bytes_fwd_bwd=5 * io)  # fwd: x in, y out; bwd adds x, dy in, dx out
+                bytes_fwd=2 * io, bytes_fwd_bwd=5 * io, dtype=dtype, dispatch_size=batch * dim * length)  # fwd: x in, y out; bwd adds x, dy in, dx out
 
 
 def cases(quick: bool):
@@ -39,4 +39,5 @@ def cases(quick: bool):
         return [_case(2, 256, 512, 4, torch.float32, reference=True)]
     return [_case(4, 4096, 4096, 4, torch.bfloat16, reference=False),
             _case(4, 4096, 4096, 4, torch.float32, reference=False),
+            _case(4, 4096, 4096, 4, torch.float16, reference=False),
             _case(1, 1024, 2048, 4, torch.float32, reference=True)]

@@ -32,7 +32,8 @@ def _case(batch: int, dim: int, steps: int, width: int, dtype: torch.dtype) -> C
     # x in, y out, the state read and written
     nbytes = 2 * batch * dim * steps * size + 2 * batch * dim * (width - 1) * size
     return Case("causal_conv1d_update", f"B{batch} D{dim} T{steps} W{width} {str(dtype).replace('torch.', '')}",
-                make, bytes_fwd=nbytes)
+                make, bytes_fwd=nbytes, dtype=dtype,
+                dispatch_size=batch * dim * steps)
 
 
 def cases(quick: bool):

@@ -31,7 +31,8 @@ def _case(tokens: int, dim: int, group_size: int, dtype: torch.dtype) -> Case:
 
     io = tokens * dim * dtype.itemsize
     return Case("gated_rmsnorm", f"T{tokens} D{dim} group{group_size} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=3 * io, bytes_fwd_bwd=8 * io)  # fwd: x, z in, y out; bwd adds x, z, dy in, dx, dz out
+                bytes_fwd=3 * io, bytes_fwd_bwd=8 * io,  # fwd: x, z in, y out; bwd adds x, z, dy in, dx, dz out
+                dtype=dtype, dispatch_size=tokens * dim)
 
 
 def cases(quick: bool):

@@ -73,7 +73,7 @@ def _case(batch, dim, length, dstate, dtype, reference: bool, device_types=("cpu
     return Case("selective_scan", f"B{batch} D{dim} L{length} N{dstate} {str(dtype).replace('torch.', '')}", make,
                 bytes_fwd=4 * io + 2 * bc,  # u, delta, z in, y out; B, C in
                 bytes_fwd_bwd=4 * io + 2 * bc + 8 * io + 4 * bc,  # bwd: inputs again + dy in, 4 grads out
-                device_types=device_types)
+                device_types=device_types, dtype=dtype, dispatch_size=batch * dim * length)
 
 
 def cases(quick: bool):
@@ -82,4 +82,5 @@ def cases(quick: bool):
     gpu = ("cuda",)
     return [_case(4, 4096, 4096, 16, torch.bfloat16, reference=False, device_types=gpu),
             _case(4, 4096, 4096, 16, torch.float32, reference=False, device_types=gpu),
+            _case(4, 4096, 4096, 16, torch.float16, reference=False, device_types=gpu),
             _case(1, 1024, 2048, 16, torch.float32, reference=True)]

@@ -48,7 +48,8 @@ def _case(batch, heads, headdim, dstate, dtype, device_types=("cpu", "cuda")) ->
     state_bytes = batch * channels * dstate * 4
     form = f"D{headdim}" if heads is None else f"H{heads} P{headdim}"
     return Case("selective_state_update", f"B{batch} {form} N{dstate} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=2 * state_bytes + 4 * batch * channels * dtype.itemsize, device_types=device_types)
+                bytes_fwd=2 * state_bytes + 4 * batch * channels * dtype.itemsize, device_types=device_types,
+                dtype=dtype, dispatch_size=batch * channels * dstate)
 
 
 def cases(quick: bool):

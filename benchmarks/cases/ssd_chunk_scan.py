@@ -59,14 +59,15 @@ def _case(batch: int, length: int, heads: int, headdim: int, dstate: int, groups
     return Case("ssd_chunk_scan", f"B{batch} L{length} H{heads} P{headdim} N{dstate} G{groups} chunk{chunk} "
                 f"{str(dtype).replace('torch.', '')}", make,
                 bytes_fwd=io, bytes_fwd_bwd=3 * io,  # bwd reads the inputs and dy, writes their gradients
-                device_types=device_types)
+                device_types=device_types, dtype=dtype, dispatch_size=batch * length * heads * headdim)
 
 
 def cases(quick: bool):
     if quick:
         return [_case(1, 256, 4, 32, 16, 1, 64, torch.float32, reference=True)]
     gpu = ("cuda",)
-    # the two Mamba-2 training sizes on the GPU, then the CPU target
+    # the two Mamba-2 training sizes on the GPU (the larger in fp32 too), then the CPU target
     return [_case(4, 4096, 64, 64, 128, 1, 256, torch.bfloat16, reference=False, device_types=gpu),
             _case(8, 2048, 32, 64, 64, 1, 256, torch.bfloat16, reference=False, device_types=gpu),
+            _case(4, 4096, 64, 64, 128, 1, 256, torch.float32, reference=False, device_types=gpu),
             _case(1, 2048, 16, 64, 64, 1, 256, torch.float32, reference=True)]

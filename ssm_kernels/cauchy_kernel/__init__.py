@@ -27,7 +27,9 @@ def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Op
     check.tensor("v", v, ("H", "N"), dtypes=COMPLEX_DTYPES)
     check.tensor("z", z, ("L",), dtypes=(v.dtype,))
     check.tensor("w", w, ("H", "N"), dtypes=(v.dtype,))
-    fn = _dispatch.select("cauchy_kernel", v.device, backend=backend, dtype=v.dtype, size=v.numel() * z.numel())
+    # size: H * N * L, the Cauchy sums computed
+    fn = _dispatch.select("cauchy_kernel", v.device, backend=backend, dtype=v.dtype, size=v.numel() * z.numel(),
+                          grad=_dispatch.needs_grad(v, z, w))
     return fn(v, z, w)
 
 

@@ -66,8 +66,9 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if x.shape[-1] == 0:
         y = x.clone()  # nothing to convolve; keeps y connected to the graph like any other output
     else:
+        # size: B * D * L, the numel of x
         fn = _dispatch.select("causal_conv1d", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
-                              wide=width > CUDA_MAX_WIDTH)
+                              grad=_dispatch.needs_grad(x, weight, bias, initial_states), wide=width > CUDA_MAX_WIDTH)
         y = fn(x, weight, bias, activation, seq_idx, initial_states)
     if return_final_states:
         return y, final_states(x, initial_states, seq_idx, width)

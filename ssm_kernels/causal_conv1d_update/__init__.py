@@ -42,6 +42,7 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     activation = "silu" if activation in ("silu", "swish") else None
     if x.dim() == 3 and x.shape[-1] == 0:
         return x.clone()  # no new tokens: the state is unchanged
+    # size: B * D * T, the numel of x (a decoding step: no backward)
     fn = _dispatch.select("causal_conv1d_update", x.device, backend=backend, dtype=x.dtype, size=x.numel())
     return fn(x, conv_state, weight, bias, activation)
 

@@ -44,7 +44,9 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
 
     if length == 0:
         return u.clone()  # nothing to convolve; keeps y connected to the graph like any other output
-    fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel())
+    # size: B * H * L, the numel of u
+    fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
+                          grad=_dispatch.needs_grad(u, k, D, pregate, postgate))
     return fn(u, k, D, bool(bidirectional), pregate, postgate)
 
 

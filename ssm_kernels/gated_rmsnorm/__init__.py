@@ -53,7 +53,9 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
 
     if dim == 0:
         return x.clone()  # no channels to normalise
+    # size: the numel of x
     fn = _dispatch.select("gated_rmsnorm", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
+                          grad=_dispatch.needs_grad(x, weight, z),
                           beyond_int32=beyond_int32_offsets(index_extent(x), index_extent(z), x.numel()))
     return fn(x, weight, z, float(eps), group_size, norm_before_gate)
 

@@ -54,8 +54,9 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
     if tokens.shape[-1] == 0:
         x = tokens.to(result_dtypes(gates, tokens, initial_state)[1]).clone()
     else:
+        # size: B * D * L, the numel of tokens
         fn = _dispatch.select("linear_scan", tokens.device, backend=backend, dtype=tokens.dtype,
-                              size=tokens.numel())
+                              size=tokens.numel(), grad=_dispatch.needs_grad(gates, tokens, initial_state))
         x = fn(gates, tokens, initial_state, bool(reverse))
     if return_final_state:
         return x, _final_state(x, initial_state, bool(reverse))

@@ -101,7 +101,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
     check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
 
+    # size: B * D * L, the numel of u
     fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
+                          grad=_dispatch.needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),
                           fp64_A=A.dtype in (torch.float64, torch.complex128))
     y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
     return (y, final_state) if return_final_state else y

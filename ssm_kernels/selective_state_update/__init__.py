@@ -45,6 +45,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     if not _PASSED.known(key):
         _validate(*tensors, dt_softplus)
         _PASSED.remember(key)
+    # size: the numel of state (a decoding step: no backward)
     fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
                           size=state.numel())
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)

@@ -112,7 +112,9 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     if return_varlen_states and cu_seqlens is None:
         check.fail("return_varlen_states=True needs cu_seqlens")
 
+    # size: B * L * H * P, the numel of x
     fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
+                          grad=_dispatch.needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states),
                           beyond_int32=_beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size))
     out, final_states, varlen_states = fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, bool(dt_softplus), dt_limit,
                                           initial_states, seq_idx, cu_seqlens)

@@ -30,7 +30,9 @@ def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Op
     check.tensor("C", C, ("H", "N"), dtypes=COMPLEX_DTYPES)
     check.tensor("log_z", log_z, ("H", "N"), dtypes=(C.dtype,))
     check.integer("L", L, minimum=1)
-    fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L)
+    # size: H * N * L, the terms summed
+    fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L,
+                          grad=_dispatch.needs_grad(C, log_z))
     return fn(C, log_z, L)
 
 

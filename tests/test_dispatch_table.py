@@ -1,0 +1,53 @@
+"""The generated dispatch table: up to date with benchmarks/results, every rule runnable and cited."""
+import json
+
+import pytest
+import torch
+
+from benchmarks import dispatch_table
+from ssm_kernels import _dispatch, _dispatch_table
+
+
+def test_table_is_what_the_results_give():
+    assert dispatch_table.main(["--check"]) == 0, "run python -m benchmarks.dispatch_table"
+
+
+@pytest.mark.parametrize("capability", sorted(_dispatch_table.MEASURED))
+def test_every_rule_names_implemented_backends_and_existing_results(capability):
+    for op, rules in _dispatch_table.MEASURED[capability].items():
+        assert op in _dispatch.OPS
+        for rule in rules:
+            assert set(rule["order"]) <= set(_dispatch.implemented_backends(op)), (op, rule["order"])
+            assert isinstance(getattr(torch, rule["dtype"]), torch.dtype)
+            for name in rule["results"]:
+                env = json.loads((dispatch_table.RESULTS_DIR / name).read_text())["environment"]
+                assert tuple(env["compute_capability"]) == capability and env["commit"] in rule["commit"]
+
+
+def _result(case, size, variant, mode, ms, dtype="float32"):
+    return dict(op="causal_conv1d", case=case, variant=variant, mode=mode, ms=ms, dtype=dtype, dispatch_size=size)
+
+
+def test_generation_rules(tmp_path):
+    """Size classes split at the geometric middle; forward and training orders split only where they differ;
+    peers and references are ignored; unmeasured implemented backends come last."""
+    results = [
+        _result("small", 2 ** 20, "cuda", "fwd", 1.0), _result("small", 2 ** 20, "torch", "fwd", 2.0),
+        _result("small", 2 ** 20, "cuda", "fwd+bwd", 3.0), _result("small", 2 ** 20, "torch", "fwd+bwd", 2.0),
+        _result("small", 2 ** 20, "peer:causal_conv1d", "fwd", 0.1),
+        _result("large", 2 ** 26, "triton", "fwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd", 2.0),
+        _result("large", 2 ** 26, "triton", "fwd+bwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd+bwd", 2.0),
+    ]
+    path = tmp_path / "gpu_causal_conv1d.json"
+    path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": "abc"},
+                                "results": results}))
+    namespace = {}
+    exec(dispatch_table.generate([path]), namespace)
+    rules = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    assert [(r["order"], r["max_size"], r["grad"]) for r in rules] == [
+        (("torch", "cuda", "triton"), 2 ** 23, True),
+        (("cuda", "torch", "triton"), 2 ** 23, False),
+        (("triton", "cuda", "torch"), None, None),
+    ]
+    assert rules[0]["source"] == "G small: fwd+bwd torch 2.000 ms, cuda 3.000"
+    assert rules[0]["results"] == ["gpu_causal_conv1d.json"] and rules[0]["commit"] == ["abc"]
