@@ -1,7 +1,7 @@
 """Benchmark cases, timing, and the printed table.
 
 A case (benchmarks/cases/<op>.py: `cases(quick) -> list[Case]`) builds its inputs once on the device and
-returns variants: one per backend ("torch", "triton", "cuda"), the sequential "reference" where it is
+returns variants: one per backend of the registry (_dispatch.BACKENDS), the sequential "reference" where it is
 affordable, and "peer:<package>" entries when --peers is given and the peer imports. Each variant is timed
 forward, and forward+backward when it has inputs to differentiate.
 
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from ssm_kernels import _dispatch
 
 
 @dataclass
@@ -147,7 +149,7 @@ def format_table(results: List[Result]) -> str:
     rows = [("op", "case", "variant", "mode", "ms", "GB/s", "floor", "peak MB", "x vs best ours")]
     best: Dict[tuple, float] = {}
     for r in results:
-        if r.variant in ("torch", "triton", "cuda"):
+        if r.variant in _dispatch.BACKENDS:
             key = (r.op, r.case, r.mode)
             best[key] = min(best.get(key, float("inf")), r.ms)
     for r in results:

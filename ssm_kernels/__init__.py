@@ -1,8 +1,8 @@
 """ssm_kernels: fast state space model primitives with pure-PyTorch references.
 
-Every public op takes `backend=None` ("torch", "triton", "cuda"; None picks automatically, see
-ssm_kernels._dispatch). Importing this package loads only torch: Triton and the CUDA extensions are
-imported or built on first use, and CUDA is not initialised.
+Every public op takes `backend=None` ("torch", "triton", "cuda", or "cpp" for the C++ CPU kernels; None picks
+automatically, see ssm_kernels._dispatch). Importing this package loads only torch: Triton and the CUDA
+extensions are imported or built on first use, and CUDA is not initialised.
 """
 from ._dispatch import BackendUnavailableError, available_backends, record_backends, use_backend
 from .cauchy_kernel import cauchy_kernel

@@ -28,7 +28,8 @@ def _versions() -> list:
     lines.append(f"CUDA toolkit for csrc/: {cuda_home or 'not found'}")
     for name, state in _cuda_ext.status().items():
         lines.append(f"  csrc/{name}: {state}")
-    lines.append(f"CPU C++ kernels (csrc/cpu, used by the torch backend on CPU tensors): {_cpu_ext.status()}")
+    lines.append(f"CPU C++ kernels (csrc/cpu: the 'cpp' backend, the default for CPU tensors of the ops that have it): "
+                 f"{_cpu_ext.status()}")
     return lines
 
 

@@ -1,4 +1,5 @@
-"""Eager calls of kernel ops without the torch.library autograd wrapper's host time.
+"""The custom-op / autograd wiring every op's backends use (define_custom_op), and eager calls of those ops
+without the torch.library autograd wrapper's host time (eager_fast_path).
 
 Each kernel backend is a torch.library custom op with register_autograd: that is what torch.compile traces.
 In eager mode its autograd wrapper costs about 45 us of Python per call with grad-requiring inputs (59 us
@@ -40,3 +41,25 @@ def eager_fast_path(op: Callable, impl: Callable, setup_context: Callable, backw
 
     call.__name__ = f"{getattr(impl, '__name__', 'op')}_eager_fast_path"
     return call
+
+
+def define_custom_op(name: str, forward: Callable, forward_fake: Callable, backward: Callable,
+                     backward_fake: Callable, setup_context: Callable, backward_rule: Callable) -> Callable:
+    """Register the custom ops ssm_kernels::<name>_fwd and ssm_kernels::<name>_bwd (name: "<op>_<backend>")
+    with their fakes and autograd, and return the function to call (eager_fast_path of the forward op).
+
+    forward / backward: annotated functions (torch.library infers the schemas from them); their fakes take
+    the same arguments. setup_context(ctx, inputs, output) saves what the backward needs;
+    backward_rule(backward_op, ctx, *grads) returns one gradient (or None) per forward argument, calling
+    backward_op for the work.
+    """
+    forward_op = torch.library.custom_op(f"ssm_kernels::{name}_fwd", forward, mutates_args=())
+    forward_op.register_fake(forward_fake)
+    backward_op = torch.library.custom_op(f"ssm_kernels::{name}_bwd", backward, mutates_args=())
+    backward_op.register_fake(backward_fake)
+
+    def rule(ctx, *grads):
+        return backward_rule(backward_op, ctx, *grads)
+
+    forward_op.register_autograd(rule, setup_context=setup_context)
+    return eager_fast_path(forward_op, forward, setup_context, rule)

@@ -2,7 +2,7 @@
 
 Backends: "torch" (pure PyTorch, any device), "triton" (Triton kernels: CUDA GPUs of compute capability
 8.0 or newer, or the CPU through the Triton interpreter when TRITON_INTERPRET=1), "cuda" (the csrc/ CUDA
-C++ extension, built on first use).
+C++ extension, built on first use), "cpp" (the csrc/cpu C++ kernels for CPU tensors, built on first use).
 
 Which backend runs a call, first rule that applies:
 1. `backend=` passed to the op: that backend or a BackendUnavailableError saying why it cannot run.
@@ -10,7 +10,7 @@ Which backend runs a call, first rule that applies:
    a backend name for every op, or per-op choices ("selective_scan=cuda,causal_conv1d=triton"). An op
    that has no implementation in that backend chooses automatically (logged once); an op that has one
    that cannot run for the given tensors raises.
-3. Automatic: CPU tensors -> "torch"; CUDA tensors -> the first runnable backend of the order that
+3. Automatic: CPU tensors -> CPU_ORDER ("cpp" where the op has it and it builds, else "torch"); CUDA tensors -> the first runnable backend of the order that
    MEASURED_ORDER gives for the GPU's architecture (compute capability), the op, the dtype, the op's size
    measure and whether autograd records the call (generated from benchmarks/results into _dispatch_table.py
    by `python -m benchmarks.dispatch_table`); a GPU of an unmeasured architecture, and every case without a
@@ -34,7 +34,7 @@ from . import _dispatch_table
 
 logger = logging.getLogger("ssm_kernels")
 
-BACKENDS = ("torch", "triton", "cuda")
+BACKENDS = ("torch", "triton", "cuda", "cpp")
 ENV_VAR = "SSM_KERNELS_BACKEND"
 
 # Every public op of DESIGN.md §3, in its order. An op lists only the backends that are implemented.
@@ -65,6 +65,7 @@ class Rule:
 
 # Ops or cases without a rule, and every op on a GPU of an unmeasured architecture, use DEFAULT_ORDER.
 DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"), source="default order: not benchmarked for this case")
+CPU_ORDER = ("cpp", "torch")  # the C++ kernels exist where they beat every PyTorch formulation on a CPU
 HOPPER = (9, 0)  # H100 and H200
 
 
@@ -175,6 +176,11 @@ def backend_problem(backend: str, device: torch.device, extension: Optional[str]
         if device.type == "cpu" and triton_interpreter_on():
             return None
         return f"Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 for CPU tensors), got {device.type} tensors"
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the C++ CPU kernels take CPU tensors, got {device.type} tensors"
+        from . import _cpu_ext
+        return _cpu_ext.problem()
     if backend == "cuda":
         if device.type != "cuda" or torch.version.cuda is None:
             return f"the CUDA extension needs CUDA tensors and a CUDA build of torch, got {device.type} tensors"
@@ -259,6 +265,10 @@ def _log_once(message: str) -> None:
 def automatic_order(op: str, device: torch.device, dtype=None, size: Optional[int] = None,
                     grad: Optional[bool] = None) -> Tuple[Tuple[str, ...], str]:
     """The preference order for automatic choice, and where it comes from."""
+    if device.type == "cpu":
+        if "cpp" in _REGISTRY[op]:
+            return CPU_ORDER, "CPU tensors: the C++ CPU kernels where they build, else the torch backend"
+        return CPU_ORDER, "CPU tensors use the torch backend"
     if device.type != "cuda":
         return ("torch",), f"{device.type} tensors use the torch backend"
     capability = _capability(device)

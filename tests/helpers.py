@@ -6,7 +6,7 @@ from typing import Callable, Dict, Iterable, Optional
 import pytest
 import torch
 
-from ssm_kernels import _dispatch
+from ssm_kernels import _cpu_ext, _dispatch
 from ssm_kernels.testing import relative_error, tolerance
 
 HAS_CUDA = torch.cuda.is_available()
@@ -23,6 +23,10 @@ def backend_device(backend: str) -> torch.device:
         if not _dispatch.triton_importable():
             pytest.skip("Triton is not installed")
         return torch.device(TRITON_DEVICE)
+    if backend == "cpp":
+        if not _cpu_ext.load():
+            pytest.skip(f"the C++ CPU kernels cannot be used here: {_cpu_ext.problem()}")
+        return torch.device("cpu")
     if not HAS_CUDA:
         pytest.skip("the cuda backend needs a CUDA GPU")
     return torch.device("cuda")

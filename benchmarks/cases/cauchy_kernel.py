@@ -35,7 +35,8 @@ def _case(heads: int, state: int, length: int, dtype: torch.dtype) -> Case:
     params = 2 * heads * state * dtype.itemsize
     out = heads * length * dtype.itemsize
     return Case("cauchy_kernel", f"H{heads} N{state} L{length} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=params + out, bytes_fwd_bwd=3 * params + 2 * out)
+                bytes_fwd=params + out, bytes_fwd_bwd=3 * params + 2 * out,
+                dtype=dtype, dispatch_size=heads * state * length)
 
 
 def cases(quick: bool):

@@ -31,7 +31,8 @@ def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch
     kernel = (2 if bidirectional else 1) * heads * length * 4
     kind = "bidir" if bidirectional else "causal"
     return Case("fftconv", f"B{batch} H{heads} L{length} {kind} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=4 * io + kernel, bytes_fwd_bwd=11 * io + 3 * kernel)
+                bytes_fwd=4 * io + kernel, bytes_fwd_bwd=11 * io + 3 * kernel,
+                dtype=dtype, dispatch_size=batch * heads * length)
 
 
 def cases(quick: bool):

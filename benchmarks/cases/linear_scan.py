@@ -34,7 +34,8 @@ def _case(batch: int, dim: int, length: int, dtype: torch.dtype, reference: bool
 
     io = batch * dim * length * dtype.itemsize
     return Case("linear_scan", f"B{batch} D{dim} L{length} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=3 * io, bytes_fwd_bwd=8 * io)  # fwd: a, b in, x out; bwd adds a, x, dy in, da, db out
+                bytes_fwd=3 * io, bytes_fwd_bwd=8 * io,  # fwd: a, b in, x out; bwd adds a, x, dy in, da, db out
+                dtype=dtype, dispatch_size=batch * dim * length)
 
 
 def cases(quick: bool):

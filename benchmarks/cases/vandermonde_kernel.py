@@ -36,7 +36,7 @@ def _case(heads: int, state: int, length: int, dtype: torch.dtype) -> Case:
     out = heads * length * dtype.itemsize // 2
     return Case("vandermonde_kernel", f"H{heads} N{state} L{length} {str(dtype).replace('torch.', '')}", make,
                 bytes_fwd=params + out, bytes_fwd_bwd=3 * params + 2 * out,
-                flops_fwd=8 * heads * state * length)
+                flops_fwd=8 * heads * state * length, dtype=dtype, dispatch_size=heads * state * length)
 
 
 def cases(quick: bool):

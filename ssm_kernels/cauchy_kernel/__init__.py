@@ -8,7 +8,7 @@ import torch
 from .. import _dispatch
 from .._utils import COMPLEX_DTYPES, ArgCheck
 
-_dispatch.register("cauchy_kernel", "torch", "ssm_kernels.cauchy_kernel.reference", "cauchy_kernel_torch")
+_dispatch.register("cauchy_kernel", "torch", "ssm_kernels.cauchy_kernel.pytorch", "cauchy_kernel_torch")
 
 
 def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:

@@ -765,7 +765,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::causal_conv1d_triton", mutates_args=())
+@torch.library.custom_op("ssm_kernels::causal_conv1d_triton_fwd", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
              initial_states: Optional[Tensor], silu: bool) -> Tensor:
     return _forward_launch(x, weight, bias, seq_idx, initial_states, silu)

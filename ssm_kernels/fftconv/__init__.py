@@ -8,7 +8,7 @@ import torch
 from .. import _dispatch
 from .._utils import REAL_DTYPES, ArgCheck
 
-_dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.reference", "fftconv_torch")
+_dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.pytorch", "fftconv_torch")
 
 
 def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, bidirectional: bool = False,

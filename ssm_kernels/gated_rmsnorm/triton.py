@@ -217,7 +217,7 @@ def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::gated_rmsnorm_triton", mutates_args=())
+@torch.library.custom_op("ssm_kernels::gated_rmsnorm_triton_fwd", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, group_size: int,
              norm_before_gate: bool) -> Tensor:
     return _forward_launch(x, weight, z, eps, group_size, norm_before_gate)

@@ -7,11 +7,12 @@ import torch
 
 from .. import _dispatch
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
-from .reference import _final_state, result_dtypes
+from ._common import final_state, result_dtypes
 
 SCAN_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
-_dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.reference", "linear_scan_torch")
+_dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.pytorch", "linear_scan_torch")
+_dispatch.register("linear_scan", "cpp", "ssm_kernels.linear_scan.cpp", "linear_scan_cpp")
 
 _GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
 
@@ -32,7 +33,8 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
         reverse: scan from the end.
         return_final_state: also return the (B, D) state after the last step (x_{L-1}; x_0 with reverse;
             the initial state, or zeros, when L == 0).
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" (chunked pure PyTorch, any device) or "cpp" (csrc/cpu's C++ loop,
+            CPU tensors; the automatic choice for them where it builds).
     Dtypes: the scan is complex when any of gates, tokens, initial_state is complex (a real gate with
         complex tokens is the usual S5/LRU case). x keeps the tokens' precision: the tokens' dtype for a real
         scan, else complex64 (complex128 for fp64/complex128 tokens). Math runs in fp32/complex64, or in
@@ -59,7 +61,7 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
                               size=tokens.numel(), grad=_dispatch.needs_grad(gates, tokens, initial_state))
         x = fn(gates, tokens, initial_state, bool(reverse))
     if return_final_state:
-        return x, _final_state(x, initial_state, bool(reverse))
+        return x, final_state(x, initial_state, bool(reverse))
     return x
 
 

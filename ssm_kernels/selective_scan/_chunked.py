@@ -279,7 +279,7 @@ def _backward(inp: _Inputs, gy: Tensor, g_final: Tensor, checkpoints: Tensor):
 
 
 # --- torch.library registration: opaque to torch.compile, differentiable through register_autograd -------
-@torch.library.custom_op("ssm_kernels::selective_scan_chunked_fwd", mutates_args=())
+@torch.library.custom_op("ssm_kernels::selective_scan_torch_fwd", mutates_args=())
 def _fwd_op(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_state: Optional[Tensor],
             cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     return contiguous_outputs(_forward(_Inputs(u, dt, A, B, C, initial_state, cu_seqlens)))
@@ -296,7 +296,7 @@ def _(u, dt, A, B, C, initial_state, cu_seqlens):
             A.new_empty(batch, dim, math.ceil(length / CHUNK), A.shape[1]))
 
 
-@torch.library.custom_op("ssm_kernels::selective_scan_chunked_bwd", mutates_args=())
+@torch.library.custom_op("ssm_kernels::selective_scan_torch_bwd", mutates_args=())
 def _bwd_op(gy: Tensor, g_final: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
             initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
             checkpoints: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -318,7 +318,7 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, gy, g_final, _g_checkpoints):
     u, dt, A, B, C, initial_state, cu_seqlens, checkpoints = ctx.saved_tensors
-    gu, gdt, gA, gB, gC, g_init = torch.ops.ssm_kernels.selective_scan_chunked_bwd(
+    gu, gdt, gA, gB, gC, g_init = torch.ops.ssm_kernels.selective_scan_torch_bwd(
         gy, g_final, u, dt, A, B, C, initial_state, cu_seqlens, checkpoints)
     return gu, gdt, gA, gB, gC, (g_init if ctx.has_initial_state else None), None
 
@@ -330,5 +330,5 @@ def selective_scan_chunked(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tenso
                            initial_state: Optional[Tensor] = None,
                            cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """(y, final_state) of the scan; differentiable in u, dt, A, B, C and initial_state."""
-    y, final, _ = torch.ops.ssm_kernels.selective_scan_chunked_fwd(u, dt, A, B, C, initial_state, cu_seqlens)
+    y, final, _ = torch.ops.ssm_kernels.selective_scan_torch_fwd(u, dt, A, B, C, initial_state, cu_seqlens)
     return y, final

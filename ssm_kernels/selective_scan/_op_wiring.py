@@ -1,6 +1,6 @@
 """The torch.library wiring shared by the Triton and CUDA selective-scan backends.
 
-Both backends expose the same pair of custom ops, ssm_kernels::selective_scan_<backend> (forward: y, final
+Both backends expose the same pair of custom ops, ssm_kernels::selective_scan_<backend>_fwd (forward: y, final
 state, checkpoints) and ssm_kernels::selective_scan_<backend>_bwd (every gradient, empty tensors for absent
 inputs), with the same autograd rule. They differ only in their launchers and in the checkpoint layout,
 which `checkpoint_shape` describes for the fake (meta) forward.
@@ -28,7 +28,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
     """
     name = f"ssm_kernels::selective_scan_{backend}"
 
-    @torch.library.custom_op(name, mutates_args=())
+    @torch.library.custom_op(f"{name}_fwd", mutates_args=())
     def forward_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
                    initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool

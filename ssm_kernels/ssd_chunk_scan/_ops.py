@@ -16,7 +16,7 @@ def _num_chunks(length: int, chunk_size: int) -> int:
     return -(-length // chunk_size)
 
 
-@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_fwd", mutates_args=())
+@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_torch_fwd", mutates_args=())
 def ssd_chunk_scan_fwd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_states: Optional[Tensor],
                        seg: Optional[Tensor], cu_seqlens: Optional[Tensor],
                        chunk_size: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -33,7 +33,7 @@ def _(x, dt, A, B, C, initial_states, seg, cu_seqlens, chunk_size):
             x.new_empty(sequences, h, p, n))
 
 
-@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_bwd", mutates_args=())
+@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_torch_bwd", mutates_args=())
 def ssd_chunk_scan_bwd(dy: Optional[Tensor], dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor,
                        dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_states: Optional[Tensor],
                        seg: Optional[Tensor], cu_seqlens: Optional[Tensor], states: Tensor,
@@ -63,4 +63,4 @@ def _backward(ctx, dy, dstates, dvarlen):
     return dx, ddt, dA, dB, dC, (dinit if ctx.has_initial_states else None), None, None, None
 
 
-torch.library.register_autograd("ssm_kernels::ssd_chunk_scan_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("ssm_kernels::ssd_chunk_scan_torch_fwd", _backward, setup_context=_setup_context)

@@ -285,7 +285,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton", mutates_args=())
+@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton_fwd", mutates_args=())
 def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
              dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seg: Optional[Tensor],
              cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,

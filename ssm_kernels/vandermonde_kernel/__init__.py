@@ -8,7 +8,7 @@ import torch
 from .. import _dispatch
 from .._utils import COMPLEX_DTYPES, ArgCheck
 
-_dispatch.register("vandermonde_kernel", "torch", "ssm_kernels.vandermonde_kernel.reference",
+_dispatch.register("vandermonde_kernel", "torch", "ssm_kernels.vandermonde_kernel.pytorch",
                    "vandermonde_kernel_torch")
 
 

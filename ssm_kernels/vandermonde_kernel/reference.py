@@ -1,16 +1,9 @@
-"""Pure-PyTorch Vandermonde kernel (S4D / DSS convolution kernel): sequential ground truth and fast path.
+"""Sequential ground truth of the Vandermonde kernel (the S4D / DSS convolution kernel).
 
 Shapes: C, log_z (H, N) complex; K (H, L) real:
     K[h, l] = 2 Re sum_n C[h, n] exp(log_z[h, n] * l)
-
-Fast path: split l = j * c + i (chunk j, offset i < c), so exp(log_z l) = exp(log_z j c) * exp(log_z i) and
-    K[h, j c + i] = 2 Re sum_n (C[h, n] exp(log_z[h, n] j c)) exp(log_z[h, n] i),
-one batched complex matmul of (H, L/c, N) by (H, N, c). Memory and exponentials are O(H N (c + L/c)),
-never O(H N L); the backward recomputes the same two tables instead of storing anything of size L.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -23,80 +16,3 @@ def vandermonde_kernel_ref(C, log_z, L):
     C, log_z = C.to(acc_dtype), log_z.to(acc_dtype)
     columns = [2 * (C * torch.exp(log_z * l)).sum(-1).real for l in range(L)]
     return torch.stack(columns, dim=-1)
-
-
-def chunk_size(length: int) -> int:
-    """Chunk c near sqrt(L) (fewest exponentials), a power of two of at least 16 for matmul efficiency."""
-    return min(length, max(16, 1 << math.ceil(math.log2(max(1.0, math.sqrt(length))))))
-
-
-def _tables(log_z: torch.Tensor, length: int):
-    """base: (H, N, c) = exp(log_z i); offsets: (H, L/c rounded up, N) = exp(log_z j c)."""
-    c = chunk_size(length)
-    n_chunks = -(-length // c)
-    real = log_z.real.dtype
-    base = torch.exp(log_z.unsqueeze(-1) * torch.arange(c, dtype=real, device=log_z.device))
-    starts = torch.arange(n_chunks, dtype=real, device=log_z.device) * c
-    offsets = torch.exp(log_z.unsqueeze(1) * starts[:, None])
-    return base, offsets
-
-
-def _forward(C: torch.Tensor, log_z: torch.Tensor, length: int) -> torch.Tensor:
-    base, offsets = _tables(log_z, length)
-    chunks = torch.matmul(C.unsqueeze(1) * offsets, base)  # (H, L/c, c)
-    return 2 * chunks.real.flatten(1)[:, :length]
-
-
-def _backward(grad: torch.Tensor, C: torch.Tensor, log_z: torch.Tensor):
-    """dC = 2 conj(S0), dlog_z = 2 conj(C S1) with S_p[h, n] = sum_l grad[h, l] l^p exp(log_z[h, n] l)."""
-    length = grad.shape[-1]
-    base, offsets = _tables(log_z, length)
-    n_chunks, c = offsets.shape[1], base.shape[-1]
-    padded = torch.nn.functional.pad(grad, (0, n_chunks * c - length)).reshape(grad.shape[0], n_chunks, c)
-    positions = torch.arange(n_chunks * c, dtype=grad.dtype, device=grad.device).reshape(n_chunks, c)
-    weighted = torch.cat([padded, padded * positions], dim=1).to(C.dtype)  # (H, 2 L/c, c)
-    sums = torch.matmul(weighted, base.transpose(-1, -2))  # (H, 2 L/c, N)
-    s0 = (offsets * sums[:, :n_chunks]).sum(1)
-    s1 = (offsets * sums[:, n_chunks:]).sum(1)
-    return 2 * s0.conj(), 2 * (C * s1).conj()
-
-
-@torch.library.custom_op("ssm_kernels::vandermonde_kernel", mutates_args=())
-def _vandermonde_op(C: torch.Tensor, log_z: torch.Tensor, L: int) -> torch.Tensor:
-    return _forward(C, log_z, L)
-
-
-@_vandermonde_op.register_fake
-def _(C, log_z, L):
-    return C.new_empty((C.shape[0], L), dtype=C.real.dtype)
-
-
-@torch.library.custom_op("ssm_kernels::vandermonde_kernel_backward", mutates_args=())
-def _vandermonde_backward_op(grad: torch.Tensor, C: torch.Tensor,
-                             log_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward(grad, C, log_z)
-
-
-@_vandermonde_backward_op.register_fake
-def _(grad, C, log_z):
-    return torch.empty_like(C), torch.empty_like(log_z)
-
-
-def _setup_context(ctx, inputs, output):
-    C, log_z, _ = inputs
-    ctx.save_for_backward(C, log_z)
-
-
-def _autograd_backward(ctx, grad):
-    C, log_z = ctx.saved_tensors
-    dC, dlog_z = _vandermonde_backward_op(grad.contiguous(), C, log_z)
-    return dC, dlog_z, None
-
-
-_vandermonde_op.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-def vandermonde_kernel_torch(C, log_z, L):
-    """Fast torch backend (complex64 math, complex128 for complex128). Returns K (H, L) real."""
-    acc_dtype = compute_dtype(C.dtype)
-    return _vandermonde_op(C.to(acc_dtype).contiguous(), log_z.to(acc_dtype).contiguous(), L)

@@ -2,13 +2,14 @@
 import pytest
 import torch
 
-from ssm_kernels.cauchy_kernel import reference as cauchy_reference
+from ssm_kernels import _dispatch
+from ssm_kernels.cauchy_kernel import pytorch as cauchy_pytorch
 from ssm_kernels.cauchy_kernel import cauchy_kernel
 from ssm_kernels.cauchy_kernel.reference import cauchy_kernel_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
+BACKENDS = list(_dispatch.implemented_backends("cauchy_kernel"))
 DTYPES = [torch.complex64, torch.complex128]
 
 
@@ -28,7 +29,7 @@ def make_inputs(heads, state, length, dtype, device, *, transposed=False):
 @pytest.fixture(params=["one chunk", "many chunks"])
 def chunking(request, monkeypatch):
     if request.param == "many chunks":  # a few positions of z per chunk, the last one partial
-        monkeypatch.setattr(cauchy_reference, "CHUNK_ELEMENTS", 20)
+        monkeypatch.setattr(cauchy_pytorch, "CHUNK_ELEMENTS", 20)
     return request.param
 
 

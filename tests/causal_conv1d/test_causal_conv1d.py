@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from ssm_kernels import causal_conv1d
+from ssm_kernels import _dispatch, causal_conv1d
 from ssm_kernels.causal_conv1d.reference import causal_conv1d_ref, final_states
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "triton", "cuda"]
+BACKENDS = list(_dispatch.implemented_backends("causal_conv1d"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 

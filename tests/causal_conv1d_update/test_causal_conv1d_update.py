@@ -2,14 +2,14 @@
 import pytest
 import torch
 
-from ssm_kernels import causal_conv1d
+from ssm_kernels import _dispatch, causal_conv1d
 from ssm_kernels.causal_conv1d_update import causal_conv1d_update
 from ssm_kernels.causal_conv1d_update.reference import causal_conv1d_update_ref
 from ssm_kernels.testing import assert_close
 from ssm_kernels._dispatch import BackendUnavailableError
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = list(_dispatch.implemented_backends("causal_conv1d_update"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
 

@@ -3,12 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssm_kernels import _dispatch
 from ssm_kernels.fftconv import fftconv
-from ssm_kernels.fftconv.reference import fft_length, fftconv_ref
+from ssm_kernels.fftconv.pytorch import fft_length
+from ssm_kernels.fftconv.reference import fftconv_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
+BACKENDS = list(_dispatch.implemented_backends("fftconv"))
 
 
 def make_inputs(batch, heads, length, taps, dtype, device, *, bidirectional=False, skip=True, gates=True,

@@ -3,12 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssm_kernels import _dispatch
 from ssm_kernels.gated_rmsnorm import gated_rmsnorm
 from ssm_kernels.gated_rmsnorm.reference import gated_rmsnorm_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = list(_dispatch.implemented_backends("gated_rmsnorm"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 

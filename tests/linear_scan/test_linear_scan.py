@@ -2,35 +2,18 @@
 import pytest
 import torch
 
-from ssm_kernels import _cpu_ext
-from ssm_kernels.linear_scan import chunked, linear_scan
+from ssm_kernels import _dispatch
+from ssm_kernels.linear_scan import linear_scan
 from ssm_kernels.linear_scan.reference import linear_scan_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
-
-
-@pytest.fixture(autouse=True, params=["cpu_kernel", "chunked"])
-def cpu_engine(request, monkeypatch):
-    """Every test runs on both CPU engines of the torch backend: the C++ loop of csrc/cpu (when it builds
-    here) and the chunked pure-PyTorch engine. Each is made the only one that can run."""
-    if request.param == "chunked":
-        monkeypatch.setattr(chunked._cpu_ext, "load", lambda: False)
-        return request.param
-    if not _cpu_ext.load():
-        pytest.skip(f"CPU C++ kernels unavailable: {_cpu_ext.problem()}")
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the chunked engine ran although the C++ kernel was requested")
-    monkeypatch.setattr(chunked, "_scan_block", fail)
-    return request.param
+BACKENDS = list(_dispatch.implemented_backends("linear_scan"))  # torch (chunked, any device) and cpp (CPU)
 
 
 @pytest.fixture
-def device(cpu_engine, backend):
-    """The C++ kernel takes CPU tensors only; the chunked engine runs where the torch backend is tested."""
-    return torch.device("cpu") if cpu_engine == "cpu_kernel" else backend_device(backend)
+def device(backend):
+    return backend_device(backend)
 
 
 def make_inputs(batch, dim, length, device, *, gate_shape="full", dtype=torch.float32,

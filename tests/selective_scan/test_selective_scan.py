@@ -4,13 +4,14 @@ import math
 import pytest
 import torch
 
+from ssm_kernels import _dispatch
 from ssm_kernels.selective_scan import selective_scan, selective_scan_fn
 from ssm_kernels.selective_scan import _chunked
 from ssm_kernels.selective_scan.reference import selective_scan_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "triton", "cuda"]
+BACKENDS = list(_dispatch.implemented_backends("selective_scan"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALL_GRADS = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
 

@@ -117,7 +117,7 @@ def test_triton_checkpoint_spacing(monkeypatch):
     assert len(ckpts) == 1 and ckpts[0].shape[0] == 2
     assert max(t.numel() for t in saved) < 2 * 4 * 40 * 3
     with torch.no_grad():
-        _, _, ckpt = torch.ops.ssm_kernels.selective_scan_triton(
+        _, _, ckpt = torch.ops.ssm_kernels.selective_scan_triton_fwd(
             inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], None, None, None, True,
             None, None, False)
     assert ckpt.numel() == 0

@@ -2,13 +2,14 @@
 import pytest
 import torch
 
+from ssm_kernels import _dispatch
 from ssm_kernels.selective_scan import selective_scan
 from ssm_kernels.selective_state_update import selective_state_update
 from ssm_kernels.selective_state_update.reference import selective_state_update_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = list(_dispatch.implemented_backends("selective_state_update"))
 
 
 def mamba1_inputs(batch, dim, length, dstate, groups, device):

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+
+from ssm_kernels import _dispatch
 import torch.nn.functional as F
 
 from ssm_kernels.ssd_chunk_scan import mamba_chunk_scan_combined, ssd_chunk_scan
@@ -11,7 +13,7 @@ from ssm_kernels.ssd_chunk_scan.reference import ssd_chunk_scan_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = list(_dispatch.implemented_backends("ssd_chunk_scan"))
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALL_GRADS = ["x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"]
 

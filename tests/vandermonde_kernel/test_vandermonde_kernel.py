@@ -2,12 +2,13 @@
 import pytest
 import torch
 
+from ssm_kernels import _dispatch
 from ssm_kernels.vandermonde_kernel import vandermonde_kernel
 from ssm_kernels.vandermonde_kernel.reference import vandermonde_kernel_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
-BACKENDS = ["torch"]
+BACKENDS = list(_dispatch.implemented_backends("vandermonde_kernel"))
 DTYPES = [torch.complex64, torch.complex128]
 
 

@@ -1,4 +1,5 @@
-"""The chunked linear-scan engine behind the torch backend: x_t = a_t * x_{t-1} + b_t along the last axis.
+"""The torch backend of linear_scan: a chunked pure-PyTorch engine, x_t = a_t * x_{t-1} + b_t along the last
+axis, behind the custom ops ssm_kernels::linear_scan_torch_{fwd,bwd} (_common.define_scan_ops).
 
 Every op here is a plain multiply-add, so zero gates (resets) and |a| > 1 are exact: nothing divides by a
 gate or takes its log. For one block of rows (a slice of B x D that stays in cache) the chunked region of
@@ -11,10 +12,6 @@ every chunk is one plane with the nc chunks contiguous. Then:
   4. the L - L0 positions past the last whole chunk continue sequentially from the last state.
 reverse=True runs the same steps mirrored (chunks from the end, the remainder at the start).
 Temporaries are block-sized and reused between blocks, so no (B, D, L) intermediate is allocated.
-
-On the CPU, when the C++ kernels of csrc/cpu build here (ssm_kernels._cpu_ext), scan_into hands the whole
-scan to torch.ops.ssm_kernels_cpu.linear_scan_into instead: a sequential loop per row at memory speed, the
-one thing the chunked engine cannot match with PyTorch ops (several passes and a Python step loop).
 """
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from .. import _cpu_ext
+from ._common import define_scan_ops
 
 # Rows x length elements per block: big enough for multithreaded, vectorised steps, small enough that the
 # transposed temporaries stay in cache.
@@ -37,7 +34,7 @@ def chunk_length(length: int) -> int:
 
 def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
               initial_state: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
-    """Write the scan of tokens under gates into out and return it.
+    """Write the scan of tokens under gates into out and return it (the engine of _common.ScanInto).
 
     out: (B, D, L) in the compute dtype; gates, tokens: (B, D, L) views of any strides (expanded gates are
     fine; their values are converted to out's dtype on the fly, conjugate views are resolved);
@@ -45,12 +42,6 @@ def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
     """
     batch, dim, length = out.shape
     if length == 0 or out.numel() == 0:
-        return out
-    if out.device.type == "cpu" and _cpu_ext.load():
-        conj_gates = gates.is_conj()
-        torch.ops.ssm_kernels_cpu.linear_scan_into(
-            out, _in_dtype(gates.conj() if conj_gates else gates, out.dtype), _in_dtype(tokens, out.dtype),
-            initial_state, reverse, conj_gates)
         return out
     rows = max(1, BLOCK_ELEMENTS // length)
     per_batch = max(1, rows // dim)  # whole batches per block when D is small
@@ -62,17 +53,6 @@ def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
             h0 = None if initial_state is None else initial_state[bs, ds]
             _scan_block(out[bs, ds], gates[bs, ds], tokens[bs, ds], h0, reverse)
     return out
-
-
-def _in_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x converted to dtype without materialising its broadcast (stride-0) dims; conjugate views resolved."""
-    if x.dtype == dtype and not x.is_conj():
-        return x
-    compact = x
-    for axis, stride in enumerate(x.stride()):
-        if stride == 0:
-            compact = compact.narrow(axis, 0, 1)
-    return compact.resolve_conj().to(dtype).expand(x.shape)
 
 
 def _scan_block(out, gates, tokens, h0, reverse):
@@ -135,3 +115,7 @@ def _scan_chunks(out, gates, tokens, h0, chunk, reverse):
     X.addcmul_(P, C.unsqueeze(-2))
     _transposed(out, chunk).copy_(X)
     return state
+
+
+linear_scan_torch = define_scan_ops("torch", scan_into)
+linear_scan_torch.__doc__ = "Fast torch backend: (gates, tokens, initial_state, reverse) -> x (B, D, L)."

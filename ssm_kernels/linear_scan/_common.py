@@ -1,0 +1,137 @@
+"""Helpers shared by linear_scan's reference and backends: dtypes, broadcast gates, the final state, and the
+custom-op wiring every scan engine plugs into (define_scan_ops).
+
+    forward  (reverse=False): x_t = a_t * x_{t-1} + b_t, x_{-1} = initial_state (zeros without it)
+    backward (reverse=True):  x_t = a_t * x_{t+1} + b_t, x_L  = initial_state
+
+Shapes: tokens b (B, D, L); gates a (B, D, L), (D, L) or (D,), broadcast over the missing dims;
+initial_state (B, D). Dtypes follow `result_dtypes`.
+
+Gradients (torch's conjugate Wirtinger convention; the map is holomorphic in a, b, x_0), forward direction:
+    g_t = dy_t + conj(a_{t+1}) g_{t+1}          (the same scan, reversed, on dy: no big tensor is stored
+    dtokens_t = g_t                               besides the output x)
+    dgates_t = conj(x_{t-1}) g_t                  (summed over broadcast dims)
+    dinitial = conj(a_0) g_0
+A real input of a complex scan gets the real part of its complex gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._autograd import define_custom_op
+from .._utils import compute_dtype, contiguous_outputs, new_output
+
+# scan_into(out, gates, tokens, initial_state, reverse) -> out: an engine writing the scan into `out` (B, D, L,
+# compute dtype) from (B, D, L) views of any strides (expanded gates; conjugate views); initial_state (B, D) or
+# None. What every backend of linear_scan provides; the custom ops below add the rest.
+ScanInto = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], bool], Tensor]
+
+
+
+def result_dtypes(gates: torch.Tensor, tokens: torch.Tensor,
+                  initial_state: Optional[torch.Tensor] = None) -> Tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, output dtype) of a scan.
+
+    The scan is complex when any of gates, tokens, initial_state is complex. The output keeps the tokens'
+    precision: tokens' dtype for a real scan, else complex64 (complex128 for fp64/complex128 tokens).
+    Math runs in fp32/complex64, or fp64/complex128 when any input is 64-bit.
+    """
+    promoted = torch.promote_types(gates.dtype, tokens.dtype)
+    if initial_state is not None:
+        promoted = torch.promote_types(promoted, initial_state.dtype)
+    compute = compute_dtype(promoted)
+    if not promoted.is_complex:
+        return compute, tokens.dtype
+    wide = tokens.dtype in (torch.float64, torch.complex128)
+    return compute, torch.complex128 if wide else torch.complex64
+
+
+def expanded_gates(gates: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """gates (B, D, L), (D, L) or (D,) -> a (B, D, L) view."""
+    if gates.dim() == 1:
+        gates = gates[:, None]
+    return gates.expand(shape)
+
+
+def final_state(x: torch.Tensor, initial_state: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
+    """(B, D): the state after the last step (x_{L-1}, or x_0 with reverse; the initial state if L == 0)."""
+    if x.shape[-1] > 0:
+        return x[..., 0] if reverse else x[..., -1]
+    if initial_state is not None:
+        return initial_state.to(x.dtype)
+    return x.new_zeros(x.shape[:-1])
+
+
+def as_input(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reduce a (B, D, L) gradient to the input's broadcast shape, take the real part for a real input."""
+    if grad.dim() > like.dim():
+        grad = grad.sum(0) if like.dim() == 2 else grad.sum((0, 2))
+    if grad.is_complex() and not like.is_complex():
+        grad = grad.real
+    return grad.to(like.dtype)
+
+
+def define_scan_ops(backend: str, scan_into: ScanInto) -> Callable:
+    """The custom ops ssm_kernels::linear_scan_<backend>_{fwd,bwd} around `scan_into`, and the function
+    (gates, tokens, initial_state, reverse) -> x (B, D, L) that calls them. The backward is the same scan,
+    reversed, on dy (no tensor besides the output x is stored)."""
+
+    def forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], reverse: bool) -> Tensor:
+        compute, out_dtype = result_dtypes(gates, tokens, initial_state)
+        out = new_output(tokens.shape, compute, tokens.device)
+        h0 = None if initial_state is None else initial_state.to(compute)
+        scan_into(out, expanded_gates(gates, tokens.shape), tokens, h0, reverse)
+        return contiguous_outputs(out.to(out_dtype))
+
+    def forward_fake(gates, tokens, initial_state, reverse):
+        return tokens.new_empty(tokens.shape, dtype=result_dtypes(gates, tokens, initial_state)[1])
+
+    def backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
+                 reverse: bool) -> List[Tensor]:
+        """[dgates, dtokens, dinitial_state] (dinitial_state is zeros of shape (B, D) without initial_state)."""
+        compute, _ = result_dtypes(gates, tokens, initial_state)
+        a = expanded_gates(gates, tokens.shape)
+        dy = grad.to(compute)
+        # g: the adjoint state. Position `first` (the last one the forward visited) gets dy alone; the rest is
+        # the opposite-direction scan of dy under conj of the neighbouring gates, entered with g[first].
+        g = new_output(dy.shape, compute, dy.device)
+        here, there = (slice(1, None), slice(None, -1)) if reverse else (slice(None, -1), slice(1, None))
+        first = 0 if reverse else -1
+        g[..., first] = dy[..., first]
+        scan_into(g[..., here], a[..., there].conj(), dy[..., here], g[..., first], not reverse)
+
+        # dgates_t = conj(x_prev) g_t, with x_prev the state entering step t (the initial state at the start)
+        dgates = new_output(g.shape, compute, g.device)
+        entry = -1 if reverse else 0
+        torch.mul(g[..., there], x[..., here].conj(), out=dgates[..., there])
+        if initial_state is None:
+            dgates[..., entry] = 0
+        else:
+            torch.mul(g[..., entry], initial_state.conj(), out=dgates[..., entry])
+        dinitial = a[..., entry].conj() * g[..., entry]
+        return contiguous_outputs([as_input(dgates, gates), as_input(g, tokens),
+                                   as_input(dinitial, initial_state) if initial_state is not None
+                                   else tokens.new_zeros(tokens.shape[:-1])])
+
+
+    def backward_fake(grad, x, gates, tokens, initial_state, reverse):
+        return [gates.new_empty(gates.shape), tokens.new_empty(tokens.shape),
+                initial_state.new_empty(initial_state.shape) if initial_state is not None
+                else tokens.new_empty(tokens.shape[:-1])]
+
+    def save(ctx, inputs, output):
+        gates, tokens, initial_state, reverse = inputs
+        ctx.reverse = reverse
+        ctx.has_initial = initial_state is not None
+        ctx.save_for_backward(output, gates, tokens, initial_state)
+
+    def gradients(backward_op, ctx, grad):
+        x, gates, tokens, initial_state = ctx.saved_tensors
+        dgates, dtokens, dinitial = backward_op(grad, x, gates, tokens, initial_state, ctx.reverse)
+        return dgates, dtokens, dinitial if ctx.has_initial else None, None
+
+    return define_custom_op(f"linear_scan_{backend}", forward, forward_fake, backward, backward_fake, save,
+                            gradients)
