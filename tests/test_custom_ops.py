@@ -1,39 +1,53 @@
 """torch.library.opcheck (schema, autograd registration, fake tensors, AOT dispatch with dynamic shapes) on
-the custom ops made by the shared wiring helper (ssm_kernels._autograd.define_custom_op)."""
+the forward custom ops made by the shared wiring helper (ssm_kernels._autograd.define_custom_op)."""
 import pytest
 import torch
 
-import ssm_kernels
 from ssm_kernels import _dispatch
+from tests.helpers import backend_device
 
 
-def _linear_scan_args(dtype):
-    gates = (0.5 + 0.4 * torch.rand(2, 3, 9)).to(dtype).requires_grad_()
-    tokens = torch.randn(2, 3, 9, dtype=dtype, requires_grad=True)
-    initial = torch.randn(2, 3, dtype=dtype, requires_grad=True)
-    return gates, tokens, initial, False
+def _leaf(*shape, dtype=torch.float32, device="cpu", scale=1.0, shift=0.0):
+    return (shift + scale * torch.randn(*shape, dtype=dtype, device=device)).requires_grad_()
 
 
-def _complex(*shape):
-    return torch.randn(*shape, dtype=torch.complex64, requires_grad=True)
+def _linear_scan(device):
+    return (_leaf(2, 3, 9, device=device, scale=0.1, shift=0.7), _leaf(2, 3, 9, device=device),
+            _leaf(2, 3, device=device), False)
 
 
+def _causal_conv1d(device):
+    return _leaf(2, 8, 13, device=device), _leaf(8, 4, device=device), _leaf(8, device=device), None, None, True
+
+
+def _gated_rmsnorm(device):
+    return _leaf(5, 16, device=device), _leaf(16, device=device), _leaf(5, 16, device=device), 1e-6, 8, True
+
+
+def _complex(*shape, device):
+    return _leaf(*shape, dtype=torch.complex64, device=device)
+
+
+# forward op name -> (op, backend, arguments on the backend's test device)
 CASES = {
-    "linear_scan_torch": lambda: _linear_scan_args(torch.float32),
-    "linear_scan_cpp": lambda: _linear_scan_args(torch.float32),
-    "cauchy_kernel_torch": lambda: (_complex(4, 3), _complex(7), _complex(4, 3)),
-    "vandermonde_kernel_torch": lambda: (_complex(4, 3), (-0.1 + 0.3j) * torch.ones(4, 3, dtype=torch.complex64)
-                                         .requires_grad_(), 11),
+    "linear_scan_torch": ("linear_scan", "torch", _linear_scan),
+    "linear_scan_cpp": ("linear_scan", "cpp", _linear_scan),
+    "cauchy_kernel_torch": ("cauchy_kernel", "torch", lambda device: (
+        _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
+    "vandermonde_kernel_torch": ("vandermonde_kernel", "torch", lambda device: (
+        _complex(4, 3, device=device), 0.1 * _complex(4, 3, device=device), 11)),
+    "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
+    "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
+    "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
 }
-LOADERS = {"linear_scan_torch": ("linear_scan", "torch"), "linear_scan_cpp": ("linear_scan", "cpp"),
-           "cauchy_kernel_torch": ("cauchy_kernel", "torch"), "vandermonde_kernel_torch": ("vandermonde_kernel", "torch")}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_opcheck(name):
-    op, backend = LOADERS[name]
-    if _dispatch.backend_problem(backend, torch.device("cpu")) is not None:
-        pytest.skip(_dispatch.backend_problem(backend, torch.device("cpu")))
-    ssm_kernels.available_backends()  # registry populated
-    _dispatch._REGISTRY[op][backend].load()  # defines the ops
-    torch.library.opcheck(getattr(torch.ops.ssm_kernels, f"{name}_fwd").default, CASES[name]())
+    op, backend, make_args = CASES[name]
+    device = backend_device(backend)
+    problem = _dispatch.backend_problem(backend, device, _dispatch._REGISTRY[op][backend].extension)
+    if problem is not None:
+        pytest.skip(problem)
+    _dispatch._REGISTRY[op][backend].load()  # defines the custom ops
+    torch.library.opcheck(getattr(torch.ops.ssm_kernels, f"{name}_fwd").default, make_args(device))

@@ -7,7 +7,7 @@ import torch
 
 from .. import _dispatch
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
-from .reference import final_states
+from ._common import final_states
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 CUDA_MAX_WIDTH = 8
@@ -25,7 +25,7 @@ def _triton_supports(device, dtype, features) -> Optional[str]:
     return _dispatch.triton_supports(device, dtype, features)
 
 
-_dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.reference", "causal_conv1d_torch")
+_dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.pytorch", "causal_conv1d_torch")
 _dispatch.register("causal_conv1d", "triton", "ssm_kernels.causal_conv1d.triton", "causal_conv1d_triton",
                    supports=_triton_supports)
 _dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "causal_conv1d_cuda",

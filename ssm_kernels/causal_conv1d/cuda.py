@@ -10,32 +10,22 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._autograd import eager_fast_path
+from .._autograd import define_custom_op
 from .._utils import new_output
+from ._common import gradients, save_for_backward
 
 
 def _unit_stride_l(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _forward_launch(x, weight, bias, seq_idx, initial_states, silu):
+def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
+             initial_states: Optional[Tensor], silu: bool) -> Tensor:
     out = new_output(x.shape, x.dtype, x.device)
     torch.ops.ssm_kernels_cuda.causal_conv1d_fwd(x, weight, bias, seq_idx, initial_states, silu, out)
     return out
 
 
-@torch.library.custom_op("ssm_kernels::causal_conv1d_cuda_fwd", mutates_args=())
-def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
-             initial_states: Optional[Tensor], silu: bool) -> Tensor:
-    return _forward_launch(x, weight, bias, seq_idx, initial_states, silu)
-
-
-@_forward.register_fake
-def _(x, weight, bias, seq_idx, initial_states, silu):
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op("ssm_kernels::causal_conv1d_cuda_bwd", mutates_args=())
 def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
               initial_states: Optional[Tensor], dout: Tensor, silu: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     batch, dim, _ = x.shape
@@ -49,28 +39,14 @@ def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
     return dx, dweight, dbias, dinitial
 
 
-@_backward.register_fake
-def _(x, weight, bias, seq_idx, initial_states, dout, silu):
+def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
     batch, dim, _ = x.shape
     return (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty((dim,)),
             x.new_empty((batch, dim, weight.shape[1] - 1)))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, seq_idx, initial_states, silu = inputs
-    ctx.save_for_backward(x, weight, bias, seq_idx, initial_states)
-    ctx.silu = silu
-
-
-def _autograd_backward(ctx, dout):
-    x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
-    dx, dweight, dbias, dinitial = _backward(x, weight, bias, seq_idx, initial_states, dout, ctx.silu)
-    return (dx, dweight, dbias if bias is not None else None, None,
-            dinitial if initial_states is not None else None, None)
-
-
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
+_run = define_custom_op("causal_conv1d_cuda", _forward, lambda x, *_: x.new_empty(x.shape), _backward,
+                        _backward_fake, save_for_backward, gradients)
 
 
 def causal_conv1d_cuda(x, weight, bias=None, activation=None, seq_idx=None, initial_states=None):

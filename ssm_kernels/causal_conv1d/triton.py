@@ -46,8 +46,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._autograd import eager_fast_path
+from .._autograd import define_custom_op
 from .._utils import new_output
+from ._common import gradients, save_for_backward
 
 # --- block sizes (swept by scripts/tune_causal_conv1d.py) ---------------------------------------------
 # Channel-first tiles (L contiguous): BLOCK_L = min(next_pow2(L), *_BLOCK_L, MAX_BLOCK_L) positions and
@@ -765,50 +766,33 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::causal_conv1d_triton_fwd", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
              initial_states: Optional[Tensor], silu: bool) -> Tensor:
     return _forward_launch(x, weight, bias, seq_idx, initial_states, silu)
 
 
-@_forward.register_fake
-def _(x, weight, bias, seq_idx, initial_states, silu):
+def _forward_fake(x, weight, bias, seq_idx, initial_states, silu):
     batch, dim, length = x.shape
     if _channel_last(x):
         return x.new_empty((batch, length, dim)).transpose(1, 2)
     return x.new_empty((batch, dim, length))
 
 
-@torch.library.custom_op("ssm_kernels::causal_conv1d_triton_bwd", mutates_args=())
 def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
               initial_states: Optional[Tensor], dout: Tensor, silu: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dx, dw, db, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, True)
     return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype), dinit
 
 
-@_backward.register_fake
-def _(x, weight, bias, seq_idx, initial_states, dout, silu):
+def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
     batch, dim, length = x.shape
     dx = x.new_empty((batch, length, dim)).transpose(1, 2) if _channel_last(x) else x.new_empty(x.shape)
     return (dx, weight.new_empty(weight.shape), (weight if bias is None else bias).new_empty((dim,)),
             (x if initial_states is None else initial_states).new_empty((batch, dim, weight.shape[1] - 1)))
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, seq_idx, initial_states, silu = inputs
-    ctx.save_for_backward(x, weight, bias, seq_idx, initial_states)
-    ctx.silu = silu
-
-
-def _autograd_backward(ctx, dout):
-    x, weight, bias, seq_idx, initial_states = ctx.saved_tensors
-    dx, dweight, dbias, dinit = _backward(x, weight, bias, seq_idx, initial_states, dout, ctx.silu)
-    return (dx, dweight, dbias if bias is not None else None, None,
-            dinit if initial_states is not None else None, None)
-
-
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
+_run = define_custom_op("causal_conv1d_triton", _forward, _forward_fake, _backward, _backward_fake,
+                        save_for_backward, gradients)
 
 
 # --- backend function ----------------------------------------------------------------------------------

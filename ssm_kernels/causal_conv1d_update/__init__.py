@@ -10,7 +10,7 @@ from .._utils import REAL_DTYPES, ArgCheck, PassedChecks
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 
-_dispatch.register("causal_conv1d_update", "torch", "ssm_kernels.causal_conv1d_update.reference",
+_dispatch.register("causal_conv1d_update", "torch", "ssm_kernels.causal_conv1d_update.pytorch",
                    "causal_conv1d_update_torch")
 _dispatch.register("causal_conv1d_update", "triton", "ssm_kernels.causal_conv1d_update.triton",
                    "causal_conv1d_update_triton", supports=_dispatch.triton_supports)

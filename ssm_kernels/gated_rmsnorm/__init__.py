@@ -8,7 +8,7 @@ import torch
 from .. import _dispatch
 from .._utils import REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
-_dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.reference", "gated_rmsnorm_torch")
+_dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.pytorch", "gated_rmsnorm_torch")
 _dispatch.register("gated_rmsnorm", "triton", "ssm_kernels.gated_rmsnorm.triton", "gated_rmsnorm_triton",
                    supports=_dispatch.triton_int32_supports)
 

@@ -1,4 +1,4 @@
-"""Pure-PyTorch gated RMSNorm (Mamba-2's RMSNormGated): sequential fp32 ground truth and fast path.
+"""Sequential fp32 ground truth of the gated RMSNorm (Mamba-2's RMSNormGated).
 
 Shapes: x, z (..., D); weight (D,); groups of group_size consecutive channels (G = D / group_size).
     norm_before_gate=True:  y = rmsnorm(x) * weight * silu(z)
@@ -9,17 +9,9 @@ This is mamba_ssm's rmsnorm_fn / rms_norm_ref (layernorm_gated.py) without bias.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._utils import compute_dtype
-
-
-def _gated_input(x, z, norm_before_gate):
-    return x * F.silu(z) if z is not None and not norm_before_gate else x
-
-
-def _gated_output(y, z, norm_before_gate):
-    return y * F.silu(z) if z is not None and norm_before_gate else y
+from ._common import gated_input, gated_output
 
 
 def gated_rmsnorm_ref(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
@@ -28,24 +20,11 @@ def gated_rmsnorm_ref(x, weight, z=None, eps=1e-6, group_size=None, norm_before_
     dim = x.shape[-1]
     group_size = dim if group_size is None else group_size
     xf, zf, w = x.to(acc_dtype), None if z is None else z.to(acc_dtype), weight.to(acc_dtype)
-    u = _gated_input(xf, zf, norm_before_gate)
+    u = gated_input(xf, zf, norm_before_gate)
     pieces = []
     for start in range(0, dim, group_size):
         group = u[..., start:start + group_size]
         mean_square = (group * group).sum(-1, keepdim=True) / group_size
         pieces.append(group / torch.sqrt(mean_square + eps) * w[start:start + group_size])
     y = torch.cat(pieces, dim=-1)
-    return _gated_output(y, zf, norm_before_gate).to(x.dtype)
-
-
-def gated_rmsnorm_torch(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
-    """Fast torch backend: all groups at once through a (..., G, group_size) view, fp32 math."""
-    acc_dtype = compute_dtype(x.dtype)
-    dim = x.shape[-1]
-    group_size = dim if group_size is None else group_size
-    xf, zf = x.to(acc_dtype), None if z is None else z.to(acc_dtype)
-    u = _gated_input(xf, zf, norm_before_gate)
-    grouped = u.reshape(*u.shape[:-1], dim // group_size, group_size)
-    rstd = torch.rsqrt(grouped.square().mean(-1, keepdim=True) + eps)
-    y = (grouped * rstd).reshape(u.shape) * weight.to(acc_dtype)
-    return _gated_output(y, zf, norm_before_gate).to(x.dtype)
+    return gated_output(y, zf, norm_before_gate).to(x.dtype)

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._autograd import eager_fast_path
+from .._autograd import define_custom_op
 from .._utils import new_output
 
 # The backward uses about this many row programs per group (fewer partial dweight rows to sum).
@@ -217,44 +217,36 @@ def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::gated_rmsnorm_triton_fwd", mutates_args=())
 def _forward(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, group_size: int,
              norm_before_gate: bool) -> Tensor:
     return _forward_launch(x, weight, z, eps, group_size, norm_before_gate)
 
 
-@_forward.register_fake
-def _(x, weight, z, eps, group_size, norm_before_gate):
-    return x.new_empty(x.shape)
-
-
-@torch.library.custom_op("ssm_kernels::gated_rmsnorm_triton_bwd", mutates_args=())
 def _backward(x: Tensor, weight: Tensor, z: Optional[Tensor], dy: Tensor, eps: float, group_size: int,
               norm_before_gate: bool) -> Tuple[Tensor, Tensor, Tensor]:
     dx, dz, dw = _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate)
     return dx, (dz if dz is not None else x.new_empty(0)), dw
 
 
-@_backward.register_fake
-def _(x, weight, z, dy, eps, group_size, norm_before_gate):
+def _backward_fake(x, weight, z, dy, eps, group_size, norm_before_gate):
     return x.new_empty(x.shape), (z.new_empty(z.shape) if z is not None else x.new_empty(0)), \
         weight.new_empty(weight.shape)
 
 
-def _setup_context(ctx, inputs, output):
+def _save(ctx, inputs, output):
     x, weight, z, eps, group_size, norm_before_gate = inputs
     ctx.save_for_backward(x, weight, z)
     ctx.args = (eps, group_size, norm_before_gate)
 
 
-def _autograd_backward(ctx, dy):
+def _gradients(backward_op, ctx, dy):
     x, weight, z = ctx.saved_tensors
-    dx, dz, dw = _backward(x, weight, z, dy, *ctx.args)
+    dx, dz, dw = backward_op(x, weight, z, dy, *ctx.args)
     return dx, dw, (dz if z is not None else None), None, None, None
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
+_run = define_custom_op("gated_rmsnorm_triton", _forward, lambda x, *_: x.new_empty(x.shape), _backward,
+                        _backward_fake, _save, _gradients)
 
 
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------

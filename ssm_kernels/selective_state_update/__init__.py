@@ -8,7 +8,7 @@ import torch
 from .. import _dispatch
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks
 
-_dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.reference",
+_dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.pytorch",
                    "selective_state_update_torch")
 _dispatch.register("selective_state_update", "triton", "ssm_kernels.selective_state_update.triton",
                    "selective_state_update_triton", supports=_dispatch.triton_supports)

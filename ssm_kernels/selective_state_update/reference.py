@@ -1,83 +1,13 @@
-"""Pure-PyTorch selective_state_update: one decoding step of the selective scan, state updated in place.
-
-Canonical (Mamba-2) shapes: state (Bc, H, P, N) with Bc >= B rows of a state cache; x, dt, z (B, H, P);
-A (H, P, N); B, C (B, G, N), head h reading group h // (H / G); D, dt_bias (H, P);
-state_batch_indices (B,) the cache row of every batch entry (row b without it). The Mamba-1 form
-(state (Bc, D, N), x (B, D), A (D, N), B / C (B, N) or (B, G, N), D (D,)) is the case P = 1, H = D: both
-functions here take either form (`_in_heads_form`).
-    dt' = softplus(dt + dt_bias)                      (each part optional)
-    state <- exp(dt' A) * state + dt' x B             (in place, in the state's dtype)
-    out = (C . state + D x) * silu(z)                 (x's dtype)
-"""
+"""Sequential fp32 ground truth of selective_state_update (one decoding step of the selective scan, state
+updated in place). Shapes and the definition: _common.py."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from .._utils import compute_dtype
+from ._common import in_heads_form, step
 
 
-def _rows(state, state_batch_indices):
-    return state if state_batch_indices is None else state[state_batch_indices.long()]
-
-
-def _write_rows(state, new, state_batch_indices):
-    if state_batch_indices is None:
-        state.copy_(new)
-    else:
-        state.index_copy_(0, state_batch_indices.long(), new)
-
-
-def _in_heads_form(step):
-    """Wrap a heads-form step so that it also takes the Mamba-1 form, as views with P = 1."""
-    def run(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, state_batch_indices=None):
-        if state.dim() == 4:
-            return step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
-        unsq = lambda t: None if t is None else t.unsqueeze(-1)  # noqa: E731
-        B, C = (X if X.dim() == 3 else X[:, None] for X in (B, C))
-        out = step(state.unsqueeze(2), unsq(x), unsq(dt), A.unsqueeze(1), B, C, unsq(D), unsq(z), unsq(dt_bias),
-                   dt_softplus, state_batch_indices)
-        return out.squeeze(-1)
-    run.__name__, run.__doc__ = step.__name__, step.__doc__
-    return run
-
-
-def _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, expand_groups):
-    acc = compute_dtype(x.dtype)
-    heads = x.shape[1]
-    dt = dt.to(acc)
-    if dt_bias is not None:
-        dt = dt + dt_bias.to(acc)
-    if dt_softplus:
-        dt = F.softplus(dt)
-    xf = x.to(acc)
-    Bh, Ch = expand_groups(B.to(acc), heads), expand_groups(C.to(acc), heads)  # (B, H, N) or broadcastable
-    h = _rows(state, state_batch_indices).to(acc)
-    h = torch.exp(dt[..., None] * A.to(acc)) * h + (dt * xf)[..., None] * Bh[:, :, None, :]
-    _write_rows(state, h.to(state.dtype), state_batch_indices)
-    out = (h * Ch[:, :, None, :]).sum(-1)
-    if D is not None:
-        out = out + xf * D.to(acc)
-    if z is not None:
-        out = out * F.silu(z.to(acc))
-    return out.to(x.dtype)
-
-
-@_in_heads_form
+@in_heads_form
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                                state_batch_indices=None):
     """Ground truth, fp32 math: every head gets its own copy of its group's B, C."""
-    return _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices,
-                 lambda X, heads: X.repeat_interleave(heads // X.shape[1], dim=1))
-
-
-@_in_heads_form
-def selective_state_update_torch(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
-                                 state_batch_indices=None):
-    """Torch backend: the same step, with groups broadcast instead of copied."""
-    def broadcast(X, heads):
-        groups = X.shape[1]
-        if groups in (1, heads):
-            return X
-        return X[:, :, None].expand(X.shape[0], groups, heads // groups, X.shape[2]).flatten(1, 2)
-    return _step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, broadcast)
+    return step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices,
+                lambda X, heads: X.repeat_interleave(heads // X.shape[1], dim=1))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ssm_kernels import _dispatch, causal_conv1d
-from ssm_kernels.causal_conv1d.reference import causal_conv1d_ref, final_states
+from ssm_kernels.causal_conv1d._common import final_states
+from ssm_kernels.causal_conv1d.reference import causal_conv1d_ref
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 
