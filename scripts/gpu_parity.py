@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm,  # noqa: E402
+from ssm_kernels import (_dispatch, causal_conv1d, causal_conv1d_update, gated_rmsnorm,  # noqa: E402
                          selective_scan, selective_state_update, ssd_chunk_scan)
 from ssm_kernels.testing import tolerance  # noqa: E402
 from tests.helpers import parity_errors  # noqa: E402
@@ -179,11 +179,16 @@ def _ssu_inputs(dtype, batch, channels, headdim, dstate):
 
 
 OPS = {
-    "selective_scan": (selective_scan_cases, _run_selective_scan, ("triton",)),
-    "causal_conv1d": (causal_conv1d_cases, _run_causal_conv1d, ("triton", "cuda")),
-    "gated_rmsnorm": (gated_rmsnorm_cases, _run_gated_rmsnorm, ("triton",)),
-    "ssd_chunk_scan": (ssd_chunk_scan_cases, _run_ssd_chunk_scan, ("triton",)),
+    "selective_scan": (selective_scan_cases, _run_selective_scan),
+    "causal_conv1d": (causal_conv1d_cases, _run_causal_conv1d),
+    "gated_rmsnorm": (gated_rmsnorm_cases, _run_gated_rmsnorm),
+    "ssd_chunk_scan": (ssd_chunk_scan_cases, _run_ssd_chunk_scan),
 }
+
+
+def gpu_backends(op):
+    """The op's implemented backends that run on a GPU (the registry's, less torch and the CPU-only cpp)."""
+    return tuple(b for b in _dispatch.implemented_backends(op) if b not in ("torch", "cpp"))
 
 
 def run_update_cases(quick, results):
@@ -252,8 +257,8 @@ def main():
             BACKEND_OF_UPDATES[0] = args.backends.split(",")[0] if args.backends else "triton"
             run_update_cases(args.quick, results)
             continue
-        make_cases, make_run, backends = OPS[op]
-        backends = args.backends.split(",") if args.backends else backends
+        make_cases, make_run = OPS[op]
+        backends = args.backends.split(",") if args.backends else gpu_backends(op)
         for backend in backends:
             first = True
             for case, dtype, inputs, grads, kwargs in make_cases(args.quick):

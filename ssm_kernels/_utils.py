@@ -7,6 +7,7 @@ message always names the op, the argument and the expected shape with the sizes 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Sequence, Union
 
 import torch
@@ -110,8 +111,10 @@ class ArgCheck:
         return value
 
     def integer(self, name: str, value, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        """value as an int (any integral type but bool: numpy integers from configs too)."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             self.fail(f"{name} must be an int, got {type(value).__name__}", TypeError)
+        value = int(value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             lo = "-inf" if minimum is None else minimum
             hi = "inf" if maximum is None else maximum

@@ -24,6 +24,18 @@ def _gated_rmsnorm(device):
     return _leaf(5, 16, device=device), _leaf(16, device=device), _leaf(5, 16, device=device), 1e-6, 8, True
 
 
+def _selective_scan(device):  # inputs in the compute layout: B, C grouped (Bb, G, N, Lb)
+    return (_leaf(2, 4, 19, device=device), _leaf(2, 4, 19, device=device, scale=0.05, shift=0.1),
+            _leaf(4, 3, device=device, scale=0.1, shift=-1.0), _leaf(2, 1, 3, 19, device=device),
+            _leaf(2, 1, 3, 19, device=device), _leaf(2, 4, 3, device=device), None)
+
+
+def _ssd_chunk_scan(device):  # dt after its softplus; no packed sequences
+    return (_leaf(2, 21, 4, 5, device=device), _leaf(2, 21, 4, device=device, scale=0.05, shift=0.1),
+            _leaf(4, device=device, scale=0.1, shift=-1.0), _leaf(2, 21, 2, 3, device=device),
+            _leaf(2, 21, 2, 3, device=device), _leaf(2, 4, 5, 3, device=device), None, None, 8)
+
+
 def _complex(*shape, device):
     return _leaf(*shape, dtype=torch.complex64, device=device)
 
@@ -36,6 +48,8 @@ CASES = {
         _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
     "vandermonde_kernel_torch": ("vandermonde_kernel", "torch", lambda device: (
         _complex(4, 3, device=device), 0.1 * _complex(4, 3, device=device), 11)),
+    "selective_scan_torch": ("selective_scan", "torch", _selective_scan),
+    "ssd_chunk_scan_torch": ("ssd_chunk_scan", "torch", _ssd_chunk_scan),
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),

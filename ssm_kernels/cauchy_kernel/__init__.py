@@ -22,6 +22,12 @@ def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Op
     Returns:
         K: (H, L) in v's dtype; differentiable in v, z and w (torch's complex autograd convention).
         Memory O(H N) per chunk of z, not O(H N L).
+    Example:
+        >>> import torch, ssm_kernels
+        >>> v, w = torch.randn(8, 4, dtype=torch.complex64), torch.randn(8, 4, dtype=torch.complex64)
+        >>> z = torch.exp(2j * torch.pi * torch.arange(16) / 16).to(torch.complex64)
+        >>> ssm_kernels.cauchy_kernel(v, z, w).shape
+        torch.Size([8, 16])
     """
     check = ArgCheck("cauchy_kernel")
     check.tensor("v", v, ("H", "N"), dtypes=COMPLEX_DTYPES)

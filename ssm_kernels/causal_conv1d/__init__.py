@@ -52,6 +52,12 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         backend: None (automatic), "torch", "triton" or "cuda".
     Returns:
         y: (B, D, L) in x's dtype, or (y, final_states) with return_final_states.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> x, weight, bias = torch.randn(2, 16, 64), torch.randn(16, 4), torch.randn(16)
+        >>> y, state = ssm_kernels.causal_conv1d(x, weight, bias, activation="silu", return_final_states=True)
+        >>> y.shape, state.shape
+        (torch.Size([2, 16, 64]), torch.Size([2, 16, 3]))
     """
     check = ArgCheck("causal_conv1d")
     check.tensor("x", x, ("B", "D", "L"), dtypes=REAL_DTYPES)

@@ -34,6 +34,12 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
         backend: None (automatic), "torch" or "triton".
     Returns:
         y: x's shape and dtype. Not differentiable through conv_state (an "update" op).
+    Example:
+        >>> import torch, ssm_kernels
+        >>> conv_state = torch.zeros(2, 16, 3)
+        >>> x, weight = torch.randn(2, 16), torch.randn(16, 4)
+        >>> ssm_kernels.causal_conv1d_update(x, conv_state, weight, activation="silu").shape  # conv_state updated
+        torch.Size([2, 16])
     """
     key = _PASSED.key((x, conv_state, weight, bias), activation)
     if not _PASSED.known(key):

@@ -31,6 +31,11 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
     Math runs in fp32 (fp64 when any input is fp64); y and every gradient come back in the inputs' dtypes.
     Returns:
         y: (B, H, L) in u's dtype.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> u, k = torch.randn(2, 8, 128), torch.randn(8, 128)
+        >>> ssm_kernels.fftconv(u, k, D=torch.ones(8)).shape
+        torch.Size([2, 8, 128])
     """
     check = ArgCheck("fftconv")
     check.tensor("u", u, ("B", "H", "L"), dtypes=REAL_DTYPES)

@@ -32,6 +32,11 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
         backend: None (automatic), "torch" or "triton".
     Returns:
         y: (..., D) in x's dtype; differentiable in x, weight and z.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> x, z = torch.randn(4, 64), torch.randn(4, 64)
+        >>> ssm_kernels.gated_rmsnorm(x, torch.ones(64), z, group_size=16).shape
+        torch.Size([4, 64])
     """
     check = ArgCheck("gated_rmsnorm")
     check.tensor("x", x, dtypes=REAL_DTYPES)
@@ -45,7 +50,7 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
     if check.finite("eps", eps) <= 0:
         check.fail(f"eps must be > 0, got {eps}")
     if group_size is not None:
-        check.integer("group_size", group_size, minimum=1)
+        group_size = check.integer("group_size", group_size, minimum=1)
         if dim % group_size:
             check.fail(f"group_size must divide D = {dim}, got {group_size}")
     if not isinstance(norm_before_gate, bool):

@@ -42,6 +42,12 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
         for a real input of a complex scan; summed over the dims a broadcast gate was shared across).
     Returns:
         x: (B, D, L), or (x, final_state (B, D)) with return_final_state.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> gates, tokens = torch.rand(2, 8, 100), torch.randn(2, 8, 100)
+        >>> x = ssm_kernels.linear_scan(gates, tokens)
+        >>> torch.allclose(x[..., 1], gates[..., 1] * x[..., 0] + tokens[..., 1])
+        True
     """
     check = ArgCheck("linear_scan")
     check.tensor("tokens", tokens, ("B", "D", "L"), dtypes=SCAN_DTYPES)

@@ -23,7 +23,7 @@ def _cuda_supports(device, dtype, features) -> Optional[str]:
     return None
 
 
-_dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.reference", "selective_scan_torch")
+_dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.pytorch", "selective_scan_torch")
 _dispatch.register("selective_scan", "triton", "ssm_kernels.selective_scan.triton", "selective_scan_triton",
                    supports=_triton_supports)
 _dispatch.register("selective_scan", "cuda", "ssm_kernels.selective_scan.cuda", "selective_scan_cuda",
@@ -79,9 +79,16 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             complex64, fp64 / complex128 for fp64 inputs).
         cu_seqlens: (S + 1,) int32 / int64 cumulative sequence lengths of packed sequences, only with B == 1:
             starts at 0, non-decreasing, ends at L. The state restarts at every sequence start.
-        backend: None (automatic), "torch" or "triton".
+        backend: None (automatic), "torch", "triton" or "cuda".
     Returns:
         y (B, D, L) in u's dtype, or (y, final_state) with return_final_state.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> u, delta = torch.randn(2, 8, 32), torch.rand(2, 8, 32)
+        >>> A, B, C = -torch.rand(8, 4), torch.randn(2, 4, 32), torch.randn(2, 4, 32)
+        >>> y, h = ssm_kernels.selective_scan(u, delta, A, B, C, delta_softplus=True, return_final_state=True)
+        >>> y.shape, h.shape
+        (torch.Size([2, 8, 32]), torch.Size([2, 8, 4]))
     """
     check = ArgCheck("selective_scan")
     check.tensor("u", u, ("B", "D", "L"), dtypes=REAL_DTYPES)

@@ -1,6 +1,7 @@
-"""Chunked selective scan: the core of the fast torch backend, with a backward that recomputes per chunk.
+"""Chunked selective scan: the engine of the torch backend (pytorch.py), with a backward that recomputes per
+chunk.
 
-Inputs are already in the compute dtype and layout (see _layout): u, dt (Bt, D, L) real with dt = Δ;
+Inputs are already in the compute dtype and layout (see _common): u, dt (Bt, D, L) real with dt = Δ;
 A (D, N) real or complex; B, C grouped (Bb, G, N, Lb); initial_state (Bt, D, N), or (S, D, N) with
 cu_seqlens (S + 1,) and Bt == 1. Outputs y = C . h (2 Re for complex A) (Bt, D, L) and the final state.
 
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .._utils import contiguous_outputs, new_output
-from ._layout import sequence_bounds
+from ._common import sequence_bounds
 
 # most positions per chunk, and the spacing of the checkpointed states. Small: Mamba's decays (|Δ A| ~ 2 per
 # step at Δ = 0.1, N = 16) cut chunks at ~17 steps anyway, and every extra budget cut inside a checkpoint
@@ -276,59 +277,3 @@ def _backward(inp: _Inputs, gy: Tensor, g_final: Tensor, checkpoints: Tensor):
     to_bdl = lambda t: t.permute(1, 2, 0).contiguous()  # noqa: E731
     return (to_bdl(grads["u"]), to_bdl(grads["dt"]), grads["A"], _assemble(grads["B"], inp.B),
             _assemble(grads["C"], inp.C), g_init)
-
-
-# --- torch.library registration: opaque to torch.compile, differentiable through register_autograd -------
-@torch.library.custom_op("ssm_kernels::selective_scan_torch_fwd", mutates_args=())
-def _fwd_op(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_state: Optional[Tensor],
-            cu_seqlens: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-    return contiguous_outputs(_forward(_Inputs(u, dt, A, B, C, initial_state, cu_seqlens)))
-
-
-def _final_rows(u: Tensor, cu_seqlens: Optional[Tensor]) -> int:
-    return u.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
-
-
-@_fwd_op.register_fake
-def _(u, dt, A, B, C, initial_state, cu_seqlens):
-    batch, dim, length = u.shape
-    return (u.new_empty(batch, dim, length), A.new_empty(_final_rows(u, cu_seqlens), dim, A.shape[1]),
-            A.new_empty(batch, dim, math.ceil(length / CHUNK), A.shape[1]))
-
-
-@torch.library.custom_op("ssm_kernels::selective_scan_torch_bwd", mutates_args=())
-def _bwd_op(gy: Tensor, g_final: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-            initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
-            checkpoints: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    inp = _Inputs(u, dt, A, B, C, initial_state, cu_seqlens)
-    return contiguous_outputs(_backward(inp, gy, g_final, checkpoints))
-
-
-@_bwd_op.register_fake
-def _(gy, g_final, u, dt, A, B, C, initial_state, cu_seqlens, checkpoints):
-    return tuple(t.new_empty(t.shape) for t in (u, dt, A, B, C)) + (
-        A.new_empty(_final_rows(u, cu_seqlens), u.shape[1], A.shape[1]),)
-
-
-def _setup_context(ctx, inputs, output):
-    u, dt, A, B, C, initial_state, cu_seqlens = inputs
-    ctx.has_initial_state = initial_state is not None
-    ctx.save_for_backward(u, dt, A, B, C, initial_state, cu_seqlens, output[2])
-
-
-def _autograd_backward(ctx, gy, g_final, _g_checkpoints):
-    u, dt, A, B, C, initial_state, cu_seqlens, checkpoints = ctx.saved_tensors
-    gu, gdt, gA, gB, gC, g_init = torch.ops.ssm_kernels.selective_scan_torch_bwd(
-        gy, g_final, u, dt, A, B, C, initial_state, cu_seqlens, checkpoints)
-    return gu, gdt, gA, gB, gC, (g_init if ctx.has_initial_state else None), None
-
-
-_fwd_op.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-def selective_scan_chunked(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                           initial_state: Optional[Tensor] = None,
-                           cu_seqlens: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """(y, final_state) of the scan; differentiable in u, dt, A, B, C and initial_state."""
-    y, final, _ = torch.ops.ssm_kernels.selective_scan_torch_fwd(u, dt, A, B, C, initial_state, cu_seqlens)
-    return y, final

@@ -1,4 +1,4 @@
-"""Pure-PyTorch selective scan (Mamba-1): the sequential fp32 ground truth and the fast torch backend.
+"""Sequential fp32 ground truth of the selective scan (Mamba-1).
 
 Shapes: u, delta, z (B, D, L); A (D, N) real or complex; B, C (D, N), (B, N, L) or (B, G, N, L) (with
 complex A, also real (B, N, 2L) / (B, G, N, 2L) holding interleaved real and imaginary parts); D and
@@ -12,27 +12,16 @@ With cu_seqlens (B == 1) the state restarts from the sequence's initial state at
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
-from .._utils import compute_dtype
-from ._chunked import selective_scan_chunked
-from ._layout import grouped, sequence_bounds, skip_and_gate, softplus_delta
-
-
-def _compute_dtypes(u: torch.Tensor, A: torch.Tensor):
-    """(real dtype of the math, dtype of states and of A): fp32 / fp64, complex when A is."""
-    real = compute_dtype(u.dtype) if A.dtype not in (torch.float64, torch.complex128) else torch.float64
-    state = (torch.complex128 if real == torch.float64 else torch.complex64) if A.is_complex() else real
-    return real, state
+from ._common import compute_dtypes, grouped, sequence_bounds, skip_and_gate, softplus_delta
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        initial_state=None, cu_seqlens=None):
     """Sequential ground truth, one time step at a time. Returns (out (B, D, L) in u's dtype, final state)."""
     batch, dim, length = u.shape
-    real, acc = _compute_dtypes(u, A)
+    real, acc = compute_dtypes(u, A)
     uf = u.to(real)
     dt = softplus_delta(delta, delta_bias, delta_softplus, real)
     Af = A.to(acc)
@@ -66,16 +55,3 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(batch, dim, 0)
     out = skip_and_gate(y, uf, D, z)
     return out.to(u.dtype), torch.cat(finals, dim=0)
-
-
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         initial_state=None, cu_seqlens=None):
-    """Fast torch backend: chunked scan (see _chunked) plus elementwise pre/post-processing that autograd
-    differentiates. Returns (out (B, D, L) in u's dtype, final state)."""
-    real, acc = _compute_dtypes(u, A)
-    uf = u.to(real)
-    dt = softplus_delta(delta, delta_bias, delta_softplus, real)
-    init = None if initial_state is None else initial_state.to(acc)
-    y, final = selective_scan_chunked(uf, dt, A.to(acc), grouped(B, A, acc), grouped(C, A, acc), init,
-                                      cu_seqlens)
-    return skip_and_gate(y, uf, D, z).to(u.dtype), final

@@ -39,6 +39,12 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         backend: None (automatic), "torch" or "triton".
     Returns:
         out in x's shape and dtype.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> state, x, dt = torch.zeros(2, 8, 4), torch.randn(2, 8), torch.rand(2, 8)
+        >>> A, B, C = -torch.rand(8, 4), torch.randn(2, 4), torch.randn(2, 4)
+        >>> ssm_kernels.selective_state_update(state, x, dt, A, B, C, dt_softplus=True).shape  # state updated in place
+        torch.Size([2, 8])
     """
     tensors = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
     key = _PASSED.key(tensors, dt_softplus)

@@ -9,7 +9,7 @@ import torch
 from .. import _dispatch
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
-_dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.reference", "ssd_chunk_scan_torch")
+_dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.pytorch", "ssd_chunk_scan_torch")
 _dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.triton", "ssd_chunk_scan_triton",
                    supports=_dispatch.triton_int32_supports)
 
@@ -87,6 +87,13 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         out (B, L, H, P) in x's dtype; with return_final_states and/or return_varlen_states the tuple
         (out, final_states), (out, varlen_states) or (out, final_states, varlen_states), mamba_ssm's order.
         States are fp32 (fp64 for fp64 x). Every floating input gets a gradient, through states too.
+    Example:
+        >>> import torch, ssm_kernels
+        >>> x, dt = torch.randn(2, 64, 4, 16), torch.rand(2, 64, 4)
+        >>> A, B, C = -torch.rand(4), torch.randn(2, 64, 1, 8), torch.randn(2, 64, 1, 8)
+        >>> y, final = ssm_kernels.ssd_chunk_scan(x, dt, A, B, C, chunk_size=16, return_final_states=True)
+        >>> y.shape, final.shape
+        (torch.Size([2, 64, 4, 16]), torch.Size([2, 4, 16, 8]))
     """
     check = ArgCheck("ssd_chunk_scan")
     check.tensor("x", x, ("B", "L", "H", "P"), dtypes=REAL_DTYPES)

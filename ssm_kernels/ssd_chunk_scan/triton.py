@@ -54,7 +54,7 @@ from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
                           _varlen_state_kernel)
-from .reference import segment_ids
+from ._common import segment_ids
 
 
 # --- launchers -----------------------------------------------------------------------------------------

@@ -25,11 +25,17 @@ def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Op
     Returns:
         K: (H, L) float32 for complex64, float64 for complex128; differentiable in C and log_z (torch's
         complex autograd convention). Memory O(H N sqrt(L)), not O(H N L).
+    Example:
+        >>> import torch, ssm_kernels
+        >>> C = torch.randn(8, 4, dtype=torch.complex64)
+        >>> log_z = torch.complex(-0.1 * torch.rand(8, 4), torch.rand(8, 4))
+        >>> ssm_kernels.vandermonde_kernel(C, log_z, 100).shape
+        torch.Size([8, 100])
     """
     check = ArgCheck("vandermonde_kernel")
     check.tensor("C", C, ("H", "N"), dtypes=COMPLEX_DTYPES)
     check.tensor("log_z", log_z, ("H", "N"), dtypes=(C.dtype,))
-    check.integer("L", L, minimum=1)
+    L = check.integer("L", L, minimum=1)
     # size: H * N * L, the terms summed
     fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L,
                           grad=_dispatch.needs_grad(C, log_z))

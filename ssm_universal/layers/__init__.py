@@ -1,8 +1,7 @@
 """nn.Module layers built on ssm_kernels, each with forward, default_state and a recurrent step."""
 from .dss import DSS
 from .gated_mlp import GatedMLP
-from .gss import DSS as GSSDSS
-from .gss import GSS, EfficientDsConv, GatedDsConv
+from .gss import GSS, GSSDSS, EfficientDsConv, GatedDsConv
 from .gss_ema import MHESA, GatedMHESA
 from .h3 import H3
 from .mamba import Mamba

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import vandermonde_kernel
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from ._kernel_conv import KernelConvLayer
 from .s4d import TiedDropout, hippo_legs_normal_eigenvalues

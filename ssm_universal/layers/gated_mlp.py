@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from .dss import DSS
 from .h3 import H3

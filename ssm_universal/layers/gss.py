@@ -1,7 +1,7 @@
 """GSS: the Gated State Space layer (Mehta et al., "Long Range Language Modeling via Gated State Spaces",
 arXiv 2206.13947, Pseudocode 3.2), a drop-in for gated-state-spaces-pytorch 0.1.0 (lucidrains): `GSS`, its
-simplified `DSS`, and `GatedDsConv` with its `EfficientDsConv` (the DSS replaced by a data-dependent
-convolution). The exponential-smoothing variant (`GatedMHESA`) is in gss_ema.py.
+simplified DSS (`GSSDSS`, the package's `DSS`), and `GatedDsConv` with its `EfficientDsConv` (the DSS replaced
+by a data-dependent convolution). The exponential-smoothing variant (`GatedMHESA`) is in gss_ema.py.
 
 Same constructor arguments, defaults, parameter names, state_dict keys and initialisation as the package, and
 the same outputs for the same parameters; the long convolutions go through ssm_kernels.fftconv (and the DSS
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import fftconv, vandermonde_kernel
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 
 def check_bool(op: str, name: str, value) -> None:
@@ -110,8 +110,8 @@ class GatedBlock(nn.Module):
                                "depends on future inputs); build it with reverse_seq=False")
 
 
-class DSS(nn.Module):
-    """The simplified DSS of GSS (gated-state-spaces-pytorch's DSS): x (B, L, dim) -> y (B, L, dim).
+class GSSDSS(nn.Module):
+    """The simplified DSS inside GSS (gated-state-spaces-pytorch's DSS): x (B, L, dim) -> y (B, L, dim).
 
         u = norm(x);  Lambda = -exp(Lambda_real) + i exp(Lambda_imag) (i Lambda_imag without
         dss_kernel_lambda_imag_exp);  C = C_real + i C_imag (dim, kernel_N)
@@ -125,10 +125,10 @@ class DSS(nn.Module):
 
     def __init__(self, dim: int, kernel_N: int = 512, dss_kernel_lambda_imag_exp: bool = True):
         super().__init__()
-        check = ArgCheck("DSS")
+        check = ArgCheck("GSSDSS")
         check.integer("dim", dim, 1)
         check.integer("kernel_N", kernel_N, 1)
-        check_bool("DSS", "dss_kernel_lambda_imag_exp", dss_kernel_lambda_imag_exp)
+        check_bool("GSSDSS", "dss_kernel_lambda_imag_exp", dss_kernel_lambda_imag_exp)
         self.dim, self.kernel_N = dim, kernel_N
         self.norm = nn.LayerNorm(dim)
         self.Lambda_real = nn.Parameter(torch.randn(kernel_N))
@@ -155,7 +155,7 @@ class DSS(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, dim) -> (B, L, dim) in the dtype of norm(x)."""
-        check_input("DSS", x, self.dim)
+        check_input("GSSDSS", x, self.dim)
         u = self.norm(x).transpose(1, 2)  # (B, dim, L)
         if u.shape[-1] == 0:
             return u.transpose(1, 2).clone()
@@ -169,9 +169,9 @@ class DSS(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, dim), state (B, dim, kernel_N) complex64 -> (y_t (B, dim), new state)."""
-        check_input("DSS.step", x_t, self.dim, "x_t", step=True)
+        check_input("GSSDSS.step", x_t, self.dim, "x_t", step=True)
         if state.shape != (x_t.shape[0], self.dim, self.kernel_N) or state.dtype != torch.complex64:
-            raise ValueError(f"DSS.step: state must be complex64 of shape (B, dim, kernel_N) = "
+            raise ValueError(f"GSSDSS.step: state must be complex64 of shape (B, dim, kernel_N) = "
                              f"({x_t.shape[0]}, {self.dim}, {self.kernel_N}), got {state.dtype} "
                              f"{tuple(state.shape)}")
         u = self.norm(x_t)
@@ -184,7 +184,7 @@ class DSS(nn.Module):
 
 
 class GSS(GatedBlock):
-    """Gated State Space layer (Pseudocode 3.2): x (B, L, dim) -> (B, L, dim); see GatedBlock and DSS.
+    """Gated State Space layer (Pseudocode 3.2): x (B, L, dim) -> (B, L, dim); see GatedBlock and GSSDSS.
 
     Args:
         dim: model width (E).
@@ -207,7 +207,8 @@ class GSS(GatedBlock):
         check.integer("dss_kernel_H", dss_kernel_H, 1)
         check_bool("GSS", "dss_kernel_lambda_imag_exp", dss_kernel_lambda_imag_exp)
         self.build("GSS", dim, dss_kernel_H, dim_expansion_factor, reverse_seq, "dss",
-                   DSS(dss_kernel_H, kernel_N=dss_kernel_N, dss_kernel_lambda_imag_exp=dss_kernel_lambda_imag_exp),
+                   GSSDSS(dss_kernel_H, kernel_N=dss_kernel_N,
+                          dss_kernel_lambda_imag_exp=dss_kernel_lambda_imag_exp),
                    residual=residual)
 
 
@@ -298,4 +299,4 @@ class GatedDsConv(GatedBlock):
                    EfficientDsConv(dim_dsconv, heads))
 
 
-__all__: List[str] = ["DSS", "GSS", "EfficientDsConv", "GatedDsConv", "GatedBlock"]
+__all__: List[str] = ["GSSDSS", "GSS", "EfficientDsConv", "GatedDsConv", "GatedBlock"]

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import fftconv
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 from .s4d import S4D
 
 State = Tuple[torch.Tensor, torch.Tensor]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 
 State = Tuple[torch.Tensor, torch.Tensor]
 
@@ -48,9 +49,7 @@ class Mamba(InferenceCacheMixin, nn.Module):
         self.activation = "silu"
 
         self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
-        # an nn.Conv1d only for mamba_ssm's parameter layout (weight (d_inner, 1, d_conv)); never called
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-                                padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
+        self.conv1d = depthwise_conv1d(self.d_inner, d_conv, conv_bias, **factory_kwargs)
         self.act = nn.SiLU()
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + self.d_state * 2, bias=False, **factory_kwargs)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory_kwargs)
@@ -63,20 +62,13 @@ class Mamba(InferenceCacheMixin, nn.Module):
             nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         else:
             raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
-        # dt bias = softplus^-1 of a log-uniform sample in [dt_min, dt_max]
-        dt = torch.exp(torch.rand(self.d_inner, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
-        inv_dt = dt + torch.log(-torch.expm1(-dt))
         with torch.no_grad():
-            self.dt_proj.bias.copy_(inv_dt)
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, **factory_kwargs))
         self.dt_proj.bias._no_reinit = True  # model-level init zeroes Linear biases except this one
 
-        # S4D-real initialisation; A_log and D stay fp32 whatever `dtype` is, as in mamba_ssm
-        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))
-        self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
-        self.D._no_weight_decay = True
+        # A_log and D stay fp32 whatever `dtype` is, as in mamba_ssm
+        self.A_log = no_weight_decay(s4d_real_A_log(self.d_inner, self.d_state, device=device))
+        self.D = no_weight_decay(ones_D(self.d_inner, device=device))
 
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
 

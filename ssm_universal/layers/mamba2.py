@@ -21,8 +21,10 @@ import torch.nn.functional as F
 
 from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, selective_state_update,
                          ssd_chunk_scan)
+from ssm_kernels.validation import ArgCheck
 
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 
 State = Tuple[torch.Tensor, torch.Tensor]
 NO_DT_LIMIT = (0.0, float("inf"))
@@ -47,14 +49,6 @@ class RMSNormGated(nn.Module):
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
         return gated_rmsnorm(x, self.weight, z, eps=self.eps, group_size=self.group_size,
                              norm_before_gate=self.norm_before_gate)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Mamba2: {name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"Mamba2: {name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _positive_float(name, value):
@@ -99,9 +93,10 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         super().__init__()
         if process_group is not None:
             raise ValueError("Mamba2: process_group (tensor parallelism) is not supported; pass None")
-        self.d_model = _positive_int("d_model", d_model)
-        self.d_state = _positive_int("d_state", d_state)
-        self.d_conv = _positive_int("d_conv", d_conv)
+        check = ArgCheck("Mamba2")
+        self.d_model = check.integer("d_model", d_model, minimum=1)
+        self.d_state = check.integer("d_state", d_state, minimum=1)
+        self.d_conv = check.integer("d_conv", d_conv, minimum=1)
         self.conv_init = None if conv_init is None else _positive_float("conv_init", conv_init)
         _positive_float("expand", expand)
         if (expand * d_model) != int(expand * d_model):
@@ -111,13 +106,13 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         self.sequence_parallel = sequence_parallel
         self.world_size, self.local_rank = 1, 0
         self.d_inner = int(expand * d_model)
-        self.headdim = _positive_int("headdim", headdim)
-        self.d_ssm = self.d_inner if d_ssm is None else _positive_int("d_ssm", d_ssm)
+        self.headdim = check.integer("headdim", headdim, minimum=1)
+        self.d_ssm = self.d_inner if d_ssm is None else check.integer("d_ssm", d_ssm, minimum=1)
         if self.d_ssm > self.d_inner:
             raise ValueError(f"Mamba2: d_ssm must be <= d_inner = expand * d_model = {self.d_inner}, got {d_ssm}")
         if self.d_ssm % self.headdim:
             raise ValueError(f"Mamba2: headdim = {headdim} must divide d_ssm = {self.d_ssm}")
-        self.ngroups = _positive_int("ngroups", ngroups)
+        self.ngroups = check.integer("ngroups", ngroups, minimum=1)
         self.nheads = self.d_ssm // self.headdim
         if self.nheads % self.ngroups:
             raise ValueError(f"Mamba2: ngroups = {ngroups} must divide nheads = d_ssm / headdim = {self.nheads}")
@@ -136,7 +131,7 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         self.norm_before_gate = bool(norm_before_gate)
         self.dt_limit = dt_limit
         self.activation = "silu"
-        self.chunk_size = _positive_int("chunk_size", chunk_size)
+        self.chunk_size = check.integer("chunk_size", chunk_size, minimum=1)
         self.use_mem_eff_path = use_mem_eff_path
         self.layer_idx = layer_idx
 
@@ -144,25 +139,12 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         d_in_proj = 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
         self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=bias, **factory_kwargs)
         conv_dim = self.d_ssm + 2 * self.ngroups * self.d_state
-        # an nn.Conv1d only for mamba_ssm's parameter layout (weight (conv_dim, 1, d_conv)); never called
-        self.conv1d = nn.Conv1d(conv_dim, conv_dim, bias=conv_bias, kernel_size=self.d_conv, groups=conv_dim,
-                                padding=self.d_conv - 1, **factory_kwargs)
-        if self.conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -self.conv_init, self.conv_init)
+        self.conv1d = depthwise_conv1d(conv_dim, self.d_conv, conv_bias, self.conv_init, **factory_kwargs)
         self.act = nn.SiLU()
 
-        # dt bias = softplus^-1 of a log-uniform sample in [dt_min, dt_max]; same RNG calls as mamba_ssm
-        dt = torch.exp(torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min))
-        dt = torch.clamp(dt, min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_bias._no_weight_decay = True
-
-        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
-        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
-        self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(self.d_ssm if self.D_has_hdim else self.nheads, device=device))
-        self.D._no_weight_decay = True
+        self.dt_bias = no_weight_decay(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory_kwargs))
+        self.A_log = no_weight_decay(uniform_A_log(self.nheads, A_init_range, **factory_kwargs))
+        self.D = no_weight_decay(ones_D(self.d_ssm if self.D_has_hdim else self.nheads, device=device))
 
         if self.rmsnorm:
             self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=self.norm_before_gate,

@@ -21,9 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_state_update, ssd_chunk_scan
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 from .mamba2 import NO_DT_LIMIT, Mamba2, RMSNormGated
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -107,24 +108,13 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
         self.activation = "silu"
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory_kwargs)
-        # an nn.Conv1d only for the usual parameter layout (weight (d_inner, 1, d_conv)); never called
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-                                padding=d_conv - 1, bias=conv_bias, **factory_kwargs)
-        if conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.conv1d = depthwise_conv1d(self.d_inner, d_conv, conv_bias, conv_init, **factory_kwargs)
         self.act = nn.SiLU()
         self.x_proj = nn.Linear(self.d_inner, self.nheads + 2 * ngroups * d_state, bias=False, **factory_kwargs)
 
-        # dt bias = softplus^-1 of a log-uniform sample in [dt_min, dt_max], as Mamba2
-        dt = torch.exp(torch.rand(self.nheads, **factory_kwargs) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_bias._no_weight_decay = True
-        A = torch.empty(self.nheads, dtype=torch.float32, device=device).uniform_(*A_init_range)
-        self.A_log = nn.Parameter(torch.log(A).to(dtype=dtype))
-        self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(self.d_inner if self.D_has_hdim else self.nheads, device=device))
-        self.D._no_weight_decay = True
+        self.dt_bias = no_weight_decay(dt_bias_init(self.nheads, dt_min, dt_max, dt_init_floor, **factory_kwargs))
+        self.A_log = no_weight_decay(uniform_A_log(self.nheads, A_init_range, **factory_kwargs))
+        self.D = no_weight_decay(ones_D(self.d_inner if self.D_has_hdim else self.nheads, device=device))
 
         if self.rmsnorm:
             self.norm = RMSNormGated(self.d_inner, eps=1e-5, norm_before_gate=self.norm_before_gate,

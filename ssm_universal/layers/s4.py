@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import cauchy_kernel
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from ._hippo import nplr_legs
 from ._kernel_conv import KernelConvLayer

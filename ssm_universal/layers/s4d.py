@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import vandermonde_kernel
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from ._kernel_conv import KernelConvLayer
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_kernels import fftconv, vandermonde_kernel
-from ssm_kernels._utils import ArgCheck, compute_dtype
+from ssm_kernels.validation import ArgCheck, compute_dtype
 
 from ._kernel_conv import KernelConvLayer
 from .s4d import INITS, TiedDropout, s4d_init

@@ -25,7 +25,7 @@ from typing import Dict, Optional
 
 import torch.nn as nn
 
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from .blocks import NORMS, ResidualBlock, SSMModel
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 
 from ..layers.gss import GSS, GatedDsConv
 from ..layers.gss_ema import GatedMHESA

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 import ssm_universal.layers as layers
 
 LevelSpec = Union[nn.Module, str, Callable[..., nn.Module]]

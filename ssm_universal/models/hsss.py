@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import gated_rmsnorm
-from ssm_kernels._utils import ArgCheck
+from ssm_kernels.validation import ArgCheck
 from ssm_universal.layers import Mamba
 
 SEQUENCE_AXES = (-2, 1)
@@ -53,8 +53,9 @@ class RMSNorm(nn.Module):
         return gated_rmsnorm(x, self.weight, eps=self.eps)
 
 
-class ResidualBlock(nn.Module):
-    """x + mixer(norm(x)) with a Mamba mixer: (B, L, dim) -> (B, L, dim)."""
+class HSSSResidualBlock(nn.Module):
+    """hsss's (mamba-minimal's) ResidualBlock: x + mixer(norm(x)) with a Mamba mixer and RMSNorm.
+    (B, L, dim) -> (B, L, dim)."""
 
     def __init__(self, mixer: Mamba, dim: int):
         super().__init__()
@@ -70,9 +71,9 @@ class ResidualBlock(nn.Module):
 
 
 class MambaStack(nn.Module):
-    """hsss's `Mamba`: `layers`, an nn.ModuleList of ResidualBlock. (B, L, dim) -> (B, L, dim)."""
+    """hsss's `Mamba`: `layers`, an nn.ModuleList of HSSSResidualBlock. (B, L, dim) -> (B, L, dim)."""
 
-    def __init__(self, blocks: Sequence[ResidualBlock]):
+    def __init__(self, blocks: Sequence[HSSSResidualBlock]):
         super().__init__()
         self.layers = nn.ModuleList(blocks)
 
@@ -112,9 +113,9 @@ class LowLevelMamba(nn.Module):
         self.dt_init, self.dt_scale, self.bias, self.conv_bias, self.pscan = dt_init, dt_scale, bias, conv_bias, pscan
         self.d_model = dim
         self.model = MambaStack([
-            ResidualBlock(Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand_factor, dt_rank=dt_rank,
-                                dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
-                                conv_bias=conv_bias, bias=bias), dim)
+            HSSSResidualBlock(Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand_factor, dt_rank=dt_rank,
+                                    dt_min=dt_min, dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale,
+                                    conv_bias=conv_bias, bias=bias), dim)
             for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,28 +1,18 @@
 """ssm_universal.layers.DSS: the kernel against the reference code's formula and the paper's (exp: ZOH,
-softmax: W / Lambda times the softmax over positions), step == forward, bidirectional, l_max, the HiPPO init,
-shapes/grads, bf16 autocast, bad arguments."""
-import math
-
+softmax: W / Lambda times the softmax over positions), step == forward, l_max, the HiPPO init. What DSS shares
+with S4, S4D and S4ND (bidirectional, layout, step gradients, shapes/grads, bf16 autocast, bad arguments) is in
+test_layer_family_s4.py."""
 import pytest
 import torch
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.dss import DSS
-from tests.ssm_universal.layer_checks import (check_bf16_autocast_with_complex_state, check_shapes_and_grads,
-                                              reference_forward)
+from tests.ssm_universal.layer_checks import perturbed, reference_forward, steps_and_forward
 
 FP32 = torch.float32
 CASES = [dict(version="exp"), dict(version="exp", sep_dt_re_im=True), dict(version="softmax"),
          dict(version="softmax", lambda_init="randn", sep_dt_re_im=True)]
 IDS = ["exp", "exp-sep-dt", "softmax", "softmax-randn-sep-dt"]
-
-
-def perturbed(layer, scale=0.1, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return layer
 
 
 def parameters64(layer):
@@ -114,34 +104,8 @@ def test_step_equals_forward(kwargs):
     torch.manual_seed(0)
     batch, length = 3, 23
     layer = perturbed(DSS(6, d_state=8, l_max=None if kwargs["version"] == "exp" else length, **kwargs))
-    x = torch.randn(batch, length, 6)
-    with torch.no_grad():
-        y = layer(x)
-        state = layer.default_state(batch)
-        assert state.shape == (batch, 6, 8) and state.dtype == torch.complex64 and not state.any()
-        steps = []
-        for t in range(length):
-            y_t, new_state = layer.step(x[:, t], state)
-            assert t > 0 or not state.any(), "step must not modify the given state"
-            steps.append(y_t)
-            state = new_state
-    assert_close(torch.stack(steps, 1), y, FP32, "steps")
-
-
-def test_step_gradients_match_forward():
-    torch.manual_seed(0)
-    layer = perturbed(DSS(4, d_state=6, version="softmax", lambda_init="randn", l_max=9))
-    x, cotangent = torch.randn(2, 9, 4), torch.randn(2, 9, 4)
-    (layer(x) * cotangent).sum().backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
-    layer.zero_grad()
-    state, ys = layer.default_state(2), []
-    for t in range(9):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    (torch.stack(ys, 1) * cotangent).sum().backward()
-    for name, p in layer.named_parameters():
-        assert_close(p.grad, grads[name], FP32, f"gradient of {name} through the steps")
+    steps, y = steps_and_forward(layer, torch.randn(batch, length, 6), (batch, 6, 8))
+    assert_close(steps, y, FP32, "steps")
 
 
 def test_softmax_step_needs_l_max_and_bidirectional_has_no_step():
@@ -152,24 +116,6 @@ def test_softmax_step_needs_l_max_and_bidirectional_has_no_step():
     for version in ("exp", "softmax"):
         with pytest.raises(RuntimeError, match="bidirectional"):
             DSS(4, d_state=4, version=version, l_max=5, bidirectional=True).default_state(1)
-
-
-def test_bidirectional_uses_future_inputs():
-    torch.manual_seed(0)
-    bi, causal = DSS(4, d_state=8, bidirectional=True), DSS(4, d_state=8)
-    assert bi.W.shape == (2, 4, 8, 2) and bi.kernel(10).shape == (2, 4, 10)
-    x = torch.randn(1, 16, 4, requires_grad=True)
-    t0 = 7
-    for layer, future in ((bi, True), (causal, False)):
-        x.grad = None
-        layer(x)[0, t0].sum().backward()
-        past, later = x.grad[0, :t0 + 1].abs().sum(), x.grad[0, t0 + 1:].abs().sum()
-        assert past > 0 and (later > 1e-2 * past if future else later < 1e-6 * past)
-    causal.load_state_dict({**bi.state_dict(), "W": bi.W[0].detach()})
-    with torch.no_grad():
-        assert (bi(x) - causal(x)).abs().max() > 1e-3
-        bi.W[1].zero_()
-        assert_close(bi(x), causal(x), FP32, "bidirectional with W[1] = 0")
 
 
 @pytest.mark.parametrize("version", ["exp", "softmax"])
@@ -201,52 +147,3 @@ def test_init():
     sep = DSS(4, d_state=4, sep_dt_re_im=True)
     assert sep.log_dt.shape == (4, 2) and torch.equal(sep.log_dt[:, 0], sep.log_dt[:, 1])
     assert all(p._optim == {"weight_decay": 0.0} for p in layer.ssm_parameters())
-
-
-def test_transposed_layout():
-    torch.manual_seed(0)
-    layer = DSS(5, d_state=4)
-    x = torch.randn(2, 11, 5)
-    y = layer(x)
-    layer.transposed = True
-    yt = layer(x.transpose(1, 2).contiguous())
-    assert yt.shape == (2, 5, 11)
-    assert_close(yt.transpose(1, 2), y, FP32, "transposed")
-
-
-def test_forward_backward_shapes_and_finite_grads():
-    for kwargs in (dict(), dict(version="softmax", lambda_init="randn", bidirectional=True, sep_dt_re_im=True),
-                   dict(dropout=0.2, bidirectional=True)):
-        torch.manual_seed(0)
-        check_shapes_and_grads(DSS(8, d_state=6, **kwargs), torch.randn(2, 17, 8), str(kwargs))
-
-
-@pytest.mark.parametrize("version", ["exp", "softmax"])
-def test_bf16_autocast(version):
-    torch.manual_seed(0)
-    layer = DSS(16, d_state=8, version=version, l_max=17)
-    x = torch.randn(2, 17, 16)
-    check_bf16_autocast_with_complex_state(layer, x)
-
-
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(d_model=0), ValueError), (dict(d_model=4.0), TypeError), (dict(d_state=0), ValueError),
-    (dict(l_max=0), ValueError), (dict(version="clip"), ValueError), (dict(lambda_init="legs"), ValueError),
-    (dict(lambda_init="randn"), ValueError), (dict(dt_min=0.0), ValueError),
-    (dict(dt_min=0.2, dt_max=0.1), ValueError), (dict(dt_max=math.inf), ValueError),
-    (dict(epsilon=0.0), ValueError), (dict(bidirectional=1), TypeError), (dict(transposed="no"), TypeError),
-    (dict(sep_dt_re_im=None), TypeError), (dict(dropout=1.0), ValueError),
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="DSS"):
-        DSS(**{"d_model": 4, **kwargs})
-
-
-def test_bad_inputs():
-    layer = DSS(4, d_state=4)
-    with pytest.raises(ValueError, match="d_model"):
-        layer(torch.randn(2, 4, 5))
-    with pytest.raises(ValueError, match="x_t"):
-        layer.step(torch.randn(2, 5), layer.default_state(2))
-    with pytest.raises(ValueError, match="state"):
-        layer.step(torch.randn(2, 4), layer.default_state(3))

@@ -1,5 +1,6 @@
 """ssm_universal.layers.GatedMLP against flash-attn's GatedMlp and mamba_ssm's GatedMLP, the SSM branch's parallel
-gating, step == forward with and without an SSM branch, shapes/grads, bf16 autocast, bad arguments.
+gating, step == forward with and without an SSM branch, shapes/grads, bad inputs. What GatedMLP shares with the
+Mamba-style blocks (bf16 autocast, bad arguments) is in test_layer_family_mamba.py.
 
 References (each test runs against every one available):
 * "flash_attn": FlashGatedMlpRef below, a transcription of flash_attn/modules/mlp.py GatedMlp (flash-attention
@@ -19,9 +20,9 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.gated_mlp import SSM_LAYERS, GatedMLP
-from ssm_universal.layers.mamba import Mamba
 from ssm_universal.layers.s4d import S4D
-from tests.ssm_universal.layer_checks import check_shapes_and_grads
+from tests.ssm_universal.layer_checks import (check_reference_checkpoint_loads, check_same_initialisation,
+                                              check_shapes_and_grads, perturbed)
 
 FP32 = torch.float32
 PEER_MLP = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm" / "modules" / "mlp.py"
@@ -90,33 +91,11 @@ FLASH_CONFIGS = {
 }
 
 
-def perturbed(module, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return module
-
-
 def assert_same_module(ours, ref, x):
     """Same state_dict (keys, shapes, values from the same seed); a perturbed reference state_dict loads with
     strict=True and gives the same outputs and parameter gradients."""
-    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(ref_sd)
-    for key, value in ref_sd.items():
-        assert torch.equal(our_sd[key], value), f"{key}: different initialisation from the same seed"
-    perturbed(ref)
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    y_ref, y = ref(x), ours(x)
-    if isinstance(y_ref, tuple):
-        assert isinstance(y, tuple) and y[1] is x and y_ref[1] is x
-        y_ref, y = y_ref[0], y[0]
-    assert_close(y, y_ref, FP32, "forward")
-    cotangent = torch.randn_like(y)
-    (y_ref * cotangent).sum().backward()
-    (y * cotangent).sum().backward()
-    for (name, p_ref), p in zip(ref.named_parameters(), ours.parameters()):
-        assert_close(p.grad, p_ref.grad, FP32, f"gradient of {name}")
+    check_same_initialisation(ours, ref)
+    check_reference_checkpoint_loads(ours, perturbed(ref), x)
 
 
 @pytest.mark.parametrize("config", list(FLASH_CONFIGS))
@@ -234,40 +213,6 @@ def test_forward_backward_shapes_and_finite_grads():
     layer = GatedMLP(8, hidden_features=12, out_features=5, multiple_of=4)
     y = layer(torch.randn(2, 9, 8))
     assert y.shape == (2, 9, 5)
-
-
-@pytest.mark.parametrize("name", [None, "mamba2_sequential"])
-def test_bf16_autocast(name):
-    torch.manual_seed(0)
-    layer = GatedMLP(16, multiple_of=16) if name is None else GatedMLP(
-        16, multiple_of=16, ssm=name, ssm_kwargs=dict(d_state=4, headdim=8, chunk_size=8))
-    x = torch.randn(2, 17, 16)
-    y32 = layer(x).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
-        y_t, _ = layer.step(x[:, 0], layer.default_state(2))
-    assert y.dtype == torch.bfloat16 and y_t.dtype == torch.bfloat16 and y_t.shape == (2, 16)
-    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
-    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
-    y.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(in_features=0), ValueError),
-    (dict(hidden_features=2.5), TypeError),
-    (dict(multiple_of=0), ValueError),
-    (dict(activation="tanhh"), ValueError),
-    (dict(activation=3), TypeError),
-    (dict(bias1="yes"), TypeError),
-    (dict(ssm="s6"), ValueError),
-    (dict(ssm=3), TypeError),
-    (dict(ssm=Mamba(4)), ValueError),                 # width 4 != in_features 8
-    (dict(ssm_kwargs=dict(d_state=4)), ValueError),   # without a named ssm
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="GatedMLP"):
-        GatedMLP(**{"in_features": 8, **kwargs})
 
 
 def test_bad_inputs():

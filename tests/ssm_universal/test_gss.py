@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
-from ssm_universal.layers.gss import DSS, GSS, EfficientDsConv, GatedDsConv
+from ssm_universal.layers.gss import GSS, GSSDSS, EfficientDsConv, GatedDsConv
 from ssm_universal.layers.gss_ema import MHESA, GatedMHESA
 from ssm_universal.models.gss_lm import GatedDsConvLM, GatedExponentialSmoothingLM, GatedStateSpacesLM
 from tests.ssm_universal.layer_checks import check_shapes_and_grads
@@ -83,7 +83,7 @@ def dense_gelu(seq, x):
     return F.gelu(F.linear(x, seq[0].weight))
 
 
-PACKAGE_INNER = {DSS: package_dss, EfficientDsConv: package_dsconv, MHESA: package_mhesa}
+PACKAGE_INNER = {GSSDSS: package_dss, EfficientDsConv: package_dsconv, MHESA: package_mhesa}
 
 
 def package_block(block, x):
@@ -109,8 +109,8 @@ def package_lm(lm, ids, labels=None):
 # ---- helpers ----
 
 INNER_CASES = {
-    "dss": lambda: DSS(DIM, kernel_N=6),
-    "dss-no-imag-exp": lambda: DSS(DIM, kernel_N=6, dss_kernel_lambda_imag_exp=False),
+    "dss": lambda: GSSDSS(DIM, kernel_N=6),
+    "dss-no-imag-exp": lambda: GSSDSS(DIM, kernel_N=6, dss_kernel_lambda_imag_exp=False),
     "dsconv": lambda: EfficientDsConv(DIM, heads=3),
     "mhesa": lambda: MHESA(DIM, heads=3),
     "mhesa-reverse": lambda: MHESA(DIM, heads=3, reverse_seq=True),
@@ -164,7 +164,7 @@ def test_inner_modules_equal_package_transcription(name):
     m = INNER_CASES[name]()
     x = torch.randn(BATCH, LENGTH, DIM)
     with torch.no_grad():
-        assert_close(m(x), package_dss(m, x) if isinstance(m, DSS) else PACKAGE_INNER[type(m)](m, x), FP32, name)
+        assert_close(m(x), package_dss(m, x) if isinstance(m, GSSDSS) else PACKAGE_INNER[type(m)](m, x), FP32, name)
 
 
 @pytest.mark.parametrize("name", list(BLOCK_CASES))
@@ -196,7 +196,7 @@ def package_pairs(G):
     from gated_state_spaces_pytorch.gss import DSS as PDSS
     from gated_state_spaces_pytorch.mhesa import MHESA as PMHESA
     return [
-        (PDSS, DSS, dict(dim=DIM, kernel_N=6, dss_kernel_lambda_imag_exp=False), False),
+        (PDSS, GSSDSS, dict(dim=DIM, kernel_N=6, dss_kernel_lambda_imag_exp=False), False),
         (PDsConv, EfficientDsConv, dict(dim=DIM, heads=3), False),
         (PMHESA, MHESA, dict(dim=DIM, heads=3, reverse_seq=True), False),
         (G.GSS, GSS, dict(dim=DIM, dim_expansion_factor=2, dss_kernel_N=6, dss_kernel_H=8, reverse_seq=True), False),
@@ -394,7 +394,7 @@ def test_lm_bf16_autocast():
 
 def test_init_and_dss_kernel():
     torch.manual_seed(0)
-    m = DSS(64, kernel_N=512)
+    m = GSSDSS(64, kernel_N=512)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     assert shapes == {"norm.weight": (64,), "norm.bias": (64,), "Lambda_real": (512,), "Lambda_imag": (512,),
                       "C_real": (64, 512), "C_imag": (64, 512), "param_D": (64,)}
@@ -405,7 +405,7 @@ def test_init_and_dss_kernel():
     _, Lambda = m.modes()
     assert (Lambda.real < 0).all() and (Lambda.imag > 0).all()
     # K[h, l] = Re sum_n C (exp(Lambda) - 1) / Lambda exp(Lambda)^l, in complex128 with powers
-    small = DSS(4, kernel_N=5, dss_kernel_lambda_imag_exp=False)
+    small = GSSDSS(4, kernel_N=5, dss_kernel_lambda_imag_exp=False)
     Lam = torch.complex(-small.Lambda_real.double().exp(), small.Lambda_imag.double())
     C = torch.complex(small.C_real.double(), small.C_imag.double()) * (Lam.exp() - 1) / Lam
     K = torch.einsum("hn,nl->hl", C, Lam.exp()[:, None] ** torch.arange(40, dtype=torch.float64)).real
@@ -434,7 +434,7 @@ def test_init_and_dss_kernel():
     (GatedDsConv, dict(heads=3, dim_dsconv=8), ValueError), (GatedDsConv, dict(heads=0), ValueError),
     (GatedMHESA, dict(heads=3, dim_mhesa=8), ValueError), (GatedMHESA, dict(dim_mhesa=-1), ValueError),
     (MHESA, dict(heads=5), ValueError), (EfficientDsConv, dict(heads=5), ValueError),
-    (DSS, dict(kernel_N=0), ValueError),
+    (GSSDSS, dict(kernel_N=0), ValueError),
     (GatedStateSpacesLM, dict(num_tokens=0, depth=1), ValueError), (GatedDsConvLM, dict(num_tokens=5, depth=0),
                                                                    ValueError),
     (GatedDsConvLM, dict(num_tokens=5, depth=1, max_seq_len=0), ValueError),

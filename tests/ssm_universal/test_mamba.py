@@ -1,4 +1,5 @@
-"""ssm_universal.layers.Mamba against mamba_ssm's Mamba (mamba_simple.py), and step == forward.
+"""ssm_universal.layers.Mamba against mamba_ssm's Mamba (mamba_simple.py), and step == forward. What Mamba shares
+with the other Mamba-style blocks (shapes/grads, bf16 autocast) is in test_layer_family_mamba.py.
 
 References (each test runs against every one available, so a clean clone still checks something real):
 * "inline": MambaSimpleRef below, a transcription of mamba_ssm 2.3.2 mamba_ssm/modules/mamba_simple.py
@@ -20,9 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_kernels.testing import assert_close
 from ssm_universal.layers import Mamba
-from tests.ssm_universal.layer_checks import check_in_place_steps_equal_forward, check_shapes_and_grads
+from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
+                                              check_prefill_and_decode_match_reference,
+                                              check_reference_checkpoint_loads, check_same_initialisation)
 
 FP32 = torch.float32
 PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
@@ -173,11 +175,7 @@ def make_pair(reference, seed=0, **config):
 @pytest.mark.parametrize("ref_name", list(REFERENCES))
 def test_parameters_and_init_match_mamba_ssm(ref_name, config):
     ref, ours = make_pair(REFERENCES[ref_name], **config)
-    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(ref_sd)
-    for key, value in ref_sd.items():
-        assert our_sd[key].shape == value.shape and our_sd[key].dtype == value.dtype, key
-        assert torch.equal(our_sd[key], value), f"{key}: different initialisation from the same seed"
+    check_same_initialisation(ours, ref)
     assert ours.conv1d.weight.shape == (ours.d_inner, 1, ours.d_conv)
     assert ours.A_log._no_weight_decay and ours.D._no_weight_decay and ours.dt_proj.bias._no_reinit
     dt = F.softplus(ours.dt_proj.bias)
@@ -193,30 +191,10 @@ def test_checkpoint_loads_and_matches_mamba_ssm(ref_name, config):
     with torch.no_grad():  # move away from the init so that every parameter matters
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 13, config["d_model"])
-    y_ref, y = ref(x), ours(x)
-    assert_close(y, y_ref, FP32, "forward")
-    cotangent = torch.randn_like(y)
-    (y_ref * cotangent).sum().backward()
-    (y * cotangent).sum().backward()
-    for (name, p_ref), p in zip(ref.named_parameters(), ours.parameters()):
-        assert_close(p.grad, p_ref.grad, FP32, f"gradient of {name}")
-
-    prefill = 3  # shorter than d_conv = 4: the conv cache is zero-padded
-    params_ref = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
-    params = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
-    with torch.no_grad():
-        outs_ref, outs = [ref(x[:, :prefill], params_ref)], [ours(x[:, :prefill], params)]
-        for t in range(prefill, x.shape[1]):
-            params_ref.seqlen_offset = params.seqlen_offset = t
-            outs_ref.append(ref(x[:, t:t + 1], params_ref))
-            outs.append(ours(x[:, t:t + 1], params))
-    assert_close(torch.cat(outs, 1), torch.cat(outs_ref, 1), FP32, "prefill + decode")
-    assert_close(torch.cat(outs, 1), y_ref.detach(), FP32, "prefill + decode vs forward")
-    for name, s, s_ref in zip(("conv_state", "ssm_state"), params.key_value_memory_dict[0],
-                              params_ref.key_value_memory_dict[0]):
-        assert_close(s, s_ref, FP32, name)
+    y_ref = check_reference_checkpoint_loads(ours, ref, x)
+    # a prefill shorter than d_conv = 4 (the conv cache is zero-padded), then one token at a time
+    check_prefill_and_decode_match_reference(ours, ref, x, 3, y_ref)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "bias-d_conv3-expand1"])
@@ -230,24 +208,3 @@ def test_step_equals_forward(config):
     assert state[0].shape == (batch, layer.d_inner, layer.d_conv) and state[0].dtype == FP32
     assert state[1].shape == (batch, layer.d_inner, layer.d_state) and state[1].dtype == FP32
     check_in_place_steps_equal_forward(layer, x, split)
-
-
-def test_forward_backward_shapes_and_finite_grads():
-    check_shapes_and_grads(Mamba(d_model=32, d_state=8), torch.randn(2, 17, 32))
-
-
-def test_bf16_autocast():
-    """Under CPU bf16 autocast: forward and backward run, the output is bf16 and within the bf16 tolerance
-    of the fp32 forward; a decoding step runs from an fp32 cache."""
-    layer = Mamba(d_model=32, d_state=8)
-    x = torch.randn(2, 17, 32)
-    y32 = layer(x).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
-        state = layer.default_state(2)
-        y_t, _ = layer.step(x[:, 0], state)
-    assert y.dtype == torch.bfloat16 and y_t.shape == (2, 32) and torch.isfinite(y_t).all()
-    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
-    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
-    y.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -1,4 +1,6 @@
-"""ssm_universal.layers.Mamba2 against mamba_ssm's Mamba2 (modules/mamba2.py), and step == forward.
+"""ssm_universal.layers.Mamba2 against mamba_ssm's Mamba2 (modules/mamba2.py), and step == forward. What Mamba2
+shares with the other Mamba-style blocks (shapes/grads, bf16 autocast, bad arguments) is in
+test_layer_family_mamba.py.
 
 References (each test runs against every one available, so a clean clone still checks something real):
 * "inline": Mamba2Ref below, a transcription of mamba_ssm 2.3.2 mamba_ssm/modules/mamba2.py
@@ -24,7 +26,9 @@ import torch.nn.functional as F
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.mamba2 import Mamba2
-from tests.ssm_universal.layer_checks import check_in_place_steps_equal_forward, check_shapes_and_grads
+from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
+                                              check_prefill_and_decode_match_reference,
+                                              check_reference_checkpoint_loads, check_same_initialisation)
 
 FP32 = torch.float32
 PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
@@ -261,11 +265,7 @@ def test_parameter_list_transcribed_from_mamba2_2_3_2():
 @pytest.mark.parametrize("ref_name", list(REFERENCES))
 def test_parameters_and_init_match_mamba_ssm(ref_name, config):
     ref, ours = make_pair(REFERENCES[ref_name], **CONFIGS[config])
-    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(ref_sd)
-    for key, value in ref_sd.items():
-        assert our_sd[key].shape == value.shape and our_sd[key].dtype == value.dtype, key
-        assert torch.equal(our_sd[key], value), f"{key}: different initialisation from the same seed"
+    check_same_initialisation(ours, ref)
     assert ours.A_log._no_weight_decay and ours.D._no_weight_decay and ours.dt_bias._no_weight_decay
     dt = F.softplus(ours.dt_bias)
     assert dt.min() >= 1e-4 and dt.max() <= 0.1 + 1e-6
@@ -284,33 +284,12 @@ def test_checkpoint_loads_and_matches_mamba_ssm(ref_name, config):
     with torch.no_grad():  # move away from the init so that every parameter matters
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(2, 13, cfg["d_model"])
-    y_ref, y = ref(x), ours(x)
-    assert_close(y, y_ref, FP32, "forward")
-    cotangent = torch.randn_like(y)
-    (y_ref * cotangent).sum().backward()
-    (y * cotangent).sum().backward()
-    for (name, p_ref), p in zip(ref.named_parameters(), ours.parameters()):
-        assert_close(p.grad, p_ref.grad, FP32, f"gradient of {name}")
-
+    y_ref = check_reference_checkpoint_loads(ours, ref, x)
     if cfg.get("D_has_hdim"):
         return  # mamba_ssm's step cannot decode with D_has_hdim (repeat "h -> h p" of a (d_ssm,) D)
-    prefill = 2  # shorter than d_conv: the conv cache is zero-padded
-    params_ref = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
-    params = types.SimpleNamespace(seqlen_offset=0, key_value_memory_dict={})
-    with torch.no_grad():
-        outs_ref = [ref(x[:, :prefill], inference_params=params_ref)]
-        outs = [ours(x[:, :prefill], inference_params=params)]
-        for t in range(prefill, x.shape[1]):
-            params_ref.seqlen_offset = params.seqlen_offset = t
-            outs_ref.append(ref(x[:, t:t + 1], inference_params=params_ref))
-            outs.append(ours(x[:, t:t + 1], inference_params=params))
-    assert_close(torch.cat(outs, 1), torch.cat(outs_ref, 1), FP32, "prefill + decode")
-    assert_close(torch.cat(outs, 1), y_ref.detach(), FP32, "prefill + decode vs forward")
-    for name, s, s_ref in zip(("conv_state", "ssm_state"), params.key_value_memory_dict[0],
-                              params_ref.key_value_memory_dict[0]):
-        assert_close(s, s_ref, FP32, name)
+    # a prefill shorter than d_conv (the conv cache is zero-padded), then one token at a time
+    check_prefill_and_decode_match_reference(ours, ref, x, 2, y_ref)
 
 
 @pytest.mark.parametrize("config", list(STEP_CONFIGS))
@@ -384,46 +363,6 @@ def test_seqlen_flattened_input():
     x = torch.randn(2, 7, 16)
     with torch.no_grad():
         assert_close(layer(x.reshape(14, 16), seqlen=7), layer(x).reshape(14, 16), FP32, "seqlen")
-
-
-def test_forward_backward_shapes_and_finite_grads():
-    layer = Mamba2(d_model=16, d_state=8, headdim=8, d_ssm=24, ngroups=3, bias=True, chunk_size=8)
-    check_shapes_and_grads(layer, torch.randn(2, 17, 16))
-
-
-def test_bf16_autocast():
-    """Under CPU bf16 autocast: forward and backward run, the output is bf16 and within the bf16 tolerance
-    of the fp32 forward; a decoding step runs from an fp32 cache."""
-    layer = Mamba2(d_model=32, d_state=8, headdim=8, chunk_size=8)
-    x = torch.randn(2, 17, 32)
-    y32 = layer(x).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
-        y_t, _ = layer.step(x[:, 0], layer.default_state(2))
-    assert y.dtype == torch.bfloat16 and y_t.shape == (2, 32) and torch.isfinite(y_t).all()
-    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
-    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
-    y.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(process_group=object()), ValueError),
-    (dict(headdim=5), ValueError),            # does not divide d_ssm = 32
-    (dict(ngroups=3), ValueError),            # does not divide nheads = 4
-    (dict(d_ssm=40), ValueError),             # > d_inner = 32
-    (dict(d_model=0), ValueError),
-    (dict(d_state=2.5), TypeError),
-    (dict(A_init_range=(0, 4)), ValueError),
-    (dict(dt_min=0.2), ValueError),           # > dt_max
-    (dict(dt_limit=(0.1, 0.01)), ValueError),
-    (dict(dt_limit=0.1), TypeError),
-    (dict(chunk_size=0), ValueError),
-    (dict(expand=1.3), ValueError),           # expand * d_model not an integer
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="Mamba2"):
-        Mamba2(**{"d_model": 16, "d_state": 4, "headdim": 8, **kwargs})
 
 
 def test_bad_forward_arguments():

@@ -1,6 +1,7 @@
 """ssm_universal.layers.Mamba2Sequential: the forward and every gradient against a direct float64 transcription of
 the sequential block of the Mamba-2 paper (Section 7.1, Figure 6 left: dt, B, C projected from the conv output),
-step == forward, seq_idx, inference_params decoding, init, shapes/grads, bf16 autocast, bad arguments."""
+step == forward, seq_idx, inference_params decoding, init, shapes/grads, bad inputs. What Mamba2Sequential shares
+with the other Mamba-style blocks (bf16 autocast, bad arguments) is in test_layer_family_mamba.py."""
 import types
 
 import pytest
@@ -199,43 +200,6 @@ def test_init():
 def test_forward_backward_shapes_and_finite_grads():
     for name in ("ngroups2-hdimD-normfirst", "nonorm-bias-conv3"):
         check_shapes_and_grads(make(**CONFIGS[name]), torch.randn(2, 17, CONFIGS[name]["d_model"]), name)
-
-
-def test_bf16_autocast():
-    """Under CPU bf16 autocast: forward and backward run, the output is bf16 and within the bf16 tolerance of
-    the fp32 forward; a decoding step runs from an fp32 cache."""
-    torch.manual_seed(0)
-    layer = Mamba2Sequential(d_model=32, d_state=8, headdim=8, chunk_size=8)
-    x = torch.randn(2, 17, 32)
-    y32 = layer(x).detach()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = layer(x)
-        y_t, _ = layer.step(x[:, 0], layer.default_state(2))
-    assert y.dtype == torch.bfloat16 and y_t.shape == (2, 32)
-    assert_close(y.float(), y32, torch.bfloat16, "bf16 autocast forward")
-    assert_close(y_t.float(), y32[:, 0], torch.bfloat16, "bf16 autocast step")
-    y.float().square().sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
-
-
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(headdim=5), ValueError),            # does not divide d_inner = 32
-    (dict(ngroups=3), ValueError),            # does not divide nheads = 4
-    (dict(d_model=0), ValueError),
-    (dict(d_state=2.5), TypeError),
-    (dict(A_init_range=(0, 4)), ValueError),
-    (dict(dt_min=0.2), ValueError),           # > dt_max
-    (dict(dt_init_floor=0.0), ValueError),
-    (dict(dt_limit=(0.1, 0.01)), ValueError),
-    (dict(dt_limit=0.1), TypeError),
-    (dict(chunk_size=0), ValueError),
-    (dict(expand=1.3), ValueError),           # expand * d_model not an integer
-    (dict(conv_init=-1.0), ValueError),
-    (dict(layer_idx=-1), ValueError),
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="Mamba2Sequential"):
-        Mamba2Sequential(**{"d_model": 16, "d_state": 4, "headdim": 8, **kwargs})
 
 
 def test_bad_inputs():

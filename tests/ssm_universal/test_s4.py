@@ -1,8 +1,7 @@
 """ssm_universal.layers.S4: the NPLR form of HiPPO-LegS, the Cauchy/Woodbury/FFT kernel against powers of the
-dense bilinear transition in fp64, C~ <-> C, step == forward, bidirectional, l_max, lr, dropout, shapes/grads,
-bf16 autocast, bad arguments."""
-import math
-
+dense bilinear transition in fp64, C~ <-> C, step == forward, gradients, l_max. What S4 shares with S4D, DSS and
+S4ND (bidirectional, layout, lr, dropout, shapes/grads, bf16 autocast, bad arguments) is in
+test_layer_family_s4.py."""
 import pytest
 import torch
 
@@ -10,18 +9,9 @@ from ssm_kernels.testing import assert_close
 from ssm_universal.layers._hippo import hippo_legs, nplr_legs
 from ssm_universal.layers.s4 import S4
 from ssm_universal.layers.s4d import hippo_legs_normal_eigenvalues
-from tests.ssm_universal.layer_checks import (check_bf16_autocast_with_complex_state, check_shapes_and_grads,
-                                              reference_forward)
+from tests.ssm_universal.layer_checks import gradients_through_steps, perturbed, reference_forward, steps_and_forward
 
 FP32 = torch.float32
-
-
-def perturbed(layer, scale=0.1, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return layer
 
 
 def full(t):
@@ -145,21 +135,11 @@ def test_step_equals_forward(l_max):
     torch.manual_seed(0)
     layer = perturbed(S4(8, d_state=8, l_max=l_max, dt_min=0.01, dt_max=0.2))
     batch, length = 3, 29
-    x = torch.randn(batch, length, 8)
-    with torch.no_grad():
-        y = layer(x)
-        state = layer.default_state(batch)
-        assert state.shape == (batch, 8, 4) and state.dtype == torch.complex64 and not state.any()
-        steps = []
-        for t in range(length):
-            y_t, new_state = layer.step(x[:, t], state)
-            assert not state.any() or t > 0, "step must not modify the given state"
-            steps.append(y_t)
-            state = new_state
+    steps, y = steps_and_forward(layer, torch.randn(batch, length, 8), (batch, 8, 4))
     valid = min(length, l_max or length)  # forward truncates the kernel at l_max, the recurrence does not
-    assert_close(torch.stack(steps, 1)[:, :valid], y[:, :valid], FP32, "steps")
+    assert_close(steps[:, :valid], y[:, :valid], FP32, "steps")
     if valid < length:
-        assert (torch.stack(steps, 1)[:, valid:] - y[:, valid:]).abs().max() > 1e-4
+        assert (steps[:, valid:] - y[:, valid:]).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("l_max", [None, 16])
@@ -177,14 +157,8 @@ def test_forward_and_step_gradients_equal_dense_fp64_gradients(l_max):
     (layer(x) * cotangent).sum().backward()
     for name, p in layer.named_parameters():
         assert_close(p.grad, expected[name], FP32, f"gradient of {name} through forward")
-    layer.zero_grad()
-    state, ys = layer.default_state(2), []
-    for t in range(9):
-        y_t, state = layer.step(x[:, t], state)
-        ys.append(y_t)
-    (torch.stack(ys, 1) * cotangent).sum().backward()
-    for name, p in layer.named_parameters():
-        assert_close(p.grad, expected[name], FP32, f"gradient of {name} through the steps")
+    for name, grad in gradients_through_steps(layer, x, cotangent).items():
+        assert_close(grad, expected[name], FP32, f"gradient of {name} through the steps")
 
 
 def test_step_follows_parameter_updates():
@@ -200,29 +174,6 @@ def test_step_follows_parameter_updates():
     assert_close(y_t, layer(x[:, None])[:, 0], FP32, "step after in-place updates")
 
 
-def test_bidirectional_uses_future_inputs():
-    torch.manual_seed(0)
-    bi = S4(4, d_state=8, bidirectional=True)
-    causal = S4(4, d_state=8)
-    assert bi.C.shape == (2, 4, 4, 2) and bi.kernel(10).shape == (2, 4, 10)
-    x = torch.randn(1, 16, 4, requires_grad=True)
-    t0 = 7
-    for layer, future in ((bi, True), (causal, False)):
-        x.grad = None
-        layer(x)[0, t0].sum().backward()
-        past, later = x.grad[0, :t0 + 1].abs().sum(), x.grad[0, t0 + 1:].abs().sum()
-        assert past > 0 and (later > 1e-2 * past if future else later < 1e-6 * past)
-    causal.load_state_dict({**bi.state_dict(), "C": bi.C[0].detach()})
-    with torch.no_grad():
-        assert (bi(x) - causal(x)).abs().max() > 1e-3
-        bi.C[1].zero_()
-        assert_close(bi(x), causal(x), FP32, "bidirectional with C[1] = 0")
-    with pytest.raises(RuntimeError, match="bidirectional"):
-        bi.step(x[:, 0].detach(), torch.zeros(1, 4, 4, dtype=torch.complex64))
-    with pytest.raises(RuntimeError, match="bidirectional"):
-        bi.default_state(1)
-
-
 def test_l_max_shorter_and_longer_than_input():
     torch.manual_seed(0)
     x = torch.randn(2, 20, 4)
@@ -234,82 +185,3 @@ def test_l_max_shorter_and_longer_than_input():
         assert (short(x) - reference_forward(short, x, K)).abs().max() > 1e-3
         long = perturbed(S4(4, d_state=8, l_max=50))
         assert_close(long(x), reference_forward(long, x, dense_kernel(long, 20)), FP32, "l_max = 50 > L")
-
-
-def test_transposed_layout():
-    torch.manual_seed(0)
-    layer = S4(5, d_state=4)
-    x = torch.randn(2, 11, 5)
-    y = layer(x)
-    layer.transposed = True
-    yt = layer(x.transpose(1, 2).contiguous())
-    assert yt.shape == (2, 5, 11)
-    assert_close(yt.transpose(1, 2), y, FP32, "transposed")
-    with pytest.raises(ValueError, match="d_model"):
-        layer(x)
-
-
-def test_lr_registration():
-    ssm = {"log_dt", "A_real_log", "A_imag", "P", "B"}
-    frozen = S4(4, d_state=4, lr=0.0)
-    assert set(dict(frozen.named_buffers())) == ssm
-    assert {n for n, _ in frozen.named_parameters()} == {"C", "D", "output_linear.0.weight", "output_linear.0.bias"}
-    tuned = S4(4, d_state=4, lr=1e-3)
-    for name in ssm:
-        assert getattr(tuned, name)._optim == {"weight_decay": 0.0, "lr": 1e-3}
-    assert S4(4, d_state=4).P._optim == {"weight_decay": 0.0}
-    assert not hasattr(tuned.C, "_optim")
-    frozen(torch.randn(1, 5, 4)).sum().backward()
-    assert frozen.C.grad is not None
-
-
-def test_dropout_is_tied_over_the_sequence():
-    torch.manual_seed(0)
-    layer = S4(8, d_state=4, dropout=0.5)
-    seen = []
-    layer.output_linear.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
-    x = torch.randn(4, 12, 8)
-    layer.train()
-    y1, y2 = layer(x), layer(x)
-    assert not torch.equal(y1, y2)
-    dropped = seen[0] == 0
-    assert dropped.any() and (dropped.all(-1) == dropped.any(-1)).all(), "whole (batch, channel) rows dropped"
-    layer.eval()
-    reference = S4(8, d_state=4)
-    reference.load_state_dict(layer.state_dict())
-    assert torch.equal(layer(x), reference(x))
-
-
-@pytest.mark.parametrize("kwargs", [dict(), dict(l_max=12), dict(bidirectional=True, l_max=24),
-                                    dict(bidirectional=True, dropout=0.1)], ids=str)
-def test_forward_backward_shapes_and_finite_grads(kwargs):
-    torch.manual_seed(0)
-    check_shapes_and_grads(S4(8, d_state=6, **kwargs), torch.randn(2, 17, 8), str(kwargs))
-
-
-@pytest.mark.parametrize("l_max", [None, 32])
-def test_bf16_autocast(l_max):
-    torch.manual_seed(0)
-    check_bf16_autocast_with_complex_state(S4(16, d_state=8, l_max=l_max), torch.randn(2, 17, 16))
-
-
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(d_model=0), ValueError), (dict(d_model=4.0), TypeError), (dict(d_state=7), ValueError),
-    (dict(d_state=0), ValueError), (dict(l_max=0), ValueError), (dict(l_max=3.5), TypeError),
-    (dict(dt_min=0.0), ValueError), (dict(dt_min=0.2, dt_max=0.1), ValueError), (dict(dt_max=math.inf), ValueError),
-    (dict(bidirectional=1), TypeError), (dict(transposed="no"), TypeError), (dict(dropout=1.0), ValueError),
-    (dict(lr=-1.0), ValueError),
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="S4"):
-        S4(**{"d_model": 4, **kwargs})
-
-
-def test_bad_inputs():
-    layer = S4(4, d_state=4)
-    with pytest.raises(ValueError, match="d_model"):
-        layer(torch.randn(2, 4, 5))
-    with pytest.raises(ValueError, match="x_t"):
-        layer.step(torch.randn(2, 5), layer.default_state(2))
-    with pytest.raises(ValueError, match="state"):
-        layer.step(torch.randn(2, 4), layer.default_state(3))

@@ -1,6 +1,8 @@
 """ssm_universal.layers.S4ND: per-axis kernels against the explicit sum over modes, 1-D against S4D, 2-D / 3-D
 against a direct fp64 N-D convolution with the outer-product kernel, bidirectional per axis, bandlimit (which
-modes survive, the kernel spectrum), rate, step == forward (1-D causal) and its errors, shapes/grads, bf16."""
+modes survive, the kernel spectrum), rate, step == forward (1-D causal) and its errors, 2-D bf16 autocast, bad
+inputs of N-D layers. What S4ND shares with S4, S4D and DSS (shapes/grads, 1-D bf16 autocast, bad arguments,
+1-D bad inputs) is in test_layer_family_s4.py."""
 import itertools
 import math
 
@@ -11,19 +13,10 @@ import torch.nn.functional as F
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.s4d import S4D
 from ssm_universal.layers.s4nd import S4ND
-from tests.ssm_universal.layer_checks import check_bf16_autocast_with_complex_state, check_shapes_and_grads
+from tests.ssm_universal.layer_checks import perturbed, steps_and_forward
 
 FP32 = torch.float32
 SHAPES = {1: (2, 13), 2: (2, 7, 6), 3: (1, 4, 5, 3)}  # (B, *spatial)
-
-
-def perturbed(layer, scale=0.1, seed=1):
-    """Move every parameter away from its init (B off one, channels off a shared spectrum)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return layer
 
 
 def explicit_axis_kernel(axis, length, rate=1.0, bandlimit=None):
@@ -233,18 +226,8 @@ def test_step_equals_forward(kwargs):
     rate = kwargs.pop("rate", 1.0)
     layer = perturbed(S4ND(8, d_state=8, dim=1, bidirectional=False, dt_min=0.05, dt_max=0.5, **kwargs))
     batch, length = 3, 29
-    x = torch.randn(batch, length, 8)
-    with torch.no_grad():
-        y = layer(x, rate=rate)
-        state = layer.default_state(batch)
-        assert state.shape == (batch, 8, 4) and state.dtype == torch.complex64 and not state.any()
-        steps = []
-        for t in range(length):
-            y_t, new_state = layer.step(x[:, t], state, rate=rate)
-            assert not state.any() or t > 0, "step must not modify the given state"
-            steps.append(y_t)
-            state = new_state
-    assert_close(torch.stack(steps, 1), y, FP32, "steps")
+    steps, y = steps_and_forward(layer, torch.randn(batch, length, 8), (batch, 8, 4), rate=rate)
+    assert_close(steps, y, FP32, "steps")
 
 
 def test_step_is_refused_without_a_causal_order():
@@ -294,14 +277,6 @@ def test_dropout_is_tied_over_spatial_positions():
     assert torch.equal(layer(x), layer(x))
 
 
-def test_forward_backward_shapes_and_finite_grads():
-    for dim, kwargs in ((1, dict(bidirectional=False)), (1, dict(bandlimit=0.5)), (2, dict(l_max=4)),
-                        (2, dict(bidirectional=(True, False), init="diag-inv")), (3, dict(bandlimit=0.5))):
-        torch.manual_seed(0)
-        layer = S4ND(4, d_state=6, dim=dim, dt_min=0.05, dt_max=0.5, **kwargs)
-        check_shapes_and_grads(layer, torch.randn(*SHAPES[dim], 4), f"dim {dim} {kwargs}")
-
-
 def test_gradients_match_the_direct_convolution():
     torch.manual_seed(0)
     layer = perturbed(S4ND(3, d_state=4, dim=2, bidirectional=(True, False), dt_min=0.05, dt_max=0.5))
@@ -315,10 +290,8 @@ def test_gradients_match_the_direct_convolution():
         assert_close(grads[name], p.grad, FP32, f"gradient of {name}")
 
 
-def test_bf16_autocast():
+def test_bf16_autocast_2d():
     torch.manual_seed(0)
-    check_bf16_autocast_with_complex_state(S4ND(16, d_state=8, dim=1, bidirectional=False),
-                                           torch.randn(2, 17, 16))
     layer = S4ND(8, d_state=8, dim=2)
     x = torch.randn(2, 6, 5, 8)
     y32 = layer(x).detach()
@@ -330,27 +303,8 @@ def test_bf16_autocast():
     assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    (dict(d_model=0), ValueError), (dict(d_model=4.0), TypeError), (dict(d_state=7), ValueError),
-    (dict(dim=4), ValueError), (dict(dim=None), ValueError), (dict(dim=2, l_max=(4, 4, 4)), ValueError),
-    (dict(l_max=0), ValueError), (dict(l_max=(4, 2.5)), TypeError), (dict(bidirectional=1), TypeError),
-    (dict(bidirectional=(True,)), ValueError), (dict(bandlimit=0.0), ValueError),
-    (dict(bandlimit=math.nan), ValueError), (dict(init="legs"), ValueError), (dict(dt_min=0.0), ValueError),
-    (dict(dt_min=0.2, dt_max=0.1), ValueError), (dict(dropout=1.0), ValueError), (dict(transposed=1), TypeError),
-])
-def test_bad_arguments(kwargs, error):
-    with pytest.raises(error, match="S4ND"):
-        S4ND(**{"d_model": 4, **kwargs})
-
-
-def test_bad_inputs():
+def test_spatial_rank_and_empty_batch():
     layer = S4ND(4, d_state=4, dim=1, bidirectional=False)
-    with pytest.raises(ValueError, match="d_model"):
-        layer(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match="spatial"):
         layer(torch.randn(2, 3, 4, 4))
-    with pytest.raises(ValueError, match="x_t"):
-        layer.step(torch.randn(2, 5), layer.default_state(2))
-    with pytest.raises(ValueError, match="state"):
-        layer.step(torch.randn(2, 4), layer.default_state(3))
     assert layer(torch.randn(0, 5, 4)).shape == (0, 5, 4)

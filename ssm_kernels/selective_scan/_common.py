@@ -1,4 +1,4 @@
-"""Input layouts shared by the reference and the fast path of selective_scan.
+"""Helpers shared by selective_scan's reference and backends: compute dtypes and input layouts.
 
 B and C arrive as (D, N) fixed, (B, N, L) variable or (B, G, N, L) grouped; with complex A, variable ones
 may also be real with real and imaginary parts interleaved along the last axis: (B, N, 2L) / (B, G, N, 2L).
@@ -13,6 +13,15 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .._utils import compute_dtype
+
+
+def compute_dtypes(u: torch.Tensor, A: torch.Tensor):
+    """(real dtype of the math, dtype of states and of A): fp32 / fp64, complex when A is."""
+    real = compute_dtype(u.dtype) if A.dtype not in (torch.float64, torch.complex128) else torch.float64
+    state = (torch.complex128 if real == torch.float64 else torch.complex64) if A.is_complex() else real
+    return real, state
 
 
 def as_complex_interleaved(x: torch.Tensor) -> torch.Tensor:
