@@ -12,7 +12,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._autograd import eager_fast_path
+from .._autograd import define_custom_op
 from ._kernel_io import state_rows
 
 
@@ -26,26 +26,21 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
     inputs); checkpoint_shape(u, A, B, C, n_chunks or None) -> the checkpoints' shape (real view) with that
     many chunks (None: as the forward saves them), whose chunk axis is `chunk_axis`.
     """
-    name = f"ssm_kernels::selective_scan_{backend}"
-
-    @torch.library.custom_op(f"{name}_fwd", mutates_args=())
-    def forward_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    def forward_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
                    initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor], save_checkpoints: bool
                    ) -> Tuple[Tensor, Tensor, Tensor]:
         return forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
                        save_checkpoints)
 
-    @forward_op.register_fake
-    def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
+    def forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
         cplx = A.is_complex()
         return (u.new_empty(u.shape),
                 u.new_empty((state_rows(u, cu_seqlens), u.shape[1], A.shape[1]),
                             dtype=torch.complex64 if cplx else torch.float32),
                 u.new_empty(checkpoint_shape(u, A, B, C, None if save_checkpoints else 0), dtype=torch.float32))
 
-    @torch.library.custom_op(f"{name}_bwd", mutates_args=())
-    def backward_op(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+    def backward_impl(dout: Tensor, dfinal: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                     C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                     delta_softplus: bool, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
                     ckpt: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -53,8 +48,8 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
                          cu_seqlens, ckpt)
         return tuple(g if g is not None else u.new_empty((0,)) for g in grads)
 
-    @backward_op.register_fake
-    def _(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
+    def backward_fake(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens,
+                      ckpt):
         def like(t):
             return (torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None
                     else u.new_empty((0,)))
@@ -67,7 +62,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
         ctx.present = [t is not None for t in (D, z, delta_bias, initial_state)]
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, output[2])
 
-    def backward_rule(ctx, dy, dfinal, _dckpt):
+    def backward_rule(backward_op, ctx, dy, dfinal, _dckpt):
         u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
         if ckpt.shape[chunk_axis] == 0 and u.shape[2] > 0:
             raise RuntimeError(f"selective_scan ({backend}): the forward ran without checkpoints (no input "
@@ -78,5 +73,5 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
         return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None,
                 dbias if has_bias else None, None, dh0 if has_h0 else None, None, None)
 
-    forward_op.register_autograd(backward_rule, setup_context=setup_context)
-    return eager_fast_path(forward_op, forward, setup_context, backward_rule)
+    return define_custom_op(f"selective_scan_{backend}", forward_impl, forward_fake, backward_impl, backward_fake,
+                            setup_context, backward_rule)

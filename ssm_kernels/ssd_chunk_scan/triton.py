@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
-from .._autograd import eager_fast_path
+from .._autograd import define_custom_op
 from .._triton_launch import launch_fitting_shared_memory
 from .._utils import new_output
 from . import SPLIT_PROGRAMS
@@ -285,7 +285,6 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
-@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton_fwd", mutates_args=())
 def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
              dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seg: Optional[Tensor],
              cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
@@ -296,9 +295,8 @@ def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
                            dt_softplus, dt_lo, dt_hi, store_pre)
 
 
-@_forward.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
-      store_pre):
+def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo,
+                  dt_hi, store_pre):
     batch, length, heads, headdim = x.shape
     nc = -(-length // chunk_size)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -307,7 +305,6 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size
             x.new_empty((sequences, heads, headdim, B.shape[-1]), dtype=torch.float32))
 
 
-@torch.library.custom_op("ssm_kernels::ssd_chunk_scan_triton_bwd", mutates_args=())
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
               seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
@@ -322,9 +319,8 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
     return dx, ddtp, dA, dB, dC, empty if dD is None else dD, x.new_empty(0) if dz is None else dz, dinit
 
 
-@_backward.register_fake
-def _(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
-      dt_lo, dt_hi):
+def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
+                   dt_softplus, dt_lo, dt_hi):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), x.new_empty(dt.shape, dtype=f32), x.new_empty(A.shape, dtype=f32),
@@ -342,7 +338,7 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(pre)
 
 
-def _autograd_backward(ctx, dout, dpre, dstates, dvarlen):
+def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states = ctx.saved_tensors
     chunk_size, dt_softplus, dt_lo, dt_hi, store_pre = ctx.args
     f32 = torch.float32
@@ -358,7 +354,7 @@ def _autograd_backward(ctx, dout, dpre, dstates, dvarlen):
         dz = None if z is None else torch.zeros_like(z)
         dinit = dstates[:, 0] if dstates is not None else torch.zeros_like(states[:, 0])
     else:
-        dx, ddtp, dA, dB, dC, dD, dz, dinit = _backward(
+        dx, ddtp, dA, dB, dC, dD, dz, dinit = backward_op(
             dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
             cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi)
         dD = None if D is None else dD
@@ -376,8 +372,8 @@ def _autograd_backward(ctx, dout, dpre, dstates, dvarlen):
             None, None, None, None, None, None, None)
 
 
-_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
-_run = eager_fast_path(_forward, _forward_launch, _setup_context, _autograd_backward)
+_run = define_custom_op("ssd_chunk_scan_triton", _forward, _forward_fake, _backward, _backward_fake, _setup_context,
+                        _gradients)
 
 
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------
