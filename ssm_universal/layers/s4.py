@@ -175,7 +175,7 @@ class S4(KernelConvLayer):
 
     # Excluded from torch.compile (a graph break; fullgraph=True refuses it): torch 2.13's Inductor gets the
     # gradients of this complex kernel wrong on CPU (log_dt's off by O(1) relative), reproduced without this
-    # package's ops by scripts/repro_inductor_complex_grad.py.
+    # package's ops by tests/test_inductor_complex_grad.py (torch 2.14.1 computes it right).
     @torch.compiler.disable
     def kernel(self, length: int) -> torch.Tensor:
         """Convolution kernel K[h, l] = C^T dA^l dB (sum over all N modes), l < length <= l_max: (H, length)

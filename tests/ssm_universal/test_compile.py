@@ -1,6 +1,6 @@
 """Every create_model architecture under torch.compile (Inductor), forward and every gradient, equals eager.
 S4's kernel generation is excluded from compilation (a graph break: torch 2.13's Inductor gets its complex
-math wrong, scripts/repro_inductor_complex_grad.py), so S4 compiles with fullgraph=False; the rest compile as
+math wrong, tests/test_inductor_complex_grad.py), so S4 compiles with fullgraph=False; the rest compile as
 one graph."""
 import pytest
 import torch
