@@ -36,6 +36,23 @@ def _ssd_chunk_scan(device):  # dt after its softplus; no packed sequences
             _leaf(2, 21, 2, 3, device=device), _leaf(2, 4, 5, 3, device=device), None, None, 8)
 
 
+def _selective_scan_public(device):  # the Triton / CUDA ops take the public arguments
+    return (_leaf(2, 8, 19, device=device), _leaf(2, 8, 19, device=device, scale=0.1),
+            _leaf(8, 4, device=device, scale=0.1, shift=-1.0), _leaf(2, 4, 19, device=device),
+            _leaf(2, 4, 19, device=device), _leaf(8, device=device), _leaf(2, 8, 19, device=device),
+            _leaf(8, device=device), True, _leaf(2, 8, 4, device=device), None, True)
+
+
+def _ssd_chunk_scan_public(device):
+    """(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
+    store_pre), as the Triton backend passes them."""
+    return (_leaf(2, 21, 4, 8, device=device), _leaf(2, 21, 4, device=device, scale=0.5),
+            _leaf(4, device=device, scale=0.1, shift=-1.0), _leaf(2, 21, 2, 16, device=device),
+            _leaf(2, 21, 2, 16, device=device), _leaf(4, device=device), _leaf(2, 21, 4, 8, device=device),
+            _leaf(4, device=device), _leaf(2, 4, 8, 16, device=device), None, None, 16, True, 0.0, float("inf"),
+            True)
+
+
 def _complex(*shape, device):
     return _leaf(*shape, dtype=torch.complex64, device=device)
 
@@ -50,6 +67,9 @@ CASES = {
         _complex(4, 3, device=device), 0.1 * _complex(4, 3, device=device), 11)),
     "selective_scan_torch": ("selective_scan", "torch", _selective_scan),
     "ssd_chunk_scan_torch": ("ssd_chunk_scan", "torch", _ssd_chunk_scan),
+    "selective_scan_triton": ("selective_scan", "triton", _selective_scan_public),
+    "selective_scan_cuda": ("selective_scan", "cuda", _selective_scan_public),
+    "ssd_chunk_scan_triton": ("ssd_chunk_scan", "triton", _ssd_chunk_scan_public),
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
