@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device-tool steps for GPU work, in one call: STEPS picks what runs (space-separated,
 # in that order); logs under $OUT, short summaries on stdout, the profile summary last.
-#   parity      scripts/gpu_parity.py over every GPU backend (PARITY_ARGS, e.g. "--ops selective_scan --quick")
+#   parity      scripts/gpu_parity.py over every GPU backend, one process per op in PARITY_OPS, side by side
+#               (PARITY_ARGS, e.g. "--quick" or "--match L65536"; a log per op, cut ones say how far they got)
 #   scan_cuda   scripts/check_selective_scan_cuda.py --quick and the CUDA selective_scan tests
 #   ssd         scripts/check_ssd_bwd.py (SSD_ARGS, e.g. --skip-parity)
 #   conv / scan scripts/tune_causal_conv1d.py (CONV_ARGS, default --quick) / scripts/tune_selective_scan.py
@@ -19,10 +20,17 @@ git rev-parse --short HEAD >> "$OUT/gpu.txt" 2>/dev/null
 cat "$OUT/gpu.txt"
 for step in ${STEPS:-scan_cuda profile}; do
   case $step in
-    parity)
-      timeout "${PARITY_TIMEOUT:-400}" python3 scripts/gpu_parity.py --out "$OUT/parity" ${PARITY_ARGS:-} \
-        > "$OUT/parity.log" 2>&1
-      echo "parity rc=$?"; sed -n '/================ worst/,$p' "$OUT/parity.log";;
+    parity)  # one process per op, side by side: Triton compiles dominate and use one core each
+      for op in ${PARITY_OPS:-ssd_chunk_scan selective_scan causal_conv1d gated_rmsnorm,updates}; do
+        timeout "${PARITY_TIMEOUT:-400}" python3 scripts/gpu_parity.py --ops "$op" --out "$OUT/parity_${op//,/_}" \
+          ${PARITY_ARGS:-} > "$OUT/parity_${op//,/_}.log" 2>&1 &
+      done
+      wait
+      # the JSON of every op in one archive: the device tool brings back at most 8 files
+      (cd "$OUT" && tar czf parity_json.tgz parity_*/ && rm -rf parity_*/)
+      for log in "$OUT"/parity_*.log; do
+        echo "== $log ($(grep -c . "$log") lines)"; sed -n '/================ worst/,$p' "$log"
+      done;;
     scan_cuda)
       timeout 200 python3 scripts/check_selective_scan_cuda.py --quick > "$OUT/scan_cuda.log" 2>&1
       echo "scan cuda check rc=$?"; tail -12 "$OUT/scan_cuda.log"
