@@ -10,11 +10,12 @@ Which backend runs a call, first rule that applies:
    a backend name for every op, or per-op choices ("selective_scan=cuda,causal_conv1d=triton"). An op
    that has no implementation in that backend chooses automatically (logged once); an op that has one
    that cannot run for the given tensors raises.
-3. Automatic: CPU tensors -> CPU_ORDER ("cpp" where the op has it and it builds, else "torch"); CUDA tensors -> the first runnable backend of the order that
-   MEASURED_ORDER gives for the GPU's architecture (compute capability), the op, the dtype, the op's size
-   measure and whether autograd records the call (generated from benchmarks/results into _dispatch_table.py
-   by `python -m benchmarks.dispatch_table`); a GPU of an unmeasured architecture, and every case without a
-   rule, uses DEFAULT_ORDER. A preferred backend that cannot run is skipped and the reason logged once.
+3. Automatic: CPU tensors -> CPU_ORDER ("cpp" where the op has it and it builds, else "torch"); CUDA
+   tensors -> the first runnable backend of the order that MEASURED_ORDER gives for the GPU's architecture
+   (compute capability), the op, the dtype, the op's size measure and whether autograd records the call
+   (generated from benchmarks/results into _dispatch_table.py by `python -m benchmarks.dispatch_table`); a GPU
+   of an unmeasured architecture, and every case without a rule, uses DEFAULT_ORDER. A preferred backend that
+   cannot run is skipped and the reason logged once.
 
 Nothing here imports Triton or initialises CUDA at import time.
 """
@@ -66,7 +67,6 @@ class Rule:
 # Ops or cases without a rule, and every op on a GPU of an unmeasured architecture, use DEFAULT_ORDER.
 DEFAULT_ORDER = Rule(order=("cuda", "triton", "torch"), source="default order: not benchmarked for this case")
 CPU_ORDER = ("cpp", "torch")  # the C++ kernels exist where they beat every PyTorch formulation on a CPU
-HOPPER = (9, 0)  # H100 and H200
 
 
 def _measured_rules(measured: dict) -> Dict[Tuple[int, int], Dict[str, List[Rule]]]:
@@ -244,12 +244,6 @@ def _override_for(op: str) -> Tuple[Optional[str], str]:
     return None, ""
 
 
-def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    """Whether autograd records a call on these tensors: the dispatch table orders backends by forward+backward
-    time for such calls and by forward time for the others (inference)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 # --- selection ---------------------------------------------------------------------------------------------
 _LOGGED: set = set()
 _RECORDERS: List[Dict[str, Dict[str, int]]] = []
@@ -320,7 +314,7 @@ def select(op: str, device: torch.device, *, backend: Optional[str] = None, dtyp
            size: Optional[int] = None, grad: Optional[bool] = None, **features) -> Callable:
     """Return the implementation of `op` to call for tensors on `device` (see the module docstring).
     `size` is the op's size measure for the dispatch table's size classes (each op says which at its call),
-    `grad` whether autograd records the call (needs_grad(); None for ops without a backward).
+    `grad` whether autograd records the call (_autograd.needs_grad(); None for ops without a backward).
     `features` are booleans that the backends' `supports` checks read (e.g. wide=width > 8).
 
     Overrides are read here, in code torch.compile traces (so a compiled graph is guarded on them); the

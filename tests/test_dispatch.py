@@ -8,7 +8,10 @@ import torch
 
 import ssm_kernels
 from ssm_kernels import _dispatch
+from ssm_kernels._autograd import needs_grad
 from ssm_kernels._dispatch import BackendUnavailableError, Implementation
+
+HOPPER = (9, 0)  # H100 and H200: a compute capability the dispatch table holds rules for
 
 
 @pytest.fixture
@@ -27,7 +30,7 @@ def fake_op(monkeypatch):
     monkeypatch.setitem(_dispatch._REGISTRY, "causal_conv1d", row)
     monkeypatch.setattr(_dispatch, "_RESOLVED", {})
     monkeypatch.setattr(_dispatch, "backend_problem", lambda backend, device, extension=None: None)
-    monkeypatch.setattr(_dispatch, "_capability", lambda device: _dispatch.HOPPER)
+    monkeypatch.setattr(_dispatch, "_capability", lambda device: HOPPER)
     monkeypatch.delenv(_dispatch.ENV_VAR, raising=False)
     return row
 
@@ -42,7 +45,7 @@ def test_cpu_tensors_choose_torch(fake_op):
 
 
 def test_cuda_tensors_follow_measured_order(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "cuda", "torch"), dtypes=(torch.bfloat16,), source="test"),
         _dispatch.Rule(order=("cuda", "torch"), source="test")])
     assert pick(dtype=torch.bfloat16) == "triton"
@@ -50,7 +53,7 @@ def test_cuda_tensors_follow_measured_order(fake_op, monkeypatch):
 
 
 def test_unmeasured_gpu_architecture_uses_the_default_order(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "cuda", "torch"), source="test")])
     assert pick() == "triton"
     monkeypatch.setattr(_dispatch, "_capability", lambda device: (8, 6))
@@ -61,7 +64,7 @@ def test_unmeasured_gpu_architecture_uses_the_default_order(fake_op, monkeypatch
 
 
 def test_size_classes(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "torch"), max_size=1000, source="small"),
         _dispatch.Rule(order=("cuda", "torch"), source="large")])
     assert pick(size=10) == "triton"
@@ -69,7 +72,7 @@ def test_size_classes(fake_op, monkeypatch):
 
 
 def test_grad_mode_rules(fake_op, monkeypatch):
-    monkeypatch.setitem(_dispatch.MEASURED_ORDER[_dispatch.HOPPER], "causal_conv1d", [
+    monkeypatch.setitem(_dispatch.MEASURED_ORDER[HOPPER], "causal_conv1d", [
         _dispatch.Rule(order=("triton", "torch"), grad=True, source="training"),
         _dispatch.Rule(order=("cuda", "torch"), grad=False, source="inference")])
     assert pick(grad=True) == "triton"
@@ -79,10 +82,10 @@ def test_grad_mode_rules(fake_op, monkeypatch):
 
 def test_needs_grad():
     x, w = torch.randn(2), torch.randn(2, requires_grad=True)
-    assert not _dispatch.needs_grad(x, None)
-    assert _dispatch.needs_grad(x, w)
+    assert not needs_grad(x, None)
+    assert needs_grad(x, w)
     with torch.no_grad():
-        assert not _dispatch.needs_grad(x, w)
+        assert not needs_grad(x, w)
 
 
 def test_real_op_passes_grad_mode(monkeypatch):

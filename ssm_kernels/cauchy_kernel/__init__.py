@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, ArgCheck
 
 _dispatch.register("cauchy_kernel", "torch", "ssm_kernels.cauchy_kernel.pytorch", "cauchy_kernel_torch")
@@ -35,7 +36,7 @@ def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Op
     check.tensor("w", w, ("H", "N"), dtypes=(v.dtype,))
     # size: H * N * L, the Cauchy sums computed
     fn = _dispatch.select("cauchy_kernel", v.device, backend=backend, dtype=v.dtype, size=v.numel() * z.numel(),
-                          grad=_dispatch.needs_grad(v, z, w))
+                          grad=needs_grad(v, z, w))
     return fn(v, z, w)
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
 from ._common import final_states
 
@@ -74,7 +75,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     else:
         # size: B * D * L, the numel of x
         fn = _dispatch.select("causal_conv1d", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
-                              grad=_dispatch.needs_grad(x, weight, bias, initial_states), wide=width > CUDA_MAX_WIDTH)
+                              grad=needs_grad(x, weight, bias, initial_states), wide=width > CUDA_MAX_WIDTH)
         y = fn(x, weight, bias, activation, seq_idx, initial_states)
     if return_final_states:
         return y, final_states(x, initial_states, seq_idx, width)

@@ -2,7 +2,6 @@
 with seq_idx, in fp32; autograd through torch. Shapes and the definition: reference.py."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .._utils import compute_dtype

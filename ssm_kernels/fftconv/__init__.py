@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import REAL_DTYPES, ArgCheck
 
 _dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.pytorch", "fftconv_torch")
@@ -51,7 +52,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         return u.clone()  # nothing to convolve; keeps y connected to the graph like any other output
     # size: B * H * L, the numel of u
     fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
-                          grad=_dispatch.needs_grad(u, k, D, pregate, postgate))
+                          grad=needs_grad(u, k, D, pregate, postgate))
     return fn(u, k, D, bool(bidirectional), pregate, postgate)
 
 

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
 _dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.pytorch", "gated_rmsnorm_torch")
@@ -60,7 +61,7 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
         return x.clone()  # no channels to normalise
     # size: the numel of x
     fn = _dispatch.select("gated_rmsnorm", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
-                          grad=_dispatch.needs_grad(x, weight, z),
+                          grad=needs_grad(x, weight, z),
                           beyond_int32=beyond_int32_offsets(index_extent(x), index_extent(z), x.numel()))
     return fn(x, weight, z, float(eps), group_size, norm_before_gate)
 

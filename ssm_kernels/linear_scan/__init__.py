@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
 from ._common import final_state, result_dtypes
 
@@ -64,7 +65,7 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
     else:
         # size: B * D * L, the numel of tokens
         fn = _dispatch.select("linear_scan", tokens.device, backend=backend, dtype=tokens.dtype,
-                              size=tokens.numel(), grad=_dispatch.needs_grad(gates, tokens, initial_state))
+                              size=tokens.numel(), grad=needs_grad(gates, tokens, initial_state))
         x = fn(gates, tokens, initial_state, bool(reverse))
     if return_final_state:
         return x, final_state(x, initial_state, bool(reverse))

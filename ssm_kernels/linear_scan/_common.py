@@ -30,7 +30,6 @@ from .._utils import compute_dtype, contiguous_outputs, new_output
 ScanInto = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], bool], Tensor]
 
 
-
 def result_dtypes(gates: torch.Tensor, tokens: torch.Tensor,
                   initial_state: Optional[torch.Tensor] = None) -> Tuple[torch.dtype, torch.dtype]:
     """(compute dtype, output dtype) of a scan.

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
 
 
@@ -110,7 +111,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 
     # size: B * D * L, the numel of u
     fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
-                          grad=_dispatch.needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),
+                          grad=needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),
                           fp64_A=A.dtype in (torch.float64, torch.complex128))
     y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
     return (y, final_state) if return_final_state else y

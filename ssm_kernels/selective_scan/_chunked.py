@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from .._utils import contiguous_outputs, new_output
+from .._utils import new_output
 from ._common import sequence_bounds
 
 # most positions per chunk, and the spacing of the checkpointed states. Small: Mamba's decays (|Δ A| ~ 2 per

@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._autograd import needs_grad
 from .._utils import new_output
 from ._kernel_io import gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
@@ -175,7 +176,6 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
             None if delta_bias is None else delta_bias.to(torch.float32).contiguous(), bool(delta_softplus),
             None if initial_state is None else initial_state.to(state_dtype), cu_seqlens)
     # the checkpoints are only for the backward: inference skips writing them
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
     y, final, _ = _run(*args, save)
     return y.to(out_dtype), final

@@ -22,6 +22,7 @@ import torch
 import triton
 from torch import Tensor
 
+from .._autograd import needs_grad
 from .._utils import new_output
 from ._kernel_io import gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
@@ -219,8 +220,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         raise NotImplementedError("selective_scan: the Triton backend computes in fp32; A is "
                                   f"{str(A.dtype).replace('torch.', '')}")
     # the checkpoints are only for the backward: inference skips writing them
-    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
     y, final, _ = _run(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save)
     return y, final

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
 
 _dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.pytorch", "ssd_chunk_scan_torch")
@@ -121,7 +122,7 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
 
     # size: B * L * H * P, the numel of x
     fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
-                          grad=_dispatch.needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states),
+                          grad=needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states),
                           beyond_int32=_beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size))
     out, final_states, varlen_states = fn(x, dt, A, B, C, chunk_size, D, z, dt_bias, bool(dt_softplus), dt_limit,
                                           initial_states, seq_idx, cu_seqlens)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
-from .._autograd import define_custom_op
+from .._autograd import define_custom_op, needs_grad
 from .._triton_launch import launch_fitting_shared_memory
 from .._utils import new_output
 from . import SPLIT_PROGRAMS
@@ -383,8 +383,7 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     Returns (out, final_states, varlen_states or None), states fp32."""
     batch, length = x.shape[:2]
     seg = segment_ids(seq_idx, cu_seqlens, batch, length, x.device)
-    tensors = (x, dt, A, B, C, D, z, dt_bias, initial_states)
-    store_pre = z is not None and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    store_pre = z is not None and needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
     out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
                                   int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
                                   store_pre)

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 
 from .. import _dispatch
+from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, ArgCheck
 
 _dispatch.register("vandermonde_kernel", "torch", "ssm_kernels.vandermonde_kernel.pytorch",
@@ -38,7 +39,7 @@ def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Op
     L = check.integer("L", L, minimum=1)
     # size: H * N * L, the terms summed
     fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L,
-                          grad=_dispatch.needs_grad(C, log_z))
+                          grad=needs_grad(C, log_z))
     return fn(C, log_z, L)
 
 
