@@ -248,6 +248,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--match", help="only cases whose name contains one of these comma-separated strings")
     parser.add_argument("--backends", help="override the backends checked (e.g. torch, to try the script on a CPU)")
+    parser.add_argument("--dtypes", help="only these comma-separated dtypes (float32,float16,bfloat16)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -263,6 +264,8 @@ def main():
             first = True
             for case, dtype, inputs, grads, kwargs in make_cases(args.quick):
                 if args.match and not any(m in case for m in args.match.split(",")):
+                    continue
+                if args.dtypes and str(dtype)[6:] not in args.dtypes.split(","):
                     continue
                 kwargs = dict(kwargs)
                 start = time.perf_counter()

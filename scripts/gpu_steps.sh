@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Device-tool steps for GPU work, in one call: STEPS picks what runs (space-separated,
 # in that order); logs under $OUT, short summaries on stdout, the profile summary last.
-#   parity      scripts/gpu_parity.py over every GPU backend, one process per op in PARITY_OPS, side by side
-#               (PARITY_ARGS, e.g. "--quick" or "--match L65536"; a log per op, cut ones say how far they got)
+#   parity      scripts/gpu_parity.py over every GPU backend, one process per job in PARITY_OPS, side by side: a job
+#               is op[:backend[:dtype]] (e.g. selective_scan:triton:bfloat16; ops joined by commas share a process)
+#               (PARITY_ARGS, e.g. "--quick" or "--match L65536"; a log per job, cut ones say how far they got)
 #   scan_cuda   scripts/check_selective_scan_cuda.py --quick and the CUDA selective_scan tests
 #   ssd         scripts/check_ssd_bwd.py (SSD_ARGS, e.g. --skip-parity)
 #   conv / scan scripts/tune_causal_conv1d.py (CONV_ARGS, default --quick) / scripts/tune_selective_scan.py
@@ -21,9 +22,10 @@ cat "$OUT/gpu.txt"
 for step in ${STEPS:-scan_cuda profile}; do
   case $step in
     parity)  # one process per op, side by side: Triton compiles dominate and use one core each
-      for op in ${PARITY_OPS:-ssd_chunk_scan selective_scan causal_conv1d gated_rmsnorm,updates}; do
-        timeout "${PARITY_TIMEOUT:-400}" python3 scripts/gpu_parity.py --ops "$op" --out "$OUT/parity_${op//,/_}" \
-          ${PARITY_ARGS:-} > "$OUT/parity_${op//,/_}.log" 2>&1 &
+      for job in ${PARITY_OPS:-ssd_chunk_scan selective_scan causal_conv1d gated_rmsnorm,updates}; do
+        IFS=: read -r op backend dtype <<< "$job"; name=${job//[,:]/_}
+        timeout "${PARITY_TIMEOUT:-400}" python3 scripts/gpu_parity.py --ops "$op" --out "$OUT/parity_$name" \
+          ${backend:+--backends "$backend"} ${dtype:+--dtypes "$dtype"} ${PARITY_ARGS:-} > "$OUT/parity_$name.log" 2>&1 &
       done
       wait
       # the JSON of every op in one archive: the device tool brings back at most 8 files
