@@ -12,8 +12,18 @@ from ._common import final_state, result_dtypes
 
 SCAN_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
+
+def _triton_supports(device, dtype, features) -> Optional[str]:
+    if features.get("wide"):
+        return ("the Triton kernel computes in fp32 / complex64; an fp64 / complex128 input makes the scan 64-bit "
+                "(the torch backend runs it)")
+    return _dispatch.triton_supports(device, dtype, features)
+
+
 _dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.pytorch", "linear_scan_torch")
 _dispatch.register("linear_scan", "cpp", "ssm_kernels.linear_scan.cpp", "linear_scan_cpp")
+_dispatch.register("linear_scan", "triton", "ssm_kernels.linear_scan.triton", "linear_scan_triton",
+                   supports=_triton_supports)
 
 _GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
 
@@ -65,7 +75,8 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
     else:
         # size: B * D * L, the numel of tokens
         fn = _dispatch.select("linear_scan", tokens.device, backend=backend, dtype=tokens.dtype,
-                              size=tokens.numel(), grad=needs_grad(gates, tokens, initial_state))
+                              size=tokens.numel(), grad=needs_grad(gates, tokens, initial_state),
+                              wide=result_dtypes(gates, tokens, initial_state)[0] in (torch.float64, torch.complex128))
         x = fn(gates, tokens, initial_state, bool(reverse))
     if return_final_state:
         return x, final_state(x, initial_state, bool(reverse))

@@ -73,10 +73,9 @@ def as_input(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad.to(like.dtype)
 
 
-def define_scan_ops(backend: str, scan_into: ScanInto) -> Callable:
-    """The custom ops ssm_kernels::linear_scan_<backend>_{fwd,bwd} around `scan_into`, and the function
-    (gates, tokens, initial_state, reverse) -> x (B, D, L) that calls them. The backward is the same scan,
-    reversed, on dy (no tensor besides the output x is stored)."""
+def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
+    """(forward, backward) for define_scan_ops from a scan engine: the backward is the same scan, reversed, on
+    dy (no tensor besides the output x is stored), then dgates and dinitial_state by elementwise products."""
 
     def forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], reverse: bool) -> Tensor:
         compute, out_dtype = result_dtypes(gates, tokens, initial_state)
@@ -84,9 +83,6 @@ def define_scan_ops(backend: str, scan_into: ScanInto) -> Callable:
         h0 = None if initial_state is None else initial_state.to(compute)
         scan_into(out, expanded_gates(gates, tokens.shape), tokens, h0, reverse)
         return contiguous_outputs(out.to(out_dtype))
-
-    def forward_fake(gates, tokens, initial_state, reverse):
-        return tokens.new_empty(tokens.shape, dtype=result_dtypes(gates, tokens, initial_state)[1])
 
     def backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
                  reverse: bool) -> List[Tensor]:
@@ -115,6 +111,18 @@ def define_scan_ops(backend: str, scan_into: ScanInto) -> Callable:
                                    as_input(dinitial, initial_state) if initial_state is not None
                                    else tokens.new_zeros(tokens.shape[:-1])])
 
+    return forward, backward
+
+
+def define_scan_ops(backend: str, forward: Callable, backward: Callable) -> Callable:
+    """The custom ops ssm_kernels::linear_scan_<backend>_{fwd,bwd} and the function
+    (gates, tokens, initial_state, reverse) -> x (B, D, L) that calls them.
+    forward(gates, tokens, initial_state, reverse) -> x in result_dtypes' output dtype, contiguous;
+    backward(grad, x, gates, tokens, initial_state, reverse) -> [dgates, dtokens, dinitial_state] in the inputs'
+    shapes and dtypes (dinitial_state zeros of shape (B, D) without initial_state), contiguous."""
+
+    def forward_fake(gates, tokens, initial_state, reverse):
+        return tokens.new_empty(tokens.shape, dtype=result_dtypes(gates, tokens, initial_state)[1])
 
     def backward_fake(grad, x, gates, tokens, initial_state, reverse):
         return [gates.new_empty(gates.shape), tokens.new_empty(tokens.shape),

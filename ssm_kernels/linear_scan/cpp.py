@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from .. import _cpu_ext
-from ._common import define_scan_ops
+from ._common import define_scan_ops, engine_functions
 
 if not _cpu_ext.load():
     raise RuntimeError(f"the C++ CPU kernels cannot be used here: {_cpu_ext.problem()}")
@@ -38,4 +38,4 @@ def scan_into(out: torch.Tensor, gates: torch.Tensor, tokens: torch.Tensor,
     return out
 
 
-linear_scan_cpp = define_scan_ops("cpp", scan_into)
+linear_scan_cpp = define_scan_ops("cpp", *engine_functions(scan_into))

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from ._common import define_scan_ops
+from ._common import define_scan_ops, engine_functions
 
 # Rows x length elements per block: big enough for multithreaded, vectorised steps, small enough that the
 # transposed temporaries stay in cache.
@@ -117,5 +117,5 @@ def _scan_chunks(out, gates, tokens, h0, chunk, reverse):
     return state
 
 
-linear_scan_torch = define_scan_ops("torch", scan_into)
+linear_scan_torch = define_scan_ops("torch", *engine_functions(scan_into))
 linear_scan_torch.__doc__ = "Fast torch backend: (gates, tokens, initial_state, reverse) -> x (B, D, L)."

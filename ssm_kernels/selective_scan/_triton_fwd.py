@@ -31,16 +31,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _ccombine(a1r, a1i, b1r, b1i, a2r, a2i, b2r, b2i):
-    return (a1r * a2r - a1i * a2i, a1r * a2i + a1i * a2r,
-            a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
+from .._triton_affine import combine as _combine
+from .._triton_affine import combine_complex as _ccombine
 
 
 LOG2E = tl.constexpr(1.4426950408889634)

@@ -1,0 +1,18 @@
+"""Composition of affine maps x -> a x + b for tl.associative_scan (imported by the Triton backends only).
+
+Applying (a1, b1) then (a2, b2) is x -> a2 (a1 x + b1) + b2 = (a1 a2) x + (a2 b1 + b2): an inclusive scan of
+the pairs gives the state of a first-order linear recurrence at every position from a zero start, with the
+product of the gates alongside (the factor on the entering state). Complex values come as (re, im) pairs.
+"""
+import triton
+
+
+@triton.jit
+def combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def combine_complex(a1r, a1i, b1r, b1i, a2r, a2i, b2r, b2i):
+    return (a1r * a2r - a1i * a2i, a1r * a2i + a1i * a2r,
+            a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
