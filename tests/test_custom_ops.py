@@ -13,7 +13,12 @@ def _leaf(*shape, dtype=torch.float32, device="cpu", scale=1.0, shift=0.0):
 
 def _linear_scan(device):
     return (_leaf(2, 3, 9, device=device, scale=0.1, shift=0.7), _leaf(2, 3, 9, device=device),
-            _leaf(2, 3, device=device), False)
+            _leaf(2, 3, device=device), None, False)
+
+
+def _linear_scan_packed(device):  # three sequences packed along L, one empty
+    return (_leaf(3, 9, device=device, scale=0.1, shift=0.7), _leaf(1, 3, 9, device=device),
+            _leaf(3, 3, device=device), torch.tensor([0, 4, 4, 9], dtype=torch.int32, device=device), True)
 
 
 def _causal_conv1d(device):
@@ -57,10 +62,13 @@ def _complex(*shape, device):
     return _leaf(*shape, dtype=torch.complex64, device=device)
 
 
-# forward op name -> (op, backend, arguments on the backend's test device)
+# forward op name (then a case name) -> (op, backend, arguments on the backend's test device)
 CASES = {
     "linear_scan_torch": ("linear_scan", "torch", _linear_scan),
+    "linear_scan_torch packed": ("linear_scan", "torch", _linear_scan_packed),
     "linear_scan_cpp": ("linear_scan", "cpp", _linear_scan),
+    "linear_scan_triton": ("linear_scan", "triton", _linear_scan),
+    "linear_scan_triton packed": ("linear_scan", "triton", _linear_scan_packed),
     "cauchy_kernel_torch": ("cauchy_kernel", "torch", lambda device: (
         _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
     "vandermonde_kernel_torch": ("vandermonde_kernel", "torch", lambda device: (
@@ -84,4 +92,4 @@ def test_opcheck(name):
     if problem is not None:
         pytest.skip(problem)
     _dispatch._REGISTRY[op][backend].load()  # defines the custom ops
-    torch.library.opcheck(getattr(torch.ops.ssm_kernels, f"{name}_fwd").default, make_args(device))
+    torch.library.opcheck(getattr(torch.ops.ssm_kernels, f"{name.split()[0]}_fwd").default, make_args(device))

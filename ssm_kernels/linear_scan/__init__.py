@@ -29,7 +29,8 @@ _GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
 
 
 def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
-                reverse: bool = False, return_final_state: bool = False, backend: Optional[str] = None):
+                reverse: bool = False, return_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
+                backend: Optional[str] = None):
     """First-order linear recurrence along the last axis.
 
     x_t = a_t * x_{t-1} + b_t with x_{-1} = initial_state (zeros without it); with reverse the scan runs
@@ -40,19 +41,23 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
         gates: a, (B, D, L), or (D, L) / (D,) shared over the batch (and over time for (D,)); real or
             complex (fp32, fp16, bf16, fp64, complex64, complex128); any strides.
         tokens: b, (B, D, L), same dtype choices; any strides.
-        initial_state: (B, D) or None.
+        initial_state: (B, D), (S, D) with cu_seqlens, or None.
         reverse: scan from the end.
         return_final_state: also return the (B, D) state after the last step (x_{L-1}; x_0 with reverse;
-            the initial state, or zeros, when L == 0).
-        backend: None (automatic), "torch" (chunked pure PyTorch, any device) or "cpp" (csrc/cpu's C++ loop,
-            CPU tensors; the automatic choice for them where it builds).
+            the initial state, or zeros, when L == 0); (S, D), one per sequence, with cu_seqlens.
+        cu_seqlens: (S + 1,) int32 / int64 cumulative lengths of S sequences packed along L (B == 1; from 0
+            to L, non-decreasing: empty sequences pass their initial state through), or None. Each sequence
+            is its own scan from its own initial state.
+        backend: None (automatic), "torch" (chunked pure PyTorch, any device), "cpp" (csrc/cpu's C++ loop,
+            CPU tensors; the automatic choice for them where it builds) or "triton" (CUDA tensors, fp32 /
+            complex64 math; the CPU through TRITON_INTERPRET=1).
     Dtypes: the scan is complex when any of gates, tokens, initial_state is complex (a real gate with
         complex tokens is the usual S5/LRU case). x keeps the tokens' precision: the tokens' dtype for a real
         scan, else complex64 (complex128 for fp64/complex128 tokens). Math runs in fp32/complex64, or in
         fp64/complex128 when any input is 64-bit. Gradients come back in each input's dtype (the real part
         for a real input of a complex scan; summed over the dims a broadcast gate was shared across).
     Returns:
-        x: (B, D, L), or (x, final_state (B, D)) with return_final_state.
+        x: (B, D, L), or (x, final_state (B, D) or (S, D)) with return_final_state.
     Example:
         >>> import torch, ssm_kernels
         >>> gates, tokens = torch.rand(2, 8, 100), torch.randn(2, 8, 100)
@@ -68,7 +73,10 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
                        f"got {tuple(gates.shape)}")
         check.tensor("gates", gates)  # raises the TypeError naming gates
     check.tensor("gates", gates, _GATE_SHAPES[gates.dim()], dtypes=SCAN_DTYPES)
-    check.tensor("initial_state", initial_state, ("B", "D"), dtypes=SCAN_DTYPES, optional=True)
+    if cu_seqlens is not None:
+        check.cu_seqlens(cu_seqlens, tokens.shape[-1], tokens.shape[0], allow_empty=True)
+    check.tensor("initial_state", initial_state, ("B" if cu_seqlens is None else "S", "D"), dtypes=SCAN_DTYPES,
+                 optional=True)
 
     if tokens.shape[-1] == 0:
         x = tokens.to(result_dtypes(gates, tokens, initial_state)[1]).clone()
@@ -77,9 +85,9 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
         fn = _dispatch.select("linear_scan", tokens.device, backend=backend, dtype=tokens.dtype,
                               size=tokens.numel(), grad=needs_grad(gates, tokens, initial_state),
                               wide=result_dtypes(gates, tokens, initial_state)[0] in (torch.float64, torch.complex128))
-        x = fn(gates, tokens, initial_state, bool(reverse))
+        x = fn(gates, tokens, initial_state, cu_seqlens, bool(reverse))
     if return_final_state:
-        return x, final_state(x, initial_state, bool(reverse))
+        return x, final_state(x, initial_state, bool(reverse), cu_seqlens)
     return x
 
 

@@ -5,7 +5,8 @@ custom-op wiring every scan engine plugs into (define_scan_ops).
     backward (reverse=True):  x_t = a_t * x_{t+1} + b_t, x_L  = initial_state
 
 Shapes: tokens b (B, D, L); gates a (B, D, L), (D, L) or (D,), broadcast over the missing dims;
-initial_state (B, D). Dtypes follow `result_dtypes`.
+initial_state (B, D). Packed sequences (cu_seqlens (S + 1,)): B = 1, every sequence its own scan, initial and
+final states (S, D). Dtypes follow `result_dtypes`.
 
 Gradients (torch's conjugate Wirtinger convention; the map is holomorphic in a, b, x_0), forward direction:
     g_t = dy_t + conj(a_{t+1}) g_{t+1}          (the same scan, reversed, on dy: no big tensor is stored
@@ -26,7 +27,7 @@ from .._utils import compute_dtype, contiguous_outputs, new_output
 
 # scan_into(out, gates, tokens, initial_state, reverse) -> out: an engine writing the scan into `out` (B, D, L,
 # compute dtype) from (B, D, L) views of any strides (expanded gates; conjugate views); initial_state (B, D) or
-# None. What every backend of linear_scan provides; the custom ops below add the rest.
+# None. What the torch and cpp backends provide (engine_functions adds packed sequences and the backward).
 ScanInto = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], bool], Tensor]
 
 
@@ -55,13 +56,34 @@ def expanded_gates(gates: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return gates.expand(shape)
 
 
-def final_state(x: torch.Tensor, initial_state: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
-    """(B, D): the state after the last step (x_{L-1}, or x_0 with reverse; the initial state if L == 0)."""
+def final_state(x: torch.Tensor, initial_state: Optional[torch.Tensor], reverse: bool,
+                cu_seqlens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, D), or (S, D) per packed sequence: the state after the last step (x_{L-1}, or x_0 with reverse;
+    the initial state, or zeros, for an empty sequence)."""
+    if cu_seqlens is not None:
+        starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+        last = (starts if reverse else ends - 1).clamp(0, max(x.shape[-1] - 1, 0))
+        states = x[0][:, last].T if x.shape[-1] > 0 else x.new_zeros(len(starts), x.shape[1])
+        empty = (ends == starts)[:, None]
+        entering = x.new_zeros(()) if initial_state is None else initial_state.to(x.dtype)
+        return torch.where(empty, entering, states)
     if x.shape[-1] > 0:
         return x[..., 0] if reverse else x[..., -1]
     if initial_state is not None:
         return initial_state.to(x.dtype)
     return x.new_zeros(x.shape[:-1])
+
+
+def pieces(cu_seqlens: Optional[Tensor], length: int):
+    """(positions, state rows) of every non-empty sequence: the whole (B, D, L) once without cu_seqlens, else
+    each packed sequence's slice of L with its row of the (S, D) states (a host sync: engines that loop)."""
+    if cu_seqlens is None:
+        yield slice(None), slice(None)
+        return
+    bounds = cu_seqlens.tolist()
+    for n, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        if end > start:
+            yield slice(start, end), slice(n, n + 1)
 
 
 def as_input(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -77,39 +99,51 @@ def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
     """(forward, backward) for define_scan_ops from a scan engine: the backward is the same scan, reversed, on
     dy (no tensor besides the output x is stored), then dgates and dinitial_state by elementwise products."""
 
-    def forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], reverse: bool) -> Tensor:
+    def forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                reverse: bool) -> Tensor:
         compute, out_dtype = result_dtypes(gates, tokens, initial_state)
         out = new_output(tokens.shape, compute, tokens.device)
         h0 = None if initial_state is None else initial_state.to(compute)
-        scan_into(out, expanded_gates(gates, tokens.shape), tokens, h0, reverse)
+        a = expanded_gates(gates, tokens.shape)
+        for seq, rows in pieces(cu_seqlens, tokens.shape[-1]):
+            scan_into(out[..., seq], a[..., seq], tokens[..., seq], None if h0 is None else h0[rows], reverse)
         return contiguous_outputs(out.to(out_dtype))
 
     def backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
-                 reverse: bool) -> List[Tensor]:
+                 cu_seqlens: Optional[Tensor], reverse: bool) -> List[Tensor]:
         """[dgates, dtokens, dinitial_state] (dinitial_state is zeros of shape (B, D) without initial_state)."""
         compute, _ = result_dtypes(gates, tokens, initial_state)
         a = expanded_gates(gates, tokens.shape)
         dy = grad.to(compute)
-        # g: the adjoint state. Position `first` (the last one the forward visited) gets dy alone; the rest is
-        # the opposite-direction scan of dy under conj of the neighbouring gates, entered with g[first].
         g = new_output(dy.shape, compute, dy.device)
+        dgates = new_output(g.shape, compute, g.device)
+        h0 = None if initial_state is None else initial_state.to(compute)
+        dinitial = None if h0 is None else torch.zeros_like(h0)  # empty sequences keep zeros
+        for seq, rows in pieces(cu_seqlens, tokens.shape[-1]):
+            entered = _adjoint_into(g[..., seq], dgates[..., seq], dy[..., seq], x[..., seq], a[..., seq],
+                                    None if h0 is None else h0[rows], reverse)
+            if dinitial is not None:
+                dinitial[rows] = entered
+        return contiguous_outputs([as_input(dgates, gates), as_input(g, tokens),
+                                   as_input(dinitial, initial_state) if initial_state is not None
+                                   else tokens.new_zeros(tokens.shape[:-1])])
+
+    def _adjoint_into(g, dgates, dy, x, a, h0, reverse) -> Tensor:
+        """g (the adjoint state, dtokens) and dgates of one scan into the given views; returns dinitial_state.
+        Position `first` (the last one the forward visited) gets dy alone; the rest is the opposite-direction
+        scan of dy under conj of the neighbouring gates, entered with g[first]."""
         here, there = (slice(1, None), slice(None, -1)) if reverse else (slice(None, -1), slice(1, None))
         first = 0 if reverse else -1
         g[..., first] = dy[..., first]
         scan_into(g[..., here], a[..., there].conj(), dy[..., here], g[..., first], not reverse)
-
         # dgates_t = conj(x_prev) g_t, with x_prev the state entering step t (the initial state at the start)
-        dgates = new_output(g.shape, compute, g.device)
         entry = -1 if reverse else 0
         torch.mul(g[..., there], x[..., here].conj(), out=dgates[..., there])
-        if initial_state is None:
+        if h0 is None:
             dgates[..., entry] = 0
         else:
-            torch.mul(g[..., entry], initial_state.conj(), out=dgates[..., entry])
-        dinitial = a[..., entry].conj() * g[..., entry]
-        return contiguous_outputs([as_input(dgates, gates), as_input(g, tokens),
-                                   as_input(dinitial, initial_state) if initial_state is not None
-                                   else tokens.new_zeros(tokens.shape[:-1])])
+            torch.mul(g[..., entry], h0.conj(), out=dgates[..., entry])
+        return a[..., entry].conj() * g[..., entry]
 
     return forward, backward
 
@@ -117,28 +151,28 @@ def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
 def define_scan_ops(backend: str, forward: Callable, backward: Callable) -> Callable:
     """The custom ops ssm_kernels::linear_scan_<backend>_{fwd,bwd} and the function
     (gates, tokens, initial_state, reverse) -> x (B, D, L) that calls them.
-    forward(gates, tokens, initial_state, reverse) -> x in result_dtypes' output dtype, contiguous;
-    backward(grad, x, gates, tokens, initial_state, reverse) -> [dgates, dtokens, dinitial_state] in the inputs'
-    shapes and dtypes (dinitial_state zeros of shape (B, D) without initial_state), contiguous."""
+    forward(gates, tokens, initial_state, cu_seqlens, reverse) -> x in result_dtypes' output dtype, contiguous;
+    backward(grad, x, gates, tokens, initial_state, cu_seqlens, reverse) -> [dgates, dtokens, dinitial_state] in
+    the inputs' shapes and dtypes (dinitial_state zeros of shape (B, D) without initial_state), contiguous."""
 
-    def forward_fake(gates, tokens, initial_state, reverse):
+    def forward_fake(gates, tokens, initial_state, cu_seqlens, reverse):
         return tokens.new_empty(tokens.shape, dtype=result_dtypes(gates, tokens, initial_state)[1])
 
-    def backward_fake(grad, x, gates, tokens, initial_state, reverse):
+    def backward_fake(grad, x, gates, tokens, initial_state, cu_seqlens, reverse):
         return [gates.new_empty(gates.shape), tokens.new_empty(tokens.shape),
                 initial_state.new_empty(initial_state.shape) if initial_state is not None
                 else tokens.new_empty(tokens.shape[:-1])]
 
     def save(ctx, inputs, output):
-        gates, tokens, initial_state, reverse = inputs
+        gates, tokens, initial_state, cu_seqlens, reverse = inputs
         ctx.reverse = reverse
         ctx.has_initial = initial_state is not None
-        ctx.save_for_backward(output, gates, tokens, initial_state)
+        ctx.save_for_backward(output, gates, tokens, initial_state, cu_seqlens)
 
     def gradients(backward_op, ctx, grad):
-        x, gates, tokens, initial_state = ctx.saved_tensors
-        dgates, dtokens, dinitial = backward_op(grad, x, gates, tokens, initial_state, ctx.reverse)
-        return dgates, dtokens, dinitial if ctx.has_initial else None, None
+        x, gates, tokens, initial_state, cu_seqlens = ctx.saved_tensors
+        dgates, dtokens, dinitial = backward_op(grad, x, gates, tokens, initial_state, cu_seqlens, ctx.reverse)
+        return dgates, dtokens, dinitial if ctx.has_initial else None, None, None
 
     return define_custom_op(f"linear_scan_{backend}", forward, forward_fake, backward, backward_fake, save,
                             gradients)

@@ -19,8 +19,8 @@ them) and the initial state. Reads double, but every SM works.
 
 Complex tensors are read through their real views (re, im interleaved); a real input of a complex scan is
 read as real (its imaginary part is zero) and its gradient is written as the real part only.
-Varlen (cu_seqlens): tokens (1, D, T), row tiles are (sequence, channel block), each with its own start and
-length; initial states (N, D).
+Packed sequences (cu_seqlens): tensors (1, D, T); row tiles are (sequence, channel block), each with its own
+start and length; initial states (S, D).
 """
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def _linear_scan_kernel(
     outputs, stride_ob, stride_od, stride_ol,  # forward: x; backward: dtokens (g)
     states, stride_sb, stride_sd, stride_sl,  # backward: the forward output x
     dgates, stride_gb, stride_gd, stride_gl,  # backward: dgates, (B, D, L)
-    h0, stride_hb, stride_hd,  # initial state, compute dtype (B, D) or (N, D)
-    dh0,  # backward: dinitial_state, contiguous (B, D) or (N, D), compute dtype
+    h0, stride_hb, stride_hd,  # initial state, compute dtype (B, D) or (S, D)
+    dh0,  # backward: dinitial_state, contiguous (B, D) or (S, D), compute dtype
     summaries,  # (rows, n_segments, 4) fp32: (A re, A im, X re, X im) of each segment
     cu_seqlens, dim, length, seg_len, n_segments,
     REVERSE: tl.constexpr, BACKWARD: tl.constexpr, MODE: tl.constexpr, HAS_H0: tl.constexpr,
@@ -228,11 +228,14 @@ def plan(batch: int, dim: int, length: int, device: torch.device):
     return block_l, block_r, triton.cdiv(length, seg_len), seg_len
 
 
-def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor], reverse: bool,
-            scan_complex: bool, *, states: Optional[Tensor] = None, dgates: Optional[Tensor] = None,
+def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor], cu_seqlens: Optional[Tensor],
+            reverse: bool, scan_complex: bool, *, states: Optional[Tensor] = None, dgates: Optional[Tensor] = None,
             dh0: Optional[Tensor] = None) -> None:
-    """One scan over (B, D, L) views of any strides (forward, or backward when `states` is given)."""
+    """One scan over (B, D, L) views of any strides (forward, or backward when `states` is given); with
+    cu_seqlens each packed sequence of the (1, D, T) views is scanned on its own."""
     batch, dim, length = inputs.shape
+    if cu_seqlens is not None:  # rows are (sequence, channel); the plan takes the longest sequence
+        batch, length = cu_seqlens.shape[0] - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     backward = states is not None
     block_l, block_r, n_segments, seg_len = plan(batch, dim, length, inputs.device)
     row_tiles = batch * triton.cdiv(dim, block_r)
@@ -244,7 +247,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
     dh = None if dh0 is None else (torch.view_as_real(dh0) if dh0.is_complex() else dh0)
     summaries = inputs.new_empty((batch * dim * n_segments * 4,) if n_segments > 1 else (1,),
                                  dtype=torch.float32)
-    flags = dict(REVERSE=reverse, BACKWARD=backward, HAS_H0=h0 is not None, VARLEN=False,
+    flags = dict(REVERSE=reverse, BACKWARD=backward, HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None,
                  SCAN_COMPLEX=scan_complex, GATES_COMPLEX=a_complex, INPUTS_COMPLEX=u_complex,
                  OUTPUTS_COMPLEX=o_complex, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=NUM_WARPS)
     dummy = u
@@ -253,8 +256,10 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         _linear_scan_kernel[(row_tiles, n_segments)](
             a, *sa, u, *su, o, *so, s if backward else dummy, *ss, g if backward else dummy, *sg,
             h if h0 is not None else dummy, *sh[:2], dh if dh is not None else dummy, summaries,
-            None, dim, length, seg_len, n_segments, MODE=mode, BLOCK_S=block_s, **flags)
+            cu_seqlens, dim, length, seg_len, n_segments, MODE=mode, BLOCK_S=block_s, **flags)
 
+    if length == 0:
+        return
     if n_segments == 1:
         run(MODE_WHOLE, 1)
     else:
@@ -262,17 +267,18 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         run(MODE_APPLY, triton.next_power_of_2(n_segments))
 
 
-def _forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], reverse: bool) -> Tensor:
+def _forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
+             reverse: bool) -> Tensor:
     compute, out_dtype = result_dtypes(gates, tokens, initial_state)
     out = new_output(tokens.shape, out_dtype, tokens.device)
     h0 = None if initial_state is None else initial_state.to(compute)
     if out.numel():
-        _launch(expanded_gates(gates, tokens.shape), tokens, out, h0, reverse, compute.is_complex)
+        _launch(expanded_gates(gates, tokens.shape), tokens, out, h0, cu_seqlens, reverse, compute.is_complex)
     return out
 
 
 def _backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
-              reverse: bool) -> List[Tensor]:
+              cu_seqlens: Optional[Tensor], reverse: bool) -> List[Tensor]:
     compute, _ = result_dtypes(gates, tokens, initial_state)
     device = tokens.device
     dtokens = new_output(tokens.shape, tokens.dtype, device)  # written as the real part for real tokens
@@ -280,9 +286,12 @@ def _backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_st
     dgates_dtype = gates.dtype if gates.dim() == 3 else (compute if gates.is_complex() else compute.to_real())
     dgates = new_output(tokens.shape, dgates_dtype, device)
     h0 = None if initial_state is None else initial_state.to(compute)
-    dh0 = None if initial_state is None else new_output(tokens.shape[:-1], compute, device).contiguous()
+    # an empty packed sequence has no position to write its dinitial_state: zeros there
+    dh0 = None if initial_state is None else (
+        torch.zeros(h0.shape, dtype=compute, device=device) if cu_seqlens is not None
+        else new_output(h0.shape, compute, device))
     if tokens.numel():
-        _launch(expanded_gates(gates, tokens.shape), grad, dtokens, h0, not reverse, compute.is_complex,
+        _launch(expanded_gates(gates, tokens.shape), grad, dtokens, h0, cu_seqlens, not reverse, compute.is_complex,
                 states=x, dgates=dgates, dh0=dh0)
     dinitial = tokens.new_zeros(tokens.shape[:-1]) if dh0 is None else as_input(dh0, initial_state)
     return contiguous_outputs([as_input(dgates, gates), dtokens, dinitial])

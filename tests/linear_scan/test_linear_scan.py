@@ -151,6 +151,40 @@ def test_triton_long_sequences(length, batch, dim, kind):
                      ["gates", "tokens", "initial_state"], reverse=reverse)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("gate_shape,kind", [("full", "real"), ("DL", "complex"), ("D", "real_bf16")])
+def test_packed_sequences(backend, device, reverse, gate_shape, kind):
+    """cu_seqlens: every packed sequence its own scan from its own initial state (empty ones pass it through),
+    against the reference on each sequence alone; every gradient and the per-sequence final states."""
+    lengths = [5, 0, 130, 1, 64]
+    dtype = torch.bfloat16 if kind == "real_bf16" else torch.float32
+    inputs = make_inputs(1, 6, sum(lengths), device, gate_shape=gate_shape, dtype=dtype,
+                         complex_gates=kind == "complex", init=False)
+    inputs["initial_state"] = torch.randn(len(lengths), 6, device=device).to(dtype)
+    if kind == "complex":
+        inputs["tokens"] = torch.randn(1, 6, sum(lengths), device=device, dtype=torch.complex64)
+        dtype = torch.complex64
+    inputs["cu_seqlens"] = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
+    check_parity(run(backend), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
+                 reverse=reverse, return_final_state=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_sequences_equal_separate_calls(backend, device):
+    lengths = [70, 3, 129]
+    inputs = make_inputs(1, 8, sum(lengths), device, init=False)
+    initial = torch.randn(3, 8, device=device)
+    cu = torch.tensor([0, 70, 73, 202], device=device)
+    x, final = linear_scan(inputs["gates"], inputs["tokens"], initial, cu_seqlens=cu, return_final_state=True,
+                           backend=backend)
+    for n, (start, end) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        alone, state = linear_scan(inputs["gates"][..., start:end], inputs["tokens"][..., start:end],
+                                   initial[n:n + 1], return_final_state=True, backend=backend)
+        assert_close(x[..., start:end], alone, torch.float32, f"sequence {n}")
+        assert_close(final[n:n + 1], state, torch.float32, f"final state {n}")
+
+
 def test_zero_gate_resets_and_large_gates():
     """A zero gate forgets everything before it exactly; |a| > 1 grows without any log/division trouble."""
     gates = torch.full((1, 2, 200), 1.05)
@@ -208,6 +242,7 @@ def test_compile_fullgraph():
 
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(tokens=torch.randn(2, 8)), ValueError, r"tokens must have shape \(B, D, L\)"),
+    (dict(cu_seqlens=torch.tensor([0, 16])), ValueError, "needs batch size B = 1"),
     (dict(gates=torch.rand(2, 8, 15)), ValueError, r"gates must have shape \(B, D, L\) = \(2, 8, 16\)"),
     (dict(gates=torch.rand(7, 16)), ValueError, r"gates must have shape \(D, L\) = \(8, 16\)"),
     (dict(gates=torch.rand(9)), ValueError, r"gates must have shape \(D,\) = \(8,\)"),
@@ -217,6 +252,14 @@ def test_compile_fullgraph():
     (dict(gates=[0.5]), TypeError, "gates must be a torch.Tensor"),
     (dict(initial_state=torch.zeros(2, 8, dtype=torch.int64)), TypeError, "initial_state must have dtype"),
     (dict(backend="cuda"), RuntimeError, "no 'cuda' backend"),
+    (dict(tokens=torch.randn(1, 8, 16), gates=torch.rand(8), cu_seqlens=torch.tensor([0, 9, 7, 16])), ValueError,
+     "cu_seqlens must be non-decreasing"),
+    (dict(tokens=torch.randn(1, 8, 16), gates=torch.rand(8), cu_seqlens=torch.tensor([0, 9, 15])), ValueError,
+     "cu_seqlens must start at 0 and end at L = 16"),
+    (dict(tokens=torch.randn(1, 8, 16), gates=torch.rand(8), cu_seqlens=torch.tensor([0.0, 16.0])), TypeError,
+     "cu_seqlens must have dtype"),
+    (dict(tokens=torch.randn(1, 8, 16), gates=torch.rand(8), cu_seqlens=torch.tensor([0, 16]),
+          initial_state=torch.randn(2, 8)), ValueError, r"initial_state must have shape \(S, D\) = \(1, 8\)"),
     (dict(backend="jax"), ValueError, "unknown backend"),
 ])
 def test_validation(kwargs, error, match):
