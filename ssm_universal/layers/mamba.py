@@ -29,13 +29,15 @@ class Mamba(InferenceCacheMixin, nn.Module):
     x_proj(x) -> dt (dt_rank), B, C (d_state each); dt = dt_proj(dt) with its bias applied inside the scan;
     y = selective_scan(x, dt, A = -exp(A_log), B, C, D, gate z); out_proj(y).
 
+    mixer_rms_eps: FalconMamba's variant when set: dt, B and C are each RMS-normalised without weights (in fp32,
+    this eps inside the root) right after x_proj, as transformers' FalconMambaMixer does. None: Mamba.
     `use_fast_path` is accepted for compatibility and ignored: ssm_kernels chooses the kernels.
     Recurrent state: (conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state) fp32).
     """
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
                  dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
-                 use_fast_path=True, layer_idx=None, device=None, dtype=None):
+                 use_fast_path=True, layer_idx=None, mixer_rms_eps=None, device=None, dtype=None):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.d_model = d_model
@@ -46,6 +48,7 @@ class Mamba(InferenceCacheMixin, nn.Module):
         self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank
         self.use_fast_path = use_fast_path
         self.layer_idx = layer_idx
+        self.mixer_rms_eps = mixer_rms_eps
         self.activation = "silu"
 
         self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
@@ -101,8 +104,7 @@ class Mamba(InferenceCacheMixin, nn.Module):
                 new_conv = torch.cat([conv_state.to(x.dtype), x], dim=-1)[..., -conv_state.shape[-1]:]
         x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init)
 
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2 d_state)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._dt_b_c(x.transpose(1, 2))  # (B, L, dt_rank), (B, L, d_state) x 2
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
         B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
         C = C.transpose(1, 2).contiguous()
@@ -124,12 +126,19 @@ class Mamba(InferenceCacheMixin, nn.Module):
         # causal_conv1d_update needs x in the cache's dtype (they differ under autocast)
         x = causal_conv1d_update(x.to(conv_state.dtype), conv_state, self.conv1d.weight.squeeze(1),
                                  self.conv1d.bias, activation=self.activation)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._dt_b_c(x)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, d_inner); bias added in the update
         A = -torch.exp(self.A_log.float())
         y = selective_state_update(ssm_state, x, dt, A, B, C, D=self.D.float(), z=z,
                                    dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
         return self.out_proj(y), state
+
+    def _dt_b_c(self, x: torch.Tensor):
+        """x (..., d_inner) -> dt (..., dt_rank), B, C (..., d_state): x_proj, split (FalconMamba: normalised)."""
+        parts = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.mixer_rms_eps is None:
+            return parts
+        return [rms_normalize(part, self.mixer_rms_eps) for part in parts]
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: conv_state (B, d_inner, d_conv) in `dtype` (default: the conv weight's), the last
@@ -139,3 +148,9 @@ class Mamba(InferenceCacheMixin, nn.Module):
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
         return conv_state, ssm_state
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (..., D) / sqrt(mean(x^2 over D) + eps), computed in fp32, returned in x's dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

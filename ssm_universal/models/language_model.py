@@ -50,6 +50,21 @@ class SSMLanguageModel(nn.Module):
         self.config = dict(vocab_size=vocab_size, tie_embeddings=tie_embeddings,
                            pad_vocab_size_multiple=pad_vocab_size_multiple, **self.backbone.config)
 
+    @classmethod
+    def from_pretrained(cls, path, device=None, dtype: Optional[torch.dtype] = None) -> "SSMLanguageModel":
+        """The model of a local checkpoint directory, in eval mode, on `device`, in `dtype` (default fp32;
+        A_log, D, dt_bias stay fp32): transformers' Mamba / Mamba2 / FalconMamba format (config.json +
+        model.safetensors, sharded or not, or pytorch_model.bin) or mamba_ssm's MambaLMHeadModel format.
+        Never touches the network, never unpickles (models/pretrained.py)."""
+        from .pretrained import load_pretrained
+        return load_pretrained(path, device=device, dtype=dtype, model_class=cls)
+
+    def save_pretrained(self, path) -> None:
+        """Write the transformers format (config.json + model.safetensors) to directory `path`, loadable by
+        transformers' AutoModelForCausalLM.from_pretrained with the same logits ("mamba", "mamba2" only)."""
+        from .pretrained import save_pretrained
+        save_pretrained(self, path)
+
     def forward(self, input_ids: torch.Tensor, labels: Optional[torch.Tensor] = None):
         """input_ids: (B, L) int. Returns logits (B, L, V); with labels (B, L) (the targets aligned with the
         inputs: position t predicts labels[t + 1]; -100 is ignored) returns (logits, mean cross-entropy)."""
