@@ -148,6 +148,49 @@ def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
     return forward, backward
 
 
+# launch(gates, inputs, outputs, h0, cu_seqlens, reverse, scan_complex, *, states=None, dgates=None, dh0=None):
+# one pass of a fused kernel over (B, D, L) views of any strides (complex tensors as they are), writing outputs in
+# their own dtypes. Forward: inputs = tokens, outputs = x. Backward (states given): the adjoint scan of
+# inputs = dy in the opposite direction, outputs = dtokens (the real part for real tokens), dgates (B, D, L)
+# = conj(x_prev) g, dh0 = dinitial_state in the compute dtype. What the triton and cuda backends provide.
+KernelLaunch = Callable[..., None]
+
+
+def kernel_functions(launch: KernelLaunch) -> Tuple[Callable, Callable]:
+    """(forward, backward) for define_scan_ops from a fused kernel (KernelLaunch): outputs allocated in their
+    final dtypes; dgates of broadcast gates summed after the kernel."""
+
+    def forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
+                reverse: bool) -> Tensor:
+        compute, out_dtype = result_dtypes(gates, tokens, initial_state)
+        out = new_output(tokens.shape, out_dtype, tokens.device)
+        h0 = None if initial_state is None else initial_state.to(compute)
+        if out.numel():
+            launch(expanded_gates(gates, tokens.shape), tokens, out, h0, cu_seqlens, reverse, compute.is_complex)
+        return out
+
+    def backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
+                 cu_seqlens: Optional[Tensor], reverse: bool) -> List[Tensor]:
+        compute, _ = result_dtypes(gates, tokens, initial_state)
+        device = tokens.device
+        dtokens = new_output(tokens.shape, tokens.dtype, device)  # written as the real part for real tokens
+        # dgates straight into the gates' dtype when they are not broadcast, else a full buffer summed after
+        dgates_dtype = gates.dtype if gates.dim() == 3 else (compute if gates.is_complex() else compute.to_real())
+        dgates = new_output(tokens.shape, dgates_dtype, device)
+        h0 = None if initial_state is None else initial_state.to(compute)
+        # an empty packed sequence has no position to write its dinitial_state: zeros there
+        dh0 = None if initial_state is None else (
+            torch.zeros(h0.shape, dtype=compute, device=device) if cu_seqlens is not None
+            else new_output(h0.shape, compute, device))
+        if tokens.numel():
+            launch(expanded_gates(gates, tokens.shape), grad, dtokens, h0, cu_seqlens, not reverse,
+                   compute.is_complex, states=x, dgates=dgates, dh0=dh0)
+        dinitial = tokens.new_zeros(tokens.shape[:-1]) if dh0 is None else as_input(dh0, initial_state)
+        return contiguous_outputs([as_input(dgates, gates), dtokens, dinitial])
+
+    return forward, backward
+
+
 def define_scan_ops(backend: str, forward: Callable, backward: Callable) -> Callable:
     """The custom ops ssm_kernels::linear_scan_<backend>_{fwd,bwd} and the function
     (gates, tokens, initial_state, reverse) -> x (B, D, L) that calls them.

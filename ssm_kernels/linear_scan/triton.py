@@ -24,7 +24,7 @@ start and length; initial states (S, D).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import triton
@@ -32,8 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_affine import combine, combine_complex
-from .._utils import contiguous_outputs, new_output
-from ._common import as_input, define_scan_ops, expanded_gates, result_dtypes
+from ._common import define_scan_ops, kernel_functions
 
 # Tiles: BLOCK_L = min(next_pow2(L), MAX_BLOCK_L) positions x BLOCK_R = TILE // BLOCK_L rows (capped by D).
 MAX_BLOCK_L = 2048
@@ -284,35 +283,5 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         run(MODE_APPLY, triton.next_power_of_2(n_segments))
 
 
-def _forward(gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
-             reverse: bool) -> Tensor:
-    compute, out_dtype = result_dtypes(gates, tokens, initial_state)
-    out = new_output(tokens.shape, out_dtype, tokens.device)
-    h0 = None if initial_state is None else initial_state.to(compute)
-    if out.numel():
-        _launch(expanded_gates(gates, tokens.shape), tokens, out, h0, cu_seqlens, reverse, compute.is_complex)
-    return out
-
-
-def _backward(grad: Tensor, x: Tensor, gates: Tensor, tokens: Tensor, initial_state: Optional[Tensor],
-              cu_seqlens: Optional[Tensor], reverse: bool) -> List[Tensor]:
-    compute, _ = result_dtypes(gates, tokens, initial_state)
-    device = tokens.device
-    dtokens = new_output(tokens.shape, tokens.dtype, device)  # written as the real part for real tokens
-    # dgates straight into the gates' dtype when they are not broadcast, else a full buffer summed after
-    dgates_dtype = gates.dtype if gates.dim() == 3 else (compute if gates.is_complex() else compute.to_real())
-    dgates = new_output(tokens.shape, dgates_dtype, device)
-    h0 = None if initial_state is None else initial_state.to(compute)
-    # an empty packed sequence has no position to write its dinitial_state: zeros there
-    dh0 = None if initial_state is None else (
-        torch.zeros(h0.shape, dtype=compute, device=device) if cu_seqlens is not None
-        else new_output(h0.shape, compute, device))
-    if tokens.numel():
-        _launch(expanded_gates(gates, tokens.shape), grad, dtokens, h0, cu_seqlens, not reverse, compute.is_complex,
-                states=x, dgates=dgates, dh0=dh0)
-    dinitial = tokens.new_zeros(tokens.shape[:-1]) if dh0 is None else as_input(dh0, initial_state)
-    return contiguous_outputs([as_input(dgates, gates), dtokens, dinitial])
-
-
-linear_scan_triton = define_scan_ops("triton", _forward, _backward)
+linear_scan_triton = define_scan_ops("triton", *kernel_functions(_launch))
 linear_scan_triton.__doc__ = "Triton backend: (gates, tokens, initial_state, reverse) -> x (B, D, L)."
