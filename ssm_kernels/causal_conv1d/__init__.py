@@ -7,8 +7,8 @@ import torch
 
 from .. import _dispatch
 from .._autograd import needs_grad
-from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck
-from ._common import final_states
+from .._utils import ArgCheck
+from ._common import check_conv_inputs, final_states
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 CUDA_MAX_WIDTH = 8
@@ -61,12 +61,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         (torch.Size([2, 16, 64]), torch.Size([2, 16, 3]))
     """
     check = ArgCheck("causal_conv1d")
-    check.tensor("x", x, ("B", "D", "L"), dtypes=REAL_DTYPES)
-    check.tensor("weight", weight, ("D", "W"), dtypes=REAL_DTYPES)
-    width = check.integer("weight.shape[1] (the width W)", check.dims["W"], minimum=1)
-    check.tensor("bias", bias, ("D",), dtypes=REAL_DTYPES, optional=True)
-    check.tensor("seq_idx", seq_idx, ("B", "L"), dtypes=INDEX_DTYPES, optional=True)
-    check.tensor("initial_states", initial_states, ("B", "D", width - 1), dtypes=(x.dtype,), optional=True)
+    width = check_conv_inputs(check, x, weight, bias, seq_idx, initial_states)
     check.choice("activation", activation, ACTIVATIONS)
     activation = "silu" if activation in ("silu", "swish") else None
 

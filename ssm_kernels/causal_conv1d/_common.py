@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .._utils import INDEX_DTYPES, REAL_DTYPES
+
 
 def padded(x: torch.Tensor, initial_states: Optional[torch.Tensor], width: int) -> torch.Tensor:
     """xp: (B, D, W - 1 + L), the initial state (zeros by default) followed by x."""
@@ -57,3 +59,15 @@ def gradients(backward_op, ctx, dout):
     dx, dweight, dbias, dinitial = backward_op(x, weight, bias, seq_idx, initial_states, dout, ctx.silu)
     return (dx, dweight, dbias if bias is not None else None, None,
             dinitial if initial_states is not None else None, None)
+
+
+def check_conv_inputs(check, x, weight, bias, seq_idx, initial_states) -> int:
+    """The tensor arguments of causal_conv1d (and causal-conv1d's causal_conv1d_fn): x (B, D, L), weight (D, W),
+    bias (D,), seq_idx (B, L), initial_states (B, D, W - 1) in x's dtype. Returns the width W."""
+    check.tensor("x", x, ("B", "D", "L"), dtypes=REAL_DTYPES)
+    check.tensor("weight", weight, ("D", "W"), dtypes=REAL_DTYPES)
+    width = check.integer("weight.shape[1] (the width W)", check.dims["W"], minimum=1)
+    check.tensor("bias", bias, ("D",), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("seq_idx", seq_idx, ("B", "L"), dtypes=INDEX_DTYPES, optional=True)
+    check.tensor("initial_states", initial_states, ("B", "D", width - 1), dtypes=(x.dtype,), optional=True)
+    return width

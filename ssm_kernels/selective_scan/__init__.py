@@ -8,6 +8,7 @@ import torch
 from .. import _dispatch
 from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
+from ._common import check_bc
 
 
 def _triton_supports(device, dtype, features) -> Optional[str]:
@@ -31,26 +32,6 @@ _dispatch.register("selective_scan", "cuda", "ssm_kernels.selective_scan.cuda", 
                    supports=_cuda_supports, extension="selective_scan")
 
 PARAM_DTYPES = (torch.float32, torch.float64)
-
-
-def _check_bc(check: ArgCheck, name: str, X, complex_A: bool):
-    """B or C: (D, N) fixed, (B, N, L) variable or (B, G, N, L) grouped; with complex A a variable one is
-    complex, or real with interleaved (re, im) pairs along a last axis of 2L."""
-    if not isinstance(X, torch.Tensor):
-        check.tensor(name, X)  # raises the TypeError
-    if X.dim() == 2:
-        check.tensor(name, X, ("D", "N"), dtypes=COMPLEX_DTYPES if complex_A else REAL_DTYPES)
-        return
-    interleaved = complex_A and not X.is_complex()
-    length = 2 * check.dims["L"] if interleaved else "L"
-    dtypes = (COMPLEX_DTYPES + REAL_DTYPES) if complex_A else REAL_DTYPES
-    if X.dim() == 3:
-        check.tensor(name, X, ("B", "N", length), dtypes=dtypes)
-        return
-    check.tensor(name, X, ("B", f"G_{name}", "N", length), dtypes=dtypes)
-    groups = X.shape[1]
-    if groups < 1 or check.dims["D"] % groups:
-        check.fail(f"{name} has {groups} groups, which must divide D = {check.dims['D']}")
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -95,8 +76,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     check.tensor("u", u, ("B", "D", "L"), dtypes=REAL_DTYPES)
     check.tensor("delta", delta, ("B", "D", "L"), dtypes=REAL_DTYPES)
     check.tensor("A", A, ("D", "N"), dtypes=PARAM_DTYPES + COMPLEX_DTYPES)
-    _check_bc(check, "B", B, A.is_complex())
-    _check_bc(check, "C", C, A.is_complex())
+    check_bc(check, "B", B, A.is_complex())
+    check_bc(check, "C", C, A.is_complex())
     check.tensor("D", D, ("D",), dtypes=PARAM_DTYPES, optional=True)
     check.tensor("z", z, ("B", "D", "L"), dtypes=REAL_DTYPES, optional=True)
     check.tensor("delta_bias", delta_bias, ("D",), dtypes=PARAM_DTYPES, optional=True)

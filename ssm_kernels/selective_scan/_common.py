@@ -14,7 +14,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .._utils import compute_dtype
+from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck, compute_dtype
 
 
 def compute_dtypes(u: torch.Tensor, A: torch.Tensor):
@@ -65,3 +65,23 @@ def skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: Optional[torch.Tensor], z
 def sequence_bounds(cu_seqlens: Optional[torch.Tensor], length: int) -> List[int]:
     """Start of every sequence plus the total length: cu_seqlens as a list, or [0, L] without it."""
     return [0, length] if cu_seqlens is None else [int(v) for v in cu_seqlens.tolist()]
+
+
+def check_bc(check: ArgCheck, name: str, X, complex_A: bool):
+    """B or C: (D, N) fixed, (B, N, L) variable or (B, G, N, L) grouped; with complex A a variable one is
+    complex, or real with interleaved (re, im) pairs along a last axis of 2L."""
+    if not isinstance(X, torch.Tensor):
+        check.tensor(name, X)  # raises the TypeError
+    if X.dim() == 2:
+        check.tensor(name, X, ("D", "N"), dtypes=COMPLEX_DTYPES if complex_A else REAL_DTYPES)
+        return
+    interleaved = complex_A and not X.is_complex()
+    length = 2 * check.dims["L"] if interleaved else "L"
+    dtypes = (COMPLEX_DTYPES + REAL_DTYPES) if complex_A else REAL_DTYPES
+    if X.dim() == 3:
+        check.tensor(name, X, ("B", "N", length), dtypes=dtypes)
+        return
+    check.tensor(name, X, ("B", f"G_{name}", "N", length), dtypes=dtypes)
+    groups = X.shape[1]
+    if groups < 1 or check.dims["D"] % groups:
+        check.fail(f"{name} has {groups} groups, which must divide D = {check.dims['D']}")
