@@ -24,7 +24,7 @@ def main():
     leaves = (x, *layer.parameters())
     print(f"S5 layer B{batch} L{length} d_model {d_model} d_state {d_state} on {device}")
     for backend in _dispatch.implemented_backends("linear_scan"):
-        if _dispatch.backend_problem(backend, device) is not None:
+        if _dispatch.backend_problem(backend, device, "linear_scan") is not None:
             continue
         with _dispatch.use_backend({"linear_scan": backend}):
             fwd = time_ms(lambda: layer(x), device, args.quick)

@@ -69,6 +69,8 @@ CASES = {
     "linear_scan_cpp": ("linear_scan", "cpp", _linear_scan),
     "linear_scan_triton": ("linear_scan", "triton", _linear_scan),
     "linear_scan_triton packed": ("linear_scan", "triton", _linear_scan_packed),
+    "linear_scan_cuda": ("linear_scan", "cuda", _linear_scan),
+    "linear_scan_cuda packed": ("linear_scan", "cuda", _linear_scan_packed),
     "cauchy_kernel_torch": ("cauchy_kernel", "torch", lambda device: (
         _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
     "vandermonde_kernel_torch": ("vandermonde_kernel", "torch", lambda device: (

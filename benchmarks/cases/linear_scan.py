@@ -30,7 +30,7 @@ def _case(batch: int, dim: int, length: int, dtype: torch.dtype, reference: bool
         variants = {}
         for backend in _dispatch.implemented_backends("linear_scan"):
             skipped = backend == "torch" and device.type == "cuda"
-            if _dispatch.backend_problem(backend, device) is None and not skipped:
+            if _dispatch.backend_problem(backend, device, "linear_scan") is None and not skipped:
                 variants[backend] = Variant(lambda backend=backend: linear_scan(gates, tokens, backend=backend),
                                             leaves)
         if reference:

@@ -11,6 +11,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "_common/scan_math.cuh"
 #include "selective_scan.h"
 
 namespace ssm_kernels {
@@ -56,22 +57,6 @@ __device__ __forceinline__ void sincos_reduced(float x, float* s, float* c) {
   __sincosf(r, s, c);
 }
 
-__device__ __forceinline__ float vmul(float a, float b) { return a * b; }
-__device__ __forceinline__ float2 vmul(float2 a, float2 b) {
-  return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-__device__ __forceinline__ float vadd(float a, float b) { return a + b; }
-__device__ __forceinline__ float2 vadd(float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); }
-__device__ __forceinline__ float vconj(float a) { return a; }
-__device__ __forceinline__ float2 vconj(float2 a) { return make_float2(a.x, -a.y); }
-__device__ __forceinline__ float vscale(float a, float s) { return a * s; }
-__device__ __forceinline__ float2 vscale(float2 a, float s) { return make_float2(a.x * s, a.y * s); }
-template <typename V> __device__ __forceinline__ V vone();
-template <> __device__ __forceinline__ float vone<float>() { return 1.f; }
-template <> __device__ __forceinline__ float2 vone<float2>() { return make_float2(1.f, 0.f); }
-template <typename V> __device__ __forceinline__ V vzero();
-template <> __device__ __forceinline__ float vzero<float>() { return 0.f; }
-template <> __device__ __forceinline__ float2 vzero<float2>() { return make_float2(0.f, 0.f); }
 // exp(Δ A) for a real or complex A
 __device__ __forceinline__ float vexp_scaled(float dt, float A) { return __expf(dt * A); }
 __device__ __forceinline__ float2 vexp_scaled(float dt, float2 A) {
@@ -97,18 +82,6 @@ __device__ __forceinline__ void vstore(float* p, float v) { *p = v; }
 __device__ __forceinline__ void vstore(float* p, float2 v) { p[0] = v.x; p[1] = v.y; }
 template <typename V> __host__ __device__ constexpr int vwidth() { return sizeof(V) / sizeof(float); }
 
-// The linear recurrence h_t = a_t h_{t-1} + b_t as a scan over pairs: (a1, b1) then (a2, b2) gives
-// (a1 a2, a2 b1 + b2).
-template <typename V>
-struct Pair {
-  V a, b;
-};
-struct ScanOp {
-  template <typename V>
-  __device__ __forceinline__ Pair<V> operator()(const Pair<V>& first, const Pair<V>& second) const {
-    return Pair<V>{vmul(first.a, second.a), vadd(vmul(second.a, first.b), second.b)};
-  }
-};
 
 __device__ __forceinline__ float shfl_down(float v, int off) { return __shfl_down_sync(0xffffffffu, v, off); }
 __device__ __forceinline__ float2 shfl_down(float2 v, int off) {

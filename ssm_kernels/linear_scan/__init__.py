@@ -13,9 +13,10 @@ from ._common import final_state, result_dtypes
 SCAN_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
 
-def _triton_supports(device, dtype, features) -> Optional[str]:
+def _fp32_math_supports(device, dtype, features) -> Optional[str]:
+    """The Triton and CUDA kernels compute in fp32 / complex64."""
     if features.get("wide"):
-        return ("the Triton kernel computes in fp32 / complex64; an fp64 / complex128 input makes the scan 64-bit "
+        return ("the kernel computes in fp32 / complex64; an fp64 / complex128 input makes the scan 64-bit "
                 "(the torch backend runs it)")
     return _dispatch.triton_supports(device, dtype, features)
 
@@ -23,7 +24,9 @@ def _triton_supports(device, dtype, features) -> Optional[str]:
 _dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.pytorch", "linear_scan_torch")
 _dispatch.register("linear_scan", "cpp", "ssm_kernels.linear_scan.cpp", "linear_scan_cpp")
 _dispatch.register("linear_scan", "triton", "ssm_kernels.linear_scan.triton", "linear_scan_triton",
-                   supports=_triton_supports)
+                   supports=_fp32_math_supports)
+_dispatch.register("linear_scan", "cuda", "ssm_kernels.linear_scan.cuda", "linear_scan_cuda",
+                   supports=_fp32_math_supports, extension="linear_scan")
 
 _GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
 
@@ -50,7 +53,7 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
             is its own scan from its own initial state.
         backend: None (automatic), "torch" (chunked pure PyTorch, any device), "cpp" (csrc/cpu's C++ loop,
             CPU tensors; the automatic choice for them where it builds) or "triton" (CUDA tensors, fp32 /
-            complex64 math; the CPU through TRITON_INTERPRET=1).
+            complex64 math; the CPU through TRITON_INTERPRET=1) or "cuda" (csrc/linear_scan, built on first use).
     Dtypes: the scan is complex when any of gates, tokens, initial_state is complex (a real gate with
         complex tokens is the usual S5/LRU case). x keeps the tokens' precision: the tokens' dtype for a real
         scan, else complex64 (complex128 for fp64/complex128 tokens). Math runs in fp32/complex64, or in

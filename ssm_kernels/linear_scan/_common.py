@@ -156,6 +156,17 @@ def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
 KernelLaunch = Callable[..., None]
 
 
+def kernel_view(t: Optional[Tensor]):
+    """(tensor the kernel reads, its (B, D, L) or (B, D) strides in that tensor's elements, complex?): a complex
+    tensor is passed as its real view (strides doubled, the imaginary part at +1)."""
+    if t is None:
+        return None, (0, 0, 0), False
+    if t.is_complex():
+        t = t.resolve_conj()
+        return torch.view_as_real(t), tuple(2 * s for s in t.stride()), True
+    return t, tuple(t.stride()), False
+
+
 def kernel_functions(launch: KernelLaunch) -> Tuple[Callable, Callable]:
     """(forward, backward) for define_scan_ops from a fused kernel (KernelLaunch): outputs allocated in their
     final dtypes; dgates of broadcast gates summed after the kernel."""

@@ -32,13 +32,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_affine import combine, combine_complex
-from ._common import define_scan_ops, kernel_functions
+from ._common import define_scan_ops, kernel_functions, kernel_view
 
 # Tiles: BLOCK_L = min(next_pow2(L), MAX_BLOCK_L) positions x BLOCK_R = TILE // BLOCK_L rows (capped by D).
 MAX_BLOCK_L = 2048
 TILE = 2048
 NUM_WARPS = 4
-PAIRED_COMPLEX = True  # complex values read and written as (re, im) pairs in one access (else two strided ones)
+PAIRED_COMPLEX = False  # complex values read and written as one 8-byte word each (else two strided 4-byte accesses)
 # Segments: when the row tiles are fewer than this many per SM, long rows are cut (two passes).
 TILES_PER_SM = 4
 MAX_SEGMENTS = 1024  # BLOCK_S: the carry of a segment is composed from at most this many summaries
@@ -69,13 +69,13 @@ def _scan(ar, ai, br, bi, AXIS: tl.constexpr, COMPLEX: tl.constexpr):
 @triton.jit
 def _load(ptr, offsets, mask, other, COMPLEX: tl.constexpr, PAIRED: tl.constexpr):
     """(re, im) in fp32 from a real tensor or the real view of a complex one (im zero for a real one).
-    PAIRED: one (..., 2) load of both parts, split in registers (contiguous pairs, vectorised)."""
+    PAIRED: a complex64 value read as one 8-byte word (offsets are even: complex64 is 8-byte aligned) and
+    split by bit casts in the same thread (coalesced, vectorisable; no layout change)."""
     if COMPLEX:
         if PAIRED:
-            pair = tl.arange(0, 2)
-            both = tl.load(ptr + tl.expand_dims(offsets, -1) + pair, mask=tl.expand_dims(mask, -1),
-                           other=tl.where(pair == 0, other, 0.0)).to(tl.float32)
-            re, im = tl.split(both)
+            word = tl.load(ptr.to(tl.pointer_type(tl.int64)) + offsets // 2, mask=mask, other=0)
+            re = tl.where(mask, word.to(tl.int32).to(tl.float32, bitcast=True), other)
+            im = (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
         else:
             re = tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
             im = tl.load(ptr + offsets + 1, mask=mask, other=0.0).to(tl.float32)
@@ -89,8 +89,9 @@ def _load(ptr, offsets, mask, other, COMPLEX: tl.constexpr, PAIRED: tl.constexpr
 def _store(ptr, offsets, re, im, mask, COMPLEX: tl.constexpr, PAIRED: tl.constexpr):
     if COMPLEX:
         if PAIRED:
-            tl.store(ptr + tl.expand_dims(offsets, -1) + tl.arange(0, 2), tl.join(re, im),
-                     mask=tl.expand_dims(mask, -1))
+            low = re.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+            high = im.to(tl.int32, bitcast=True).to(tl.int64) << 32
+            tl.store(ptr.to(tl.pointer_type(tl.int64)) + offsets // 2, high | low, mask=mask)
         else:
             tl.store(ptr + offsets, re, mask=mask)
             tl.store(ptr + offsets + 1, im, mask=mask)
@@ -214,17 +215,6 @@ def _linear_scan_kernel(
             _store(dh0, rows * (2 if SCAN_COMPLEX else 1), r_r, r_i, row_ok, SCAN_COMPLEX, PAIRED)
 
 
-def _kernel_view(t: Optional[Tensor]):
-    """(tensor the kernel reads, its (B, D, L) or (B, D) strides in that tensor's elements, complex?): a complex
-    tensor is passed as its real view (strides doubled, the imaginary part at +1)."""
-    if t is None:
-        return None, (0, 0, 0), False
-    if t.is_complex():
-        t = t.resolve_conj()
-        return torch.view_as_real(t), tuple(2 * s for s in t.stride()), True
-    return t, tuple(t.stride()), False
-
-
 def _multiprocessors(device: torch.device) -> int:
     if device.type != "cuda":
         return INTERPRET_SMS
@@ -255,10 +245,10 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
     block_l, block_r, n_segments, seg_len = plan(batch, dim, length, inputs.device)
     row_tiles = batch * triton.cdiv(dim, block_r)
 
-    (a, sa, a_complex), (u, su, u_complex), (o, so, o_complex) = map(_kernel_view, (gates, inputs, outputs))
-    s, ss, _ = _kernel_view(states)
-    g, sg, _ = _kernel_view(dgates)
-    h, sh, _ = _kernel_view(h0)
+    (a, sa, a_complex), (u, su, u_complex), (o, so, o_complex) = map(kernel_view, (gates, inputs, outputs))
+    s, ss, _ = kernel_view(states)
+    g, sg, _ = kernel_view(dgates)
+    h, sh, _ = kernel_view(h0)
     dh = None if dh0 is None else (torch.view_as_real(dh0) if dh0.is_complex() else dh0)
     summaries = inputs.new_empty((batch * dim * n_segments * 4,) if n_segments > 1 else (1,),
                                  dtype=torch.float32)
