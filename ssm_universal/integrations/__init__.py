@@ -1,0 +1,1 @@
+"""Integrations of ssm_kernels with other libraries (Hugging Face transformers: `integrations.transformers`)."""
