@@ -39,7 +39,7 @@ from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, sel
                          ssd_chunk_scan)
 
 from ..layers.mamba import rms_normalize
-from ..layers.mamba2 import NO_DT_LIMIT
+from ..layers.mamba2 import ssd_step
 
 logger = logging.getLogger("ssm_universal")
 
@@ -356,8 +356,8 @@ def _mamba2_forward(mixer, hidden_states, cache, attention_mask, falcon=False):
     dt_bias = mixer.dt_bias.float()
 
     if scan_step:
-        y = _mamba2_step(recurrent_state, x.reshape(batch, H, P), dt[:, 0], A, B.reshape(batch, G, N),
-                         C.reshape(batch, G, N), D, dt_bias, dt_limit).reshape(batch, 1, H * P)
+        y = ssd_step(recurrent_state, x.reshape(batch, H, P), dt[:, 0], A, B.reshape(batch, G, N),
+                     C.reshape(batch, G, N), D, dt_bias, dt_limit).reshape(batch, 1, H * P)
     else:
         y = ssd_chunk_scan(x.reshape(batch, seq_len, H, P), dt, A, B.reshape(batch, seq_len, G, N),
                            C.reshape(batch, seq_len, G, N), chunk_size=mixer.chunk_size, D=D, dt_bias=dt_bias,
@@ -373,21 +373,6 @@ def _mamba2_forward(mixer, hidden_states, cache, attention_mask, falcon=False):
     y = gated_rmsnorm(y, norm.weight, gate, eps=norm.variance_epsilon, group_size=norm.group_size,
                       norm_before_gate=False)
     return mixer.out_proj(y.to(dtype))
-
-
-def _mamba2_step(state, x, dt, A, B, C, D, dt_bias, dt_limit):
-    """One SSD decoding step on state (B, H, P, N) in place: x (B, H, P), dt (B, H), A, D, dt_bias (H,),
-    B, C (B, G, N) -> y (B, H, P). dt is clamped to dt_limit as in the full-sequence scan.
-    (The same computation as ssm_universal.layers.mamba2.Mamba2.step.)"""
-    H, P, N = x.shape[1], x.shape[2], state.shape[-1]
-    if dt_limit == NO_DT_LIMIT:
-        dt_bias_hp, softplus = dt_bias[:, None].expand(H, P), True
-    else:  # selective_state_update has no clamp: softplus and clamp here
-        dt = F.softplus(dt.float() + dt_bias).clamp(*dt_limit).to(x.dtype)
-        dt_bias_hp, softplus = None, False
-    return selective_state_update(state, x, dt[:, :, None].expand(-1, H, P), A[:, None, None].expand(H, P, N),
-                                  B, C, D=D[:, None].expand(H, P), z=None, dt_bias=dt_bias_hp,
-                                  dt_softplus=softplus)
 
 
 __all__ = ["patch", "unpatch", "is_patched"]

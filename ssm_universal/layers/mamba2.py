@@ -30,6 +30,23 @@ State = Tuple[torch.Tensor, torch.Tensor]
 NO_DT_LIMIT = (0.0, float("inf"))
 
 
+def ssd_step(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             C: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, dt_limit, z: Optional[torch.Tensor] = None
+             ) -> torch.Tensor:
+    """One SSD decoding step, state (B, H, P, N) fp32 updated in place: x (B, H, P), dt (B, H) before its bias
+    and softplus, A (H,), B, C (B, G, N), D (H,) or (H, P), dt_bias (H,) fp32, z (B, H, P) or None
+    -> y (B, H, P). dt is clamped to dt_limit as in the full-sequence scan."""
+    H, P, N = x.shape[1], x.shape[2], state.shape[-1]
+    if tuple(dt_limit) == NO_DT_LIMIT:
+        dt_bias, dt_softplus = dt_bias[:, None].expand(H, P), True
+    else:  # the update has no clamp: apply softplus and dt_limit here, as the forward does
+        dt = F.softplus(dt.float() + dt_bias).clamp(*dt_limit).to(x.dtype)
+        dt_bias, dt_softplus = None, False
+    D = D if D.dim() == 2 else D[:, None].expand(H, P)
+    return selective_state_update(state, x, dt[:, :, None].expand(-1, H, P), A[:, None, None].expand(H, P, N),
+                                  B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+
+
 class RMSNormGated(nn.Module):
     """mamba_ssm.ops.triton.layernorm_gated.RMSNorm: group-wise RMSNorm with an optional SiLU gate z.
     x, z: (..., hidden_size) -> (..., hidden_size). Parameters: weight (hidden_size,), ones at init."""
@@ -293,19 +310,10 @@ class Mamba2(InferenceCacheMixin, nn.Module):
                                    self.conv1d.bias, activation=self.activation)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         H, P, N = self.nheads, self.headdim, self.d_state
-        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(H, P, N)
-        dt_bias = self.dt_bias.float()
-        if tuple(self.dt_limit) == NO_DT_LIMIT:
-            dt_bias, dt_softplus = dt_bias[:, None].expand(H, P), True
-        else:  # the update has no clamp: apply softplus and dt_limit here, as the forward does
-            dt = F.softplus(dt.float() + dt_bias).clamp(*self.dt_limit).to(x.dtype)
-            dt_bias, dt_softplus = None, False
-        D = self._D().float()
-        D = D if self.D_has_hdim else D[:, None].expand(H, P)
-        y = selective_state_update(
-            ssm_state, x.reshape(-1, H, P), dt[:, :, None].expand(-1, H, P), A,
-            B.reshape(-1, self.ngroups, N), C.reshape(-1, self.ngroups, N), D=D,
-            z=None if self.rmsnorm else z.reshape(-1, H, P).to(x.dtype), dt_bias=dt_bias, dt_softplus=dt_softplus)
+        y = ssd_step(ssm_state, x.reshape(-1, H, P), dt, -torch.exp(self.A_log.float()),
+                     B.reshape(-1, self.ngroups, N), C.reshape(-1, self.ngroups, N), self._D().float(),
+                     self.dt_bias.float(), self.dt_limit,
+                     z=None if self.rmsnorm else z.reshape(-1, H, P).to(x.dtype))
         return self._output(y.reshape(-1, self.d_ssm), z, z0, x0), state
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> State:
