@@ -261,6 +261,19 @@ def conv_reference(x, weight, bias=None, seq_idx=None, initial_states=None, retu
     return y, torch.cat([prefix, x], dim=-1)[..., x.shape[-1]:]
 
 
+def _conv_fn_inputs(length, width, options, index_dtype):
+    """causal_conv1d_fn's inputs (B 2, D 5) for a case's options; returns (inputs, the remaining keyword options)."""
+    batch, dim = 2, 5
+    options = dict(options)
+    inputs = {"x": torch.randn(batch, dim, length), "weight": torch.randn(dim, width),
+              "bias": torch.randn(dim) if options.pop("bias", False) else None}
+    if options.pop("initial_states", False):
+        inputs["initial_states"] = torch.randn(batch, dim, width - 1)
+    if "seq_idx" in options:
+        inputs["seq_idx"] = torch.tensor(options.pop("seq_idx"), dtype=index_dtype).expand(batch, length)
+    return inputs, options
+
+
 @pytest.mark.parametrize("length,width,options", [
     (1, 4, dict(bias=True, activation="silu", return_final_states=True)),
     (7, 2, dict(initial_states=True, return_final_states=True)),
@@ -269,14 +282,7 @@ def conv_reference(x, weight, bias=None, seq_idx=None, initial_states=None, retu
     (5, 1, dict(return_final_states=True)),
 ])
 def test_causal_conv1d_fn_matches_composition(length, width, options):
-    batch, dim = 2, 5
-    options = dict(options)
-    inputs = {"x": torch.randn(batch, dim, length), "weight": torch.randn(dim, width),
-              "bias": torch.randn(dim) if options.pop("bias", False) else None}
-    if options.pop("initial_states", False):
-        inputs["initial_states"] = torch.randn(batch, dim, width - 1)
-    if "seq_idx" in options:
-        inputs["seq_idx"] = torch.tensor(options.pop("seq_idx"), dtype=torch.int64).expand(batch, length)
+    inputs, options = _conv_fn_inputs(length, width, options, torch.int64)
     check_parity(compat.causal_conv1d_fn, conv_reference, inputs, FP32, floating(inputs), **options)
 
 
@@ -665,14 +671,7 @@ def test_rmsnorm_fn_matches_mamba_ssm(peer, group_size, norm_before_gate, gate, 
 ])
 def test_causal_conv1d_fn_matches_causal_conv1d(peer, length, width, options):
     reference = peer_function(peer, "causal_conv1d_ref")
-    batch, dim = 2, 5
-    options = dict(options)
-    inputs = {"x": torch.randn(batch, dim, length), "weight": torch.randn(dim, width),
-              "bias": torch.randn(dim) if options.pop("bias", False) else None}
-    if options.pop("initial_states", False):
-        inputs["initial_states"] = torch.randn(batch, dim, width - 1)
-    if "seq_idx" in options:
-        inputs["seq_idx"] = torch.tensor(options.pop("seq_idx"), dtype=torch.int32).expand(batch, length)
+    inputs, options = _conv_fn_inputs(length, width, options, torch.int32)
     check_parity(compat.causal_conv1d_fn, reference, inputs, FP32, floating(inputs), **options)
 
 

@@ -167,6 +167,11 @@ def kernel_view(t: Optional[Tensor]):
     return t, tuple(t.stride()), False
 
 
+def packed_rows(cu_seqlens: Tensor) -> Tuple[int, int]:
+    """(sequences, longest length) of packed sequences: the row batch and length a fused kernel plans for."""
+    return cu_seqlens.shape[0] - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
 def kernel_functions(launch: KernelLaunch) -> Tuple[Callable, Callable]:
     """(forward, backward) for define_scan_ops from a fused kernel (KernelLaunch): outputs allocated in their
     final dtypes; dgates of broadcast gates summed after the kernel."""

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._common import define_scan_ops, kernel_functions, kernel_view
+from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
 
 CHUNK = 1024  # positions a block scans at a time (csrc: kThreads * kItems)
 MAX_SEGMENTS = 1024
@@ -50,7 +50,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
     batch, dim, length = inputs.shape
     if cu_seqlens is not None:
         cu_seqlens = cu_seqlens.to(torch.int64).contiguous()
-        batch, length = cu_seqlens.shape[0] - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        batch, length = packed_rows(cu_seqlens)
     if length == 0:
         return
     n_segments, seg_len = plan(batch * dim, length, inputs.device)

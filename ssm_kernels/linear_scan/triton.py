@@ -32,13 +32,12 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_affine import combine, combine_complex
-from ._common import define_scan_ops, kernel_functions, kernel_view
+from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
 
 # Tiles: BLOCK_L = min(next_pow2(L), MAX_BLOCK_L) positions x BLOCK_R = TILE // BLOCK_L rows (capped by D).
 MAX_BLOCK_L = 2048
 TILE = 2048
 NUM_WARPS = 4
-PAIRED_COMPLEX = False  # complex values read and written as one 8-byte word each (else two strided 4-byte accesses)
 # Segments: when the row tiles are fewer than this many per SM, long rows are cut (two passes).
 TILES_PER_SM = 4
 MAX_SEGMENTS = 1024  # BLOCK_S: the carry of a segment is composed from at most this many summaries
@@ -67,36 +66,21 @@ def _scan(ar, ai, br, bi, AXIS: tl.constexpr, COMPLEX: tl.constexpr):
 
 
 @triton.jit
-def _load(ptr, offsets, mask, other, COMPLEX: tl.constexpr, PAIRED: tl.constexpr):
-    """(re, im) in fp32 from a real tensor or the real view of a complex one (im zero for a real one).
-    PAIRED: a complex64 value read as one 8-byte word (offsets are even: complex64 is 8-byte aligned) and
-    split by bit casts in the same thread (coalesced, vectorisable; no layout change)."""
+def _load(ptr, offsets, mask, other, COMPLEX: tl.constexpr):
+    """(re, im) in fp32 from a real tensor or the real view of a complex one (im zero for a real one)."""
+    re = tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
     if COMPLEX:
-        if PAIRED:
-            word = tl.load(ptr.to(tl.pointer_type(tl.int64)) + offsets // 2, mask=mask, other=0)
-            re = tl.where(mask, word.to(tl.int32).to(tl.float32, bitcast=True), other)
-            im = (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-        else:
-            re = tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
-            im = tl.load(ptr + offsets + 1, mask=mask, other=0.0).to(tl.float32)
+        im = tl.load(ptr + offsets + 1, mask=mask, other=0.0).to(tl.float32)
     else:
-        re = tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
         im = tl.zeros_like(re)
     return re, im
 
 
 @triton.jit
-def _store(ptr, offsets, re, im, mask, COMPLEX: tl.constexpr, PAIRED: tl.constexpr):
+def _store(ptr, offsets, re, im, mask, COMPLEX: tl.constexpr):
+    tl.store(ptr + offsets, re, mask=mask)
     if COMPLEX:
-        if PAIRED:
-            low = re.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-            high = im.to(tl.int32, bitcast=True).to(tl.int64) << 32
-            tl.store(ptr.to(tl.pointer_type(tl.int64)) + offsets // 2, high | low, mask=mask)
-        else:
-            tl.store(ptr + offsets, re, mask=mask)
-            tl.store(ptr + offsets + 1, im, mask=mask)
-    else:
-        tl.store(ptr + offsets, re, mask=mask)
+        tl.store(ptr + offsets + 1, im, mask=mask)
 
 
 @triton.jit
@@ -119,7 +103,7 @@ def _linear_scan_kernel(
     REVERSE: tl.constexpr, BACKWARD: tl.constexpr, MODE: tl.constexpr, HAS_H0: tl.constexpr,
     VARLEN: tl.constexpr, SCAN_COMPLEX: tl.constexpr, GATES_COMPLEX: tl.constexpr,
     INPUTS_COMPLEX: tl.constexpr, OUTPUTS_COMPLEX: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr, PAIRED: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     pid_r, seg = tl.program_id(0), tl.program_id(1)
     d_blocks = tl.cdiv(dim, BLOCK_R)
@@ -143,7 +127,7 @@ def _linear_scan_kernel(
     zero = tl.zeros((BLOCK_R,), dtype=tl.float32)
     carry_r, carry_i = zero, zero
     if HAS_H0 and (not BACKWARD) and MODE != 1:
-        carry_r, carry_i = _load(h0, h0_rows, row_ok, 0.0, SCAN_COMPLEX, PAIRED)
+        carry_r, carry_i = _load(h0, h0_rows, row_ok, 0.0, SCAN_COMPLEX)
     if MODE == 2:  # compose the summaries of the segments before this one
         s = tl.arange(0, BLOCK_S)
         before = row_ok[:, None] & (s[None, :] < seg)
@@ -175,10 +159,10 @@ def _linear_scan_kernel(
         else:
             t_gate = t
             gate_ok = valid
-        a_r, a_i = _load(gates, b_a + t_gate[None, :] * stride_al, gate_ok, 1.0, GATES_COMPLEX, PAIRED)
+        a_r, a_i = _load(gates, b_a + t_gate[None, :] * stride_al, gate_ok, 1.0, GATES_COMPLEX)
         if BACKWARD:
             a_i = -a_i
-        u_r, u_i = _load(inputs, b_i + t[None, :] * stride_il, valid, 0.0, INPUTS_COMPLEX, PAIRED)
+        u_r, u_i = _load(inputs, b_i + t[None, :] * stride_il, valid, 0.0, INPUTS_COMPLEX)
         a_r, a_i, v_r, v_i = _scan(a_r, a_i, u_r, u_i, 1, SCAN_COMPLEX)
         m_r, m_i = _cmul(a_r, a_i, carry_r[:, None], carry_i[:, None], SCAN_COMPLEX)
         v_r, v_i = v_r + m_r, v_i + m_i  # masked positions are identities: the last column is the carry
@@ -187,18 +171,18 @@ def _linear_scan_kernel(
             pl_r, pl_i = _last(a_r, idx, BLOCK_L - 1), _last(a_i, idx, BLOCK_L - 1)
             prod_r, prod_i = _cmul(pl_r, pl_i, prod_r, prod_i, SCAN_COMPLEX)
         else:
-            _store(outputs, b_o + t[None, :] * stride_ol, v_r, v_i, valid, OUTPUTS_COMPLEX, PAIRED)
+            _store(outputs, b_o + t[None, :] * stride_ol, v_r, v_i, valid, OUTPUTS_COMPLEX)
             if BACKWARD:  # dgates_t = conj(x at scan position p + 1, the initial state past the end) g_t
                 t_x = t - 1 if REVERSE else t + 1
                 x_ok = valid & (p + 1 < n)[None, :]
-                x_r, x_i = _load(states, b_s + t_x[None, :] * stride_sl, x_ok, 0.0, SCAN_COMPLEX, PAIRED)
+                x_r, x_i = _load(states, b_s + t_x[None, :] * stride_sl, x_ok, 0.0, SCAN_COMPLEX)
                 if HAS_H0:
                     at_end = valid & (p + 1 == n)[None, :]
-                    e_r, e_i = _load(h0, h0_rows, row_ok, 0.0, SCAN_COMPLEX, PAIRED)
+                    e_r, e_i = _load(h0, h0_rows, row_ok, 0.0, SCAN_COMPLEX)
                     x_r = tl.where(at_end, e_r[:, None], x_r)
                     x_i = tl.where(at_end, e_i[:, None], x_i)
                 g_r, g_i = _cmul(x_r, -x_i, v_r, v_i, SCAN_COMPLEX)
-                _store(dgates, b_g + t[None, :] * stride_gl, g_r, g_i, valid, GATES_COMPLEX, PAIRED)
+                _store(dgates, b_g + t[None, :] * stride_gl, g_r, g_i, valid, GATES_COMPLEX)
 
     if MODE == 1:
         base = (rows * n_segments + seg) * 4
@@ -210,9 +194,9 @@ def _linear_scan_kernel(
         if (p_end == n) & (p_begin < n):  # dinitial_state = conj(gate at the last scan position) g there
             t_last = start + (0 if REVERSE else n - 1)
             l_r, l_i = _load(gates, tensor_b * stride_ab + d * stride_ad + t_last * stride_al, row_ok, 0.0,
-                             GATES_COMPLEX, PAIRED)
+                             GATES_COMPLEX)
             r_r, r_i = _cmul(l_r, -l_i, carry_r, carry_i, SCAN_COMPLEX)
-            _store(dh0, rows * (2 if SCAN_COMPLEX else 1), r_r, r_i, row_ok, SCAN_COMPLEX, PAIRED)
+            _store(dh0, rows * (2 if SCAN_COMPLEX else 1), r_r, r_i, row_ok, SCAN_COMPLEX)
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -240,7 +224,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
     cu_seqlens each packed sequence of the (1, D, T) views is scanned on its own."""
     batch, dim, length = inputs.shape
     if cu_seqlens is not None:  # rows are (sequence, channel); the plan takes the longest sequence
-        batch, length = cu_seqlens.shape[0] - 1, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        batch, length = packed_rows(cu_seqlens)
     backward = states is not None
     block_l, block_r, n_segments, seg_len = plan(batch, dim, length, inputs.device)
     row_tiles = batch * triton.cdiv(dim, block_r)
@@ -254,8 +238,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
                                  dtype=torch.float32)
     flags = dict(REVERSE=reverse, BACKWARD=backward, HAS_H0=h0 is not None, VARLEN=cu_seqlens is not None,
                  SCAN_COMPLEX=scan_complex, GATES_COMPLEX=a_complex, INPUTS_COMPLEX=u_complex,
-                 OUTPUTS_COMPLEX=o_complex, BLOCK_R=block_r, BLOCK_L=block_l, PAIRED=PAIRED_COMPLEX,
-                 num_warps=NUM_WARPS)
+                 OUTPUTS_COMPLEX=o_complex, BLOCK_R=block_r, BLOCK_L=block_l, num_warps=NUM_WARPS)
     dummy = u
 
     def run(mode: int, block_s: int):

@@ -108,16 +108,14 @@ def test_split_with_state_equals_whole(backend, device, reverse, split):
 
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("kind", ["real", "complex", "complex_tokens"])
-@pytest.mark.parametrize("block_l,tile,paired", [(16, 16, True), (16, 64, False)])
-def test_triton_segments(monkeypatch, kind, reverse, block_l, tile, paired):
+@pytest.mark.parametrize("block_l,tile", [(16, 16), (16, 64)])
+def test_triton_segments(monkeypatch, kind, reverse, block_l, tile):
     """Few rows, long sequences: the two-pass segmented scan (small blocks force many segments), every
-    gradient, with rows tiles that leave channels masked (tile 64: 4 rows per tile, D = 3); complex values
-    accessed as pairs or as two strided parts."""
+    gradient, with rows tiles that leave channels masked (tile 64: 4 rows per tile, D = 3)."""
     device = backend_device("triton")
     from ssm_kernels.linear_scan import triton as scan_triton
     monkeypatch.setattr(scan_triton, "MAX_BLOCK_L", block_l)
     monkeypatch.setattr(scan_triton, "TILE", tile)
-    monkeypatch.setattr(scan_triton, "PAIRED_COMPLEX", paired)
     assert scan_triton.plan(1, 3, 261, device)[2] > 1
     inputs = make_inputs(1, 3, 261, device, complex_gates=kind == "complex")
     dtype = torch.float32
