@@ -8,8 +8,22 @@ import torch
 from .. import _dispatch
 from .._autograd import needs_grad
 from .._utils import REAL_DTYPES, ArgCheck
+from ._common import math_dtype
+
+MAX_TRITON_LENGTH = 4096  # the Triton kernel's FFT of 2L points keeps its tiles in registers
+
+
+def _triton_supports(device, dtype, features) -> Optional[str]:
+    if features.get("wide"):
+        return "the Triton kernel computes in fp32; an fp64 input makes the convolution fp64 (the torch backend runs it)"
+    if features.get("too_long"):
+        return (f"the Triton kernel takes L <= {MAX_TRITON_LENGTH} (one FFT of up to {2 * MAX_TRITON_LENGTH} points in "
+                "registers per sequence); longer sequences run on the torch backend")
+    return _dispatch.triton_supports(device, dtype, features)
+
 
 _dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.pytorch", "fftconv_torch")
+_dispatch.register("fftconv", "triton", "ssm_kernels.fftconv.triton", "fftconv_triton", supports=_triton_supports)
 
 
 def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, bidirectional: bool = False,
@@ -28,7 +42,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         D: (H,) skip connection, or None.
         bidirectional: add the anti-causal part k[1].
         pregate, postgate: (B, H, L) multiplicative gates, or None.
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" (torch.fft, any device) or "triton" (CUDA tensors, or the CPU through
+            TRITON_INTERPRET=1; L <= 4096, fp32 math: tensor-core DFTs fused with the gates and D).
     Math runs in fp32 (fp64 when any input is fp64); y and every gradient come back in the inputs' dtypes.
     Returns:
         y: (B, H, L) in u's dtype.
@@ -52,7 +67,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         return u.clone()  # nothing to convolve; keeps y connected to the graph like any other output
     # size: B * H * L, the numel of u
     fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
-                          grad=needs_grad(u, k, D, pregate, postgate))
+                          grad=needs_grad(u, k, D, pregate, postgate), too_long=length > MAX_TRITON_LENGTH,
+                          wide=math_dtype(u, k, D, pregate, postgate) == torch.float64)
     return fn(u, k, D, bool(bidirectional), pregate, postgate)
 
 

@@ -1,0 +1,132 @@
+"""Triton backend of fftconv: the FFT convolution as Monarch DFT-matrix products on tensor cores, fused with
+the gates and the skip, one program per (head, two batch rows), forward and backward one kernel each
+(_triton_fwd.py, _triton_bwd.py; the DFT steps in _triton_monarch.py).
+
+The transform has N = N1 N2 points, the power of two >= 2L (at least MIN_POINTS, at most MAX_POINTS: the
+per-program tiles live in registers), so any L up to MAX_POINTS / 2 works and no circular wrap-around reaches
+an output, causal or bidirectional. Per call, torch computes the kernel's spectrum once ((H, 2, N1, N2) fp32,
+divided by N); the (B, H, N) spectra of the inputs never exist in memory. Nothing but the inputs is saved for
+the backward, which recomputes the input spectra.
+
+Precision: bf16 inputs multiply bf16 operands on tensor cores (about 4e-3 relative error against the exact
+convolution, within bf16's tolerance of 1e-2); fp32 and fp16 inputs use three tf32 products per dot (tf32x3,
+about 1e-7), since one rounding to bf16 / fp16 per step would miss their tolerances (fp16 operands would also
+risk overflow in the spectrum). Accumulation, twiddles and the pointwise products are fp32.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from .._autograd import define_custom_op
+from .._utils import new_output
+from . import MAX_TRITON_LENGTH
+from ._triton_bwd import _fftconv_bwd_kernel
+from ._triton_fwd import _fftconv_fwd_kernel
+from ._triton_monarch import dft_tables, fft_shape, operand_mode
+
+MIN_POINTS = 512  # N1 / 2 and N2 >= 16 (tensor-core dot dimensions)
+MAX_POINTS = 2 * MAX_TRITON_LENGTH  # longer sequences run on the torch backend (dispatch says so)
+CHUNK = 32  # spectrum rows per step (read at each call, so a tuning run may set it)
+NUM_WARPS = 4
+
+
+def kernel_spectrum(k: Tensor, bidirectional: bool, n1: int, n2: int) -> Tensor:
+    """(H, 2, N1, N2) fp32: the DFT of the circular kernel (k0 at lags 0..Lk-1, k1 reversed at N-Lk..N-1) divided
+    by N, real and imaginary planes, frequency k1 + N1 k2 at [k1, k2]."""
+    points = n1 * n2
+    causal = k[0] if bidirectional else k
+    heads, taps = causal.shape
+    circular = torch.zeros(heads, points, dtype=torch.float32, device=k.device)
+    circular[:, :taps] = causal
+    if bidirectional:
+        circular[:, points - taps:] = k[1].flip(-1)  # N >= 2L >= 2 Lk: the two ends never overlap
+    spectrum = torch.fft.fft(circular) / points
+    spectrum = spectrum.view(heads, n2, n1).transpose(1, 2)
+    return torch.stack([spectrum.real, spectrum.imag], dim=1).contiguous()
+
+
+def _strides(t: Optional[Tensor], like: Tensor):
+    """(tensor, its three strides), or `like` and zeros for an absent one (a dummy pointer the kernel never reads)."""
+    return (like, 0, 0, 0) if t is None else (t, *t.stride())
+
+
+def _setup(u: Tensor, k: Tensor, bidirectional: bool):
+    batch, heads, length = u.shape
+    n1, n2 = fft_shape(length, MIN_POINTS)
+    n_pairs = triton.cdiv(batch, 2)
+    meta = dict(N1=n1, N2=n2, CHUNK=min(CHUNK, n1), OPERANDS=operand_mode(u.dtype, u.device), num_warps=NUM_WARPS)
+    return n_pairs, (n_pairs * heads,), kernel_spectrum(k, bidirectional, n1, n2), dft_tables(n1, n2, u.device), meta
+
+
+def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pregate: Optional[Tensor],
+             postgate: Optional[Tensor]) -> Tensor:
+    batch, heads, length = u.shape
+    n_pairs, grid, spectrum, tables, meta = _setup(u, k, bidirectional)
+    y = new_output(u.shape, u.dtype, u.device)
+    _fftconv_fwd_kernel[grid](
+        *_strides(u, u), *_strides(pregate, u), *_strides(postgate, u), *_strides(y, u),
+        D if D is not None else u, spectrum, *tables, batch, n_pairs, length,
+        HAS_SKIP=D is not None, HAS_PRE=pregate is not None, HAS_POST=postgate is not None, **meta)
+    return y
+
+
+def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool,
+              pregate: Optional[Tensor], postgate: Optional[Tensor]) -> List[Tensor]:
+    """[du, dk, dD, dpregate, dpostgate] in the inputs' shapes and dtypes (empty for an absent input)."""
+    batch, heads, length = u.shape
+    taps = k.shape[-1]
+    n_pairs, grid, spectrum, tables, meta = _setup(u, k, bidirectional)
+    du = new_output(u.shape, u.dtype, u.device)
+    dpre = new_output(u.shape, pregate.dtype, u.device) if pregate is not None else None
+    dpost = new_output(u.shape, postgate.dtype, u.device) if postgate is not None else None
+    dskip = new_output((n_pairs, heads), torch.float32, u.device) if D is not None else None
+    dk = new_output((n_pairs, 2 if bidirectional else 1, heads, taps), torch.float32, u.device)
+    _fftconv_bwd_kernel[grid](
+        *_strides(grad, u), *_strides(u, u), *_strides(pregate, u), *_strides(postgate, u),
+        *_strides(du, u), *_strides(dpre, u), *_strides(dpost, u),
+        dskip if dskip is not None else dk, dk, D if D is not None else u, spectrum, *tables,
+        batch, n_pairs, heads, length, taps,
+        HAS_SKIP=D is not None, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
+        BIDIRECTIONAL=bidirectional, **meta)
+    dk = dk.sum(0).reshape(k.shape).to(k.dtype)
+    return [du, dk, dskip.sum(0).to(D.dtype) if D is not None else _absent(u),
+            dpre if dpre is not None else _absent(u), dpost if dpost is not None else _absent(u)]
+
+
+def _absent(u: Tensor) -> Tensor:
+    """The backward op's placeholder for the gradient of an absent input (a new one each: outputs of a custom
+    op may not alias)."""
+    return u.new_empty(0)
+
+
+def _forward_fake(u, k, D, bidirectional, pregate, postgate):
+    return u.new_empty(u.shape)
+
+
+def _backward_fake(grad, u, k, D, bidirectional, pregate, postgate):
+    return [u.new_empty(u.shape), k.new_empty(k.shape), D.new_empty(D.shape) if D is not None else _absent(u),
+            pregate.new_empty(u.shape) if pregate is not None else _absent(u),
+            postgate.new_empty(u.shape) if postgate is not None else _absent(u)]
+
+
+def _save(ctx, inputs, output):
+    u, k, D, bidirectional, pregate, postgate = inputs
+    ctx.bidirectional = bidirectional
+    ctx.present = [t is not None for t in (u, k, D, pregate, postgate)]
+    ctx.save_for_backward(u, k, D, pregate, postgate)
+
+
+def _gradients(backward_op, ctx, grad):
+    u, k, D, pregate, postgate = ctx.saved_tensors
+    grads = backward_op(grad, u, k, D, ctx.bidirectional, pregate, postgate)
+    du, dk, dD, dpre, dpost = (g if present else None for g, present in zip(grads, ctx.present))
+    return du, dk, dD, None, dpre, dpost
+
+
+fftconv_triton = define_custom_op("fftconv_triton", _forward, _forward_fake, _backward, _backward_fake, _save,
+                                  _gradients)
+fftconv_triton.__doc__ = "Triton backend: (u, k, D, bidirectional, pregate, postgate) -> y (B, H, L)."
