@@ -47,9 +47,13 @@ def main():
     for backend in _dispatch.implemented_backends(op):
         if _dispatch.backend_problem(backend, device, op) is not None:
             continue
-        with _dispatch.use_backend({op: backend}):
-            fwd = time_ms(call, device, args.quick)
-            both = time_ms(forward_backward(Variant(call, leaves)), device, args.quick)
+        try:
+            with _dispatch.use_backend({op: backend}):
+                fwd = time_ms(call, device, args.quick)
+                both = time_ms(forward_backward(Variant(call, leaves)), device, args.quick)
+        except _dispatch.BackendUnavailableError as error:  # e.g. a length or dtype the backend does not take
+            print(f"  {op} {backend:7s} cannot run this layer: {error}")
+            continue
         print(f"  {op} {backend:7s} forward {fwd:9.3f} ms  forward+backward {both:9.3f} ms")
 
 

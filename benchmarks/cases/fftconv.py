@@ -1,7 +1,7 @@
 """fftconv: the H3/Hyena long convolution with skip and both gates, causal and bidirectional. On the GPU the
 cases of FlashFFTConv's comparisons (B 8, H 768, bf16 and fp32, L 4096 and 16384); the torch backend is plain
 torch.fft (rfft / irfft in fp32, autograd through them), the yardstick the Triton backend is measured against.
-Backends that do not take a case (the Triton kernel's L <= 4096) are left out of it."""
+Backends that do not take a case (the Triton kernel's L limits) are left out of it."""
 from __future__ import annotations
 
 import torch
@@ -24,7 +24,7 @@ def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch
         leaves = (u, k, D, pre, post)
         variants = {}
         for backend in _dispatch.implemented_backends("fftconv"):
-            too_long = backend == "triton" and length > MAX_TRITON_LENGTH
+            too_long = backend == "triton" and length > MAX_TRITON_LENGTH[dtype]
             if _dispatch.backend_problem(backend, device) is None and not too_long:
                 variants[backend] = Variant(lambda backend=backend: fftconv(u, k, D, bidirectional, pre, post,
                                                                             backend=backend), leaves)
@@ -45,6 +45,7 @@ def cases(quick: bool):
         return [_case(2, 64, 1024, False, torch.float32, True), _case(2, 64, 1024, True, torch.float32, False)]
     cpu, gpu = ("cpu",), ("cuda",)
     return [_case(4, 256, 4096, False, torch.float32, True, cpu), _case(4, 256, 4096, True, torch.float32, False, cpu),
-            _case(8, 768, 4096, False, torch.bfloat16, False, gpu), _case(8, 768, 4096, False, torch.float32, False, gpu),
+            _case(8, 768, 4096, False, torch.bfloat16, False, gpu), _case(8, 768, 2048, False, torch.float32, False, gpu),
+            _case(8, 768, 2048, False, torch.float16, False, gpu),
             _case(8, 768, 4096, True, torch.bfloat16, False, gpu), _case(8, 768, 1024, False, torch.bfloat16, False, gpu),
             _case(8, 768, 16384, False, torch.bfloat16, False, gpu)]

@@ -10,15 +10,18 @@ from .._autograd import needs_grad
 from .._utils import REAL_DTYPES, ArgCheck
 from ._common import math_dtype
 
-MAX_TRITON_LENGTH = 4096  # the Triton kernel's FFT of 2L points keeps its tiles in registers
+# The Triton kernel's FFT of 2L points keeps its tiles in registers and shared memory: bf16 inputs (bf16 dot
+# operands) up to 8192 points; fp32 / fp16 inputs (fp32 operands, tf32x3) up to 4096.
+MAX_TRITON_LENGTH = {torch.bfloat16: 4096, torch.float32: 2048, torch.float16: 2048}
 
 
 def _triton_supports(device, dtype, features) -> Optional[str]:
     if features.get("wide"):
         return "the Triton kernel computes in fp32; an fp64 input makes the convolution fp64 (the torch backend runs it)"
-    if features.get("too_long"):
-        return (f"the Triton kernel takes L <= {MAX_TRITON_LENGTH} (one FFT of up to {2 * MAX_TRITON_LENGTH} points in "
-                "registers per sequence); longer sequences run on the torch backend")
+    longest = MAX_TRITON_LENGTH.get(dtype)
+    if longest is not None and features.get("length", 0) > longest:
+        return (f"the Triton kernel takes L <= {longest} for {str(dtype).replace('torch.', '')} inputs (one FFT of "
+                f"{2 * longest} points per sequence on chip); longer sequences run on the torch backend")
     return _dispatch.triton_supports(device, dtype, features)
 
 
@@ -43,7 +46,8 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         bidirectional: add the anti-causal part k[1].
         pregate, postgate: (B, H, L) multiplicative gates, or None.
         backend: None (automatic), "torch" (torch.fft, any device) or "triton" (CUDA tensors, or the CPU through
-            TRITON_INTERPRET=1; L <= 4096, fp32 math: tensor-core DFTs fused with the gates and D).
+            TRITON_INTERPRET=1; L <= 4096 for bf16 inputs, <= 2048 for fp32 / fp16; tensor-core DFTs fused with
+            the gates and D).
     Math runs in fp32 (fp64 when any input is fp64); y and every gradient come back in the inputs' dtypes.
     Returns:
         y: (B, H, L) in u's dtype.
@@ -67,7 +71,7 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         return u.clone()  # nothing to convolve; keeps y connected to the graph like any other output
     # size: B * H * L, the numel of u
     fn = _dispatch.select("fftconv", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
-                          grad=needs_grad(u, k, D, pregate, postgate), too_long=length > MAX_TRITON_LENGTH,
+                          grad=needs_grad(u, k, D, pregate, postgate), length=length,
                           wide=math_dtype(u, k, D, pregate, postgate) == torch.float64)
     return fn(u, k, D, bool(bidirectional), pregate, postgate)
 

@@ -44,21 +44,25 @@ def test_matches_reference(backend, dtype, length, taps, bidirectional):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("batch,length,taps,bidirectional", [(3, 1000, 333, False), (1, 4095, 4095, False),
-                                                              (3, 2049, 1000, True)])
-def test_long_odd_lengths(backend, batch, length, taps, bidirectional):
-    """Lengths just past a power of two and up to the Triton kernel's longest, odd batch (a lone last row)."""
-    inputs = make_inputs(batch, 2, length, taps, torch.bfloat16, backend_device(backend), bidirectional=bidirectional)
-    check_parity(run(backend), fftconv_ref, inputs, torch.bfloat16, ["u", "k", "D", "pregate", "postgate"],
+@pytest.mark.parametrize("batch,length,taps,bidirectional,dtype", [
+    (3, 1000, 333, False, torch.bfloat16), (1, 4095, 4095, False, torch.bfloat16),
+    (3, 2049, 1000, True, torch.bfloat16), (1, 2047, 2047, False, torch.float32), (2, 2048, 9, True, torch.float16)])
+def test_long_odd_lengths(backend, batch, length, taps, bidirectional, dtype):
+    """Lengths just past a power of two and up to the Triton kernel's longest per dtype, odd batch (a lone
+    last row)."""
+    inputs = make_inputs(batch, 2, length, taps, dtype, backend_device(backend), bidirectional=bidirectional)
+    check_parity(run(backend), fftconv_ref, inputs, dtype, ["u", "k", "D", "pregate", "postgate"],
                  bidirectional=bidirectional)
 
 
-def test_triton_length_limit():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_length_limit(dtype):
     """The automatic choice runs longer sequences on torch; asking Triton for one says why it cannot."""
     from ssm_kernels.fftconv import MAX_TRITON_LENGTH
-    u, k = torch.randn(1, 2, MAX_TRITON_LENGTH + 1), torch.randn(2, 3)
-    with pytest.raises(RuntimeError, match=f"L <= {MAX_TRITON_LENGTH}"):
-        fftconv(u, k, backend="triton")
+    longest = MAX_TRITON_LENGTH[dtype]
+    u = torch.randn(1, 2, longest + 1, device=backend_device("triton")).to(dtype)
+    with pytest.raises(RuntimeError, match=f"L <= {longest}"):
+        fftconv(u, torch.randn(2, 3, device=u.device), backend="triton")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
