@@ -18,6 +18,9 @@ Two deliberate differences from transformers' torch path, both where that path i
     convolution does continue from the cache), so its output differs from running the whole sequence at once.
   * Mamba2: a decoding step clamps dt to config.time_step_limit, as the full-sequence forward does;
     transformers' step ignores the limit (only matters when time_step_limit is not (0, inf)).
+Releases: transformers 5.x, both cache APIs (the per-layer getters of recent releases and cache.layers[i]
+before them) and both Mamba2 gated norms (grouped, and the earlier one over the whole intermediate size, which
+the patched forward then computes too: it follows the model's own norm module).
 Where a call cannot be handled (an unexpected transformers version, cache type, activation or argument), the
 original forward runs for that call and the reason is logged once (logger "ssm_universal").
 
@@ -51,8 +54,11 @@ _TARGETS = {
 }
 # children whose weights the forward reads directly: their accelerate hooks must fire first (offloading)
 _HOOKED_CHILDREN = {"mamba": ("conv1d", "dt_proj"), "falcon_mamba": ("conv1d", "dt_proj"), "mamba2": ("conv1d",)}
+# The cache API: transformers >= 5.2x has getters; earlier 5.x caches are read through their layers
+# (cache.layers[i].conv_states[0] once cache.has_previous_state(i), as their mixers do).
 _CACHE_METHODS = ("get_conv_state", "get_recurrent_state", "update_conv_state", "update_recurrent_state",
                   "is_recording_past")
+_LAYERED_CACHE_METHODS = ("has_previous_state", "update_conv_state", "update_recurrent_state")
 _MIXER_ATTRS = {
     "mamba": ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", "layer_idx", "activation",
               "conv_kernel_size", "time_step_rank", "ssm_state_size", "intermediate_size"),
@@ -216,7 +222,8 @@ def _unsupported(kind, mixer, hidden_states, cache, attention_mask, extra) -> Op
         return f"unsupported arguments {unknown}"
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
         return "hidden_states is not a (batch, length, hidden) tensor"
-    if cache is not None and not all(callable(getattr(cache, m, None)) for m in _CACHE_METHODS):
+    if cache is not None and not (_has_methods(cache, _CACHE_METHODS) or
+                                  (_has_methods(cache, _LAYERED_CACHE_METHODS) and hasattr(cache, "layers"))):
         return f"cache of type {type(cache).__name__} lacks {list(_CACHE_METHODS)} (unknown transformers version)"
     if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
         return "attention_mask is not a 2D padding mask"
@@ -228,12 +235,16 @@ def _unsupported(kind, mixer, hidden_states, cache, attention_mask, extra) -> Op
         if mixer.num_heads * mixer.head_dim != mixer.intermediate_size:
             return "num_heads * head_dim != intermediate_size"
         norm = mixer.norm
-        if not (hasattr(norm, "weight") and hasattr(norm, "variance_epsilon") and hasattr(norm, "group_size")):
-            return "the gated norm lacks weight / variance_epsilon / group_size (unknown transformers version)"
+        if not (hasattr(norm, "weight") and hasattr(norm, "variance_epsilon")):
+            return "the gated norm lacks weight / variance_epsilon (unknown transformers version)"
         low, high = (float(v) for v in mixer.time_step_limit)
         if not (math.isfinite(low) and low <= high):
             return f"time_step_limit {tuple(mixer.time_step_limit)}"
     return None
+
+
+def _has_methods(obj, names) -> bool:
+    return all(callable(getattr(obj, name, None)) for name in names)
 
 
 def _fire_pre_hooks(mixer, names):
@@ -294,10 +305,19 @@ def _states(mixer, cache, hidden_states):
     """(conv_state, recurrent_state, conv decoding step?, scan decoding step?) as the original forward decides."""
     if cache is None:
         return None, None, False, False
-    conv_state = cache.get_conv_state(mixer.layer_idx, state_idx=0)
-    recurrent_state = cache.get_recurrent_state(mixer.layer_idx, state_idx=0)
+    layer_idx = mixer.layer_idx
+    if _has_methods(cache, _CACHE_METHODS):
+        conv_state = cache.get_conv_state(layer_idx, state_idx=0)
+        recurrent_state = cache.get_recurrent_state(layer_idx, state_idx=0)
+        recording = cache.is_recording_past(layer_idx)
+    else:  # earlier 5.x: the layer's state dicts hold tensors once the layer has seen a prefill
+        previous = cache.has_previous_state(layer_idx)
+        layer = cache.layers[layer_idx] if previous else None
+        conv_state = layer.conv_states[0] if previous else None
+        recurrent_state = layer.recurrent_states[0] if previous else None
+        recording = bool(getattr(layer, "record_past", False))
     single = hidden_states.shape[1] == 1 and not _grad_needed(mixer, hidden_states)
-    conv_step = single and conv_state is not None and not cache.is_recording_past(mixer.layer_idx)
+    conv_step = single and conv_state is not None and not recording
     scan_step = single and recurrent_state is not None
     return conv_state, recurrent_state, conv_step, scan_step
 
@@ -370,7 +390,10 @@ def _mamba2_forward(mixer, hidden_states, cache, attention_mask, falcon=False):
         y = y.reshape(batch, seq_len, H * P)
 
     norm = mixer.norm
-    y = gated_rmsnorm(y, norm.weight, gate, eps=norm.variance_epsilon, group_size=norm.group_size,
+    # transformers' norm before group_size existed normalises over the whole intermediate size (for n_groups > 1
+    # unlike mamba_ssm); the patched forward computes what the model's own norm module computes
+    group_size = getattr(norm, "group_size", mixer.intermediate_size)
+    y = gated_rmsnorm(y, norm.weight, gate, eps=norm.variance_epsilon, group_size=group_size,
                       norm_before_gate=False)
     return mixer.out_proj(y.to(dtype))
 

@@ -16,6 +16,8 @@ transformers = pytest.importorskip("transformers")
 
 from ssm_universal.integrations import transformers as hf_patch  # noqa: E402
 
+from .hf_versions import cache_kwargs, mamba2_groups  # noqa: E402
+
 TOL = 1e-5
 KINDS = ("mamba", "mamba2", "falcon_mamba")
 SEQUENCE_OPS = {"mamba": ("causal_conv1d", "selective_scan"), "falcon_mamba": ("causal_conv1d", "selective_scan"),
@@ -46,7 +48,8 @@ def make_model(kind, seed=0):
         config = transformers.FalconMambaConfig(mixer_rms_eps=1e-6, **common)
         cls = transformers.FalconMambaForCausalLM
     else:
-        config = transformers.Mamba2Config(num_heads=8, head_dim=16, n_groups=2, chunk_size=8, expand=2, **common)
+        config = transformers.Mamba2Config(num_heads=8, head_dim=16, n_groups=mamba2_groups(2), chunk_size=8,
+                                            expand=2, **common)
         cls = transformers.Mamba2ForCausalLM
     torch.manual_seed(seed)
     model = cls(config).float()
@@ -145,17 +148,21 @@ def test_padded_generate_matches(kind):
     assert torch.equal(model.generate(prompt, **kwargs), expected)
 
 
+@pytest.mark.parametrize("cache_api", ["getters", "layers"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_cache_continuation_equals_full_forward(kind):
+def test_cache_continuation_equals_full_forward(kind, cache_api, monkeypatch):
     """A forward continuing a cache by several tokens (chunked prefill) equals the one-shot forward. (transformers'
-    own Mamba / FalconMamba path restarts the scan there; the patched one continues it, see the module doc.)"""
+    own Mamba / FalconMamba path restarts the scan there; the patched one continues it, see the module doc.)
+    cache_api "layers": the states are read the way releases before the cache getters need (cache.layers[i])."""
+    if cache_api == "layers":
+        monkeypatch.setattr(hf_patch, "_CACHE_METHODS", ("a_getter_this_release_lacks",))
     model, ids = make_model(kind), _ids(length=13)
     hf_patch.patch(model)
     with torch.no_grad():
         full = model(ids).logits
         first = model(ids[:, :7], use_cache=True)
-        second = model(ids[:, 7:], cache=first.cache, use_cache=True)
-        third = model(ids[:, :1], cache=second.cache, use_cache=True)  # then one decoding step
+        second = model(ids[:, 7:], **cache_kwargs(first), use_cache=True)
+        third = model(ids[:, :1], **cache_kwargs(second), use_cache=True)  # then one decoding step
         reference = model(torch.cat([ids, ids[:, :1]], dim=1)).logits[:, -1]
     assert_close(torch.cat([first.logits, second.logits], dim=1), full, torch.float32, "chunked logits", tol=TOL)
     assert_close(third.logits[:, -1], reference, torch.float32, "step after chunks", tol=TOL)
@@ -243,10 +250,10 @@ def test_decoding_step_with_grad_is_differentiable(kind):
     hf_patch.patch(model)
     with torch.no_grad():
         prefix = model(ids[:, :8], use_cache=True)
-        expected = model(ids[:, 8:], cache=prefix.cache, use_cache=True).logits
+        expected = model(ids[:, 8:], **cache_kwargs(prefix), use_cache=True).logits
         prefix = model(ids[:, :8], use_cache=True)
     with ssm_kernels.record_backends() as record:
-        actual = model(ids[:, 8:], cache=prefix.cache, use_cache=True).logits
+        actual = model(ids[:, 8:], **cache_kwargs(prefix), use_cache=True).logits
     assert not any(_counts(record).get(op, 0) for op in STEP_OPS)
     assert_close(actual, expected, torch.float32, "step logits with grad", tol=TOL)
     actual.sum().backward()
