@@ -8,7 +8,9 @@ import torch
 from .. import _dispatch
 from .._autograd import needs_grad
 from .._utils import ArgCheck
+from .._context_parallel import reject
 from ._common import check_conv_inputs, final_states
+from .context_parallel import causal_conv1d_context_parallel
 
 ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 CUDA_MAX_WIDTH = 8
@@ -36,7 +38,7 @@ _dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "c
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                   activation: Optional[str] = None, seq_idx: Optional[torch.Tensor] = None,
                   initial_states: Optional[torch.Tensor] = None, return_final_states: bool = False,
-                  backend: Optional[str] = None):
+                  backend: Optional[str] = None, cp_group=None):
     """Depthwise causal convolution over the last axis, optionally followed by SiLU.
 
     y[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - W + 1 + k]), with x at negative positions
@@ -50,6 +52,10 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         seq_idx: (B, L) int32/int64 sequence index of every token of packed sequences, or None.
         initial_states: (B, D, W-1), x's dtype: the inputs preceding x (they continue the first sequence).
         return_final_states: also return the (B, D, W-1) state that continues the last sequence.
+        cp_group: a torch.distributed process group over which the sequence is split, or None: each rank passes
+            its contiguous shard of x (ranks in order, each >= W-1 positions), the same weight, bias and
+            initial_states, and gets its shard of y and the whole sequence's final states (the W-1 inputs
+            before each shard are all-gathered; not with seq_idx).
         backend: None (automatic), "torch", "triton" or "cuda".
     Returns:
         y: (B, D, L) in x's dtype, or (y, final_states) with return_final_states.
@@ -64,6 +70,11 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     width = check_conv_inputs(check, x, weight, bias, seq_idx, initial_states)
     check.choice("activation", activation, ACTIVATIONS)
     activation = "silu" if activation in ("silu", "swish") else None
+    if cp_group is not None:
+        reject("causal_conv1d", seq_idx=seq_idx)
+        y, final = causal_conv1d_context_parallel(causal_conv1d, x, weight, bias, activation, initial_states, cp_group,
+                                                  backend)
+        return (y, final) if return_final_states else y
 
     if x.shape[-1] == 0:
         y = x.clone()  # nothing to convolve; keeps y connected to the graph like any other output

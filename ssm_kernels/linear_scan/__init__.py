@@ -8,7 +8,9 @@ import torch
 from .. import _dispatch
 from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._context_parallel import reject
 from ._common import final_state, result_dtypes
+from .context_parallel import linear_scan_context_parallel
 
 SCAN_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
 
@@ -33,7 +35,7 @@ _GATE_SHAPES = {3: ("B", "D", "L"), 2: ("D", "L"), 1: ("D",)}
 
 def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
                 reverse: bool = False, return_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None,
-                backend: Optional[str] = None):
+                backend: Optional[str] = None, cp_group=None):
     """First-order linear recurrence along the last axis.
 
     x_t = a_t * x_{t-1} + b_t with x_{-1} = initial_state (zeros without it); with reverse the scan runs
@@ -51,6 +53,10 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
         cu_seqlens: (S + 1,) int32 / int64 cumulative lengths of S sequences packed along L (B == 1; from 0
             to L, non-decreasing: empty sequences pass their initial state through), or None. Each sequence
             is its own scan from its own initial state.
+        cp_group: a torch.distributed process group over which the sequence is split, or None. Each rank passes
+            its contiguous shard (ranks in order; lengths may differ, each >= 1), the same initial_state and
+            gets its shard of x and the whole sequence's final state (ssm_kernels._context_parallel: two scans
+            of the shard and one O(B D) all_gather; not with cu_seqlens).
         backend: None (automatic), "torch" (chunked pure PyTorch, any device), "cpp" (csrc/cpu's C++ loop,
             CPU tensors; the automatic choice for them where it builds) or "triton" (CUDA tensors, fp32 /
             complex64 math; the CPU through TRITON_INTERPRET=1) or "cuda" (csrc/linear_scan, built on first use).
@@ -81,6 +87,11 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial_state: Option
     check.tensor("initial_state", initial_state, ("B" if cu_seqlens is None else "S", "D"), dtypes=SCAN_DTYPES,
                  optional=True)
 
+    if cp_group is not None:
+        reject("linear_scan", cu_seqlens=cu_seqlens)
+        x, final = linear_scan_context_parallel(linear_scan, gates, tokens, initial_state, bool(reverse), cp_group,
+                                                backend)
+        return (x, final) if return_final_state else x
     if tokens.shape[-1] == 0:
         x = tokens.to(result_dtypes(gates, tokens, initial_state)[1]).clone()
     else:

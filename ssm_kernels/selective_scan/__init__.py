@@ -8,7 +8,9 @@ import torch
 from .. import _dispatch
 from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._context_parallel import reject
 from ._common import check_bc
+from .context_parallel import selective_scan_context_parallel
 
 
 def _triton_supports(device, dtype, features) -> Optional[str]:
@@ -38,7 +40,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
                    initial_state: Optional[torch.Tensor] = None, return_final_state: bool = False,
-                   cu_seqlens: Optional[torch.Tensor] = None, backend: Optional[str] = None):
+                   cu_seqlens: Optional[torch.Tensor] = None, backend: Optional[str] = None, cp_group=None):
     """Mamba-1 selective scan.
 
     With Δ = softplus(delta + delta_bias) (softplus only when delta_softplus; delta_bias optional):
@@ -61,6 +63,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
             complex64, fp64 / complex128 for fp64 inputs).
         cu_seqlens: (S + 1,) int32 / int64 cumulative sequence lengths of packed sequences, only with B == 1:
             starts at 0, non-decreasing, ends at L. The state restarts at every sequence start.
+        cp_group: a torch.distributed process group over which the sequence is split, or None: each rank passes
+            its contiguous shard of u, delta, z and variable B / C (ranks in order, lengths >= 1 may differ), the
+            same parameters and initial_state, and gets its shard of y and the whole sequence's final state
+            (ssm_kernels._context_parallel: two scans of the shard, one O(B D N) all_gather; not with
+            cu_seqlens).
         backend: None (automatic), "torch", "triton" or "cuda".
     Returns:
         y (B, D, L) in u's dtype, or (y, final_state) with return_final_state.
@@ -90,6 +97,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
     check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
 
+    if cp_group is not None:
+        reject("selective_scan", cu_seqlens=cu_seqlens)
+        y, final_state = selective_scan_context_parallel(selective_scan, u, delta, A, B, C, D, z, delta_bias,
+                                                         delta_softplus, initial_state, cp_group, backend)
+        return (y, final_state) if return_final_state else y
     # size: B * D * L, the numel of u
     fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
                           grad=needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),

@@ -8,7 +8,9 @@ import torch
 
 from .. import _dispatch
 from .._autograd import needs_grad
+from .._context_parallel import reject
 from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
+from .context_parallel import ssd_chunk_scan_context_parallel
 
 _dispatch.register("ssd_chunk_scan", "torch", "ssm_kernels.ssd_chunk_scan.pytorch", "ssd_chunk_scan_torch")
 _dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.triton", "ssd_chunk_scan_triton",
@@ -56,7 +58,7 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
                    dt_limit: Tuple[float, float] = DEFAULT_DT_LIMIT, initial_states: Optional[torch.Tensor] = None,
                    seq_idx: Optional[torch.Tensor] = None, cu_seqlens: Optional[torch.Tensor] = None,
                    return_final_states: bool = False, return_varlen_states: bool = False,
-                   backend: Optional[str] = None):
+                   backend: Optional[str] = None, cp_group=None):
     """Mamba-2 SSD scan. Per head h, with dt' = clamp(softplus(dt + dt_bias) if dt_softplus else dt + dt_bias,
     *dt_limit) (the clamp always applies, as in mamba_ssm):
 
@@ -83,6 +85,11 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
         return_final_states: also return the (B, H, P, N) state after step L - 1.
         return_varlen_states: also return the (S, H, P, N) states after the last step of every sequence of
             cu_seqlens (which it requires).
+        cp_group: a torch.distributed process group over which the sequence is split, or None: each rank passes
+            its contiguous shard of x, dt, B, C, z (ranks in order, lengths >= 1 may differ), the same
+            parameters and initial_states, and gets its shard of out and the whole sequence's final states
+            (ssm_kernels._context_parallel: two scans of the shard, one O(B H P N) all_gather; not with seq_idx
+            or cu_seqlens).
         backend: None (automatic), "torch" or "triton".
     Returns:
         out (B, L, H, P) in x's dtype; with return_final_states and/or return_varlen_states the tuple
@@ -120,6 +127,12 @@ def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.
     if return_varlen_states and cu_seqlens is None:
         check.fail("return_varlen_states=True needs cu_seqlens")
 
+    if cp_group is not None:
+        reject("ssd_chunk_scan", seq_idx=seq_idx, cu_seqlens=cu_seqlens)
+        out, final_states = ssd_chunk_scan_context_parallel(ssd_chunk_scan, x, dt, A, B, C, chunk_size, D, z, dt_bias,
+                                                            bool(dt_softplus), dt_limit, initial_states, cp_group,
+                                                            backend)
+        return (out, final_states) if return_final_states else out
     # size: B * L * H * P, the numel of x
     fn = _dispatch.select("ssd_chunk_scan", x.device, backend=backend, dtype=x.dtype, size=x.numel(),
                           grad=needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states),
