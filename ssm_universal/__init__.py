@@ -13,7 +13,8 @@ _LAYERS = ("DSS", "EfficientDsConv", "GSS", "GSSDSS", "GatedDsConv", "GatedMHESA
 _MODELS = ("ARCHITECTURES", "GatedDsConvLM", "GatedExponentialSmoothingLM", "GatedStateSpacesLM", "HSSS", "HiSS",
            "HiSSState", "HighLevelMamba", "LowLevelMamba", "ResidualBlock", "SimpleHSSSMamba", "SSMLanguageModel",
            "SSMModel", "create_model", "load_safetensors", "load_state_dict", "save_safetensors", "save_state_dict")
-_HOME = {**{name: "ssm_universal.layers" for name in _LAYERS}, **{name: "ssm_universal.models" for name in _MODELS}}
+_HOME = {**{name: "ssm_universal.layers" for name in _LAYERS}, **{name: "ssm_universal.models" for name in _MODELS},
+         "set_context_parallel": "ssm_universal.context_parallel"}
 
 __all__ = sorted(_HOME)
 

@@ -15,6 +15,8 @@ class KernelConvLayer(nn.Module):
     """Subclasses set H, l_max, transposed, bidirectional, D, activation, dropout, output_linear and define
     kernel(length) -> (H, length), or (2, H, length) when bidirectional."""
 
+    context_parallel = False  # FFT convolutions: no cp_group form (ssm_universal.context_parallel)
+
     def _register_ssm(self, name: str, tensor: torch.Tensor, lr: Optional[float]):
         """An SSM parameter with state-spaces' optimizer hints (`_optim`: no weight decay, its own lr);
         lr == 0 makes it a fixed buffer."""

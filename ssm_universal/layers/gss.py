@@ -56,6 +56,8 @@ class GatedBlock(nn.Module):
     dtype) and step(v_t (B, dim_inner), state).
     """
 
+    context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
+
     def build(self, op: str, dim: int, dim_inner: int, dim_expansion_factor, reverse_seq: bool,
               inner_name: str, inner: nn.Module, residual: bool = True) -> None:
         check_factor(op, dim_expansion_factor)
@@ -122,6 +124,8 @@ class GSSDSS(nn.Module):
     C_real (dim, N), C_imag (dim, N), param_D (dim,). Recurrent state: (B, dim, N) complex64,
     h_t = exp(Lambda) h_{t-1} + u_t, y_t = Re sum_n C' h_t + D u_t.
     """
+
+    context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
 
     def __init__(self, dim: int, kernel_N: int = 512, dss_kernel_lambda_imag_exp: bool = True):
         super().__init__()
@@ -223,6 +227,8 @@ class EfficientDsConv(nn.Module):
     fixed-size recurrence: the state is the history of u and k (grows by one row per step, like a KV cache),
     and a step costs O(t).
     """
+
+    context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
 
     def __init__(self, dim: int, heads: int):
         super().__init__()

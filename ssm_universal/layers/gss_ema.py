@@ -32,6 +32,8 @@ class MHESA(nn.Module):
     dampen_factors (heads,), param_D (dim,). Recurrent state: s (B, dim) float32.
     """
 
+    context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, dim: int, heads: int, reverse_seq: bool = False):
         super().__init__()
         check = ArgCheck("MHESA")

@@ -67,6 +67,8 @@ class H3(nn.Module):
     when head_dim > 1.
     """
 
+    context_parallel = False  # FFT convolutions: no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, d_model: int, d_state: int = 64, l_max: Optional[int] = None, head_dim: int = 1,
                  use_fast_fftconv: bool = False, dropout: float = 0.0, layer_idx: Optional[int] = None):
         super().__init__()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 
+from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 
@@ -32,14 +33,19 @@ class Mamba(InferenceCacheMixin, nn.Module):
     mixer_rms_eps: FalconMamba's variant when set: dt, B and C are each RMS-normalised without weights (in fp32,
     this eps inside the root) right after x_proj, as transformers' FalconMambaMixer does. None: Mamba.
     `use_fast_path` is accepted for compatibility and ignored: ssm_kernels chooses the kernels.
+    cp_group: a torch.distributed group over which the sequence is split (ssm_universal.context_parallel): the
+    forward then takes this rank's shard of the sequence; no state / inference_params with it.
     Recurrent state: (conv_state (B, d_inner, d_conv), ssm_state (B, d_inner, d_state) fp32).
     """
 
+    context_parallel = True  # ssm_universal.context_parallel
+
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
                  dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
-                 use_fast_path=True, layer_idx=None, mixer_rms_eps=None, device=None, dtype=None):
+                 use_fast_path=True, layer_idx=None, mixer_rms_eps=None, cp_group=None, device=None, dtype=None):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        self.cp_group = cp_group
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -85,6 +91,7 @@ class Mamba(InferenceCacheMixin, nn.Module):
             continues from the cached ones (one token at a time like mamba_ssm, or several).
         """
         batch, seqlen, _ = hidden_states.shape
+        check_no_state("Mamba", self.cp_group, inference_params=inference_params, state=state)
         if inference_params is not None:
             state = self._get_states_from_cache(inference_params, batch)
             if inference_params.seqlen_offset == 0:
@@ -102,7 +109,8 @@ class Mamba(InferenceCacheMixin, nn.Module):
             conv_init = conv_state[..., conv_state.shape[-1] - (self.d_conv - 1):].to(x.dtype)
             with torch.no_grad():
                 new_conv = torch.cat([conv_state.to(x.dtype), x], dim=-1)[..., -conv_state.shape[-1]:]
-        x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init)
+        x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init,
+                          cp_group=self.cp_group)
 
         dt, B, C = self._dt_b_c(x.transpose(1, 2))  # (B, L, dt_rank), (B, L, d_state) x 2
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
@@ -111,7 +119,7 @@ class Mamba(InferenceCacheMixin, nn.Module):
         A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
         y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                            delta_softplus=True, return_final_state=state is not None,
-                           initial_state=None if state is None else ssm_state.float())
+                           initial_state=None if state is None else ssm_state.float(), cp_group=self.cp_group)
         if state is not None:
             y, last_state = y
             conv_state.copy_(new_conv)

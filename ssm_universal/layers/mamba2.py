@@ -23,6 +23,7 @@ from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, sel
                          ssd_chunk_scan)
 from ssm_kernels.validation import ArgCheck
 
+from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 
@@ -101,13 +102,16 @@ class Mamba2(InferenceCacheMixin, nn.Module):
     conv_dim = d_ssm + 2 ngroups d_state; ssm_state (B, nheads, headdim, d_state) fp32).
     """
 
+    context_parallel = True  # ssm_universal.context_parallel
+
     def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None,
                  ngroups=1, A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False,
                  dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False,
                  conv_bias=True, chunk_size=256, use_mem_eff_path=True, layer_idx=None, process_group=None,
-                 sequence_parallel=True, device=None, dtype=None):
+                 sequence_parallel=True, cp_group=None, device=None, dtype=None):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
+        self.cp_group = cp_group
         if process_group is not None:
             raise ValueError("Mamba2: process_group (tensor parallelism) is not supported; pass None")
         check = ArgCheck("Mamba2")
@@ -234,6 +238,8 @@ class Mamba2(InferenceCacheMixin, nn.Module):
             key_value_memory_dict; seqlen_offset == 0 starts from zero states (prefill), > 0 continues from
             the cached ones (one token at a time like mamba_ssm, or several).
         """
+        check_no_state("Mamba2", self.cp_group, seq_idx=seq_idx, cu_seqlens=cu_seqlens,
+                       inference_params=inference_params, state=state)
         seqlen_og = seqlen
         if seqlen is None:
             if u.dim() != 3:
@@ -281,7 +287,7 @@ class Mamba2(InferenceCacheMixin, nn.Module):
             with torch.no_grad():
                 new_conv = self._varlen_conv_states(xBC, cu_seqlens, seq_idx)
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
-                            seq_idx=seq_idx, initial_states=conv_init).transpose(1, 2)
+                            seq_idx=seq_idx, initial_states=conv_init, cp_group=self.cp_group).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         heads = (batch, seqlen, self.nheads, self.headdim)
         groups = (batch, seqlen, self.ngroups, self.d_state)
@@ -291,7 +297,7 @@ class Mamba2(InferenceCacheMixin, nn.Module):
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, seq_idx=seq_idx,
             initial_states=None if state is None or varlen_cache else ssm_state.float(),
             cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
-            return_varlen_states=varlen_cache)
+            return_varlen_states=varlen_cache, cp_group=self.cp_group)
         if state is not None:
             y, last_state = y
             state[0].copy_(new_conv)

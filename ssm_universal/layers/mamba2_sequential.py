@@ -85,6 +85,8 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
     (B, nheads, headdim, d_state) fp32).
     """
 
+    context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, ngroups=1,
                  A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False, dt_min=0.001,
                  dt_max=0.1, dt_init_floor=1e-4, dt_limit=(0.0, float("inf")), bias=False, conv_bias=True,

@@ -96,11 +96,14 @@ class S5(nn.Module):
     the output dtype is the one nn.Linear would give (the autocast dtype under autocast).
     """
 
+    context_parallel = True  # ssm_universal.context_parallel
+
     def __init__(self, d_model: int, d_state: int = 64, blocks: int = 1, discretization: str = "zoh",
                  dt_min: float = 0.001, dt_max: float = 0.1, conj_sym: bool = True, clip_eigs: bool = False,
                  bidirectional: bool = False, C_init: str = "lecun_normal", activation: str = "gelu",
-                 device=None, dtype=None):
+                 cp_group=None, device=None, dtype=None):
         super().__init__()
+        self.cp_group = cp_group  # the sequence split across this group's ranks (ssm_universal.context_parallel)
         for name, value in (("d_model", d_model), ("d_state", d_state), ("blocks", blocks)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"S5: {name} must be a positive int, got {value!r}")
@@ -250,10 +253,12 @@ class S5(nn.Module):
             gates = lambda_bar.expand(batch, self.n_modes, length)
         tokens = b_coef * self._project_in(x).transpose(1, 2)  # (B, N, L)
         if self.bidirectional:
-            xs = torch.cat([linear_scan(gates, tokens), linear_scan(gates, tokens, reverse=True)], dim=1)
+            xs = torch.cat([linear_scan(gates, tokens, cp_group=self.cp_group),
+                            linear_scan(gates, tokens, reverse=True, cp_group=self.cp_group)], dim=1)
             final = None
         else:
-            xs, final = linear_scan(gates, tokens, initial_state=initial_state, return_final_state=True)
+            xs, final = linear_scan(gates, tokens, initial_state=initial_state, return_final_state=True,
+                                    cp_group=self.cp_group)
         y = self._project_out(xs.transpose(1, 2), x)
         return (y, final) if return_final_state else y
 

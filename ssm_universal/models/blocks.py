@@ -22,14 +22,17 @@ NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
 class ConvGate(nn.Module):
     """sigmoid(depthwise causal conv of width kernel_size): x (B, L, D) -> gate (B, L, D)."""
 
+    context_parallel = True  # ssm_universal.context_parallel
+
     def __init__(self, d_model: int, kernel_size: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_model, kernel_size))
         self.bias = nn.Parameter(torch.zeros(d_model))
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.cp_group = None  # set by ssm_universal.set_context_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = causal_conv1d(x.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype))
+        y = causal_conv1d(x.transpose(1, 2), self.weight.to(x.dtype), self.bias.to(x.dtype), cp_group=self.cp_group)
         return torch.sigmoid(y).transpose(1, 2)
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ssm_kernels.validation import ArgCheck
 
+from ..context_parallel import set_context_parallel
 from .blocks import NORMS, ResidualBlock, SSMModel
 
 
@@ -119,12 +120,15 @@ def _create_hiss(config: dict) -> nn.Module:
 
 def create_model(architecture: str, block_type: Optional[str] = None, d_model: int = 256, d_state: int = 16,
                  n_layer: int = 4, d_conv: int = 4, expand_factor: int = 2,
-                 conv_kernel_size: Optional[int] = None, dropout: float = 0.0, **kwargs) -> nn.Module:
+                 conv_kernel_size: Optional[int] = None, dropout: float = 0.0, cp_group=None,
+                 **kwargs) -> nn.Module:
     """A stack of n_layer residual blocks of `architecture`: (B, L, d_model) -> (B, L, d_model).
 
     architecture: one of ARCHITECTURES ("s4", "s4d", "s5", "dss", "mamba", "mamba2", "h3", "gated_mlp",
         "gss", "hiss"); block_type: "sequential" or "parallel" for "mamba2" (default "parallel": mamba_ssm's
         Mamba2), None otherwise. See the module docstring for the other arguments.
+    cp_group: a torch.distributed group over which the sequence is split (ssm_universal.context_parallel;
+        mamba, mamba2 and s5), or None.
     Returns an SSMModel (forward, default_state, step). "hiss" returns a HiSS model (models/hiss.py):
     (B, L, d_model) -> (B, ceil(L / chunk_size), d_model), one prediction per chunk, whose low and high
     levels are each a create_model stack of n_layer blocks; its kwargs: chunk_size (default 16),
@@ -145,7 +149,8 @@ def create_model(architecture: str, block_type: Optional[str] = None, d_model: i
                   n_layer=n_layer, d_conv=d_conv, expand_factor=expand_factor,
                   conv_kernel_size=conv_kernel_size, dropout=dropout, **kwargs)
     if architecture == "hiss":
-        return _create_hiss(config)
+        model = _create_hiss(config)
+        return set_context_parallel(model, cp_group) if cp_group is not None else model  # raises: not supported
 
     build, block_types, default_block = ARCHITECTURES[architecture]
     block_type = default_block if block_type is None else block_type
@@ -157,4 +162,5 @@ def create_model(architecture: str, block_type: Optional[str] = None, d_model: i
     blocks = [ResidualBlock(d_model, build(d_model, d_state, d_conv, expand_factor, i, block_type, kwargs),
                             norm=norm, dropout=dropout, conv_kernel_size=conv_kernel_size, norm_eps=norm_eps)
               for i in range(n_layer)]
-    return SSMModel(d_model, blocks, norm=norm, norm_eps=norm_eps, config=config)
+    model = SSMModel(d_model, blocks, norm=norm, norm_eps=norm_eps, config=config)
+    return set_context_parallel(model, cp_group) if cp_group is not None else model

@@ -105,6 +105,8 @@ class HiSS(nn.Module):
     high_norm, dropout, out_proj Linear(d_high, d_out).
     """
 
+    context_parallel = False  # chunks the sequence: no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, d_in: int, d_out: int, chunk_size: int, low_level: LevelSpec = "mamba",
                  high_level: LevelSpec = "mamba", d_low: Optional[int] = None, d_high: Optional[int] = None,
                  low_level_kwargs: Optional[dict] = None, high_level_kwargs: Optional[dict] = None,

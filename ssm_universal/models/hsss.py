@@ -92,6 +92,8 @@ class LowLevelMamba(nn.Module):
     Recurrent state: a list with each block's Mamba (conv_state, ssm_state), updated in place by `step`.
     """
 
+    context_parallel = False  # chunks the sequence: no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, dim: int = 4, depth: int = 3, dt_rank=2, d_state: int = 2, expand_factor: int = 2,
                  d_conv: int = 3, dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random",
                  dt_scale: float = 1.0, bias: bool = False, conv_bias: bool = True, pscan: bool = True):
@@ -159,6 +161,8 @@ class SimpleHSSSMamba(nn.Module):
     (B, L, dim). The arguments ending in _in configure the low level, the others the high level (see
     LowLevelMamba); dropout is the FeedForward's."""
 
+    context_parallel = False  # chunks the sequence: no cp_group form (ssm_universal.context_parallel)
+
     def __init__(self, dim_in: int = 8, depth_in: int = 6, dt_rank_in=4, d_state_in: int = 4,
                  expand_factor_in: int = 4, d_conv_in: int = 6, dt_min_in: float = 0.001, dt_max_in: float = 0.1,
                  dt_init_in: str = "random", dt_scale_in: float = 1.0, bias_in: bool = False,
@@ -211,6 +215,8 @@ class HSSS(nn.Module):
             (or 2), the features (the high level reads (B, L, n d) fused to dim; its output is split into n
             feature groups (B, L, dim / n), so n must divide dim).
     """
+
+    context_parallel = False  # chunks the sequence: no cp_group form (ssm_universal.context_parallel)
 
     def __init__(self, layers: Sequence[nn.Module], dim: int = 4, num_tokens: int = 10000, seq_length: int = 2048,
                  depth: int = 3, dt_rank=2, d_state: int = 2, expand_factor: int = 2, d_conv: int = 3,

@@ -125,12 +125,41 @@ def _bad_inputs(rank, world):
     assert x.shape == (1, 2, 5)
 
 
+def _model_cases(rank, world):
+    """create_model stacks with cp_group: outputs, input gradients (sharded) and parameter gradients (summed).
+    fp64 models, fp32 tolerance: the layers run their scans in fp32 (A = -exp(A_log.float()), complex64 S5)."""
+    import torch.distributed as dist
+    import ssm_universal as su
+    for architecture, options in (("mamba", {}), ("mamba2", dict(headdim=8, chunk_size=4)), ("s5", {}),
+                                  ("s5", dict(bidirectional=True))):
+        torch.manual_seed(4)
+        model = su.create_model(architecture, d_model=16, d_state=4, n_layer=2, conv_kernel_size=3,
+                                **options).double()
+        x = torch.randn(2, 22, 16, dtype=F64, requires_grad=True)
+        cotangent = torch.randn(2, 22, 16, dtype=F64)
+        params = list(model.parameters())
+        full = model(x)
+        full_grads = torch.autograd.grad((full * cotangent).sum(), [x] + params)
+        start, end = bounds(22, world, rank)
+        su.set_context_parallel(model, dist.group.WORLD)
+        x_shard = x.detach()[:, start:end].clone().requires_grad_()
+        out = model(x_shard)
+        name = f"rank {rank} {architecture} {options}"
+        assert_close(out, full[:, start:end], torch.float32, f"{name} output")
+        grads = torch.autograd.grad((out * cotangent[:, start:end]).sum(), [x_shard] + params)
+        assert_close(grads[0], full_grads[0][:, start:end], torch.float32, f"{name} dx")
+        for (pname, _), g, full_g in zip(model.named_parameters(), grads[1:], full_grads[1:]):
+            assert_close(summed(g), full_g, torch.float32, f"{name} d{pname} summed over ranks")
+        su.set_context_parallel(model, None)
+
+
 def _all_ops(rank, world):
     _bad_inputs(rank, world)
     _linear_scan_cases(rank, world)
     _selective_scan_cases(rank, world)
     _ssd_cases(rank, world)
     _causal_conv1d_cases(rank, world)
+    _model_cases(rank, world)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -5,15 +5,18 @@ import sys
 import torch
 
 import ssm_universal
+import ssm_universal.context_parallel
 import ssm_universal.layers
 import ssm_universal.models
 
+PUBLIC_MODULES = (ssm_universal.layers, ssm_universal.models, ssm_universal.context_parallel)
+
 
 def test_every_public_name_is_exported_at_the_top_level():
-    for module in (ssm_universal.layers, ssm_universal.models):
+    for module in PUBLIC_MODULES:
         for name in module.__all__:
             assert getattr(ssm_universal, name) is getattr(module, name), name
-    assert set(ssm_universal.layers.__all__) | set(ssm_universal.models.__all__) == set(ssm_universal.__all__)
+    assert set().union(*(module.__all__ for module in PUBLIC_MODULES)) == set(ssm_universal.__all__)
 
 
 def test_create_model_from_the_top_level():
