@@ -51,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--print-every", type=int, default=0, help="default: about ten lines per run")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cuda: one GPU per rank, NCCL; cpu: gloo")
     return parser.parse_args(argv)
 
 
@@ -90,7 +92,7 @@ def build_model(args, cp_group):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cuda = torch.cuda.is_available()
+    cuda = args.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=5))
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")

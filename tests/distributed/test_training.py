@@ -16,7 +16,7 @@ SCRIPT = ROOT / "examples" / "train_distributed.py"
 def _torchrun(ranks: int, *args: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-               str(SCRIPT), "--length", "32", "--print-every", "1", *args]
+               str(SCRIPT), "--device", "cpu", "--length", "32", "--print-every", "1", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
