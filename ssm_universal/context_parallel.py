@@ -4,10 +4,10 @@
     su.set_context_parallel(model, group)
     y_shard = model(x_shard)          # x_shard: this rank's contiguous part of the sequence (ranks in order)
 
-Layers that mix along the sequence and support it (class attribute context_parallel = True: Mamba, Mamba2, S5,
-the residual block's convolution gate) pass the group to their ssm_kernels ops (cp_group=, see
+Layers that mix along the sequence and support it (attribute context_parallel = True: Mamba, Mamba2, S5, causal
+S4D without l_max, the residual block's convolution gate) pass the group to their ssm_kernels ops (cp_group=, see
 ssm_kernels._context_parallel); position-wise modules need nothing. Layers that mix along the sequence without
-support (context_parallel = False: the FFT-convolution layers S4, S4D, DSS, S4ND, H3, the GSS family,
+support (context_parallel = False: the other FFT-convolution layers S4, DSS, S4ND, H3, bidirectional S4D, the GSS family,
 Mamba2Sequential, HiSS) make set_context_parallel raise. Gradients of parameters are each rank's contribution:
 wrap the model in DDP / FSDP over the group (with the data-parallel ranks) so they are summed.
 """
@@ -25,7 +25,7 @@ def set_context_parallel(model: nn.Module, group: Optional[object]) -> nn.Module
         unsupported = sorted({type(m).__name__ for m in model.modules() if getattr(m, "context_parallel", None) is False})
         if unsupported:
             raise ValueError(f"set_context_parallel: {', '.join(unsupported)} cannot split the sequence across "
-                             "ranks (context parallelism covers Mamba, Mamba2, S5 and the convolution gate)")
+                             "ranks (context parallelism covers Mamba, Mamba2, S5, causal S4D and the convolution gate)")
     for module in model.modules():
         if getattr(module, "context_parallel", None) is True:
             module.cp_group = group

@@ -16,6 +16,7 @@ class KernelConvLayer(nn.Module):
     kernel(length) -> (H, length), or (2, H, length) when bidirectional."""
 
     context_parallel = False  # FFT convolutions: no cp_group form (ssm_universal.context_parallel)
+    cp_group = None  # set by ssm_universal.set_context_parallel where a subclass allows it
 
     def _register_ssm(self, name: str, tensor: torch.Tensor, lr: Optional[float]):
         """An SSM parameter with state-spaces' optimizer hints (`_optim`: no weight decay, its own lr);
@@ -40,10 +41,21 @@ class KernelConvLayer(nn.Module):
         length = u.shape[-1]
         if length == 0:
             return x.clone()
-        k = self.kernel(length if self.l_max is None else min(length, self.l_max))
-        y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
+        if self.cp_group is not None:
+            if not self.context_parallel:
+                raise ValueError(f"{type(self).__name__}: this layer cannot split the sequence across ranks "
+                                 "(cp_group); see ssm_universal.context_parallel")
+            y = self.conv_context_parallel(u)
+        else:
+            k = self.kernel(length if self.l_max is None else min(length, self.l_max))
+            y = fftconv(u, k, D=self.D, bidirectional=self.bidirectional)
         y = self.output_linear(self.dropout(self.activation(y)))
         return y if self.transposed else y.transpose(1, 2)
+
+    def conv_context_parallel(self, u: torch.Tensor) -> torch.Tensor:
+        """The convolution with the D skip of this rank's shard u (B, H, L_r) of a sequence split across
+        self.cp_group: subclasses whose context_parallel is True define it."""
+        raise ValueError(f"{type(self).__name__}: this layer cannot split the sequence across ranks (cp_group)")
 
     def _check_causal(self):
         if self.bidirectional:

@@ -20,6 +20,7 @@ from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
 from ._kernel_conv import KernelConvLayer
+from ._modal_context_parallel import modal_conv_context_parallel
 
 INITS = ("diag-inv", "diag-lin", "diag-legs", "diag-real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -156,6 +157,18 @@ class S4D(KernelConvLayer):
         self.activation = nn.GELU()
         self.dropout = TiedDropout(dropout) if dropout > 0 else nn.Identity()
         self.output_linear = nn.Sequential(nn.Conv1d(H, 2 * H, kernel_size=1), nn.GLU(dim=-2))
+
+    @property
+    def context_parallel(self) -> bool:
+        """Causal layers without l_max split the sequence across ranks (ssm_universal.context_parallel)."""
+        return not self.bidirectional and self.l_max is None
+
+    def conv_context_parallel(self, u: torch.Tensor) -> torch.Tensor:
+        """fftconv of this rank's shard u (B, H, L_r) plus the response to the modal state entering it."""
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            log_dA, dB = self.discretize()
+            C = torch.view_as_complex(self.C.float())
+            return modal_conv_context_parallel(u, log_dA, dB, C, self.D, self.cp_group, "S4D").to(u.dtype)
 
     def discretize(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(log dA, dB), each (H, N/2) complex64: the recurrence h_t = dA h_{t-1} + dB u_t."""

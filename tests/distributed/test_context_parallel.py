@@ -131,7 +131,7 @@ def _model_cases(rank, world):
     import torch.distributed as dist
     import ssm_universal as su
     for architecture, options in (("mamba", {}), ("mamba2", dict(headdim=8, chunk_size=4)), ("s5", {}),
-                                  ("s5", dict(bidirectional=True))):
+                                  ("s5", dict(bidirectional=True)), ("s4d", {})):
         torch.manual_seed(4)
         model = su.create_model(architecture, d_model=16, d_state=4, n_layer=2, conv_kernel_size=3,
                                 **options).double()
