@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ._triton_fwd import load_pair, positions, store_pair
-from ._triton_monarch import add_inverse_rows, dot_operand, load_planes, spectrum_rows
+from ._triton_monarch import add_inverse_rows, add_inverse_rows_real, dot_operand, load_planes, spectrum_rows
 
 
 @triton.jit
@@ -47,8 +47,7 @@ def _fftconv_bwd_kernel(
     dv_i = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     conv_r = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     conv_i = tl.zeros((N1 // 2, N2), dtype=tl.float32)
-    dk_r = tl.zeros((K_ROWS, N2), dtype=tl.float32)
-    dk_i = tl.zeros((K_ROWS, N2), dtype=tl.float32)
+    dk = tl.zeros((K_ROWS, N2), dtype=tl.float32)
     kernel = spectrum + h.to(tl.int64) * (2 * N1 * N2)
     for k0 in range(0, N1, CHUNK):
         gr, gi = spectrum_rows(ya, yb, k0, f1, f2, tw, N1, N2, CHUNK, OPERANDS)
@@ -56,8 +55,8 @@ def _fftconv_bwd_kernel(
         kr, ki = load_planes(kernel, k0 + tl.arange(0, CHUNK), cols, N2, N1 * N2)
         dv_r, dv_i = add_inverse_rows(gr * kr + gi * ki, gi * kr - gr * ki, k0, dv_r, dv_i, f1, f2, tw,
                                       N1, N2, CHUNK, N1 // 2, OPERANDS)
-        dk_r, dk_i = add_inverse_rows((gr * vr + gi * vi) * inv_n, (gi * vr - gr * vi) * inv_n, k0, dk_r, dk_i,
-                                      f1, f2, tw, N1, N2, CHUNK, K_ROWS, OPERANDS)
+        dk = add_inverse_rows_real((gr * vr + gi * vi) * inv_n, (gi * vr - gr * vi) * inv_n, k0, dk, f1, f2, tw,
+                                   N1, N2, CHUNK, K_ROWS, OPERANDS)
         if HAS_POST:
             conv_r, conv_i = add_inverse_rows(vr * kr - vi * ki, vr * ki + vi * kr, k0, conv_r, conv_i, f1, f2,
                                               tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
@@ -79,7 +78,7 @@ def _fftconv_bwd_kernel(
     lag = tl.arange(0, K_ROWS)[:, None] * N2 + cols[None, :]
     sides: tl.constexpr = 2 if BIDIRECTIONAL else 1
     row = dk_part + ((pair.to(tl.int64) * sides) * heads + h) * taps
-    tl.store(row + lag, dk_r, mask=lag < taps)
+    tl.store(row + lag, dk, mask=lag < taps)
     if BIDIRECTIONAL:  # tap j of the anti-causal kernel weighs v_{t+1+j}: circular lag N - 1 - j
         tap = N1 * N2 - 1 - lag
-        tl.store(row + heads * taps + tap, dk_r, mask=tap < taps)
+        tl.store(row + heads * taps + tap, dk, mask=tap < taps)

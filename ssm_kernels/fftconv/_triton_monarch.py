@@ -131,16 +131,34 @@ def spectrum_rows(xr, xi, k0, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr, CH
 
 
 @triton.jit
-def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr,
-                     CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
-    """acc + the contribution of spectrum rows [k0, k0 + CHUNK) (the (CHUNK, N2) tiles yr + i yi) to the
-    unnormalised inverse DFT, rows n1 < OUT_ROWS of the time tile: (OUT_ROWS, N2) (real, imaginary)."""
+def _inverse_row_terms(yr, yi, k0, f2, tw, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr,
+                       OPERANDS: tl.constexpr):
+    """(hr, hi): spectrum rows [k0, k0 + CHUNK) of y, transformed along k2 and multiplied by conj(T): what the
+    last product (with conj(F1)) turns into time-domain rows."""
     kk = k0 + tl.arange(0, CHUNK)
     cols = tl.arange(0, N2)
     gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
     zero = tl.zeros((CHUNK, N2), dtype=tl.float32)
     er, ei = cmatmul(yr, yi, gr, -gi, zero, zero, OPERANDS)
     tr, ti = load_planes(tw, kk, cols, N2, N1 * N2)
-    hr, hi = er * tr + ei * ti, ei * tr - er * ti  # times conj(T)
-    fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), kk, N1, N1 * N1)  # F1[n1, k1] = F1[k1, n1]
+    return er * tr + ei * ti, ei * tr - er * ti
+
+
+@triton.jit
+def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr,
+                     CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
+    """acc + the contribution of spectrum rows [k0, k0 + CHUNK) (the (CHUNK, N2) tiles yr + i yi) to the
+    unnormalised inverse DFT, rows n1 < OUT_ROWS of the time tile: (OUT_ROWS, N2) (real, imaginary)."""
+    hr, hi = _inverse_row_terms(yr, yi, k0, f2, tw, N1, N2, CHUNK, OPERANDS)
+    fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)  # F1 is symmetric
     return cmatmul(fr, -fi, hr, hi, acc_r, acc_i, OPERANDS)
+
+
+@triton.jit
+def add_inverse_rows_real(yr, yi, k0, acc, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr,
+                          CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
+    """add_inverse_rows' real part only: Re(conj(F1) h) = F1r hr + F1i hi, two dots instead of four."""
+    hr, hi = _inverse_row_terms(yr, yi, k0, f2, tw, N1, N2, CHUNK, OPERANDS)
+    fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)
+    acc = _mm(fr, hr, acc, OPERANDS)
+    return _mm(fi, hi, acc, OPERANDS)
