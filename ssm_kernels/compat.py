@@ -45,6 +45,7 @@ from .causal_conv1d import causal_conv1d
 from .causal_conv1d._common import check_conv_inputs
 from .causal_conv1d_update import causal_conv1d_update as _causal_conv1d_update_op
 from .gated_rmsnorm import gated_rmsnorm
+from .gated_rmsnorm._common import check_norm_inputs
 from .selective_scan import selective_scan, selective_scan_fn
 from .selective_scan._common import check_bc
 from .selective_state_update import selective_state_update
@@ -372,21 +373,8 @@ def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_g
         torch.Size([4, 64])
     """
     check = ArgCheck("rmsnorm_fn")
-    check.tensor("x", x, dtypes=REAL_DTYPES)
-    if x.dim() < 1:
-        check.fail("x must have shape (..., D), got a 0-dim tensor")
-    check.dims["D"] = dim = x.shape[-1]
-    check.tensor("weight", weight, ("D",), dtypes=REAL_DTYPES)
+    check_norm_inputs(check, x, weight, z, eps, group_size, norm_before_gate)
     check.tensor("bias", bias, ("D",), dtypes=REAL_DTYPES, optional=True)
-    check.tensor("z", z, dtypes=REAL_DTYPES, optional=True)
-    if z is not None and z.shape != x.shape:
-        check.fail(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
-    eps = _positive(check, "eps", eps)
-    if group_size is not None:
-        group_size = check.integer("group_size", group_size, minimum=1)
-        if dim % group_size:
-            check.fail(f"group_size must divide D = {dim}, got {group_size}")
-    _flag(check, "norm_before_gate", norm_before_gate)
 
     y = gated_rmsnorm(x, weight, z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
     if bias is None:

@@ -7,7 +7,8 @@ import torch
 
 from .. import _dispatch
 from .._autograd import needs_grad
-from .._utils import REAL_DTYPES, ArgCheck, beyond_int32_offsets, index_extent
+from .._utils import ArgCheck, beyond_int32_offsets, index_extent
+from ._common import check_norm_inputs
 
 _dispatch.register("gated_rmsnorm", "torch", "ssm_kernels.gated_rmsnorm.pytorch", "gated_rmsnorm_torch")
 _dispatch.register("gated_rmsnorm", "triton", "ssm_kernels.gated_rmsnorm.triton", "gated_rmsnorm_triton",
@@ -39,23 +40,7 @@ def gated_rmsnorm(x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tenso
         >>> ssm_kernels.gated_rmsnorm(x, torch.ones(64), z, group_size=16).shape
         torch.Size([4, 64])
     """
-    check = ArgCheck("gated_rmsnorm")
-    check.tensor("x", x, dtypes=REAL_DTYPES)
-    if x.dim() < 1:
-        check.fail("x must have shape (..., D), got a 0-dim tensor")
-    check.dims["D"] = dim = x.shape[-1]
-    check.tensor("weight", weight, ("D",), dtypes=REAL_DTYPES)
-    check.tensor("z", z, dtypes=REAL_DTYPES, optional=True)
-    if z is not None and z.shape != x.shape:
-        check.fail(f"z must have x's shape (..., D) = {tuple(x.shape)}, got {tuple(z.shape)}")
-    if check.finite("eps", eps) <= 0:
-        check.fail(f"eps must be > 0, got {eps}")
-    if group_size is not None:
-        group_size = check.integer("group_size", group_size, minimum=1)
-        if dim % group_size:
-            check.fail(f"group_size must divide D = {dim}, got {group_size}")
-    if not isinstance(norm_before_gate, bool):
-        check.fail(f"norm_before_gate must be a bool, got {type(norm_before_gate).__name__}", TypeError)
+    dim, group_size = check_norm_inputs(ArgCheck("gated_rmsnorm"), x, weight, z, eps, group_size, norm_before_gate)
 
     if dim == 0:
         return x.clone()  # no channels to normalise

@@ -1,7 +1,34 @@
-"""Helpers shared by gated_rmsnorm's reference and torch backend: where the SiLU gate applies."""
+"""Helpers shared by gated_rmsnorm's front, reference and torch backend (and compat's rmsnorm_fn): the argument
+checks and where the SiLU gate applies."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch.nn.functional as F
+
+from .._utils import REAL_DTYPES, ArgCheck
+
+
+def check_norm_inputs(check: ArgCheck, x, weight, z, eps, group_size, norm_before_gate
+                      ) -> Tuple[int, Optional[int]]:
+    """Validate gated_rmsnorm's arguments (errors named after check's op); returns (D, group_size)."""
+    check.tensor("x", x, dtypes=REAL_DTYPES)
+    if x.dim() < 1:
+        check.fail("x must have shape (..., D), got a 0-dim tensor")
+    check.dims["D"] = dim = x.shape[-1]
+    check.tensor("weight", weight, ("D",), dtypes=REAL_DTYPES)
+    check.tensor("z", z, dtypes=REAL_DTYPES, optional=True)
+    if z is not None and z.shape != x.shape:
+        check.fail(f"z must have x's shape (..., D) = {tuple(x.shape)}, got {tuple(z.shape)}")
+    if check.finite("eps", eps) <= 0:
+        check.fail(f"eps must be > 0, got {eps}")
+    if group_size is not None:
+        group_size = check.integer("group_size", group_size, minimum=1)
+        if dim % group_size:
+            check.fail(f"group_size must divide D = {dim}, got {group_size}")
+    if not isinstance(norm_before_gate, bool):
+        check.fail(f"norm_before_gate must be a bool, got {type(norm_before_gate).__name__}", TypeError)
+    return dim, group_size
 
 
 def gated_input(x, z, norm_before_gate):
