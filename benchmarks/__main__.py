@@ -1,4 +1,8 @@
-"""python -m benchmarks --op OP [--quick] [--peers] [--memory] [--json PATH] [--device cpu|cuda]"""
+"""python -m benchmarks --op OP [--quick] [--peers] [--memory] [--json PATH] [--device cpu|cuda]: time ops.
+
+Subcommands (python -m benchmarks SUBCOMMAND --help):
+  tune OP     sweep a Triton backend's launch settings (benchmarks/tune/)
+"""
 from __future__ import annotations
 
 import argparse
@@ -40,8 +44,15 @@ def available_ops() -> list:
     return sorted(m.name for m in pkgutil.iter_modules(cases_pkg.__path__))
 
 
+SUBCOMMANDS = {"tune": "benchmarks.tune"}
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--op", action="append", help=f"op(s) to time (default: all): {available_ops()}")
     parser.add_argument("--quick", action="store_true", help="small cases, short timing")
     parser.add_argument("--peers", action="store_true", help="add peer packages that import here")

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from ._triton_fwd import load_pair, positions, store_pair
-from ._triton_monarch import add_inverse_rows, add_inverse_rows_real, dot_operand, load_planes, spectrum_rows
+from ._triton_monarch import (add_inverse_rows, add_inverse_rows_real, complex_operand, load_f2, load_planes,
+                              spectrum_rows)
 
 
 @triton.jit
@@ -38,8 +39,9 @@ def _fftconv_bwd_kernel(
     if HAS_POST:
         qa, qb = load_pair(post, s_qb, s_qh, s_ql, pair, h, t, length, batch)
         ga, gb = ga * qa, gb * qb
-    xa, xb = dot_operand(va, OPERANDS), dot_operand(vb, OPERANDS)
-    ya, yb = dot_operand(ga, OPERANDS), dot_operand(gb, OPERANDS)
+    xa, xb, neg_xb = complex_operand(va, vb, OPERANDS)
+    ya, yb, neg_yb = complex_operand(ga, gb, OPERANDS)
+    f2r, f2i, neg_f2i = load_f2(f2, N2, OPERANDS)
 
     K_ROWS: tl.constexpr = N1 if BIDIRECTIONAL else N1 // 2  # the anti-causal taps sit at the far end
     inv_n: tl.constexpr = 1.0 / (N1 * N2)
@@ -50,16 +52,16 @@ def _fftconv_bwd_kernel(
     dk = tl.zeros((K_ROWS, N2), dtype=tl.float32)
     kernel = spectrum + h.to(tl.int64) * (2 * N1 * N2)
     for k0 in range(0, N1, CHUNK):
-        gr, gi = spectrum_rows(ya, yb, k0, f1, f2, tw, N1, N2, CHUNK, OPERANDS)
-        vr, vi = spectrum_rows(xa, xb, k0, f1, f2, tw, N1, N2, CHUNK, OPERANDS)
+        gr, gi = spectrum_rows(ya, yb, neg_yb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
+        vr, vi = spectrum_rows(xa, xb, neg_xb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
         kr, ki = load_planes(kernel, k0 + tl.arange(0, CHUNK), cols, N2, N1 * N2)
-        dv_r, dv_i = add_inverse_rows(gr * kr + gi * ki, gi * kr - gr * ki, k0, dv_r, dv_i, f1, f2, tw,
-                                      N1, N2, CHUNK, N1 // 2, OPERANDS)
-        dk = add_inverse_rows_real((gr * vr + gi * vi) * inv_n, (gi * vr - gr * vi) * inv_n, k0, dk, f1, f2, tw,
-                                   N1, N2, CHUNK, K_ROWS, OPERANDS)
+        dv_r, dv_i = add_inverse_rows(gr * kr + gi * ki, gi * kr - gr * ki, k0, dv_r, dv_i, f1, f2r, f2i,
+                                      neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
+        dk = add_inverse_rows_real((gr * vr + gi * vi) * inv_n, (gi * vr - gr * vi) * inv_n, k0, dk, f1, f2r, f2i,
+                                   neg_f2i, tw, N1, N2, CHUNK, K_ROWS, OPERANDS)
         if HAS_POST:
-            conv_r, conv_i = add_inverse_rows(vr * kr - vi * ki, vr * ki + vi * kr, k0, conv_r, conv_i, f1, f2,
-                                              tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
+            conv_r, conv_i = add_inverse_rows(vr * kr - vi * ki, vr * ki + vi * kr, k0, conv_r, conv_i, f1, f2r,
+                                              f2i, neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
 
     if HAS_SKIP:
         d = tl.load(skip + h).to(tl.float32)

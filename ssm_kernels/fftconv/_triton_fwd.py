@@ -10,7 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_monarch import add_inverse_rows, dot_operand, load_planes, round_to_bf16, spectrum_rows
+from ._triton_monarch import (add_inverse_rows, complex_operand, load_f2, load_planes, round_to_bf16,
+                              spectrum_rows)
 
 
 @triton.jit
@@ -65,15 +66,16 @@ def _fftconv_fwd_kernel(
     if HAS_PRE:
         pa, pb = load_pair(pre, s_pb, s_ph, s_pl, pair, h, t, length, batch)
         va, vb = va * pa, vb * pb
-    xa, xb = dot_operand(va, OPERANDS), dot_operand(vb, OPERANDS)
+    xa, xb, neg_xb = complex_operand(va, vb, OPERANDS)
+    f2r, f2i, neg_f2i = load_f2(f2, N2, OPERANDS)
     acc_r = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     acc_i = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     kernel = spectrum + h.to(tl.int64) * (2 * N1 * N2)
     for k0 in range(0, N1, CHUNK):
-        zr, zi = spectrum_rows(xa, xb, k0, f1, f2, tw, N1, N2, CHUNK, OPERANDS)
+        zr, zi = spectrum_rows(xa, xb, neg_xb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
         kr, ki = load_planes(kernel, k0 + tl.arange(0, CHUNK), cols, N2, N1 * N2)
-        acc_r, acc_i = add_inverse_rows(zr * kr - zi * ki, zr * ki + zi * kr, k0, acc_r, acc_i, f1, f2, tw,
-                                        N1, N2, CHUNK, N1 // 2, OPERANDS)
+        acc_r, acc_i = add_inverse_rows(zr * kr - zi * ki, zr * ki + zi * kr, k0, acc_r, acc_i, f1, f2r, f2i,
+                                        neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
     if HAS_SKIP:
         d = tl.load(skip + h).to(tl.float32)
         acc_r, acc_i = acc_r + d * va, acc_i + d * vb

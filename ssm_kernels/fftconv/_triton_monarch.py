@@ -16,8 +16,9 @@ half of F1's columns) and the outputs a caller needs are rows n1 < N1 / 2 too (O
 anti-causal kernel gradient needs the far end of the circular correlation, OUT_ROWS = N1).
 
 Every transform is complex: two real sequences of the same head travel as the real and imaginary parts of one
-(a real kernel keeps them apart; see the kernels). Tables are fp32 (2, rows, cols) planes (real, imaginary),
-contiguous. Dot operands are bf16 (OPERANDS) or fp32 through three tf32 products (tf32x3, close to fp32);
+(a real kernel keeps them apart; see the kernels). Tables are (2, rows, cols) planes (real, imaginary),
+contiguous: the DFT matrices in the dots' operand dtype, the twiddles fp32. F2 and the input tile are the same
+for every chunk: a program converts them to dot operands once. Dot operands are bf16 (OPERANDS) or fp32 through three tf32 products (tf32x3, close to fp32);
 accumulation and the twiddles are fp32.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-_TABLES: Dict[Tuple[int, int, torch.device], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+OPERANDS_TF32X3, OPERANDS_BF16, OPERANDS_BF16_EMULATED = 0, 1, 2  # the OPERANDS constexpr of the kernels
+_TABLES: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
 def _phase_table(rows: int, cols: int, n: int) -> torch.Tensor:
@@ -39,12 +41,16 @@ def _phase_table(rows: int, cols: int, n: int) -> torch.Tensor:
     return torch.stack([torch.cos(angle), torch.sin(angle)]).to(torch.float32)
 
 
-def dft_tables(n1: int, n2: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(F1 (2, N1, N1), F2 (2, N2, N2), T (2, N1, N2)) on device, built once per size and device."""
-    key = (n1, n2, device)
+def dft_tables(n1: int, n2: int, device: torch.device, operands: int
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(F1 (2, N1, N1), F2 (2, N2, N2), T (2, N1, N2)) on device, built once per size, device and operand
+    mode: the DFT matrices already in the dots' operand dtype (bf16 for bf16 operands: half the loads, no
+    conversion in the kernel), the twiddles fp32 (they scale fp32 values)."""
+    key = (n1, n2, device, operands)
     if key not in _TABLES:
-        tables = (_phase_table(n1, n1, n1), _phase_table(n2, n2, n2), _phase_table(n1, n2, n1 * n2))
-        _TABLES[key] = tuple(t.to(device) for t in tables)
+        matrix_dtype = torch.float32 if operands == OPERANDS_TF32X3 else torch.bfloat16
+        f1, f2 = (_phase_table(n, n, n).to(device, matrix_dtype) for n in (n1, n2))
+        _TABLES[key] = (f1, f2, _phase_table(n1, n2, n1 * n2).to(device))
     return _TABLES[key]
 
 
@@ -56,7 +62,6 @@ def fft_shape(length: int, min_points: int) -> Tuple[int, int]:
     return n1, points // n1
 
 
-OPERANDS_TF32X3, OPERANDS_BF16, OPERANDS_BF16_EMULATED = 0, 1, 2  # the OPERANDS constexpr of the kernels
 
 
 def operand_mode(dtype: torch.dtype, device: torch.device) -> int:
@@ -78,30 +83,30 @@ def round_to_bf16(x):
 
 @triton.jit
 def dot_operand(x, OPERANDS: tl.constexpr):
-    """x as the dots take it, converted once rather than per chunk."""
+    """x as the dots take it (x may already be: a DFT table tile loaded in the operand dtype)."""
     if OPERANDS == 1:
         return x.to(tl.bfloat16)
     elif OPERANDS == 2:
-        return round_to_bf16(x)
+        return round_to_bf16(x.to(tl.float32))
     else:
         return x
 
 
 @triton.jit
 def _mm(a, b, acc, OPERANDS: tl.constexpr):
-    if OPERANDS == 1:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
-    elif OPERANDS == 2:
-        return tl.dot(round_to_bf16(a), round_to_bf16(b), acc, input_precision="ieee")
-    else:
+    a, b = dot_operand(a, OPERANDS), dot_operand(b, OPERANDS)
+    if OPERANDS == 0:
         return tl.dot(a, b, acc, input_precision="tf32x3")
+    else:  # bf16 operands; in the interpreter fp32 ones holding bf16 values
+        return tl.dot(a, b, acc, input_precision="ieee" if OPERANDS == 2 else None)
 
 
 @triton.jit
-def cmatmul(ar, ai, br, bi, cr, ci, OPERANDS: tl.constexpr):
-    """(cr + i ci) + (ar + i ai) @ (br + i bi), four real dots."""
+def cmatmul(ar, ai, br, bi, neg_bi, cr, ci, OPERANDS: tl.constexpr):
+    """(cr + i ci) + (ar + i ai) @ (br + i bi), four real dots; neg_bi = -bi (b is loop-invariant where this
+    is called, so its negation is made once)."""
     cr = _mm(ar, br, cr, OPERANDS)
-    cr = _mm(-ai, bi, cr, OPERANDS)
+    cr = _mm(ai, neg_bi, cr, OPERANDS)
     ci = _mm(ar, bi, ci, OPERANDS)
     ci = _mm(ai, br, ci, OPERANDS)
     return cr, ci
@@ -109,56 +114,77 @@ def cmatmul(ar, ai, br, bi, cr, ci, OPERANDS: tl.constexpr):
 
 @triton.jit
 def load_planes(table, rows, cols, ROW_STRIDE: tl.constexpr, PLANE: tl.constexpr):
-    """(real, imaginary) tiles table[0 / 1, rows, cols] of a contiguous (2, R, ROW_STRIDE) fp32 table."""
+    """(real, imaginary) tiles table[0 / 1, rows, cols] of a contiguous (2, R, ROW_STRIDE) table."""
     offsets = rows[:, None] * ROW_STRIDE + cols[None, :]
     return tl.load(table + offsets), tl.load(table + PLANE + offsets)
 
 
 @triton.jit
-def spectrum_rows(xr, xi, k0, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr,
-                  OPERANDS: tl.constexpr):
-    """Rows k1 in [k0, k0 + CHUNK) of the DFT of x (the (N1 / 2, N2) tile xr + i xi; rows beyond are zero):
-    the (CHUNK, N2) tiles (real, imaginary) of X[k1, k2]."""
+def complex_operand(xr, xi, OPERANDS: tl.constexpr):
+    """(xr, xi, -xi) as dot operands: a loop-invariant right-hand factor of cmatmul, converted once (negated
+    after the conversion: the interpreter negates a bf16 tile's bit pattern as an integer)."""
+    xr, xi = dot_operand(xr, OPERANDS), dot_operand(xi, OPERANDS)
+    return xr, xi, -xi
+
+
+@triton.jit
+def load_f2(f2, N2: tl.constexpr, OPERANDS: tl.constexpr):
+    """F2 (N2, N2) as (real, imaginary, -imaginary) dot operands, loaded once per program: every chunk's
+    forward and inverse step along k2 multiplies by it (by its conjugate (real, -imaginary) going back)."""
+    cols = tl.arange(0, N2)
+    gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
+    return complex_operand(gr, gi, OPERANDS)
+
+
+@triton.jit
+def spectrum_rows(xr, xi, neg_xi, k0, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+                  CHUNK: tl.constexpr, OPERANDS: tl.constexpr):
+    """Rows k1 in [k0, k0 + CHUNK) of the DFT of x (the (N1 / 2, N2) tile xr + i xi, with -xi, as dot
+    operands; rows beyond are zero), F2 as load_f2 gives it: the (CHUNK, N2) tiles (real, imaginary) of
+    X[k1, k2]."""
     kk = k0 + tl.arange(0, CHUNK)
     cols = tl.arange(0, N2)
     fr, fi = load_planes(f1, kk, tl.arange(0, N1 // 2), N1, N1 * N1)
     zero = tl.zeros((CHUNK, N2), dtype=tl.float32)
-    br, bi = cmatmul(fr, fi, xr, xi, zero, zero, OPERANDS)
+    br, bi = cmatmul(fr, fi, xr, xi, neg_xi, zero, zero, OPERANDS)
     tr, ti = load_planes(tw, kk, cols, N2, N1 * N2)
     cr, ci = br * tr - bi * ti, br * ti + bi * tr
-    gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
-    return cmatmul(cr, ci, gr, gi, zero, zero, OPERANDS)
+    return cmatmul(cr, ci, gr, gi, neg_gi, zero, zero, OPERANDS)
 
 
 @triton.jit
-def _inverse_row_terms(yr, yi, k0, f2, tw, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr,
-                       OPERANDS: tl.constexpr):
-    """(hr, hi): spectrum rows [k0, k0 + CHUNK) of y, transformed along k2 and multiplied by conj(T): what the
-    last product (with conj(F1)) turns into time-domain rows."""
+def _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+                       CHUNK: tl.constexpr, OPERANDS: tl.constexpr):
+    """(hr, hi): spectrum rows [k0, k0 + CHUNK) of y, transformed along k2 (times conj(F2)) and multiplied by
+    conj(T): what the last product (with conj(F1)) turns into time-domain rows."""
     kk = k0 + tl.arange(0, CHUNK)
     cols = tl.arange(0, N2)
-    gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
     zero = tl.zeros((CHUNK, N2), dtype=tl.float32)
-    er, ei = cmatmul(yr, yi, gr, -gi, zero, zero, OPERANDS)
+    er, ei = cmatmul(yr, yi, gr, neg_gi, gi, zero, zero, OPERANDS)
     tr, ti = load_planes(tw, kk, cols, N2, N1 * N2)
     return er * tr + ei * ti, ei * tr - er * ti
 
 
 @triton.jit
-def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr,
+def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
                      CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
     """acc + the contribution of spectrum rows [k0, k0 + CHUNK) (the (CHUNK, N2) tiles yr + i yi) to the
     unnormalised inverse DFT, rows n1 < OUT_ROWS of the time tile: (OUT_ROWS, N2) (real, imaginary)."""
-    hr, hi = _inverse_row_terms(yr, yi, k0, f2, tw, N1, N2, CHUNK, OPERANDS)
+    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1, N2, CHUNK, OPERANDS)
     fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)  # F1 is symmetric
-    return cmatmul(fr, -fi, hr, hi, acc_r, acc_i, OPERANDS)
+    # conj(F1) h: real fr hr + fi hi, imaginary fr hi - fi hr
+    acc_r = _mm(fr, hr, acc_r, OPERANDS)
+    acc_r = _mm(fi, hi, acc_r, OPERANDS)
+    acc_i = _mm(fr, hi, acc_i, OPERANDS)
+    acc_i = _mm(fi, -hr, acc_i, OPERANDS)
+    return acc_r, acc_i
 
 
 @triton.jit
-def add_inverse_rows_real(yr, yi, k0, acc, f1, f2, tw, N1: tl.constexpr, N2: tl.constexpr,
+def add_inverse_rows_real(yr, yi, k0, acc, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
                           CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
     """add_inverse_rows' real part only: Re(conj(F1) h) = F1r hr + F1i hi, two dots instead of four."""
-    hr, hi = _inverse_row_terms(yr, yi, k0, f2, tw, N1, N2, CHUNK, OPERANDS)
+    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1, N2, CHUNK, OPERANDS)
     fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)
     acc = _mm(fr, hr, acc, OPERANDS)
     return _mm(fi, hi, acc, OPERANDS)

@@ -59,8 +59,10 @@ def _setup(u: Tensor, k: Tensor, bidirectional: bool):
     batch, heads, length = u.shape
     n1, n2 = fft_shape(length, MIN_POINTS)
     n_pairs = triton.cdiv(batch, 2)
-    meta = dict(N1=n1, N2=n2, CHUNK=min(CHUNK, n1), OPERANDS=operand_mode(u.dtype, u.device))
-    return n_pairs, (n_pairs * heads,), kernel_spectrum(k, bidirectional, n1, n2), dft_tables(n1, n2, u.device), meta
+    operands = operand_mode(u.dtype, u.device)
+    meta = dict(N1=n1, N2=n2, CHUNK=min(CHUNK, n1), OPERANDS=operands)
+    tables = dft_tables(n1, n2, u.device, operands)
+    return n_pairs, (n_pairs * heads,), kernel_spectrum(k, bidirectional, n1, n2), tables, meta
 
 
 def _launch(kernel, grid, *args, CHUNK: int, **meta):

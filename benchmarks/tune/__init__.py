@@ -1,0 +1,112 @@
+"""python -m benchmarks tune OP [--quick] [--case TEXT]: sweeps of a Triton backend's launch settings.
+
+An op's tuner (benchmarks/tune/<op>.py) names the backend module, the benchmark cases to time (from
+benchmarks/cases/<op>.py) and the settings to try: module attributes the backend reads at each call (block
+sizes, warps). Each setting is timed forward and forward+backward on the case's inputs, with the registers,
+spills and shared memory of the kernels it compiled, against the module's defaults; the winners are then
+written into the module by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import pkgutil
+import sys
+from typing import Any, Dict, Iterator, List
+
+import torch
+
+from ..core import forward_backward, time_ms
+
+
+@contextlib.contextmanager
+def module_settings(module, settings: Dict[str, Any]) -> Iterator[None]:
+    """module's attributes set to `settings` inside the block, restored after it."""
+    saved = {name: getattr(module, name) for name in settings}
+    try:
+        for name, value in settings.items():
+            setattr(module, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def recorded_launches(module, launcher: str, into: List[str]) -> Iterator[None]:
+    """Appends 'kernel: regs R, spills S, smem K KB' to `into` for every kernel launched through
+    module.<launcher> (a function that returns the compiled kernel, as `kernel[grid](...)` does)."""
+    launch = getattr(module, launcher)
+
+    def recording(kernel, *args, **kwargs):
+        compiled = launch(kernel, *args, **kwargs)
+        if hasattr(compiled, "n_regs"):  # not in the interpreter
+            name = getattr(kernel, "__name__", None) or kernel.fn.__name__
+            into.append(f"{name.strip('_')}: regs {compiled.n_regs}, spills {compiled.n_spills}, "
+                        f"smem {compiled.metadata.shared // 1024} KB")
+        return compiled
+
+    with module_settings(module, {launcher: recording}):
+        yield
+
+
+def time_settings(variant, device: torch.device, quick: bool, modes=("fwd", "fwd+bwd")) -> Dict[str, float]:
+    """{mode: median ms} of a benchmark Variant, forward without grad and forward+backward."""
+    times = {}
+    if "fwd" in modes:
+        with torch.no_grad():
+            times["fwd"] = time_ms(variant.fn, device, quick)
+    if "fwd+bwd" in modes and variant.grad_inputs:
+        times["fwd+bwd"] = time_ms(forward_backward(variant), device, quick)
+    return times
+
+
+def sweep(module, launcher: str, variant, device: torch.device, grid: List[Dict[str, Any]], quick: bool,
+          modes=("fwd", "fwd+bwd")) -> List[tuple]:
+    """Times each settings dict of `grid` (and the defaults first); prints a line each and returns
+    [(times, settings)]. A setting that fails to compile or launch is printed and skipped."""
+    results = []
+    for settings in [{}] + grid:
+        label = " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+        kernels: List[str] = []
+        try:
+            with module_settings(module, settings), recorded_launches(module, launcher, kernels):
+                times = time_settings(variant, device, quick, modes)
+        except Exception as exc:  # noqa: BLE001  (report and go on: one setting may not fit)
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            continue
+        timing = "  ".join(f"{mode} {ms:8.3f} ms" for mode, ms in times.items())
+        print(f"  {label:50s} {timing}  [{'; '.join(dict.fromkeys(kernels))}]", flush=True)
+        results.append((times, settings))
+    for mode in modes:
+        timed = [(t[mode], s) for t, s in results if mode in t]
+        if timed:
+            ms, settings = min(timed, key=lambda r: r[0])
+            print(f"  best {mode}: {ms:.3f} ms with {settings or 'the defaults'}", flush=True)
+    return results
+
+
+def available_tuners() -> List[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("op", choices=available_tuners())
+    parser.add_argument("--quick", action="store_true", help="a few settings around the defaults")
+    parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    tuner = importlib.import_module(f"{__name__}.{args.op}")
+    device = torch.device(args.device)
+    import triton
+    print(f"# {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"triton {triton.__version__}", flush=True)
+    tuner.run(device, args.quick, args.case)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

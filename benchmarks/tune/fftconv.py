@@ -1,0 +1,33 @@
+"""Spectrum rows per step (CHUNK) and warps of the Triton fftconv's forward and backward kernels
+(ssm_kernels/fftconv/triton.py), on the GPU cases of `python -m benchmarks --op fftconv` that the Triton
+backend takes (B8 H768: bf16 L4096 / L1024, fp32 / fp16 L2048)."""
+from __future__ import annotations
+
+import importlib
+
+from ..cases import fftconv as fftconv_cases
+from . import sweep
+
+backend = importlib.import_module("ssm_kernels.fftconv.triton")
+
+
+def grid(quick: bool):
+    """(forward settings, backward settings): the forward's are timed without grad, the backward's with it."""
+    chunks = (32, 64) if quick else (16, 32, 64)
+    forward = [{"CHUNK": c, "NUM_WARPS": {**backend.NUM_WARPS, "forward": w}} for c in chunks for w in (4, 8)]
+    backward = [{"CHUNK": c, "NUM_WARPS": {**backend.NUM_WARPS, "backward": w}} for c in chunks for w in (4, 8)]
+    return forward, backward
+
+
+def run(device, quick: bool, only):
+    forward, backward = grid(quick)
+    for case in fftconv_cases.cases(quick=device.type != "cuda"):
+        if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
+            continue
+        variant = case.make(device, False).get("triton")
+        if variant is None:
+            continue
+        print(f"{case.name}: forward", flush=True)
+        sweep(backend, "launch_fitting_shared_memory", variant, device, forward, quick, modes=("fwd",))
+        print(f"{case.name}: forward+backward (the forward with the same CHUNK, its warps at the default)", flush=True)
+        sweep(backend, "launch_fitting_shared_memory", variant, device, backward, quick, modes=("fwd+bwd",))
