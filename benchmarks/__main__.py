@@ -2,6 +2,8 @@
 
 Subcommands (python -m benchmarks SUBCOMMAND --help):
   tune OP     sweep a Triton backend's launch settings (benchmarks/tune/)
+  profile     per-kernel GPU time of the benchmark cases, ours beside the peers (benchmarks/profile.py)
+  decode      where the time of one decoding step goes, kernel and whole model (benchmarks/decode.py)
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def available_ops() -> list:
     return sorted(m.name for m in pkgutil.iter_modules(cases_pkg.__path__))
 
 
-SUBCOMMANDS = {"tune": "benchmarks.tune"}
+SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode"}
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 An op's tuner (benchmarks/tune/<op>.py) names the backend module, the benchmark cases to time (from
 benchmarks/cases/<op>.py) and the settings to try: module attributes the backend reads at each call (block
 sizes, warps). Each setting is timed forward and forward+backward on the case's inputs, with the registers,
-spills and shared memory of the kernels it compiled, against the module's defaults; the winners are then
+spills and shared memory of the kernels it compiled, beside the module's defaults; the winners are then
 written into the module by hand.
 """
 from __future__ import annotations
@@ -33,22 +33,30 @@ def module_settings(module, settings: Dict[str, Any]) -> Iterator[None]:
             setattr(module, name, value)
 
 
-@contextlib.contextmanager
-def recorded_launches(module, launcher: str, into: List[str]) -> Iterator[None]:
-    """Appends 'kernel: regs R, spills S, smem K KB' to `into` for every kernel launched through
-    module.<launcher> (a function that returns the compiled kernel, as `kernel[grid](...)` does)."""
-    launch = getattr(module, launcher)
+def compiled_kernels(module) -> Dict[tuple, Any]:
+    """{(kernel name, specialisation key): compiled kernel} of the @triton.jit functions in module's namespace
+    (the backend module imports its kernels), from Triton's per-device caches; empty in the interpreter."""
+    found = {}
+    for name, obj in vars(module).items():
+        caches = getattr(obj, "device_caches", None)
+        if not isinstance(caches, dict):
+            continue
+        for entry in caches.values():
+            for key, compiled in entry[0].items():
+                found[(name, str(key))] = compiled
+    return found
 
-    def recording(kernel, *args, **kwargs):
-        compiled = launch(kernel, *args, **kwargs)
-        if hasattr(compiled, "n_regs"):  # not in the interpreter
-            name = getattr(kernel, "__name__", None) or kernel.fn.__name__
-            into.append(f"{name.strip('_')}: regs {compiled.n_regs}, spills {compiled.n_spills}, "
-                        f"smem {compiled.metadata.shared // 1024} KB")
-        return compiled
 
-    with module_settings(module, {launcher: recording}):
-        yield
+def describe(compiled: Dict[tuple, Any]) -> str:
+    """'kernel: regs R, spills S, smem K KB; ...' (spills are what makes a kernel slow without warning)."""
+    parts = []
+    for (name, _), kernel in compiled.items():
+        try:
+            parts.append(f"{name.strip('_')}: regs {kernel.n_regs}, spills {kernel.n_spills}, "
+                         f"smem {kernel.metadata.shared // 1024} KB")
+        except AttributeError:  # a Triton without these fields
+            parts.append(name.strip("_"))
+    return "; ".join(parts)
 
 
 def time_settings(variant, device: torch.device, quick: bool, modes=("fwd", "fwd+bwd")) -> Dict[str, float]:
@@ -62,22 +70,24 @@ def time_settings(variant, device: torch.device, quick: bool, modes=("fwd", "fwd
     return times
 
 
-def sweep(module, launcher: str, variant, device: torch.device, grid: List[Dict[str, Any]], quick: bool,
+def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], quick: bool,
           modes=("fwd", "fwd+bwd")) -> List[tuple]:
-    """Times each settings dict of `grid` (and the defaults first); prints a line each and returns
-    [(times, settings)]. A setting that fails to compile or launch is printed and skipped."""
+    """Times each settings dict of `grid` (and the defaults first) on the benchmark Variant; prints a line each,
+    with the kernels that setting compiled, and returns [(times, settings)]. A setting that fails to compile or
+    launch is printed and skipped."""
     results = []
     for settings in [{}] + grid:
         label = " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
-        kernels: List[str] = []
+        before = compiled_kernels(module)
         try:
-            with module_settings(module, settings), recorded_launches(module, launcher, kernels):
+            with module_settings(module, settings):
                 times = time_settings(variant, device, quick, modes)
         except Exception as exc:  # noqa: BLE001  (report and go on: one setting may not fit)
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
             continue
         timing = "  ".join(f"{mode} {ms:8.3f} ms" for mode, ms in times.items())
-        print(f"  {label:50s} {timing}  [{'; '.join(dict.fromkeys(kernels))}]", flush=True)
+        new = {key: k for key, k in compiled_kernels(module).items() if key not in before}
+        print(f"  {label:50s} {timing}  [{describe(new)}]", flush=True)
         results.append((times, settings))
     for mode in modes:
         timed = [(t[mode], s) for t, s in results if mode in t]

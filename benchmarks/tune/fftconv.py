@@ -28,6 +28,6 @@ def run(device, quick: bool, only):
         if variant is None:
             continue
         print(f"{case.name}: forward", flush=True)
-        sweep(backend, "launch_fitting_shared_memory", variant, device, forward, quick, modes=("fwd",))
+        sweep(backend, variant, device, forward, quick, modes=("fwd",))
         print(f"{case.name}: forward+backward (the forward with the same CHUNK, its warps at the default)", flush=True)
-        sweep(backend, "launch_fitting_shared_memory", variant, device, backward, quick, modes=("fwd+bwd",))
+        sweep(backend, variant, device, backward, quick, modes=("fwd+bwd",))

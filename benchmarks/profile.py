@@ -1,7 +1,7 @@
 """Per-kernel GPU time of the benchmark cases' forward and forward+backward, ours beside the peers:
 
-    python scripts/profile_kernels.py [--ops causal_conv1d,selective_scan,ssd_chunk_scan] [--variants triton,peer]
-                                      [--case-index 0] [--iters 10]
+    python -m benchmarks profile [--ops causal_conv1d,selective_scan,ssd_chunk_scan] [--variants triton,peer]
+                                 [--case-index 0] [--iters 10]
 
 Uses the cases of `python -m benchmarks` (benchmarks/cases/<op>.py) and torch.profiler; prints, per case,
 variant and mode, each kernel's device time per iteration and calls per iteration, largest first, then the
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.core import forward_backward  # noqa: E402
+from .core import forward_backward
 
 
 def kernel_times(fn, iters: int):
@@ -40,13 +37,14 @@ def kernel_times(fn, iters: int):
     return {name: (totals[name] / iters, calls[name] / iters) for name in totals}
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks profile", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", default="causal_conv1d,selective_scan,ssd_chunk_scan")
     parser.add_argument("--variants", default="", help="substrings of variant labels to keep (default: all)")
     parser.add_argument("--case-index", default="0", help="comma list of indices into the op's GPU cases")
     parser.add_argument("--iters", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from triton.testing import do_bench
     device = torch.device("cuda")
     keep = [v for v in args.variants.split(",") if v]
@@ -79,7 +77,4 @@ def main():
                     sys.stdout.flush()
             del variants
             torch.cuda.empty_cache()
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,0 +1,46 @@
+"""Block sizes and warps of the Triton selective scan (ssm_kernels/selective_scan/triton.py: BLOCK_L,
+FWD_WARPS, FWD_BLOCK_D, BWD_WARPS, BWD_BLOCK_D) on the GPU cases of `python -m benchmarks --op
+selective_scan` ((4, 4096, 4096) N16 with D, z, delta_bias, softplus). The forward and the backward share
+BLOCK_L (the checkpoint spacing): the forward+backward sweep runs at the forward's best settings."""
+from __future__ import annotations
+
+import importlib
+
+from ..cases import selective_scan as selective_scan_cases
+from . import sweep
+
+backend = importlib.import_module("ssm_kernels.selective_scan.triton")
+
+
+def _per_thread(block_l: int, warps: int) -> int:
+    """Tile elements per thread at N 16: 8 to 32 keeps the kernels free of spills."""
+    return 16 * block_l // (32 * warps)
+
+
+def forward_grid(quick: bool):
+    if quick:
+        return [dict(BLOCK_L=bl, FWD_WARPS=w, FWD_BLOCK_D=16) for bl, w in ((64, 2), (128, 2), (128, 4), (256, 4))]
+    return [dict(BLOCK_L=bl, FWD_WARPS=w, FWD_BLOCK_D=bd) for bl in (32, 64, 128, 256, 512) for w in (1, 2, 4, 8)
+            for bd in (8, 16, 32) if 16 <= _per_thread(bl, w) <= 32]
+
+
+def backward_grid(quick: bool, forward: dict):
+    pairs = ((1, 32), (2, 32), (4, 32), (2, 64)) if quick else [(w, bd) for w in (1, 2, 4, 8) for bd in (16, 32, 64)]
+    return [dict(forward, BWD_WARPS=w, BWD_BLOCK_D=bd) for w, bd in pairs
+            if 8 <= _per_thread(forward.get("BLOCK_L", backend.BLOCK_L), w) <= 32]
+
+
+def run(device, quick: bool, only):
+    for case in selective_scan_cases.cases(quick=device.type != "cuda"):
+        if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
+            continue
+        variant = case.make(device, False).get("triton")
+        if variant is None:
+            continue
+        print(f"{case.name}: forward", flush=True)
+        timed = sweep(backend, variant, device, forward_grid(quick), quick,
+                      modes=("fwd",))
+        best_forward = min(timed, key=lambda r: r[0]["fwd"])[1] if timed else {}
+        print(f"{case.name}: forward+backward at the forward's best settings", flush=True)
+        sweep(backend, variant, device, backward_grid(quick, best_forward), quick,
+              modes=("fwd+bwd",))
