@@ -11,11 +11,16 @@ from . import sweep
 backend = importlib.import_module("ssm_kernels.fftconv.triton")
 
 
+def _warps(kernel: str, warps: int) -> dict:
+    """backend.NUM_WARPS with `kernel`'s warps set to `warps` for every operand kind (a case has one)."""
+    return {**backend.NUM_WARPS, kernel: {kind: warps for kind in backend.NUM_WARPS[kernel]}}
+
+
 def grid(quick: bool):
     """(forward settings, backward settings): the forward's are timed without grad, the backward's with it."""
     chunks = (32, 64) if quick else (16, 32, 64)
-    forward = [{"CHUNK": c, "NUM_WARPS": {**backend.NUM_WARPS, "forward": w}} for c in chunks for w in (4, 8)]
-    backward = [{"CHUNK": c, "NUM_WARPS": {**backend.NUM_WARPS, "backward": w}} for c in chunks for w in (4, 8)]
+    forward = [{"CHUNK": c, "NUM_WARPS": _warps("forward", w)} for c in chunks for w in (4, 8)]
+    backward = [{"CHUNK": c, "NUM_WARPS": _warps("backward", w)} for c in chunks for w in (4, 8)]
     return forward, backward
 
 

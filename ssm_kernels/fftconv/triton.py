@@ -27,12 +27,15 @@ from .._triton_launch import launch_fitting_shared_memory
 from .._utils import new_output
 from ._triton_bwd import _fftconv_bwd_kernel
 from ._triton_fwd import _fftconv_fwd_kernel
-from ._triton_monarch import dft_tables, fft_shape, operand_mode
+from ._triton_monarch import OPERANDS_TF32X3, dft_tables, fft_shape, operand_mode
 
 MIN_POINTS = 512  # N1 / 2 and N2 >= 16 (tensor-core dot dimensions)
 CHUNK = 32  # spectrum rows per step (read at each call, so a tuning run may set it)
 MIN_CHUNK = 16
-NUM_WARPS = {"forward": 4, "backward": 8}  # measured on the H200 at B8 H768 L4096 bf16
+# Warps per kernel and operand kind (python -m benchmarks tune fftconv; H200, B8 H768: bf16 at L4096, tf32x3 (fp32
+# inputs) at L2048): fewer warps spill more registers, and 4-warp tf32x3 backwards compile to 32 registers and
+# thousands of spills (20x slower).
+NUM_WARPS = {"forward": {"bf16": 4, "tf32x3": 8}, "backward": {"bf16": 8, "tf32x3": 8}}
 
 
 def kernel_spectrum(k: Tensor, bidirectional: bool, n1: int, n2: int) -> Tensor:
@@ -65,6 +68,10 @@ def _setup(u: Tensor, k: Tensor, bidirectional: bool):
     return n_pairs, (n_pairs * heads,), kernel_spectrum(k, bidirectional, n1, n2), tables, meta
 
 
+def _warps(kernel: str, meta: dict) -> int:
+    return NUM_WARPS[kernel]["tf32x3" if meta["OPERANDS"] == OPERANDS_TF32X3 else "bf16"]
+
+
 def _launch(kernel, grid, *args, CHUNK: int, **meta):
     """kernel[grid] with the fewest pipelining stages' shared memory cut first, then halved chunks (the
     fp32 operands of the dots take twice the shared memory of bf16 ones)."""
@@ -87,7 +94,7 @@ def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pre
         *_strides(u, u), *_strides(pregate, u), *_strides(postgate, u), *_strides(y, u),
         D if D is not None else u, spectrum, *tables, batch, n_pairs, length,
         HAS_SKIP=D is not None, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
-        num_warps=NUM_WARPS["forward"], **meta)
+        num_warps=_warps("forward", meta), **meta)
     return y
 
 
@@ -109,7 +116,7 @@ def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirecti
         dskip if dskip is not None else dk, dk, D if D is not None else u, spectrum, *tables,
         batch, n_pairs, heads, length, taps,
         HAS_SKIP=D is not None, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
-        BIDIRECTIONAL=bidirectional, num_warps=NUM_WARPS["backward"], **meta)
+        BIDIRECTIONAL=bidirectional, num_warps=_warps("backward", meta), **meta)
     dk = dk.sum(0).reshape(k.shape).to(k.dtype)
     return [du, dk, dskip.sum(0).to(D.dtype) if D is not None else _absent(u),
             dpre if dpre is not None else _absent(u), dpost if dpost is not None else _absent(u)]
