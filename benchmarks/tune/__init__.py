@@ -19,6 +19,8 @@ import torch
 
 from ..core import forward_backward, time_ms
 
+_defaults_only = False  # --defaults: time each case at the module's current settings only
+
 
 @contextlib.contextmanager
 def module_settings(module, settings: Dict[str, Any]) -> Iterator[None]:
@@ -76,7 +78,7 @@ def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], qui
     with the kernels that setting compiled, and returns [(times, settings)]. A setting that fails to compile or
     launch is printed and skipped."""
     results = []
-    for settings in [{}] + grid:
+    for settings in [{}] + ([] if _defaults_only else grid):
         label = " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
         before = compiled_kernels(module)
         try:
@@ -107,8 +109,12 @@ def main(argv=None) -> int:
     parser.add_argument("op", choices=available_tuners())
     parser.add_argument("--quick", action="store_true", help="a few settings around the defaults")
     parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="time the module's current settings only (with their kernels' registers and spills)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    global _defaults_only
+    _defaults_only = args.defaults
     tuner = importlib.import_module(f"{__name__}.{args.op}")
     device = torch.device(args.device)
     import triton
