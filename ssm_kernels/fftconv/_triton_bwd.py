@@ -15,8 +15,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import load_gated_pair, load_pair, positions, store_pair
-from ._triton_monarch import add_inverse_rows, add_inverse_rows_real, dot_operand, load_f2, load_planes, spectrum_rows
+from ._triton_fwd import load_pair, positions, store_pair
+from ._triton_monarch import (add_inverse_rows, add_inverse_rows_real, complex_operand, load_f2, load_planes,
+                              spectrum_rows)
 
 
 @triton.jit
@@ -30,11 +31,17 @@ def _fftconv_bwd_kernel(
     pid = tl.program_id(0)
     pair, h = pid % n_pairs, pid // n_pairs
     t, cols = positions(N1, N2)
-    va, vb = load_gated_pair(u, s_ub, s_uh, s_ul, pre, s_pb, s_ph, s_pl, pair, h, t, length, batch, HAS_PRE)
-    xa, xb = dot_operand(va, OPERANDS), dot_operand(vb, OPERANDS)
-    ga, gb = load_gated_pair(dy, s_gb, s_gh, s_gl, post, s_qb, s_qh, s_ql, pair, h, t, length, batch, HAS_POST)
-    ya, yb = dot_operand(ga, OPERANDS), dot_operand(gb, OPERANDS)
-    f2r, f2i = load_f2(f2, N2, OPERANDS)
+    va, vb = load_pair(u, s_ub, s_uh, s_ul, pair, h, t, length, batch)
+    if HAS_PRE:
+        pa, pb = load_pair(pre, s_pb, s_ph, s_pl, pair, h, t, length, batch)
+        va, vb = va * pa, vb * pb
+    ga, gb = load_pair(dy, s_gb, s_gh, s_gl, pair, h, t, length, batch)
+    if HAS_POST:
+        qa, qb = load_pair(post, s_qb, s_qh, s_ql, pair, h, t, length, batch)
+        ga, gb = ga * qa, gb * qb
+    xa, xb, neg_xb = complex_operand(va, vb, OPERANDS)
+    ya, yb, neg_yb = complex_operand(ga, gb, OPERANDS)
+    f2r, f2i, neg_f2i = load_f2(f2, N2, OPERANDS)
 
     K_ROWS: tl.constexpr = N1 if BIDIRECTIONAL else N1 // 2  # the anti-causal taps sit at the far end
     inv_n: tl.constexpr = 1.0 / (N1 * N2)
@@ -45,21 +52,18 @@ def _fftconv_bwd_kernel(
     dk = tl.zeros((K_ROWS, N2), dtype=tl.float32)
     kernel = spectrum + h.to(tl.int64) * (2 * N1 * N2)
     for k0 in range(0, N1, CHUNK):
-        gr, gi = spectrum_rows(ya, yb, k0, f1, f2r, f2i, tw, N1, N2, CHUNK, OPERANDS)
-        vr, vi = spectrum_rows(xa, xb, k0, f1, f2r, f2i, tw, N1, N2, CHUNK, OPERANDS)
+        gr, gi = spectrum_rows(ya, yb, neg_yb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
+        vr, vi = spectrum_rows(xa, xb, neg_xb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
         kr, ki = load_planes(kernel, k0 + tl.arange(0, CHUNK), cols, N2, N1 * N2)
-        dv_r, dv_i = add_inverse_rows(gr * kr + gi * ki, gi * kr - gr * ki, k0, dv_r, dv_i, f1, f2r, f2i, tw,
-                                      N1, N2, CHUNK, N1 // 2, OPERANDS)
+        dv_r, dv_i = add_inverse_rows(gr * kr + gi * ki, gi * kr - gr * ki, k0, dv_r, dv_i, f1, f2r, f2i,
+                                      neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
         dk = add_inverse_rows_real((gr * vr + gi * vi) * inv_n, (gi * vr - gr * vi) * inv_n, k0, dk, f1, f2r, f2i,
-                                   tw, N1, N2, CHUNK, K_ROWS, OPERANDS)
+                                   neg_f2i, tw, N1, N2, CHUNK, K_ROWS, OPERANDS)
         if HAS_POST:
             conv_r, conv_i = add_inverse_rows(vr * kr - vi * ki, vr * ki + vi * kr, k0, conv_r, conv_i, f1, f2r,
-                                              f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
+                                              f2i, neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
 
-    # v, g and the gates are reloaded rather than kept in registers through the loop
     if HAS_SKIP:
-        va, vb = load_gated_pair(u, s_ub, s_uh, s_ul, pre, s_pb, s_ph, s_pl, pair, h, t, length, batch, HAS_PRE)
-        ga, gb = load_gated_pair(dy, s_gb, s_gh, s_gl, post, s_qb, s_qh, s_ql, pair, h, t, length, batch, HAS_POST)
         d = tl.load(skip + h).to(tl.float32)
         dv_r, dv_i = dv_r + d * ga, dv_i + d * gb
         conv_r, conv_i = conv_r + d * va, conv_i + d * vb
@@ -70,7 +74,6 @@ def _fftconv_bwd_kernel(
     if HAS_PRE:
         ua, ub = load_pair(u, s_ub, s_uh, s_ul, pair, h, t, length, batch)
         store_pair(dpre, s_eb, s_eh, s_el, pair, h, t, length, batch, dv_r * ua, dv_i * ub, OPERANDS)
-        pa, pb = load_pair(pre, s_pb, s_ph, s_pl, pair, h, t, length, batch)
         dv_r, dv_i = dv_r * pa, dv_i * pb
     store_pair(du, s_db, s_dh, s_dl, pair, h, t, length, batch, dv_r, dv_i, OPERANDS)
 

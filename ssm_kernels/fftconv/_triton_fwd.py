@@ -10,7 +10,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_monarch import add_inverse_rows, dot_operand, load_f2, load_planes, round_to_bf16, spectrum_rows
+from ._triton_monarch import (add_inverse_rows, complex_operand, load_f2, load_planes, round_to_bf16,
+                              spectrum_rows)
 
 
 @triton.jit
@@ -28,16 +29,6 @@ def load_pair(ptr, s_b, s_h, s_l, pair, h, t, length, batch):
     a = tl.load(base + b0 * s_b, mask=t < length, other=0.0).to(tl.float32)
     b = tl.load(base + (b0 + 1) * s_b, mask=t < _second_row_length(b0, length, batch), other=0.0)
     return a, b.to(tl.float32)
-
-
-@triton.jit
-def load_gated_pair(ptr, s_b, s_h, s_l, gate, s_gb, s_gh, s_gl, pair, h, t, length, batch, HAS_GATE: tl.constexpr):
-    """load_pair of ptr, times the same rows of gate when HAS_GATE (v = u * pregate, g = dy * postgate)."""
-    a, b = load_pair(ptr, s_b, s_h, s_l, pair, h, t, length, batch)
-    if HAS_GATE:
-        ga, gb = load_pair(gate, s_gb, s_gh, s_gl, pair, h, t, length, batch)
-        a, b = a * ga, b * gb
-    return a, b
 
 
 @triton.jit
@@ -71,19 +62,21 @@ def _fftconv_fwd_kernel(
     pid = tl.program_id(0)
     pair, h = pid % n_pairs, pid // n_pairs  # neighbouring programs share the head's spectrum in L2
     t, cols = positions(N1, N2)
-    va, vb = load_gated_pair(u, s_ub, s_uh, s_ul, pre, s_pb, s_ph, s_pl, pair, h, t, length, batch, HAS_PRE)
-    xa, xb = dot_operand(va, OPERANDS), dot_operand(vb, OPERANDS)
-    f2r, f2i = load_f2(f2, N2, OPERANDS)
+    va, vb = load_pair(u, s_ub, s_uh, s_ul, pair, h, t, length, batch)
+    if HAS_PRE:
+        pa, pb = load_pair(pre, s_pb, s_ph, s_pl, pair, h, t, length, batch)
+        va, vb = va * pa, vb * pb
+    xa, xb, neg_xb = complex_operand(va, vb, OPERANDS)
+    f2r, f2i, neg_f2i = load_f2(f2, N2, OPERANDS)
     acc_r = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     acc_i = tl.zeros((N1 // 2, N2), dtype=tl.float32)
     kernel = spectrum + h.to(tl.int64) * (2 * N1 * N2)
     for k0 in range(0, N1, CHUNK):
-        zr, zi = spectrum_rows(xa, xb, k0, f1, f2r, f2i, tw, N1, N2, CHUNK, OPERANDS)
+        zr, zi = spectrum_rows(xa, xb, neg_xb, k0, f1, f2r, f2i, neg_f2i, tw, N1, N2, CHUNK, OPERANDS)
         kr, ki = load_planes(kernel, k0 + tl.arange(0, CHUNK), cols, N2, N1 * N2)
-        acc_r, acc_i = add_inverse_rows(zr * kr - zi * ki, zr * ki + zi * kr, k0, acc_r, acc_i, f1, f2r, f2i, tw,
-                                        N1, N2, CHUNK, N1 // 2, OPERANDS)
-    if HAS_SKIP:  # v reloaded rather than kept in registers through the loop
-        va, vb = load_gated_pair(u, s_ub, s_uh, s_ul, pre, s_pb, s_ph, s_pl, pair, h, t, length, batch, HAS_PRE)
+        acc_r, acc_i = add_inverse_rows(zr * kr - zi * ki, zr * ki + zi * kr, k0, acc_r, acc_i, f1, f2r, f2i,
+                                        neg_f2i, tw, N1, N2, CHUNK, N1 // 2, OPERANDS)
+    if HAS_SKIP:
         d = tl.load(skip + h).to(tl.float32)
         acc_r, acc_i = acc_r + d * va, acc_i + d * vb
     if HAS_POST:

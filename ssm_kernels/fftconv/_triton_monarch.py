@@ -18,8 +18,7 @@ anti-causal kernel gradient needs the far end of the circular correlation, OUT_R
 Every transform is complex: two real sequences of the same head travel as the real and imaginary parts of one
 (a real kernel keeps them apart; see the kernels). Tables are (2, rows, cols) planes (real, imaginary),
 contiguous: the DFT matrices in the dots' operand dtype, the twiddles fp32. F2 and the input tile are the same
-for every chunk: a program converts them to dot operands once, and keeps nothing else through the loop but
-its accumulators (what the epilogue needs again is reloaded: registers are what these kernels run short of). Dot operands are bf16 (OPERANDS) or fp32 through three tf32 products (tf32x3, close to fp32);
+for every chunk: a program converts them to dot operands once. Dot operands are bf16 (OPERANDS) or fp32 through three tf32 products (tf32x3, close to fp32);
 accumulation and the twiddles are fp32.
 """
 from __future__ import annotations
@@ -103,26 +102,13 @@ def _mm(a, b, acc, OPERANDS: tl.constexpr):
 
 
 @triton.jit
-def _minus_product(a, b, acc, OPERANDS: tl.constexpr):
-    """acc - a @ b: subtracted from the accumulator the next dot starts from, so that no negated operand
-    tile has to be made or kept (registers are what these kernels run short of)."""
-    return acc - _mm(a, b, tl.zeros_like(acc), OPERANDS)
-
-
-@triton.jit
-def cmatmul(ar, ai, br, bi, cr, ci, OPERANDS: tl.constexpr):
-    """(cr + i ci) + (ar + i ai) @ (br + i bi), four real dots."""
-    cr = _mm(ar, br, _minus_product(ai, bi, cr, OPERANDS), OPERANDS)
-    ci = _mm(ar, bi, ci, OPERANDS)
-    return cr, _mm(ai, br, ci, OPERANDS)
-
-
-@triton.jit
-def cmatmul_conj(ar, ai, br, bi, cr, ci, OPERANDS: tl.constexpr):
-    """(cr + i ci) + (ar + i ai) @ conj(br + i bi), four real dots."""
+def cmatmul(ar, ai, br, bi, neg_bi, cr, ci, OPERANDS: tl.constexpr):
+    """(cr + i ci) + (ar + i ai) @ (br + i bi), four real dots; neg_bi = -bi (b is loop-invariant where this
+    is called, so its negation is made once)."""
     cr = _mm(ar, br, cr, OPERANDS)
-    cr = _mm(ai, bi, cr, OPERANDS)
-    ci = _mm(ai, br, _minus_product(ar, bi, ci, OPERANDS), OPERANDS)
+    cr = _mm(ai, neg_bi, cr, OPERANDS)
+    ci = _mm(ar, bi, ci, OPERANDS)
+    ci = _mm(ai, br, ci, OPERANDS)
     return cr, ci
 
 
@@ -134,60 +120,71 @@ def load_planes(table, rows, cols, ROW_STRIDE: tl.constexpr, PLANE: tl.constexpr
 
 
 @triton.jit
-def load_f2(f2, N2: tl.constexpr, OPERANDS: tl.constexpr):
-    """F2 (N2, N2) as (real, imaginary) dot operands, loaded once per program: every chunk's forward and
-    inverse step along k2 multiplies by it (by its conjugate going back)."""
-    cols = tl.arange(0, N2)
-    gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
-    return dot_operand(gr, OPERANDS), dot_operand(gi, OPERANDS)
+def complex_operand(xr, xi, OPERANDS: tl.constexpr):
+    """(xr, xi, -xi) as dot operands: a loop-invariant right-hand factor of cmatmul, converted once (negated
+    after the conversion: the interpreter negates a bf16 tile's bit pattern as an integer)."""
+    xr, xi = dot_operand(xr, OPERANDS), dot_operand(xi, OPERANDS)
+    return xr, xi, -xi
 
 
 @triton.jit
-def spectrum_rows(xr, xi, k0, f1, gr, gi, tw, N1: tl.constexpr, N2: tl.constexpr, CHUNK: tl.constexpr,
-                  OPERANDS: tl.constexpr):
-    """Rows k1 in [k0, k0 + CHUNK) of the DFT of x (the (N1 / 2, N2) tile xr + i xi as dot operands; rows
-    beyond are zero), F2 as load_f2 gives it: the (CHUNK, N2) tiles (real, imaginary) of X[k1, k2]."""
+def load_f2(f2, N2: tl.constexpr, OPERANDS: tl.constexpr):
+    """F2 (N2, N2) as (real, imaginary, -imaginary) dot operands, loaded once per program: every chunk's
+    forward and inverse step along k2 multiplies by it (by its conjugate (real, -imaginary) going back)."""
+    cols = tl.arange(0, N2)
+    gr, gi = load_planes(f2, cols, cols, N2, N2 * N2)
+    return complex_operand(gr, gi, OPERANDS)
+
+
+@triton.jit
+def spectrum_rows(xr, xi, neg_xi, k0, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+                  CHUNK: tl.constexpr, OPERANDS: tl.constexpr):
+    """Rows k1 in [k0, k0 + CHUNK) of the DFT of x (the (N1 / 2, N2) tile xr + i xi, with -xi, as dot
+    operands; rows beyond are zero), F2 as load_f2 gives it: the (CHUNK, N2) tiles (real, imaginary) of
+    X[k1, k2]."""
     kk = k0 + tl.arange(0, CHUNK)
     cols = tl.arange(0, N2)
     fr, fi = load_planes(f1, kk, tl.arange(0, N1 // 2), N1, N1 * N1)
     zero = tl.zeros((CHUNK, N2), dtype=tl.float32)
-    br, bi = cmatmul(fr, fi, xr, xi, zero, zero, OPERANDS)
+    br, bi = cmatmul(fr, fi, xr, xi, neg_xi, zero, zero, OPERANDS)
     tr, ti = load_planes(tw, kk, cols, N2, N1 * N2)
     cr, ci = br * tr - bi * ti, br * ti + bi * tr
-    return cmatmul(cr, ci, gr, gi, zero, zero, OPERANDS)
+    return cmatmul(cr, ci, gr, gi, neg_gi, zero, zero, OPERANDS)
 
 
 @triton.jit
-def _inverse_row_terms(yr, yi, k0, gr, gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+def _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
                        CHUNK: tl.constexpr, OPERANDS: tl.constexpr):
     """(hr, hi): spectrum rows [k0, k0 + CHUNK) of y, transformed along k2 (times conj(F2)) and multiplied by
     conj(T): what the last product (with conj(F1)) turns into time-domain rows."""
     kk = k0 + tl.arange(0, CHUNK)
     cols = tl.arange(0, N2)
     zero = tl.zeros((CHUNK, N2), dtype=tl.float32)
-    er, ei = cmatmul_conj(yr, yi, gr, gi, zero, zero, OPERANDS)
+    er, ei = cmatmul(yr, yi, gr, neg_gi, gi, zero, zero, OPERANDS)
     tr, ti = load_planes(tw, kk, cols, N2, N1 * N2)
     return er * tr + ei * ti, ei * tr - er * ti
 
 
 @triton.jit
-def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, gr, gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+def add_inverse_rows(yr, yi, k0, acc_r, acc_i, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
                      CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
     """acc + the contribution of spectrum rows [k0, k0 + CHUNK) (the (CHUNK, N2) tiles yr + i yi) to the
     unnormalised inverse DFT, rows n1 < OUT_ROWS of the time tile: (OUT_ROWS, N2) (real, imaginary)."""
-    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, tw, N1, N2, CHUNK, OPERANDS)
+    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1, N2, CHUNK, OPERANDS)
     fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)  # F1 is symmetric
     # conj(F1) h: real fr hr + fi hi, imaginary fr hi - fi hr
     acc_r = _mm(fr, hr, acc_r, OPERANDS)
     acc_r = _mm(fi, hi, acc_r, OPERANDS)
-    return acc_r, _mm(fr, hi, _minus_product(fi, hr, acc_i, OPERANDS), OPERANDS)
+    acc_i = _mm(fr, hi, acc_i, OPERANDS)
+    acc_i = _mm(fi, -hr, acc_i, OPERANDS)
+    return acc_r, acc_i
 
 
 @triton.jit
-def add_inverse_rows_real(yr, yi, k0, acc, f1, gr, gi, tw, N1: tl.constexpr, N2: tl.constexpr,
+def add_inverse_rows_real(yr, yi, k0, acc, f1, gr, gi, neg_gi, tw, N1: tl.constexpr, N2: tl.constexpr,
                           CHUNK: tl.constexpr, OUT_ROWS: tl.constexpr, OPERANDS: tl.constexpr):
     """add_inverse_rows' real part only: Re(conj(F1) h) = F1r hr + F1i hi, two dots instead of four."""
-    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, tw, N1, N2, CHUNK, OPERANDS)
+    hr, hi = _inverse_row_terms(yr, yi, k0, gr, gi, neg_gi, tw, N1, N2, CHUNK, OPERANDS)
     fr, fi = load_planes(f1, tl.arange(0, OUT_ROWS), k0 + tl.arange(0, CHUNK), N1, N1 * N1)
     acc = _mm(fr, hr, acc, OPERANDS)
     return _mm(fi, hi, acc, OPERANDS)
