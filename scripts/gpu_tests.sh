@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite natively on a GPU machine, in one call (at most ~9 minutes on an H200 with 16 cores):
-# builds every csrc extension first (so xdist workers never wait on nvcc), then `pytest -n $WORKERS` with work
+# builds every csrc extension beside the first tests (xdist workers never build one twice), `pytest -n $WORKERS` with work
 # stealing (Triton compiles make some tests take minutes; a worker held by one must not hold a queue too).
 # Logs go to $OUT (default /tmp/gpu_out): tests.log has one line per test as it finishes (SSM_TEST_LOG), so a run
 # stopped by its time limit still says what failed and what was slow. The last lines printed are a summary to paste
@@ -18,27 +18,32 @@ start=$(date +%s)
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# Build every extension before the workers start (in parallel; the flock makes a worker wait, not rebuild).
-python3 - > "$OUT/build.log" 2>&1 <<'PY'
+# Build every extension in the background while the tests start (in parallel; most tests need none, and a
+# worker that needs one waits on its build's file lock instead of building it again).
+python3 - > "$OUT/build.log" 2>&1 <<'PY' &
 import concurrent.futures as cf
+import time
 from ssm_kernels import _cuda_ext, _cpu_ext
+start = time.time()
 names = _cuda_ext.cuda_extension_names()
 with cf.ThreadPoolExecutor(len(names) + 1) as pool:
     jobs = {pool.submit(_cuda_ext.load, n): n for n in names}
     jobs[pool.submit(_cpu_ext.load)] = "cpu"
     for job in cf.as_completed(jobs):
         try:
-            print(jobs[job], job.result())
+            print(jobs[job], job.result(), f"({time.time() - start:.0f} s)")
         except Exception as exc:  # the tests of that backend will fail and say why
             print(jobs[job], "FAILED:", exc)
 PY
-echo "builds ($(( $(date +%s) - start )) s):"; cat "$OUT/build.log"
+builds=$!
 
 args=("$@"); [ ${#args[@]} -eq 0 ] && args=(tests)
 export SSM_TEST_LOG="$OUT/tests.log"  # tests/conftest.py: one line per test as it finishes
 timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-14}" --dist worksteal -p no:cacheprovider -p no:benchmark \
   --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1
 rc=$?
+wait $builds
+echo "================ builds"; cat "$OUT/build.log"
 echo "================ failures"
 grep -E "^(failed|error)" "$OUT/tests.log" | cut -f2- | cut -c1-200 | head -${SHOW_FAILURES:-80}
 echo "================ slowest"
