@@ -6,7 +6,7 @@ imported from DEST/mamba and DEST/cconv without running their package __init__ (
 extensions that may not be built).
 
 Their CUDA extensions (mamba_ssm's selective_scan_cuda, causal-conv1d's causal_conv1d_cuda) are linked on
-first use from objects compiled ahead of time into DEST/objs (scripts/build_peer_objects.sh cross-compiles
+first use from objects compiled ahead of time into DEST/objs (benchmarks/build_peer_objects.sh cross-compiles
 the kernels for sm_90 on any machine with nvcc and the GPU machine's torch headers), so only the small
 binding file is compiled on the GPU machine. Only the instantiations the benchmarks use are prebuilt (bf16 /
 fp32, real A): the library is loaded with lazy symbol binding, so the others are simply never called.

@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# Device-tool steps for GPU work, in one call: STEPS picks what runs (space-separated,
-# in that order); logs under $OUT, short summaries on stdout, the profile summary last.
+# Native GPU checks that are not tests yet, in one device-tool call: STEPS picks what runs (space-separated, in
+# that order); logs under $OUT, short summaries on stdout. Tuning, profiles, the decode probe and benchmarks are
+# `python -m benchmarks [tune OP | profile | decode | --op OP]`; the test suite is scripts/gpu_tests.sh.
 #   parity      scripts/gpu_parity.py over every GPU backend, one process per job in PARITY_OPS, side by side: a job
 #               is op[:backend[:dtype]] (e.g. selective_scan:triton:bfloat16; ops joined by commas share a process)
 #               (PARITY_ARGS, e.g. "--quick" or "--match L65536"; a log per job, cut ones say how far they got)
 #   scan_cuda   scripts/check_selective_scan_cuda.py --quick and the CUDA selective_scan tests
 #   ssd         scripts/check_ssd_bwd.py (SSD_ARGS, e.g. --skip-parity)
-#   conv / scan scripts/tune_causal_conv1d.py (CONV_ARGS, default --quick) / scripts/tune_selective_scan.py
-#   decode      the CUDA-graph generate test and scripts/gpu_decode_probe.py
 #   bench       python -m benchmarks per op beside the peers (BENCH_TIMEOUT per op)
-#   profile     scripts/profile_kernels.py: per-kernel times (PROFILE_OPS, PROFILE_CASES, PROFILE_VARIANTS)
-# A carried ./peers (../shared/tools/peer_packages.sh, scripts/build_peer_objects.sh) adds the peers.
+# A carried ./peers (../shared/tools/peer_packages.sh, benchmarks/build_peer_objects.sh) adds the peers.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=/tmp/ssm_cache
@@ -19,7 +17,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/gpu.txt"
 git rev-parse --short HEAD >> "$OUT/gpu.txt" 2>/dev/null
 cat "$OUT/gpu.txt"
-for step in ${STEPS:-scan_cuda profile}; do
+for step in ${STEPS:-scan_cuda}; do
   case $step in
     parity)  # one process per op, side by side: Triton compiles dominate and use one core each
       for job in ${PARITY_OPS:-ssd_chunk_scan selective_scan causal_conv1d gated_rmsnorm,updates}; do
@@ -40,16 +38,6 @@ for step in ${STEPS:-scan_cuda profile}; do
       echo "scan cuda pytest rc=$?"; tail -3 "$OUT/scan_cuda_pytest.log";;
     ssd)
       timeout 300 python3 scripts/check_ssd_bwd.py ${SSD_ARGS:-} > "$OUT/ssd.log" 2>&1; echo "ssd rc=$?"; tail -30 "$OUT/ssd.log";;
-    conv)
-      timeout 200 python3 scripts/tune_causal_conv1d.py ${CONV_ARGS:---quick} > "$OUT/tune_conv.log" 2>&1
-      echo "tune conv rc=$?"; tail -30 "$OUT/tune_conv.log";;
-    scan)
-      timeout 240 python3 scripts/tune_selective_scan.py ${SCAN_ARGS:-} > "$OUT/tune_scan.log" 2>&1
-      echo "tune scan rc=$?"; tail -30 "$OUT/tune_scan.log";;
-    decode)
-      timeout 150 python3 -m pytest -q tests/ssm_universal/test_models.py -k cuda_graph > "$OUT/cuda_graph_test.log" 2>&1
-      echo "cuda graph test rc=$?"; tail -5 "$OUT/cuda_graph_test.log"
-      timeout 150 python3 scripts/gpu_decode_probe.py > "$OUT/decode.log" 2>&1; echo "decode rc=$?"; cat "$OUT/decode.log";;
     bench)
       for spec in "causal_conv1d triton cuda peer:causal_conv1d" "selective_scan triton cuda peer:mamba_ssm" \
                   "ssd_chunk_scan triton peer:mamba_ssm peer:fla" "selective_state_update triton peer:mamba_ssm" \
@@ -60,12 +48,6 @@ for step in ${STEPS:-scan_cuda profile}; do
           --json "$OUT/bench_$op.json" >> "$OUT/bench.txt" 2>> "$OUT/bench.err"; echo "bench $op rc=$?"
       done
       grep -v "^#" "$OUT/bench.txt" | grep -v "^op "; grep -v "^done" "$OUT/bench.err" | tail -5;;
-    profile)
-      timeout "${PROFILE_TIMEOUT:-300}" python3 scripts/profile_kernels.py \
-        --ops "${PROFILE_OPS:-causal_conv1d,selective_scan,ssd_chunk_scan}" --case-index "${PROFILE_CASES:-0}" \
-        --variants "${PROFILE_VARIANTS:-}" > "$OUT/profile.log" 2> "$OUT/profile.err"
-      echo "profile rc=$?"; tail -3 "$OUT/profile.err";;
     *) echo "unknown step $step";;
   esac
 done
-[ -f "$OUT/profile.log" ] && grep "^## " "$OUT/profile.log"

@@ -11,11 +11,15 @@ never end). Two steps find those on a CPU machine:
            may hold another version), and report failures, shared memory over the limit and slow compiles
            (launches made through _triton_launch.launch_fitting_shared_memory are recorded at 3 stages and
            retry with fewer on the GPU, so an SMEM line for them says that the retry will happen):
-             python scripts/triton_compile_check.py compile launches.pkl [--arch 90] [--slow 20]
+             python scripts/triton_compile_check.py compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
+With --ptx, each launch's PTX is written to DIR without its debug lines and labels: compiling the same
+launches before and after a refactor (a second checkout of the old commit first on sys.path) and diffing the
+two folders shows whether the GPU code changed at all.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import inspect
 import os
@@ -89,7 +93,18 @@ def record(out_path: str, pytest_args: list) -> int:
     return int(rc)
 
 
-def compile_all(path: str, arch: int, slow_s: float) -> int:
+def _instructions(ptx: str) -> str:
+    """PTX without what changes when only the source changes: locations, debug sections, labels."""
+    kept = []
+    for line in ptx.splitlines():
+        if line.strip().startswith(".section"):
+            break  # the debug sections come last
+        if not (line.strip().startswith((".loc", ".file", "//")) or "L__tmp" in line):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None) -> int:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -119,6 +134,10 @@ def compile_all(path: str, arch: int, slow_s: float) -> int:
             print(f"FAIL  {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             continue
         seconds = time.perf_counter() - start
+        if ptx_dir:
+            launch = repr((name, sorted(signature.items()), sorted(constexprs.items()), divisible, options))
+            digest = hashlib.sha1(launch.encode()).hexdigest()[:12]
+            Path(ptx_dir, f"{name}_{digest}.ptx").write_text(_instructions(compiled.asm["ptx"]))
         shared = compiled.metadata.shared
         if limit is not None and shared > limit:
             problems += 1
@@ -140,10 +159,13 @@ def main() -> int:
     comp.add_argument("launches")
     comp.add_argument("--arch", type=int, default=90)
     comp.add_argument("--slow", type=float, default=20.0, help="report compiles longer than this (s)")
+    comp.add_argument("--ptx", help="write each launch's PTX (debug lines removed) into this folder")
     args = parser.parse_args()
     if args.command == "record":
         return record(args.out, [a for a in args.pytest_args if a != "--"])
-    return compile_all(args.launches, args.arch, args.slow)
+    if args.ptx:
+        Path(args.ptx).mkdir(parents=True, exist_ok=True)
+    return compile_all(args.launches, args.arch, args.slow, args.ptx)
 
 
 if __name__ == "__main__":

@@ -73,30 +73,43 @@ def time_settings(variant, device: torch.device, quick: bool, modes=("fwd", "fwd
 
 
 def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], quick: bool,
-          modes=("fwd", "fwd+bwd")) -> List[tuple]:
+          modes=("fwd", "fwd+bwd"), label=lambda settings: settings) -> List[tuple]:
     """Times each settings dict of `grid` (and the defaults first) on the benchmark Variant; prints a line each,
     with the kernels that setting compiled, and returns [(times, settings)]. A setting that fails to compile or
-    launch is printed and skipped."""
+    launch is printed and skipped. label(settings): what of a setting the printed line shows."""
     results = []
     for settings in [{}] + ([] if _defaults_only else grid):
-        label = " ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
+        shown = label(settings) if settings else {}
+        text = " ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
         before = compiled_kernels(module)
         try:
             with module_settings(module, settings):
                 times = time_settings(variant, device, quick, modes)
         except Exception as exc:  # noqa: BLE001  (report and go on: one setting may not fit)
-            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            print(f"  {text}: failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
             continue
         timing = "  ".join(f"{mode} {ms:8.3f} ms" for mode, ms in times.items())
         new = {key: k for key, k in compiled_kernels(module).items() if key not in before}
-        print(f"  {label:50s} {timing}  [{describe(new)}]", flush=True)
+        print(f"  {text:50s} {timing}  [{describe(new)}]", flush=True)
         results.append((times, settings))
     for mode in modes:
         timed = [(t[mode], s) for t, s in results if mode in t]
         if timed:
             ms, settings = min(timed, key=lambda r: r[0])
-            print(f"  best {mode}: {ms:.3f} ms with {settings or 'the defaults'}", flush=True)
+            print(f"  best {mode}: {ms:.3f} ms with {label(settings) if settings else 'the defaults'}", flush=True)
     return results
+
+
+def triton_variants(cases_module, device: torch.device, only) -> Iterator[tuple]:
+    """(case, its "triton" Variant) for the cases of benchmarks/cases/<op>.py worth running on `device` (GPU
+    sizes on a GPU, the quick ones elsewhere) whose name contains one of `only` (all when None) and that the
+    Triton backend takes."""
+    for case in cases_module.cases(quick=device.type != "cuda"):
+        if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
+            continue
+        variant = case.make(device, False).get("triton")
+        if variant is not None:
+            yield case, variant
 
 
 def available_tuners() -> List[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from ..cases import fftconv as fftconv_cases
-from . import sweep
+from . import sweep, triton_variants
 
 backend = importlib.import_module("ssm_kernels.fftconv.triton")
 
@@ -26,12 +26,7 @@ def grid(quick: bool):
 
 def run(device, quick: bool, only):
     forward, backward = grid(quick)
-    for case in fftconv_cases.cases(quick=device.type != "cuda"):
-        if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
-            continue
-        variant = case.make(device, False).get("triton")
-        if variant is None:
-            continue
+    for case, variant in triton_variants(fftconv_cases, device, only):
         print(f"{case.name}: forward", flush=True)
         sweep(backend, variant, device, forward, quick, modes=("fwd",))
         print(f"{case.name}: forward+backward (the forward with the same CHUNK, its warps at the default)", flush=True)

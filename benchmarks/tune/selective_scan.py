@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 from ..cases import selective_scan as selective_scan_cases
-from . import sweep
+from . import sweep, triton_variants
 
 backend = importlib.import_module("ssm_kernels.selective_scan.triton")
 
@@ -31,12 +31,7 @@ def backward_grid(quick: bool, forward: dict):
 
 
 def run(device, quick: bool, only):
-    for case in selective_scan_cases.cases(quick=device.type != "cuda"):
-        if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
-            continue
-        variant = case.make(device, False).get("triton")
-        if variant is None:
-            continue
+    for case, variant in triton_variants(selective_scan_cases, device, only):
         print(f"{case.name}: forward", flush=True)
         timed = sweep(backend, variant, device, forward_grid(quick), quick,
                       modes=("fwd",))

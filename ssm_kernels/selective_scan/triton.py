@@ -36,7 +36,7 @@ from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd
 # (from _blocks); their BLOCK_D and num_warps differ (the backward's larger BLOCK_D shrinks its dB / dC
 # partials (B, D / BLOCK_D, N, L) fp32). TILE_BUDGET bounds BLOCK_N * BLOCK_L (fp32 elements of one tile):
 # large N (e.g. 256) gets shorter chunks; complex A (two tiles per value) halves it.
-# H100 sweep (scripts/tune_selective_scan.py --quick, bf16 (4, 4096, 4096) N16):
+# H100 sweep (python -m benchmarks tune selective_scan --quick, bf16 (4, 4096, 4096) N16):
 # forward 1.31 ms with BLOCK_L 64 / one warp / 16 channels (2.9-4.0 ms with 2-4 warps or BLOCK_L 128-256:
 # cross-warp scans cost barriers); forward+backward 11.95 ms with one warp / 32 channels in the backward
 # (12.3 with two warps, 17-20 with four warps or 64 channels).

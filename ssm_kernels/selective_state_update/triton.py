@@ -84,7 +84,7 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
 
 
 # --- launcher ------------------------------------------------------------------------------------------
-# state entries per program, warps: the B=64 sweep in scripts/gpu_decode_probe.py (benchmarks/results/
+# state entries per program, warps: the B=64 sweep of python -m benchmarks decode (benchmarks/results/
 # h100_decode_probe.txt: within run-to-run noise of 1024 / 2 warps; evict_first on the state load did not help)
 TILE, WARPS = 2048, 4
 

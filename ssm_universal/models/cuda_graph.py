@@ -1,7 +1,7 @@
 """A language model's decoding step captured in one CUDA graph (mamba_ssm's generate(cg=True)).
 
 Eager decoding launches every layer's kernels from Python each token, and on the H100 host one launch costs
-about 14 us (scripts/gpu_decode_probe.py: torch.add in a loop), more than the step's GPU work at batch 1.
+about 14 us (python -m benchmarks decode: torch.add in a loop), more than the step's GPU work at batch 1.
 Replaying a captured graph launches the whole step at once: the selective_state_update step then costs
 2.0 us and causal_conv1d_update 1.5 us (benchmarks/results/h100_decode_probe.txt).
 """

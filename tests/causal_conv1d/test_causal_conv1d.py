@@ -160,20 +160,19 @@ def test_triton_rejects_what_it_cannot_run():
 
 @pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("layout", ["channel_first", "channel_last", "strided"])
-def test_triton_widths_layouts_blocks(triton_device, width, layout, monkeypatch):
+def test_triton_widths_layouts_blocks(triton_device, width, layout):
     """Every width, both memory layouts and a strided view, D not a multiple of the channel block, several
     L tiles per backward program (partial dweight/dbias sums over chunks), seq_idx and states."""
     from ssm_kernels.causal_conv1d import triton as backend_module
-    monkeypatch.setattr(backend_module, "BWD_TARGET_PROGRAMS", 2)
-    monkeypatch.setattr(backend_module, "MAX_BLOCK_L", 32)
     batch, dim, length = 2, 21, 100
     inputs = make_inputs(batch, dim, length, width, torch.float32, triton_device, init=True, seq=True,
                          transposed=layout == "channel_last")
     if layout == "strided":
         inputs["x"] = torch.randn(batch, 2 * dim, length + 5, device=triton_device)[:, ::2, 5:]
     grads = ["x", "weight", "bias"] + (["initial_states"] if width > 1 else [])
-    check_parity(lambda **kw: causal_conv1d(**kw, backend="triton"), reference, inputs, torch.float32, grads,
-                 activation="silu", return_final_states=True)
+    with backend_module.configured(bwd_programs=2, max_block_l=32):
+        check_parity(lambda **kw: causal_conv1d(**kw, backend="triton"), reference, inputs, torch.float32, grads,
+                     activation="silu", return_final_states=True)
 
 
 def test_triton_channel_last_output_layout(triton_device):

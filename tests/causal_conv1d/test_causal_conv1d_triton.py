@@ -1,6 +1,8 @@
 """causal_conv1d Triton backend: tile boundaries, the unmasked interior path, the persistent backward grid
 (several units per program, several tiles per unit, a grid that does not divide the work), tiles shorter
-than the width. Each case shrinks the module's block-size constants so that small shapes cross many tiles."""
+than the width. Each case shrinks the launch configuration's tiles so that small shapes cross many tiles."""
+import contextlib
+
 import pytest
 import torch
 
@@ -16,12 +18,15 @@ def conv_module():
     return module
 
 
-def small_tiles(monkeypatch, module, block_l=16, tile=256, cl_block_d=16, **extra):
-    """Forward and backward tiles of `tile` elements, at most `block_l` along L (channel-first) or
-    `cl_block_d` along D (channel-last)."""
-    for name, value in dict(FWD_BLOCK_L=block_l, BWD_BLOCK_L=block_l, FWD_TILE=tile, BWD_TILE=tile,
-                            CL_BLOCK_D=cl_block_d, **extra).items():
-        monkeypatch.setattr(module, name, value)
+@pytest.fixture
+def small_tiles(conv_module):
+    """small_tiles(**changes): for the rest of the test, forward and backward tiles of 256 elements, at most
+    16 along L (channel-first) or along D (channel-last), with LaunchConfig `changes` on top."""
+    with contextlib.ExitStack() as stack:
+        def shrink(block_l=16, tile=256, cl_block_d=16, **changes):
+            stack.enter_context(conv_module.configured(fwd_block_l=block_l, bwd_block_l=block_l, fwd_tile=tile,
+                                                       bwd_tile=tile, cl_block_d=cl_block_d, **changes))
+        yield shrink
 
 
 def parity(inputs, dtype=torch.float32, activation="silu"):
@@ -35,10 +40,10 @@ def parity(inputs, dtype=torch.float32, activation="silu"):
 @pytest.mark.parametrize("layout", ["channel_first", "channel_last"])
 @pytest.mark.parametrize("dim", [32, 21])  # a multiple of BLOCK_D (interior tiles unmasked) or not
 @pytest.mark.parametrize("width,seq", [(4, False), (4, True), (1, False), (8, True), (3, True)])
-def test_tile_edges_and_interior(triton_device, conv_module, monkeypatch, layout, dim, width, seq):
+def test_tile_edges_and_interior(triton_device, small_tiles, layout, dim, width, seq):
     """L = 103 over 16-position tiles: first tile (initial states), interior tiles (the unmasked path when D
     is a multiple of BLOCK_D), a partial last tile; seq_idx boundaries inside and across tiles."""
-    small_tiles(monkeypatch, conv_module)
+    small_tiles()
     inputs = make_inputs(2, dim, 103, width, torch.float32, triton_device, init=True, seq=seq,
                          transposed=layout == "channel_last")
     parity(inputs)
@@ -47,27 +52,26 @@ def test_tile_edges_and_interior(triton_device, conv_module, monkeypatch, layout
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # 16-byte groups of 4 / 8 elements
 @pytest.mark.parametrize("width", [2, 4, 6, 8])  # W - 1 within one group, or (fp32, W > 5) two groups back
-def test_forward_packed_taps(triton_device, conv_module, monkeypatch, packed, dtype, width):
+def test_forward_packed_taps(triton_device, small_tiles, packed, dtype, width):
     """The forward's packed taps (aligned group loads, shifted taps picked in registers) against the
     unaligned-tap path, first / interior / last tiles, initial states."""
-    small_tiles(monkeypatch, conv_module, FWD_PACKED=packed)
+    small_tiles(fwd_packed=packed)
     inputs = make_inputs(2, 32, 103, width, dtype, triton_device, init=True)
     parity(inputs, dtype)
 
 
-def backward_both_paths(module, monkeypatch, inputs, activation="silu"):
+def backward_both_paths(module, inputs, activation="silu"):
     """The backward op's four gradients (dx, dweight, dbias, dinitial_states) through the packed path and
     through the per-tap scratch path, on the same inputs and cotangent; asserts the packed path is taken."""
     x, weight = inputs["x"], inputs["weight"]
     dout = torch.randn_like(x)
-    block_d, block_l = module._blocks(x.shape[1], x.shape[2], False, module.BWD_TILE,
-                                      min(module.BWD_BLOCK_L, module.MAX_BLOCK_L), module.CL_BLOCK_D)
+    _, block_l = module.backward_blocks(x, module.CONFIG)
     assert module._pack_e(x, weight.shape[1], None, block_l, True) == 16 // x.element_size()
     grads = {}
     for packed in (True, False):
-        monkeypatch.setattr(module, "BWD_PACKED", packed)
-        grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
-                                         activation == "silu")
+        with module.configured(bwd_packed=packed):
+            grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
+                                             activation == "silu")
     for name, a, b in zip(("dx", "dweight", "dbias", "dinitial_states"), grads[True], grads[False]):
         assert a.dtype == b.dtype, name
         assert_close(a, b, x.dtype, name)
@@ -75,13 +79,12 @@ def backward_both_paths(module, monkeypatch, inputs, activation="silu"):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # 16-byte groups of 4 / 8 elements
 @pytest.mark.parametrize("width", [2, 3, 4, 5, 6, 7, 8])  # fp32 W > 5: g two groups ahead, x two groups back
-def test_backward_packed_matches_per_tap(triton_device, conv_module, monkeypatch, dtype, width):
+def test_backward_packed_matches_per_tap(triton_device, conv_module, small_tiles, dtype, width):
     """The packed backward (aligned loads, g recomputed one group ahead, shifted windows in registers) against
     the per-tap scratch backward: every gradient, L = 103 over 16-position tiles (first tile with initial
     states, unmasked interior tiles, a partial last tile)."""
-    small_tiles(monkeypatch, conv_module)
-    backward_both_paths(conv_module, monkeypatch,
-                        make_inputs(2, 32, 103, width, dtype, triton_device, init=True))
+    small_tiles()
+    backward_both_paths(conv_module, make_inputs(2, 32, 103, width, dtype, triton_device, init=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -92,70 +95,78 @@ def test_backward_packed_matches_per_tap(triton_device, conv_module, monkeypatch
     (16, 37, 8, 5, "silu", True),  # BLOCK_L = 8: one bf16 group per tile, the next group is the next tile
     (16, 61, 8, 8, None, False),
 ])
-def test_backward_packed_edges(triton_device, conv_module, monkeypatch, dtype, dim, length, max_block_l, width,
+def test_backward_packed_edges(triton_device, conv_module, small_tiles, dtype, dim, length, max_block_l, width,
                                activation, bias):
     """The packed backward at tile edges: against the per-tap path and against the reference."""
-    small_tiles(monkeypatch, conv_module, MAX_BLOCK_L=max_block_l)
+    small_tiles(max_block_l=max_block_l)
     inputs = make_inputs(2, dim, length, width, dtype, triton_device, bias=bias, init=True)
-    backward_both_paths(conv_module, monkeypatch, inputs, activation)
-    monkeypatch.setattr(conv_module, "BWD_PACKED", True)
+    backward_both_paths(conv_module, inputs, activation)
     parity(inputs, dtype, activation)
 
 
-def test_backward_packed_group_tiles_fp32(triton_device, conv_module, monkeypatch):
+def test_backward_packed_group_tiles_fp32(triton_device, conv_module, small_tiles):
     """fp32, BLOCK_L = 4 = one group per tile and W = 8: g is needed two tiles ahead, x two tiles back."""
-    small_tiles(monkeypatch, conv_module, MAX_BLOCK_L=4)
+    small_tiles(max_block_l=4)
     inputs = make_inputs(2, 16, 29, 8, torch.float32, triton_device, init=True)
-    backward_both_paths(conv_module, monkeypatch, inputs)
-    monkeypatch.setattr(conv_module, "BWD_PACKED", True)
+    backward_both_paths(conv_module, inputs)
     parity(inputs)
 
 
 @pytest.mark.parametrize("programs,units_per_program", [(None, 8), (None, 1), (1, 8), (5, 1), (64, 8)])
-def test_persistent_grid(triton_device, conv_module, monkeypatch, programs, units_per_program):
+def test_persistent_grid(triton_device, small_tiles, programs, units_per_program):
     """Grids of 1, 3 (the interpreter's default), 5 and more programs than units; units of one tile and of
     all a row's tiles (the dweight / dbias partial sums then span several tiles)."""
-    small_tiles(monkeypatch, conv_module, BWD_TARGET_PROGRAMS=programs, BWD_UNITS_PER_PROGRAM=units_per_program)
+    small_tiles(bwd_programs=programs, bwd_units_per_program=units_per_program)
     inputs = make_inputs(3, 32, 77, 4, torch.float32, triton_device, init=True, seq=True)
     parity(inputs)
 
 
 @pytest.mark.parametrize("tiles_per_program", [2, 3])
-def test_forward_tiles_per_program(triton_device, conv_module, monkeypatch, tiles_per_program):
+def test_forward_tiles_per_program(triton_device, small_tiles, tiles_per_program):
     """Several L tiles per forward program, the last program running past L."""
-    small_tiles(monkeypatch, conv_module, FWD_TILES_PER_PROGRAM=tiles_per_program)
+    small_tiles(fwd_tiles_per_program=tiles_per_program)
     inputs = make_inputs(2, 32, 100, 4, torch.float32, triton_device, init=True)
     parity(inputs)
 
 
 @pytest.mark.parametrize("length", [3, 11, 40])
-def test_tiles_shorter_than_width(triton_device, conv_module, monkeypatch, length):
+def test_tiles_shorter_than_width(triton_device, small_tiles, length):
     """BLOCK_L = 2 < W - 1 = 7: the halo and dinitial_states read g past the tile; L = 3 < W - 1 too."""
-    small_tiles(monkeypatch, conv_module, MAX_BLOCK_L=2)
+    small_tiles(max_block_l=2)
     inputs = make_inputs(2, 16, length, 8, torch.float32, triton_device, init=True, seq=length > 3)
     parity(inputs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("activation", ["silu", None])
-def test_low_precision_interior(triton_device, conv_module, monkeypatch, dtype, activation):
+def test_low_precision_interior(triton_device, small_tiles, dtype, activation):
     """The unmasked interior path in half precision, with and without SiLU, no bias."""
-    small_tiles(monkeypatch, conv_module)
+    small_tiles()
     inputs = make_inputs(2, 32, 96, 4, dtype, triton_device, bias=False, init=True)
     parity(inputs, dtype, activation)
 
 
 def test_default_blocks_and_grid(triton_device, conv_module):
     """The default tiles: channel-first long side along L, channel-last along D; the persistent grid size."""
-    assert conv_module._blocks(4096, 4096, False, conv_module.FWD_TILE, conv_module.FWD_BLOCK_L,
-                               conv_module.CL_BLOCK_D) == (conv_module.FWD_TILE // conv_module.FWD_BLOCK_L,
-                                                           conv_module.FWD_BLOCK_L)
-    block_d, block_l = conv_module._blocks(4096, 4096, True, conv_module.BWD_TILE, conv_module.BWD_BLOCK_L,
-                                           conv_module.CL_BLOCK_D)
-    assert block_d == conv_module.CL_BLOCK_D and block_d * block_l == conv_module.BWD_TILE
-    programs = conv_module._bwd_programs(torch.device(triton_device))
+    config = conv_module.CONFIG
+    x = torch.empty(1, 4096, 4096, device=triton_device)  # channel-first; transposed: channel-last
+    assert conv_module.forward_blocks(x, config) == (config.fwd_tile // config.fwd_block_l, config.fwd_block_l)
+    block_d, block_l = conv_module.backward_blocks(x.transpose(1, 2), config)
+    assert block_d == config.cl_block_d and block_d * block_l == config.bwd_tile
+    programs = conv_module._bwd_programs(torch.device(triton_device), config)
     if triton_device.type == "cpu":
-        assert programs == conv_module.INTERPRET_PROGRAMS
+        assert programs == config.interpret_programs
     else:
         sms = torch.cuda.get_device_properties(triton_device).multi_processor_count
-        assert programs == sms * conv_module.BWD_PROGRAMS_PER_SM
+        assert programs == sms * config.bwd_programs_per_sm
+
+
+def test_configured_restores_and_rejects_unknown_fields(conv_module):
+    """`configured` swaps the immutable launch configuration for a block and back, and names a bad field."""
+    before = conv_module.CONFIG
+    with conv_module.configured(fwd_block_l=32) as config:
+        assert conv_module.CONFIG is config and config.fwd_block_l == 32 and before.fwd_block_l != 32
+    assert conv_module.CONFIG is before
+    with pytest.raises(TypeError, match="fwd_blok_l"):
+        with conv_module.configured(fwd_blok_l=32):
+            pass

@@ -3,7 +3,7 @@
 # scan, bf16/fp32 real; causal-conv1d 1.7.0) into PEERS/objs for sm_90, on any machine with nvcc, against the
 # GPU machine's torch headers (TORCH_INCLUDE: torch/include of the same torch version, e.g. unpacked from its
 # wheel). benchmarks/peers.py links them on the GPU machine. Saves the ~8 minutes of GPU-machine time that
-# building mamba_ssm costs.   usage: TORCH_INCLUDE=... scripts/build_peer_objects.sh [PEERS=./peers]
+# building mamba_ssm costs.   usage: TORCH_INCLUDE=... benchmarks/build_peer_objects.sh [PEERS=./peers]
 set -u
 PEERS=${1:-peers}
 T=${TORCH_INCLUDE:?set TORCH_INCLUDE to the GPU torch version's torch/include}
