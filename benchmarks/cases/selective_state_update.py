@@ -1,4 +1,4 @@
-"""selective_state_update: one decoding step, in place. The issue-5/6 cases: Mamba-1 form B=1 D=4096 N=16
+"""selective_state_update: one decoding step, in place. The Mamba-1 form B=1 D=4096 N=16
 (launch-bound: the time is the whole call, Python validation and dispatch included) and the Mamba-2 form
 (B, 64, 64, 128) fp32 state at B=1 and B=64 (bandwidth-bound: the state is read and written once).
 "peer:mamba_ssm": mamba_ssm 2.3.2's Triton selective_state_update (imports without a build)."""
