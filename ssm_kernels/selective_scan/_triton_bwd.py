@@ -24,8 +24,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import (LOG2E, _ccombine, _combine, _delta_row, _exp2, _load_row, _load_tile, _log1p_exp,
-                          _row_of, _softplus_row)
+from ._triton_fwd import (LOG2E, _block_rows, _ccombine, _channel_scalars, _combine, _delta_row, _exp2, _load_row,
+                          _load_tile, _log1p_exp, _row_of, _softplus_row, _varlen_marks)
+
+
+@triton.jit
+def _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS: tl.constexpr,
+                 SOFTPLUS: tl.constexpr):
+    """Δ at position 0 of the channels offs_d (BLOCK_D,), fp32: what a_0 of the initial state's gradient
+    needs."""
+    dt0 = tl.load(delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt0 = dt0 + tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt0 = _log1p_exp(dt0)
+    return dt0
 
 
 @triton.jit
@@ -46,12 +59,7 @@ def _channel_inputs_bwd(delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_pt
     z = u
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0)
-    bias = tl.zeros([1], dtype=tl.float32)  # tensors either way: they are loop-carried
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
-    Dv = tl.zeros([1], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    bias, Dv = _channel_scalars(bias_ptr, D_ptr, d, ok, HAS_BIAS, HAS_D)
     mn = offs_n < tl.where(ok, N, 0)
     A = tl.load(A_ptr + d * s_A_d + offs_n * s_A_n, mask=mn, other=0.0)
     h = tl.load(ck_ptr + d * N + offs_n, mask=mn, other=0.0)
@@ -74,13 +82,7 @@ def _selective_scan_bwd_kernel(
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    d0 = pid_d * BLOCK_D
-    rows = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ar_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    mask_d = (d0 + rows) < DIM
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = (d0 + rows)[:, None] * N + offs_n[None, :]
     first = (ar_l == 0)[None, :]
     group_B = d0 // cpg_B
@@ -108,10 +110,7 @@ def _selective_scan_bwd_kernel(
             Ct = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
             dC_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
         if VARLEN:
-            sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, :]
-            is_end = (eid >= 0)[None, :]
+            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
         ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N
         # the chunk's first channel; every step prefetches the next channel's inputs while it computes
         dn = d0.to(tl.int64)
@@ -223,11 +222,7 @@ def _selective_scan_bwd_kernel(
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows
-            dt0 = tl.load(delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt0 = dt0 + tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-            if SOFTPLUS:
-                dt0 = _log1p_exp(dt0)
+            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS)
             A_all = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn,
                             other=0.0).to(tl.float32)
             a0 = tl.exp(dt0[:, None] * A_all)
@@ -262,13 +257,7 @@ def _selective_scan_bwd_complex_kernel(
     Complex outputs (dA, dB, dC, dh0, partials) are interleaved (re, im) fp32."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    d0 = pid_d * BLOCK_D
-    rows = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ar_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    mask_d = (d0 + rows) < DIM
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = ((d0 + rows)[:, None] * N + offs_n[None, :]) * 2
     first = (ar_l == 0)[None, :]
     group_B = d0 // cpg_B
@@ -306,10 +295,7 @@ def _selective_scan_bwd_complex_kernel(
             dCr_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
             dCi_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
         if VARLEN:
-            sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, :]
-            is_end = (eid >= 0)[None, :]
+            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
         ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N * 2
         for dd in range(0, BLOCK_D):
             d = (d0 + dd).to(tl.int64)
@@ -441,11 +427,7 @@ def _selective_scan_bwd_complex_kernel(
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows
-            dt0 = tl.load(delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt0 = dt0 + tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-            if SOFTPLUS:
-                dt0 = _log1p_exp(dt0)
+            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS)
             a_off = offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n
             Ar_all = tl.load(A_ptr + a_off, mask=mask_dn, other=0.0).to(tl.float32)
             Ai_all = tl.load(A_ptr + a_off + 1, mask=mask_dn, other=0.0).to(tl.float32)

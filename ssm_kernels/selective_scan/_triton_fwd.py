@@ -105,6 +105,42 @@ def _row_of(T, rows, dd):
 
 
 @triton.jit
+def _block_rows(pid_d, DIM, N, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """What every kernel derives from its block of channels: (d0, rows, offs_n, ar_l, mask_n, mask_d,
+    mask_dn), d0 the block's first channel, rows / offs_n / ar_l the aranges of channels, modes and chunk
+    positions, the masks of the valid ones."""
+    d0 = pid_d * BLOCK_D
+    rows = tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    ar_l = tl.arange(0, BLOCK_L)
+    mask_n = offs_n < N
+    mask_d = (d0 + rows) < DIM
+    return d0, rows, offs_n, ar_l, mask_n, mask_d, mask_d[:, None] & mask_n[None, :]
+
+
+@triton.jit
+def _varlen_marks(start_ptr, end_ptr, offs_l, mask_l):
+    """Packed sequences at positions offs_l: (sid, eid, is_start, is_end): the index of the sequence that
+    starts / ends there (-1 elsewhere) and, as (1, BLOCK_L) masks, whether one does."""
+    sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
+    eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
+    return sid, eid, (sid >= 0)[None, :], (eid >= 0)[None, :]
+
+
+@triton.jit
+def _channel_scalars(bias_ptr, D_ptr, d, ok, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """(delta_bias, D) of channel d as fp32 (1,) tensors, 0 when absent or not `ok` (tensors either way: the
+    kernels carry them from one channel's step to the next)."""
+    bias = tl.zeros([1], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    Dv = tl.zeros([1], dtype=tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    return bias, Dv
+
+
+@triton.jit
 def _channel_inputs(delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d, ok, offs_l, offs_n, L, N,
                     s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n,
                     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
@@ -116,12 +152,7 @@ def _channel_inputs(delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d, o
     z = dt
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0)
-    bias = tl.zeros([1], dtype=tl.float32)  # tensors either way: they are loop-carried
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
-    Dv = tl.zeros([1], dtype=tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
+    bias, Dv = _channel_scalars(bias_ptr, D_ptr, d, ok, HAS_BIAS, HAS_D)
     A = tl.load(A_ptr + d * s_A_d + offs_n * s_A_n, mask=offs_n < tl.where(ok, N, 0), other=0.0) * LOG2E
     return dt, u, z, bias, Dv, A
 
@@ -141,12 +172,7 @@ def _selective_scan_fwd_kernel(
 ):
     pid_b = tl.program_id(0).to(tl.int64)  # int64 offsets: B * D * L may pass 2**31
     pid_d = tl.program_id(1)
-    d0 = pid_d * BLOCK_D
-    rows = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ar_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    mask_dn = ((d0 + rows) < DIM)[:, None] & mask_n[None, :]
+    d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = (d0 + rows)[:, None] * N + offs_n[None, :]  # checkpoint / final-state layout (.., D, N)
     last = (ar_l == BLOCK_L - 1)[None, :]
     # every channel of the block reads one group of B / C (the launcher makes BLOCK_D divide D / G)
@@ -166,10 +192,7 @@ def _selective_scan_fwd_kernel(
         if not C_FIXED:
             Ct = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
         if VARLEN:
-            sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, :]
-            is_end = (eid >= 0)[None, :]
+            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
         if SAVE_CKPT:
             tl.store(ckpt_ptr + (pid_b * n_chunks + c) * DIM * N + state_off, H, mask=mask_dn)
         # the chunk's first channel; every step prefetches the next channel's rows while it computes
@@ -249,12 +272,7 @@ def _selective_scan_fwd_complex_kernel(
     checkpoints) are interleaved (re, im) fp32 with the imaginary part at offset 1."""
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
-    d0 = pid_d * BLOCK_D
-    rows = tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    ar_l = tl.arange(0, BLOCK_L)
-    mask_n = offs_n < N
-    mask_dn = ((d0 + rows) < DIM)[:, None] & mask_n[None, :]
+    d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = ((d0 + rows)[:, None] * N + offs_n[None, :]) * 2
     last = (ar_l == BLOCK_L - 1)[None, :]
     group_B = d0 // cpg_B
@@ -278,10 +296,7 @@ def _selective_scan_fwd_complex_kernel(
             Ci = _load_tile(C_ptr + s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n,
                             s_C_l)
         if VARLEN:
-            sid = tl.load(start_ptr + offs_l, mask=mask_l, other=-1)
-            eid = tl.load(end_ptr + offs_l, mask=mask_l, other=-1)
-            is_start = (sid >= 0)[None, :]
-            is_end = (eid >= 0)[None, :]
+            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
         if SAVE_CKPT:
             ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N * 2 + state_off
             tl.store(ck, Hr, mask=mask_dn)

@@ -249,6 +249,29 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr
 
 
 @triton.jit
+def _group_block(L, G, HPG, HPS, P, N, T, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The block of the dC / dB kernels' grid (nc * cdiv(T, BLOCK_T), B * G, splits): (c, r0, b, g, split,
+    h_lo, h_hi, r, pos, valid, pp, nn, p_mask, n_mask): chunk c, the block's first row r0 of it, batch row b,
+    group g, the split's heads [h_lo, h_hi), the rows r of the block, their positions in the sequence and
+    whether they are inside the chunk and the sequence, the aranges of P and N and their masks."""
+    n_rb = tl.cdiv(T, BLOCK_T)
+    c = tl.program_id(0) // n_rb
+    r0 = (tl.program_id(0) % n_rb) * BLOCK_T
+    bg = tl.program_id(1)
+    b = bg // G
+    g = bg % G
+    split = tl.program_id(2)
+    h_lo = g * HPG + split * HPS
+    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
+    r = r0 + tl.arange(0, BLOCK_T)
+    pos = c * T + r
+    valid = (r < T) & (pos < L)
+    pp = tl.arange(0, BLOCK_P)
+    nn = tl.arange(0, BLOCK_N)
+    return c, r0, b, g, split, h_lo, h_hi, r, pos, valid, pp, nn, pp < P, nn < N
+
+
+@triton.jit
 def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
                    dgm_ptr, rowp_ptr, dC_ptr,
                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
@@ -262,22 +285,8 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_pt
         dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j] (j blocks <= i block)
         dC_i = sum_j dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc   -> dC[split, b, pos, g, :] (fp32 partial)
         rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi."""
-    n_ib = tl.cdiv(T, BLOCK_T)
-    c = tl.program_id(0) // n_ib
-    i0 = (tl.program_id(0) % n_ib) * BLOCK_T
-    bg = tl.program_id(1)
-    b = bg // G
-    g = bg % G
-    split = tl.program_id(2)
-    h_lo = g * HPG + split * HPS
-    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
-    i = i0 + tl.arange(0, BLOCK_T)
-    pos_i = c * T + i
-    valid_i = (i < T) & (pos_i < L)
-    pp = tl.arange(0, BLOCK_P)
-    nn = tl.arange(0, BLOCK_N)
-    p_mask = pp < P
-    n_mask = nn < N
+    c, i0, b, g, split, h_lo, h_hi, i, pos_i, valid_i, pp, nn, p_mask, n_mask = _group_block(
+        L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
     ip_mask = valid_i[:, None] & p_mask[None, :]
     C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
                   mask=valid_i[:, None] & n_mask[None, :], other=0.0)
@@ -349,22 +358,8 @@ def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_
     """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one column block j of one chunk and group:
         dB_j = sum_{i >= j} dGm[i, j] C_i + sum_h r_hj u_hj^T dHP_h[c + 1] + sum_{h, s} w_h[e, j] u_hj^T dvarlen_hs
     -> dB[split, b, pos, g, :] (fp32 partial)."""
-    n_jb = tl.cdiv(T, BLOCK_T)
-    c = tl.program_id(0) // n_jb
-    j0 = (tl.program_id(0) % n_jb) * BLOCK_T
-    bg = tl.program_id(1)
-    b = bg // G
-    g = bg % G
-    split = tl.program_id(2)
-    h_lo = g * HPG + split * HPS
-    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
-    j = j0 + tl.arange(0, BLOCK_T)
-    pos_j = c * T + j
-    valid_j = (j < T) & (pos_j < L)
-    pp = tl.arange(0, BLOCK_P)
-    nn = tl.arange(0, BLOCK_N)
-    p_mask = pp < P
-    n_mask = nn < N
+    c, j0, b, g, split, h_lo, h_hi, j, pos_j, valid_j, pp, nn, p_mask, n_mask = _group_block(
+        L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
     pn_mask = p_mask[:, None] & n_mask[None, :]
     acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
     dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
