@@ -6,19 +6,21 @@ never end). Two steps find those on a CPU machine:
 
   record:  run pytest with the Triton interpreter and write each distinct launch (kernel, argument types,
            constexprs, num_warps / num_stages) to a pickle:
-             python scripts/triton_compile_check.py record launches.pkl -- -q tests/ssd_chunk_scan -x
+             python -m tests.triton_compile record launches.pkl -- -q tests/ssd_chunk_scan -x
   compile: compile the recorded launches for a target with whichever Triton is installed (another venv
            may hold another version), and report failures, shared memory over the limit and slow compiles
            (launches made through _triton_launch.launch_fitting_shared_memory are recorded at 3 stages and
            retry with fewer on the GPU, so an SMEM line for them says that the retry will happen):
-             python scripts/triton_compile_check.py compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
+             python -m tests.triton_compile compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
 With --ptx, each launch's PTX is written to DIR without its debug lines and labels: compiling the same
-launches before and after a refactor (a second checkout of the old commit first on sys.path) and diffing the
-two folders shows whether the GPU code changed at all.
+launches before and after a refactor (run from a second checkout of the old commit) and diffing the two
+folders shows whether the GPU code changed at all. Compiling needs a process without TRITON_INTERPRET (the
+interpreter replaces the kernels it would compile).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import inspect
@@ -27,6 +29,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes per block, opt-in maximum
@@ -54,9 +57,10 @@ def _arg_spec(value):
     raise TypeError(f"unrecorded argument type {type(value)}")
 
 
-def record(out_path: str, pytest_args: list) -> int:
-    os.environ["TRITON_INTERPRET"] = "1"
-    import pytest
+@contextlib.contextmanager
+def recorded_launches() -> Iterator[set]:
+    """A set that receives every distinct launch made through the Triton interpreter inside the block (kernel
+    module and name, argument types, constexprs, 16-divisible arguments, launch options)."""
     from triton.runtime import interpreter
 
     launches = set()
@@ -86,11 +90,39 @@ def record(out_path: str, pytest_args: list) -> int:
         return original_run(self, *args, grid=grid, warmup=warmup, **kwargs, **options)
 
     interpreter.InterpretedFunction.run = recording_run
-    rc = pytest.main(pytest_args)
+    try:
+        yield launches
+    finally:
+        interpreter.InterpretedFunction.run = original_run
+
+
+def record(out_path: str, pytest_args: list) -> int:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import pytest
+    with recorded_launches() as launches:
+        rc = pytest.main(pytest_args)
     with open(out_path, "wb") as f:
         pickle.dump(sorted(launches, key=repr), f)
     print(f"recorded {len(launches)} distinct launches into {out_path}")
     return int(rc)
+
+
+def compile_launch(launch, arch: int):
+    """Triton's compiled kernel of one recorded launch for sm_<arch> (raises the compiler's error), or None
+    when the kernel is not reachable by name (a test's own kernel)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    module, name, signature, constexprs, divisible, options = launch
+    kernel = getattr(importlib.import_module(module), name, None)
+    if kernel is None:
+        return None
+    signature, constexprs = dict(signature), dict(constexprs)
+    index = {n: i for i, n in enumerate(kernel.arg_names)}
+    attrs = {(index[n],): [["tt.divisibility", 16]] for n in divisible}
+    src = ASTSource(kernel, signature, constexprs={(index[n],): v for n, v in constexprs.items()}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
 
 
 def _instructions(ptx: str) -> str:
@@ -106,37 +138,30 @@ def _instructions(ptx: str) -> str:
 
 def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None) -> int:
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     sys.path.insert(0, str(ROOT))
     with open(path, "rb") as f:
         launches = pickle.load(f)
-    target = GPUTarget("cuda", arch, 32)
     limit = SHARED_MEMORY_LIMIT.get(arch)
     problems = 0
     print(f"triton {triton.__version__}, target sm_{arch}, {len(launches)} launches")
-    for module, name, signature, constexprs, divisible, options in launches:
-        kernel = getattr(importlib.import_module(module), name, None)
-        if kernel is None:  # defined inside a function (a test's own kernel): not reachable by name
-            print(f"SKIP  {module}.{name}: not a module-level kernel")
-            continue
-        signature, constexprs = dict(signature), dict(constexprs)
-        index = {n: i for i, n in enumerate(kernel.arg_names)}
-        attrs = {(index[n],): [["tt.divisibility", 16]] for n in divisible}
-        src = ASTSource(kernel, signature, constexprs={(index[n],): v for n, v in constexprs.items()}, attrs=attrs)
-        label = f"{name} {dict(options)} {constexprs}"
+    for launch in launches:
+        module, name, signature, constexprs, divisible, options = launch
+        label = f"{name} {dict(options)} {dict(constexprs)}"
         start = time.perf_counter()
         try:
-            compiled = triton.compile(src, target=target, options=dict(options))
+            compiled = compile_launch(launch, arch)
         except Exception as exc:  # the compiler's own message says which pass failed
             problems += 1
             print(f"FAIL  {label}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             continue
+        if compiled is None:  # defined inside a function (a test's own kernel): not reachable by name
+            print(f"SKIP  {module}.{name}: not a module-level kernel")
+            continue
         seconds = time.perf_counter() - start
         if ptx_dir:
-            launch = repr((name, sorted(signature.items()), sorted(constexprs.items()), divisible, options))
-            digest = hashlib.sha1(launch.encode()).hexdigest()[:12]
+            digest = hashlib.sha1(repr((name, sorted(dict(signature).items()), sorted(dict(constexprs).items()),
+                                        divisible, options)).encode()).hexdigest()[:12]
             Path(ptx_dir, f"{name}_{digest}.ptx").write_text(_instructions(compiled.asm["ptx"]))
         shared = compiled.metadata.shared
         if limit is not None and shared > limit:
