@@ -12,9 +12,7 @@ References (each test runs against every one available, so a clean clone still c
 """
 import importlib
 import math
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +23,9 @@ from ssm_universal.layers import Mamba
 from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
                                               check_prefill_and_decode_match_reference,
                                               check_reference_checkpoint_loads, check_same_initialisation)
+from tests.ssm_universal.peer_sources import PEER_MAMBA, peer_mamba_ssm
 
 FP32 = torch.float32
-PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -134,24 +132,14 @@ def load_mamba_ssm_mamba():
     sys.modules is restored afterwards, so other tests that import the real packages are not affected."""
     if not (PEER_MAMBA / "modules" / "mamba_simple.py").is_file():
         return None
-    ours = lambda n: n.split(".")[0] in ("mamba_ssm", "selective_scan_cuda", "causal_conv1d")  # noqa: E731
-    saved = {n: m for n, m in sys.modules.items() if ours(n)}
-    try:
-        package = types.ModuleType("mamba_ssm")
-        package.__path__ = [str(PEER_MAMBA)]  # its __init__ would import the CUDA extension and Mamba-3
-        layer_norm = types.ModuleType("mamba_ssm.ops.triton.layer_norm")  # Triton; only _layer_norm_fwd used
-        layer_norm._layer_norm_fwd = None
-        sys.modules.update({
-            "mamba_ssm": package, "selective_scan_cuda": types.ModuleType("selective_scan_cuda"),
-            "mamba_ssm.ops.triton.layer_norm": layer_norm,
-            "causal_conv1d": None, "mamba_ssm.ops.triton.selective_state_update": None,  # -> ImportError
-        })
+    layer_norm = types.ModuleType("mamba_ssm.ops.triton.layer_norm")  # Triton; only _layer_norm_fwd used
+    layer_norm._layer_norm_fwd = None
+    stubs = {"selective_scan_cuda": types.ModuleType("selective_scan_cuda"),
+             "mamba_ssm.ops.triton.layer_norm": layer_norm,
+             "causal_conv1d": None, "mamba_ssm.ops.triton.selective_state_update": None}  # None -> ImportError
+    with peer_mamba_ssm(stubs, ("selective_scan_cuda", "causal_conv1d")):
         interface = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
         simple = importlib.import_module("mamba_ssm.modules.mamba_simple")
-    finally:
-        for name in [n for n in sys.modules if ours(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
     assert simple.causal_conv1d_fn is None and simple.selective_state_update is None
     simple.selective_scan_fn = interface.selective_scan_ref  # its slow path's scan without the CUDA op
     return simple.Mamba

@@ -15,9 +15,7 @@ References (each test runs against every one available, so a clean clone still c
 """
 import importlib
 import math
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,9 +27,9 @@ from ssm_universal.layers.mamba2 import Mamba2
 from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
                                               check_prefill_and_decode_match_reference,
                                               check_reference_checkpoint_loads, check_same_initialisation)
+from tests.ssm_universal.peer_sources import PEER_MAMBA, peer_mamba_ssm
 
 FP32 = torch.float32
-PEER_MAMBA = Path(__file__).resolve().parents[2] / "peers" / "mamba" / "mamba_ssm"
 
 
 def ssd_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
@@ -200,25 +198,17 @@ def load_mamba_ssm_mamba2():
         import triton  # noqa: F401  (layernorm_gated and selective_state_update define Triton kernels)
     except ImportError:
         return None
-    ours = lambda n: n.split(".")[0] in ("mamba_ssm", "causal_conv1d", "huggingface_hub")  # noqa: E731
-    saved = {n: m for n, m in sys.modules.items() if ours(n)}
-    try:
-        package = types.ModuleType("mamba_ssm")
-        package.__path__ = [str(PEER_MAMBA)]  # its __init__ would import the CUDA extension and Mamba-3
-        hub = types.ModuleType("huggingface_hub")
-        hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
-        ssd = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
-        ssd.mamba_chunk_scan_combined = mamba_chunk_scan_combined_ref
-        ssd.mamba_split_conv1d_scan_combined = None
-        sys.modules.update({"mamba_ssm": package, "huggingface_hub": hub, "causal_conv1d": None,
-                            "causal_conv1d.causal_conv1d_varlen": None, "mamba_ssm.ops.triton.ssd_combined": ssd})
+    hub = types.ModuleType("huggingface_hub")
+    hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+    ssd = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
+    ssd.mamba_chunk_scan_combined = mamba_chunk_scan_combined_ref
+    ssd.mamba_split_conv1d_scan_combined = None
+    stubs = {"huggingface_hub": hub, "causal_conv1d": None, "causal_conv1d.causal_conv1d_varlen": None,
+             "mamba_ssm.ops.triton.ssd_combined": ssd}
+    with peer_mamba_ssm(stubs, ("causal_conv1d", "huggingface_hub")):
         norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
         ssu = importlib.import_module("mamba_ssm.ops.triton.selective_state_update")
         mamba2 = importlib.import_module("mamba_ssm.modules.mamba2")
-    finally:
-        for name in [n for n in sys.modules if ours(n)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
     assert mamba2.causal_conv1d_fn is None and mamba2.causal_conv1d_update is None
     norm.rmsnorm_fn = lambda x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True: \
         norm.rms_norm_ref(x, weight, bias, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
