@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite natively on a GPU machine, in one call (at most ~9 minutes on an H200 with 16 cores):
-# builds every csrc extension beside the first tests (xdist workers never build one twice), `pytest -n $WORKERS` with work
-# stealing (Triton compiles make some tests take minutes; a worker held by one must not hold a queue too).
+# The whole test suite natively on a GPU machine, in one call: builds every csrc extension beside the first tests
+# (xdist workers never build one twice), `pytest -n $WORKERS` with work stealing (Triton compiles make some
+# tests take minutes; a worker held by one must not hold a queue too).
 # Logs go to $OUT (default /tmp/gpu_out): tests.log has one line per test as it finishes (SSM_TEST_LOG), so a run
 # stopped by its time limit still says what failed and what was slow. The last lines printed are a summary to paste
 # into a note: GPU, torch, Triton, commit, pass/fail counts and the failing tests.
 #   usage: [WORKERS=14] [TEST_TIMEOUT=480] [PER_TEST_TIMEOUT=240] bash scripts/gpu_tests.sh [pytest args...]
+#   (no args: tests -m "not parity"; `-m parity`: the native parity sweep of every GPU backend, its own run)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=${SSM_KERNELS_CACHE:-/tmp/ssm_cache}
@@ -37,7 +38,8 @@ with cf.ThreadPoolExecutor(len(names) + 1) as pool:
 PY
 builds=$!
 
-args=("$@"); [ ${#args[@]} -eq 0 ] && args=(tests)
+# default: every test but the parity sweep (tests/native, minutes per job: `bash scripts/gpu_tests.sh -m parity`)
+args=("$@"); [ ${#args[@]} -eq 0 ] && args=(tests -m "not parity")
 export SSM_TEST_LOG="$OUT/tests.log"  # tests/conftest.py: one line per test as it finishes
 timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-14}" --dist worksteal -p no:cacheprovider -p no:benchmark \
   --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1

@@ -61,7 +61,7 @@ from ._common import segment_ids
 def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
     """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores, exact fp32 for fp32.
 
-    Measured on the H100 with Triton 3.6 (scripts/gpu_parity.py): fp16 / bf16 operands
+    Measured on the H100 with Triton 3.6 (the native parity sweep, tests/native): fp16 / bf16 operands
     give wrong outputs and illegal memory accesses when neither headdim nor d_state is a power of two
     (P 24 with N 40 failed; P 32 with N 40 and P 24 with N 64 were right). Those shapes take the exact fp32
     dot instead: correct, slower, and at least as accurate."""
