@@ -15,9 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_args import dt_init_range, inner_width, positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -46,15 +48,20 @@ class Mamba(InferenceCacheMixin, nn.Module):
         factory_kwargs = {"device": device, "dtype": dtype}
         super().__init__()
         self.cp_group = cp_group
-        self.d_model = d_model
-        self.d_state = d_state
-        self.d_conv = d_conv
+        check = ArgCheck("Mamba")
+        self.d_model = check.integer("d_model", d_model, minimum=1)
+        self.d_state = check.integer("d_state", d_state, minimum=1)
+        self.d_conv = check.integer("d_conv", d_conv, minimum=1)
+        self.d_inner = inner_width(check, self.d_model, expand)
         self.expand = expand
-        self.d_inner = int(self.expand * self.d_model)
-        self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else dt_rank
+        self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else check.integer("dt_rank", dt_rank,
+                                                                                            minimum=1)
+        dt_min, dt_max, dt_init_floor = dt_init_range(check, dt_min, dt_max, dt_init_floor)
+        check.choice("dt_init", dt_init, ("random", "constant"))
+        dt_scale = check.finite("dt_scale", dt_scale)
         self.use_fast_path = use_fast_path
-        self.layer_idx = layer_idx
-        self.mixer_rms_eps = mixer_rms_eps
+        self.layer_idx = None if layer_idx is None else check.integer("layer_idx", layer_idx, minimum=0)
+        self.mixer_rms_eps = None if mixer_rms_eps is None else positive(check, "mixer_rms_eps", mixer_rms_eps)
         self.activation = "silu"
 
         self.in_proj = nn.Linear(self.d_model, self.d_inner * 2, bias=bias, **factory_kwargs)
@@ -67,10 +74,8 @@ class Mamba(InferenceCacheMixin, nn.Module):
         dt_init_std = self.dt_rank ** -0.5 * dt_scale
         if dt_init == "constant":
             nn.init.constant_(self.dt_proj.weight, dt_init_std)
-        elif dt_init == "random":
-            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         else:
-            raise NotImplementedError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max, dt_init_floor, **factory_kwargs))
         self.dt_proj.bias._no_reinit = True  # model-level init zeroes Linear biases except this one

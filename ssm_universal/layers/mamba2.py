@@ -11,8 +11,6 @@ alone resets the conv and the scan at sequence boundaries (mamba_ssm also needs 
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -25,6 +23,7 @@ from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width, positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -69,26 +68,6 @@ class RMSNormGated(nn.Module):
                              norm_before_gate=self.norm_before_gate)
 
 
-def _positive_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Mamba2: {name} must be a real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"Mamba2: {name} must be finite and > 0, got {value}")
-    return float(value)
-
-
-def _pair(name, value):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"Mamba2: {name} must be a pair (low, high), got {value!r}")
-    low, high = value
-    for v in (low, high):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
-            raise TypeError(f"Mamba2: {name} must hold two real numbers, got {value!r}")
-    if low > high:
-        raise ValueError(f"Mamba2: {name} must have low <= high, got {tuple(value)}")
-    return float(low), float(high)
-
-
 class Mamba2(InferenceCacheMixin, nn.Module):
     """Mamba-2 block: u (B, L, d_model) -> (B, L, d_model); or (B * L, d_model) with `seqlen=L`.
 
@@ -118,35 +97,25 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         self.d_model = check.integer("d_model", d_model, minimum=1)
         self.d_state = check.integer("d_state", d_state, minimum=1)
         self.d_conv = check.integer("d_conv", d_conv, minimum=1)
-        self.conv_init = None if conv_init is None else _positive_float("conv_init", conv_init)
-        _positive_float("expand", expand)
-        if (expand * d_model) != int(expand * d_model):
-            raise ValueError(f"Mamba2: expand * d_model must be an integer, got {expand} * {d_model}")
+        self.conv_init = None if conv_init is None else positive(check, "conv_init", conv_init)
+        self.d_inner = inner_width(check, self.d_model, expand)
         self.expand = expand
         self.process_group = process_group
         self.sequence_parallel = sequence_parallel
         self.world_size, self.local_rank = 1, 0
-        self.d_inner = int(expand * d_model)
         self.headdim = check.integer("headdim", headdim, minimum=1)
         self.d_ssm = self.d_inner if d_ssm is None else check.integer("d_ssm", d_ssm, minimum=1)
         if self.d_ssm > self.d_inner:
-            raise ValueError(f"Mamba2: d_ssm must be <= d_inner = expand * d_model = {self.d_inner}, got {d_ssm}")
+            check.fail(f"d_ssm must be <= d_inner = expand * d_model = {self.d_inner}, got {d_ssm}")
         if self.d_ssm % self.headdim:
-            raise ValueError(f"Mamba2: headdim = {headdim} must divide d_ssm = {self.d_ssm}")
+            check.fail(f"headdim = {headdim} must divide d_ssm = {self.d_ssm}")
         self.ngroups = check.integer("ngroups", ngroups, minimum=1)
         self.nheads = self.d_ssm // self.headdim
         if self.nheads % self.ngroups:
-            raise ValueError(f"Mamba2: ngroups = {ngroups} must divide nheads = d_ssm / headdim = {self.nheads}")
-        A_init_range = _pair("A_init_range", A_init_range)
-        if A_init_range[0] <= 0 or not math.isfinite(A_init_range[1]):
-            raise ValueError(f"Mamba2: A_init_range must satisfy 0 < low <= high < inf, got {A_init_range}")
-        dt_min, dt_max = _positive_float("dt_min", dt_min), _positive_float("dt_max", dt_max)
-        if dt_min > dt_max:
-            raise ValueError(f"Mamba2: dt_min must be <= dt_max, got {dt_min} > {dt_max}")
-        dt_init_floor = _positive_float("dt_init_floor", dt_init_floor)
-        low, high = _pair("dt_limit", dt_limit)
-        if not math.isfinite(low) or high == -math.inf:
-            raise ValueError(f"Mamba2: dt_limit must be (finite low, high <= inf), got {tuple(dt_limit)}")
+            check.fail(f"ngroups = {ngroups} must divide nheads = d_ssm / headdim = {self.nheads}")
+        A_init_range = A_init_range_of(check, A_init_range)
+        dt_min, dt_max, dt_init_floor = dt_init_range(check, dt_min, dt_max, dt_init_floor)
+        dt_limit_of(check, dt_limit)
         self.D_has_hdim = bool(D_has_hdim)
         self.rmsnorm = bool(rmsnorm)
         self.norm_before_gate = bool(norm_before_gate)

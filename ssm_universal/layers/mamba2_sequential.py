@@ -12,8 +12,6 @@ A_log, D and the gated RMSNorm.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Optional, Tuple
 
 import torch
@@ -24,6 +22,7 @@ from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_state_upd
 from ssm_kernels.validation import ArgCheck
 
 from ._inference_cache import InferenceCacheMixin
+from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width, positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 from .mamba2 import NO_DT_LIMIT, Mamba2, RMSNormGated
 
@@ -35,31 +34,16 @@ def _check_arguments(check: ArgCheck, d_model, d_state, d_conv, conv_init, expan
     for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("headdim", headdim),
                         ("ngroups", ngroups), ("chunk_size", chunk_size)):
         check.integer(name, value, minimum=1)
-    positive = {"expand": expand, "dt_min": dt_min, "dt_max": dt_max, "dt_init_floor": dt_init_floor}
     if conv_init is not None:
-        positive["conv_init"] = conv_init
-    for name, value in positive.items():
-        if check.finite(name, value) <= 0:
-            check.fail(f"{name} must be > 0, got {value}")
-    if expand * d_model != int(expand * d_model):
-        check.fail(f"expand * d_model must be an integer, got {expand} * {d_model}")
-    d_inner = int(expand * d_model)
+        positive(check, "conv_init", conv_init)
+    d_inner = inner_width(check, d_model, expand)
     if d_inner % headdim:
         check.fail(f"headdim = {headdim} must divide d_inner = expand * d_model = {d_inner}")
     if (d_inner // headdim) % ngroups:
         check.fail(f"ngroups = {ngroups} must divide nheads = d_inner / headdim = {d_inner // headdim}")
-    if dt_min > dt_max:
-        check.fail(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
-    for name, pair in (("A_init_range", A_init_range), ("dt_limit", dt_limit)):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or any(
-                isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in pair):
-            check.fail(f"{name} must be a pair (low, high) of real numbers, got {pair!r}", TypeError)
-        if pair[0] > pair[1]:
-            check.fail(f"{name} must have low <= high, got {tuple(pair)}")
-    if A_init_range[0] <= 0 or not math.isfinite(A_init_range[1]):
-        check.fail(f"A_init_range must satisfy 0 < low <= high < inf, got {tuple(A_init_range)}")
-    if not math.isfinite(dt_limit[0]) or dt_limit[1] == -math.inf:
-        check.fail(f"dt_limit must be (finite low, high <= inf), got {tuple(dt_limit)}")
+    dt_init_range(check, dt_min, dt_max, dt_init_floor)
+    A_init_range_of(check, A_init_range)
+    dt_limit_of(check, dt_limit)
 
 
 class Mamba2Sequential(InferenceCacheMixin, nn.Module):

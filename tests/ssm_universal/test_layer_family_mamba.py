@@ -35,6 +35,21 @@ def test_bf16_autocast(cls, kwargs):
 
 
 BAD_ARGUMENTS = {  # class: (the valid arguments the bad ones replace, [(bad arguments, error)])
+    Mamba: (dict(d_model=16, d_state=4), [
+        (dict(d_model=0), ValueError),
+        (dict(d_state=2.5), TypeError),
+        (dict(d_conv=0), ValueError),
+        (dict(expand=1.3), ValueError),           # expand * d_model not an integer
+        (dict(expand=-2), ValueError),
+        (dict(dt_rank=0), ValueError),
+        (dict(dt_rank="full"), TypeError),
+        (dict(dt_min=0.2), ValueError),           # > dt_max
+        (dict(dt_init_floor=0.0), ValueError),
+        (dict(dt_init="xavier"), ValueError),
+        (dict(dt_scale=float("nan")), ValueError),
+        (dict(layer_idx=-1), ValueError),
+        (dict(mixer_rms_eps=0.0), ValueError),
+    ]),
     Mamba2: (dict(d_model=16, d_state=4, headdim=8), [
         (dict(process_group=object()), ValueError),
         (dict(headdim=5), ValueError),            # does not divide d_ssm = 32
