@@ -1,0 +1,46 @@
+"""python -m benchmarks and its tune subcommand: the settings a sweep changes are restored, a sweep on the CPU
+(interpreter) times its settings and names the best, and the subcommands parse."""
+import importlib
+
+import pytest
+import torch
+
+from benchmarks.__main__ import main
+from benchmarks.cases.fftconv import _case
+from benchmarks.tune import module_settings, sweep
+
+
+def test_module_settings_restores_even_after_an_error():
+    backend = importlib.import_module("ssm_kernels.causal_conv1d.triton")
+    before = backend.CONFIG
+    with pytest.raises(RuntimeError):
+        with module_settings(backend, {"CONFIG": "changed"}):
+            assert backend.CONFIG == "changed"
+            raise RuntimeError
+    assert backend.CONFIG is before
+
+
+@pytest.mark.triton
+def test_sweep_times_each_setting_and_restores(triton_device, capsys):
+    if triton_device.type != "cpu":
+        pytest.skip("the sweep's timing on a GPU is the tuner's own business")
+    backend = importlib.import_module("ssm_kernels.fftconv.triton")
+    chunk = backend.CHUNK
+    variant = _case(1, 2, 40, False, torch.float32, False).make(torch.device("cpu"), False)["triton"]
+    results = sweep(backend, variant, torch.device("cpu"), [{"CHUNK": 16}], quick=True, modes=("fwd",))
+    assert [settings for _, settings in results] == [{}, {"CHUNK": 16}]
+    assert all(times["fwd"] > 0 for times, _ in results)
+    assert backend.CHUNK == chunk
+    assert "best fwd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode"])
+def test_subcommands_parse(subcommand):
+    with pytest.raises(SystemExit) as exit_:
+        main([subcommand, "--help"])
+    assert exit_.value.code == 0
+
+
+def test_tune_rejects_an_op_without_a_tuner():
+    with pytest.raises(SystemExit):
+        main(["tune", "not_an_op"])
