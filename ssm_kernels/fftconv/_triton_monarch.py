@@ -18,8 +18,8 @@ anti-causal kernel gradient needs the far end of the circular correlation, OUT_R
 Every transform is complex: two real sequences of the same head travel as the real and imaginary parts of one
 (a real kernel keeps them apart; see the kernels). Tables are (2, rows, cols) planes (real, imaginary),
 contiguous: the DFT matrices in the dots' operand dtype, the twiddles fp32. F2 and the input tile are the same
-for every chunk: a program converts them to dot operands once. Dot operands are bf16 (OPERANDS) or fp32 through three tf32 products (tf32x3, close to fp32);
-accumulation and the twiddles are fp32.
+for every chunk: a program converts them to dot operands once. Dot operands are bf16 (OPERANDS) or fp32
+through three tf32 products (tf32x3, close to fp32); accumulation and the twiddles are fp32.
 """
 from __future__ import annotations
 
@@ -60,8 +60,6 @@ def fft_shape(length: int, min_points: int) -> Tuple[int, int]:
     points = max(min_points, triton.next_power_of_2(2 * length))
     n1 = 1 << (points.bit_length() // 2)  # 2^ceil(log2(N) / 2)
     return n1, points // n1
-
-
 
 
 def operand_mode(dtype: torch.dtype, device: torch.device) -> int:
