@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The whole test suite natively on a GPU machine, in one call: builds every csrc extension beside the first tests
-# (xdist workers never build one twice), `pytest -n $WORKERS` with work stealing (Triton compiles make some
-# tests take minutes; a worker held by one must not hold a queue too).
+# (xdist workers never build one twice), `pytest -n $WORKERS`, slowest tests first (tests/durations.py: a few take
+# minutes, and started last they would end the run minutes after the other workers), one CPU thread per worker
+# (14 workers x 16 OpenMP threads made the CPU-bound tests, Inductor builds and the examples, 10x slower).
 # Logs go to $OUT (default /tmp/gpu_out): tests.log has one line per test as it finishes (SSM_TEST_LOG), so a run
-# stopped by its time limit still says what failed and what was slow. The last lines printed are a summary to paste
-# into a note: GPU, torch, Triton, commit, pass/fail counts and the failing tests.
+# stopped by its time limit still says what failed and what was slow; native_durations.tsv is
+# tests/native_durations.tsv updated with this run's durations (commit it to keep the order right). The last lines
+# printed are a summary to paste into a note: GPU, torch, Triton, commit, pass/fail counts and the failing tests.
 #   usage: [WORKERS=14] [TEST_TIMEOUT=480] [PER_TEST_TIMEOUT=240] bash scripts/gpu_tests.sh [pytest args...]
 #   (no args: tests -m "not parity"; `-m parity`: the native parity sweep of every GPU backend, its own run)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=${SSM_KERNELS_CACHE:-/tmp/ssm_cache}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-1}
 start=$(date +%s)
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -41,10 +44,16 @@ builds=$!
 # default: every test but the parity sweep (tests/native, minutes per job: `bash scripts/gpu_tests.sh -m parity`)
 args=("$@"); [ ${#args[@]} -eq 0 ] && args=(tests -m "not parity")
 export SSM_TEST_LOG="$OUT/tests.log"  # tests/conftest.py: one line per test as it finishes
-timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-14}" --dist worksteal -p no:cacheprovider -p no:benchmark \
-  --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1
+schedule=(--dist load --maxschedchunk 1 --slowest-first)  # (--maxschedchunk: pytest-xdist 3.4 and later)
+python3 -m pytest --help 2>/dev/null | grep -q maxschedchunk || schedule=(--dist worksteal)
+timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-14}" "${schedule[@]}" \
+  -p no:cacheprovider -p no:benchmark --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1
 rc=$?
 wait $builds
+cp tests/native_durations.tsv "$OUT/native_durations.tsv"
+python3 -m tests.durations update "$OUT/tests.log" --into "$OUT/native_durations.tsv" \
+  --header "$(head -1 "$OUT/env.txt"), $(sed -n 2p "$OUT/env.txt"), $(sed -n 3,4p "$OUT/env.txt" | paste -sd' '), \
+${WORKERS:-14} xdist workers (scripts/gpu_tests.sh)"
 echo "================ builds"; cat "$OUT/build.log"
 echo "================ failures"
 grep -E "^(failed|error)" "$OUT/tests.log" | cut -f2- | cut -c1-200 | head -${SHOW_FAILURES:-80}

@@ -14,6 +14,7 @@ if not HAS_CUDA:
 from ssm_kernels import _dispatch  # noqa: E402
 from ssm_kernels._utils import set_poison_outputs  # noqa: E402
 
+from tests import durations  # noqa: E402
 from tests.helpers import TRITON_DEVICE  # noqa: E402
 
 
@@ -43,6 +44,8 @@ def triton_device():
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run the tests marked slow on a CPU-only machine too")
+    parser.addoption("--slowest-first", action="store_true",
+                     help="order tests by their recorded native durations for xdist workers (tests/durations.py)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -54,6 +57,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
         if "slow" in item.keywords and not run_slow:
             item.add_marker(skip_slow)
+    if config.getoption("--slowest-first"):
+        workers = getattr(config, "workerinput", {}).get("workercount", 1)  # the same on every xdist worker
+        items[:] = durations.slowest_first(items, [item.nodeid for item in items], durations.load(), workers)
 
 
 _TEST_LOG = os.environ.get("SSM_TEST_LOG")  # a file: one line per finished test, written as it finishes
