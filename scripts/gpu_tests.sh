@@ -12,6 +12,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=${SSM_KERNELS_CACHE:-/tmp/ssm_cache}
+[ -d peers ] && export SSM_PEERS_DIR=${SSM_PEERS_DIR:-$PWD/peers}  # tests/test_compat.py against the originals
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-1}
 start=$(date +%s)
 {
