@@ -1,5 +1,6 @@
 """What layers that convolve with an SSM kernel (S4D, DSS) share: the forward (kernel -> fftconv with the D
-skip -> activation -> tied dropout -> output transform) and the same transform for one recurrent step."""
+skip -> activation -> tied dropout -> output transform), the same transform for one recurrent step, and the
+prefill (a prompt's outputs and final state from the modal recurrence in closed form)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_kernels import fftconv
+
+from ._modal_state import modal_prefill
 
 
 class KernelConvLayer(nn.Module):
@@ -30,14 +33,18 @@ class KernelConvLayer(nn.Module):
             optim["lr"] = lr
         getattr(self, name)._optim = optim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
-        (the autocast dtype under autocast)."""
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d_model), or (B, d_model, L) if transposed -> (B, d_model, L), after checking its shape."""
         if x.dim() != 3 or x.shape[1 if self.transposed else 2] != self.H:
             layout = "(B, d_model, L)" if self.transposed else "(B, L, d_model)"
             raise ValueError(f"{type(self).__name__}: x must have shape {layout} with d_model = {self.H}, "
                              f"got {tuple(x.shape)}")
-        u = x if self.transposed else x.transpose(1, 2)  # (B, H, L)
+        return x if self.transposed else x.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, d_model), or (B, d_model, L) if transposed -> y of the same shape and x's dtype
+        (the autocast dtype under autocast)."""
+        u = self._channels_first(x)  # (B, H, L)
         length = u.shape[-1]
         if length == 0:
             return x.clone()
@@ -57,6 +64,9 @@ class KernelConvLayer(nn.Module):
         self.cp_group: subclasses whose context_parallel is True define it."""
         raise ValueError(f"{type(self).__name__}: this layer cannot split the sequence across ranks (cp_group)")
 
+    def _check_steppable(self):
+        self._check_causal()
+
     def _check_causal(self):
         if self.bidirectional:
             raise RuntimeError(f"{type(self).__name__}: a bidirectional layer has no recurrent step (its output "
@@ -69,3 +79,24 @@ class KernelConvLayer(nn.Module):
         y = self.dropout(self.activation(y).unsqueeze(-1)).squeeze(-1)
         conv = self.output_linear[0]
         return F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)
+
+
+class ModalKernelConvLayer(KernelConvLayer):
+    """A KernelConvLayer whose step runs a diagonal recurrence (S4D, DSS): subclasses define modal_recurrence()
+    -> (log dA, dB, C): h = dA h + dB u, y = Re(sum_n C_n h_n) + D u, which gives the prefill in closed form."""
+
+    def prefill(self, x: torch.Tensor, state: torch.Tensor):
+        """x (B, L, d_model) (or (B, d_model, L) if transposed) and the state before it (from default_state or
+        step) -> (y as `step` gives it position by position, the state after the last position), without
+        stepping: a convolution with the untruncated kernel plus the response to the entering state (the
+        recurrence has no l_max). The given state is not modified."""
+        self._check_steppable()
+        u = self._channels_first(x)
+        if state.shape != (u.shape[0],) + self.default_state(1, device="meta").shape[1:]:
+            raise ValueError(f"{type(self).__name__}.prefill: state must have the shape of default_state"
+                             f"({u.shape[0]}), got {tuple(state.shape)}")
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            log_dA, dB, C = self.modal_recurrence()
+            y, state = modal_prefill(u, log_dA, dB, C, self.D.float(), state)
+        y = self.output_linear(self.dropout(self.activation(y.to(x.dtype))))
+        return (y if self.transposed else y.transpose(1, 2)), state

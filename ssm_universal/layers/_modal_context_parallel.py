@@ -9,25 +9,12 @@ Shapes: u (B, H, L_r) real; log_dA, dB, C (H, N) complex.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ssm_kernels import fftconv, vandermonde_kernel
 from ssm_kernels._context_parallel import check_shard_lengths, compose_states, exchange, group_position
 
-
-def modal_final_state(u: torch.Tensor, log_dA: torch.Tensor) -> torch.Tensor:
-    """sum_tau dA^(L - 1 - tau) u_tau: (B, H, N) complex, in chunks of about sqrt(L) positions (memory
-    O(B H N sqrt(L)) with the chunk states, not O(B H N L))."""
-    batch, heads, length = u.shape
-    chunk = max(1, math.isqrt(length))
-    n_chunks = -(-length // chunk)
-    u = torch.nn.functional.pad(u.to(log_dA.real.dtype), (n_chunks * chunk - length, 0))  # zeros first
-    within = torch.exp(log_dA[:, None, :] * torch.arange(chunk - 1, -1, -1, device=u.device)[None, :, None])
-    states = torch.einsum("bhct,htn->bhcn", u.reshape(batch, heads, n_chunks, chunk).to(within.dtype), within)
-    across = torch.exp(log_dA[:, None, :] * chunk * torch.arange(n_chunks - 1, -1, -1, device=u.device)[None, :, None])
-    return torch.einsum("bhcn,hcn->bhn", states, across)
+from ._modal_state import modal_final_state, state_response
 
 
 def modal_conv_context_parallel(u, log_dA, dB, C, D, group, layer: str):
@@ -40,6 +27,4 @@ def modal_conv_context_parallel(u, log_dA, dB, C, D, group, layer: str):
     decay = torch.exp(log_dA * length)
     check_shard_lengths(group, layer, [decay, final], ["decay", "state"], length)
     entering, _ = exchange(group, compose_states(False), None, decay, final)
-    response = vandermonde_kernel((C * torch.exp(log_dA) * entering).reshape(batch * heads, -1),
-                                  log_dA.repeat(batch, 1), length)
-    return y + response.reshape(batch, heads, length).to(y.dtype)
+    return y + state_response(2 * C, log_dA, entering, length).to(y.dtype)

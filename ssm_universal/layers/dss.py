@@ -29,7 +29,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
-from ._kernel_conv import KernelConvLayer
+from ._kernel_conv import ModalKernelConvLayer
 from .s4d import TiedDropout, hippo_legs_normal_eigenvalues
 
 VERSIONS = ("exp", "softmax")
@@ -52,7 +52,7 @@ def _reciprocal(x: torch.Tensor, epsilon: float, clamp: bool) -> torch.Tensor:
     return x.conj() / (norm_sq.clamp(min=epsilon) if clamp else norm_sq + epsilon)
 
 
-class DSS(KernelConvLayer):
+class DSS(ModalKernelConvLayer):
     """Diagonal state space layer: (B, L, d_model) -> (B, L, d_model), or (B, d_model, L) if transposed.
 
     Args:
@@ -201,16 +201,21 @@ class DSS(KernelConvLayer):
             raise ValueError(f"DSS.step: state must be complex64 of shape (B, d_model, d_state) = "
                              f"({x_t.shape[0]}, {self.H}, {self.N}), got {state.dtype} {tuple(state.shape)}")
         with torch.autocast(device_type=x_t.device.type, enabled=False):
-            coef, log_z, flipped, W = self._modes(self.l_max)
-            P = self.dt_lambda()
-            if self.version != "exp":  # only softmax kernels flip modes
-                # a flipped mode's term coef exp(-P (l_max-1-l)) is coef exp(-P (l_max-1)) exp(P l); no host
-                # branch on `flipped` (steps are captured in CUDA graphs), and exp(0) = 1 for the other modes
-                coef = coef * torch.exp(torch.where(flipped, log_z * (self.l_max - 1), torch.zeros_like(log_z)))
+            P, _, C = self.modal_recurrence()
             u = x_t.float()
             state = torch.exp(P) * state + u.unsqueeze(-1)
-            y = (W * coef * state).sum(-1).real + self.D.float() * u
+            y = (C * state).sum(-1).real + self.D.float() * u
         return self.output_step(y.to(x_t.dtype)), state
+
+    def modal_recurrence(self) -> Tuple[torch.Tensor, float, torch.Tensor]:
+        """(P, dB = 1, C = W coef), (H, N) complex64: h = exp(P) h + u, y = Re(sum_n C_n h_n) + D u."""
+        self._check_steppable()
+        coef, log_z, flipped, W = self._modes(self.l_max)
+        if self.version != "exp":  # only softmax kernels flip modes
+            # a flipped mode's term coef exp(-P (l_max-1-l)) is coef exp(-P (l_max-1)) exp(P l); no host
+            # branch on `flipped` (steps are captured in CUDA graphs), and exp(0) = 1 for the other modes
+            coef = coef * torch.exp(torch.where(flipped, log_z * (self.l_max - 1), torch.zeros_like(log_z)))
+        return self.dt_lambda(), 1.0, W * coef
 
     def _check_steppable(self):
         if self.bidirectional:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ssm_kernels.validation import ArgCheck
 
+from ._prefill import prefill
 from .dss import DSS
 from .h3 import H3
 from .mamba import Mamba
@@ -135,6 +136,15 @@ class GatedMLP(nn.Module):
     def default_state(self, batch_size: int, device=None, dtype=None):
         """None without an SSM branch, else the SSM layer's default_state(batch_size, device, dtype)."""
         return None if self.ssm is None else self.ssm.default_state(batch_size, device=device, dtype=dtype)
+
+    def prefill(self, x: torch.Tensor, state):
+        """A prompt x (B, L, in_features) from `state` -> (y as forward gives it ((y, x) with return_residual),
+        the state after the last token): the SSM layer's own prefill (ssm_universal.layers._prefill)."""
+        if self.ssm is None:
+            return self(x), state
+        s, state = prefill(self.ssm, x, state)
+        y = self._mlp(x, s)
+        return ((y, x) if self.return_residual else y), state
 
     def step(self, x_t: torch.Tensor, state):
         """One token: x_t (B, in_features), state from default_state -> (y_t, new state), y_t as forward gives

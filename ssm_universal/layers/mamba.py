@@ -131,6 +131,11 @@ class Mamba(InferenceCacheMixin, nn.Module):
             ssm_state.copy_(last_state.detach())
         return self.out_proj(y.transpose(1, 2))
 
+    def prefill(self, x: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """A prompt x (B, L, d_model) from `state` -> (y (B, L, d_model), state): the parallel forward, which
+        leaves the state after the last token in the state tensors (updated in place, as by `step`)."""
+        return self(x, state=state), state
+
     def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One token: x_t (B, d_model) -> (y_t (B, d_model), state). The state tensors are updated in place
         (the returned state is the same pair of tensors)."""

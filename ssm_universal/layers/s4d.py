@@ -19,7 +19,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
-from ._kernel_conv import KernelConvLayer
+from ._kernel_conv import ModalKernelConvLayer
 from ._modal_context_parallel import modal_conv_context_parallel
 
 INITS = ("diag-inv", "diag-lin", "diag-legs", "diag-real")
@@ -80,7 +80,7 @@ class TiedDropout(nn.Module):
         return x * keep.to(x.dtype) / (1.0 - self.p)
 
 
-class S4D(KernelConvLayer):
+class S4D(ModalKernelConvLayer):
     """Diagonal S4 layer: (B, L, d_model) -> (B, L, d_model), or (B, d_model, L) both ways if transposed.
 
     Args:
@@ -215,12 +215,18 @@ class S4D(KernelConvLayer):
                              f"({x_t.shape[0]}, {self.H}, {self.d_state // 2}), got {state.dtype} "
                              f"{tuple(state.shape)}")
         with torch.autocast(device_type=x_t.device.type, enabled=False):
-            log_dA, dB = self.discretize()
+            log_dA, dB, C = self.modal_recurrence()
             u = x_t.float()
             state = torch.exp(log_dA) * state + dB * u.unsqueeze(-1)
-            C = torch.view_as_complex(self.C.float())
-            y = 2 * (C * state).sum(-1).real + self.D.float() * u
+            y = (C * state).sum(-1).real + self.D.float() * u
         return self.output_step(y.to(x_t.dtype)), state
+
+    def modal_recurrence(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log dA, dB, 2 C), each (H, N/2) complex64: h = dA h + dB u, y = Re(sum_n 2 C_n h_n) + D u (the
+        conjugate modes' half of the sum is the factor 2)."""
+        self._check_causal()
+        log_dA, dB = self.discretize()
+        return log_dA, dB, 2 * torch.view_as_complex(self.C.float())
 
 
 

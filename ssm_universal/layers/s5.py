@@ -262,6 +262,11 @@ class S5(nn.Module):
         y = self._project_out(xs.transpose(1, 2), x)
         return (y, final) if return_final_state else y
 
+    def prefill(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A prompt x (B, L, d_model) from `state` (B, N) complex -> (y (B, L, d_model), the state after the
+        last token): the parallel scan with its initial and final states (the given state is not modified)."""
+        return self(x, initial_state=state, return_final_state=True)
+
     def step(self, x_t: torch.Tensor, state: torch.Tensor, step_scale: StepScale = 1.0
              ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, d_model), state (B, N) complex -> (y_t (B, d_model), new state (B, N)).

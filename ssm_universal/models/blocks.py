@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update
 
+from ..layers._prefill import prefill
+
 NORMS = {"rmsnorm": nn.RMSNorm, "layernorm": nn.LayerNorm}
 
 
@@ -40,6 +42,15 @@ class ConvGate(nn.Module):
         return torch.zeros(batch_size, self.weight.shape[0], self.weight.shape[1] - 1,
                            device=self.weight.device if device is None else device,
                            dtype=self.weight.dtype if dtype is None else dtype)
+
+    def prefill(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) continuing from `state` -> (gate (B, L, D), the last kernel_size - 1 inputs, in place)."""
+        xt = x.transpose(1, 2)
+        initial = state.to(x.dtype) if state.shape[-1] else None  # (a width-1 conv keeps no inputs)
+        y = causal_conv1d(xt, self.weight.to(x.dtype), self.bias.to(x.dtype), initial_states=initial)
+        with torch.no_grad():
+            state.copy_(torch.cat([state.to(x.dtype), xt], dim=-1)[..., xt.shape[-1]:])
+        return torch.sigmoid(y).transpose(1, 2), state
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, D) -> (gate_t (B, D), state updated in place)."""
@@ -68,6 +79,17 @@ class ResidualBlock(nn.Module):
     def default_state(self, batch_size: int, device=None, dtype=None) -> Tuple[Any, Optional[torch.Tensor]]:
         gate = None if self.conv_gate is None else self.conv_gate.default_state(batch_size, device, dtype)
         return self.mixer.default_state(batch_size, device=device, dtype=dtype), gate
+
+    def prefill(self, x: torch.Tensor, state) -> Tuple[torch.Tensor, Tuple[Any, Optional[torch.Tensor]]]:
+        """x (B, L, d_model) from `state` -> (y (B, L, d_model), the state after the last position): the mixer's
+        prefill (its parallel form where it has one, ssm_universal.layers._prefill) and the gate's."""
+        mixer_state, gate_state = state
+        h = self.norm(x)
+        y, mixer_state = prefill(self.mixer, h, mixer_state)
+        if self.conv_gate is not None:
+            gate, gate_state = self.conv_gate.prefill(h, gate_state)
+            y = y * gate
+        return x + self.dropout(y), (mixer_state, gate_state)
 
     def step(self, x_t: torch.Tensor, state) -> Tuple[torch.Tensor, Tuple[Any, Optional[torch.Tensor]]]:
         """x_t (B, d_model) -> (y_t (B, d_model), new state)."""
@@ -102,6 +124,15 @@ class SSMModel(nn.Module):
     def default_state(self, batch_size: int, device=None, dtype=None) -> list:
         """One state per block (see ResidualBlock.default_state)."""
         return [layer.default_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
+
+    def prefill(self, x: torch.Tensor, state: list) -> Tuple[torch.Tensor, list]:
+        """x (B, L, d_model), state from default_state (or later) -> (y (B, L, d_model), the state after the
+        last position): what stepping through x gives, with each layer's parallel form where it has one."""
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x, layer_state = layer.prefill(x, layer_state)
+            new_state.append(layer_state)
+        return self.norm_f(x), new_state
 
     def step(self, x_t: torch.Tensor, state: list) -> Tuple[torch.Tensor, list]:
         """x_t (B, d_model), state from default_state -> (y_t (B, d_model), new state)."""

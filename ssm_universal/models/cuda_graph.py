@@ -28,6 +28,7 @@ class GraphedStep:
         self.token = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.state = model.default_state(batch_size, device=device)
         leaves, spec = tree_flatten(self.state)
+        self._spec = spec
         self._tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
         self._leaves = [leaves[i] for i in self._tensor_at]  # other leaves (None, sizes) stay as they are
         self._initial = [t.clone() for t in self._leaves]
@@ -56,6 +57,18 @@ class GraphedStep:
         """Back to the model's default (initial) state."""
         for leaf, init in zip(self._leaves, self._initial):
             leaf.copy_(init)
+
+    def load_state(self, state) -> None:
+        """Continue from `state` (the structure of model.default_state, e.g. after a prefill): copied into the
+        graph's state buffers."""
+        leaves, spec = tree_flatten(state)
+        tensors = [leaves[i] for i in self._tensor_at] if spec == self._spec else []
+        if len(tensors) != len(self._leaves) or any(not isinstance(t, torch.Tensor) or t.shape != b.shape
+                                                    for t, b in zip(tensors, self._leaves)):
+            raise ValueError("GraphedStep.load_state: the state differs in structure or shapes from default_state")
+        for buffer, tensor in zip(self._leaves, tensors):
+            if tensor is not buffer:
+                buffer.copy_(tensor)
 
     def __call__(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Advance by one token per sequence; returns the logits (a static buffer, overwritten next call)."""

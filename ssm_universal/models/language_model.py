@@ -1,7 +1,8 @@
 """SSMLanguageModel: token embedding, a create_model backbone, tied LM head; training loss and generation.
 
-Generation runs the recurrent step with one state per layer (constant memory per token, whatever the
-length); the prompt is fed through the same steps.
+Generation runs the prompt through each layer's parallel form once (prefill: the outputs and the recurrent
+state after the prompt, ssm_universal.layers._prefill), then the recurrent step with one state per layer
+(constant memory per token, whatever the length).
 """
 from __future__ import annotations
 
@@ -84,9 +85,15 @@ class SSMLanguageModel(nn.Module):
         hidden, state = self.backbone.step(self.embedding(token_ids), state)
         return self.lm_head(hidden), state
 
-    def _eager_step(self, batch_size: int):
+    def prefill(self, input_ids: torch.Tensor, state: list):
+        """input_ids (B, L) from `state` (default_state or later) -> (the logits after the last position (B, V),
+        the state after it): what L steps give, through each layer's parallel form where it has one."""
+        hidden, state = self.backbone.prefill(self.embedding(input_ids), state)
+        return self.lm_head(hidden[:, -1]), state
+
+    def _eager_step(self, state: list):
         """token_ids -> logits, keeping the state in a closure."""
-        state = [self.default_state(batch_size)]
+        state = [state]
 
         def step(token_ids):
             logits, state[0] = self.step(token_ids, state[0])
@@ -105,12 +112,14 @@ class SSMLanguageModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_length: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 cuda_graph: bool = False) -> torch.Tensor:
+                 cuda_graph: bool = False, prefill: bool = True) -> torch.Tensor:
         """Continue input_ids (B, L0) to max_length tokens in all (prompt included): (B, max_length).
 
         Sampling from softmax(logits / temperature) restricted to the top_k tokens and to the smallest set
         whose probability reaches top_p; top_k=1 or temperature=0 is greedy decoding. After eos_token_id
         a sequence keeps emitting it. Runs in eval mode (restored afterwards), one recurrent step per token.
+        prefill: run the prompt through the layers' parallel forms once (see `prefill`); False steps through
+            it token by token (the same tokens up to rounding: for checking, or timing the difference).
         cuda_graph (CUDA only): replay each step from a CUDA graph captured on first use per batch size
         (GraphedStep, kept on the model): one launch per token instead of one per kernel.
         """
@@ -126,22 +135,31 @@ class SSMLanguageModel(nn.Module):
             check.fail(f"top_p must be in (0, 1], got {top_p}")
         if cuda_graph and input_ids.device.type != "cuda":
             check.fail(f"cuda_graph=True needs CUDA tensors, got input_ids on {input_ids.device}")
+        if not isinstance(prefill, bool):
+            raise TypeError(f"generate: prefill must be a bool, got {type(prefill).__name__}")
 
         was_training = self.training
         self.eval()
         try:
-            step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(input_ids.shape[0])
+            state = self.default_state(input_ids.shape[0])
             tokens = [input_ids[:, t] for t in range(input_ids.shape[1])]
-            for token in tokens[:-1]:
-                step(token)
+            if prefill:
+                logits, state = self.prefill(input_ids, state)
+            step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(state)
+            if prefill and cuda_graph:
+                step.load_state(state)
+            if not prefill:
+                for token in tokens:
+                    logits = step(token)
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             while len(tokens) < max_length:
-                logits = step(tokens[-1])
                 nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
                 if eos_token_id is not None:
                     nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
                     finished |= nxt == eos_token_id
                 tokens.append(nxt.to(input_ids.dtype))
+                if len(tokens) < max_length:
+                    logits = step(tokens[-1])
         finally:
             self.train(was_training)
         return torch.stack(tokens, dim=1)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.models import (ARCHITECTURES, SSMLanguageModel, create_model, load_safetensors,
@@ -61,6 +62,46 @@ def test_conv_gate_and_dropout_options(architecture, block_type, extra):
         x2 = x.clone()
         x2[:, -1] += 1.0
         assert_close(model(x2)[:, :-1], y[:, :-1], FP32, "causal")
+
+
+def _leaves(state):
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tree_flatten(state)[0] if torch.is_tensor(t)]
+
+
+PREFILL_CONFIGS = CONFIGS + [("s4d", None, dict(l_max=5)), ("dss", None, dict(version="softmax", l_max=16))]
+
+
+@pytest.mark.parametrize("architecture,block_type,extra", PREFILL_CONFIGS, ids=_ids(PREFILL_CONFIGS))
+def test_prefill_equals_stepping_from_any_state(architecture, block_type, extra):
+    """model.prefill over a prompt, from the state some steps left, gives the outputs and the state that
+    stepping through the prompt gives (each layer's parallel form where it has one; l_max does not truncate)."""
+    model = create_model(architecture, block_type=block_type, conv_kernel_size=3, **SMALL, **extra).eval()
+    x = torch.randn(2, 13, 16)
+    with torch.no_grad():
+        state = model.default_state(2)
+        for t in range(4):
+            _, state = model.step(x[:, t], state)
+        copy = tree_map(lambda t: t.clone() if torch.is_tensor(t) else t, state)
+        y, prefilled = model.prefill(x[:, 4:], copy)
+        stepped = []
+        for t in range(4, 13):
+            y_t, state = model.step(x[:, t], state)
+            stepped.append(y_t)
+    assert_close(y, torch.stack(stepped, 1), FP32, f"{architecture} prefill outputs")
+    for i, (a, b) in enumerate(zip(_leaves(prefilled), _leaves(state), strict=True)):
+        assert_close(a, b, FP32, f"{architecture} prefill state leaf {i}")
+
+
+@pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
+def test_generate_with_prefill_equals_token_by_token(architecture, block_type, extra):
+    lm = _lm(architecture, block_type=block_type, conv_kernel_size=3, **extra)
+    ids = torch.randint(0, 37, (3, 7))
+    out = lm.generate(ids, max_length=15, top_k=1)
+    assert torch.equal(out, lm.generate(ids, max_length=15, top_k=1, prefill=False))
+    assert torch.equal(lm.generate(ids[:, :1], max_length=2, top_k=1),
+                       lm.generate(ids[:, :1], max_length=2, top_k=1, prefill=False))
+    with pytest.raises(TypeError, match="prefill"):
+        lm.generate(ids, max_length=9, prefill=1)
 
 
 def test_readme_examples_run():
