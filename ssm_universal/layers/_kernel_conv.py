@@ -64,6 +64,12 @@ class KernelConvLayer(nn.Module):
         self.cp_group: subclasses whose context_parallel is True define it."""
         raise ValueError(f"{type(self).__name__}: this layer cannot split the sequence across ranks (cp_group)")
 
+    def prefill_output(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The convolution's y (B, H, L) float32 -> the layer's output for input x (layout and dtype of x):
+        activation, dropout and output transform, after y is rounded to x's dtype as `step` rounds it."""
+        y = self.output_linear(self.dropout(self.activation(y.to(x.dtype))))
+        return y if self.transposed else y.transpose(1, 2)
+
     def _check_steppable(self):
         self._check_causal()
 
@@ -98,5 +104,4 @@ class ModalKernelConvLayer(KernelConvLayer):
         with torch.autocast(device_type=u.device.type, enabled=False):
             log_dA, dB, C = self.modal_recurrence()
             y, state = modal_prefill(u, log_dA, dB, C, self.D.float(), state)
-        y = self.output_linear(self.dropout(self.activation(y.to(x.dtype))))
-        return (y if self.transposed else y.transpose(1, 2)), state
+        return self.prefill_output(y, x), state

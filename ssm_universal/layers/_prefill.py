@@ -1,7 +1,8 @@
 """Prefill: a layer run over a whole prompt from a recurrent state, returning the outputs and the state after
 the prompt, ready for `step`. Layers with a parallel form define `prefill(x, state) -> (y, state)` (the Mamba
-family and S5 through their scans' final states, S4D and DSS through the modal recurrence in closed form);
-the others are stepped through the prompt here, which gives the same result one launch sequence per token."""
+family and S5 through their scans' final states, S4D, DSS, H3 and GSS through the diagonal recurrence in closed
+form, S4 per chunk with its dense transition); a layer without one (a user's own mixer, GSS's EfficientDsConv)
+is stepped through the prompt here, which gives the same result one launch sequence per token."""
 from __future__ import annotations
 
 from typing import Any, Tuple

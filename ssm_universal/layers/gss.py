@@ -25,6 +25,9 @@ import torch.nn as nn
 from ssm_kernels import fftconv, vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._modal_state import modal_prefill
+from ._prefill import prefill
+
 
 def check_bool(op: str, name: str, value) -> None:
     if not isinstance(value, bool):
@@ -99,6 +102,13 @@ class GatedBlock(nn.Module):
         self._check_causal()
         return self.inner.default_state(batch_size, device=device, dtype=dtype)
 
+    def prefill(self, x: torch.Tensor, state) -> Tuple[torch.Tensor, object]:
+        """A prompt x (B, L, dim) from `state` -> (y (B, L, dim), the state after the last token), as `step`
+        gives them: the inner module's prefill where it has one (layers._prefill), else its steps."""
+        self._check_causal()
+        check_input(f"{type(self).__name__}.prefill", x, self.dim)
+        return self._mix(x, lambda v: prefill(self.inner, v, state))
+
     def step(self, x_t: torch.Tensor, state) -> Tuple[torch.Tensor, object]:
         """One token: x_t (B, dim), state -> (y_t (B, dim), new state); equals forward token by token. The
         given state is not modified."""
@@ -171,13 +181,26 @@ class GSSDSS(nn.Module):
         device = self.C_real.device if device is None else device
         return torch.zeros(batch_size, self.dim, self.kernel_N, dtype=torch.complex64, device=device)
 
+    def prefill(self, x: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A prompt x (B, L, dim) from `state` -> (y (B, L, dim), the state after the last token), as `step`
+        gives them, in closed form (layers._modal_state); the given state is not modified."""
+        check_input("GSSDSS.prefill", x, self.dim)
+        self._check_state(state, x.shape[0], "prefill")
+        u = self.norm(x).transpose(1, 2)  # (B, dim, L)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            C, Lambda = self.modes()
+            y, state = modal_prefill(u, Lambda.expand_as(C), 1.0, C, self.param_D.float(), state)
+        return y.to(u.dtype).transpose(1, 2), state
+
+    def _check_state(self, state: torch.Tensor, batch: int, method: str) -> None:
+        if state.shape != (batch, self.dim, self.kernel_N) or state.dtype != torch.complex64:
+            raise ValueError(f"GSSDSS.{method}: state must be complex64 of shape (B, dim, kernel_N) = "
+                             f"({batch}, {self.dim}, {self.kernel_N}), got {state.dtype} {tuple(state.shape)}")
+
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, dim), state (B, dim, kernel_N) complex64 -> (y_t (B, dim), new state)."""
         check_input("GSSDSS.step", x_t, self.dim, "x_t", step=True)
-        if state.shape != (x_t.shape[0], self.dim, self.kernel_N) or state.dtype != torch.complex64:
-            raise ValueError(f"GSSDSS.step: state must be complex64 of shape (B, dim, kernel_N) = "
-                             f"({x_t.shape[0]}, {self.dim}, {self.kernel_N}), got {state.dtype} "
-                             f"{tuple(state.shape)}")
+        self._check_state(state, x_t.shape[0], "step")
         u = self.norm(x_t)
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             C, Lambda = self.modes()

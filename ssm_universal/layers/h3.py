@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ssm_kernels import fftconv
 from ssm_kernels.validation import ArgCheck
+from ._modal_state import modal_prefill
 from .s4d import S4D
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -137,6 +138,41 @@ class H3(nn.Module):
         diag_state = torch.zeros(batch_size, *heads, self.d_state // 2, dtype=torch.complex64, device=device)
         return shift_state, diag_state
 
+    def prefill(self, x: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """A prompt x (B, L, d_model) from `state` -> (y (B, L, d_model) as `step` gives it token by token, the
+        state after the last token), without stepping: the shift SSM as one convolution over the cached inputs
+        and the prompt, the diagonal SSM in closed form (layers._modal_state). The given state is not modified;
+        neither recurrence is truncated at l_max (as in `step`)."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"H3.prefill: x must have shape (B, L, d_model) with d_model = {self.d_model}, "
+                             f"got {tuple(x.shape)}")
+        self._check_state(state, x.shape[0], "prefill")
+        batch, length, _ = x.shape
+        H, P, N2 = self.H, self.head_dim, self.d_state // 2
+        q, k, v = (proj(x).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))  # (B, D, L)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q, k, v = q.float(), k.float(), v.float()
+            cached = torch.cat([state[0].reshape(batch, self.d_model, -1), k], -1)  # oldest first
+            taps = min(self.d_state, cached.shape[-1])
+            k = fftconv(cached, self.shift_kernel.float()[:, :taps], D=self.shift_D.float())[..., -length:]
+            kv = k.reshape(batch, H, P, 1, length) * v.reshape(batch, H, 1, P, length)  # (B, H, d1, d2, L)
+            kv = kv.permute(0, 2, 3, 1, 4).reshape(batch * P * P, H, length)
+            diag_state = state[1].reshape(batch, H, P, P, N2).permute(0, 2, 3, 1, 4).reshape(batch * P * P, H, N2)
+            log_dA, dB, C = self.diag_ssm.modal_recurrence()
+            y, diag_state = modal_prefill(kv, log_dA, dB, C, self.diag_ssm.D.float(), diag_state)
+            y = (y.reshape(batch, P, P, H, length) * q.reshape(batch, H, P, length).transpose(1, 2).unsqueeze(2)).sum(1)
+            y = y.reshape(batch, self.d_model, length)
+        diag_state = diag_state.reshape(batch, P, P, H, N2).permute(0, 3, 1, 2, 4).reshape(state[1].shape)
+        new_state = (cached[..., cached.shape[-1] - state[0].shape[-1]:].reshape(state[0].shape), diag_state)
+        return self.output_linear(y.transpose(1, 2).to(x.dtype)), new_state
+
+    def _check_state(self, state, batch: int, method: str) -> None:
+        expected = tuple(s.shape for s in self.default_state(batch, device="meta"))
+        if (not isinstance(state, (tuple, list)) or len(state) != 2
+                or tuple(s.shape for s in state) != expected or state[1].dtype != torch.complex64):
+            raise ValueError(f"H3.{method}: state must be (shift_state, diag_state complex64) of shapes {expected}, "
+                             "as default_state gives")
+
     def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One token: x_t (B, d_model), state from default_state -> (y_t (B, d_model), new state).
 
@@ -146,11 +182,7 @@ class H3(nn.Module):
         if x_t.dim() != 2 or x_t.shape[1] != self.d_model:
             raise ValueError(f"H3.step: x_t must have shape (B, d_model) = (B, {self.d_model}), "
                              f"got {tuple(x_t.shape)}")
-        expected = tuple(s.shape for s in self.default_state(x_t.shape[0], device="meta"))
-        if (not isinstance(state, (tuple, list)) or len(state) != 2
-                or tuple(s.shape for s in state) != expected or state[1].dtype != torch.complex64):
-            raise ValueError(f"H3.step: state must be (shift_state, diag_state complex64) of shapes {expected}, "
-                             "as default_state gives")
+        self._check_state(state, x_t.shape[0], "step")
         batch, H, P, N2 = x_t.shape[0], self.H, self.head_dim, self.d_state // 2
         q, k, v = (proj(x_t) for proj in (self.q_proj, self.k_proj, self.v_proj))
         with torch.autocast(device_type=x_t.device.type, enabled=False):

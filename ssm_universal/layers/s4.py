@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ssm_kernels import cauchy_kernel
+from ssm_kernels import cauchy_kernel, fftconv
 from ssm_kernels.validation import ArgCheck
 
 from ._hippo import nplr_legs
@@ -214,6 +214,43 @@ class S4(KernelConvLayer):
         device = self.C.device if device is None else device
         return torch.zeros(batch_size, self.H, self.d_state // 2, dtype=torch.complex64, device=device)
 
+    def prefill(self, x: torch.Tensor, state: torch.Tensor, chunk: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A prompt x (B, L, d_model) (or (B, d_model, L) if transposed) from `state` -> (y as `step` gives it
+        token by token, the state after the last token), without stepping: per chunk of `chunk` positions, a
+        convolution with the recurrence's impulse response C^T dA^j dB, the response C^T dA^(t+1) h of the
+        entering state, and the state the chunk leaves, all over the N modes with the dense bilinear dA
+        (dense_transition); dA's powers applied to dB and C by repeated squaring (log2(chunk) batched
+        matmuls, memory O(H N chunk)). Not truncated at l_max (as `step`); the given state is not modified."""
+        self._check_causal()
+        u = self._channels_first(x)
+        if state.shape != (u.shape[0], self.H, self.d_state // 2) or state.dtype != torch.complex64:
+            raise ValueError(f"S4.prefill: state must be complex64 of shape (B, d_model, d_state/2) = "
+                             f"({u.shape[0]}, {self.H}, {self.d_state // 2}), got {state.dtype} {tuple(state.shape)}")
+        length = u.shape[-1]
+        chunk = max(1, min(chunk, length))
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u = u.float()
+            dA = self.dense_transition()  # (H, N, N) over all N modes: kept half first, conjugates second
+            dt, Lambda, P, B = self.continuous()
+            both = lambda v: torch.cat([v, v.conj()], -1)  # noqa: E731  (kept half -> all N modes)
+            Lambda, P, B = both(Lambda), both(P), both(B)
+            half_dtA = (dt / 2)[:, None, None] * (torch.diag_embed(Lambda) - P[:, :, None] * P.conj()[:, None, :])
+            eye = torch.eye(self.d_state, dtype=dA.dtype, device=dA.device)
+            dB = torch.linalg.solve(eye - half_dtA, dt[:, None] * B)  # (H, N)
+            impulse = _powers_applied(dA, dB, chunk)  # (H, N, chunk): dA^j dB
+            readout = _powers_applied(dA.transpose(-1, -2), both(self.recurrent_C()), chunk + 1)  # C^T dA^j
+            kernel = torch.einsum("hnj,hn->hj", readout[..., :chunk], dB).real
+            h = both(state)
+            outputs = []
+            for start in range(0, length, chunk):
+                piece = u[..., start:start + chunk]
+                span = piece.shape[-1]
+                y = fftconv(piece, kernel[:, :span], D=self.D.float())
+                outputs.append(y + torch.einsum("hnj,bhn->bhj", readout[..., 1:span + 1], h).real)
+                h = torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(dA, span), h) + \
+                    torch.einsum("hnj,bhj->bhn", impulse[..., :span], piece.flip(-1).to(h.dtype))
+        return self.prefill_output(torch.cat(outputs, -1), x), h[..., :self.d_state // 2].contiguous()
+
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, d_model), state (B, d_model, d_state/2) -> (y_t (B, d_model), new state).
 
@@ -244,6 +281,15 @@ class S4(KernelConvLayer):
             y = 2 * (self.recurrent_C() * state).sum(-1).real + self.D.float() * u
         return self.output_step(y.to(x_t.dtype)), state
 
+
+def _powers_applied(matrix: torch.Tensor, vector: torch.Tensor, count: int) -> torch.Tensor:
+    """matrix^j vector for j < count: matrix (H, N, N), vector (H, N) -> (H, N, count), by repeated squaring
+    (the columns double each round: log2(count) batched matmuls)."""
+    columns, power = vector.unsqueeze(-1), matrix
+    while columns.shape[-1] < count:
+        columns = torch.cat([columns, power @ columns], -1)
+        power = power @ power
+    return columns[..., :count]
 
 
 __all__ = ["S4", "dplr_kernel", "bilinear_fft_nodes"]

@@ -68,7 +68,8 @@ def _leaves(state):
     return [torch.view_as_real(t) if t.is_complex() else t for t in tree_flatten(state)[0] if torch.is_tensor(t)]
 
 
-PREFILL_CONFIGS = CONFIGS + [("s4d", None, dict(l_max=5)), ("dss", None, dict(version="softmax", l_max=16))]
+PREFILL_CONFIGS = CONFIGS + [("s4d", None, dict(l_max=5)), ("dss", None, dict(version="softmax", l_max=16)),
+                             ("h3", None, dict(head_dim=4, l_max=3))]
 
 
 @pytest.mark.parametrize("architecture,block_type,extra", PREFILL_CONFIGS, ids=_ids(PREFILL_CONFIGS))
