@@ -11,11 +11,13 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten
 
 from ssm_kernels.validation import ArgCheck
 
 from .cuda_graph import GraphedStep
 from .factory import create_model
+from .state_rows import select_rows, write_rows
 
 IGNORE_INDEX = -100
 
@@ -80,10 +82,36 @@ class SSMLanguageModel(nn.Module):
         device = self.embedding.weight.device if device is None else device
         return self.backbone.default_state(batch_size, device=device, dtype=dtype)
 
-    def step(self, token_ids: torch.Tensor, state: list):
-        """token_ids (B,) -> (logits (B, V), new state)."""
-        hidden, state = self.backbone.step(self.embedding(token_ids), state)
-        return self.lm_head(hidden), state
+    def step(self, token_ids: torch.Tensor, state: list, state_batch_indices: Optional[torch.Tensor] = None):
+        """token_ids (B,) -> (logits (B, V), new state).
+
+        state_batch_indices: (B,) distinct ints: `state` is a cache of C >= B sequences' states (default_state(C))
+        and token i continues row state_batch_indices[i] of it, which is updated in place (sequences may join
+        and leave the cache between steps, as in a server's continuous batching). The other rows are untouched.
+        """
+        if state_batch_indices is None:
+            hidden, state = self.backbone.step(self.embedding(token_ids), state)
+            return self.lm_head(hidden), state
+        rows = self._check_rows(state_batch_indices, token_ids, state)
+        logits, rows_state = self.step(token_ids, select_rows(state, rows))
+        write_rows(state, rows, rows_state)
+        return logits, state
+
+    @staticmethod
+    def _check_rows(rows: torch.Tensor, token_ids: torch.Tensor, state) -> torch.Tensor:
+        check = ArgCheck("step")
+        check.tensor("state_batch_indices", rows, ("B",), dtypes=(torch.int64, torch.int32))
+        if rows.shape != token_ids.shape[:1]:
+            check.fail(f"state_batch_indices must have one entry per token: shape ({token_ids.shape[0]},), got "
+                       f"{tuple(rows.shape)}")
+        cache_size = next(t for t in tree_flatten(state)[0] if torch.is_tensor(t)).shape[0]
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= cache_size):
+            check.fail(f"state_batch_indices must lie in [0, {cache_size}) (the state's batch), got "
+                       f"{rows.tolist()}")
+        if rows.unique().numel() != rows.numel():
+            check.fail(f"state_batch_indices must be distinct (two tokens cannot continue one state), got "
+                       f"{rows.tolist()}")
+        return rows.long()
 
     def prefill(self, input_ids: torch.Tensor, state: list):
         """input_ids (B, L) from `state` (default_state or later) -> (the logits after the last position (B, V),
@@ -92,12 +120,13 @@ class SSMLanguageModel(nn.Module):
         return self.lm_head(hidden[:, -1]), state
 
     def _eager_step(self, state: list):
-        """token_ids -> logits, keeping the state in a closure."""
+        """token_ids -> logits, keeping the state in a closure (step.state() returns it)."""
         state = [state]
 
         def step(token_ids):
             logits, state[0] = self.step(token_ids, state[0])
             return logits
+        step.state = lambda: state[0]
         return step
 
     def _graphed_step(self, input_ids: torch.Tensor) -> GraphedStep:
@@ -108,11 +137,35 @@ class SSMLanguageModel(nn.Module):
         cache[key].reset()
         return cache[key]
 
+    def _run_prompts(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], prefill: bool):
+        """(logits after each prompt (B, V), state after it): prompts of equal length together (attention_mask:
+        left padding), each group through `prefill` or token by token, from default states."""
+        def run(ids):
+            state = self.default_state(ids.shape[0])
+            if prefill:
+                return self.prefill(ids, state)
+            step = self._eager_step(state)
+            for t in range(ids.shape[1]):
+                logits = step(ids[:, t])
+            return logits, step.state()
+        if attention_mask is None:
+            return run(input_ids)
+        lengths = attention_mask.sum(1)
+        state, logits = self.default_state(input_ids.shape[0]), None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            group_logits, group_state = run(input_ids[rows, input_ids.shape[1] - length:])
+            logits = group_logits.new_empty(input_ids.shape[0], group_logits.shape[1]) if logits is None else logits
+            logits[rows] = group_logits
+            write_rows(state, rows, group_state)
+        return logits, state
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_length: int, temperature: float = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None,
                  eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 cuda_graph: bool = False, prefill: bool = True) -> torch.Tensor:
+                 cuda_graph: bool = False, prefill: bool = True,
+                 attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Continue input_ids (B, L0) to max_length tokens in all (prompt included): (B, max_length).
 
         Sampling from softmax(logits / temperature) restricted to the top_k tokens and to the smallest set
@@ -120,6 +173,9 @@ class SSMLanguageModel(nn.Module):
         a sequence keeps emitting it. Runs in eval mode (restored afterwards), one recurrent step per token.
         prefill: run the prompt through the layers' parallel forms once (see `prefill`); False steps through
             it token by token (the same tokens up to rounding: for checking, or timing the difference).
+        attention_mask: (B, L0) of 0 / 1 (or bool), prompts of different lengths left-padded as transformers
+            pads them: row i's prompt is its last attention_mask[i].sum() tokens (at least one); the padding
+            is kept in the output and never read, so each row gets the tokens it would get alone.
         cuda_graph (CUDA only): replay each step from a CUDA graph captured on first use per batch size
         (GraphedStep, kept on the model): one launch per token instead of one per kernel.
         """
@@ -137,20 +193,27 @@ class SSMLanguageModel(nn.Module):
             check.fail(f"cuda_graph=True needs CUDA tensors, got input_ids on {input_ids.device}")
         if not isinstance(prefill, bool):
             raise TypeError(f"generate: prefill must be a bool, got {type(prefill).__name__}")
+        if attention_mask is not None:
+            check.tensor("attention_mask", attention_mask, ("B", "L"), dtypes=(torch.bool, torch.int64, torch.int32))
+            if attention_mask.shape != input_ids.shape:
+                check.fail(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+                           f"{tuple(attention_mask.shape)}")
+            mask = attention_mask.long()
+            if ((mask != 0) & (mask != 1)).any():
+                check.fail("attention_mask must hold only 0 and 1")
+            if (mask[:, 1:] < mask[:, :-1]).any() or (mask[:, -1] == 0).any():
+                check.fail("attention_mask must be left padding (each row 0 ... 0 1 ... 1, ending with 1): "
+                           "the prompts end where generation starts")
+            attention_mask = mask
 
         was_training = self.training
         self.eval()
         try:
-            state = self.default_state(input_ids.shape[0])
             tokens = [input_ids[:, t] for t in range(input_ids.shape[1])]
-            if prefill:
-                logits, state = self.prefill(input_ids, state)
+            logits, state = self._run_prompts(input_ids, attention_mask, prefill)
             step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(state)
-            if prefill and cuda_graph:
+            if cuda_graph:
                 step.load_state(state)
-            if not prefill:
-                for token in tokens:
-                    logits = step(token)
             finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             while len(tokens) < max_length:
                 nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)

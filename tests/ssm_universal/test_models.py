@@ -270,7 +270,8 @@ def test_generate_validation(kwargs, error, match):
 @pytest.mark.parametrize("architecture,block_type,extra", CONFIGS, ids=_ids(CONFIGS))
 def test_cuda_graph_generate_equals_eager(architecture, block_type, extra):
     """Greedy decoding replayed from one CUDA graph per step gives the eager tokens, twice in a row (the
-    state buffers are reset between generations) and at a second batch size."""
+    state buffers are reset between generations), at a second batch size, after a token-by-token prompt and
+    after left-padded prompts of different lengths (each group's prefilled state loaded into the graph)."""
     torch.manual_seed(0)
     lm = _lm(architecture, block_type=block_type, **extra).cuda()
     for batch in (2, 3):
@@ -278,6 +279,11 @@ def test_cuda_graph_generate_equals_eager(architecture, block_type, extra):
         eager = lm.generate(ids, max_length=12, top_k=1)
         assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True), eager)
         assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True), eager)
+        assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True, prefill=False),
+                           lm.generate(ids, max_length=12, top_k=1, prefill=False))
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]], device="cuda")
+    assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True, attention_mask=mask),
+                       lm.generate(ids, max_length=12, top_k=1, attention_mask=mask))
 
 
 # --- save / load ------------------------------------------------------------------------------------------
@@ -369,3 +375,69 @@ def test_hiss_architecture(low, high):
         create_model("hiss", low_level="hiss", **SMALL)
     with pytest.raises(ValueError, match="chunk rate"):
         SSMLanguageModel(11, "hiss", d_model=16, n_layer=1)
+
+
+@pytest.mark.parametrize("architecture", ["mamba", "mamba2", "s4d", "h3"])
+@pytest.mark.parametrize("prefill", [True, False])
+def test_generate_left_padded_prompts_equal_each_prompt_alone(architecture, prefill):
+    lm = _lm(architecture, conv_kernel_size=3)
+    lengths = [5, 2, 5, 1]
+    ids = torch.randint(0, 37, (4, 5))
+    mask = torch.stack([torch.arange(5) >= 5 - n for n in lengths])
+    ids = ids.masked_fill(~mask, 0)  # the padding's value is never read
+    out = lm.generate(ids, max_length=11, top_k=1, attention_mask=mask, prefill=prefill)
+    assert torch.equal(out[:, :5], ids)
+    for i, n in enumerate(lengths):
+        alone = lm.generate(ids[i:i + 1, 5 - n:], max_length=11 - (5 - n), top_k=1, prefill=prefill)
+        assert torch.equal(out[i:i + 1, 5 - n:], alone), f"row {i} (prompt of {n})"
+    padded_otherwise = ids.masked_fill(~mask, 7)
+    assert torch.equal(lm.generate(padded_otherwise, max_length=11, top_k=1, attention_mask=mask.long())[:, 5:],
+                       out[:, 5:])
+
+
+@pytest.mark.parametrize("mask, message", [
+    (torch.tensor([[1, 1, 0], [1, 1, 1]]), "left padding"),
+    (torch.tensor([[0, 0, 0], [1, 1, 1]]), "left padding"),
+    (torch.tensor([[0, 2, 1], [1, 1, 1]]), "only 0 and 1"),
+    (torch.ones(2, 4, dtype=torch.long), "shape"),
+    (torch.ones(2, 3), "attention_mask")])
+def test_generate_rejects_bad_attention_masks(mask, message):
+    with pytest.raises(ValueError if message != "attention_mask" else (TypeError, ValueError), match=message):
+        _lm().generate(torch.randint(0, 37, (2, 3)), max_length=5, attention_mask=mask)
+
+
+@pytest.mark.parametrize("architecture", ["mamba", "mamba2", "s5", "h3"])
+def test_step_with_state_batch_indices_continues_rows_of_a_cache(architecture):
+    """Two sequences in a cache of 5 rows, joining at different times, equal each stepped alone; the other
+    rows stay as they were."""
+    lm = _lm(architecture).eval()
+    a, b = torch.randint(0, 37, (6,)), torch.randint(0, 37, (4,))
+    with torch.no_grad():
+        cache = lm.default_state(5)
+        untouched = [t.clone() for t in _tensors(cache)]
+        logits_a, logits_b = [], []
+        for t in range(6):
+            if t < 2:  # only a
+                out, cache = lm.step(a[t:t + 1], cache, state_batch_indices=torch.tensor([3]))
+                logits_a.append(out[0])
+            else:  # b joins in row 0, first in the batch
+                out, cache = lm.step(torch.stack([b[t - 2], a[t]]), cache, state_batch_indices=torch.tensor([0, 3]))
+                logits_b.append(out[0])
+                logits_a.append(out[1])
+        for tokens, logits in ((a, logits_a), (b, logits_b)):
+            state = lm.default_state(1)
+            for t, token in enumerate(tokens):
+                expected, state = lm.step(token[None], state)
+                assert_close(logits[t], expected[0], FP32, f"{architecture} step {t}")
+    for row in (1, 2, 4):
+        for now, before in zip(_tensors(cache), untouched):
+            assert torch.equal(now[row], before[row])
+
+
+def test_step_rejects_bad_state_batch_indices():
+    lm = _lm()
+    cache, tokens = lm.default_state(3), torch.randint(0, 37, (2,))
+    for rows, message in ((torch.tensor([0, 3]), r"\[0, 3\)"), (torch.tensor([1, 1]), "distinct"),
+                          (torch.tensor([0]), "one entry per token"), (torch.tensor([0.0, 1.0]), "state_batch_indices")):
+        with pytest.raises((TypeError, ValueError), match=message):
+            lm.step(tokens, cache, state_batch_indices=rows)
