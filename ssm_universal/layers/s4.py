@@ -241,13 +241,15 @@ class S4(KernelConvLayer):
             readout = _powers_applied(dA.transpose(-1, -2), both(self.recurrent_C()), chunk + 1)  # C^T dA^j
             kernel = torch.einsum("hnj,hn->hj", readout[..., :chunk], dB).real
             h = both(state)
-            outputs = []
+            outputs, decay = [], {}  # span -> dA^span (two spans at most: chunk and the remainder)
             for start in range(0, length, chunk):
                 piece = u[..., start:start + chunk]
                 span = piece.shape[-1]
+                if span not in decay:
+                    decay[span] = torch.linalg.matrix_power(dA, span)
                 y = fftconv(piece, kernel[:, :span], D=self.D.float())
                 outputs.append(y + torch.einsum("hnj,bhn->bhj", readout[..., 1:span + 1], h).real)
-                h = torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(dA, span), h) + \
+                h = torch.einsum("hnm,bhm->bhn", decay[span], h) + \
                     torch.einsum("hnj,bhj->bhn", impulse[..., :span], piece.flip(-1).to(h.dtype))
         return self.prefill_output(torch.cat(outputs, -1), x), h[..., :self.d_state // 2].contiguous()
 
