@@ -20,3 +20,18 @@ class InferenceCacheMixin:
             for s in cache[self.layer_idx]:
                 s.zero_()
         return cache[self.layer_idx]
+
+    def _continued_state(self, inference_params, state, batch_size):
+        """(the state a forward call continues and leaves updated, continuing): `state=`, or layer_idx's in
+        inference_params (zeroed when seqlen_offset is 0: a prefill), or None for neither; continuing is True
+        when the call extends a cache past its start (seqlen_offset > 0), where one token is just a step."""
+        if inference_params is None:
+            return state, False
+        if state is not None:
+            raise ValueError(f"{type(self).__name__}: pass either state= or inference_params, not both")
+        state = self._get_states_from_cache(inference_params, batch_size)
+        if inference_params.seqlen_offset == 0:
+            for s in state:
+                s.zero_()
+            return state, False
+        return state, True

@@ -97,13 +97,9 @@ class Mamba(InferenceCacheMixin, nn.Module):
         """
         batch, seqlen, _ = hidden_states.shape
         check_no_state("Mamba", self.cp_group, inference_params=inference_params, state=state)
-        if inference_params is not None:
-            state = self._get_states_from_cache(inference_params, batch)
-            if inference_params.seqlen_offset == 0:
-                for s in state:
-                    s.zero_()
-            elif seqlen == 1:
-                return self.step(hidden_states[:, 0], state)[0].unsqueeze(1)
+        state, continuing = self._continued_state(inference_params, state, batch)
+        if continuing and seqlen == 1:
+            return self.step(hidden_states[:, 0], state)[0].unsqueeze(1)
 
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)

@@ -227,22 +227,15 @@ class Mamba2(InferenceCacheMixin, nn.Module):
                 raise ValueError("Mamba2: state= with cu_seqlens is not supported; use inference_params")
             seq_idx = self._seq_idx_from_cu_seqlens(cu_seqlens, seq_idx, seqlen)
 
-        varlen_cache = False
-        if inference_params is not None:
-            if state is not None:
-                raise ValueError("Mamba2: pass either state= or inference_params, not both")
-            inference_batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch
-            state = self._get_states_from_cache(inference_params, inference_batch)
-            if inference_params.seqlen_offset == 0:
-                for s in state:
-                    s.zero_()
-                varlen_cache = cu_seqlens is not None
-            elif cu_seqlens is not None:
-                raise ValueError("Mamba2: cu_seqlens is supported with inference_params only for the prefill "
-                                 "(seqlen_offset == 0)")
-            elif seqlen == 1:
-                out = self.step(u[:, 0], state)[0].unsqueeze(1)
-                return out.reshape(batch, -1) if seqlen_og is not None else out
+        state, continuing = self._continued_state(
+            inference_params, state, cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch)
+        varlen_cache = inference_params is not None and not continuing and cu_seqlens is not None
+        if continuing and cu_seqlens is not None:
+            raise ValueError("Mamba2: cu_seqlens is supported with inference_params only for the prefill "
+                             "(seqlen_offset == 0)")
+        if continuing and seqlen == 1:
+            out = self.step(u[:, 0], state)[0].unsqueeze(1)
+            return out.reshape(batch, -1) if seqlen_og is not None else out
 
         z0, x0, z, xBC, dt = self._split(self.in_proj(u))
         xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)

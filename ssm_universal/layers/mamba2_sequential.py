@@ -136,15 +136,9 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
             raise ValueError(f"Mamba2Sequential: u must have shape (B, L, d_model) with d_model = {self.d_model}, "
                              f"got {tuple(u.shape)}")
         batch, seqlen, _ = u.shape
-        if inference_params is not None:
-            if state is not None:
-                raise ValueError("Mamba2Sequential: pass either state= or inference_params, not both")
-            state = self._get_states_from_cache(inference_params, batch)
-            if inference_params.seqlen_offset == 0:
-                for s in state:
-                    s.zero_()
-            elif seqlen == 1:
-                return self.step(u[:, 0], state)[0].unsqueeze(1)
+        state, continuing = self._continued_state(inference_params, state, batch)
+        if continuing and seqlen == 1:
+            return self.step(u[:, 0], state)[0].unsqueeze(1)
 
         x, z = self.in_proj(u).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (B, d_inner, L)

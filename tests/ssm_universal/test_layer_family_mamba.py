@@ -100,3 +100,18 @@ def test_bad_arguments(cls, kwargs, error):
     valid = BAD_ARGUMENTS[cls][0]
     with pytest.raises(error, match=cls.__name__):
         cls(**{**valid, **kwargs})
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (Mamba, dict(d_model=16, d_state=4, layer_idx=0)),
+    (Mamba2, dict(d_model=16, d_state=4, headdim=8, chunk_size=8, layer_idx=0)),
+    (Mamba2Sequential, dict(d_model=16, d_state=4, headdim=8, chunk_size=8, layer_idx=0)),
+], ids=param_id)
+def test_state_and_inference_params_are_exclusive(cls, kwargs):
+    """One call continues one state: state= and mamba_ssm's inference_params together are refused."""
+    layer = cls(**kwargs)
+
+    class Params:  # mamba_ssm's InferenceParams, the fields the layers read
+        key_value_memory_dict, seqlen_offset = {}, 0
+    with pytest.raises(ValueError, match="either state= or inference_params"):
+        layer(torch.randn(2, 5, 16), inference_params=Params(), state=layer.default_state(2))
