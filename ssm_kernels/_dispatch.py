@@ -105,6 +105,14 @@ def triton_int32_supports(device: torch.device, dtype: Optional[torch.dtype], fe
     return problem
 
 
+def complex64_triton_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
+    """triton_int32_supports, for Triton backends of complex ops that compute in complex64 (complex128 runs on
+    the torch backend)."""
+    if dtype == torch.complex128:
+        return "its kernels compute in complex64; complex128 inputs run on the torch backend"
+    return triton_int32_supports(device, dtype, features)
+
+
 @dataclass
 class Implementation:
     op: str

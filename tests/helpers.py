@@ -32,6 +32,11 @@ def backend_device(backend: str) -> torch.device:
     return torch.device("cuda")
 
 
+def refuses_complex128(backend: str, dtype: torch.dtype) -> bool:
+    """Whether `backend` runs complex ops in complex64 only (its kernels refuse complex128 inputs)."""
+    return backend in ("triton", "cuda") and dtype == torch.complex128
+
+
 def as_outputs(result) -> tuple:
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 

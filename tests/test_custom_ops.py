@@ -73,7 +73,11 @@ CASES = {
     "linear_scan_cuda packed": ("linear_scan", "cuda", _linear_scan_packed),
     "cauchy_kernel_torch": ("cauchy_kernel", "torch", lambda device: (
         _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
+    "cauchy_kernel_triton": ("cauchy_kernel", "triton", lambda device: (
+        _complex(4, 3, device=device), _complex(7, device=device), _complex(4, 3, device=device))),
     "vandermonde_kernel_torch": ("vandermonde_kernel", "torch", lambda device: (
+        _complex(4, 3, device=device), 0.1 * _complex(4, 3, device=device), 11)),
+    "vandermonde_kernel_triton": ("vandermonde_kernel", "triton", lambda device: (
         _complex(4, 3, device=device), 0.1 * _complex(4, 3, device=device), 11)),
     "selective_scan_torch": ("selective_scan", "torch", _selective_scan),
     "ssd_chunk_scan_torch": ("ssd_chunk_scan", "torch", _ssd_chunk_scan),

@@ -10,6 +10,8 @@ from .._autograd import needs_grad
 from .._utils import COMPLEX_DTYPES, ArgCheck
 
 _dispatch.register("cauchy_kernel", "torch", "ssm_kernels.cauchy_kernel.pytorch", "cauchy_kernel_torch")
+_dispatch.register("cauchy_kernel", "triton", "ssm_kernels.cauchy_kernel.triton", "cauchy_kernel_triton",
+                   supports=_dispatch.complex64_triton_supports)
 
 
 def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Optional[str] = None) -> torch.Tensor:
@@ -19,7 +21,7 @@ def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Op
         v: (H, N) complex64 / complex128; any strides.
         z: (L,), v's dtype (S4: the frequencies at which the kernel's generating function is evaluated).
         w: (H, N), v's dtype (the diagonal part of the state matrix); z - w must not vanish.
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton" (complex64 only).
     Returns:
         K: (H, L) in v's dtype; differentiable in v, z and w (torch's complex autograd convention).
         Memory O(H N) per chunk of z, not O(H N L).
@@ -36,7 +38,7 @@ def cauchy_kernel(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, backend: Op
     check.tensor("w", w, ("H", "N"), dtypes=(v.dtype,))
     # size: H * N * L, the Cauchy sums computed
     fn = _dispatch.select("cauchy_kernel", v.device, backend=backend, dtype=v.dtype, size=v.numel() * z.numel(),
-                          grad=needs_grad(v, z, w))
+                          grad=needs_grad(v, z, w), beyond_int32=2 * max(v.numel(), v.shape[0] * z.numel()) >= 2 ** 31)
     return fn(v, z, w)
 
 

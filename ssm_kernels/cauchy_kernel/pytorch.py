@@ -14,8 +14,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._autograd import define_custom_op
 from .._utils import compute_dtype, new_output
+from ._common import define_cauchy_op
 
 CHUNK_ELEMENTS = 1 << 20  # complex elements of r per chunk: 8 MiB in complex64
 
@@ -54,23 +54,7 @@ def _backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, need_z: bool) -> Tu
     return dv, v.conj() * dw_sum, dz
 
 
-
-def _save(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _gradients(backward_op, ctx, grad):
-    v, z, w = ctx.saved_tensors
-    need_z = ctx.needs_input_grad[1]
-    dv, dw, dz = backward_op(grad.contiguous(), v, z, w, need_z)
-    return dv, dz if need_z else None, dw
-
-
-_cauchy = define_custom_op(
-    "cauchy_kernel_torch", _forward, lambda v, z, w: v.new_empty((v.shape[0], z.shape[0])), _backward,
-    lambda grad, v, z, w, need_z: (torch.empty_like(v), torch.empty_like(w),
-                                   torch.empty_like(z) if need_z else z.new_empty(0)),
-    _save, _gradients)
+_cauchy = define_cauchy_op("cauchy_kernel_torch", _forward, _backward)
 
 
 def cauchy_kernel_torch(v, z, w):

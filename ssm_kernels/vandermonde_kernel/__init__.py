@@ -11,6 +11,8 @@ from .._utils import COMPLEX_DTYPES, ArgCheck
 
 _dispatch.register("vandermonde_kernel", "torch", "ssm_kernels.vandermonde_kernel.pytorch",
                    "vandermonde_kernel_torch")
+_dispatch.register("vandermonde_kernel", "triton", "ssm_kernels.vandermonde_kernel.triton",
+                   "vandermonde_kernel_triton", supports=_dispatch.complex64_triton_supports)
 
 
 def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Optional[str] = None) -> torch.Tensor:
@@ -22,7 +24,7 @@ def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Op
         C: (H, N) complex64 / complex128; any strides.
         log_z: (H, N), C's dtype (S4D: dt * A).
         L: kernel length, an int >= 1.
-        backend: None (automatic) or "torch".
+        backend: None (automatic), "torch" or "triton" (complex64 only).
     Returns:
         K: (H, L) float32 for complex64, float64 for complex128; differentiable in C and log_z (torch's
         complex autograd convention). Memory O(H N sqrt(L)), not O(H N L).
@@ -39,7 +41,7 @@ def vandermonde_kernel(C: torch.Tensor, log_z: torch.Tensor, L: int, backend: Op
     L = check.integer("L", L, minimum=1)
     # size: H * N * L, the terms summed
     fn = _dispatch.select("vandermonde_kernel", C.device, backend=backend, dtype=C.dtype, size=C.numel() * L,
-                          grad=needs_grad(C, log_z))
+                          grad=needs_grad(C, log_z), beyond_int32=2 * max(C.numel(), C.shape[0] * L) >= 2 ** 31)
     return fn(C, log_z, L)
 
 

@@ -17,8 +17,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._autograd import define_custom_op
 from .._utils import compute_dtype
+from ._common import define_vandermonde_op
 
 
 def chunk_size(length: int) -> int:
@@ -57,21 +57,7 @@ def _backward(grad: Tensor, C: Tensor, log_z: Tensor) -> Tuple[Tensor, Tensor]:
     return 2 * s0.conj(), 2 * (C * s1).conj()
 
 
-
-def _save(ctx, inputs, output):
-    C, log_z, _ = inputs
-    ctx.save_for_backward(C, log_z)
-
-
-def _gradients(backward_op, ctx, grad):
-    C, log_z = ctx.saved_tensors
-    dC, dlog_z = backward_op(grad.contiguous(), C, log_z)
-    return dC, dlog_z, None
-
-
-_vandermonde = define_custom_op(
-    "vandermonde_kernel_torch", _forward, lambda C, log_z, L: C.new_empty((C.shape[0], L), dtype=C.real.dtype),
-    _backward, lambda grad, C, log_z: (torch.empty_like(C), torch.empty_like(log_z)), _save, _gradients)
+_vandermonde = define_vandermonde_op("vandermonde_kernel_torch", _forward, _backward)
 
 
 def vandermonde_kernel_torch(C, log_z, L):

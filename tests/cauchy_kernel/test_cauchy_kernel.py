@@ -7,7 +7,8 @@ from ssm_kernels.cauchy_kernel import pytorch as cauchy_pytorch
 from ssm_kernels.cauchy_kernel import cauchy_kernel
 from ssm_kernels.cauchy_kernel.reference import cauchy_kernel_ref
 from ssm_kernels.testing import assert_close
-from tests.helpers import backend_device, check_parity
+from ssm_kernels._dispatch import BackendUnavailableError
+from tests.helpers import backend_device, check_parity, refuses_complex128
 
 BACKENDS = list(_dispatch.implemented_backends("cauchy_kernel"))
 DTYPES = [torch.complex64, torch.complex128]
@@ -38,6 +39,10 @@ def chunking(request, monkeypatch):
 @pytest.mark.parametrize("heads,state,length", [(3, 8, 1), (4, 16, 7), (2, 5, 63), (3, 32, 130)])
 def test_matches_reference(backend, dtype, heads, state, length, chunking):
     device = backend_device(backend)
+    if refuses_complex128(backend, dtype):
+        with pytest.raises(BackendUnavailableError, match="complex128"):
+            cauchy_kernel(**make_inputs(heads, state, length, dtype, device), backend=backend)
+        return
     check_parity(lambda **kw: cauchy_kernel(**kw, backend=backend), cauchy_kernel_ref,
                  make_inputs(heads, state, length, dtype, device), dtype, ["v", "z", "w"])
 
@@ -58,7 +63,20 @@ def test_closed_form(backend):
     w = torch.tensor([[-1.0 + 2.0j, -0.5 - 1.0j]], dtype=torch.complex128, device=device)
     z = torch.tensor([0.0 + 0.0j, 1.0j, 3.0 - 1.0j], dtype=torch.complex128, device=device)
     expected = v[:, :1] / (z - w[:, :1]) + v[:, 1:] / (z - w[:, 1:])
-    assert_close(cauchy_kernel(v, z, w, backend=backend), expected, torch.complex128)
+    if refuses_complex128(backend, v.dtype):
+        v, z, w = (t.to(torch.complex64) for t in (v, z, w))
+    assert_close(cauchy_kernel(v, z, w, backend=backend), expected, v.dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocks_of_heads_modes_and_positions(backend):
+    """More heads than dz's head groups (the last one partial), more modes than one Triton block, positions
+    over several blocks; and w = 0 exactly, beside z's padding (no 0 * inf)."""
+    device = backend_device(backend)
+    inputs = make_inputs(37, 45, 300, torch.complex64, device)
+    inputs["w"][0, 0] = 0
+    check_parity(lambda **kw: cauchy_kernel(**kw, backend=backend), cauchy_kernel_ref, inputs, torch.complex64,
+                 ["v", "z", "w"])
 
 
 def test_gradcheck_complex128(chunking):
@@ -74,10 +92,14 @@ def test_gradients_without_z():
     assert v.grad is not None and w.grad is not None and inputs["z"].grad is None
 
 
-def test_empty_z():
-    K = cauchy_kernel(torch.randn(3, 4, dtype=torch.complex64), torch.zeros(0, dtype=torch.complex64),
-                      torch.randn(3, 4, dtype=torch.complex64))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_z(backend):
+    device = backend_device(backend)
+    v, w = (torch.randn(3, 4, dtype=torch.complex64, device=device, requires_grad=True) for _ in range(2))
+    K = cauchy_kernel(v, torch.zeros(0, dtype=torch.complex64, device=device), w, backend=backend)
     assert K.shape == (3, 0)
+    K.abs().sum().backward()
+    assert (v.grad == 0).all() and (w.grad == 0).all()
 
 
 def test_compile_fullgraph():
