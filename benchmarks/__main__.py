@@ -4,6 +4,7 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
   tune OP     sweep a Triton backend's launch settings (benchmarks/tune/)
   profile     per-kernel GPU time of the benchmark cases, ours beside the peers (benchmarks/profile.py)
   decode      where the time of one decoding step goes, kernel and whole model (benchmarks/decode.py)
+  generate    a language model's prefill and per-token decoding, beside mamba_ssm (benchmarks/generation.py)
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def available_ops() -> list:
     return sorted(m.name for m in pkgutil.iter_modules(cases_pkg.__path__))
 
 
-SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode"}
+SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
+               "generate": "benchmarks.generation"}
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,7 @@
-"""python -m benchmarks and its tune subcommand: the settings a sweep changes are restored, a sweep on the CPU
-(interpreter) times its settings and names the best, and the subcommands parse."""
+"""python -m benchmarks and its subcommands: the settings a tune sweep changes are restored, a sweep on the CPU
+(interpreter) times its settings and names the best, the subcommands parse, generate times a small model."""
 import importlib
+import json
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_sweep_times_each_setting_and_restores(triton_device, capsys):
     assert "best fwd" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode"])
+@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate"])
 def test_subcommands_parse(subcommand):
     with pytest.raises(SystemExit) as exit_:
         main([subcommand, "--help"])
@@ -44,3 +45,13 @@ def test_subcommands_parse(subcommand):
 def test_tune_rejects_an_op_without_a_tuner():
     with pytest.raises(SystemExit):
         main(["tune", "not_an_op"])
+
+
+def test_generate_times_prefill_and_decoding_apart(tmp_path, capsys):
+    path = tmp_path / "generation.json"
+    assert main(["generate", "--quick", "--device", "cpu", "--case", "mamba2 B16", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [(r["case"], r["variant"]) for r in rows] == [("mamba2 B16", "ours")]
+    row = rows[0]
+    assert 0 < row["prefill_ms"] < row["total_ms"] and row["decode_ms_per_token"] > 0
+    assert "ms/token" in capsys.readouterr().out

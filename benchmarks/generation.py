@@ -1,0 +1,156 @@
+"""Generation beside mamba_ssm: a language model's prompt (prefill) and per-token decoding, timed apart.
+
+    python -m benchmarks generate [--quick] [--device cuda|cpu] [--peers] [--case NAME] [--json PATH]
+
+Cases: 24 layers, d_model 1024, vocab 50277 (padded to a multiple of 8), bf16 on a GPU (fp32 on a CPU), random
+weights, greedy decoding of NEW_TOKENS after a PROMPT-token prompt; Mamba at batch 1 and 16, Mamba-2 at batch
+16, and S5 / S4D language models of the same size (issue 18's cases). Ours: SSMLanguageModel.generate with
+cuda_graph=True on a GPU. mamba_ssm (--peers, SSM_PEERS_DIR): MambaLMHeadModel(...).generate(cg=True).
+
+Times are wall-clock medians of `repeats` synchronised calls after a warm-up (the whole call is what a user
+waits for, host time included):
+    prefill          generate(max_length = prompt + 1): the prompt's forward and the first token
+    total            generate(max_length = prompt + new)
+    decode / token   (total - prefill) / (new - 1)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import peers
+
+LAYERS, D_MODEL, VOCAB = 24, 1024, 50277
+PROMPT, NEW_TOKENS = 1024, 128
+# name -> (architecture, batch, create_model options, mamba_ssm layer or None)
+CASES = {
+    "mamba B1": ("mamba", 1, dict(d_state=16), "Mamba1"),
+    "mamba B16": ("mamba", 16, dict(d_state=16), "Mamba1"),
+    "mamba2 B16": ("mamba2", 16, dict(d_state=128, headdim=64), "Mamba2"),
+    "s5 B16": ("s5", 16, dict(d_state=256), None),
+    "s4d B16": ("s4d", 16, dict(d_state=64), None),
+}
+
+
+def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: compiles, CUDA-graph capture, caches
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _timings(generate: Callable[[int], object], prompt: int, new: int, batch: int, device: torch.device,
+             repeats: int) -> Dict[str, float]:
+    prefill = _median_seconds(lambda: generate(prompt + 1), device, repeats)
+    total = _median_seconds(lambda: generate(prompt + new), device, repeats)
+    per_token = (total - prefill) / max(1, new - 1)
+    return {"prefill_ms": prefill * 1e3, "total_ms": total * 1e3, "decode_ms_per_token": per_token * 1e3,
+            "tokens_per_s": batch * new / total}
+
+
+def ours(architecture: str, options: dict, layers: int, d_model: int, dtype: torch.dtype, device: torch.device):
+    from ssm_universal.models import SSMLanguageModel
+    torch.manual_seed(0)
+    model = SSMLanguageModel(VOCAB, architecture, d_model=d_model, n_layer=layers, pad_vocab_size_multiple=8,
+                             **options)
+    model = model.to(device=device, dtype=dtype).eval()
+
+    def generate(ids: torch.Tensor, max_length: int):
+        return model.generate(ids, max_length=max_length, top_k=1, cuda_graph=device.type == "cuda")
+    return generate
+
+
+def mamba_ssm_model(layer: str, options: dict, layers: int, d_model: int, dtype: torch.dtype,
+                    device: torch.device):
+    """mamba_ssm's MambaLMHeadModel of the same size, or None where it does not import (say why)."""
+    model_class = peers.load("mamba_ssm.models.mixer_seq_simple", "MambaLMHeadModel")
+    config_class = peers.load("mamba_ssm.models.config_mamba", "MambaConfig")
+    if model_class is None or config_class is None:
+        return None
+    ssm_cfg = dict(layer=layer, d_state=options["d_state"])
+    if layer == "Mamba2":
+        ssm_cfg["headdim"] = options["headdim"]
+    torch.manual_seed(0)
+    config = config_class(d_model=d_model, n_layer=layers, d_intermediate=0, vocab_size=VOCAB, ssm_cfg=ssm_cfg,
+                          rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
+    model = model_class(config, device=device, dtype=dtype).eval()
+
+    def generate(ids: torch.Tensor, max_length: int):
+        return model.generate(input_ids=ids, max_length=max_length, cg=device.type == "cuda", top_k=1)
+    return generate
+
+
+def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -> List[dict]:
+    layers, d_model, prompt, new, repeats = (2, 64, 32, 8, 2) if quick else (LAYERS, D_MODEL, PROMPT, NEW_TOKENS, 3)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for name in names:
+        architecture, batch, options, peer_layer = CASES[name]
+        ids = torch.randint(0, VOCAB, (batch, prompt), device=device)
+        variants = {"ours": ours(architecture, options, layers, d_model, dtype, device)}
+        if with_peers and peer_layer is not None:
+            try:
+                peer = mamba_ssm_model(peer_layer, options, layers, d_model, dtype, device)
+            except Exception as error:  # a peer that imports but fails to build: reported, not fatal
+                peer, why = None, f"{type(error).__name__}: {error}"
+            else:
+                why = "does not import here (SSM_PEERS_DIR, its CUDA extension)"
+            if peer is None:
+                print(f"{name}: mamba_ssm unavailable: {why}", flush=True)
+            else:
+                variants["mamba_ssm"] = peer
+        for variant, generate in variants.items():
+            try:
+                timing = _timings(lambda max_length: generate(ids, max_length), prompt, new, batch, device, repeats)
+            except Exception as error:
+                print(f"{name} {variant}: failed: {type(error).__name__}: {error}", flush=True)
+                continue
+            rows.append(dict(case=name, variant=variant, batch=batch, prompt=prompt, new_tokens=new,
+                             layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing))
+            print(f"done: {name} {variant}", flush=True)
+        del variants
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def format_rows(rows: List[dict]) -> str:
+    header = f"{'case':<12} {'variant':<10} {'prefill ms':>10} {'total ms':>9} {'ms/token':>9} {'tok/s':>9}"
+    lines = [header]
+    for r in rows:
+        lines.append(f"{r['case']:<12} {r['variant']:<10} {r['prefill_ms']:>10.1f} {r['total_ms']:>9.1f} "
+                     f"{r['decode_ms_per_token']:>9.3f} {r['tokens_per_s']:>9.0f}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="cases to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="2 layers, d_model 64, 32 + 8 tokens")
+    parser.add_argument("--peers", action="store_true", help="mamba_ssm beside ours (SSM_PEERS_DIR)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the rows and the environment here")
+    args = parser.parse_args(argv)
+    from .__main__ import environment
+    device = torch.device(args.device)
+    rows = run(args.case or list(CASES), device, args.peers, args.quick)
+    env = environment(device)
+    print(f"# {env}")
+    print(format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"environment": env, "results": rows}, out, indent=1)
+    return 0
