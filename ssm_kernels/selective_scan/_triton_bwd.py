@@ -24,8 +24,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import (LOG2E, _block_rows, _ccombine, _channel_scalars, _combine, _delta_row, _exp2, _load_row,
-                          _load_tile, _log1p_exp, _row_of, _softplus_row, _varlen_marks)
+from ._triton_fwd import (LOG2E, _block_rows, _ccombine, _channel_scalars, _combine, _complex_decay, _complex_row,
+                          _complex_tile, _delta_row, _enter_complex_state, _exp2, _load_row, _load_tile, _log1p_exp,
+                          _row_of, _softplus_row, _varlen_marks)
 
 
 @triton.jit
@@ -39,6 +40,16 @@ def _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS
     if SOFTPLUS:
         dt0 = _log1p_exp(dt0)
     return dt0
+
+
+@triton.jit
+def _chunk_from_the_end(i, n_chunks, ar_l, mask_n, L, BLOCK_L: tl.constexpr):
+    """The backward walks the chunks last to first: step i's chunk c, its positions offs_l (BLOCK_L,), their
+    mask and the (BLOCK_N, BLOCK_L) mask of valid (mode, position) pairs."""
+    c = n_chunks - 1 - i
+    offs_l = c * BLOCK_L + ar_l
+    mask_l = offs_l < L
+    return c, offs_l, mask_l, mask_n[:, None] & mask_l[None, :]
 
 
 @triton.jit
@@ -99,10 +110,7 @@ def _selective_scan_bwd_kernel(
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for i in range(0, n_chunks):
-        c = n_chunks - 1 - i
-        offs_l = c * BLOCK_L + ar_l
-        mask_l = offs_l < L
-        mask_nl = mask_n[:, None] & mask_l[None, :]
+        c, offs_l, mask_l, mask_nl = _chunk_from_the_end(i, n_chunks, ar_l, mask_n, L, BLOCK_L)
         if not B_FIXED:
             Bt = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
             dB_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
@@ -278,20 +286,15 @@ def _selective_scan_bwd_complex_kernel(
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for i in range(0, n_chunks):
-        c = n_chunks - 1 - i
-        offs_l = c * BLOCK_L + ar_l
-        mask_l = offs_l < L
-        mask_nl = mask_n[:, None] & mask_l[None, :]
+        c, offs_l, mask_l, mask_nl = _chunk_from_the_end(i, n_chunks, ar_l, mask_n, L, BLOCK_L)
         if not B_FIXED:
-            Br = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
-            Bi = _load_tile(B_ptr + s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n,
-                            s_B_l)
+            Br, Bi = _complex_tile(B_ptr, s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g,
+                                   s_B_n, s_B_l)
             dBr_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
             dBi_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
         if not C_FIXED:
-            Cr = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
-            Ci = _load_tile(C_ptr + s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n,
-                            s_C_l)
+            Cr, Ci = _complex_tile(C_ptr, s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g,
+                                   s_C_n, s_C_l)
             dCr_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
             dCi_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
         if VARLEN:
@@ -311,44 +314,30 @@ def _selective_scan_bwd_complex_kernel(
             u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0).to(tl.float32)
             dout = tl.load(dout_ptr + pid_b * s_do_b + d * s_do_d + offs_l * s_do_l, mask=m,
                            other=0.0).to(tl.float32)
-            Ar = _load_row(A_ptr, d, offs_n, mn, s_A_d, s_A_n)[:, None]
-            Ai = _load_row(A_ptr + 1, d, offs_n, mn, s_A_d, s_A_n)[:, None]
+            Ar, Ai = _complex_row(A_ptr, 1, d, offs_n, mn, s_A_d, s_A_n)
             if B_FIXED:
-                Br = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
-                Bi = _load_row(B_ptr + s_B_im, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+                Br, Bi = _complex_row(B_ptr, s_B_im, d, offs_n, mn, s_B_g, s_B_n)
             if C_FIXED:
-                Cr = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
-                Ci = _load_row(C_ptr + s_C_im, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+                Cr, Ci = _complex_row(C_ptr, s_C_im, d, offs_n, mn, s_C_g, s_C_n)
             Dv = 0.0
             if HAS_D:
                 Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
 
             dt2 = dt[None, :]
-            mag = tl.exp(Ar * dt2)
-            ang = Ai * dt2
-            a_r = mag * tl.cos(ang)
-            a_i = mag * tl.sin(ang)
+            a_r, a_i = _complex_decay(Ar, Ai, dt2, False)
             dtu = dt * u
             du2 = dtu[None, :]
             b_r = Br * du2
             b_i = Bi * du2
-            dtn2 = dt_next[None, :]
-            mag_n = tl.exp(Ar * dtn2)
-            ang_n = Ai * dtn2
-            al_r = mag_n * tl.cos(ang_n)
-            al_i = -mag_n * tl.sin(ang_n)  # conj(a_{t+1})
+            al_r, al_i = _complex_decay(Ar, Ai, dt_next[None, :], True)  # conj(a_{t+1})
             as_r = a_r
             as_i = a_i
             bs_r = b_r
             bs_i = b_i
             if VARLEN:
                 if HAS_H0:
-                    p0 = h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n
-                    m0 = is_start & mn[:, None]
-                    h0r = tl.load(p0, mask=m0, other=0.0).to(tl.float32)
-                    h0i = tl.load(p0 + 1, mask=m0, other=0.0).to(tl.float32)
-                    bs_r = b_r + a_r * h0r - a_i * h0i
-                    bs_i = b_i + a_r * h0i + a_i * h0r
+                    bs_r, bs_i = _enter_complex_state(h0_ptr, sid, d, offs_n, s_h0_b, s_h0_d, s_h0_n, is_start, mn,
+                                                      a_r, a_i, b_r, b_i)
                 as_r = tl.where(is_start, 0.0, a_r)
                 as_i = tl.where(is_start, 0.0, a_i)
                 al_r = tl.where(is_end, 0.0, al_r)

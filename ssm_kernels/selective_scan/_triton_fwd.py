@@ -77,6 +77,43 @@ def _load_row(ptr, d, offs_n, mask_n, s_g, s_n):
 
 
 @triton.jit
+def _complex_tile(ptr, s_im, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s_l):
+    """(re, im) (BLOCK_N, BLOCK_L) tiles of a complex B or C read through its real view (imaginary part at
+    offset s_im)."""
+    re = _load_tile(ptr, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s_l)
+    im = _load_tile(ptr + s_im, pid_b, group, offs_n, offs_l, mask_n, mask_l, s_b, s_g, s_n, s_l)
+    return re, im
+
+
+@triton.jit
+def _complex_row(ptr, s_im, d, offs_n, mask_n, s_g, s_n):
+    """(re, im) (BLOCK_N, 1) columns of channel d's row of a complex A, B or C (imaginary part at s_im)."""
+    re = _load_row(ptr, d, offs_n, mask_n, s_g, s_n)
+    im = _load_row(ptr + s_im, d, offs_n, mask_n, s_g, s_n)
+    return re[:, None], im[:, None]
+
+
+@triton.jit
+def _complex_decay(Ar, Ai, dt, CONJUGATE: tl.constexpr):
+    """a = exp(dt A), or its conjugate, for complex A (BLOCK_N, 1) and a row of steps dt (1, BLOCK_L): (re, im)."""
+    magnitude = tl.exp(Ar * dt)
+    angle = Ai * dt
+    if CONJUGATE:
+        return magnitude * tl.cos(angle), -magnitude * tl.sin(angle)
+    return magnitude * tl.cos(angle), magnitude * tl.sin(angle)
+
+
+@triton.jit
+def _enter_complex_state(h0_ptr, sid, d, offs_n, s_h0_b, s_h0_d, s_h0_n, is_start, mask_n, a_r, a_i, b_r, b_i):
+    """Packed sequences: b + a h0 where a sequence starts (its initial state h0[sid], complex, interleaved)."""
+    p0 = h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n
+    m0 = is_start & mask_n[:, None]
+    h0r = tl.load(p0, mask=m0, other=0.0).to(tl.float32)
+    h0i = tl.load(p0 + 1, mask=m0, other=0.0).to(tl.float32)
+    return b_r + a_r * h0r - a_i * h0i, b_i + a_r * h0i + a_i * h0r
+
+
+@triton.jit
 def _delta_row(delta_ptr, bias_ptr, row_off, offs_l, mask, s_dt_l, d, ok, HAS_BIAS: tl.constexpr,
                SOFTPLUS: tl.constexpr):
     """(Δ before softplus, Δ) of one channel's chunk: (BLOCK_L,) fp32; Δ = 0 outside `mask` (a = 1, b = 0)."""
@@ -288,13 +325,11 @@ def _selective_scan_fwd_complex_kernel(
         offs_l = c * BLOCK_L + ar_l
         mask_l = offs_l < L
         if not B_FIXED:
-            Br = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
-            Bi = _load_tile(B_ptr + s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n,
-                            s_B_l)
+            Br, Bi = _complex_tile(B_ptr, s_B_im, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g,
+                                   s_B_n, s_B_l)
         if not C_FIXED:
-            Cr = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
-            Ci = _load_tile(C_ptr + s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n,
-                            s_C_l)
+            Cr, Ci = _complex_tile(C_ptr, s_C_im, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g,
+                                   s_C_n, s_C_l)
         if VARLEN:
             sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
         if SAVE_CKPT:
@@ -310,27 +345,17 @@ def _selective_scan_fwd_complex_kernel(
             _, dt = _delta_row(delta_ptr, bias_ptr, pid_b * s_dt_b + d * s_dt_d, offs_l, m, s_dt_l, d, ok,
                                HAS_BIAS, SOFTPLUS)
             u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0).to(tl.float32)
-            Ar = _load_row(A_ptr, d, offs_n, mn, s_A_d, s_A_n)[:, None]
-            Ai = _load_row(A_ptr + 1, d, offs_n, mn, s_A_d, s_A_n)[:, None]
-            dt2 = dt[None, :]
-            mag = tl.exp(Ar * dt2)
-            ang = Ai * dt2
-            a_r = mag * tl.cos(ang)
-            a_i = mag * tl.sin(ang)
+            Ar, Ai = _complex_row(A_ptr, 1, d, offs_n, mn, s_A_d, s_A_n)
+            a_r, a_i = _complex_decay(Ar, Ai, dt[None, :], False)
             if B_FIXED:
-                Br = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
-                Bi = _load_row(B_ptr + s_B_im, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+                Br, Bi = _complex_row(B_ptr, s_B_im, d, offs_n, mn, s_B_g, s_B_n)
             du2 = (dt * u)[None, :]
             b_r = Br * du2
             b_i = Bi * du2
             if VARLEN:
                 if HAS_H0:
-                    p0 = h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n
-                    m0 = is_start & mn[:, None]
-                    h0r = tl.load(p0, mask=m0, other=0.0).to(tl.float32)
-                    h0i = tl.load(p0 + 1, mask=m0, other=0.0).to(tl.float32)
-                    b_r = b_r + a_r * h0r - a_i * h0i
-                    b_i = b_i + a_r * h0i + a_i * h0r
+                    b_r, b_i = _enter_complex_state(h0_ptr, sid, d, offs_n, s_h0_b, s_h0_d, s_h0_n, is_start, mn,
+                                                    a_r, a_i, b_r, b_i)
                 a_r = tl.where(is_start, 0.0, a_r)
                 a_i = tl.where(is_start, 0.0, a_i)
             hr = _row_of(Hr, rows, dd)[:, None]
@@ -339,8 +364,7 @@ def _selective_scan_fwd_complex_kernel(
             hsr = acr * hr - aci * hi + bcr
             hsi = acr * hi + aci * hr + bci
             if C_FIXED:
-                Cr = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
-                Ci = _load_row(C_ptr + s_C_im, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+                Cr, Ci = _complex_row(C_ptr, s_C_im, d, offs_n, mn, s_C_g, s_C_n)
             y = 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0)
             if HAS_D:
                 y += tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32) * u
