@@ -155,13 +155,19 @@ class S4(KernelConvLayer):
         Lambda = torch.complex(-torch.exp(self.A_real_log.to(dtype)), self.A_imag.to(dtype))
         return dt, Lambda, torch.view_as_complex(self.P.to(dtype)), torch.view_as_complex(self.B.to(dtype))
 
-    def dense_transition(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """dA: (H, N, N) complex, the bilinear transition over all N modes (kept half first, conjugates second)."""
+    def _bilinear_factors(self, dtype: torch.dtype = torch.float32):
+        """(I - dt A / 2, I + dt A / 2) over all N modes (kept half first, conjugates second): (H, N, N) complex
+        each; dA = (I - dt A / 2)^-1 (I + dt A / 2) and dB = (I - dt A / 2)^-1 dt B."""
         dt, Lambda, P, _ = self.continuous(dtype)
         Lambda, P = torch.cat([Lambda, Lambda.conj()], -1), torch.cat([P, P.conj()], -1)
         half_dtA = (dt / 2)[:, None, None] * (torch.diag_embed(Lambda) - P[:, :, None] * P.conj()[:, None, :])
         eye = torch.eye(self.d_state, dtype=Lambda.dtype, device=Lambda.device)
-        return torch.linalg.solve(eye - half_dtA, eye + half_dtA)
+        return eye - half_dtA, eye + half_dtA
+
+    def dense_transition(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """dA: (H, N, N) complex, the bilinear transition over all N modes (kept half first, conjugates second)."""
+        implicit, explicit = self._bilinear_factors(dtype)
+        return torch.linalg.solve(implicit, explicit)
 
     def _convert_C(self, C: torch.Tensor, length: int, inverse: bool) -> torch.Tensor:
         """Kept half of Ct = (I - dA^length)^T C (inverse=False) or of C = (I - dA^length)^{-T} Ct (inverse=True),
@@ -230,13 +236,11 @@ class S4(KernelConvLayer):
         chunk = max(1, min(chunk, length))
         with torch.autocast(device_type=u.device.type, enabled=False):
             u = u.float()
-            dA = self.dense_transition()  # (H, N, N) over all N modes: kept half first, conjugates second
-            dt, Lambda, P, B = self.continuous()
+            implicit, explicit = self._bilinear_factors()  # (H, N, N): kept half first, conjugates second
+            dA = torch.linalg.solve(implicit, explicit)
+            dt, _, _, B = self.continuous()
             both = lambda v: torch.cat([v, v.conj()], -1)  # noqa: E731  (kept half -> all N modes)
-            Lambda, P, B = both(Lambda), both(P), both(B)
-            half_dtA = (dt / 2)[:, None, None] * (torch.diag_embed(Lambda) - P[:, :, None] * P.conj()[:, None, :])
-            eye = torch.eye(self.d_state, dtype=dA.dtype, device=dA.device)
-            dB = torch.linalg.solve(eye - half_dtA, dt[:, None] * B)  # (H, N)
+            dB = torch.linalg.solve(implicit, dt[:, None] * both(B))  # (H, N)
             impulse = _powers_applied(dA, dB, chunk)  # (H, N, chunk): dA^j dB
             readout = _powers_applied(dA.transpose(-1, -2), both(self.recurrent_C()), chunk + 1)  # C^T dA^j
             kernel = torch.einsum("hnj,hn->hj", readout[..., :chunk], dB).real
