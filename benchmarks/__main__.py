@@ -5,6 +5,8 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
   profile     per-kernel GPU time of the benchmark cases, ours beside the peers (benchmarks/profile.py)
   decode      where the time of one decoding step goes, kernel and whole model (benchmarks/decode.py)
   generate    a language model's prefill and per-token decoding, beside mamba_ssm (benchmarks/generation.py)
+  transformers  transformers' Mamba / Mamba2 / FalconMamba models with and without patch()
+              (benchmarks/transformers_patch.py)
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def available_ops() -> list:
 
 
 SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
-               "generate": "benchmarks.generation"}
+               "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch"}
 
 
 def main(argv=None) -> int:

@@ -42,4 +42,5 @@ def _case(heads: int, state: int, length: int, dtype: torch.dtype) -> Case:
 def cases(quick: bool):
     if quick:
         return [_case(64, 32, 257, torch.complex64)]
-    return [_case(256, 32, 1025, torch.complex64)]
+    # S4 at L 16384 evaluates L / 2 + 1 frequencies
+    return [_case(256, 32, 1025, torch.complex64), _case(768, 32, 8193, torch.complex64)]

@@ -42,4 +42,4 @@ def _case(heads: int, state: int, length: int, dtype: torch.dtype) -> Case:
 def cases(quick: bool):
     if quick:
         return [_case(64, 32, 1024, torch.complex64)]
-    return [_case(256, 32, 4096, torch.complex64)]
+    return [_case(256, 32, 4096, torch.complex64), _case(768, 32, 16384, torch.complex64)]
