@@ -3,10 +3,10 @@
     python -m benchmarks transformers [--quick] [--device cuda|cpu] [--model mamba|mamba2|falcon_mamba]
                                       [--json PATH]
 
-Each model: random weights, a mamba-130m-sized stack (hidden 768, 24 layers; --quick: 4 layers of 256), in
-bf16 on a GPU and fp32 on a CPU. Timed for each: the forward of (batch, length) tokens without grad, forward +
-backward of the language-model loss (every parameter's gradient), and greedy generate of NEW_TOKENS after a
-PROMPT-token prompt. "unpatched" is what transformers runs without mamba_ssm / causal-conv1d installed (its
+Each model: random weights, hidden 768 and 12 layers (--quick: 4 layers of 256), in bf16 on a GPU and fp32 on a
+CPU. Timed for each (wall-clock medians of whole synchronised calls: transformers' own path takes seconds per
+call, too long for many repeats): the forward of (batch, length) tokens without grad, forward + backward of the
+language-model loss (every parameter's gradient), and greedy generate of NEW_TOKENS after a PROMPT-token prompt. "unpatched" is what transformers runs without mamba_ssm / causal-conv1d installed (its
 pure-PyTorch path): run this without SSM_PEERS_DIR on sys.path, or transformers would take mamba_ssm's kernels.
 """
 from __future__ import annotations
@@ -19,14 +19,12 @@ from typing import Callable, Dict
 
 import torch
 
-from .core import time_ms
-
 MODELS = ("mamba", "mamba2", "falcon_mamba")
 
 
 def _config(kind: str, quick: bool):
     import transformers
-    size = dict(vocab_size=50280, hidden_size=256 if quick else 768, num_hidden_layers=4 if quick else 24,
+    size = dict(vocab_size=50280, hidden_size=256 if quick else 768, num_hidden_layers=4 if quick else 12,
                 pad_token_id=0, bos_token_id=0, eos_token_id=0)
     if kind == "mamba":
         return transformers.MambaConfig(state_size=16, **size), transformers.MambaForCausalLM
@@ -39,7 +37,7 @@ def _config(kind: str, quick: bool):
 
 
 def _wall_ms(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    """Median wall time of whole calls (generate: host time is what the user waits for too)."""
+    """Median wall time of whole calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -79,9 +77,9 @@ def measure(kind: str, device: torch.device, quick: bool, batch: int, length: in
         if label == "patched":
             hf_patch.patch(model)
         model.eval()
-        fwd = time_ms(forward, device, quick)
+        fwd = _wall_ms(forward, device)
         model.train()
-        both = time_ms(forward_backward, device, quick)
+        both = _wall_ms(forward_backward, device)
         model.eval()
         gen = _wall_ms(generate, device)
         results[label] = {"forward_ms": fwd, "forward_backward_ms": both, "generate_ms": gen}
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import transformers
     device = torch.device(args.device)
-    batch, length, prompt, new_tokens = (2, 256, 32, 8) if args.quick else (4, 2048, 256, 64)
+    batch, length, prompt, new_tokens = (2, 256, 32, 8) if args.quick else (4, 1024, 256, 64)
     print(f"transformers {transformers.__version__}, {device}, batch {batch}, length {length}, "
           f"generate {prompt} + {new_tokens} tokens")
     print(f"{'model':14s} {'variant':10s} {'fwd ms':>10s} {'fwd+bwd ms':>11s} {'generate ms':>12s}")

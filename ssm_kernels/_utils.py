@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -188,6 +188,14 @@ def contiguous_outputs(outputs):
     if isinstance(outputs, torch.Tensor):
         return outputs.contiguous()
     return type(outputs)(t.contiguous() for t in outputs)
+
+
+def segments_for(blocks: int, units: int, programs: int) -> Tuple[int, int]:
+    """Cut each of `units` rows of `blocks` blocks into segments of whole blocks, until about `programs` programs
+    exist (a kernel that reduces along the row then writes one partial sum per segment): (blocks per segment,
+    segments)."""
+    per_segment = -(-blocks // max(1, min(blocks, programs // max(1, units))))
+    return per_segment, -(-blocks // per_segment)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -7,9 +7,10 @@ Forward, grid (H, cdiv(L, BLOCK_L)): a program sums its (BLOCK_N, BLOCK_L) tiles
 reciprocal of |z - w|^2 per term); no (H, N, L) tensor exists anywhere. Backward (torch's convention for
 holomorphic functions: input grad = output grad * conj(derivative)):
     dv = sum_l g conj(r),   dw = conj(v) sum_l g conj(r)^2,   dz[l] = -sum_h g[h, l] conj(sum_n v r^2)
-dv and dw on grid (H, cdiv(N, BLOCK_N)): a program owns BLOCK_N modes and walks all of l. dz (only when z needs
-a gradient) on grid (cdiv(L, BLOCK_L), H_GROUPS): a program sums its group of heads, and the groups' partial sums
-(H_GROUPS, L) are added by torch. Every output is written by one program: deterministic, no atomics.
+dv and dw on grid (H, cdiv(N, BLOCK_N), SEGMENTS): a program owns BLOCK_N modes and walks one segment of l, and
+the segments' partial sums (H, SEGMENTS, N) are added by torch. dz (only when z needs a gradient) on grid
+(cdiv(L, BLOCK_L), H_GROUPS): a program sums its group of heads, and the groups' partial sums (H_GROUPS, L) are
+added by torch. Every output is written by one program: deterministic, no atomics.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_complex import load_complex, store_complex
-from .._utils import new_output
+from .._utils import new_output, segments_for
 from ._common import define_cauchy_op
 
 BLOCK_L = 128
 MAX_BLOCK_N = 32
 MAX_H_GROUPS = 32  # dz: the heads are summed in at most this many groups (partial sums added by torch)
+BACKWARD_PROGRAMS = 2048  # dv, dw: each head's positions are cut into segments until about this many
 NUM_WARPS = 4
 
 
@@ -69,16 +71,18 @@ def _fwd_kernel(v_ptr, z_ptr, w_ptr, k_ptr, N, L, BLOCK_N: tl.constexpr, BLOCK_L
 
 
 @triton.jit
-def _bwd_vw_kernel(g_ptr, v_ptr, z_ptr, w_ptr, dv_ptr, dw_ptr, N, L, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+def _bwd_vw_kernel(g_ptr, v_ptr, z_ptr, w_ptr, dv_ptr, dw_ptr, N, L, SEGMENTS, SEGMENT_L,
+                   BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     h = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    segment = tl.program_id(2)
     vr, vi = load_complex(v_ptr, h * N + n, n < N)
     wr, wi = load_complex(w_ptr, h * N + n, n < N)
     s1r = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum_l g conj(r)
     s1i = tl.zeros([BLOCK_N], dtype=tl.float32)
     s2r = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum_l g conj(r)^2
     s2i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for l0 in range(0, L, BLOCK_L):
+    for l0 in range(segment * SEGMENT_L, (segment + 1) * SEGMENT_L, BLOCK_L):
         l = l0 + tl.arange(0, BLOCK_L)
         zr, zi = load_complex(z_ptr, l, l < L)
         gr, gi = load_complex(g_ptr, h * L + l, l < L)  # 0 where masked: those terms vanish
@@ -93,8 +97,9 @@ def _bwd_vw_kernel(g_ptr, v_ptr, z_ptr, w_ptr, dv_ptr, dw_ptr, N, L, BLOCK_N: tl
         qi = 2 * rr * ri
         s2r += tl.sum(gr * qr - gi * qi, axis=1)
         s2i += tl.sum(gr * qi + gi * qr, axis=1)
-    store_complex(dv_ptr, h * N + n, s1r, s1i, n < N)
-    store_complex(dw_ptr, h * N + n, vr * s2r + vi * s2i, vr * s2i - vi * s2r, n < N)  # conj(v) s2
+    out = (h * SEGMENTS + segment) * N + n
+    store_complex(dv_ptr, out, s1r, s1i, n < N)
+    store_complex(dw_ptr, out, vr * s2r + vi * s2i, vr * s2i - vi * s2r, n < N)  # conj(v) s2
 
 
 @triton.jit
@@ -132,11 +137,15 @@ def _backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, need_z: bool) -> Tu
     (H, N), L = v.shape, z.shape[0]
     if L == 0:
         return torch.zeros_like(v), torch.zeros_like(w), z.new_empty(0)
-    dv, dw = new_output(v.shape, v.dtype, v.device), new_output(w.shape, w.dtype, w.device)
     block_n = _block_n(N)
+    mode_blocks = triton.cdiv(N, block_n)
+    blocks_per_segment, segments = segments_for(triton.cdiv(L, BLOCK_L), H * mode_blocks, BACKWARD_PROGRAMS)
+    dv, dw = (new_output((H, segments, N), v.dtype, v.device) for _ in range(2))
     real = [torch.view_as_real(t) for t in (grad, v, z, w)]
-    _bwd_vw_kernel[(H, triton.cdiv(N, block_n))](*real, torch.view_as_real(dv), torch.view_as_real(dw), N, L,
-                                                 BLOCK_N=block_n, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
+    _bwd_vw_kernel[(H, mode_blocks, segments)](*real, torch.view_as_real(dv), torch.view_as_real(dw), N, L,
+                                               segments, blocks_per_segment * BLOCK_L, BLOCK_N=block_n,
+                                               BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
+    dv, dw = dv.sum(1), dw.sum(1)
     if not need_z:
         return dv, dw, z.new_empty(0)  # custom ops cannot return None
     groups = min(H, MAX_H_GROUPS)

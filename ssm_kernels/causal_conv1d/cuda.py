@@ -16,7 +16,8 @@ from ._common import gradients, save_for_backward
 
 
 def _unit_stride_l(t: Tensor) -> Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+    # not .contiguous(): a size-1 L keeps whatever stride it has (torch calls that contiguous)
+    return t if t.stride(-1) == 1 else t.clone(memory_format=torch.contiguous_format)
 
 
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],

@@ -79,6 +79,15 @@ def test_blocks_of_heads_modes_and_positions(backend):
                  ["v", "z", "w"])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length", [2, 4096, 65536])
+def test_long_kernels(backend, length):
+    """Many positions per head: the backward's segments of positions and their partial sums."""
+    device = backend_device(backend)
+    check_parity(lambda **kw: cauchy_kernel(**kw, backend=backend), cauchy_kernel_ref,
+                 make_inputs(2, 8, length, torch.complex64, device), torch.complex64, ["v", "w"])
+
+
 def test_gradcheck_complex128(chunking):
     inputs = make_inputs(2, 3, 9, torch.complex128, "cpu")
     args = [inputs[k].requires_grad_() for k in ("v", "z", "w")]

@@ -62,6 +62,17 @@ def test_seq_idx_noncontiguous_no_bias(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_transposed_single_position(backend):
+    """A one-token prompt from Mamba's in_proj: (B, 1, D) viewed as (B, D, 1), "contiguous" to torch while its
+    stride along L is D (tensor.contiguous() then returns it as it is)."""
+    device = backend_device(backend)
+    inputs = make_inputs(2, 24, 1, 4, torch.float32, device, init=True, transposed=True)
+    assert inputs["x"].stride(-1) == 24
+    check_parity(lambda **kw: causal_conv1d(**kw, backend=backend), reference, inputs, torch.float32,
+                 ["x", "weight", "bias", "initial_states"], activation="silu", return_final_states=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_varlen_equals_separate_sequences(backend):
     device = backend_device(backend)
     lengths = [5, 1, 17, 9]

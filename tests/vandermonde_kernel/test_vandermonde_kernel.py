@@ -66,6 +66,25 @@ def test_blocks_of_modes_and_positions(backend):
                  make_inputs(5, 45, torch.complex64, device), torch.complex64, ["C", "log_z"], L=300)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length", [2, 4096, 65536])
+def test_long_kernels(backend, length):
+    device = backend_device(backend)
+    check_parity(lambda **kw: vandermonde_kernel(**kw, backend=backend), vandermonde_kernel_ref,
+                 make_inputs(2, 8, torch.complex64, device), torch.complex64, ["C", "log_z"], L=length)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_growing_modes_stay_finite(backend):
+    """Modes with Re log_z > 0 (an unstable system): every gradient finite when the kernel is, whatever tile
+    padding lies past L."""
+    device = backend_device(backend)
+    log_z = torch.tensor([[0.6 + 0.5j, -0.2 + 1.0j]], dtype=torch.complex64, device=device)
+    C = torch.tensor([[1.0 - 0.5j, 0.25 + 2.0j]], dtype=torch.complex64, device=device)
+    check_parity(lambda **kw: vandermonde_kernel(**kw, backend=backend), vandermonde_kernel_ref,
+                 {"C": C, "log_z": log_z}, torch.complex64, ["C", "log_z"], L=131)
+
+
 @pytest.mark.parametrize("length", [5, 40])  # one chunk; several chunks with a padded last one
 def test_gradcheck_complex128(length):
     inputs = make_inputs(2, 3, torch.complex128, "cpu")
