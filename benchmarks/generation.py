@@ -119,7 +119,7 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
                 continue
             rows.append(dict(case=name, variant=variant, batch=batch, prompt=prompt, new_tokens=new,
                              layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing))
-            print(f"done: {name} {variant}", flush=True)
+            print(format_rows(rows[-1:]).splitlines()[-1], flush=True)  # kept if a later case dies
         del variants
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -136,7 +136,29 @@ def _instructions(ptx: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None) -> int:
+def resource_usage(ptx: str, arch: int) -> str:
+    """ptxas' registers and spills of a compiled kernel (`ptxas -v` on its PTX; ptxas from a CUDA toolkit)."""
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    tool = shutil.which("ptxas")
+    if tool is None:
+        return "ptxas not on PATH"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder, "kernel.ptx")
+        source.write_text(ptx)
+        run = subprocess.run([tool, f"-arch=sm_{arch}a", "-v", str(source), "-o", str(Path(folder, "kernel.o"))],
+                             capture_output=True, text=True)
+    text = run.stdout + run.stderr
+    registers = re.search(r"Used (\d+) registers", text)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    if registers is None or spills is None:
+        return text.strip().splitlines()[-1][:200] if text.strip() else "no ptxas report"
+    return f"registers {registers[1]}, spill stores {spills[1]} B, spill loads {spills[2]} B"
+
+
+def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage: bool = False) -> int:
     import triton
 
     sys.path.insert(0, str(ROOT))
@@ -164,6 +186,8 @@ def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None) -> int
                                         divisible, options)).encode()).hexdigest()[:12]
             Path(ptx_dir, f"{name}_{digest}.ptx").write_text(_instructions(compiled.asm["ptx"]))
         shared = compiled.metadata.shared
+        if usage:
+            print(f"USAGE {label}: {resource_usage(compiled.asm['ptx'], arch)}, shared {shared} B")
         if limit is not None and shared > limit:
             problems += 1
             print(f"SMEM  {label}: {shared} bytes of shared memory > {limit}")
@@ -185,12 +209,13 @@ def main() -> int:
     comp.add_argument("--arch", type=int, default=90)
     comp.add_argument("--slow", type=float, default=20.0, help="report compiles longer than this (s)")
     comp.add_argument("--ptx", help="write each launch's PTX (debug lines removed) into this folder")
+    comp.add_argument("--usage", action="store_true", help="print each launch's registers and spills (ptxas -v)")
     args = parser.parse_args()
     if args.command == "record":
         return record(args.out, [a for a in args.pytest_args if a != "--"])
     if args.ptx:
         Path(args.ptx).mkdir(parents=True, exist_ok=True)
-    return compile_all(args.launches, args.arch, args.slow, args.ptx)
+    return compile_all(args.launches, args.arch, args.slow, args.ptx, args.usage)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,17 @@ class GatedBlock(nn.Module):
 
     context_parallel = False  # no cp_group form (ssm_universal.context_parallel)
 
+    @staticmethod
+    def check_headed_branch(op: str, dim: int, heads: int, branch: str, width: int) -> None:
+        """The checks of a gated block whose inner branch of `width` channels (argument `branch`) splits into
+        `heads` groups."""
+        check = ArgCheck(op)
+        check.integer("dim", dim, 1)
+        check.integer("heads", heads, 1)
+        check.integer(branch, width, 1)
+        if width % heads:
+            raise ValueError(f"{op}: {branch} ({width}) must be divisible by heads ({heads})")
+
     def build(self, op: str, dim: int, dim_inner: int, dim_expansion_factor, reverse_seq: bool,
               inner_name: str, inner: nn.Module, residual: bool = True) -> None:
         check_factor(op, dim_expansion_factor)
@@ -318,12 +329,7 @@ class GatedDsConv(GatedBlock):
     def __init__(self, dim: int, heads: int = 8, dim_dsconv: int = 512, dim_expansion_factor=4,
                  reverse_seq: bool = False):
         super().__init__()
-        check = ArgCheck("GatedDsConv")
-        check.integer("dim", dim, 1)
-        check.integer("heads", heads, 1)
-        check.integer("dim_dsconv", dim_dsconv, 1)
-        if dim_dsconv % heads:
-            raise ValueError(f"GatedDsConv: dim_dsconv ({dim_dsconv}) must be divisible by heads ({heads})")
+        self.check_headed_branch("GatedDsConv", dim, heads, "dim_dsconv", dim_dsconv)
         self.build("GatedDsConv", dim, dim_dsconv, dim_expansion_factor, reverse_seq, "dsconv",
                    EfficientDsConv(dim_dsconv, heads))
 

@@ -115,12 +115,7 @@ class GatedMHESA(GatedBlock):
     def __init__(self, dim: int, heads: int = 8, dim_mhesa: int = 512, dim_expansion_factor=4,
                  reverse_seq: bool = False):
         super().__init__()
-        check = ArgCheck("GatedMHESA")
-        check.integer("dim", dim, 1)
-        check.integer("heads", heads, 1)
-        check.integer("dim_mhesa", dim_mhesa, 1)
-        if dim_mhesa % heads:
-            raise ValueError(f"GatedMHESA: dim_mhesa ({dim_mhesa}) must be divisible by heads ({heads})")
+        self.check_headed_branch("GatedMHESA", dim, heads, "dim_mhesa", dim_mhesa)
         self.build("GatedMHESA", dim, dim_mhesa, dim_expansion_factor, reverse_seq, "mhesa",
                    MHESA(dim_mhesa, heads))
 

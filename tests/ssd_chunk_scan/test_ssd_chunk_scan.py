@@ -258,14 +258,18 @@ def test_mamba_chunk_scan_combined_returns():
         mamba_chunk_scan_combined(*args, 8, return_varlen_states=True)
 
 
-def test_compile_fullgraph():
-    inputs = make_inputs(1, 33, 4, 8, 2, 6, torch.float32, "cpu")
-    cu = torch.tensor([0, 7, 33], dtype=torch.int32)
+@pytest.mark.parametrize("backend", [None, "triton"])
+def test_compile_fullgraph(backend):
+    """Varlen with final and per-sequence states under torch.compile(fullgraph): dispatch's choice on the CPU, and
+    the Triton backend."""
+    device = "cpu" if backend is None else backend_device(backend)
+    inputs = make_inputs(1, 33, 4, 8, 2, 6, torch.float32, device)
+    cu = torch.tensor([0, 7, 33], dtype=torch.int32, device=device)
     names = grads_of(inputs)
 
     def fn(*args):
         return ssd_chunk_scan(**dict(zip(names, args)), chunk_size=16, dt_softplus=True, cu_seqlens=cu,
-                              return_final_states=True, return_varlen_states=True)
+                              return_final_states=True, return_varlen_states=True, backend=backend)
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     leaves = [inputs[n].detach().requires_grad_() for n in names]
     outs = compiled(*leaves)
@@ -373,29 +377,6 @@ def test_triton_no_grad_and_partial_grad():
     assert_close(out, ref_out, torch.float32, "no-grad output")
     assert_close(final, ref_final, torch.float32, "no-grad final state")
     check_parity(lambda **kw2: scan("triton", **kw2), reference, inputs, torch.float32, ["z"], **kw)
-
-
-def test_triton_compile_fullgraph():
-    device = backend_device("triton")
-    inputs = make_inputs(1, 33, 4, 8, 2, 6, torch.float32, device)
-    cu = torch.tensor([0, 7, 33], dtype=torch.int32, device=device)
-    names = grads_of(inputs)
-
-    def fn(*args):
-        return ssd_chunk_scan(**dict(zip(names, args)), chunk_size=16, dt_softplus=True, cu_seqlens=cu,
-                              return_final_states=True, return_varlen_states=True, backend="triton")
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    leaves = [inputs[n].detach().requires_grad_() for n in names]
-    outs = compiled(*leaves)
-    sum(o.sum() for o in outs).backward()
-    ref_leaves = [inputs[n].detach().requires_grad_() for n in names]
-    ref_outs = reference(**dict(zip(names, ref_leaves)), dt_softplus=True, cu_seqlens=cu,
-                         return_final_states=True, return_varlen_states=True)
-    sum(o.sum() for o in ref_outs).backward()
-    for i, (o, r) in enumerate(zip(outs, ref_outs)):
-        assert_close(o, r, torch.float32, f"output {i}")
-    for name, a, b in zip(names, leaves, ref_leaves):
-        assert_close(a.grad, b.grad, torch.float32, f"gradient of {name}")
 
 
 def test_triton_backward_reproducible():
