@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import pkgutil
 import platform
 import subprocess
@@ -37,8 +38,8 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["compute_capability"] = list(torch.cuda.get_device_capability(device))
-    try:
-        env["commit"] = subprocess.run(["git", "-c", "safe.directory=*", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    try:  # $COMMIT first: a copied working tree's git metadata may name an older commit
+        env["commit"] = os.environ.get("COMMIT") or subprocess.run(["git", "-c", "safe.directory=*", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         env["commit"] = None

@@ -93,5 +93,21 @@ MEASURED = {
                  source='NVIDIA H200 T4096 D2048 group256 float32: fwd+bwd triton 0.633 ms, torch 0.750, fwd triton 0.056 ms, torch 0.138',
                  results=['h200_gated_rmsnorm_backends.json'], commit=['a84beaf']),
         ],
+        'vandermonde_kernel': [
+            dict(order=('triton', 'torch'), dtype='complex64', max_size=67108864, grad=None,
+                 source='NVIDIA H200 H256 N32 L4096 complex64: fwd+bwd triton 0.415 ms, torch 1.241, fwd triton 0.035 ms, torch 0.095',
+                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
+            dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=True,
+                 source='NVIDIA H200 H768 N32 L16384 complex64: fwd+bwd triton 0.470 ms, torch 1.029',
+                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
+            dict(order=('torch', 'triton'), dtype='complex64', max_size=None, grad=False,
+                 source='NVIDIA H200 H768 N32 L16384 complex64: fwd torch 0.229 ms, triton 0.302',
+                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
+        ],
+        'cauchy_kernel': [
+            dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=None,
+                 source='NVIDIA H200 H256 N32 L1025 complex64: fwd+bwd triton 0.726 ms, torch 3.234, fwd triton 0.022 ms, torch 0.543; NVIDIA H200 H768 N32 L8193 complex64: fwd+bwd triton 1.505 ms, torch 45.977, fwd triton 0.348 ms, torch 19.389',
+                 results=['h200_cauchy_kernel_backends.json'], commit=['eef2a9e']),
+        ],
     },
 }
