@@ -71,11 +71,11 @@ def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str,
         data = json.loads(path.read_text())
         env = data.get("environment", {})
         capability = env.get("compute_capability")
-        if not capability:
+        if not capability or not isinstance(data.get("results"), list):  # not an op benchmark (layers, models)
             continue
         per_op = table[tuple(capability)]
         for r in data["results"]:
-            if r["variant"] not in _dispatch.BACKENDS or r.get("dispatch_size") is None or r.get("dtype") is None:
+            if "op" not in r or r["variant"] not in _dispatch.BACKENDS or r.get("dispatch_size") is None or r.get("dtype") is None:
                 continue
             cases = per_op.setdefault((r["op"], r["dtype"]), {})
             m = cases.get(r["case"])
