@@ -35,11 +35,21 @@ def test_sweep_times_each_setting_and_restores(triton_device, capsys):
     assert "best fwd" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate"])
+@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers"])
 def test_subcommands_parse(subcommand):
     with pytest.raises(SystemExit) as exit_:
         main([subcommand, "--help"])
     assert exit_.value.code == 0
+
+
+@pytest.mark.parametrize("op", ["cauchy_kernel", "vandermonde_kernel"])
+def test_tuner_settings_name_backend_attributes(op):
+    """A misspelt setting would be set on the module, never read, and time the defaults under its name."""
+    tuner = importlib.import_module(f"benchmarks.tune.{op}")
+    grids = ([tuner.grid(quick)] if hasattr(tuner, "grid") else
+             [tuner.forward_grid(quick), tuner.backward_grid(quick, {})] for quick in (True, False))
+    names = {name for per_quick in grids for grid in per_quick for settings in grid for name in settings}
+    assert names and all(hasattr(tuner.backend, name) for name in names), names
 
 
 def test_tune_rejects_an_op_without_a_tuner():
@@ -55,3 +65,12 @@ def test_generate_times_prefill_and_decoding_apart(tmp_path, capsys):
     row = rows[0]
     assert 0 < row["prefill_ms"] < row["total_ms"] and row["decode_ms_per_token"] > 0
     assert "ms/token" in capsys.readouterr().out
+
+
+def test_transformers_times_patched_and_unpatched(tmp_path):
+    pytest.importorskip("transformers")
+    path = tmp_path / "transformers.json"
+    assert main(["transformers", "--quick", "--device", "cpu", "--model", "mamba2", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())["results"]["mamba2"]
+    assert set(results) == {"unpatched", "patched"}
+    assert all(ms > 0 for row in results.values() for ms in row.values())

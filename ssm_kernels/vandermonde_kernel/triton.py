@@ -30,8 +30,10 @@ from .._triton_complex import exp_complex, load_complex, store_complex
 from .._utils import new_output, segments_for
 from ._common import define_vandermonde_op
 
+# Forward tiles are ROWS x BLOCK_L positions: per position N / ROWS + N / BLOCK_L complex exponentials
 ROWS = 16  # a tl.dot operand needs at least 16 rows
 MAX_BLOCK_L = 128
+BACKWARD_ROWS = 16
 MAX_BACKWARD_BLOCK_L = 64  # its four (BLOCK_N, BLOCK_L) accumulators fit 8 warps' registers
 MIN_BLOCK = 16
 MAX_BLOCK_N = 32
@@ -103,16 +105,16 @@ def _bwd_kernel(g_ptr, z_ptr, s0_ptr, s1_ptr, N, L, SEGMENTS, TILES_PER_SEGMENT,
                       n < N)
 
 
-def _blocks(N: int, L: int, max_block_l: int) -> Tuple[int, int]:
+def _blocks(N: int, L: int, rows: int, max_block_l: int) -> Tuple[int, int]:
     """(BLOCK_N, BLOCK_L): at least 16 each (tl.dot), at most what the modes and positions need."""
     return (max(MIN_BLOCK, min(MAX_BLOCK_N, triton.next_power_of_2(N))),
-            max(MIN_BLOCK, min(max_block_l, triton.next_power_of_2(triton.cdiv(L, ROWS)))))
+            max(MIN_BLOCK, min(max_block_l, triton.next_power_of_2(triton.cdiv(L, rows)))))
 
 
 def _forward(C: Tensor, log_z: Tensor, L: int) -> Tensor:
     H, N = C.shape
     K = new_output((H, L), torch.float32, C.device)
-    block_n, block_l = _blocks(N, L, MAX_BLOCK_L)
+    block_n, block_l = _blocks(N, L, ROWS, MAX_BLOCK_L)
     _fwd_kernel[(H, triton.cdiv(L, ROWS * block_l))](torch.view_as_real(C), torch.view_as_real(log_z), K, N, L,
                                                      BLOCK_N=block_n, BLOCK_L=block_l, ROWS=ROWS,
                                                      num_warps=NUM_WARPS)
@@ -121,12 +123,12 @@ def _forward(C: Tensor, log_z: Tensor, L: int) -> Tensor:
 
 def _backward(grad: Tensor, C: Tensor, log_z: Tensor) -> Tuple[Tensor, Tensor]:
     (H, N), L = C.shape, grad.shape[-1]
-    block_n, block_l = _blocks(N, L, MAX_BACKWARD_BLOCK_L)
-    tiles_per_segment, segments = segments_for(triton.cdiv(L, ROWS * block_l), H, BACKWARD_PROGRAMS)
+    block_n, block_l = _blocks(N, L, BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L)
+    tiles_per_segment, segments = segments_for(triton.cdiv(L, BACKWARD_ROWS * block_l), H, BACKWARD_PROGRAMS)
     s0, s1 = (new_output((H, segments, N), C.dtype, C.device) for _ in range(2))
     _bwd_kernel[(H, segments)](grad, torch.view_as_real(log_z), torch.view_as_real(s0), torch.view_as_real(s1),
-                               N, L, segments, tiles_per_segment, BLOCK_N=block_n, BLOCK_L=block_l, ROWS=ROWS,
-                               num_warps=BACKWARD_WARPS)
+                               N, L, segments, tiles_per_segment, BLOCK_N=block_n, BLOCK_L=block_l,
+                               ROWS=BACKWARD_ROWS, num_warps=BACKWARD_WARPS)
     return 2 * s0.sum(1).conj(), 2 * (C * s1.sum(1)).conj()
 
 

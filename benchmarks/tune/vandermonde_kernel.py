@@ -1,0 +1,34 @@
+"""Tile shapes and warps of the Triton Vandermonde kernel (ssm_kernels/vandermonde_kernel/triton.py): the
+forward's ROWS x MAX_BLOCK_L tiles (exponentials per position: N / ROWS + N / BLOCK_L) and NUM_WARPS; the
+backward's BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L, BACKWARD_WARPS and BACKWARD_PROGRAMS; on the GPU cases of
+`python -m benchmarks --op vandermonde_kernel` (N32: H256 L4096, H768 L16384)."""
+from __future__ import annotations
+
+import importlib
+
+from ..cases import vandermonde_kernel as vandermonde_cases
+from . import sweep, triton_variants
+
+backend = importlib.import_module("ssm_kernels.vandermonde_kernel.triton")
+
+
+def forward_grid(quick: bool):
+    shapes = ((16, 128), (32, 64), (64, 64)) if quick else \
+        [(r, b) for r in (16, 32, 64, 128) for b in (32, 64, 128) if r * b <= 8192]
+    return [dict(ROWS=r, MAX_BLOCK_L=b, NUM_WARPS=w) for r, b in shapes for w in (4, 8)]
+
+
+def backward_grid(quick: bool, forward: dict):
+    if quick:
+        return [dict(forward, MAX_BACKWARD_BLOCK_L=b, BACKWARD_WARPS=8) for b in (32, 64)]
+    return [dict(forward, BACKWARD_ROWS=r, MAX_BACKWARD_BLOCK_L=b, BACKWARD_WARPS=w, BACKWARD_PROGRAMS=p)
+            for r in (16, 32) for b in (32, 64) for w in (4, 8) for p in (1024, 4096)]
+
+
+def run(device, quick: bool, only):
+    for case, variant in triton_variants(vandermonde_cases, device, only):
+        print(f"{case.name}: forward", flush=True)
+        timed = sweep(backend, variant, device, forward_grid(quick), quick, modes=("fwd",))
+        best_forward = min(timed, key=lambda r: r[0]["fwd"])[1] if timed else {}
+        print(f"{case.name}: forward+backward at the forward's best settings", flush=True)
+        sweep(backend, variant, device, backward_grid(quick, best_forward), quick, modes=("fwd+bwd",))
