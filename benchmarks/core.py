@@ -89,6 +89,22 @@ def time_ms(fn: Callable[[], Any], device: torch.device, quick: bool) -> float:
     return statistics.median(times) * 1e3
 
 
+def wall_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
+    """Median wall time of whole synchronised calls after one warm-up call (compiles, CUDA-graph capture,
+    caches): what a user waits for, host time included (do_bench would hide it)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
     """Peak memory one call allocates beyond what is live before it (GPU: the caching allocator's
     peak; CPU: torch's profiler memory accounting)."""

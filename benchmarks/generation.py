@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from . import peers
+from .core import wall_seconds
 
 LAYERS, D_MODEL, VOCAB = 24, 1024, 50277
 PROMPT, NEW_TOKENS = 1024, 128
@@ -37,24 +36,10 @@ CASES = {
 }
 
 
-def _median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up: compiles, CUDA-graph capture, caches
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _timings(generate: Callable[[int], object], prompt: int, new: int, batch: int, device: torch.device,
              repeats: int) -> Dict[str, float]:
-    prefill = _median_seconds(lambda: generate(prompt + 1), device, repeats)
-    total = _median_seconds(lambda: generate(prompt + new), device, repeats)
+    prefill = wall_seconds(lambda: generate(prompt + 1), device, repeats)
+    total = wall_seconds(lambda: generate(prompt + new), device, repeats)
     per_token = (total - prefill) / max(1, new - 1)
     return {"prefill_ms": prefill * 1e3, "total_ms": total * 1e3, "decode_ms_per_token": per_token * 1e3,
             "tokens_per_s": batch * new / total}

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
+
+from .core import wall_seconds
 
 MODELS = ("mamba", "mamba2", "falcon_mamba")
 
@@ -34,21 +34,6 @@ def _config(kind: str, quick: bool):
     heads = 2 * size["hidden_size"] // 64
     return (transformers.Mamba2Config(state_size=128, num_heads=heads, head_dim=64, n_groups=1, chunk_size=256,
                                       expand=2, **size), transformers.Mamba2ForCausalLM)
-
-
-def _wall_ms(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    """Median wall time of whole calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def measure(kind: str, device: torch.device, quick: bool, batch: int, length: int, prompt: int,
@@ -77,11 +62,11 @@ def measure(kind: str, device: torch.device, quick: bool, batch: int, length: in
         if label == "patched":
             hf_patch.patch(model)
         model.eval()
-        fwd = _wall_ms(forward, device)
+        fwd = 1e3 * wall_seconds(forward, device)
         model.train()
-        both = _wall_ms(forward_backward, device)
+        both = 1e3 * wall_seconds(forward_backward, device)
         model.eval()
-        gen = _wall_ms(generate, device)
+        gen = 1e3 * wall_seconds(generate, device)
         results[label] = {"forward_ms": fwd, "forward_backward_ms": both, "generate_ms": gen}
     hf_patch.unpatch(model)
     return results
