@@ -151,6 +151,18 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         """D as ssd_chunk_scan takes it: (H,) or (H, P) with D_has_hdim."""
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
 
+    def _scan(self, x, dt, B, C, z, **options):
+        """The SSD of x (B, L, d_ssm), dt (B, L, H), B / C (B, L, G N) with the layer's A, D, dt options and
+        z (B, L, d_ssm) as the scan's gate unless the gated norm takes it; options (states, seq_idx,
+        cu_seqlens, cp_group) pass on to ssd_chunk_scan."""
+        batch, seqlen = x.shape[:2]
+        heads = (batch, seqlen, self.nheads, self.headdim)
+        groups = (batch, seqlen, self.ngroups, self.d_state)
+        return ssd_chunk_scan(x.reshape(heads), dt, -torch.exp(self.A_log.float()), B.reshape(groups),
+                              C.reshape(groups), chunk_size=self.chunk_size, D=self._D(),
+                              z=None if self.rmsnorm else z.reshape(heads), dt_bias=self.dt_bias, dt_softplus=True,
+                              dt_limit=self.dt_limit, **options)
+
     def _output(self, y, z, z0, x0):
         """y, z (..., d_ssm) -> out_proj input: norm / gate, then the gated-MLP channels in front."""
         if self.rmsnorm:
@@ -251,15 +263,10 @@ class Mamba2(InferenceCacheMixin, nn.Module):
         xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
                             seq_idx=seq_idx, initial_states=conv_init, cp_group=self.cp_group).transpose(1, 2)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        heads = (batch, seqlen, self.nheads, self.headdim)
-        groups = (batch, seqlen, self.ngroups, self.d_state)
-        y = ssd_chunk_scan(
-            x.reshape(heads), dt, -torch.exp(self.A_log.float()), B.reshape(groups), C.reshape(groups),
-            chunk_size=self.chunk_size, D=self._D(), z=None if self.rmsnorm else z.reshape(heads),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, seq_idx=seq_idx,
-            initial_states=None if state is None or varlen_cache else ssm_state.float(),
-            cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
-            return_varlen_states=varlen_cache, cp_group=self.cp_group)
+        y = self._scan(x, dt, B, C, z, seq_idx=seq_idx,
+                       initial_states=None if state is None or varlen_cache else ssm_state.float(),
+                       cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
+                       return_varlen_states=varlen_cache, cp_group=self.cp_group)
         if state is not None:
             y, last_state = y
             state[0].copy_(new_conv)

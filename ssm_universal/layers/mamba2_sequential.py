@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_state_update, ssd_chunk_scan
+from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_state_update
 from ssm_kernels.validation import ArgCheck
 
 from ._inference_cache import InferenceCacheMixin
@@ -110,6 +110,7 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
     # ------------------------------------------------------------------ helpers
     _conv_tail = Mamba2._conv_tail  # the last d_conv conv inputs, masked to the last sequence of seq_idx
     _D = Mamba2._D
+    _scan = Mamba2._scan
 
     def _ssm_params(self, x):
         """The SSM input X (..., d_inner) -> dt (..., nheads), B, C (..., ngroups * d_state)."""
@@ -151,13 +152,8 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
         x = causal_conv1d(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
                           seq_idx=seq_idx, initial_states=conv_init).transpose(1, 2)  # (B, L, d_inner)
         dt, B, C = self._ssm_params(x)
-        heads = (batch, seqlen, self.nheads, self.headdim)
-        groups = (batch, seqlen, self.ngroups, self.d_state)
-        y = ssd_chunk_scan(
-            x.reshape(heads), dt, -torch.exp(self.A_log.float()), B.reshape(groups), C.reshape(groups),
-            chunk_size=self.chunk_size, D=self._D(), z=None if self.rmsnorm else z.reshape(heads),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, seq_idx=seq_idx,
-            initial_states=None if state is None else ssm_state.float(), return_final_states=state is not None)
+        y = self._scan(x, dt, B, C, z, seq_idx=seq_idx, initial_states=None if state is None else ssm_state.float(),
+                       return_final_states=state is not None)
         if state is not None:
             y, last_state = y
             conv_state.copy_(new_conv)
