@@ -4,8 +4,10 @@
 
 Cases: 24 layers, d_model 1024, vocab 50277 (padded to a multiple of 8), bf16 on a GPU (fp32 on a CPU), random
 weights, greedy decoding of NEW_TOKENS after a PROMPT-token prompt; Mamba at batch 1 and 16, Mamba-2 at batch
-16, and S5 / S4D language models of the same size (issue 18's cases). Ours: SSMLanguageModel.generate with
-cuda_graph=True on a GPU. mamba_ssm (--peers, SSM_PEERS_DIR): MambaLMHeadModel(...).generate(cg=True).
+16, and S5 / S4D language models of the same size. Ours: SSMLanguageModel.generate with
+cuda_graph=True on a GPU. mamba_ssm (--peers, SSM_PEERS_DIR): MambaLMHeadModel(...).generate(cg=True); with
+--peers the cases without a mamba_ssm counterpart run first (after mamba_ssm's generate, torch's cuDNN Conv1d
+in the S4D model crashed the process on the H200: benchmarks/results/h200_generation_prefill.txt).
 
 Times are wall-clock medians of `repeats` synchronised calls after a warm-up (the whole call is what a user
 waits for, host time included):
