@@ -125,8 +125,8 @@ def _block_n(N: int) -> int:
 def _forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     (H, N), L = v.shape, z.shape[0]
     K = new_output((H, L), v.dtype, v.device)
-    if L == 0:
-        return K
+    if L == 0 or N == 0 or H == 0:  # N == 0: an empty sum
+        return K.zero_()
     _fwd_kernel[(H, triton.cdiv(L, BLOCK_L))](torch.view_as_real(v), torch.view_as_real(z), torch.view_as_real(w),
                                               torch.view_as_real(K), N, L, BLOCK_N=_block_n(N), BLOCK_L=BLOCK_L,
                                               num_warps=NUM_WARPS)
@@ -135,8 +135,8 @@ def _forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
 
 def _backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, need_z: bool) -> Tuple[Tensor, Tensor, Tensor]:
     (H, N), L = v.shape, z.shape[0]
-    if L == 0:
-        return torch.zeros_like(v), torch.zeros_like(w), z.new_empty(0)
+    if L == 0 or N == 0 or H == 0:
+        return torch.zeros_like(v), torch.zeros_like(w), torch.zeros_like(z) if need_z else z.new_empty(0)
     block_n = _block_n(N)
     mode_blocks = triton.cdiv(N, block_n)
     blocks_per_segment, segments = segments_for(triton.cdiv(L, BLOCK_L), H * mode_blocks, BACKWARD_PROGRAMS)

@@ -102,6 +102,25 @@ def test_gradients_without_z():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_no_heads(backend):
+    device = backend_device(backend)
+    check_parity(lambda **kw: cauchy_kernel(**kw, backend=backend), cauchy_kernel_ref,
+                 make_inputs(0, 4, 10, torch.complex64, device), torch.complex64, ["v", "z", "w"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_modes(backend):
+    """An empty sum: K = 0, and z's gradient 0."""
+    device = backend_device(backend)
+    inputs = make_inputs(3, 0, 10, torch.complex64, device)
+    v, z, w = (inputs[k].requires_grad_() for k in ("v", "z", "w"))
+    K = cauchy_kernel(v, z, w, backend=backend)
+    assert K.shape == (3, 10) and torch.equal(K, torch.zeros_like(K))
+    torch.view_as_real(K).sum().backward()
+    assert v.grad.shape == (3, 0) and w.grad.shape == (3, 0) and torch.equal(z.grad, torch.zeros_like(z))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_z(backend):
     device = backend_device(backend)
     v, w = (torch.randn(3, 4, dtype=torch.complex64, device=device, requires_grad=True) for _ in range(2))

@@ -75,6 +75,15 @@ def test_long_kernels(backend, length):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("heads,state", [(0, 4), (3, 0)])
+def test_no_heads_or_no_modes(backend, heads, state):
+    """Empty sums are zero, with empty gradients."""
+    device = backend_device(backend)
+    check_parity(lambda **kw: vandermonde_kernel(**kw, backend=backend), vandermonde_kernel_ref,
+                 make_inputs(heads, state, torch.complex64, device), torch.complex64, ["C", "log_z"], L=10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_growing_modes_stay_finite(backend):
     """Modes with Re log_z > 0 (an unstable system): every gradient finite when the kernel is, whatever tile
     padding lies past L."""
