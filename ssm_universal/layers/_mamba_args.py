@@ -8,13 +8,7 @@ from typing import Tuple
 
 from ssm_kernels.validation import ArgCheck
 
-
-def positive(check: ArgCheck, name: str, value) -> float:
-    """value as a float, finite and > 0."""
-    value = check.finite(name, value)
-    if value <= 0:
-        check.fail(f"{name} must be > 0, got {value}")
-    return value
+from ._args import positive
 
 
 def real_pair(check: ArgCheck, name: str, value) -> Tuple[float, float]:

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._args import dropout_rate, flags, modal_sizes, positive, timescale
 from ._kernel_conv import ModalKernelConvLayer
 from .s4d import TiedDropout, hippo_legs_normal_eigenvalues
 
@@ -83,28 +84,16 @@ class DSS(ModalKernelConvLayer):
                  sep_dt_re_im: bool = False, epsilon: float = 1e-7):
         super().__init__()
         check = ArgCheck("DSS")
-        check.integer("d_model", d_model, 1)
-        check.integer("d_state", d_state, 1)
-        if l_max is not None:
-            check.integer("l_max", l_max, 1)
-        if version not in VERSIONS:
-            raise ValueError(f"DSS: version must be one of {VERSIONS}, got {version!r}")
-        if lambda_init not in LAMBDA_INITS:
-            raise ValueError(f"DSS: lambda_init must be one of {LAMBDA_INITS}, got {lambda_init!r}")
+        modal_sizes(check, d_model, d_state, l_max, conjugate_pairs=False)
+        check.choice("version", version, VERSIONS)
+        check.choice("lambda_init", lambda_init, LAMBDA_INITS)
         if version == "exp" and lambda_init == "randn":
             raise ValueError("DSS: version='exp' needs Re Lambda < 0 at init; lambda_init='randn' is only "
                              "available with version='softmax'")
-        for name, value in (("dt_min", dt_min), ("dt_max", dt_max), ("epsilon", epsilon)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ValueError(f"DSS: {name} must be a finite number > 0, got {value!r}")
-        if dt_min > dt_max:
-            raise ValueError(f"DSS: dt_min ({dt_min}) must not exceed dt_max ({dt_max})")
-        for name, value in (("bidirectional", bidirectional), ("transposed", transposed),
-                            ("sep_dt_re_im", sep_dt_re_im)):
-            if not isinstance(value, bool):
-                raise TypeError(f"DSS: {name} must be a bool, got {type(value).__name__}")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"DSS: dropout must be in [0, 1), got {dropout!r}")
+        timescale(check, dt_min, dt_max)
+        positive(check, "epsilon", epsilon)
+        flags(check, bidirectional=bidirectional, transposed=transposed, sep_dt_re_im=sep_dt_re_im)
+        dropout_rate(check, dropout)
 
         self.d_model = self.H = d_model
         self.d_state = self.N = d_state

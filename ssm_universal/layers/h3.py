@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ssm_kernels import fftconv
 from ssm_kernels.validation import ArgCheck
+from ._args import dropout_rate, flags, modal_sizes
 from ._modal_state import modal_prefill
 from .s4d import S4D
 
@@ -74,19 +75,12 @@ class H3(nn.Module):
                  use_fast_fftconv: bool = False, dropout: float = 0.0, layer_idx: Optional[int] = None):
         super().__init__()
         check = ArgCheck("H3")
-        check.integer("d_model", d_model, 1)
-        check.integer("d_state", d_state, 2)
-        if d_state % 2:
-            raise ValueError(f"H3: d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
-        if l_max is not None:
-            check.integer("l_max", l_max, 1)
+        modal_sizes(check, d_model, d_state, l_max)
         check.integer("head_dim", head_dim, 1)
         if d_model % head_dim:
-            raise ValueError(f"H3: head_dim ({head_dim}) must divide d_model ({d_model})")
-        if not isinstance(use_fast_fftconv, bool):
-            raise TypeError(f"H3: use_fast_fftconv must be a bool, got {type(use_fast_fftconv).__name__}")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"H3: dropout must be in [0, 1), got {dropout!r}")
+            check.fail(f"head_dim ({head_dim}) must divide d_model ({d_model})")
+        flags(check, use_fast_fftconv=use_fast_fftconv)
+        dropout_rate(check, dropout)
         if layer_idx is not None:
             check.integer("layer_idx", layer_idx, 0)
 

@@ -19,7 +19,8 @@ from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
-from ._mamba_args import dt_init_range, inner_width, positive
+from ._mamba_args import dt_init_range, inner_width
+from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 
 State = Tuple[torch.Tensor, torch.Tensor]

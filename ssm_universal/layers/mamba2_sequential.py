@@ -22,7 +22,8 @@ from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_state_upd
 from ssm_kernels.validation import ArgCheck
 
 from ._inference_cache import InferenceCacheMixin
-from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width, positive
+from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
+from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 from .mamba2 import NO_DT_LIMIT, Mamba2, RMSNormGated
 

@@ -35,6 +35,7 @@ import torch.nn as nn
 from ssm_kernels import cauchy_kernel, fftconv
 from ssm_kernels.validation import ArgCheck
 
+from ._args import dropout_rate, flags, learning_rate, modal_sizes, timescale
 from ._hippo import nplr_legs
 from ._kernel_conv import KernelConvLayer
 from .s4d import TiedDropout
@@ -101,24 +102,11 @@ class S4(KernelConvLayer):
                  lr: Optional[float] = None):
         super().__init__()
         check = ArgCheck("S4")
-        check.integer("d_model", d_model, 1)
-        check.integer("d_state", d_state, 2)
-        if d_state % 2:
-            check.fail(f"d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
-        if l_max is not None:
-            check.integer("l_max", l_max, 1)
-        for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
-            if check.finite(name, value) <= 0:
-                check.fail(f"{name} must be > 0, got {value!r}")
-        if dt_min > dt_max:
-            check.fail(f"dt_min ({dt_min}) must not exceed dt_max ({dt_max})")
-        for name, value in (("bidirectional", bidirectional), ("transposed", transposed)):
-            if not isinstance(value, bool):
-                check.fail(f"{name} must be a bool, got {type(value).__name__}", TypeError)
-        if not 0.0 <= check.finite("dropout", dropout) < 1.0:
-            check.fail(f"dropout must be in [0, 1), got {dropout!r}")
-        if lr is not None and check.finite("lr", lr) < 0:
-            check.fail(f"lr must be None or a finite number >= 0, got {lr!r}")
+        modal_sizes(check, d_model, d_state, l_max)
+        timescale(check, dt_min, dt_max)
+        flags(check, bidirectional=bidirectional, transposed=transposed)
+        dropout_rate(check, dropout)
+        learning_rate(check, lr)
 
         self.d_model = self.H = d_model
         self.d_state = d_state

@@ -19,6 +19,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._args import dropout_rate, flags, learning_rate, modal_sizes, timescale
 from ._kernel_conv import ModalKernelConvLayer
 from ._modal_context_parallel import modal_conv_context_parallel
 
@@ -110,29 +111,13 @@ class S4D(ModalKernelConvLayer):
                  lr: Optional[float] = None):
         super().__init__()
         check = ArgCheck("S4D")
-        check.integer("d_model", d_model, 1)
-        check.integer("d_state", d_state, 2)
-        if d_state % 2:
-            raise ValueError(f"S4D: d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
-        if l_max is not None:
-            check.integer("l_max", l_max, 1)
-        if init not in INITS:
-            raise ValueError(f"S4D: init must be one of {INITS}, got {init!r}")
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"S4D: discretization must be one of {DISCRETIZATIONS}, got {discretization!r}")
-        for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ValueError(f"S4D: {name} must be a finite number > 0, got {value!r}")
-        if dt_min > dt_max:
-            raise ValueError(f"S4D: dt_min ({dt_min}) must not exceed dt_max ({dt_max})")
-        for name, value in (("bidirectional", bidirectional), ("transposed", transposed)):
-            if not isinstance(value, bool):
-                raise TypeError(f"S4D: {name} must be a bool, got {type(value).__name__}")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"S4D: dropout must be in [0, 1), got {dropout!r}")
-        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool)
-                               or not 0.0 <= lr < math.inf):
-            raise ValueError(f"S4D: lr must be None or a finite number >= 0, got {lr!r}")
+        modal_sizes(check, d_model, d_state, l_max)
+        check.choice("init", init, INITS)
+        check.choice("discretization", discretization, DISCRETIZATIONS)
+        timescale(check, dt_min, dt_max)
+        flags(check, bidirectional=bidirectional, transposed=transposed)
+        dropout_rate(check, dropout)
+        learning_rate(check, lr)
 
         self.d_model = self.H = d_model
         self.d_state = d_state

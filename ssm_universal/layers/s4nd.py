@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ssm_kernels import fftconv, vandermonde_kernel
 from ssm_kernels.validation import ArgCheck, compute_dtype
 
+from ._args import dropout_rate, flags, modal_sizes, timescale
 from ._kernel_conv import KernelConvLayer
 from .s4d import INITS, TiedDropout, s4d_init
 
@@ -156,10 +157,7 @@ class S4ND(KernelConvLayer):
                  transposed: bool = False):
         super().__init__()
         check = ArgCheck("S4ND")
-        check.integer("d_model", d_model, 1)
-        check.integer("d_state", d_state, 2)
-        if d_state % 2:
-            check.fail(f"d_state must be even (N/2 complex modes and their conjugates), got {d_state}")
+        modal_sizes(check, d_model, d_state, None)
         if dim is None:
             given = [v for v in (l_max, bidirectional) if isinstance(v, (list, tuple))]
             if not given:
@@ -177,15 +175,9 @@ class S4ND(KernelConvLayer):
         if bandlimit is not None and check.finite("bandlimit", bandlimit) <= 0:
             check.fail(f"bandlimit must be None or > 0, got {bandlimit}")
         check.choice("init", init, INITS)
-        for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
-            if check.finite(name, value) <= 0:
-                check.fail(f"{name} must be > 0, got {value}")
-        if dt_min > dt_max:
-            check.fail(f"dt_min ({dt_min}) must not exceed dt_max ({dt_max})")
-        if not 0.0 <= check.finite("dropout", dropout) < 1.0:
-            check.fail(f"dropout must be in [0, 1), got {dropout}")
-        if not isinstance(transposed, bool):
-            check.fail(f"transposed must be a bool, got {type(transposed).__name__}", TypeError)
+        timescale(check, dt_min, dt_max)
+        dropout_rate(check, dropout)
+        flags(check, transposed=transposed)
 
         self.d_model = self.H = d_model
         self.d_state = d_state

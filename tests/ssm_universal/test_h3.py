@@ -168,7 +168,7 @@ def test_init_and_options_stored():
     ({"d_model": 0}, ValueError), ({"d_model": 4.0}, TypeError), ({"d_state": 7}, ValueError),
     ({"d_state": 0}, ValueError), ({"l_max": 0}, ValueError), ({"head_dim": 3}, ValueError),
     ({"head_dim": 0}, ValueError), ({"use_fast_fftconv": 1}, TypeError), ({"dropout": 1.0}, ValueError),
-    ({"dropout": "0.1"}, ValueError), ({"layer_idx": -1}, ValueError), ({"layer_idx": 1.5}, TypeError),
+    ({"dropout": "0.1"}, TypeError), ({"layer_idx": -1}, ValueError), ({"layer_idx": 1.5}, TypeError),
 ])
 def test_bad_arguments(kwargs, error):
     with pytest.raises(error, match="H3"):
