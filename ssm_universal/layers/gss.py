@@ -25,13 +25,9 @@ import torch.nn as nn
 from ssm_kernels import fftconv, vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._args import flags
 from ._modal_state import modal_prefill
 from ._prefill import prefill
-
-
-def check_bool(op: str, name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
 
 
 def check_factor(op: str, value) -> None:
@@ -75,11 +71,10 @@ class GatedBlock(nn.Module):
     def build(self, op: str, dim: int, dim_inner: int, dim_expansion_factor, reverse_seq: bool,
               inner_name: str, inner: nn.Module, residual: bool = True) -> None:
         check_factor(op, dim_expansion_factor)
-        check_bool(op, "reverse_seq", reverse_seq)
+        flags(ArgCheck(op), reverse_seq=reverse_seq, residual=residual)
         dim_hidden = int(dim_expansion_factor * dim)
         if dim_hidden < 1:
             raise ValueError(f"{op}: int(dim_expansion_factor * dim) must be >= 1, got {dim_hidden}")
-        check_bool(op, "residual", residual)
         self.dim, self.dim_hidden, self.reverse_seq, self._inner_name = dim, dim_hidden, reverse_seq, inner_name
         self.residual = residual
         # residual=False: the bare mixer (no norm, no skip) for a surrounding pre-norm residual block
@@ -153,7 +148,7 @@ class GSSDSS(nn.Module):
         check = ArgCheck("GSSDSS")
         check.integer("dim", dim, 1)
         check.integer("kernel_N", kernel_N, 1)
-        check_bool("GSSDSS", "dss_kernel_lambda_imag_exp", dss_kernel_lambda_imag_exp)
+        flags(check, dss_kernel_lambda_imag_exp=dss_kernel_lambda_imag_exp)
         self.dim, self.kernel_N = dim, kernel_N
         self.norm = nn.LayerNorm(dim)
         self.Lambda_real = nn.Parameter(torch.randn(kernel_N))
@@ -243,7 +238,7 @@ class GSS(GatedBlock):
         check.integer("dim", dim, 1)
         check.integer("dss_kernel_N", dss_kernel_N, 1)
         check.integer("dss_kernel_H", dss_kernel_H, 1)
-        check_bool("GSS", "dss_kernel_lambda_imag_exp", dss_kernel_lambda_imag_exp)
+        flags(check, dss_kernel_lambda_imag_exp=dss_kernel_lambda_imag_exp)
         self.build("GSS", dim, dss_kernel_H, dim_expansion_factor, reverse_seq, "dss",
                    GSSDSS(dss_kernel_H, kernel_N=dss_kernel_N,
                           dss_kernel_lambda_imag_exp=dss_kernel_lambda_imag_exp),

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ssm_kernels import fftconv
 from ssm_kernels.validation import ArgCheck
 
-from .gss import GatedBlock, check_bool, check_input
+from ._args import flags
+from .gss import GatedBlock, check_input
 
 
 class MHESA(nn.Module):
@@ -41,7 +42,7 @@ class MHESA(nn.Module):
         check.integer("heads", heads, 1)
         if dim % heads:
             raise ValueError(f"MHESA: dim ({dim}) must be divisible by heads ({heads})")
-        check_bool("MHESA", "reverse_seq", reverse_seq)
+        flags(check, reverse_seq=reverse_seq)
         self.dim, self.heads, self.reverse_seq = dim, heads, reverse_seq
         self.norm = nn.LayerNorm(dim)
         self.alphas = nn.Parameter(torch.randn(heads))
