@@ -5,11 +5,12 @@ the point mamba_ssm creates the same parameter gets mamba_ssm's initial values f
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from ._init import log_uniform
 
 
 def no_weight_decay(tensor: torch.Tensor) -> nn.Parameter:
@@ -35,8 +36,7 @@ def dt_bias_init(size: int, dt_min: float, dt_max: float, dt_init_floor: float, 
                  dtype=None) -> torch.Tensor:
     """(size,) in `dtype`: softplus^-1(dt) for dt drawn log-uniform in [dt_min, dt_max] and raised to at least
     dt_init_floor, so that softplus(dt_bias) = dt."""
-    dt = torch.exp(torch.rand(size, device=device, dtype=dtype) * (math.log(dt_max) - math.log(dt_min))
-                   + math.log(dt_min))
+    dt = torch.exp(log_uniform(size, dt_min, dt_max, device=device, dtype=dtype))
     dt = torch.clamp(dt, min=dt_init_floor)
     return dt + torch.log(-torch.expm1(-dt))  # softplus^-1
 

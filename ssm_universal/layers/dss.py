@@ -20,7 +20,6 @@ channels > 1 and hyper_act are not offered.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._init import log_uniform
 from ._args import dropout_rate, flags, modal_sizes, positive, timescale
 from ._kernel_conv import ModalKernelConvLayer
 from .s4d import TiedDropout, hippo_legs_normal_eigenvalues
@@ -104,7 +104,7 @@ class DSS(ModalKernelConvLayer):
         self.epsilon = epsilon
         H, N = d_model, d_state
 
-        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform(H, dt_min, dt_max)
         self.log_dt = nn.Parameter(log_dt[:, None].repeat(1, 2) if sep_dt_re_im else log_dt)
         Lambda = dss_lambda_init(lambda_init, N)
         if version == "exp":

@@ -35,6 +35,7 @@ import torch.nn as nn
 from ssm_kernels import cauchy_kernel, fftconv
 from ssm_kernels.validation import ArgCheck
 
+from ._init import log_uniform
 from ._args import dropout_rate, flags, learning_rate, modal_sizes, timescale
 from ._hippo import nplr_legs
 from ._kernel_conv import KernelConvLayer
@@ -118,7 +119,7 @@ class S4(KernelConvLayer):
         Lambda, P, B, _ = nplr_legs(d_state)
         B = torch.complex(B.real, B.imag.clamp(-B_CLIP, B_CLIP))
         expand = lambda t: torch.view_as_real(t.to(torch.complex64).expand(H, N2).clone())  # noqa: E731
-        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform(H, dt_min, dt_max)
         self._register_ssm("log_dt", log_dt, lr)
         self._register_ssm("A_real_log", torch.log(-Lambda.real).float().expand(H, N2).clone(), lr)
         self._register_ssm("A_imag", Lambda.imag.float().expand(H, N2).clone(), lr)

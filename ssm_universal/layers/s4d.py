@@ -19,6 +19,7 @@ import torch.nn as nn
 from ssm_kernels import vandermonde_kernel
 from ssm_kernels.validation import ArgCheck
 
+from ._init import log_uniform
 from ._args import dropout_rate, flags, learning_rate, modal_sizes, timescale
 from ._kernel_conv import ModalKernelConvLayer
 from ._modal_context_parallel import modal_conv_context_parallel
@@ -128,7 +129,7 @@ class S4D(ModalKernelConvLayer):
         self.transposed = transposed
         H, N2 = d_model, d_state // 2
 
-        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_dt = log_uniform(H, dt_min, dt_max)
         A_real, A_imag = s4d_init(init, H, d_state)
         B = torch.ones(H, N2, dtype=torch.cfloat)
         self._register_ssm("log_dt", log_dt, lr)

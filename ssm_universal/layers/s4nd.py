@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ssm_kernels import fftconv, vandermonde_kernel
 from ssm_kernels.validation import ArgCheck, compute_dtype
 
+from ._init import log_uniform
 from ._args import dropout_rate, flags, modal_sizes, timescale
 from ._kernel_conv import KernelConvLayer
 from .s4d import INITS, TiedDropout, s4d_init
@@ -49,7 +50,7 @@ class AxisKernel(nn.Module):
         super().__init__()
         self.H, self.bidirectional, self.bandlimit = H, bidirectional, bandlimit
         A_real, A_imag = s4d_init(init, H, N)
-        self.log_dt = nn.Parameter(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.log_dt = nn.Parameter(log_uniform(H, dt_min, dt_max))
         self.A_real_log = nn.Parameter(torch.log(A_real))
         self.A_imag = nn.Parameter(A_imag)
         self.B = nn.Parameter(torch.view_as_real(torch.ones(H, N // 2, dtype=torch.cfloat)))

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from ssm_kernels import linear_scan
 
+from ._init import log_uniform
+
 StepScale = Union[float, torch.Tensor]
 
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -152,7 +154,7 @@ class S5(nn.Module):
                 C_tilde = torch.view_as_complex(C) @ V
                 setattr(self, name, nn.Parameter(torch.view_as_real(C_tilde).to(device=device, dtype=dtype)))
         self.D = nn.Parameter(torch.randn(H, device=device, dtype=dtype))
-        log_step = torch.rand(N, **f32) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        log_step = log_uniform(N, dt_min, dt_max, **f32)
         self.log_step = nn.Parameter(log_step)
         for p in (self.Lambda_re, self.Lambda_im, self.B, self.log_step):
             p._no_weight_decay = True
