@@ -168,6 +168,21 @@ def check_prefill_and_decode_match_reference(ours: torch.nn.Module, ref: torch.n
         assert_close(s, s_ref, FP32, name)
 
 
+def check_kernel_and_forward(layer, length: int, expected_kernel) -> torch.Tensor:
+    """A kernel-convolution layer's kernel(length) against expected_kernel(layer, length) (shape (H, L), or
+    (2, H, L) when bidirectional, fp32), and its forward against reference_forward with that kernel.
+    Returns the kernel."""
+    K = layer.kernel(length)
+    assert K.shape == ((2, layer.H, length) if layer.bidirectional else (layer.H, length))
+    assert K.dtype == torch.float32
+    with torch.no_grad():
+        expected = expected_kernel(layer, length)
+        assert_close(K, expected, torch.float32, "kernel")
+        x = torch.randn(2, length, layer.H)
+        assert_close(layer(x), reference_forward(layer, x, expected), torch.float32, "forward")
+    return K
+
+
 def reference_forward(layer, x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """A kernel-convolution layer's (S4, S4D) math written out in fp64: direct causal (and anti-causal) sums
     with the kernel K (H, L) ((2, H, L) when bidirectional), D skip, GELU, Conv1d(H, 2H, 1) + GLU.

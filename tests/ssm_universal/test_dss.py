@@ -7,7 +7,7 @@ import torch
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.dss import DSS
-from tests.ssm_universal.layer_checks import perturbed, reference_forward, steps_and_forward
+from tests.ssm_universal.layer_checks import check_kernel_and_forward, perturbed, reference_forward, steps_and_forward
 
 FP32 = torch.float32
 CASES = [dict(version="exp"), dict(version="exp", sep_dt_re_im=True), dict(version="softmax"),
@@ -62,12 +62,8 @@ def test_kernel_and_forward_equal_explicit_formulas(kwargs, bidirectional):
     if kwargs.get("lambda_init") == "randn":
         assert (layer.lambda_().real > 0).any() and (layer.lambda_().real < 0).any()  # both softmax branches
     length = 31
-    K = layer.kernel(length)
-    assert K.shape == ((2, 5, length) if bidirectional else (5, length)) and K.dtype == FP32
+    check_kernel_and_forward(layer, length, code_kernel)  # the reference code's kernel
     with torch.no_grad():
-        assert_close(K, code_kernel(layer, length), FP32, "kernel vs the reference code")
-        x = torch.randn(2, length, 5)
-        assert_close(layer(x), reference_forward(layer, x, code_kernel(layer, length)), FP32, "forward")
         layer.epsilon = 1e-30
         assert_close(layer.kernel(length), paper_kernel(layer, length), FP32, "kernel vs the paper")
 

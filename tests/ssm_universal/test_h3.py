@@ -175,13 +175,8 @@ def test_bad_arguments(kwargs, error):
         H3(**{"d_model": 4, "d_state": 8, **kwargs})
 
 
-def test_bad_inputs():
+def test_step_refuses_part_of_its_state():
+    """(The family's bad inputs: tests/ssm_universal/test_layer_family_s4.py.) H3's state is a pair."""
     layer = make(head_dim=2)
-    with pytest.raises(ValueError, match="d_model"):
-        layer(torch.randn(2, 5, 3))
-    with pytest.raises(ValueError, match="x_t"):
-        layer.step(torch.randn(2, 3), layer.default_state(2))
-    with pytest.raises(ValueError, match="state"):
-        layer.step(torch.randn(2, 4), layer.default_state(3))
     with pytest.raises(ValueError, match="state"):
         layer.step(torch.randn(2, 4), layer.default_state(2)[0])

@@ -9,6 +9,7 @@ import torch
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.dss import DSS
+from ssm_universal.layers.h3 import H3
 from ssm_universal.layers.s4 import S4
 from ssm_universal.layers.s4d import S4D
 from ssm_universal.layers.s4nd import S4ND
@@ -178,7 +179,7 @@ def test_bad_arguments(cls, kwargs, error):
         cls(**{"d_model": 4, **kwargs})
 
 
-@pytest.mark.parametrize("cls, kwargs", [(S4, dict()), (S4D, dict()), (DSS, dict()),
+@pytest.mark.parametrize("cls, kwargs", [(S4, dict()), (S4D, dict()), (DSS, dict()), (H3, dict(head_dim=2)),
                                          (S4ND, dict(dim=1, bidirectional=False))], ids=param_id)
 def test_bad_inputs(cls, kwargs):
     layer = cls(4, d_state=4, **kwargs)

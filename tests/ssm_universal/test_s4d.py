@@ -8,7 +8,7 @@ import torch
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers.s4d import S4D, INITS
-from tests.ssm_universal.layer_checks import perturbed, reference_forward, steps_and_forward
+from tests.ssm_universal.layer_checks import check_kernel_and_forward, perturbed, reference_forward, steps_and_forward
 
 FP32 = torch.float32
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -40,13 +40,7 @@ def explicit_kernel(layer, length):
 def test_kernel_and_forward_equal_explicit_sum(init, discretization, bidirectional):
     torch.manual_seed(0)
     layer = perturbed(S4D(6, d_state=8, init=init, discretization=discretization, bidirectional=bidirectional))
-    length = 33
-    K = layer.kernel(length)
-    assert K.shape == ((2, 6, length) if bidirectional else (6, length)) and K.dtype == FP32
-    with torch.no_grad():
-        assert_close(K, explicit_kernel(layer, length), FP32, "kernel")
-        x = torch.randn(2, length, 6)
-        assert_close(layer(x), reference_forward(layer, x, explicit_kernel(layer, x.shape[1])), FP32, "forward")
+    check_kernel_and_forward(layer, 33, explicit_kernel)
 
 
 @pytest.mark.parametrize("discretization", DISCRETIZATIONS)
