@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssm_kernels import _dispatch
-from tests.helpers import backend_device
+from tests.helpers import TRITON_DEVICE, backend_device
 
 
 def _leaf(*shape, dtype=torch.float32, device="cpu", scale=1.0, shift=0.0):
@@ -87,7 +87,26 @@ CASES = {
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
+    "fftconv_triton": ("fftconv", "triton", lambda device: (  # (u, k, D, bidirectional, pregate, postgate)
+        _leaf(2, 4, 24, device=device), _leaf(4, 24, device=device), _leaf(4, device=device), False,
+        _leaf(2, 4, 24, device=device), _leaf(2, 4, 24, device=device))),
 }
+
+
+def test_every_loaded_custom_op_has_a_case():
+    """The backends come from the registry: every forward custom op that a backend usable here defines is
+    opchecked below (a new backend or op without a case fails here)."""
+    for op, backends in _dispatch._REGISTRY.items():
+        for backend, entry in backends.items():
+            if backend == "cuda" and not torch.cuda.is_available():
+                continue
+            if _dispatch.backend_problem(backend, torch.device(TRITON_DEVICE if backend == "triton" else
+                                                                "cuda" if backend == "cuda" else "cpu"),
+                                         entry.extension) is None:
+                entry.load()
+    defined = {name[:-len("_fwd")] for name in dir(torch.ops.ssm_kernels) if name.endswith("_fwd")}
+    covered = {name.split()[0] for name in CASES}
+    assert defined and defined <= covered, f"custom ops without an opcheck case: {sorted(defined - covered)}"
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
