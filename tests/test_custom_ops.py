@@ -98,11 +98,10 @@ def test_every_loaded_custom_op_has_a_case():
     opchecked below (a new backend or op without a case fails here)."""
     for op, backends in _dispatch._REGISTRY.items():
         for backend, entry in backends.items():
-            if backend == "cuda" and not torch.cuda.is_available():
+            device = {"triton": TRITON_DEVICE, "cuda": "cuda"}.get(backend, "cpu")
+            if device == "cuda" and not torch.cuda.is_available():
                 continue
-            if _dispatch.backend_problem(backend, torch.device(TRITON_DEVICE if backend == "triton" else
-                                                                "cuda" if backend == "cuda" else "cpu"),
-                                         entry.extension) is None:
+            if _dispatch.backend_problem(backend, torch.device(device), entry.extension) is None:
                 entry.load()
     defined = {name[:-len("_fwd")] for name in dir(torch.ops.ssm_kernels) if name.endswith("_fwd")}
     covered = {name.split()[0] for name in CASES}
