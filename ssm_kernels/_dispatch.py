@@ -232,7 +232,15 @@ def _parse_override(spec, source: str) -> Dict[str, str]:
 
 @contextlib.contextmanager
 def use_backend(spec):
-    """Prefer a backend inside the block: `use_backend("triton")` or `use_backend({"fftconv": "torch"})`."""
+    """Prefer a backend inside the block: `use_backend("triton")` or `use_backend({"fftconv": "torch"})`.
+
+    Example:
+        >>> import torch, ssm_kernels
+        >>> with ssm_kernels.use_backend({"fftconv": "torch"}), ssm_kernels.record_backends() as used:
+        ...     y = ssm_kernels.fftconv(torch.randn(1, 2, 8), torch.randn(2, 8))
+        >>> used
+        {'fftconv': {'torch': 1}}
+    """
     _OVERRIDES.append(_parse_override(spec, "use_backend"))
     try:
         yield
@@ -409,7 +417,15 @@ _resolve._dynamo_marked_constant = True
 
 @contextlib.contextmanager
 def record_backends():
-    """Collect which backend each op call used: yields {op: {backend: calls}}."""
+    """Collect which backend each op call used: yields {op: {backend: calls}}.
+
+    Example:
+        >>> import torch, ssm_kernels
+        >>> with ssm_kernels.record_backends() as used:
+        ...     y = ssm_kernels.linear_scan(torch.rand(1, 2, 8), torch.randn(1, 2, 8))
+        >>> list(used)
+        ['linear_scan']
+    """
     record: Dict[str, Dict[str, int]] = {}
     _RECORDERS.append(record)
     try:
@@ -420,7 +436,13 @@ def record_backends():
 
 def available_backends(op: Optional[str] = None) -> dict:
     """What can run here. For one op: {backend: None or the reason it cannot run}, for CUDA tensors on
-    the current GPU if there is one, else for CPU tensors. Without `op`: that mapping for every op."""
+    the current GPU if there is one, else for CPU tensors. Without `op`: that mapping for every op.
+
+    Example:
+        >>> import ssm_kernels
+        >>> ssm_kernels.available_backends("fftconv")["torch"] is None   # torch runs everywhere
+        True
+    """
     if op is None:
         return {name: available_backends(name) for name in OPS}
     if op not in _REGISTRY:

@@ -1,4 +1,5 @@
-"""Every public op's docstring example runs and prints what it says (doctest, CPU tensors)."""
+"""Every public op's docstring example runs and prints what it says (doctest, CPU tensors), and so do those of
+the backend controls and of the mamba_ssm-named entry points."""
 import doctest
 
 import pytest
@@ -7,7 +8,8 @@ import ssm_kernels
 from ssm_kernels import _dispatch
 
 
-@pytest.mark.parametrize("op", _dispatch.OPS)
+@pytest.mark.parametrize("op", _dispatch.OPS + ("available_backends", "record_backends", "use_backend",
+                                                "selective_scan_fn", "mamba_chunk_scan_combined"))
 def test_docstring_example(op):
     fn = getattr(ssm_kernels, op)
     tests = doctest.DocTestFinder().find(fn, op, globs={})

@@ -113,7 +113,16 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
     """mamba_ssm's selective_scan_fn: same arguments and return convention (out, or (out, last_state)).
-    See selective_scan for the shapes."""
+    See selective_scan for the shapes.
+
+    Example:
+        >>> import torch, ssm_kernels
+        >>> u, delta = torch.randn(2, 8, 32), torch.rand(2, 8, 32)
+        >>> A, B, C = -torch.rand(8, 4), torch.randn(2, 4, 32), torch.randn(2, 4, 32)
+        >>> out, last_state = ssm_kernels.selective_scan_fn(u, delta, A, B, C, return_last_state=True)
+        >>> out.shape, last_state.shape
+        (torch.Size([2, 8, 32]), torch.Size([2, 8, 4]))
+    """
     return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_final_state=return_last_state)
 

@@ -152,6 +152,14 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
     As in mamba_ssm, cu_seqlens is used only with return_varlen_states (which requires it). Unlike
     mamba_ssm, the states then also reset at cu_seqlens boundaries without seq_idx (mamba_ssm's output
     would carry state across them), and varlen states have gradients. See ssd_chunk_scan for shapes.
+
+    Example:
+        >>> import torch, ssm_kernels
+        >>> x, dt, A = torch.randn(2, 64, 4, 16), torch.rand(2, 64, 4), -torch.rand(4)
+        >>> B, C = torch.randn(2, 64, 1, 8), torch.randn(2, 64, 1, 8)
+        >>> out, final = ssm_kernels.mamba_chunk_scan_combined(x, dt, A, B, C, 32, return_final_states=True)
+        >>> out.shape, final.shape
+        (torch.Size([2, 64, 4, 16]), torch.Size([2, 4, 16, 8]))
     """
     if return_varlen_states and cu_seqlens is None:
         raise ValueError("mamba_chunk_scan_combined: cu_seqlens must be provided if return_varlen_states is True")
