@@ -24,5 +24,5 @@ def run(device, quick: bool, only):
         best = min(timed, key=lambda r: r[0]["fwd"])[1] if timed else {}
         print(f"{case.name}: forward+backward (the forward's best settings, then the backward's programs)",
               flush=True)
-        sweep(backend, variant, device, grid(quick) + [dict(best, BACKWARD_PROGRAMS=p) for p in (512, 1024, 4096)],
+        sweep(backend, variant, device, grid(quick) + [dict(best, BACKWARD_PROGRAMS=p) for p in (64, 1024, 2048, 4096)],
               quick, modes=("fwd+bwd",))
