@@ -26,7 +26,11 @@ import importlib
 import inspect
 import os
 import pickle
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -138,10 +142,6 @@ def _instructions(ptx: str) -> str:
 
 def resource_usage(ptx: str, arch: int) -> str:
     """ptxas' registers and spills of a compiled kernel (`ptxas -v` on its PTX; ptxas from a CUDA toolkit)."""
-    import re
-    import shutil
-    import subprocess
-    import tempfile
     tool = shutil.which("ptxas")
     if tool is None:
         return "ptxas not on PATH"
