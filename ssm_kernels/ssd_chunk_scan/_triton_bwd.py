@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import _dot
+from ._triton_fwd import _batch_head, _chunk_rows, _dot, _state_tile
 
 
 @triton.jit
@@ -68,14 +68,8 @@ def _bwd_state_kernel(dout_ptr, z_ptr, C_ptr, cs_ptr, g_ptr, seg_ptr, st_ptr, ds
     vq[s, h, tile]."""
     bh = tl.program_id(0)
     tile = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // HPG
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    p = (tile // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = (tile % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    p_mask = p < P
-    n_mask = n < N
+    b, h, g = _batch_head(bh, H, HPG)
+    p, n, p_mask, n_mask = _state_tile(tile, P, N, BLOCK_P, BLOCK_N)
     pn_mask = p_mask[:, None] & n_mask[None, :]
     st_off = b * stb + h * sth + p[:, None] * stp + n[None, :] * stn
     ds_off = b * sdb + h * sdh + p[:, None] * sdp + n[None, :] * sdn
@@ -142,15 +136,9 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr
         the row sums of this block's state and varlen terms of dss (rows T - 1 and e): srow[bh, jb, c],
         vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p]."""
     n_jb = tl.cdiv(T, BLOCK_T)
-    c = tl.program_id(0) // n_jb
-    j0 = (tl.program_id(0) % n_jb) * BLOCK_T
+    c, j0, j, pos_j, valid_j = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // HPG
-    j = j0 + tl.arange(0, BLOCK_T)
-    pos_j = c * T + j
-    valid_j = (j < T) & (pos_j < L)
+    b, h, g = _batch_head(bh, H, HPG)
     pp = tl.arange(0, BLOCK_P)
     nn = tl.arange(0, BLOCK_N)
     p_mask = pp < P
@@ -254,18 +242,13 @@ def _group_block(L, G, HPG, HPS, P, N, T, BLOCK_T: tl.constexpr, BLOCK_P: tl.con
     h_lo, h_hi, r, pos, valid, pp, nn, p_mask, n_mask): chunk c, the block's first row r0 of it, batch row b,
     group g, the split's heads [h_lo, h_hi), the rows r of the block, their positions in the sequence and
     whether they are inside the chunk and the sequence, the aranges of P and N and their masks."""
-    n_rb = tl.cdiv(T, BLOCK_T)
-    c = tl.program_id(0) // n_rb
-    r0 = (tl.program_id(0) % n_rb) * BLOCK_T
+    c, r0, r, pos, valid = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
     bg = tl.program_id(1)
     b = bg // G
     g = bg % G
     split = tl.program_id(2)
     h_lo = g * HPG + split * HPS
     h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
-    r = r0 + tl.arange(0, BLOCK_T)
-    pos = c * T + r
-    valid = (r < T) & (pos < L)
     pp = tl.arange(0, BLOCK_P)
     nn = tl.arange(0, BLOCK_N)
     return c, r0, b, g, split, h_lo, h_hi, r, pos, valid, pp, nn, pp < P, nn < N

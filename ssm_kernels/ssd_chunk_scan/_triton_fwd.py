@@ -33,6 +33,36 @@ def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.con
 
 
 @triton.jit
+def _chunk_rows(program, T, L, BLOCK: tl.constexpr):
+    """Program `program` of nc * cdiv(T, BLOCK) as (chunk, block of its rows): (c, r0, r, pos, valid), chunk c,
+    the block's first row r0, its rows r (BLOCK,), their positions in the sequence and whether they lie inside
+    the chunk and the sequence."""
+    n_blocks = tl.cdiv(T, BLOCK)
+    c = program // n_blocks
+    r0 = (program % n_blocks) * BLOCK
+    r = r0 + tl.arange(0, BLOCK)
+    pos = c * T + r
+    return c, r0, r, pos, (r < T) & (pos < L)
+
+
+@triton.jit
+def _batch_head(bh, H, HPG):
+    """Program `bh` of B * H as (batch row, head): (b, h, g), g the head's group of B and C."""
+    h = bh % H
+    return bh // H, h, h // HPG
+
+
+@triton.jit
+def _state_tile(tile, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program `tile` of cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N) as a tile of the (P, N) state:
+    (p, n, p_mask, n_mask)."""
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    p = (tile // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = (tile % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return p, n, p < P, n < N
+
+
+@triton.jit
 def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
                       L, H, T, NC, LP, dt_lo, dt_hi, sdb, sdl, sdh, ssb, ssl,
                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEG: tl.constexpr,
@@ -82,14 +112,8 @@ def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
     (B, nc + 1, H, P, N) fp32 states buffer (the state passing kernel completes it in place)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // HPG
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    p = (tl.program_id(2) // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = (tl.program_id(2) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    p_mask = p < P
-    n_mask = n < N
+    b, h, g = _batch_head(bh, H, HPG)
+    p, n, p_mask, n_mask = _state_tile(tl.program_id(2), P, N, BLOCK_P, BLOCK_N)
     row = bh * LP + c * T
     cs_end = tl.load(cs_ptr + row + T - 1)
     if HAS_SEG:
@@ -154,16 +178,9 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_p
         y_i = sum_{j <= i, seg_j == seg_i} (C_i . B_j) exp(cs_i - cs_j) dt'_j x_j
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
-    m_blocks = tl.cdiv(T, BLOCK_M)
-    c = tl.program_id(0) // m_blocks
-    m0 = (tl.program_id(0) % m_blocks) * BLOCK_M
+    c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    g = h // HPG
-    i = m0 + tl.arange(0, BLOCK_M)
-    pos_i = c * T + i
-    valid_i = (i < T) & (pos_i < L)
+    b, h, g = _batch_head(bh, H, HPG)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < P
     n = tl.arange(0, BLOCK_N)
@@ -236,11 +253,7 @@ def _varlen_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, cu_ptr,
     s = tl.program_id(0)
     h = tl.program_id(1)
     g = h // HPG
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    p = (tl.program_id(2) // n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = (tl.program_id(2) % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    p_mask = p < P
-    n_mask = n < N
+    p, n, p_mask, n_mask = _state_tile(tl.program_id(2), P, N, BLOCK_P, BLOCK_N)
     pn_mask = p_mask[:, None] & n_mask[None, :]
     e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
     c = e // T
