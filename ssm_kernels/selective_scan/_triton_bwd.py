@@ -78,6 +78,18 @@ def _channel_inputs_bwd(delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_pt
 
 
 @triton.jit
+def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, dt_raw, SOFTPLUS: tl.constexpr):
+    """Row `row` (b * D + d) of du and ddelta, ddt taken through the softplus; returns ddt as stored (0 where
+    not m) for the delta_bias sum."""
+    if SOFTPLUS:
+        ddt = ddt * tl.sigmoid(dt_raw)
+    ddt = tl.where(m, ddt, 0.0)
+    tl.store(du_ptr + row * L + offs_l, du.to(du_ptr.dtype.element_ty), mask=m)
+    tl.store(ddelta_ptr + row * L + offs_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+    return ddt
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
     dout_ptr, dfinal_ptr, ckpt_ptr,
@@ -197,12 +209,8 @@ def _selective_scan_bwd_kernel(
             GB = tl.sum(G * Bt, axis=0)
             du = Dv * dy + dt * GB
             Ghb = G * hb
-            ddt = u * GB + tl.sum(Ghb * A, axis=0)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(m, ddt, 0.0)
-            tl.store(du_ptr + (pid_b * DIM + d) * L + offs_l, du.to(du_ptr.dtype.element_ty), mask=m)
-            tl.store(ddelta_ptr + (pid_b * DIM + d) * L + offs_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+            ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, offs_l, m, L, du,
+                                     u * GB + tl.sum(Ghb * A, axis=0), dt_raw, SOFTPLUS)
             dA_acc += tl.where(sel, tl.sum(Ghb * dt[None, :], axis=1)[None, :], 0.0)
             dD_acc += tl.where(rows == dd, tl.sum(dy * u, axis=0), 0.0)
             dbias_acc += tl.where(rows == dd, tl.sum(ddt, axis=0), 0.0)
@@ -319,9 +327,7 @@ def _selective_scan_bwd_complex_kernel(
                 Br, Bi = _complex_row(B_ptr, s_B_im, d, offs_n, mn, s_B_g, s_B_n)
             if C_FIXED:
                 Cr, Ci = _complex_row(C_ptr, s_C_im, d, offs_n, mn, s_C_g, s_C_n)
-            Dv = 0.0
-            if HAS_D:
-                Dv = tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32)
+            _, Dv = _channel_scalars(bias_ptr, D_ptr, d, ok, False, HAS_D)
 
             dt2 = dt[None, :]
             a_r, a_i = _complex_decay(Ar, Ai, dt2, False)
@@ -376,12 +382,9 @@ def _selective_scan_bwd_complex_kernel(
             hbi = hsi - b_i
             GB = tl.sum(Br * Gr + Bi * Gi, axis=0)
             du = Dv * dy + dt * GB
-            ddt = u * GB + tl.sum((Ar * hbr - Ai * hbi) * Gr + (Ar * hbi + Ai * hbr) * Gi, axis=0)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(dt_raw)
-            ddt = tl.where(m, ddt, 0.0)
-            tl.store(du_ptr + (pid_b * DIM + d) * L + offs_l, du.to(du_ptr.dtype.element_ty), mask=m)
-            tl.store(ddelta_ptr + (pid_b * DIM + d) * L + offs_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
+            ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, offs_l, m, L, du,
+                                     u * GB + tl.sum((Ar * hbr - Ai * hbi) * Gr + (Ar * hbi + Ai * hbr) * Gi, axis=0),
+                                     dt_raw, SOFTPLUS)
             dAr_acc += tl.where(sel, tl.sum((hbr * Gr + hbi * Gi) * dt2, axis=1)[None, :], 0.0)
             dAi_acc += tl.where(sel, tl.sum((hbr * Gi - hbi * Gr) * dt2, axis=1)[None, :], 0.0)
             dD_acc += tl.where(rows == dd, tl.sum(dy * u, axis=0), 0.0)

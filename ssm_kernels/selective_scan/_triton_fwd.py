@@ -195,6 +195,17 @@ def _channel_inputs(delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d, o
 
 
 @triton.jit
+def _store_output(y_ptr, row, offs_l, m, L, y, u, Dv, z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Row `row` (b * D + d) of the output: (y + D u) silu(z), each term where its option is set."""
+    if HAS_D:
+        y += Dv * u
+    if HAS_Z:
+        z = z.to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+    tl.store(y_ptr + row * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
     y_ptr, final_ptr, ckpt_ptr,
@@ -269,13 +280,7 @@ def _selective_scan_fwd_kernel(
             hs = a_cum * h[:, None] + b_cum
             if C_FIXED:
                 Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
-            y = tl.sum(hs * Ct, axis=0)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                z = z_in.to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(y_ptr + (pid_b * DIM + d) * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+            _store_output(y_ptr, pid_b * DIM + d, offs_l, m, L, tl.sum(hs * Ct, axis=0), u, Dv, z_in, HAS_D, HAS_Z)
             if VARLEN:
                 tl.store(final_ptr + eid[None, :] * (DIM * N) + d * N + offs_n[:, None], hs,
                          mask=is_end & mn[:, None])
@@ -365,13 +370,12 @@ def _selective_scan_fwd_complex_kernel(
             hsi = acr * hi + aci * hr + bci
             if C_FIXED:
                 Cr, Ci = _complex_row(C_ptr, s_C_im, d, offs_n, mn, s_C_g, s_C_n)
-            y = 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0)
-            if HAS_D:
-                y += tl.load(D_ptr + d, mask=ok, other=0.0).to(tl.float32) * u
+            _, Dv = _channel_scalars(bias_ptr, D_ptr, d, ok, False, HAS_D)
+            z = u
             if HAS_Z:
-                z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0).to(tl.float32)
-                y = y * z * tl.sigmoid(z)
-            tl.store(y_ptr + (pid_b * DIM + d) * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+                z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0)
+            _store_output(y_ptr, pid_b * DIM + d, offs_l, m, L, 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0), u, Dv, z,
+                          HAS_D, HAS_Z)
             if VARLEN:
                 pf = final_ptr + eid[None, :] * (DIM * N * 2) + (d * N + offs_n[:, None]) * 2
                 mf = is_end & mn[:, None]
