@@ -19,7 +19,14 @@ def store_complex(ptr, index, re, im, mask):
 
 
 @triton.jit
-def exp_complex(re, im):
-    """exp(re + i im) = (e^re cos im, e^re sin im)."""
-    magnitude = tl.exp(re)
-    return magnitude * tl.cos(im), magnitude * tl.sin(im)
+def exp_complex_scaled(re, im, scale):
+    """exp((re + i im) scale) for fp32 (re, im) and an integer tile `scale` (|scale| < 2**29), broadcast together.
+
+    The phase im * scale is formed and reduced to [-pi, pi] in fp64, where the product is exact: an fp32 phase of
+    a long kernel (im * scale ~ 1e5) would carry a rounding error of 1e-2 radians, and sin / cos of arguments
+    past 105615 take libdevice's slow (Payne-Hanek) reduction, which any lane of a warp makes the warp pay."""
+    phase = im.to(tl.float64) * scale.to(tl.float64)
+    phase -= tl.floor(phase * 0.15915494309189535 + 0.5) * 6.283185307179586
+    phase = phase.to(tl.float32)
+    magnitude = tl.exp(re * scale.to(tl.float32))
+    return magnitude * tl.cos(phase), magnitude * tl.sin(phase)

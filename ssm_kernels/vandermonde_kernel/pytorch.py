@@ -26,15 +26,21 @@ def chunk_size(length: int) -> int:
     return min(length, max(16, 1 << math.ceil(math.log2(max(1.0, math.sqrt(length))))))
 
 
-def _tables(log_z: torch.Tensor, length: int):
+def _exp_scaled(log_z: Tensor, positions: Tensor) -> Tensor:
+    """exp(log_z positions) (broadcast), the phase Im(log_z) positions formed in fp64 and reduced modulo 2 pi
+    first: a complex64 product would round a long kernel's phase (~1e5 radians) by up to 1e-2."""
+    phase = torch.remainder(log_z.imag.double() * positions.double(), 2 * math.pi)
+    return torch.polar(torch.exp(log_z.real * positions), phase.to(log_z.real.dtype))
+
+
+def _tables(log_z: Tensor, length: int):
     """base: (H, N, c) = exp(log_z i); offsets: (H, L/c rounded up, N) = exp(log_z j c)."""
     c = chunk_size(length)
     n_chunks = -(-length // c)
     real = log_z.real.dtype
-    base = torch.exp(log_z.unsqueeze(-1) * torch.arange(c, dtype=real, device=log_z.device))
+    base = _exp_scaled(log_z.unsqueeze(-1), torch.arange(c, dtype=real, device=log_z.device))
     starts = torch.arange(n_chunks, dtype=real, device=log_z.device) * c
-    offsets = torch.exp(log_z.unsqueeze(1) * starts[:, None])
-    return base, offsets
+    return base, _exp_scaled(log_z.unsqueeze(1), starts[:, None])
 
 
 def _forward(C: Tensor, log_z: Tensor, length: int) -> Tensor:

@@ -74,6 +74,25 @@ def test_long_kernels(backend, length):
                  make_inputs(2, 8, torch.complex64, device), torch.complex64, ["C", "log_z"], L=length)
 
 
+def reference_in_complex128(C, log_z, L):
+    return vandermonde_kernel_ref(C.to(torch.complex128), log_z.to(torch.complex128), L)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_phases(backend):
+    """Slowly decaying modes whose phase Im(log_z) l runs to 5e5 radians by L = 65536, against the reference in
+    complex128: a phase rounded to fp32 there (as complex64 math, the reference's included, rounds it) is off by
+    up to 1e-2 radians."""
+    device = backend_device(backend)
+    generator = torch.Generator().manual_seed(0)
+    log_z = torch.complex(-1e-5 * torch.rand(2, 6, generator=generator, dtype=torch.float64),
+                          8 * torch.rand(2, 6, generator=generator, dtype=torch.float64))
+    C = torch.randn(2, 6, generator=generator, dtype=torch.complex128)
+    inputs = {"C": C.to(device, torch.complex64), "log_z": log_z.to(device, torch.complex64)}
+    check_parity(lambda **kw: vandermonde_kernel(**kw, backend=backend), reference_in_complex128, inputs,
+                 torch.complex64, ["C", "log_z"], L=65536)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("heads,state", [(0, 4), (3, 0)])
 def test_no_heads_or_no_modes(backend, heads, state):
