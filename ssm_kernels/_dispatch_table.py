@@ -94,15 +94,9 @@ MEASURED = {
                  results=['h200_gated_rmsnorm_backends.json'], commit=['a84beaf']),
         ],
         'vandermonde_kernel': [
-            dict(order=('triton', 'torch'), dtype='complex64', max_size=67108864, grad=None,
-                 source='NVIDIA H200 H256 N32 L4096 complex64: fwd+bwd triton 0.415 ms, torch 1.241, fwd triton 0.035 ms, torch 0.095',
-                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
-            dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=True,
-                 source='NVIDIA H200 H768 N32 L16384 complex64: fwd+bwd triton 0.470 ms, torch 1.029',
-                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
-            dict(order=('torch', 'triton'), dtype='complex64', max_size=None, grad=False,
-                 source='NVIDIA H200 H768 N32 L16384 complex64: fwd torch 0.229 ms, triton 0.302',
-                 results=['h200_vandermonde_kernel_backends.json'], commit=['db415aa']),
+            dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=None,
+                 source='NVIDIA H200 H256 N32 L4096 complex64: fwd+bwd triton 0.432 ms, torch 1.415, fwd triton 0.019 ms, torch 0.246; NVIDIA H200 H768 N32 L16384 complex64: fwd+bwd triton 0.478 ms, torch 1.433, fwd triton 0.057 ms, torch 0.339',
+                 results=['h200_vandermonde_kernel_backends.json'], commit=['71727f5']),
         ],
         'cauchy_kernel': [
             dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=None,
