@@ -1,9 +1,8 @@
 """Tile shapes, warps and product precision of the Triton Vandermonde kernel
-(ssm_kernels/vandermonde_kernel/triton.py): the forward's ROWS x MAX_BLOCK_L tiles (exponentials per position:
-a complex exponential per mode and tile), NUM_WARPS and DOT_PRECISION ("ieee" fp32 products on the CUDA cores or "tf32x3" on the
-tensor cores); the backward's BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L, BACKWARD_WARPS and BACKWARD_DOT_PRECISION at
-the forward's best; on the GPU cases of `python -m benchmarks --op vandermonde_kernel`
-(N32: H256 L4096, H768 L16384)."""
+(ssm_kernels/vandermonde_kernel/triton.py): the forward's ROWS x MAX_BLOCK_L tiles (a complex exponential per
+mode and tile), NUM_WARPS and DOT_PRECISION ("ieee" fp32 products on the CUDA cores or "tf32x3" on the tensor
+cores); the backward's BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L, BACKWARD_WARPS and BACKWARD_DOT_PRECISION at the
+forward's best; on the GPU cases of `python -m benchmarks --op vandermonde_kernel` (N32: H256 L4096, H768 L16384)."""
 from __future__ import annotations
 
 import importlib
@@ -12,8 +11,6 @@ from ..cases import vandermonde_kernel as vandermonde_cases
 from . import sweep, triton_variants
 
 backend = importlib.import_module("ssm_kernels.vandermonde_kernel.triton")
-
-
 PRECISIONS = ("ieee", "tf32x3")
 
 
