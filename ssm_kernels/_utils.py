@@ -190,12 +190,29 @@ def contiguous_outputs(outputs):
     return type(outputs)(t.contiguous() for t in outputs)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints. Host code uses this and next_power_of_2 rather than triton's: those go through
+    Triton's constexpr-function wrapper, about 2.5 us a call, and an op's launch computes a handful."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n; 0 for n = 0, as triton.next_power_of_2."""
+    return 0 if n <= 0 else 1 << (n - 1).bit_length()
+
+
 def segments_for(blocks: int, units: int, programs: int) -> Tuple[int, int]:
     """Cut each of `units` rows of `blocks` blocks into segments of whole blocks, until about `programs` programs
     exist (a kernel that reduces along the row then writes one partial sum per segment): (blocks per segment,
     segments)."""
     per_segment = -(-blocks // max(1, min(blocks, programs // max(1, units))))
     return per_segment, -(-blocks // per_segment)
+
+
+def sum_segments(partials: torch.Tensor) -> torch.Tensor:
+    """(H, SEGMENTS, ...) partial sums written by segments_for's programs -> (H, ...): their sum, or a view
+    when one segment covers the row (no kernel launch)."""
+    return partials.squeeze(1) if partials.shape[1] == 1 else partials.sum(1)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

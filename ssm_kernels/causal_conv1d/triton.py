@@ -14,11 +14,10 @@ import functools
 from typing import Iterator, Optional, Tuple
 
 import torch
-import triton
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
 from ._triton_fwd import _fwd_kernel
@@ -89,11 +88,11 @@ def _blocks(dim: int, length: int, channel_last: bool, tile: int, block_l: int, 
             ) -> Tuple[int, int]:
     """(BLOCK_D, BLOCK_L): `tile` elements, the long side along the contiguous axis."""
     if channel_last:
-        block_d = min(triton.next_power_of_2(dim), cl_block_d)
-        block_l = max(1, min(triton.next_power_of_2(length), tile // block_d))
+        block_d = min(next_power_of_2(dim), cl_block_d)
+        block_l = max(1, min(next_power_of_2(length), tile // block_d))
     else:
-        block_l = min(triton.next_power_of_2(length), block_l)
-        block_d = max(1, min(triton.next_power_of_2(dim), tile // block_l))
+        block_l = min(next_power_of_2(length), block_l)
+        block_d = max(1, min(next_power_of_2(dim), tile // block_l))
     return block_d, block_l
 
 
@@ -143,10 +142,10 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
     width = weight.shape[1]
     y = _like_layout(x, x.dtype)
     block_d, block_l = forward_blocks(x, config)
-    tiles = max(1, min(config.fwd_tiles_per_program, triton.cdiv(length, block_l)))
+    tiles = max(1, min(config.fwd_tiles_per_program, cdiv(length, block_l)))
     pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed)
-    reach = width - 1 if pack_e == 0 else pack_e * triton.cdiv(width - 1, pack_e)
-    grid = (triton.cdiv(length, block_l * tiles), triton.cdiv(dim, block_d), batch)
+    reach = width - 1 if pack_e == 0 else pack_e * cdiv(width - 1, pack_e)
+    grid = (cdiv(length, block_l * tiles), cdiv(dim, block_d), batch)
     _fwd_kernel[grid](
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
         x if initial_states is None else initial_states, y,
@@ -164,14 +163,14 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     width = weight.shape[1]
     channel_last = _channel_last(x)
     block_d, block_l = backward_blocks(x, config)
-    w_pad = triton.next_power_of_2(width)
-    n_dblk = triton.cdiv(dim, block_d)
-    n_ltiles = triton.cdiv(length, block_l)
+    w_pad = next_power_of_2(width)
+    n_dblk = cdiv(dim, block_d)
+    n_ltiles = cdiv(length, block_l)
     programs = _bwd_programs(x.device, config)
     # units of consecutive L tiles (one dweight/dbias partial sum each), about bwd_units_per_program per program
     tiles_per_chunk = max(1, min(n_ltiles, (batch * n_dblk * n_ltiles) // (programs * config.bwd_units_per_program)))
-    n_lchunks = triton.cdiv(n_ltiles, tiles_per_chunk)
-    tiles_per_chunk = triton.cdiv(n_ltiles, n_lchunks)  # even chunks
+    n_lchunks = cdiv(n_ltiles, tiles_per_chunk)
+    tiles_per_chunk = cdiv(n_ltiles, n_lchunks)  # even chunks
     n_units = batch * n_dblk * n_lchunks
     programs = max(1, min(programs, n_units))
     dx = _like_layout(x, x.dtype)
@@ -182,7 +181,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     pack_e = _pack_e(x, width, seq_idx, block_l, config.bwd_packed)
     # BACK / AHEAD: how far before / after a tile its loads reach (the unmasked path needs both inside [0, L))
     if pack_e:
-        back = ahead = pack_e * triton.cdiv(width - 1, pack_e)
+        back = ahead = pack_e * cdiv(width - 1, pack_e)
     else:
         back, ahead = width - 1, w_pad
     # g scratch of the per-tap path, one slot per program, laid out like x's tiles (the contiguous axis stays
@@ -198,7 +197,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         *x.stride(), *weight.stride(), *_strides3(initial_states),
         *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(), *dinit.stride(),
         scr_d, scr_l,
-        W=width, W_PAD=w_pad, INIT_PAD=triton.next_power_of_2(max(width - 1, 1)),
+        W=width, W_PAD=w_pad, INIT_PAD=next_power_of_2(max(width - 1, 1)),
         HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=has_init, SILU=silu,
         EVEN_D=dim % block_d == 0, PACK_E=pack_e, BACK=back, AHEAD=ahead, BLOCK_D=block_d, BLOCK_L=block_l,
         num_warps=config.bwd_num_warps)

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 
 
 # --- kernel --------------------------------------------------------------------------------------------
@@ -75,10 +75,10 @@ def _update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, T, D: tl.constexpr,
 @functools.lru_cache(maxsize=None)
 def _config(dim: int, steps: int, state_len: int) -> Tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_T, BLOCK_S, channel blocks) for these sizes (cached: no per-call work)."""
-    block_t = min(triton.next_power_of_2(steps), 16)
-    block_s = min(triton.next_power_of_2(max(state_len, 1)), 32)
-    block_d = max(16, min(triton.next_power_of_2(dim), 2048 // max(block_t, block_s), 128))
-    return block_d, block_t, block_s, triton.cdiv(dim, block_d)
+    block_t = min(next_power_of_2(steps), 16)
+    block_s = min(next_power_of_2(max(state_len, 1)), 32)
+    block_d = max(16, min(next_power_of_2(dim), 2048 // max(block_t, block_s), 128))
+    return block_d, block_t, block_s, cdiv(dim, block_d)
 
 
 def _launch(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> Tensor:

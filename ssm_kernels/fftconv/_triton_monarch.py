@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._utils import next_power_of_2
+
 OPERANDS_TF32X3, OPERANDS_BF16, OPERANDS_BF16_EMULATED = 0, 1, 2  # the OPERANDS constexpr of the kernels
 _TABLES: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -57,7 +59,7 @@ def dft_tables(n1: int, n2: int, device: torch.device, operands: int
 def fft_shape(length: int, min_points: int) -> Tuple[int, int]:
     """(N1, N2) of the transform for sequences of `length`: N = N1 N2 the power of two >= max(2 L, min_points),
     N1 = 2^ceil(log2(N) / 2) >= N2 (N1 / 2 >= 16 rows: tensor-core dots need dimensions of 16)."""
-    points = max(min_points, triton.next_power_of_2(2 * length))
+    points = max(min_points, next_power_of_2(2 * length))
     n1 = 1 << (points.bit_length() // 2)  # 2^ceil(log2(N) / 2)
     return n1, points // n1
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
-import triton
 from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from .._autograd import define_custom_op
 from .._triton_launch import launch_fitting_shared_memory
-from .._utils import new_output
+from .._utils import cdiv, new_output
 from ._triton_bwd import _fftconv_bwd_kernel
 from ._triton_fwd import _fftconv_fwd_kernel
 from ._triton_monarch import OPERANDS_TF32X3, dft_tables, fft_shape, operand_mode
@@ -61,7 +60,7 @@ def _strides(t: Optional[Tensor], like: Tensor):
 def _setup(u: Tensor, k: Tensor, bidirectional: bool):
     batch, heads, length = u.shape
     n1, n2 = fft_shape(length, MIN_POINTS)
-    n_pairs = triton.cdiv(batch, 2)
+    n_pairs = cdiv(batch, 2)
     operands = operand_mode(u.dtype, u.device)
     meta = dict(N1=n1, N2=n2, CHUNK=min(CHUNK, n1), OPERANDS=operands)
     tables = dft_tables(n1, n2, u.device, operands)

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 
 # The backward uses about this many row programs per group (fewer partial dweight rows to sum).
 BWD_TARGET_PROGRAMS = 1024
@@ -154,7 +154,7 @@ def _rows(t: Tensor) -> Tuple[Tensor, Tuple[int, int, int, int]]:
 @functools.lru_cache(maxsize=None)
 def _blocks(group_size: int) -> Tuple[int, int, int]:
     """(BLOCK_M, BLOCK_G, num_warps): about 4096 elements per tile, at least one whole group per row."""
-    block_g = triton.next_power_of_2(group_size)
+    block_g = next_power_of_2(group_size)
     block_m = max(1, min(64, 4096 // block_g))
     num_warps = 4 if block_g * block_m <= 4096 else 8
     return block_m, block_g, num_warps
@@ -173,7 +173,7 @@ def _forward_launch(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, 
     if m == 0:
         return y
     block_m, block_g, num_warps = _blocks(group_size)
-    grid = (triton.cdiv(m, block_m), dim // group_size)
+    grid = (cdiv(m, block_m), dim // group_size)
     _fwd_kernel[grid](x_r, z_r, weight, y, m, n1, group_size, eps,
                       sx0, sx1, x_r.stride(-1), sz0, sz1, z_r.stride(-1), weight.stride(0),
                       dim * n1 if m else 0, dim, 1,
@@ -202,10 +202,10 @@ def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
     dz = new_output(z.shape, z.dtype, z.device) if z is not None else dx
     block_m, block_g, num_warps = _blocks(group_size)
     groups = dim // group_size
-    row_blocks = triton.cdiv(m, block_m)
+    row_blocks = cdiv(m, block_m)
     programs = max(1, min(row_blocks, BWD_TARGET_PROGRAMS // groups))
-    rows_per_program = triton.cdiv(row_blocks, programs) * block_m
-    programs = triton.cdiv(m, rows_per_program)
+    rows_per_program = cdiv(row_blocks, programs) * block_m
+    programs = cdiv(m, rows_per_program)
     dw_part = new_output((programs, dim), torch.float32, x.device)
     _bwd_kernel[(programs, groups)](
         x_r, z_r, weight, dy_r, dx, dz, dw_part, m, n1, group_size, eps, rows_per_program,

@@ -32,6 +32,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_affine import combine, combine_complex
+from .._utils import cdiv, next_power_of_2
 from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
 
 # Tiles: BLOCK_L = min(next_pow2(L), MAX_BLOCK_L) positions x BLOCK_R = TILE // BLOCK_L rows (capped by D).
@@ -207,14 +208,14 @@ def _multiprocessors(device: torch.device) -> int:
 
 def plan(batch: int, dim: int, length: int, device: torch.device):
     """(BLOCK_L, BLOCK_R, segments per row, positions per segment) of a scan of (batch, dim, length)."""
-    block_l = min(MAX_BLOCK_L, triton.next_power_of_2(length))
-    block_r = min(triton.next_power_of_2(dim), max(1, TILE // block_l))
-    row_tiles = batch * triton.cdiv(dim, block_r)
-    blocks = triton.cdiv(length, block_l)
+    block_l = min(MAX_BLOCK_L, next_power_of_2(length))
+    block_r = min(next_power_of_2(dim), max(1, TILE // block_l))
+    row_tiles = batch * cdiv(dim, block_r)
+    blocks = cdiv(length, block_l)
     wanted = TILES_PER_SM * _multiprocessors(device)
-    n_segments = 1 if row_tiles >= wanted else min(blocks, triton.cdiv(wanted, row_tiles), MAX_SEGMENTS)
-    seg_len = triton.cdiv(blocks, n_segments) * block_l
-    return block_l, block_r, triton.cdiv(length, seg_len), seg_len
+    n_segments = 1 if row_tiles >= wanted else min(blocks, cdiv(wanted, row_tiles), MAX_SEGMENTS)
+    seg_len = cdiv(blocks, n_segments) * block_l
+    return block_l, block_r, cdiv(length, seg_len), seg_len
 
 
 def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor], cu_seqlens: Optional[Tensor],
@@ -227,7 +228,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         batch, length = packed_rows(cu_seqlens)
     backward = states is not None
     block_l, block_r, n_segments, seg_len = plan(batch, dim, length, inputs.device)
-    row_tiles = batch * triton.cdiv(dim, block_r)
+    row_tiles = batch * cdiv(dim, block_r)
 
     (a, sa, a_complex), (u, su, u_complex), (o, so, o_complex) = map(kernel_view, (gates, inputs, outputs))
     s, ss, _ = kernel_view(states)
@@ -253,7 +254,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         run(MODE_WHOLE, 1)
     else:
         run(MODE_SUMMARY, 1)
-        run(MODE_APPLY, triton.next_power_of_2(n_segments))
+        run(MODE_APPLY, next_power_of_2(n_segments))
 
 
 linear_scan_triton = define_scan_ops("triton", *kernel_functions(_launch))

@@ -19,11 +19,10 @@ import os
 from typing import Optional, Tuple
 
 import torch
-import triton
 from torch import Tensor
 
 from .._autograd import needs_grad
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 from ._kernel_io import gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
@@ -57,12 +56,12 @@ def _blocks(dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
     all read one group."""
-    block_n = triton.next_power_of_2(N)
+    block_n = next_power_of_2(N)
     budget = TILE_BUDGET // (2 if cplx else 1)
-    block_l = max(2, min(BLOCK_L, triton.next_power_of_2(max(L, 1))))
+    block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
     while block_l > 2 and block_n * block_l > budget:  # large N: shorter chunks
         block_l //= 2
-    block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, triton.next_power_of_2(dim))
+    block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
@@ -102,7 +101,7 @@ def _geometry(u: Tensor, A: Tensor, B: Tensor, C: Tensor, backward: bool):
 
 def _n_chunks(u: Tensor, A: Tensor, B: Tensor, C: Tensor) -> int:
     _, _, _, (_, _, block_l, _) = _geometry(u, A, B, C, backward=False)
-    return triton.cdiv(u.shape[2], block_l)
+    return cdiv(u.shape[2], block_l)
 
 
 def _shared_args(u, delta, A, z, lay_B, lay_C, h0):
@@ -128,7 +127,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
     rows = state_rows(u, cu_seqlens)
-    n_chunks = triton.cdiv(L, BL)
+    n_chunks = cdiv(L, BL)
     y = new_output((batch, dim, L), u.dtype, u.device)
     final = new_output((rows, dim, N), state_dtype, u.device)
     ckpt = new_output((batch, n_chunks if save_checkpoints else 0, dim, N, *pair), torch.float32, u.device)
@@ -141,7 +140,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         start, end, empty = seq_markers(cu_seqlens, L)
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
-    kernel[(batch, triton.cdiv(dim, BD))](
+    kernel[(batch, cdiv(dim, BD))](
         u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
         y, real_view(final), ckpt,
         L, dim, N, n_chunks, lay_B[2], lay_C[2], *data_strides, *param_strides,
@@ -163,8 +162,8 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     state_dtype = torch.complex64 if cplx else torch.float32
     pair = (2,) if cplx else ()
     rows = state_rows(u, cu_seqlens)
-    n_chunks = triton.cdiv(L, BL)
-    n_dblocks = triton.cdiv(dim, BD)
+    n_chunks = cdiv(L, BL)
+    n_dblocks = cdiv(dim, BD)
     dev = u.device
     fixed_B, fixed_C = lay_B[1], lay_C[1]
     du = new_output((batch, dim, L), u.dtype, dev)

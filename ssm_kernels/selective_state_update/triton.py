@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 
 
 # --- kernel --------------------------------------------------------------------------------------------
@@ -92,10 +92,10 @@ TILE, WARPS = 2048, 4
 @functools.lru_cache(maxsize=None)
 def _config(rows: int, dstate: int) -> Tuple[int, int, int, int]:
     """(BLOCK_R, BLOCK_N, row blocks, num_warps): tiles of about TILE state entries (cached)."""
-    block_n = triton.next_power_of_2(dstate)
-    block_r = max(1, min(triton.next_power_of_2(rows), TILE // block_n))
+    block_n = next_power_of_2(dstate)
+    block_r = max(1, min(next_power_of_2(rows), TILE // block_n))
     tile = block_r * block_n
-    return block_r, block_n, triton.cdiv(rows, block_r), WARPS if tile <= TILE else 2 * WARPS
+    return block_r, block_n, cdiv(rows, block_r), WARPS if tile <= TILE else 2 * WARPS
 
 
 def _p_strides(t: Optional[Tensor], at: int, default: Tuple[int, ...]) -> Tuple[int, ...]:

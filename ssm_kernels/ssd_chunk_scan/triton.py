@@ -44,12 +44,11 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-import triton
 from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
 from .._triton_launch import launch_fitting_shared_memory
-from .._utils import new_output
+from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
@@ -73,7 +72,7 @@ def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
 
 
 def _pow2(n: int, low: int = 16) -> int:
-    return max(low, triton.next_power_of_2(n))
+    return max(low, next_power_of_2(n))
 
 
 def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
@@ -86,12 +85,12 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     cs = torch.empty((batch, heads, lp), dtype=torch.float64, device=dev)
     g = torch.empty((batch, heads, max(nc, 1)), dtype=torch.float32, device=dev)
     if nc > 0:
-        block_t = triton.next_power_of_2(T)
-        block_h = max(1, min(triton.next_power_of_2(heads), 4096 // block_t))
+        block_t = next_power_of_2(T)
+        block_h = max(1, min(next_power_of_2(heads), 4096 // block_t))
         # No more warps than the tile has groups of 32 elements: Triton 3.6's layout passes fail on the fp64
         # cumsum of a (block_t, block_h) tile of 32 or 64 elements spread over 4 warps.
         warps = max(1, min(4, block_t * block_h // 32))
-        _dt_cumsum_kernel[(nc, batch, triton.cdiv(heads, block_h))](
+        _dt_cumsum_kernel[(nc, batch, cdiv(heads, block_h))](
             dt, A, dt if dt_bias is None else dt_bias, dtp if seg is None else seg, dtp, cs, g,
             length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *(seg.stride() if seg is not None else (0, 0)),
             HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
@@ -103,7 +102,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
                     store_pre):
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
-    nc = triton.cdiv(length, T)
+    nc = cdiv(length, T)
     lp = nc * T
     dev = x.device
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
@@ -124,14 +123,14 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
         block_k = min(_pow2(T), 64)
-        _chunk_state_kernel[(nc, batch * heads, triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n))](
+        _chunk_state_kernel[(nc, batch * heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
             x, B, dtp, cs, seg_arg, states, length, heads, hpg, headdim, dstate, T, lp,
             *x.stride(), *B.stride(), *seg_strides, *st_strides,
             HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
             BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
-    block = min(triton.next_power_of_2(headdim * dstate), 1024)
+    block = min(next_power_of_2(headdim * dstate), 1024)
     init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
-    _state_passing_kernel[(batch * heads, triton.cdiv(headdim * dstate, block))](
+    _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
         states, states if initial_states is None else initial_states, g, heads, headdim * dstate, nc,
         *init_strides, dstate, *st_strides, HAS_INIT=initial_states is not None, BLOCK=block, num_warps=4)
     if nc > 0:
@@ -140,7 +139,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
-        grid = (nc * triton.cdiv(T, block_m), batch * heads, triton.cdiv(headdim, block_p))
+        grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
         launch_fitting_shared_memory(_chunk_scan_kernel, grid,
             x, x if z is None else z, B, C, x if D is None else D, dtp, cs, seg_arg, states, out,
             pre if store_pre else out,
@@ -153,7 +152,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
         block_k = min(_pow2(T), 64)
-        _varlen_state_kernel[(sequences, heads, triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n))](
+        _varlen_state_kernel[(sequences, heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
             x, B, dtp, cs, seg_arg, states, cu_seqlens, varlen, length, heads, hpg, headdim, dstate, T, lp,
             *x.stride()[1:], *B.stride()[1:], seg_strides[1], *st_strides[1:], *varlen.stride(),
             HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
@@ -165,9 +164,9 @@ def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
     """(splits, heads per split) for the per-group kernels 3 and 4, which loop over the heads of a group:
     enough splits that the grid has about SPLIT_PROGRAMS programs (two per H100 SM), each split writing its own
     fp32 partial of dB / dC (summed by torch)."""
-    splits = min(hpg, max(1, triton.cdiv(SPLIT_PROGRAMS, max(programs, 1))))
-    per_split = triton.cdiv(hpg, splits)
-    return triton.cdiv(hpg, per_split), per_split
+    splits = min(hpg, max(1, cdiv(SPLIT_PROGRAMS, max(programs, 1))))
+    per_split = cdiv(hpg, splits)
+    return cdiv(hpg, per_split), per_split
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
@@ -177,7 +176,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
-    nc = triton.cdiv(length, T)
+    nc = cdiv(length, T)
     lp = nc * T
     bh_count = batch * heads
     dev = x.device
@@ -207,7 +206,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     assert dhp.stride() == st_strides
     block_p = min(_pow2(headdim), 64)
     block_n = min(_pow2(dstate), 64)
-    n_tiles = triton.cdiv(headdim, block_p) * triton.cdiv(dstate, block_n)
+    n_tiles = cdiv(headdim, block_p) * cdiv(dstate, block_n)
     part = new_output((bh_count, n_tiles, nc), f32, dev)
     vq = new_output((dvarlen.shape[0], heads, n_tiles), f32, dev) if has_dv else part
     has_dst = dstates is not None
@@ -221,7 +220,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
 
     # 2. per head and column block: dx, dz, du . x, column sums of dss, dD partials
     block_t = min(_pow2(T), 64)
-    n_jb = triton.cdiv(T, block_t)
+    n_jb = cdiv(T, block_t)
     block_p = _pow2(headdim)
     block_n = _pow2(dstate)
     warps = 8 if block_p * block_n >= 8192 else 4  # full (P, N) state tiles in registers: more warps share them

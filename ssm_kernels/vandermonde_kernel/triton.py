@@ -17,7 +17,8 @@ rows, accumulated over a segment's tiles before the columns' powers are applied 
     S_p[n] = sum_i T[n, i] Q_p[n, i],   Q_p = sum_tiles E^T G_p,   E = exp(log_z (l0 + j BLOCK_L)) = exp(log_z l0) R,
     G_p[j, i] = grad[l0 + j BLOCK_L + i] (l0 + j BLOCK_L + i)^p,
 then dC = 2 conj(S_0) and dlog_z = 2 conj(C S_1) (torch's convention for complex gradients). Each program
-writes its partial sums (H, SEGMENTS, N) for one segment of positions; torch adds them: deterministic, no atomics.
+writes those gradients' partial sums (H, SEGMENTS, N) over one segment of positions (the gradients themselves
+when one segment covers L); torch adds them: deterministic, no atomics.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_complex import exp_complex_scaled, load_complex, store_complex
-from .._utils import new_output, segments_for
+from .._utils import cdiv, new_output, next_power_of_2, segments_for, sum_segments
 from ._common import define_vandermonde_op
 
 # Forward tiles are ROWS x BLOCK_L positions
@@ -114,10 +115,11 @@ def _fwd_kernel(c_ptr, z_ptr, k_ptr, N, L, TILES_PER_SEGMENT, BLOCK_N: tl.conste
 
 
 @triton.jit
-def _bwd_kernel(g_ptr, z_ptr, s0_ptr, s1_ptr, N, L, SEGMENTS, TILES_PER_SEGMENT,
+def _bwd_kernel(g_ptr, c_ptr, z_ptr, dc_ptr, dz_ptr, N, L, SEGMENTS, TILES_PER_SEGMENT,
                 BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, ROWS: tl.constexpr, PRECISION: tl.constexpr):
     """Q_p[n, i] = sum over the segment's tiles and rows j of E[j, n] G_p[j, i] (matrix products over the rows),
-    then S_p[n] = sum_i Q_p[n, i] T[n, i] once per block of modes."""
+    then S_p[n] = sum_i Q_p[n, i] T[n, i] once per block of modes, stored as the segment's parts of
+    dC = 2 conj(S_0) and dlog_z = 2 conj(C S_1)."""
     h = tl.program_id(0)
     segment = tl.program_id(1)
     last_tile = tl.minimum((segment + 1) * TILES_PER_SEGMENT, tl.cdiv(L, ROWS * BLOCK_L))
@@ -143,23 +145,24 @@ def _bwd_kernel(g_ptr, z_ptr, s0_ptr, s1_ptr, N, L, SEGMENTS, TILES_PER_SEGMENT,
             q1r = tl.dot(er, gl, q1r, input_precision=PRECISION)
             q1i = tl.dot(ei, gl, q1i, input_precision=PRECISION)
         tr, ti = _powers(zr[:, None], zi[:, None], columns, L)
-        store_complex(s0_ptr, out + n, tl.sum(q0r * tr - q0i * ti, axis=1), tl.sum(q0r * ti + q0i * tr, axis=1),
-                      n < N)
-        store_complex(s1_ptr, out + n, tl.sum(q1r * tr - q1i * ti, axis=1), tl.sum(q1r * ti + q1i * tr, axis=1),
-                      n < N)
+        s0r, s0i = tl.sum(q0r * tr - q0i * ti, axis=1), tl.sum(q0r * ti + q0i * tr, axis=1)
+        s1r, s1i = tl.sum(q1r * tr - q1i * ti, axis=1), tl.sum(q1r * ti + q1i * tr, axis=1)
+        cr, ci = load_complex(c_ptr, h * N + n, n < N)
+        store_complex(dc_ptr, out + n, 2 * s0r, -2 * s0i, n < N)
+        store_complex(dz_ptr, out + n, 2 * (cr * s1r - ci * s1i), -2 * (cr * s1i + ci * s1r), n < N)
 
 
 def _blocks(N: int, L: int, rows: int, max_block_l: int) -> Tuple[int, int]:
     """(BLOCK_N, BLOCK_L): at least 16 each (tl.dot), at most what the modes and positions need."""
-    return (max(MIN_BLOCK, min(MAX_BLOCK_N, triton.next_power_of_2(N))),
-            max(MIN_BLOCK, min(max_block_l, triton.next_power_of_2(triton.cdiv(L, rows)))))
+    return (max(MIN_BLOCK, min(MAX_BLOCK_N, next_power_of_2(N))),
+            max(MIN_BLOCK, min(max_block_l, next_power_of_2(cdiv(L, rows)))))
 
 
 def _forward(C: Tensor, log_z: Tensor, L: int) -> Tensor:
     H, N = C.shape
     K = new_output((H, L), torch.float32, C.device)
     block_n, block_l = _blocks(N, L, ROWS, MAX_BLOCK_L)
-    tiles_per_segment, segments = segments_for(triton.cdiv(L, ROWS * block_l), H, FORWARD_PROGRAMS)
+    tiles_per_segment, segments = segments_for(cdiv(L, ROWS * block_l), H, FORWARD_PROGRAMS)
     _fwd_kernel[(H, segments)](torch.view_as_real(C), torch.view_as_real(log_z), K, N, L, tiles_per_segment,
                                BLOCK_N=block_n, BLOCK_L=block_l, ROWS=ROWS, ONE_MODE_BLOCK=N <= block_n,
                                PRECISION=DOT_PRECISION, num_warps=NUM_WARPS)
@@ -169,12 +172,13 @@ def _forward(C: Tensor, log_z: Tensor, L: int) -> Tensor:
 def _backward(grad: Tensor, C: Tensor, log_z: Tensor) -> Tuple[Tensor, Tensor]:
     (H, N), L = C.shape, grad.shape[-1]
     block_n, block_l = _blocks(N, L, BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L)
-    tiles_per_segment, segments = segments_for(triton.cdiv(L, BACKWARD_ROWS * block_l), H, BACKWARD_PROGRAMS)
-    s0, s1 = (new_output((H, segments, N), C.dtype, C.device) for _ in range(2))
-    _bwd_kernel[(H, segments)](grad, torch.view_as_real(log_z), torch.view_as_real(s0), torch.view_as_real(s1),
-                               N, L, segments, tiles_per_segment, BLOCK_N=block_n, BLOCK_L=block_l,
-                               ROWS=BACKWARD_ROWS, PRECISION=BACKWARD_DOT_PRECISION, num_warps=BACKWARD_WARPS)
-    return 2 * s0.sum(1).conj(), 2 * (C * s1.sum(1)).conj()
+    tiles_per_segment, segments = segments_for(cdiv(L, BACKWARD_ROWS * block_l), H, BACKWARD_PROGRAMS)
+    dC, dlog_z = (new_output((H, segments, N), C.dtype, C.device) for _ in range(2))
+    _bwd_kernel[(H, segments)](grad, torch.view_as_real(C), torch.view_as_real(log_z), torch.view_as_real(dC),
+                               torch.view_as_real(dlog_z), N, L, segments, tiles_per_segment, BLOCK_N=block_n,
+                               BLOCK_L=block_l, ROWS=BACKWARD_ROWS, PRECISION=BACKWARD_DOT_PRECISION,
+                               num_warps=BACKWARD_WARPS)
+    return sum_segments(dC), sum_segments(dlog_z)
 
 
 _vandermonde = define_vandermonde_op("vandermonde_kernel_triton", _forward, _backward)

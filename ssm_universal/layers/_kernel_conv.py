@@ -33,6 +33,17 @@ class KernelConvLayer(nn.Module):
             optim["lr"] = lr
         getattr(self, name)._optim = optim
 
+    @property
+    def math_dtype(self) -> torch.dtype:
+        """What the SSM's discretisation, kernel and recurrence compute in: float64 in a float64 layer, else
+        float32 (never lower, under bf16 / fp16 weights or autocast)."""
+        return torch.float64 if self.D.dtype == torch.float64 else torch.float32
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """The complex dtype of a diagonal recurrence's state: complex128 in a float64 layer, else complex64."""
+        return torch.complex128 if self.math_dtype == torch.float64 else torch.complex64
+
     def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, L, d_model), or (B, d_model, L) if transposed -> (B, d_model, L), after checking its shape."""
         if x.dim() != 3 or x.shape[1 if self.transposed else 2] != self.H:
@@ -103,5 +114,5 @@ class ModalKernelConvLayer(KernelConvLayer):
                              f"({u.shape[0]}), got {tuple(state.shape)}")
         with torch.autocast(device_type=u.device.type, enabled=False):
             log_dA, dB, C = self.modal_recurrence()
-            y, state = modal_prefill(u, log_dA, dB, C, self.D.float(), state)
+            y, state = modal_prefill(u, log_dA, dB, C, self.D.to(self.math_dtype), state)
         return self.prefill_output(y, x), state

@@ -37,11 +37,11 @@ def state_response(C: torch.Tensor, log_dA: torch.Tensor, state: torch.Tensor, l
 
 def modal_prefill(u: torch.Tensor, log_dA: torch.Tensor, dB, C: torch.Tensor, D: torch.Tensor,
                   state: torch.Tensor):
-    """The recurrence run over u (B, H, L) from `state`, as one convolution: (y (B, H, L) float32, the state
-    after the last position (B, H, N) complex). Equals stepping token by token up to rounding, at any L (the
+    """The recurrence run over u (B, H, L) from `state`, as one convolution: (y (B, H, L), the state
+    after the last position (B, H, N) complex; y in log_dA's real dtype). Equals stepping token by token up to rounding, at any L (the
     kernel is as long as u: no l_max truncation, as the recurrence has none)."""
     length = u.shape[-1]
-    u = u.float()
+    u = u.to(log_dA.real.dtype)
     y = fftconv(u, vandermonde_kernel(C * dB / 2, log_dA, length), D=D)
     y = y + state_response(C, log_dA, state, length).to(y.dtype)
     final = torch.exp(log_dA * length) * state + dB * modal_final_state(u, log_dA)

@@ -75,7 +75,8 @@ class DSS(ModalKernelConvLayer):
 
     Parameters (complex ones stored as real views (..., 2)): log_dt (H,) or (H, 2); Lambda_log_neg_re (N,) and
     Lambda_im (N,) for "exp", Lambda (N, 2) for "softmax"; W (H, N, 2) or (2, H, N, 2); D (H,);
-    output_linear (Conv1d + GLU). Recurrent state (causal layers only): (B, H, N) complex64.
+    output_linear (Conv1d + GLU). Recurrent state (causal layers only): (B, H, N) complex64 (complex128 in a
+    float64 layer).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, l_max: Optional[int] = None, version: str = "exp",
@@ -127,14 +128,15 @@ class DSS(ModalKernelConvLayer):
         return [getattr(self, n) for n in names]
 
     def lambda_(self) -> torch.Tensor:
-        """Lambda (N,) complex64."""
+        """Lambda (N,) of state_dtype."""
+        real = self.math_dtype
         if self.version == "exp":
-            return torch.complex(-torch.exp(self.Lambda_log_neg_re.float()), self.Lambda_im.float())
-        return torch.view_as_complex(self.Lambda.float())
+            return torch.complex(-torch.exp(self.Lambda_log_neg_re.to(real)), self.Lambda_im.to(real))
+        return torch.view_as_complex(self.Lambda.to(real))
 
     def dt_lambda(self) -> torch.Tensor:
-        """P = Delta Lambda (H, N) complex64."""
-        Lambda, dt = self.lambda_(), torch.exp(self.log_dt.float())
+        """P = Delta Lambda (H, N) of state_dtype."""
+        Lambda, dt = self.lambda_(), torch.exp(self.log_dt.to(self.math_dtype))
         if dt.dim() == 1:
             return dt[:, None] * Lambda
         return torch.complex(dt[:, :1] * Lambda.real, dt[:, 1:] * Lambda.imag)
@@ -143,7 +145,7 @@ class DSS(ModalKernelConvLayer):
         """(coef (H, N), log_z (H, N), flipped (N,) bool, W (H, N) or (2, H, N)) with
         K[l] = Re sum_n W coef exp(log_z l) for unflipped modes and Re sum_n W coef exp(log_z (length-1-l))
         for flipped ones (softmax modes with Re Lambda > 0, for which Re log_z = -Re P <= 0)."""
-        W = torch.view_as_complex(self.W.float())
+        W = torch.view_as_complex(self.W.to(self.math_dtype))
         P = self.dt_lambda()
         Lambda = self.lambda_()
         if self.version == "exp":
@@ -155,7 +157,7 @@ class DSS(ModalKernelConvLayer):
         return coef, log_z, flipped, W
 
     def kernel(self, length: int) -> torch.Tensor:
-        """K (H, length) float32, or (2, H, length) (causal, anti-causal) when bidirectional."""
+        """K (H, length) of math_dtype, or (2, H, length) (causal, anti-causal) when bidirectional."""
         with torch.autocast(device_type=self.W.device.type, enabled=False):
             coef, log_z, flipped, W = self._modes(length)
             C = (W * coef).reshape(-1, self.N) / 2  # vandermonde_kernel returns 2 Re sum
@@ -167,11 +169,11 @@ class DSS(ModalKernelConvLayer):
             return K.reshape(2, self.H, length) if self.bidirectional else K
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """Zero state (batch_size, d_model, d_state) complex64 (`dtype` is accepted for the common interface
-        and ignored: the recurrence runs in complex64)."""
+        """Zero state (batch_size, d_model, d_state) of state_dtype (`dtype` is accepted for the common interface
+        and ignored: the recurrence runs in complex64, complex128 in a float64 layer)."""
         self._check_steppable()
         device = self.W.device if device is None else device
-        return torch.zeros(batch_size, self.H, self.N, dtype=torch.complex64, device=device)
+        return torch.zeros(batch_size, self.H, self.N, dtype=self.state_dtype, device=device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, d_model), state (B, d_model, d_state) -> (y_t (B, d_model), new state).
@@ -186,18 +188,18 @@ class DSS(ModalKernelConvLayer):
         self._check_steppable()
         if x_t.dim() != 2 or x_t.shape[1] != self.H:
             raise ValueError(f"DSS.step: x_t must have shape (B, d_model) = (B, {self.H}), got {tuple(x_t.shape)}")
-        if state.shape != (x_t.shape[0], self.H, self.N) or state.dtype != torch.complex64:
-            raise ValueError(f"DSS.step: state must be complex64 of shape (B, d_model, d_state) = "
+        if state.shape != (x_t.shape[0], self.H, self.N) or state.dtype != self.state_dtype:
+            raise ValueError(f"DSS.step: state must be {self.state_dtype} of shape (B, d_model, d_state) = "
                              f"({x_t.shape[0]}, {self.H}, {self.N}), got {state.dtype} {tuple(state.shape)}")
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             P, _, C = self.modal_recurrence()
-            u = x_t.float()
+            u = x_t.to(self.math_dtype)
             state = torch.exp(P) * state + u.unsqueeze(-1)
-            y = (C * state).sum(-1).real + self.D.float() * u
+            y = (C * state).sum(-1).real + self.D.to(self.math_dtype) * u
         return self.output_step(y.to(x_t.dtype)), state
 
     def modal_recurrence(self) -> Tuple[torch.Tensor, float, torch.Tensor]:
-        """(P, dB = 1, C = W coef), (H, N) complex64: h = exp(P) h + u, y = Re(sum_n C_n h_n) + D u."""
+        """(P, dB = 1, C = W coef), (H, N) of state_dtype: h = exp(P) h + u, y = Re(sum_n C_n h_n) + D u."""
         self._check_steppable()
         coef, log_z, flipped, W = self._modes(self.l_max)
         if self.version != "exp":  # only softmax kernels flip modes

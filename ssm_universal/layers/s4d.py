@@ -103,7 +103,7 @@ class S4D(ModalKernelConvLayer):
 
     Parameters (complex ones stored as real views (..., 2)): log_dt (H,), A_real_log (H, N/2),
     A_imag (H, N/2), B (H, N/2, 2), C (H, N/2, 2) or (2, H, N/2, 2), D (H,), output_linear (Conv1d + GLU).
-    Recurrent state (causal layers only): (B, H, N/2) complex64.
+    Recurrent state (causal layers only): (B, H, N/2) complex64 (complex128 in a float64 layer).
     """
 
     def __init__(self, d_model: int, d_state: int = 64, l_max: Optional[int] = None, init: str = "diag-lin",
@@ -153,14 +153,15 @@ class S4D(ModalKernelConvLayer):
         """fftconv of this rank's shard u (B, H, L_r) plus the response to the modal state entering it."""
         with torch.autocast(device_type=u.device.type, enabled=False):
             log_dA, dB = self.discretize()
-            C = torch.view_as_complex(self.C.float())
+            C = torch.view_as_complex(self.C.to(self.math_dtype))
             return modal_conv_context_parallel(u, log_dA, dB, C, self.D, self.cp_group, "S4D").to(u.dtype)
 
     def discretize(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(log dA, dB), each (H, N/2) complex64: the recurrence h_t = dA h_{t-1} + dB u_t."""
-        dt = torch.exp(self.log_dt.float()).unsqueeze(-1)  # (H, 1)
-        A = torch.complex(-torch.exp(self.A_real_log.float()), self.A_imag.float())
-        B = torch.view_as_complex(self.B.float())
+        """(log dA, dB), each (H, N/2) of state_dtype: the recurrence h_t = dA h_{t-1} + dB u_t."""
+        real = self.math_dtype
+        dt = torch.exp(self.log_dt.to(real)).unsqueeze(-1)  # (H, 1)
+        A = torch.complex(-torch.exp(self.A_real_log.to(real)), self.A_imag.to(real))
+        B = torch.view_as_complex(self.B.to(real))
         dtA = dt * A
         if self.discretization == "zoh":
             return dtA, B * torch.expm1(dtA) / A
@@ -169,21 +170,21 @@ class S4D(ModalKernelConvLayer):
 
     def kernel(self, length: int) -> torch.Tensor:
         """Convolution kernel K[h, l] = 2 Re sum_n C[h, n] dB[h, n] dA[h, n]^l, l < length:
-        (H, length) float32, or (2, H, length) (causal, anti-causal) when bidirectional."""
+        (H, length) of math_dtype, or (2, H, length) (causal, anti-causal) when bidirectional."""
         with torch.autocast(device_type=self.C.device.type, enabled=False):
             log_dA, dB = self.discretize()
-            C = torch.view_as_complex(self.C.float())
+            C = torch.view_as_complex(self.C.to(self.math_dtype))
             if not self.bidirectional:
                 return vandermonde_kernel(C * dB, log_dA, length)
             K = vandermonde_kernel((C * dB).reshape(2 * self.H, -1), log_dA.repeat(2, 1), length)
             return K.reshape(2, self.H, length)
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-        """Zero state (batch_size, d_model, d_state/2) complex64 (`dtype` is accepted for the common
-        interface and ignored: the recurrence runs in complex64)."""
+        """Zero state (batch_size, d_model, d_state/2) of state_dtype (`dtype` is accepted for the common
+        interface and ignored: the recurrence runs in complex64, complex128 in a float64 layer)."""
         self._check_causal()
         device = self.C.device if device is None else device
-        return torch.zeros(batch_size, self.H, self.d_state // 2, dtype=torch.complex64, device=device)
+        return torch.zeros(batch_size, self.H, self.d_state // 2, dtype=self.state_dtype, device=device)
 
     def step(self, x_t: torch.Tensor, state: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """One token: x_t (B, d_model), state (B, d_model, d_state/2) -> (y_t (B, d_model), new state).
@@ -196,23 +197,23 @@ class S4D(ModalKernelConvLayer):
         self._check_causal()
         if x_t.dim() != 2 or x_t.shape[1] != self.H:
             raise ValueError(f"S4D.step: x_t must have shape (B, d_model) = (B, {self.H}), got {tuple(x_t.shape)}")
-        if state.shape != (x_t.shape[0], self.H, self.d_state // 2) or state.dtype != torch.complex64:
-            raise ValueError(f"S4D.step: state must be complex64 of shape (B, d_model, d_state/2) = "
+        if state.shape != (x_t.shape[0], self.H, self.d_state // 2) or state.dtype != self.state_dtype:
+            raise ValueError(f"S4D.step: state must be {self.state_dtype} of shape (B, d_model, d_state/2) = "
                              f"({x_t.shape[0]}, {self.H}, {self.d_state // 2}), got {state.dtype} "
                              f"{tuple(state.shape)}")
         with torch.autocast(device_type=x_t.device.type, enabled=False):
             log_dA, dB, C = self.modal_recurrence()
-            u = x_t.float()
+            u = x_t.to(self.math_dtype)
             state = torch.exp(log_dA) * state + dB * u.unsqueeze(-1)
-            y = (C * state).sum(-1).real + self.D.float() * u
+            y = (C * state).sum(-1).real + self.D.to(self.math_dtype) * u
         return self.output_step(y.to(x_t.dtype)), state
 
     def modal_recurrence(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log dA, dB, 2 C), each (H, N/2) complex64: h = dA h + dB u, y = Re(sum_n 2 C_n h_n) + D u (the
+        """(log dA, dB, 2 C), each (H, N/2) of state_dtype: h = dA h + dB u, y = Re(sum_n 2 C_n h_n) + D u (the
         conjugate modes' half of the sum is the factor 2)."""
         self._check_causal()
         log_dA, dB = self.discretize()
-        return log_dA, dB, 2 * torch.view_as_complex(self.C.float())
+        return log_dA, dB, 2 * torch.view_as_complex(self.C.to(self.math_dtype))
 
 
 

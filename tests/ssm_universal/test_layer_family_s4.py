@@ -101,14 +101,16 @@ def test_dropout_is_tied_over_the_sequence(cls):
 @pytest.mark.parametrize("cls, kwargs", [(S4D, dict()), (DSS, dict(version="softmax", lambda_init="randn", l_max=9))],
                          ids=param_id)
 def test_step_gradients_equal_forward_gradients(cls, kwargs):
+    # in fp64: the softmax kernel is normalised over its length, so its log_dt gradient is a small difference
+    # of large terms, and in fp32 both paths are ~1.5e-5 (relative) from the fp64 value, each on its own side
     torch.manual_seed(0)
-    layer = perturbed(cls(4, d_state=6, **kwargs))
-    x = torch.randn(2, 9, 4)
-    cotangent = torch.randn(2, 9, 4)
+    layer = perturbed(cls(4, d_state=6, **kwargs)).double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    cotangent = torch.randn(2, 9, 4, dtype=torch.float64)
     (layer(x) * cotangent).sum().backward()
     grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
     for name, grad in gradients_through_steps(layer, x, cotangent).items():
-        assert_close(grad, grads[name], FP32, f"gradient of {name} through the steps")
+        assert_close(grad, grads[name], torch.float64, f"gradient of {name} through the steps")
 
 
 S4ND_DT = dict(dt_min=0.05, dt_max=0.5)
