@@ -95,13 +95,13 @@ MEASURED = {
         ],
         'vandermonde_kernel': [
             dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=None,
-                 source='NVIDIA H200 H256 N32 L4096 complex64: fwd+bwd triton 0.432 ms, torch 1.415, fwd triton 0.019 ms, torch 0.246; NVIDIA H200 H768 N32 L16384 complex64: fwd+bwd triton 0.478 ms, torch 1.433, fwd triton 0.057 ms, torch 0.339',
-                 results=['h200_vandermonde_kernel_backends.json'], commit=['71727f5']),
+                 source='NVIDIA H200 H256 N32 L4096 complex64: fwd+bwd triton 0.586 ms, torch 2.023, fwd triton 0.059 ms, torch 0.605; NVIDIA H200 H768 N32 L16384 complex64: fwd+bwd triton 0.557 ms, torch 2.001, fwd triton 0.056 ms, torch 0.533',
+                 results=['h200_vandermonde_kernel_backends.json'], commit=['c63fb2e']),
         ],
         'cauchy_kernel': [
             dict(order=('triton', 'torch'), dtype='complex64', max_size=None, grad=None,
-                 source='NVIDIA H200 H256 N32 L1025 complex64: fwd+bwd triton 0.726 ms, torch 3.234, fwd triton 0.022 ms, torch 0.543; NVIDIA H200 H768 N32 L8193 complex64: fwd+bwd triton 1.505 ms, torch 45.977, fwd triton 0.348 ms, torch 19.389',
-                 results=['h200_cauchy_kernel_backends.json'], commit=['eef2a9e']),
+                 source='NVIDIA H200 H256 N32 L1025 complex64: fwd+bwd triton 0.457 ms, torch 2.483, fwd triton 0.054 ms, torch 0.797; NVIDIA H200 H768 N32 L8193 complex64: fwd+bwd triton 1.477 ms, torch 33.880, fwd triton 0.347 ms, torch 14.792',
+                 results=['h200_cauchy_kernel_backends.json'], commit=['c63fb2e']),
         ],
     },
 }
