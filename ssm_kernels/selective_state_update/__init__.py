@@ -13,8 +13,6 @@ _dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_sta
 _dispatch.register("selective_state_update", "triton", "ssm_kernels.selective_state_update.triton",
                    "selective_state_update_triton", supports=_dispatch.triton_supports)
 
-PARAM_DTYPES = (torch.float32, torch.float64)
-
 
 def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
                            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
@@ -34,7 +32,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     Args:
         state: fp32 / fp16 / bf16 (fp64) state cache; Bc == B without state_batch_indices.
         x, dt, z: the step's inputs, fp32 / fp16 / bf16 (fp64).
-        A, D, dt_bias: fp32 (fp64) parameters.
+        A, D, dt_bias: parameters in any float dtype, read in the math's precision (fp32; fp64 for fp64 x): a
+            bf16 model passes its D and dt_bias as they are, without a cast kernel per layer and token.
         state_batch_indices: (B,) int32 / int64 cache row of each batch entry (distinct, in [0, Bc)).
         backend: None (automatic), "torch" or "triton".
     Returns:
@@ -69,7 +68,7 @@ def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_soft
     check.tensor("state", state, ("Bc",) + channels + ("N",), dtypes=REAL_DTYPES)
     check.tensor("x", x, ("B",) + channels, dtypes=REAL_DTYPES)
     check.tensor("dt", dt, ("B",) + channels, dtypes=REAL_DTYPES)
-    check.tensor("A", A, channels + ("N",), dtypes=PARAM_DTYPES)
+    check.tensor("A", A, channels + ("N",), dtypes=REAL_DTYPES)
     for name, X in (("B", B), ("C", C)):
         if not heads_form and isinstance(X, torch.Tensor) and X.dim() == 2:
             check.tensor(name, X, ("B", "N"), dtypes=REAL_DTYPES)
@@ -78,9 +77,9 @@ def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_soft
             if X.shape[1] < 1 or check.dims[channels[0]] % X.shape[1]:
                 check.fail(f"{name} has {X.shape[1]} groups, which must divide "
                            f"{channels[0]} = {check.dims[channels[0]]}")
-    check.tensor("D", D, channels, dtypes=PARAM_DTYPES, optional=True)
+    check.tensor("D", D, channels, dtypes=REAL_DTYPES, optional=True)
     check.tensor("z", z, ("B",) + channels, dtypes=REAL_DTYPES, optional=True)
-    check.tensor("dt_bias", dt_bias, channels, dtypes=PARAM_DTYPES, optional=True)
+    check.tensor("dt_bias", dt_bias, channels, dtypes=REAL_DTYPES, optional=True)
     check.tensor("state_batch_indices", state_batch_indices, ("B",), dtypes=INDEX_DTYPES, optional=True)
     if state_batch_indices is None and state.shape[0] != x.shape[0]:
         check.fail(f"state must have shape (B, ...) with B = {x.shape[0]} rows without state_batch_indices, "

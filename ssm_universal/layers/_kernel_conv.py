@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from ssm_kernels import fftconv
 
 from ._modal_state import modal_prefill
+from ._step_constants import StepConstants
 
 
 class KernelConvLayer(nn.Module):
@@ -98,9 +99,24 @@ class KernelConvLayer(nn.Module):
         return F.glu(F.linear(y, conv.weight.squeeze(-1), conv.bias), dim=-1)
 
 
-class ModalKernelConvLayer(KernelConvLayer):
+class ModalKernelConvLayer(StepConstants, KernelConvLayer):
     """A KernelConvLayer whose step runs a diagonal recurrence (S4D, DSS): subclasses define modal_recurrence()
     -> (log dA, dB, C): h = dA h + dB u, y = Re(sum_n C_n h_n) + D u, which gives the prefill in closed form."""
+
+    def step_constants(self):
+        """(dA, dB, C, D) of the recurrence, from the parameters alone (ssm_universal.layers._step_constants)."""
+        log_dA, dB, C = self.modal_recurrence()
+        return torch.exp(log_dA), dB, C, self.D.to(self.math_dtype)
+
+    def _modal_step(self, x_t: torch.Tensor, state: torch.Tensor):
+        """The recurrence for one token x_t (B, H) from state (B, H, N) -> (the layer's output (B, H) in x_t's
+        dtype, the new state); the callers check their arguments."""
+        with torch.autocast(device_type=x_t.device.type, enabled=False):
+            dA, dB, C, D = self.constants_for_step()
+            u = x_t.to(self.math_dtype)
+            state = dA * state + dB * u.unsqueeze(-1)
+            y = (C * state).sum(-1).real + D * u
+        return self.output_step(y.to(x_t.dtype)), state
 
     def prefill(self, x: torch.Tensor, state: torch.Tensor):
         """x (B, L, d_model) (or (B, d_model, L) if transposed) and the state before it (from default_state or

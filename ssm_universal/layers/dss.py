@@ -191,12 +191,7 @@ class DSS(ModalKernelConvLayer):
         if state.shape != (x_t.shape[0], self.H, self.N) or state.dtype != self.state_dtype:
             raise ValueError(f"DSS.step: state must be {self.state_dtype} of shape (B, d_model, d_state) = "
                              f"({x_t.shape[0]}, {self.H}, {self.N}), got {state.dtype} {tuple(state.shape)}")
-        with torch.autocast(device_type=x_t.device.type, enabled=False):
-            P, _, C = self.modal_recurrence()
-            u = x_t.to(self.math_dtype)
-            state = torch.exp(P) * state + u.unsqueeze(-1)
-            y = (C * state).sum(-1).real + self.D.to(self.math_dtype) * u
-        return self.output_step(y.to(x_t.dtype)), state
+        return self._modal_step(x_t, state)
 
     def modal_recurrence(self) -> Tuple[torch.Tensor, float, torch.Tensor]:
         """(P, dB = 1, C = W coef), (H, N) of state_dtype: h = exp(P) h + u, y = Re(sum_n C_n h_n) + D u."""

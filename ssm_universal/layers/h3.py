@@ -184,11 +184,10 @@ class H3(nn.Module):
             window = torch.cat([state[0].reshape(batch, self.d_model, -1), k.unsqueeze(-1)], -1)  # oldest first
             k = (window * self.shift_kernel.float().flip(-1)).sum(-1) + self.shift_D.float() * k
             kv = k.reshape(batch, H, P, 1) * v.reshape(batch, H, 1, P)  # (B, H, d1, d2)
-            log_dA, dB = self.diag_ssm.discretize()  # (H, N/2)
+            dA, dB, C, D = self.diag_ssm.constants_for_step()  # (H, N/2) each (C: 2 C), D (H,)
             expand = lambda t: t.reshape(H, 1, 1, N2)  # noqa: E731
-            diag_state = torch.exp(expand(log_dA)) * state[1].reshape(batch, H, P, P, N2) + expand(dB) * kv[..., None]
-            C = torch.view_as_complex(self.diag_ssm.C.float())
-            y = 2 * (expand(C) * diag_state).sum(-1).real + self.diag_ssm.D.float()[:, None, None] * kv
+            diag_state = expand(dA) * state[1].reshape(batch, H, P, P, N2) + expand(dB) * kv[..., None]
+            y = (expand(C) * diag_state).sum(-1).real + D[:, None, None] * kv
             y = (y * q.reshape(batch, H, P, 1)).sum(2)  # (B, H, d2)
             y = y.transpose(1, 2).reshape(batch, self.d_model)
         new_state = (window[..., 1:].reshape(state[0].shape), diag_state.reshape(state[1].shape))

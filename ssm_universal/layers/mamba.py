@@ -22,11 +22,12 @@ from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
+from ._step_constants import MambaStepConstants
 
 State = Tuple[torch.Tensor, torch.Tensor]
 
 
-class Mamba(InferenceCacheMixin, nn.Module):
+class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """Mamba-1 block: (B, L, d_model) -> (B, L, d_model).
 
     in_proj -> x, z (d_inner = expand * d_model each); x = silu(causal depthwise conv(x));
@@ -143,9 +144,10 @@ class Mamba(InferenceCacheMixin, nn.Module):
                                  self.conv1d.bias, activation=self.activation)
         dt, B, C = self._dt_b_c(x)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, d_inner); bias added in the update
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(ssm_state, x, dt, A, B, C, D=self.D.float(), z=z,
-                                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        (A,) = self.constants_for_step()
+        # D and dt_bias as they are: the update reads them in fp32 (a cast would be a kernel per layer and token)
+        y = selective_state_update(ssm_state, x, dt, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias,
+                                   dt_softplus=True)
         return self.out_proj(y), state
 
     def _dt_b_c(self, x: torch.Tensor):

@@ -26,6 +26,7 @@ from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
 from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
+from ._step_constants import MambaStepConstants
 
 State = Tuple[torch.Tensor, torch.Tensor]
 NO_DT_LIMIT = (0.0, float("inf"))
@@ -35,7 +36,7 @@ def ssd_step(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Te
              C: torch.Tensor, D: torch.Tensor, dt_bias: torch.Tensor, dt_limit, z: Optional[torch.Tensor] = None
              ) -> torch.Tensor:
     """One SSD decoding step, state (B, H, P, N) fp32 updated in place: x (B, H, P), dt (B, H) before its bias
-    and softplus, A (H,), B, C (B, G, N), D (H,) or (H, P), dt_bias (H,) fp32, z (B, H, P) or None
+    and softplus, A (H,), B, C (B, G, N), D (H,) or (H, P), dt_bias (H,) (any float dtype), z (B, H, P) or None
     -> y (B, H, P). dt is clamped to dt_limit as in the full-sequence scan."""
     H, P, N = x.shape[1], x.shape[2], state.shape[-1]
     if tuple(dt_limit) == NO_DT_LIMIT:
@@ -69,7 +70,7 @@ class RMSNormGated(nn.Module):
                              norm_before_gate=self.norm_before_gate)
 
 
-class Mamba2(InferenceCacheMixin, nn.Module):
+class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """Mamba-2 block: u (B, L, d_model) -> (B, L, d_model); or (B * L, d_model) with `seqlen=L`.
 
     in_proj -> z0, x0 (d_mlp = d_inner - d_ssm each, a gated MLP), z (d_ssm), xBC (d_ssm + 2 ngroups d_state),
@@ -291,9 +292,9 @@ class Mamba2(InferenceCacheMixin, nn.Module):
                                    self.conv1d.bias, activation=self.activation)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         H, P, N = self.nheads, self.headdim, self.d_state
-        y = ssd_step(ssm_state, x.reshape(-1, H, P), dt, -torch.exp(self.A_log.float()),
-                     B.reshape(-1, self.ngroups, N), C.reshape(-1, self.ngroups, N), self._D().float(),
-                     self.dt_bias.float(), self.dt_limit,
+        (A,) = self.constants_for_step()
+        y = ssd_step(ssm_state, x.reshape(-1, H, P), dt, A, B.reshape(-1, self.ngroups, N),
+                     C.reshape(-1, self.ngroups, N), self._D(), self.dt_bias, self.dt_limit,
                      z=None if self.rmsnorm else z.reshape(-1, H, P).to(x.dtype))
         return self._output(y.reshape(-1, self.d_ssm), z, z0, x0), state
 

@@ -25,6 +25,7 @@ from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
 from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
+from ._step_constants import MambaStepConstants
 from .mamba2 import NO_DT_LIMIT, Mamba2, RMSNormGated
 
 State = Tuple[torch.Tensor, torch.Tensor]
@@ -47,7 +48,7 @@ def _check_arguments(check: ArgCheck, d_model, d_state, d_conv, conv_init, expan
     dt_limit_of(check, dt_limit)
 
 
-class Mamba2Sequential(InferenceCacheMixin, nn.Module):
+class Mamba2Sequential(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """Sequential Mamba-2 block: u (B, L, d_model) -> (B, L, d_model).
 
     in_proj -> x, z (d_inner = expand * d_model each); x = silu(causal depthwise conv(x)) (the SSM input X);
@@ -180,14 +181,14 @@ class Mamba2Sequential(InferenceCacheMixin, nn.Module):
                                  self.conv1d.bias, activation=self.activation)
         dt, B, C = self._ssm_params(x)
         H, P, N = self.nheads, self.headdim, self.d_state
-        A = (-torch.exp(self.A_log.float()))[:, None, None].expand(H, P, N)
-        dt_bias = self.dt_bias.float()
+        A = self.constants_for_step()[0][:, None, None].expand(H, P, N)
+        dt_bias = self.dt_bias  # D and dt_bias as they are: the update reads them in fp32
         if self.dt_limit == NO_DT_LIMIT:
             dt_bias, dt_softplus = dt_bias[:, None].expand(H, P), True
         else:  # the update has no clamp: apply softplus and dt_limit here, as the forward does
             dt = F.softplus(dt.float() + dt_bias).clamp(*self.dt_limit).to(x.dtype)
             dt_bias, dt_softplus = None, False
-        D = self._D().float()
+        D = self._D()
         D = D if self.D_has_hdim else D[:, None].expand(H, P)
         y = selective_state_update(
             ssm_state, x.reshape(-1, H, P), dt.to(x.dtype)[:, :, None].expand(-1, H, P), A,

@@ -201,12 +201,7 @@ class S4D(ModalKernelConvLayer):
             raise ValueError(f"S4D.step: state must be {self.state_dtype} of shape (B, d_model, d_state/2) = "
                              f"({x_t.shape[0]}, {self.H}, {self.d_state // 2}), got {state.dtype} "
                              f"{tuple(state.shape)}")
-        with torch.autocast(device_type=x_t.device.type, enabled=False):
-            log_dA, dB, C = self.modal_recurrence()
-            u = x_t.to(self.math_dtype)
-            state = torch.exp(log_dA) * state + dB * u.unsqueeze(-1)
-            y = (C * state).sum(-1).real + self.D.to(self.math_dtype) * u
-        return self.output_step(y.to(x_t.dtype)), state
+        return self._modal_step(x_t, state)
 
     def modal_recurrence(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log dA, dB, 2 C), each (H, N/2) of state_dtype: h = dA h + dB u, y = Re(sum_n 2 C_n h_n) + D u (the

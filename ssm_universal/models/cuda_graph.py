@@ -10,14 +10,18 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_flatten
 
+from ..layers._step_constants import FrozenStepConstants
+
 
 class GraphedStep:
     """model.step(token_ids (B,), state) -> logits (B, V), replayed from a CUDA graph.
 
     The token and the recurrent state live in static buffers. One replay runs the step and copies the new
     state back into the state buffers, both inside the graph, so the next replay continues from it.
-    Parameters are read in place: optimizer steps between generations are seen; re-create the object after
-    replacing parameter tensors (e.g. load_state_dict with assign=True) or moving the model.
+    Parameters are read in place, and what the layers' steps derive from parameters alone (their step
+    constants, ssm_universal.layers._step_constants) is recomputed by reset() and load_state(), which start
+    every generation: optimizer steps between generations are seen. Re-create the object after replacing
+    parameter tensors (e.g. load_state_dict with assign=True) or moving the model.
     """
 
     def __init__(self, model, batch_size: int, device, warmup: int = 2):
@@ -32,14 +36,15 @@ class GraphedStep:
         self._tensor_at = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
         self._leaves = [leaves[i] for i in self._tensor_at]  # other leaves (None, sizes) stay as they are
         self._initial = [t.clone() for t in self._leaves]
+        self.constants = FrozenStepConstants(model)  # the graph reads these tensors; refreshed in place
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # first calls (kernel compiles, lazy inits) off the graph
+        with torch.cuda.stream(side), self.constants:  # first calls (kernel compiles, lazy inits) off the graph
             for _ in range(warmup):
                 model.step(self.token, self.state)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph), self.constants:
             self.logits, new_state = model.step(self.token, self.state)
             new_all, new_spec = tree_flatten(new_state)
             new_leaves = [new_all[i] for i in self._tensor_at] if new_spec == spec else []
@@ -54,7 +59,8 @@ class GraphedStep:
         self.reset()
 
     def reset(self) -> None:
-        """Back to the model's default (initial) state."""
+        """Back to the model's default (initial) state, with step constants from the current parameters."""
+        self.constants.refresh()
         for leaf, init in zip(self._leaves, self._initial):
             leaf.copy_(init)
 
@@ -66,6 +72,7 @@ class GraphedStep:
         if len(tensors) != len(self._leaves) or any(not isinstance(t, torch.Tensor) or t.shape != b.shape
                                                     for t, b in zip(tensors, self._leaves)):
             raise ValueError("GraphedStep.load_state: the state differs in structure or shapes from default_state")
+        self.constants.refresh()
         for buffer, tensor in zip(self._leaves, tensors):
             if tensor is not buffer:
                 buffer.copy_(tensor)

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from ssm_kernels.validation import ArgCheck
 
+from ..layers._step_constants import FrozenStepConstants
 from .cuda_graph import GraphedStep
 from .factory import create_model
 from .state_rows import select_rows, write_rows
@@ -210,19 +211,20 @@ class SSMLanguageModel(nn.Module):
         self.eval()
         try:
             tokens = [input_ids[:, t] for t in range(input_ids.shape[1])]
-            logits, state = self._run_prompts(input_ids, attention_mask, prefill)
-            step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(state)
-            if cuda_graph:
-                step.load_state(state)
-            finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            while len(tokens) < max_length:
-                nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
-                if eos_token_id is not None:
-                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                    finished |= nxt == eos_token_id
-                tokens.append(nxt.to(input_ids.dtype))
-                if len(tokens) < max_length:
-                    logits = step(tokens[-1])
+            with FrozenStepConstants(self):  # the eager steps' parameter-derived tensors, once per call
+                logits, state = self._run_prompts(input_ids, attention_mask, prefill)
+                step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(state)
+                if cuda_graph:
+                    step.load_state(state)
+                finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                while len(tokens) < max_length:
+                    nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
+                    if eos_token_id is not None:
+                        nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                        finished |= nxt == eos_token_id
+                    tokens.append(nxt.to(input_ids.dtype))
+                    if len(tokens) < max_length:
+                        logits = step(tokens[-1])
         finally:
             self.train(was_training)
         return torch.stack(tokens, dim=1)

@@ -93,6 +93,24 @@ def test_matches_reference(backend, dtype, state_dtype):
     assert_close(state, ref_state, state_dtype, "state")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("param_dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_parameters_are_read_in_fp32(backend, param_dtype):
+    """A, D, dt_bias of a bf16 / fp16 model: the same step, bit for bit, as with their fp32 copies."""
+    device = backend_device(backend)
+    state = torch.randn(3, 4, 2, 6, device=device)
+    args = dict(x=torch.randn(3, 4, 2, device=device).bfloat16(), dt=torch.randn(3, 4, 2, device=device).bfloat16(),
+                B=torch.randn(3, 2, 6, device=device).bfloat16(), C=torch.randn(3, 2, 6, device=device).bfloat16(),
+                z=torch.randn(3, 4, 2, device=device).bfloat16(), dt_softplus=True)
+    params = dict(A=-torch.rand(4, 2, 6, device=device), D=torch.randn(4, 2, device=device),
+                  dt_bias=torch.randn(4, 2, device=device))
+    params = {name: p.to(param_dtype) for name, p in params.items()}
+    ref_state = state.clone()
+    out = selective_state_update(state, **args, **params, backend=backend)
+    expected = selective_state_update(ref_state, **args, **{n: p.float() for n, p in params.items()}, backend=backend)
+    assert torch.equal(out, expected) and torch.equal(state, ref_state)
+
+
 def test_compile_fullgraph():
     state = torch.randn(2, 8, 4)
     args = (torch.randn(2, 8), torch.randn(2, 8), -torch.rand(8, 4), torch.randn(2, 4), torch.randn(2, 4))
@@ -177,7 +195,7 @@ def _base():
     (dict(B=torch.randn(2, 3, 4)), ValueError, "B has 3 groups, which must divide D = 8"),
     (dict(C=torch.randn(3, 4)), ValueError, r"C must have shape \(B, N\) = \(2, 4\)"),
     (dict(D=torch.randn(8, 1)), ValueError, r"D must have shape \(D,\)"),
-    (dict(dt_bias=torch.randn(8, dtype=torch.bfloat16)), TypeError, "dt_bias must have dtype"),
+    (dict(dt_bias=torch.arange(8)), TypeError, "dt_bias must have dtype"),
     (dict(state=torch.randn(3, 8, 4)), ValueError, "without state_batch_indices"),
     (dict(state_batch_indices=torch.tensor([0.0, 1.0])), TypeError, "state_batch_indices must have dtype"),
     (dict(A=torch.randn(4, 2, 4), state=torch.randn(2, 4, 2, 4)), ValueError, r"x must have shape \(B, H, P\)"),
@@ -197,7 +215,7 @@ def test_validation_runs_again_after_a_valid_call():
     selective_state_update(**_base())
     selective_state_update(**_base())
     for kwargs, error, match in [(dict(x=torch.randn(2, 7)), ValueError, "x must have shape"),
-                                 (dict(D=torch.randn(8, dtype=torch.bfloat16)), TypeError, "D must have dtype"),
+                                 (dict(D=torch.arange(8)), TypeError, "D must have dtype"),
                                  (dict(z=[0.0] * 8), TypeError, "z must be a torch.Tensor")]:
         args = _base()
         args.update(kwargs)

@@ -9,6 +9,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from ssm_kernels.testing import assert_close
 from ssm_universal.models import (ARCHITECTURES, SSMLanguageModel, create_model, load_safetensors,
                                   load_state_dict, save_safetensors, save_state_dict)
+from ssm_universal.layers._step_constants import FrozenStepConstants
+from ssm_universal.models.cuda_graph import GraphedStep
 from ssm_universal.models.language_model import sample
 from ssm_universal.models.serialization import read_safetensors_metadata
 from tests.ssm_universal.layer_checks import check_shapes_and_grads
@@ -284,6 +286,63 @@ def test_cuda_graph_generate_equals_eager(architecture, block_type, extra):
     mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]], device="cuda")
     assert torch.equal(lm.generate(ids, max_length=12, top_k=1, cuda_graph=True, attention_mask=mask),
                        lm.generate(ids, max_length=12, top_k=1, attention_mask=mask))
+
+
+STEP_CONSTANT_CONFIGS = [("mamba", None), ("mamba2", "parallel"), ("mamba2", "sequential"), ("s4d", None),
+                         ("dss", None), ("h3", None)]
+STEP_CONSTANT_IDS = _ids([config + ({},) for config in STEP_CONSTANT_CONFIGS])
+
+
+def _perturb(model, scale=0.1):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("architecture,block_type", STEP_CONSTANT_CONFIGS, ids=STEP_CONSTANT_IDS)
+def test_frozen_step_constants_are_computed_once_and_refreshed_in_place(architecture, block_type):
+    lm = _lm(architecture, block_type=block_type).eval()
+    tokens = torch.randint(0, 37, (2,))
+
+    def step():  # two tokens: the first starts from a zero state, where A plays no part
+        state = lm.default_state(2)
+        return lm.step(tokens, lm.step(tokens, state)[1])[0]
+    expected = step()
+    frozen = FrozenStepConstants(lm)
+    assert frozen.layers, "the architecture's layers have step constants"
+    with torch.no_grad(), frozen:
+        assert torch.equal(step(), expected)
+    tensors = [t for values in frozen.values for t in values if isinstance(t, torch.Tensor)]
+    storage = [t.data_ptr() for t in tensors]
+    _perturb(lm)
+    current = step()
+    with torch.no_grad(), frozen:
+        stale = step()  # the constants of the old parameters, the other parameters' new values
+    assert not torch.allclose(stale, current)
+    frozen.refresh()
+    with torch.no_grad(), frozen:
+        assert torch.equal(step(), current)
+    assert [t.data_ptr() for t in tensors] == storage  # in place: a CUDA graph captured on them sees the update
+    assert all(layer._frozen_step_constants is None for layer in frozen.layers)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("architecture,block_type", STEP_CONSTANT_CONFIGS, ids=STEP_CONSTANT_IDS)
+def test_cuda_graph_sees_parameter_updates_after_reset(architecture, block_type):
+    lm = _lm(architecture, block_type=block_type).cuda().eval()
+    tokens = torch.randint(0, 37, (2,), device="cuda")
+    graphed = GraphedStep(lm, 2, "cuda")
+    graphed(tokens)
+    before = graphed(tokens).clone()  # the second token: A acts on a non-zero state
+    _perturb(lm)
+    graphed.reset()
+    with torch.no_grad():
+        state = lm.default_state(2, device="cuda")
+        expected = lm.step(tokens, lm.step(tokens, state)[1])[0]
+    graphed(tokens)
+    after = graphed(tokens)
+    assert_close(after, expected, torch.float32, "logits replayed after the update")
+    assert not torch.allclose(after, before)
 
 
 # --- save / load ------------------------------------------------------------------------------------------
