@@ -5,6 +5,8 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
   profile     per-kernel GPU time of the benchmark cases, ours beside the peers (benchmarks/profile.py)
   decode      where the time of one decoding step goes, kernel and whole model (benchmarks/decode.py)
   generate    a language model's prefill and per-token decoding, beside mamba_ssm (benchmarks/generation.py)
+  step-kernels  the CUDA kernels of one decoding step of those models, beside mamba_ssm's
+              (benchmarks/step_kernels.py)
   transformers  transformers' Mamba / Mamba2 / FalconMamba models with and without patch()
               (benchmarks/transformers_patch.py)
 """
@@ -51,7 +53,8 @@ def available_ops() -> list:
 
 
 SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
-               "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch"}
+               "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch",
+               "step-kernels": "benchmarks.step_kernels"}
 
 
 def main(argv=None) -> int:

@@ -47,21 +47,26 @@ def _timings(generate: Callable[[int], object], prompt: int, new: int, batch: in
             "tokens_per_s": batch * new / total}
 
 
-def ours(architecture: str, options: dict, layers: int, d_model: int, dtype: torch.dtype, device: torch.device):
+def our_model(architecture: str, options: dict, layers: int, d_model: int, dtype: torch.dtype,
+              device: torch.device):
+    """SSMLanguageModel of the benchmark's size, random weights (seed 0), in eval mode."""
     from ssm_universal.models import SSMLanguageModel
     torch.manual_seed(0)
     model = SSMLanguageModel(VOCAB, architecture, d_model=d_model, n_layer=layers, pad_vocab_size_multiple=8,
                              **options)
-    model = model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def ours(architecture: str, options: dict, layers: int, d_model: int, dtype: torch.dtype, device: torch.device):
+    model = our_model(architecture, options, layers, d_model, dtype, device)
 
     def generate(ids: torch.Tensor, max_length: int):
         return model.generate(ids, max_length=max_length, top_k=1, cuda_graph=device.type == "cuda")
     return generate
 
 
-def mamba_ssm_model(layer: str, options: dict, layers: int, d_model: int, dtype: torch.dtype,
-                    device: torch.device):
-    """mamba_ssm's MambaLMHeadModel of the same size, or None where it does not import (say why)."""
+def peer_model(layer: str, options: dict, layers: int, d_model: int, dtype: torch.dtype, device: torch.device):
+    """mamba_ssm's MambaLMHeadModel of the same size (eval mode), or None where it does not import."""
     model_class = peers.load("mamba_ssm.models.mixer_seq_simple", "MambaLMHeadModel")
     config_class = peers.load("mamba_ssm.models.config_mamba", "MambaConfig")
     if model_class is None or config_class is None:
@@ -72,7 +77,15 @@ def mamba_ssm_model(layer: str, options: dict, layers: int, d_model: int, dtype:
     torch.manual_seed(0)
     config = config_class(d_model=d_model, n_layer=layers, d_intermediate=0, vocab_size=VOCAB, ssm_cfg=ssm_cfg,
                           rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
-    model = model_class(config, device=device, dtype=dtype).eval()
+    return model_class(config, device=device, dtype=dtype).eval()
+
+
+def mamba_ssm_model(layer: str, options: dict, layers: int, d_model: int, dtype: torch.dtype,
+                    device: torch.device):
+    """peer_model's generate (cg=True on a GPU), or None where mamba_ssm does not import."""
+    model = peer_model(layer, options, layers, d_model, dtype, device)
+    if model is None:
+        return None
 
     def generate(ids: torch.Tensor, max_length: int):
         return model.generate(input_ids=ids, max_length=max_length, cg=device.type == "cuda", top_k=1)

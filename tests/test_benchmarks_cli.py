@@ -35,7 +35,7 @@ def test_sweep_times_each_setting_and_restores(triton_device, capsys):
     assert "best fwd" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers"])
+@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers", "step-kernels"])
 def test_subcommands_parse(subcommand):
     with pytest.raises(SystemExit) as exit_:
         main([subcommand, "--help"])
