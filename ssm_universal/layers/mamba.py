@@ -111,7 +111,8 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             conv_state, ssm_state = state
             conv_init = conv_state[..., conv_state.shape[-1] - (self.d_conv - 1):].to(x.dtype)
             with torch.no_grad():
-                new_conv = torch.cat([conv_state.to(x.dtype), x], dim=-1)[..., -conv_state.shape[-1]:]
+                width = conv_state.shape[-1]  # the last `width` inputs: only x's tail is copied
+                new_conv = torch.cat([conv_state.to(x.dtype), x[..., -width:]], dim=-1)[..., -width:]
         x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init,
                           cp_group=self.cp_group)
 

@@ -179,9 +179,10 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         batch, dim, length = xBC.shape
         if prev is None:
             prev = xBC.new_zeros(batch, dim, self.d_conv)
-        tail = torch.cat([prev.to(xBC.dtype), xBC], dim=-1)[..., -self.d_conv:]
+        tail = torch.cat([prev.to(xBC.dtype), xBC[..., -self.d_conv:]], dim=-1)[..., -self.d_conv:]
         if seq_idx is not None:
-            ids = torch.cat([seq_idx[:, :1].expand(batch, self.d_conv), seq_idx], dim=-1)[:, -self.d_conv:]
+            ids = torch.cat([seq_idx[:, :1].expand(batch, self.d_conv), seq_idx[:, -self.d_conv:]],
+                            dim=-1)[:, -self.d_conv:]
             tail = tail * (ids == ids[:, -1:]).unsqueeze(1).to(tail.dtype)
         return tail
 
