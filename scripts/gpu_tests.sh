@@ -9,6 +9,8 @@
 # printed are a summary to paste into a note: GPU, torch, Triton, commit, pass/fail counts and the failing tests.
 #   usage: [WORKERS=14] [TEST_TIMEOUT=480] [PER_TEST_TIMEOUT=240] bash scripts/gpu_tests.sh [pytest args...]
 #   (no args: tests -m "not parity"; `-m parity`: the native parity sweep of every GPU backend, its own run)
+# The per-test timeout uses pytest-timeout's thread method: a test hung in native code (an Inductor compile once
+# hung past TEST_TIMEOUT) is stopped and reported with every thread's stack, which the signal method cannot do.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD SSM_KERNELS_CACHE=${SSM_KERNELS_CACHE:-/tmp/ssm_cache}
@@ -48,7 +50,8 @@ export SSM_TEST_LOG="$OUT/tests.log"  # tests/conftest.py: one line per test as 
 schedule=(--dist load --maxschedchunk 1 --slowest-first)  # (--maxschedchunk: pytest-xdist 3.4 and later)
 python3 -m pytest --help 2>/dev/null | grep -q maxschedchunk || schedule=(--dist worksteal)
 timeout "${TEST_TIMEOUT:-480}" python3 -m pytest -q -n "${WORKERS:-14}" "${schedule[@]}" \
-  -p no:cacheprovider -p no:benchmark --timeout="${PER_TEST_TIMEOUT:-240}" -rfE "${args[@]}" > "$OUT/pytest.log" 2>&1
+  -p no:cacheprovider -p no:benchmark --timeout="${PER_TEST_TIMEOUT:-240}" --timeout-method=thread -rfE "${args[@]}" \
+  > "$OUT/pytest.log" 2>&1
 rc=$?
 wait $builds
 cp tests/native_durations.tsv "$OUT/native_durations.tsv"
