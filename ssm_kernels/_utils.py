@@ -205,8 +205,8 @@ def segments_for(blocks: int, units: int, programs: int) -> Tuple[int, int]:
     """Cut each of `units` rows of `blocks` blocks into segments of whole blocks, until about `programs` programs
     exist (a kernel that reduces along the row then writes one partial sum per segment): (blocks per segment,
     segments)."""
-    per_segment = -(-blocks // max(1, min(blocks, programs // max(1, units))))
-    return per_segment, -(-blocks // per_segment)
+    per_segment = cdiv(blocks, max(1, min(blocks, programs // max(1, units))))
+    return per_segment, cdiv(blocks, per_segment)
 
 
 def sum_segments(partials: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._utils import cdiv
+
 # Varlen states gather one chunk of x per sequence; sequences are processed in blocks of about this
 # many elements of gathered x so that many short sequences do not allocate (S, T, H, P) at once.
 _VARLEN_BLOCK_ELEMENTS = 1 << 22
@@ -103,7 +105,7 @@ def _segment_masks(seg: Optional[Tensor], bz: int, nc: int, T: int, device) -> T
 def _prepare(x, dt, A, B, C, seg, T) -> _Chunked:
     bz, length, h, _ = x.shape
     groups = B.shape[2]
-    nc = -(-length // T)
+    nc = cdiv(length, T)
     padded = nc * T
     xc = _heads(_pad_length(x, padded), groups, T)
     dtc = _heads(_pad_length(dt, padded), groups, T)

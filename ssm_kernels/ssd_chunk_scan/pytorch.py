@@ -9,13 +9,9 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import compute_dtype, contiguous_outputs
+from .._utils import cdiv, compute_dtype, contiguous_outputs
 from . import _chunked
 from ._common import effective_dt, segment_ids, skip_and_gate
-
-
-def _num_chunks(length: int, chunk_size: int) -> int:
-    return -(-length // chunk_size)
 
 
 def _scan_forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, initial_states: Optional[Tensor],
@@ -29,7 +25,7 @@ def _scan_forward_fake(x, dt, A, B, C, initial_states, seg, cu_seqlens, chunk_si
     bz, length, h, p = x.shape
     n = B.shape[-1]
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    return (x.new_empty(bz, length, h, p), x.new_empty(bz, _num_chunks(length, chunk_size) + 1, h, p, n),
+    return (x.new_empty(bz, length, h, p), x.new_empty(bz, cdiv(length, chunk_size) + 1, h, p, n),
             x.new_empty(sequences, h, p, n))
 
 

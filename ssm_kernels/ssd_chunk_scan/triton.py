@@ -297,7 +297,7 @@ def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional
 def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo,
                   dt_hi, store_pre):
     batch, length, heads, headdim = x.shape
-    nc = -(-length // chunk_size)
+    nc = cdiv(length, chunk_size)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     return (x.new_empty(x.shape), x.new_empty(x.shape) if store_pre else x.new_empty(0),
             x.new_empty((batch, nc + 1, heads, headdim, B.shape[-1]), dtype=torch.float32),

@@ -17,7 +17,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._utils import compute_dtype
+from .._utils import cdiv, compute_dtype
 from ._common import define_vandermonde_op
 
 
@@ -36,7 +36,7 @@ def _exp_scaled(log_z: Tensor, positions: Tensor) -> Tensor:
 def _tables(log_z: Tensor, length: int):
     """base: (H, N, c) = exp(log_z i); offsets: (H, L/c rounded up, N) = exp(log_z j c)."""
     c = chunk_size(length)
-    n_chunks = -(-length // c)
+    n_chunks = cdiv(length, c)
     real = log_z.real.dtype
     base = _exp_scaled(log_z.unsqueeze(-1), torch.arange(c, dtype=real, device=log_z.device))
     starts = torch.arange(n_chunks, dtype=real, device=log_z.device) * c

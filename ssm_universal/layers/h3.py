@@ -66,7 +66,7 @@ class H3(nn.Module):
     B, C, D over H channels).
     Recurrent state: (shift_state (B, H[, head_dim], d_state - 1) float32, the last d_state - 1 k inputs,
     oldest first; diag_state (B, H[, head_dim, head_dim], d_state / 2) complex64), the head_dim axes only
-    when head_dim > 1.
+    when head_dim > 1; float64 / complex128 in a float64 layer (diag_ssm's math_dtype / state_dtype).
     """
 
     context_parallel = False  # FFT convolutions: no cp_group form (ssm_universal.context_parallel)
@@ -124,12 +124,14 @@ class H3(nn.Module):
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero (shift_state, diag_state); see the class docstring for shapes (`dtype` is accepted for the
-        common interface and ignored: the shift state is float32, the diagonal state complex64)."""
+        common interface and ignored: the states are in diag_ssm's math_dtype and state_dtype)."""
         device = self.shift_kernel.device if device is None else device
         heads = (self.H,) if self.head_dim == 1 else (self.H, self.head_dim)
-        shift_state = torch.zeros(batch_size, *heads, self.d_state - 1, device=device)
+        shift_state = torch.zeros(batch_size, *heads, self.d_state - 1, dtype=self.diag_ssm.math_dtype,
+                                  device=device)
         heads = (self.H,) if self.head_dim == 1 else (self.H, self.head_dim, self.head_dim)
-        diag_state = torch.zeros(batch_size, *heads, self.d_state // 2, dtype=torch.complex64, device=device)
+        diag_state = torch.zeros(batch_size, *heads, self.d_state // 2, dtype=self.diag_ssm.state_dtype,
+                                 device=device)
         return shift_state, diag_state
 
     def prefill(self, x: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
@@ -145,15 +147,16 @@ class H3(nn.Module):
         H, P, N2 = self.H, self.head_dim, self.d_state // 2
         q, k, v = (proj(x).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))  # (B, D, L)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v = q.float(), k.float(), v.float()
+            real = self.diag_ssm.math_dtype
+            q, k, v = q.to(real), k.to(real), v.to(real)
             cached = torch.cat([state[0].reshape(batch, self.d_model, -1), k], -1)  # oldest first
             taps = min(self.d_state, cached.shape[-1])
-            k = fftconv(cached, self.shift_kernel.float()[:, :taps], D=self.shift_D.float())[..., -length:]
+            k = fftconv(cached, self.shift_kernel.to(real)[:, :taps], D=self.shift_D.to(real))[..., -length:]
             kv = k.reshape(batch, H, P, 1, length) * v.reshape(batch, H, 1, P, length)  # (B, H, d1, d2, L)
             kv = kv.permute(0, 2, 3, 1, 4).reshape(batch * P * P, H, length)
             diag_state = state[1].reshape(batch, H, P, P, N2).permute(0, 2, 3, 1, 4).reshape(batch * P * P, H, N2)
             log_dA, dB, C = self.diag_ssm.modal_recurrence()
-            y, diag_state = modal_prefill(kv, log_dA, dB, C, self.diag_ssm.D.float(), diag_state)
+            y, diag_state = modal_prefill(kv, log_dA, dB, C, self.diag_ssm.D.to(real), diag_state)
             y = (y.reshape(batch, P, P, H, length) * q.reshape(batch, H, P, length).transpose(1, 2).unsqueeze(2)).sum(1)
             y = y.reshape(batch, self.d_model, length)
         diag_state = diag_state.reshape(batch, P, P, H, N2).permute(0, 3, 1, 2, 4).reshape(state[1].shape)
@@ -163,9 +166,9 @@ class H3(nn.Module):
     def _check_state(self, state, batch: int, method: str) -> None:
         expected = tuple(s.shape for s in self.default_state(batch, device="meta"))
         if (not isinstance(state, (tuple, list)) or len(state) != 2
-                or tuple(s.shape for s in state) != expected or state[1].dtype != torch.complex64):
-            raise ValueError(f"H3.{method}: state must be (shift_state, diag_state complex64) of shapes {expected}, "
-                             "as default_state gives")
+                or tuple(s.shape for s in state) != expected or state[1].dtype != self.diag_ssm.state_dtype):
+            raise ValueError(f"H3.{method}: state must be (shift_state, diag_state {self.diag_ssm.state_dtype}) of "
+                             f"shapes {expected}, as default_state gives")
 
     def step(self, x_t: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One token: x_t (B, d_model), state from default_state -> (y_t (B, d_model), new state).
@@ -180,9 +183,10 @@ class H3(nn.Module):
         batch, H, P, N2 = x_t.shape[0], self.H, self.head_dim, self.d_state // 2
         q, k, v = (proj(x_t) for proj in (self.q_proj, self.k_proj, self.v_proj))
         with torch.autocast(device_type=x_t.device.type, enabled=False):
-            q, k, v = q.float(), k.float(), v.float()
+            real = self.diag_ssm.math_dtype
+            q, k, v = q.to(real), k.to(real), v.to(real)
             window = torch.cat([state[0].reshape(batch, self.d_model, -1), k.unsqueeze(-1)], -1)  # oldest first
-            k = (window * self.shift_kernel.float().flip(-1)).sum(-1) + self.shift_D.float() * k
+            k = (window * self.shift_kernel.to(real).flip(-1)).sum(-1) + self.shift_D.to(real) * k
             kv = k.reshape(batch, H, P, 1) * v.reshape(batch, H, 1, P)  # (B, H, d1, d2)
             dA, dB, C, D = self.diag_ssm.constants_for_step()  # (H, N/2) each (C: 2 C), D (H,)
             expand = lambda t: t.reshape(H, 1, 1, N2)  # noqa: E731

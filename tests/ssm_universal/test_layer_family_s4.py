@@ -98,8 +98,8 @@ def test_dropout_is_tied_over_the_sequence(cls):
     assert torch.equal(layer(x), reference(x))
 
 
-@pytest.mark.parametrize("cls, kwargs", [(S4D, dict()), (DSS, dict(version="softmax", lambda_init="randn", l_max=9))],
-                         ids=param_id)
+@pytest.mark.parametrize("cls, kwargs", [(S4D, dict()), (DSS, dict(version="softmax", lambda_init="randn", l_max=9)),
+                                         (H3, dict(head_dim=2))], ids=param_id)
 def test_step_gradients_equal_forward_gradients(cls, kwargs):
     # in fp64: the softmax kernel is normalised over its length, so its log_dt gradient is a small difference
     # of large terms, and in fp32 both paths are ~1.5e-5 (relative) from the fp64 value, each on its own side
