@@ -3,7 +3,8 @@
 Inputs follow Mamba's initialisation: A = -(1..N) per channel, Δ = softplus(delta + delta_bias) with
 softplus(delta_bias) log-uniform in [1e-3, 0.1]. Peer "peer:mambapy": mambapy's pscan (Blelloch scan over
 the materialised (B, L, D, N) tensors) inside the same Mamba-1 formula, as mambapy's MambaBlock does it.
-GPU cases: (4, 4096, 4096) N=16 bf16 and fp32 beside "peer:mamba_ssm", mamba_ssm 2.3.2's CUDA
+GPU cases: (4, 4096, 4096) N=16 bf16, fp32 and fp16, (8, 2048, 5120) and the small grids (1, 2048, 1024) (a
+batch-1 prompt of the generation benchmark's Mamba LM) and (1, 1024, 2048) in bf16, beside "peer:mamba_ssm", mamba_ssm 2.3.2's CUDA
 selective_scan_fn (benchmarks/peers.py links it from prebuilt objects).
 """
 from __future__ import annotations
@@ -62,8 +63,10 @@ def _case(batch, dim, length, dstate, dtype, reference: bool, device_types=("cpu
         pscan = peers.load("mambapy.pscan", "pscan") if with_peers and device.type == "cpu" else None
         if pscan is not None:
             variants["peer:mambapy"] = Variant(lambda: _mambapy(pscan)(**p), grads)
+        # mamba_ssm's prebuilt kernels (../shared/peers/objs) are fp32 and bf16 only: an fp16 call would end the
+        # process on an undefined symbol
         mamba = peers.load("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn") \
-            if with_peers and device.type == "cuda" else None
+            if with_peers and device.type == "cuda" and dtype != torch.float16 else None
         if mamba is not None:
             variants["peer:mamba_ssm"] = Variant(lambda: mamba(**p, delta_softplus=True), grads)
         return variants
@@ -83,4 +86,7 @@ def cases(quick: bool):
     return [_case(4, 4096, 4096, 16, torch.bfloat16, reference=False, device_types=gpu),
             _case(4, 4096, 4096, 16, torch.float32, reference=False, device_types=gpu),
             _case(4, 4096, 4096, 16, torch.float16, reference=False, device_types=gpu),
+            _case(8, 2048, 5120, 16, torch.bfloat16, reference=False, device_types=gpu),
+            _case(1, 2048, 1024, 16, torch.bfloat16, reference=False, device_types=gpu),  # a batch-1 prompt
+            _case(1, 1024, 2048, 16, torch.bfloat16, reference=False, device_types=gpu),
             _case(1, 1024, 2048, 16, torch.float32, reference=True)]

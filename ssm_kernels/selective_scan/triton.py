@@ -45,6 +45,10 @@ BWD_BLOCK_D = 32
 BWD_WARPS = 1
 BLOCK_L = 64
 TILE_BUDGET = 8192
+# Fewest programs a launch should have: a program is one warp walking L serially, so a small batch * channels
+# (a batch-1 prompt's forward, (1, 2048, 1024): 128 programs of 16 channels on 132 SMs) leaves the SMs one warp
+# each with nothing to hide its latency; BLOCK_D halves (down to 1) until the grid reaches this many programs.
+MIN_PROGRAMS = 1024
 
 
 def _pow2_divisor(n: int) -> int:
@@ -52,10 +56,10 @@ def _pow2_divisor(n: int) -> int:
     return n & -n
 
 
-def _blocks(dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple[int, int, int, int]:
+def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
-    all read one group."""
+    all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs."""
     block_n = next_power_of_2(N)
     budget = TILE_BUDGET // (2 if cplx else 1)
     block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
@@ -64,6 +68,8 @@ def _blocks(dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple
     block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
+    while block_d > 1 and batch * cdiv(dim, block_d) < MIN_PROGRAMS:
+        block_d //= 2
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 
 
@@ -95,7 +101,7 @@ def _geometry(u: Tensor, A: Tensor, B: Tensor, C: Tensor, backward: bool):
     lay_B = _bc_layout(B, dim, cplx)
     lay_C = _bc_layout(C, dim, cplx)
     cpgs = [lay[2] for lay in (lay_B, lay_C) if not lay[1]]
-    blocks = _blocks(dim, N, L, cpgs, backward, cplx)
+    blocks = _blocks(batch, dim, N, L, cpgs, backward, cplx)
     return (batch, dim, L, N), lay_B, lay_C, blocks
 
 

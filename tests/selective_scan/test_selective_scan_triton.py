@@ -70,7 +70,7 @@ def test_triton_varlen_across_chunks(small_blocks, complex_A):
 def test_triton_large_state_short_chunks(monkeypatch):
     """N = 130 (BLOCK_N 256): the tile budget shortens the chunk, so L = 20 walks several chunks."""
     monkeypatch.setattr(T, "TILE_BUDGET", 2048)  # the default gives 32-position chunks for N 256
-    block_d, block_n, block_l, _ = T._blocks(2, 130, 20, [], backward=False, cplx=False)
+    block_d, block_n, block_l, _ = T._blocks(2, 2, 130, 20, [], backward=False, cplx=False)
     assert block_n == 256 and block_l == 8 and block_n * block_l <= T.TILE_BUDGET
     inputs = make_inputs(2, 2, 20, 130, torch.float32, backend_device("triton"))
     check_parity(run("triton"), reference, inputs, torch.float32, ALL_GRADS, delta_softplus=True,
@@ -92,14 +92,30 @@ def test_triton_block_table():
     """BLOCK_L does not depend on the direction; large N and complex A shorten it; BLOCK_D divides the
     channels per group."""
     for N, cplx in ((16, False), (16, True), (64, False), (256, False), (256, True)):
-        fwd = T._blocks(4096, N, 4096, [], backward=False, cplx=cplx)
-        bwd = T._blocks(4096, N, 4096, [], backward=True, cplx=cplx)
+        fwd = T._blocks(4, 4096, N, 4096, [], backward=False, cplx=cplx)
+        bwd = T._blocks(4, 4096, N, 4096, [], backward=True, cplx=cplx)
         assert fwd[2] == bwd[2] and fwd[1] * fwd[2] <= T.TILE_BUDGET // (2 if cplx else 1)
         assert fwd[:2] == (T.FWD_BLOCK_D, triton.next_power_of_2(N)) and bwd[0] == T.BWD_BLOCK_D
-    assert T._blocks(4096, 16, 4096, [], False, False)[2] == T.BLOCK_L
-    assert T._blocks(4096, 16, 5, [], False, False)[2] == 8
-    assert T._blocks(24, 16, 100, [12, 24], True, False)[0] == 4
-    assert T._blocks(3, 16, 100, [], False, False)[0] <= 4
+    assert T._blocks(4, 4096, 16, 4096, [], False, False)[2] == T.BLOCK_L
+    assert T._blocks(4, 4096, 16, 5, [], False, False)[2] == 8
+    assert T._blocks(4, 24, 16, 100, [12, 24], True, False)[0] == 4
+    assert T._blocks(4, 3, 16, 100, [], False, False)[0] <= 4
+
+
+def test_triton_small_grids_shrink_channel_blocks(monkeypatch):
+    """A grid of fewer than MIN_PROGRAMS programs gets fewer channels per program (down to one), forward and
+    backward, and stays exact: the backward reads checkpoints that a forward with other blocks wrote."""
+    monkeypatch.setattr(T, "MIN_PROGRAMS", 1024)
+    assert T._blocks(1, 2048, 16, 1024, [], False, False)[0] == 2  # a batch-1 prompt: 1024 programs
+    assert T._blocks(1, 2048, 16, 1024, [], True, False)[0] == 2
+    assert T._blocks(4, 4096, 16, 4096, [], False, False)[0] == T.FWD_BLOCK_D  # already 1024 programs
+    assert T._blocks(1, 24, 16, 100, [24], True, False)[0] == 1
+    monkeypatch.setattr(T, "MIN_PROGRAMS", 6)  # 2 rows x 3 programs of 4 channels (the last one partial)
+    monkeypatch.setattr(T, "BLOCK_L", 8)
+    assert T._blocks(2, 10, 4, 29, [], False, False)[0] == T._blocks(2, 10, 4, 29, [], True, False)[0] == 4
+    inputs = make_inputs(2, 10, 29, 4, torch.float32, backend_device("triton"))
+    check_parity(run("triton"), reference, inputs, torch.float32, ALL_GRADS, delta_softplus=True,
+                 return_final_state=True)
 
 
 def test_triton_checkpoint_spacing(monkeypatch):
