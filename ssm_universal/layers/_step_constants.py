@@ -30,6 +30,12 @@ class StepConstants:
         frozen = self._frozen_step_constants
         return self.step_constants() if frozen is None else frozen
 
+    def constants_for_forward(self) -> Tuple:
+        """For a parallel forward: the frozen constants where a step would use them and no gradient is being
+        recorded (a prompt's prefill inside generate), else step_constants() (training differentiates them)."""
+        frozen = self._frozen_step_constants
+        return self.step_constants() if frozen is None or torch.is_grad_enabled() else frozen
+
 
 class FrozenStepConstants:
     """`with FrozenStepConstants(model):` every StepConstants layer of `model` steps with constants computed

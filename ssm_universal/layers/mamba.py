@@ -120,7 +120,7 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
         B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
         C = C.transpose(1, 2).contiguous()
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
+        (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
         y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                            delta_softplus=True, return_final_state=state is not None,
                            initial_state=None if state is None else ssm_state.float(), cp_group=self.cp_group)

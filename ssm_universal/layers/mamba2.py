@@ -160,7 +160,7 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         batch, seqlen = x.shape[:2]
         heads = (batch, seqlen, self.nheads, self.headdim)
         groups = (batch, seqlen, self.ngroups, self.d_state)
-        return ssd_chunk_scan(x.reshape(heads), dt, -torch.exp(self.A_log.float()), B.reshape(groups),
+        return ssd_chunk_scan(x.reshape(heads), dt, self.constants_for_forward()[0], B.reshape(groups),
                               C.reshape(groups), chunk_size=self.chunk_size, D=self._D(),
                               z=None if self.rmsnorm else z.reshape(heads), dt_bias=self.dt_bias, dt_softplus=True,
                               dt_limit=self.dt_limit, **options)

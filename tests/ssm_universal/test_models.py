@@ -326,6 +326,30 @@ def test_frozen_step_constants_are_computed_once_and_refreshed_in_place(architec
     assert all(layer._frozen_step_constants is None for layer in frozen.layers)
 
 
+@pytest.mark.parametrize("block_type", [None, "parallel"], ids=["mamba", "mamba2"])
+def test_forward_uses_frozen_constants_only_without_gradients(block_type):
+    """A prefill inside FrozenStepConstants reuses the frozen A; a forward that records gradients computes it
+    (and A_log gets its gradient) even there."""
+    lm = _lm("mamba" if block_type is None else "mamba2", block_type=block_type).eval()
+    tokens = torch.randint(0, 37, (2, 9))
+    frozen = FrozenStepConstants(lm)
+    with torch.no_grad(), frozen:
+        pass  # computed on entry
+    _perturb(lm)
+    with torch.no_grad():
+        current = lm.prefill(tokens, lm.default_state(2))[0]
+    with torch.no_grad(), frozen:
+        stale = lm.prefill(tokens, lm.default_state(2))[0]
+    assert not torch.allclose(stale, current)
+    with torch.no_grad():
+        expected = lm(tokens)
+    with frozen:
+        logits = lm(tokens)
+        logits.square().sum().backward()
+    assert torch.allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    assert all(layer.A_log.grad is not None and layer.A_log.grad.abs().sum() > 0 for layer in frozen.layers)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 @pytest.mark.parametrize("architecture,block_type", STEP_CONSTANT_CONFIGS, ids=STEP_CONSTANT_IDS)
 def test_cuda_graph_sees_parameter_updates_after_reset(architecture, block_type):
