@@ -18,7 +18,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                            z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
                            dt_softplus: bool = False, state_batch_indices: Optional[torch.Tensor] = None,
-                           backend: Optional[str] = None) -> torch.Tensor:
+                           dt_proj_weight: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
     """One step of the selective scan; `state` is updated in place (no autograd: an "update" op).
 
         dt' = softplus(dt + dt_bias)       state <- exp(dt' A) * state + dt' x B
@@ -35,6 +35,9 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         A, D, dt_bias: parameters in any float dtype, read in the math's precision (fp32; fp64 for fp64 x): a
             bf16 model passes its D and dt_bias as they are, without a cast kernel per layer and token.
         state_batch_indices: (B,) int32 / int64 cache row of each batch entry (distinct, in [0, Bc)).
+        dt_proj_weight: Mamba-1 form only: (D, R) weight of the dt projection (Mamba's dt_proj.weight, any float
+            dtype); dt is then its low-rank input (B, R) and the step computes dt @ dt_proj_weight^T itself, in
+            fp32 (one GEMM kernel per layer and token fewer than projecting first; dt_bias is still added).
         backend: None (automatic), "torch" or "triton".
     Returns:
         out in x's shape and dtype.
@@ -45,7 +48,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
         >>> ssm_kernels.selective_state_update(state, x, dt, A, B, C, dt_softplus=True).shape  # state updated in place
         torch.Size([2, 8])
     """
-    tensors = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices)
+    tensors = (state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_proj_weight)
     key = _PASSED.key(tensors, dt_softplus)
     if not _PASSED.known(key):
         _validate(*tensors, dt_softplus)
@@ -53,13 +56,15 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     # size: the numel of state (a decoding step: no backward)
     fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
                           size=state.numel())
-    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    if dt_proj_weight is None:  # (backends written without the argument keep working)
+        return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
+    return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, dt_proj_weight)
 
 
 _PASSED = PassedChecks()  # called once per decoded token: see PassedChecks
 
 
-def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_softplus):
+def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_proj_weight, dt_softplus):
     check = ArgCheck("selective_state_update")
     if not isinstance(state, torch.Tensor):
         check.tensor("state", state)
@@ -67,7 +72,13 @@ def _validate(state, x, dt, A, B, C, D, z, dt_bias, state_batch_indices, dt_soft
     channels = ("H", "P") if heads_form else ("D",)
     check.tensor("state", state, ("Bc",) + channels + ("N",), dtypes=REAL_DTYPES)
     check.tensor("x", x, ("B",) + channels, dtypes=REAL_DTYPES)
-    check.tensor("dt", dt, ("B",) + channels, dtypes=REAL_DTYPES)
+    if dt_proj_weight is None:
+        check.tensor("dt", dt, ("B",) + channels, dtypes=REAL_DTYPES)
+    elif heads_form:
+        check.fail("dt_proj_weight is for the Mamba-1 form (state (Bc, D, N)); the Mamba-2 form's dt is per head")
+    else:
+        check.tensor("dt_proj_weight", dt_proj_weight, ("D", "R"), dtypes=REAL_DTYPES)
+        check.tensor("dt", dt, ("B", "R"), dtypes=REAL_DTYPES)
     check.tensor("A", A, channels + ("N",), dtypes=REAL_DTYPES)
     for name, X in (("B", B), ("C", C)):
         if not heads_form and isinstance(X, torch.Tensor) and X.dim() == 2:

@@ -143,12 +143,12 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         # causal_conv1d_update needs x in the cache's dtype (they differ under autocast)
         x = causal_conv1d_update(x.to(conv_state.dtype), conv_state, self.conv1d.weight.squeeze(1),
                                  self.conv1d.bias, activation=self.activation)
-        dt, B, C = self._dt_b_c(x)
-        dt = F.linear(dt, self.dt_proj.weight)  # (B, d_inner); bias added in the update
+        dt_low, B, C = self._dt_b_c(x)  # (B, dt_rank), (B, d_state) x 2
         (A,) = self.constants_for_step()
-        # D and dt_bias as they are: the update reads them in fp32 (a cast would be a kernel per layer and token)
-        y = selective_state_update(ssm_state, x, dt, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias,
-                                   dt_softplus=True)
+        # the update projects dt_low itself (dt_proj's GEMM fused) and reads D and dt_bias as they are, in fp32
+        # (a separate GEMM or a cast would each be a kernel per layer and token)
+        y = selective_state_update(ssm_state, x, dt_low, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias,
+                                   dt_softplus=True, dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y), state
 
     def _dt_b_c(self, x: torch.Tensor):

@@ -158,6 +158,33 @@ def test_triton_forms_and_blocks(triton_device, form, dtype, state_dtype, dstate
     assert_close(cache, ref_cache, state_dtype, "state cache")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,rank", [(torch.float32, 20), (torch.bfloat16, 64), (torch.float16, 3)])
+def test_dt_projection_fused(backend, dtype, rank):
+    """dt_proj_weight: dt is the low-rank input and the step projects it (fp32): equals projecting first in
+    fp32, against the reference, with D = 150 rows (over one row block), a rank that is not a multiple of the
+    kernel's slices, non-contiguous dt and weight, cache rows and groups."""
+    device = backend_device(backend)
+    batch, dim, dstate = 3, 150, 16
+    cache = torch.randn(batch + 1, dim, dstate, device=device)
+    rows = torch.tensor([2, 0, 3], device=device)
+    x = torch.randn(batch, dim, device=device).to(dtype)
+    dt_low = torch.randn(rank, batch, device=device).t().to(dtype) * 0.3
+    weight = torch.randn(rank, dim, device=device).t().to(dtype) * 0.3  # (D, R), column-major
+    args = dict(A=-torch.rand(dim, dstate, device=device), B=torch.randn(batch, 2, dstate, device=device).to(dtype),
+                C=torch.randn(batch, 2, dstate, device=device).to(dtype), D=torch.randn(dim, device=device),
+                z=torch.randn(batch, dim, device=device).to(dtype), dt_bias=torch.randn(dim, device=device),
+                dt_softplus=True, state_batch_indices=rows)
+    ref_cache, projected_cache = cache.clone(), cache.clone()
+    expected = selective_state_update_ref(ref_cache, x, dt_low, dt_proj_weight=weight, **args)
+    dt = (dt_low.double() @ weight.double().t()).float()
+    projected = selective_state_update_ref(projected_cache, x.float(), dt, **args)
+    assert_close(expected.float(), projected, dtype, "reference: fused vs projected first")
+    out = selective_state_update(cache, x, dt_low, dt_proj_weight=weight, backend=backend, **args)
+    assert_close(out, expected, dtype)
+    assert_close(cache, ref_cache, torch.float32, "state cache")
+
+
 def test_triton_without_options_and_fp64_refused(triton_device):
     state = torch.randn(2, 8, 4, device=triton_device)
     args = (torch.randn(2, 8, device=triton_device), torch.rand(2, 8, device=triton_device),
@@ -200,6 +227,11 @@ def _base():
     (dict(state_batch_indices=torch.tensor([0.0, 1.0])), TypeError, "state_batch_indices must have dtype"),
     (dict(A=torch.randn(4, 2, 4), state=torch.randn(2, 4, 2, 4)), ValueError, r"x must have shape \(B, H, P\)"),
     (dict(dt_softplus="yes"), TypeError, "dt_softplus must be a bool"),
+    (dict(dt_proj_weight=torch.randn(8, 3)), ValueError, r"dt must have shape \(B, R\) = \(2, 3\)"),
+    (dict(dt_proj_weight=torch.randn(7, 3), dt=torch.randn(2, 3)), ValueError,
+     r"dt_proj_weight must have shape \(D, R\) = \(8, R\)"),
+    (dict(dt_proj_weight=torch.randn(4, 3), A=torch.randn(4, 2, 4), state=torch.randn(2, 4, 2, 4),
+          x=torch.randn(2, 4, 2)), ValueError, "dt_proj_weight is for the Mamba-1 form"),
     (dict(state=None), TypeError, "state is required"),
 ])
 def test_validation(kwargs, error, match):
