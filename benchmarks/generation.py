@@ -14,6 +14,9 @@ waits for, host time included):
     prefill          generate(max_length = prompt + 1): the prompt's forward and the first token
     total            generate(max_length = prompt + new)
     decode / token   (total - prefill) / (new - 1)
+    floor            what one decoding step must move over the copy bandwidth (our model's sizes; on a GPU):
+                     every parameter once (a tied embedding counted once: the LM head reads it all, the lookup
+                     only B rows) and the recurrent state read and written; "floor %" = floor / decode per token
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from . import peers
-from .core import wall_seconds
+from .core import copy_bandwidth_gbps, wall_seconds
 
 LAYERS, D_MODEL, VOCAB = 24, 1024, 50277
 PROMPT, NEW_TOKENS = 1024, 128
@@ -47,6 +50,16 @@ def _timings(generate: Callable[[int], object], prompt: int, new: int, batch: in
             "tokens_per_s": batch * new / total}
 
 
+def decode_step_bytes(model: torch.nn.Module, batch: int) -> int:
+    """Bytes a decoding step of `model` at `batch` must move at least: its parameters (shared ones once) and
+    its default state read and written."""
+    from torch.utils._pytree import tree_flatten
+    params = sum(p.numel() * p.element_size() for p in model.parameters())  # parameters() yields a tied one once
+    state = model.default_state(batch)
+    state_bytes = sum(t.numel() * t.element_size() for t in tree_flatten(state)[0] if isinstance(t, torch.Tensor))
+    return params + 2 * state_bytes
+
+
 def our_model(architecture: str, options: dict, layers: int, d_model: int, dtype: torch.dtype,
               device: torch.device):
     """SSMLanguageModel of the benchmark's size, random weights (seed 0), in eval mode."""
@@ -62,6 +75,7 @@ def ours(architecture: str, options: dict, layers: int, d_model: int, dtype: tor
 
     def generate(ids: torch.Tensor, max_length: int):
         return model.generate(ids, max_length=max_length, top_k=1, cuda_graph=device.type == "cuda")
+    generate.step_bytes = lambda batch: decode_step_bytes(model, batch)
     return generate
 
 
@@ -94,6 +108,7 @@ def mamba_ssm_model(layer: str, options: dict, layers: int, d_model: int, dtype:
 
 def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -> List[dict]:
     layers, d_model, prompt, new, repeats = (2, 64, 32, 8, 2) if quick else (LAYERS, D_MODEL, PROMPT, NEW_TOKENS, 3)
+    bandwidth = copy_bandwidth_gbps(device)  # GB/s, None off a GPU
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []
     if with_peers:  # after mamba_ssm's generate has run, torch's cuDNN Conv1d segfaults in the S4D model (H200)
@@ -102,6 +117,8 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
         architecture, batch, options, peer_layer = CASES[name]
         ids = torch.randint(0, VOCAB, (batch, prompt), device=device)
         variants = {"ours": ours(architecture, options, layers, d_model, dtype, device)}
+        step_bytes = variants["ours"].step_bytes(batch)
+        floor = {"step_bytes": step_bytes, "floor_ms_per_token": step_bytes / bandwidth / 1e6 if bandwidth else None}
         if with_peers and peer_layer is not None:
             try:
                 peer = mamba_ssm_model(peer_layer, options, layers, d_model, dtype, device)
@@ -120,7 +137,8 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
                 print(f"{name} {variant}: failed: {type(error).__name__}: {error}", flush=True)
                 continue
             rows.append(dict(case=name, variant=variant, batch=batch, prompt=prompt, new_tokens=new,
-                             layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing))
+                             layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing,
+                             **floor))
             print(format_rows(rows[-1:]).splitlines()[-1], flush=True)  # kept if a later case dies
         del variants
         if device.type == "cuda":
@@ -129,11 +147,15 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
 
 
 def format_rows(rows: List[dict]) -> str:
-    header = f"{'case':<12} {'variant':<10} {'prefill ms':>10} {'total ms':>9} {'ms/token':>9} {'tok/s':>9}"
+    header = (f"{'case':<12} {'variant':<10} {'prefill ms':>10} {'total ms':>9} {'ms/token':>9} {'tok/s':>9} "
+              f"{'step MB':>8} {'floor %':>8}")
     lines = [header]
     for r in rows:
+        floor = r.get("floor_ms_per_token")
+        share = f"{100 * floor / r['decode_ms_per_token']:>7.0f}%" if floor and r["decode_ms_per_token"] > 0 else \
+            f"{'-':>8}"
         lines.append(f"{r['case']:<12} {r['variant']:<10} {r['prefill_ms']:>10.1f} {r['total_ms']:>9.1f} "
-                     f"{r['decode_ms_per_token']:>9.3f} {r['tokens_per_s']:>9.0f}")
+                     f"{r['decode_ms_per_token']:>9.3f} {r['tokens_per_s']:>9.0f} {r['step_bytes'] / 1e6:>8.0f} {share}")
     return "\n".join(lines)
 
 

@@ -64,7 +64,18 @@ def test_generate_times_prefill_and_decoding_apart(tmp_path, capsys):
     assert [(r["case"], r["variant"]) for r in rows] == [("mamba2 B16", "ours")]
     row = rows[0]
     assert 0 < row["prefill_ms"] < row["total_ms"] and row["decode_ms_per_token"] > 0
+    assert row["step_bytes"] > 0 and row["floor_ms_per_token"] is None  # no copy bandwidth off a GPU
     assert "ms/token" in capsys.readouterr().out
+
+
+def test_decode_step_bytes_count_a_tied_embedding_once_and_the_state_twice():
+    from benchmarks.generation import decode_step_bytes
+    from ssm_universal.models import SSMLanguageModel
+    tied, untied = (SSMLanguageModel(50, "mamba", d_model=16, n_layer=2, tie_embeddings=tie) for tie in (True, False))
+    embedding = 50 * 16 * 4
+    assert decode_step_bytes(untied, 3) - decode_step_bytes(tied, 3) == embedding
+    state = sum(t.numel() * 4 for layer in tied.default_state(1) for t in layer[0])  # fp32 model
+    assert decode_step_bytes(tied, 2) - decode_step_bytes(tied, 1) == 2 * state
 
 
 def test_transformers_times_patched_and_unpatched(tmp_path):
