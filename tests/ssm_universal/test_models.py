@@ -215,6 +215,18 @@ def test_generate_state_is_constant_size_and_mode_restored():
     assert lm.training
 
 
+def test_generate_runs_in_eval_mode_and_restores_each_modules_mode():
+    """Dropout is off inside generate whatever the modes, and a mixed set of modes comes back as it was."""
+    lm = _lm("mamba", dropout=0.5)
+    ids = torch.randint(0, 37, (2, 4))
+    expected = lm.eval().generate(ids, max_length=9, top_k=1)
+    lm.train()
+    lm.backbone.layers[1].eval()
+    modes = [m.training for m in lm.modules()]
+    assert torch.equal(lm.generate(ids, max_length=9, top_k=1), expected)
+    assert [m.training for m in lm.modules()] == modes
+
+
 def _tensors(tree):
     if isinstance(tree, torch.Tensor):
         return [tree]
