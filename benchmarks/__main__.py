@@ -7,6 +7,8 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
   generate    a language model's prefill and per-token decoding, beside mamba_ssm (benchmarks/generation.py)
   step-kernels  the CUDA kernels of one decoding step of those models, beside mamba_ssm's
               (benchmarks/step_kernels.py)
+  block       a Mamba / Mamba2 block's forward and forward+backward, beside mamba_ssm's with the same weights
+              (benchmarks/block.py)
   transformers  transformers' Mamba / Mamba2 / FalconMamba models with and without patch()
               (benchmarks/transformers_patch.py)
 """
@@ -54,7 +56,7 @@ def available_ops() -> list:
 
 SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
                "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch",
-               "step-kernels": "benchmarks.step_kernels"}
+               "step-kernels": "benchmarks.step_kernels", "block": "benchmarks.block"}
 
 
 def main(argv=None) -> int:

@@ -35,7 +35,8 @@ def test_sweep_times_each_setting_and_restores(triton_device, capsys):
     assert "best fwd" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers", "step-kernels"])
+@pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers", "step-kernels",
+                                        "block"])
 def test_subcommands_parse(subcommand):
     with pytest.raises(SystemExit) as exit_:
         main([subcommand, "--help"])
@@ -66,6 +67,20 @@ def test_generate_times_prefill_and_decoding_apart(tmp_path, capsys):
     assert 0 < row["prefill_ms"] < row["total_ms"] and row["decode_ms_per_token"] > 0
     assert row["step_bytes"] > 0 and row["floor_ms_per_token"] is None  # no copy bandwidth off a GPU
     assert "ms/token" in capsys.readouterr().out
+
+
+def test_block_times_ours_and_a_peer_loaded_with_our_weights(tmp_path, monkeypatch):
+    """The peer path, with our own classes standing in for mamba_ssm's: same weights, so no difference."""
+    import ssm_universal.layers as our_layers
+    from benchmarks import block
+    monkeypatch.setattr(block.peers, "load", lambda module, name: getattr(our_layers, name))
+    path = tmp_path / "block.json"
+    assert main(["block", "--quick", "--peers", "--device", "cpu", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["results"]
+    assert [(r["layer"], r["variant"]) for r in rows] == [("mamba", "ours"), ("mamba", "peer:mamba_ssm"),
+                                                          ("mamba2", "ours"), ("mamba2", "peer:mamba_ssm")]
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert all(r["rel_diff_out"] == 0 and r["rel_diff_dx"] == 0 for r in rows if r["variant"] != "ours")
 
 
 def test_decode_step_bytes_count_a_tied_embedding_once_and_the_state_twice():
