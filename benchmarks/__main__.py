@@ -50,6 +50,15 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def report(device: torch.device, rows: list, table: str, json_path=None) -> None:
+    """A subcommand's ending: the environment and its table printed, both written to json_path if given."""
+    env = environment(device)
+    print(f"# {env}")
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps({"environment": env, "results": rows}, indent=1))
+
+
 def available_ops() -> list:
     return sorted(m.name for m in pkgutil.iter_modules(cases_pkg.__path__))
 

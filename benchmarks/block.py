@@ -16,7 +16,6 @@ kernels per call (torch.profiler, GPU only).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Dict, List, Optional
 
@@ -126,18 +125,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the rows and the environment here")
     args = parser.parse_args(argv)
-    from .__main__ import environment
+    from .__main__ import report
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     rows = []
     for layer in args.layer or sorted(LAYERS):
         rows += run(layer, device, dtype, args.peers, args.quick, args.profile)
-    env = environment(device)
-    print(f"# {env}")
-    print(format_rows(rows))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"environment": env, "results": rows}, out, indent=1)
+    report(device, rows, format_rows(rows), args.json)
     return 0
 
 

@@ -21,7 +21,6 @@ waits for, host time included):
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -168,13 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the rows and the environment here")
     args = parser.parse_args(argv)
-    from .__main__ import environment
+    from .__main__ import report
     device = torch.device(args.device)
     rows = run(args.case or list(CASES), device, args.peers, args.quick)
-    env = environment(device)
-    print(f"# {env}")
-    print(format_rows(rows))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"environment": env, "results": rows}, out, indent=1)
+    report(device, rows, format_rows(rows), args.json)
     return 0
