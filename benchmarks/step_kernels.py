@@ -7,7 +7,7 @@ step under torch.profiler (a CUDA graph replays the same kernels), each kernel's
 step, largest first. Ours twice: with the step constants computed in the step (an eager step outside
 generate) and frozen as generate and GraphedStep run it (ssm_universal.layers._step_constants). mamba_ssm
 (--peers): MambaLMHeadModel's step through inference_params (seqlen_offset 1), as its generate calls it.
---prefill: the same for the prompt's forward (PROMPT tokens from the default state: SSMLanguageModel.prefill;
+--prefill: the same for the prompt's forward (PROMPT tokens from the default state: SSMLanguageModel.prefill with the constants frozen, as in generate;
 mamba_ssm's forward with inference_params at seqlen_offset 0), with its wall time per call beside the kernel
 time (the difference is host time the GPU waits through).
 """
@@ -57,9 +57,10 @@ def profile_case(name: str, with_peers: bool, iters: int, prefill: bool) -> None
     model = our_model(architecture, options, LAYERS, D_MODEL, dtype, device)
     state = model.default_state(batch, device=device)
     with torch.no_grad():
-        if prefill:
-            print_kernels(f"{name} ours, prefill of {PROMPT} tokens", lambda: model.prefill(ids, state), iters,
-                          wall=True)
+        if prefill:  # with the constants frozen, as generate runs it
+            with FrozenStepConstants(model):
+                print_kernels(f"{name} ours, prefill of {PROMPT} tokens", lambda: model.prefill(ids, state), iters,
+                              wall=True)
         else:
             print_kernels(f"{name} ours, constants per step", lambda: model.step(ids[:, 0], state), iters)
             with FrozenStepConstants(model):
