@@ -154,7 +154,8 @@ def format_rows(rows: List[dict]) -> str:
         share = f"{100 * floor / r['decode_ms_per_token']:>7.0f}%" if floor and r["decode_ms_per_token"] > 0 else \
             f"{'-':>8}"
         lines.append(f"{r['case']:<12} {r['variant']:<10} {r['prefill_ms']:>10.1f} {r['total_ms']:>9.1f} "
-                     f"{r['decode_ms_per_token']:>9.3f} {r['tokens_per_s']:>9.0f} {r['step_bytes'] / 1e6:>8.0f} {share}")
+                     f"{r['decode_ms_per_token']:>9.3f} {r['tokens_per_s']:>9.0f} {r['step_bytes'] / 1e6:>8.0f} "
+                     f"{share}")
     return "\n".join(lines)
 
 

@@ -7,9 +7,9 @@ step under torch.profiler (a CUDA graph replays the same kernels), each kernel's
 step, largest first. Ours twice: with the step constants computed in the step (an eager step outside
 generate) and frozen as generate and GraphedStep run it (ssm_universal.layers._step_constants). mamba_ssm
 (--peers): MambaLMHeadModel's step through inference_params (seqlen_offset 1), as its generate calls it.
---prefill: the same for the prompt's forward (PROMPT tokens from the default state: SSMLanguageModel.prefill with the constants frozen, as in generate;
-mamba_ssm's forward with inference_params at seqlen_offset 0), with its wall time per call beside the kernel
-time (the difference is host time the GPU waits through).
+--prefill: the same for the prompt's forward (PROMPT tokens from the default state: SSMLanguageModel.prefill
+with the constants frozen, as in generate; mamba_ssm's forward with inference_params at seqlen_offset 0), with
+its wall time per call beside the kernel time (the difference is host time the GPU waits through).
 """
 from __future__ import annotations
 

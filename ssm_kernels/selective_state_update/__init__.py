@@ -18,7 +18,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
                            B: torch.Tensor, C: torch.Tensor, D: Optional[torch.Tensor] = None,
                            z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
                            dt_softplus: bool = False, state_batch_indices: Optional[torch.Tensor] = None,
-                           dt_proj_weight: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+                           dt_proj_weight: Optional[torch.Tensor] = None,
+                           backend: Optional[str] = None) -> torch.Tensor:
     """One step of the selective scan; `state` is updated in place (no autograd: an "update" op).
 
         dt' = softplus(dt + dt_bias)       state <- exp(dt' A) * state + dt' x B
