@@ -49,6 +49,10 @@ TILE_BUDGET = 8192
 # (a batch-1 prompt's forward, (1, 2048, 1024): 128 programs of 16 channels on 132 SMs) leaves the SMs one warp
 # each with nothing to hide its latency; BLOCK_D halves (down to 1) until the grid reaches this many programs.
 MIN_PROGRAMS = 1024
+# The backward's dB / dC partials of a variable B / C are (B, D / BLOCK_D, N, L) fp32 each: its channel blocks
+# shrink only while each stays within this budget (or within its size at BWD_BLOCK_D), so that one long packed
+# sequence (batch 1, L 65536) does not trade gigabytes for speed.
+BWD_PARTIALS_BUDGET = 512 * 2**20
 
 
 def _pow2_divisor(n: int) -> int:
@@ -59,7 +63,8 @@ def _pow2_divisor(n: int) -> int:
 def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
-    all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs."""
+    all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs (in the
+    backward with a variable B or C, while its partials stay within BWD_PARTIALS_BUDGET)."""
     block_n = next_power_of_2(N)
     budget = TILE_BUDGET // (2 if cplx else 1)
     block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
@@ -68,7 +73,11 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
+    partials = lambda bd: batch * cdiv(dim, bd) * N * L * 4 * (2 if cplx else 1)  # noqa: E731 (bytes of one)
+    budget = max(partials(block_d), BWD_PARTIALS_BUDGET) if backward and cpgs else None
     while block_d > 1 and batch * cdiv(dim, block_d) < MIN_PROGRAMS:
+        if budget is not None and partials(block_d // 2) > budget:
+            break
         block_d //= 2
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 

@@ -110,6 +110,14 @@ def test_triton_small_grids_shrink_channel_blocks(monkeypatch):
     assert T._blocks(1, 2048, 16, 1024, [], True, False)[0] == 2
     assert T._blocks(4, 4096, 16, 4096, [], False, False)[0] == T.FWD_BLOCK_D  # already 1024 programs
     assert T._blocks(1, 24, 16, 100, [24], True, False)[0] == 1
+    # one long sequence: the backward's (1, D / BLOCK_D, N, L) fp32 partials of a variable B / C stop the shrink
+    # at 512 MiB each (here at 16 channels: 128 blocks x 16 x 65536 x 4 B); fixed B / C have none
+    assert T._blocks(1, 2048, 16, 65536, [2048], True, False)[0] == 16
+    assert T._blocks(1, 2048, 16, 65536, [2048], True, True)[0] == 32  # complex partials are twice as large
+    assert T._blocks(1, 2048, 16, 65536, [], True, False)[0] == 2
+    assert T._blocks(1, 2048, 16, 65536, [2048], False, False)[0] == 2  # the forward has no partials
+    assert T._blocks(8, 2048, 16, 5120, [2048], True, False)[0] == 16  # the measured cases keep their blocks
+    assert T._blocks(4, 4096, 16, 4096, [4096], True, False)[0] == 16
     monkeypatch.setattr(T, "MIN_PROGRAMS", 6)  # 2 rows x 3 programs of 4 channels (the last one partial)
     monkeypatch.setattr(T, "BLOCK_L", 8)
     assert T._blocks(2, 10, 4, 29, [], False, False)[0] == T._blocks(2, 10, 4, 29, [], True, False)[0] == 4
