@@ -8,7 +8,8 @@ How results become rules, per compute capability, op and dtype:
 * Only this package's backends count (torch / triton / cuda variants; peers and references do not).
 * Cases are ordered by their dispatch size (the `size` the op passes to _dispatch.select(), recorded with
   each result). A case governs the sizes up to the middle between it and the next larger case (their
-  geometric mean, rounded down to a power of two); the largest case governs every larger size.
+  geometric mean, rounded down to a power of two); the largest case governs every larger size. Cases of one
+  size count as one, with each backend's times summed over them (a backend missing from one is unmeasured).
 * Within a case the backends are ordered by measured time: forward+backward for calls autograd records
   (grad=True), forward for calls it does not (grad=False). Where both orders agree one rule serves both.
 * Neighbouring size classes with the same orders merge. Backends the op implements that the results did
@@ -61,7 +62,25 @@ class Measurement:
     def describe(self, mode: str) -> str:
         timed = sorted(self.ms[mode].items(), key=lambda item: item[1])
         first, rest = timed[0], timed[1:]
-        return f"{mode} {first[0]} {first[1]:.3f} ms" + "".join(f", {b} {ms:.3f}" for b, ms in rest)
+        summed = " summed" if " + " in self.case else ""
+        return f"{mode}{summed} {first[0]} {first[1]:.3f} ms" + "".join(f", {b} {ms:.3f}" for b, ms in rest)
+
+
+def merge_equal_sizes(measurements: List[Measurement]) -> List[Measurement]:
+    """Measurements sorted by size, those of one size merged: case names joined with " + ", each backend's
+    times summed over them per mode (only backends every one of them timed)."""
+    merged: List[Measurement] = []
+    for m in measurements:
+        if not merged or merged[-1].size != m.size:
+            merged.append(m)
+            continue
+        last = merged[-1]
+        joined = Measurement(f"{last.case} + {m.case}", m.size, last.gpu, last.results, last.commit)
+        for mode in set(last.ms) | set(m.ms):
+            both = set(last.ms.get(mode, {})) & set(m.ms.get(mode, {}))
+            joined.ms[mode] = {b: last.ms[mode][b] + m.ms[mode][b] for b in both}
+        merged[-1] = joined
+    return merged
 
 
 def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str, str], List[Measurement]]]:
@@ -83,7 +102,8 @@ def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str,
                 m = cases[r["case"]] = Measurement(r["case"], r["dispatch_size"], env.get("gpu", "GPU"),
                                                    path.name, env.get("commit") or "unknown")
             m.ms[r["mode"]][r["variant"]] = r["ms"]
-    return {cap: {key: sorted(cases.values(), key=lambda m: m.size) for key, cases in per_op.items()}
+    return {cap: {key: merge_equal_sizes(sorted(cases.values(), key=lambda m: m.size))
+                  for key, cases in per_op.items()}
             for cap, per_op in table.items()}
 
 

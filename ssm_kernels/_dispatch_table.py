@@ -9,17 +9,8 @@ None: either) match gives the order. Each rule cites the measurement it comes fr
 MEASURED = {
     (9, 0): {
         'selective_scan': [
-            dict(order=('triton', 'cuda', 'torch'), dtype='bfloat16', max_size=2097152, grad=None,
-                 source='NVIDIA H200 B1 D2048 L1024 N16 bfloat16: fwd+bwd triton 0.984 ms, cuda 1.601, fwd triton 0.062 ms, cuda 0.349',
-                 results=['h200_selective_scan_backends.json'], commit=['0476c1c']),
-            dict(order=('triton', 'cuda', 'torch'), dtype='bfloat16', max_size=8388608, grad=True,
-                 source='NVIDIA H200 B1 D1024 L2048 N16 bfloat16: fwd+bwd triton 1.221 ms, cuda 2.628',
-                 results=['h200_selective_scan_backends.json'], commit=['0476c1c']),
-            dict(order=('cuda', 'triton', 'torch'), dtype='bfloat16', max_size=8388608, grad=False,
-                 source='NVIDIA H200 B1 D1024 L2048 N16 bfloat16: fwd cuda 0.157 ms, triton 0.179',
-                 results=['h200_selective_scan_backends.json'], commit=['0476c1c']),
             dict(order=('triton', 'cuda', 'torch'), dtype='bfloat16', max_size=None, grad=None,
-                 source='NVIDIA H200 B4 D4096 L4096 N16 bfloat16: fwd+bwd triton 9.874 ms, cuda 20.566, fwd triton 1.515 ms, cuda 4.215; NVIDIA H200 B8 D2048 L5120 N16 bfloat16: fwd+bwd triton 12.376 ms, cuda 27.042, fwd triton 1.891 ms, cuda 6.619',
+                 source='NVIDIA H200 B1 D2048 L1024 N16 bfloat16 + B1 D1024 L2048 N16 bfloat16: fwd+bwd summed triton 2.205 ms, cuda 4.230, fwd summed triton 0.240 ms, cuda 0.505; NVIDIA H200 B4 D4096 L4096 N16 bfloat16: fwd+bwd triton 9.874 ms, cuda 20.566, fwd triton 1.515 ms, cuda 4.215; NVIDIA H200 B8 D2048 L5120 N16 bfloat16: fwd+bwd triton 12.376 ms, cuda 27.042, fwd triton 1.891 ms, cuda 6.619',
                  results=['h200_selective_scan_backends.json'], commit=['0476c1c']),
             dict(order=('triton', 'cuda', 'torch'), dtype='float16', max_size=None, grad=None,
                  source='NVIDIA H200 B4 D4096 L4096 N16 float16: fwd+bwd triton 9.697 ms, cuda 20.587, fwd triton 1.520 ms, cuda 4.197',
@@ -60,7 +51,7 @@ MEASURED = {
         ],
         'fftconv': [
             dict(order=('triton', 'torch'), dtype='bfloat16', max_size=33554432, grad=None,
-                 source='NVIDIA H200 B8 H768 L1024 causal bfloat16: fwd+bwd triton 1.517 ms, torch 1.773, fwd triton 0.184 ms, torch 0.358; NVIDIA H200 B8 H768 L4096 causal bfloat16: fwd+bwd triton 1.713 ms, torch 3.550, fwd triton 0.521 ms, torch 1.284; NVIDIA H200 B8 H768 L4096 bidir bfloat16: fwd+bwd triton 1.903 ms, torch 3.622, fwd triton 0.544 ms, torch 1.298',
+                 source='NVIDIA H200 B8 H768 L1024 causal bfloat16: fwd+bwd triton 1.517 ms, torch 1.773, fwd triton 0.184 ms, torch 0.358; NVIDIA H200 B8 H768 L4096 causal bfloat16 + B8 H768 L4096 bidir bfloat16: fwd+bwd summed triton 3.616 ms, torch 7.172, fwd summed triton 1.065 ms, torch 2.582',
                  results=['h200_fftconv_backends.json'], commit=['d246f6e']),
             dict(order=('torch', 'triton'), dtype='bfloat16', max_size=None, grad=None,
                  source='NVIDIA H200 B8 H768 L16384 causal bfloat16: fwd+bwd torch 15.221 ms, fwd torch 5.488 ms',

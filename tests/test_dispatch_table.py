@@ -51,3 +51,22 @@ def test_generation_rules(tmp_path):
     ]
     assert rules[0]["source"] == "G small: fwd+bwd torch 2.000 ms, cuda 3.000"
     assert rules[0]["results"] == ["gpu_causal_conv1d.json"] and rules[0]["commit"] == ["abc"]
+
+
+def test_cases_of_one_size_count_as_one(tmp_path):
+    """Two cases with the same dispatch size: one rule from their summed times (a backend missing from one of
+    them is unmeasured there), instead of the second governing sizes above its own."""
+    results = [
+        _result("wide", 2 ** 21, "triton", "fwd", 0.06), _result("wide", 2 ** 21, "cuda", "fwd", 0.35),
+        _result("long", 2 ** 21, "triton", "fwd", 0.18), _result("long", 2 ** 21, "cuda", "fwd", 0.16),
+        _result("long", 2 ** 21, "torch", "fwd", 9.0),
+        _result("large", 2 ** 26, "triton", "fwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd", 2.0),
+    ]
+    path = tmp_path / "gpu_causal_conv1d.json"
+    path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": "abc"},
+                                "results": results}))
+    namespace = {}
+    exec(dispatch_table.generate([path]), namespace)
+    rules = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    assert [(r["order"], r["max_size"]) for r in rules] == [(("triton", "cuda", "torch"), None)]
+    assert rules[0]["source"].startswith("G wide + long: fwd summed triton 0.240 ms, cuda 0.510; G large: ")
