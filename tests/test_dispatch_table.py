@@ -28,6 +28,16 @@ def _result(case, size, variant, mode, ms, dtype="float32"):
     return dict(op="causal_conv1d", case=case, variant=variant, mode=mode, ms=ms, dtype=dtype, dispatch_size=size)
 
 
+def _generated_rules(tmp_path, results):
+    """The causal_conv1d rules the generator writes from `results` in one results file (GPU "G", commit abc)."""
+    path = tmp_path / "gpu_causal_conv1d.json"
+    path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": "abc"},
+                                "results": results}))
+    namespace = {}
+    exec(dispatch_table.generate([path]), namespace)
+    return namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+
+
 def test_generation_rules(tmp_path):
     """Size classes split at the geometric middle; forward and training orders split only where they differ;
     peers and references are ignored; unmeasured implemented backends come last."""
@@ -38,12 +48,7 @@ def test_generation_rules(tmp_path):
         _result("large", 2 ** 26, "triton", "fwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd", 2.0),
         _result("large", 2 ** 26, "triton", "fwd+bwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd+bwd", 2.0),
     ]
-    path = tmp_path / "gpu_causal_conv1d.json"
-    path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": "abc"},
-                                "results": results}))
-    namespace = {}
-    exec(dispatch_table.generate([path]), namespace)
-    rules = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    rules = _generated_rules(tmp_path, results)
     assert [(r["order"], r["max_size"], r["grad"]) for r in rules] == [
         (("torch", "cuda", "triton"), 2 ** 23, True),
         (("cuda", "torch", "triton"), 2 ** 23, False),
@@ -62,11 +67,6 @@ def test_cases_of_one_size_count_as_one(tmp_path):
         _result("long", 2 ** 21, "torch", "fwd", 9.0),
         _result("large", 2 ** 26, "triton", "fwd", 1.0), _result("large", 2 ** 26, "cuda", "fwd", 2.0),
     ]
-    path = tmp_path / "gpu_causal_conv1d.json"
-    path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": "abc"},
-                                "results": results}))
-    namespace = {}
-    exec(dispatch_table.generate([path]), namespace)
-    rules = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    rules = _generated_rules(tmp_path, results)
     assert [(r["order"], r["max_size"]) for r in rules] == [(("triton", "cuda", "torch"), None)]
     assert rules[0]["source"].startswith("G wide + long: fwd summed triton 0.240 ms, cuda 0.510; G large: ")

@@ -57,8 +57,6 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     # size: the numel of state (a decoding step: no backward)
     fn = _dispatch.select("selective_state_update", state.device, backend=backend, dtype=x.dtype,
                           size=state.numel())
-    if dt_proj_weight is None:  # (backends written without the argument keep working)
-        return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices)
     return fn(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices, dt_proj_weight)
 
 

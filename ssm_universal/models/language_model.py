@@ -214,27 +214,24 @@ class SSMLanguageModel(nn.Module):
             m.training = False
         try:
             new_tokens = []
-            length = input_ids.shape[1]
             with FrozenStepConstants(self):  # the eager steps' parameter-derived tensors, once per call
                 logits, state = self._run_prompts(input_ids, attention_mask, prefill)
                 step = self._graphed_step(input_ids) if cuda_graph else self._eager_step(state)
                 if cuda_graph:
                     step.load_state(state)
                 finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-                while length + len(new_tokens) < max_length:
+                for remaining in range(max_length - input_ids.shape[1], 0, -1):
                     nxt = sample(logits[:, :self.vocab_size].float(), temperature, top_k, top_p, generator)
                     if eos_token_id is not None:
                         nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
                         finished |= nxt == eos_token_id
                     new_tokens.append(nxt.to(input_ids.dtype))
-                    if length + len(new_tokens) < max_length:
+                    if remaining > 1:
                         logits = step(new_tokens[-1])
         finally:
             for m in training:
                 m.training = True
-        if not new_tokens:
-            return input_ids.clone()
-        return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+        return torch.cat([input_ids] + [t.unsqueeze(1) for t in new_tokens], dim=1)
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
