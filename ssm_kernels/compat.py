@@ -11,9 +11,11 @@ conventions, computed by ssm_kernels' ops: code written for those packages runs 
     rmsnorm_fn                              mamba_ssm.ops.triton.layernorm_gated
     causal_conv1d_fn, causal_conv1d_update  causal_conv1d (causal_conv1d_interface)
 
-Every name but one is also `ssm_kernels.<name>`. The exception: `ssm_kernels.causal_conv1d_update` is our own
-op, causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend=None); causal-conv1d's
-function, with cache_seqlens and conv_state_indices, is `ssm_kernels.compat.causal_conv1d_update`.
+Every name but two is also `ssm_kernels.<name>`. The exceptions are our own ops at the top level:
+`ssm_kernels.causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, backend=None)` (causal-conv1d's
+function, with cache_seqlens and conv_state_indices, is `ssm_kernels.compat.causal_conv1d_update`), and
+`ssm_kernels.selective_state_update`, which also takes dt_proj_weight (Mamba-1's dt projection fused into the
+step); `ssm_kernels.compat.selective_state_update` has mamba_ssm's parameter list and calls it.
 
 The functions compose ssm_kernels' ops (causal_conv1d, selective_scan, ssd_chunk_scan, gated_rmsnorm,
 causal_conv1d_update), which pick their backend as usual (force one with `ssm_kernels.use_backend`). They run
@@ -48,7 +50,7 @@ from .gated_rmsnorm import gated_rmsnorm
 from .gated_rmsnorm._common import check_norm_inputs
 from .selective_scan import selective_scan, selective_scan_fn
 from .selective_scan._common import check_bc
-from .selective_state_update import selective_state_update
+from .selective_state_update import selective_state_update as _selective_state_update_op
 from .ssd_chunk_scan import mamba_chunk_scan_combined, ssd_chunk_scan
 
 PARAM_DTYPES = (torch.float32, torch.float64)
@@ -481,6 +483,15 @@ def _circular_update(x, state, weight, bias, activation, cache_seqlens):
         write = torch.remainder(start + torch.arange(steps - kept, steps, device=x.device), state_len)
         state.scatter_(2, write[:, None, :].expand(batch, dim, kept), x[..., steps - kept:])
     return y
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                           state_batch_indices=None, backend=None):
+    """mamba_ssm's selective_state_update (its parameters, in its order): one decoding step, `state` updated
+    in place; shapes, dtypes and the return value as ssm_kernels.selective_state_update, which computes it
+    (backend: ours, trailing)."""
+    return _selective_state_update_op(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                                      state_batch_indices=state_batch_indices, backend=backend)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None, cache_seqlens=None,

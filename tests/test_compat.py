@@ -530,6 +530,9 @@ SIGNATURES = {
                          ("return_final_states", False), ("final_states_out", None), ("activation", None)],
     "causal_conv1d_update": [("x", ...), ("conv_state", ...), ("weight", ...), ("bias", None), ("activation", None),
                              ("cache_seqlens", None), ("conv_state_indices", None)],
+    "selective_state_update": [("state", ...), ("x", ...), ("dt", ...), ("A", ...), ("B", ...), ("C", ...),
+                               ("D", None), ("z", None), ("dt_bias", None), ("dt_softplus", False),
+                               ("state_batch_indices", None)],
 }
 
 
@@ -540,13 +543,31 @@ def parameters(fn):
 
 @pytest.mark.parametrize("name", list(SIGNATURES))
 def test_signature_is_the_originals(name):
-    assert parameters(getattr(compat, name)) == SIGNATURES[name]
+    ours = parameters(getattr(compat, name))
+    if ours[-1:] == [("backend", None)]:  # ours may add a trailing backend=None
+        ours = ours[:-1]
+    assert ours == SIGNATURES[name]
+
+
+def test_selective_state_update_is_the_op():
+    """compat's selective_state_update (mamba_ssm's parameters) computes what the op does, state rows included."""
+    torch.manual_seed(0)
+    state = torch.randn(5, 2, 3, 4)
+    x, dt, z = torch.randn(3, 2, 3), torch.randn(3, 2, 3), torch.randn(3, 2, 3)
+    A, dt_bias, D = -torch.rand(2, 3, 4), torch.randn(2, 3), torch.randn(2, 3)
+    B, C = torch.randn(3, 1, 4), torch.randn(3, 1, 4)
+    rows = torch.tensor([4, 0, 2])
+    ours_state, op_state = state.clone(), state.clone()
+    y = compat.selective_state_update(ours_state, x, dt, A, B, C, D, z, dt_bias, True, rows)
+    expected = ssm_kernels.selective_state_update(op_state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                                                  dt_softplus=True, state_batch_indices=rows)
+    assert torch.equal(y, expected) and torch.equal(ours_state, op_state) and not torch.equal(ours_state, state)
 
 
 def test_names_are_exported():
     for name in ("mamba_inner_fn", "mamba_split_conv1d_scan_combined", "rmsnorm_fn", "causal_conv1d_fn"):
         assert getattr(ssm_kernels, name) is getattr(compat, name) and name in ssm_kernels.__all__
-    for name in ("selective_scan_fn", "selective_state_update", "mamba_chunk_scan_combined"):
+    for name in ("selective_scan_fn", "mamba_chunk_scan_combined"):
         assert getattr(compat, name) is getattr(ssm_kernels, name)
     assert set(compat.__all__) == {"selective_scan_fn", "mamba_inner_fn", "selective_state_update",
                                    "mamba_chunk_scan_combined", "mamba_split_conv1d_scan_combined", "rmsnorm_fn",
@@ -554,6 +575,9 @@ def test_names_are_exported():
     # the top-level causal_conv1d_update stays our op (backend= its 6th parameter)
     assert list(inspect.signature(ssm_kernels.causal_conv1d_update).parameters)[5] == "backend"
     assert compat.causal_conv1d_update is not ssm_kernels.causal_conv1d_update
+    # the top-level selective_state_update takes dt_proj_weight too; compat's has mamba_ssm's parameters
+    assert "dt_proj_weight" in inspect.signature(ssm_kernels.selective_state_update).parameters
+    assert compat.selective_state_update is not ssm_kernels.selective_state_update
 
 
 @pytest.mark.parametrize("name", ["mamba_inner_fn", "mamba_split_conv1d_scan_combined", "rmsnorm_fn",
