@@ -42,6 +42,23 @@ def _prepare() -> None:
     _link_prebuilt(root, "selective_scan_cuda", os.path.join(root, "mamba", "csrc", "selective_scan",
                                                              "selective_scan.cpp"), "ss_")
     _link_prebuilt(root, "causal_conv1d_cuda", os.path.join(root, "cconv", "csrc", "causal_conv1d.cpp"), "cc_")
+    _fill_causal_conv1d_shell()
+
+
+def _fill_causal_conv1d_shell() -> None:
+    """Give the causal_conv1d shell package what its __init__ would export (causal_conv1d_fn / _update): mamba_ssm's
+    modules import those names from it and take their slow, unfused paths (torch's conv1d, no mamba_inner_fn)
+    when the import fails. Only where its CUDA extension loaded (on a CPU the peers run those slow paths)."""
+    shell = sys.modules.get("causal_conv1d")
+    if shell is None or "causal_conv1d_cuda" not in sys.modules or hasattr(shell, "causal_conv1d_fn"):
+        return
+    try:
+        interface = importlib.import_module("causal_conv1d.causal_conv1d_interface")
+    except Exception as error:
+        print(f"peers: causal_conv1d does not import: {error}", file=sys.stderr)
+        return
+    shell.causal_conv1d_fn = interface.causal_conv1d_fn
+    shell.causal_conv1d_update = interface.causal_conv1d_update
 
 
 def _link_prebuilt(root: str, module: str, binding: str, prefix: str) -> None:

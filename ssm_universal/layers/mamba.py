@@ -103,7 +103,11 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         if continuing and seqlen == 1:
             return self.step(hidden_states[:, 0], state)[0].unsqueeze(1)
 
-        xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2 d_inner, L)
+        # The GEMMs produce their outputs channels-first with L contiguous (weight @ activations^T, as mamba_ssm's
+        # fused path does): the conv and the scan then read (and write their gradients in) rows along L, not
+        # columns of (B, L, channels) tensors, which made them gather strided elements and the backward copy
+        # every gradient back into that layout.
+        xz = channels_first_linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, 2 d_inner, L)
         x, z = xz.chunk(2, dim=1)
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_init = None
@@ -114,12 +118,10 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
                 width = conv_state.shape[-1]  # the last `width` inputs: only x's tail is copied
                 new_conv = torch.cat([conv_state.to(x.dtype), x[..., -width:]], dim=-1)[..., -width:]
         x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init,
-                          cp_group=self.cp_group)
+                          cp_group=self.cp_group)  # (B, d_inner, L)
 
-        dt, B, C = self._dt_b_c(x.transpose(1, 2))  # (B, L, dt_rank), (B, L, d_state) x 2
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in the scan
-        B = B.transpose(1, 2).contiguous()  # (B, d_state, L)
-        C = C.transpose(1, 2).contiguous()
+        dt, B, C = self._dt_b_c(batched_linear(self.x_proj.weight, x), dim=1)  # (B, dt_rank | d_state, L)
+        dt = batched_linear(self.dt_proj.weight, dt)  # (B, d_inner, L); its bias is added in the scan
         (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
         y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                            delta_softplus=True, return_final_state=state is not None,
@@ -143,7 +145,7 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         # causal_conv1d_update needs x in the cache's dtype (they differ under autocast)
         x = causal_conv1d_update(x.to(conv_state.dtype), conv_state, self.conv1d.weight.squeeze(1),
                                  self.conv1d.bias, activation=self.activation)
-        dt_low, B, C = self._dt_b_c(x)  # (B, dt_rank), (B, d_state) x 2
+        dt_low, B, C = self._dt_b_c(self.x_proj(x), dim=-1)  # (B, dt_rank), (B, d_state) x 2
         (A,) = self.constants_for_step()
         # the update projects dt_low itself (dt_proj's GEMM fused) and reads D and dt_bias as they are, in fp32
         # (a separate GEMM or a cast would each be a kernel per layer and token)
@@ -151,12 +153,13 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
                                    dt_softplus=True, dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y), state
 
-    def _dt_b_c(self, x: torch.Tensor):
-        """x (..., d_inner) -> dt (..., dt_rank), B, C (..., d_state): x_proj, split (FalconMamba: normalised)."""
-        parts = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+    def _dt_b_c(self, x_dbl: torch.Tensor, dim: int):
+        """x_proj's output -> dt (dt_rank), B, C (d_state each), split along `dim` (FalconMamba: each
+        normalised along it)."""
+        parts = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=dim)
         if self.mixer_rms_eps is None:
             return parts
-        return [rms_normalize(part, self.mixer_rms_eps) for part in parts]
+        return [rms_normalize(part, self.mixer_rms_eps, dim) for part in parts]
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: conv_state (B, d_inner, d_conv) in `dtype` (default: the conv weight's), the last
@@ -168,7 +171,23 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         return conv_state, ssm_state
 
 
-def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x (..., D) / sqrt(mean(x^2 over D) + eps), computed in fp32, returned in x's dtype."""
+def rms_normalize(x: torch.Tensor, eps: float, dim: int = -1) -> torch.Tensor:
+    """x / sqrt(mean(x^2 over `dim`) + eps), computed in fp32, returned in x's dtype."""
     x32 = x.float()
-    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (x32 * torch.rsqrt(x32.pow(2).mean(dim, keepdim=True) + eps)).to(x.dtype)
+
+
+def channels_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """nn.Linear's x (B, L, K) @ weight.T + bias as (B, O, L) with L contiguous, one GEMM (weight @ x^T)
+    writing it: strides (L, B L, 1)."""
+    batch, seqlen, width = x.shape
+    out = weight @ x.reshape(batch * seqlen, width).t()  # (O, B L)
+    if bias is not None:
+        out = out + bias.to(out.dtype)[:, None]
+    return out.view(-1, batch, seqlen).transpose(0, 1)
+
+
+def batched_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (O, K) @ x (B, K, L) -> (B, O, L): one batched GEMM over a broadcast weight (torch.matmul would
+    copy a strided x to fold its batch into rows)."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
