@@ -19,10 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssm_kernels.testing import assert_close
 from ssm_universal.layers import Mamba
 from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
                                               check_prefill_and_decode_match_reference,
                                               check_reference_checkpoint_loads, check_same_initialisation)
+from tests.helpers import check_parity
 from tests.ssm_universal.peer_sources import PEER_MAMBA, peer_mamba_ssm
 
 FP32 = torch.float32
@@ -196,3 +198,78 @@ def test_step_equals_forward(config):
     assert state[0].shape == (batch, layer.d_inner, layer.d_conv) and state[0].dtype == FP32
     assert state[1].shape == (batch, layer.d_inner, layer.d_state) and state[1].dtype == FP32
     check_in_place_steps_equal_forward(layer, x, split)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_first_linears_equal_nn_linear(bias, dtype):
+    """The layout GEMMs the block runs instead of its nn.Linear modules compute what those modules compute on
+    (B, L, K), outputs and every gradient (a non-contiguous y included)."""
+    from ssm_universal.layers._channels_first import (batched_linear, channels_first_linear,
+                                                      linear_from_channels_first)
+    torch.manual_seed(0)
+    weight, b = torch.randn(6, 5).to(dtype), (torch.randn(6).to(dtype) if bias else None)
+    x_blk = torch.randn(3, 7, 5).to(dtype)  # (B, L, K)
+    y_bkl = torch.randn(3, 5, 14).to(dtype)[..., ::2]  # (B, K, L) with a stride of 2 along L
+    inputs = dict(weight=weight, bias=b)
+    grads = ["x", "weight"] + (["bias"] if bias else [])
+    check_parity(lambda x, weight, bias: channels_first_linear(x, weight, bias),
+                 lambda x, weight, bias: F.linear(x, weight, bias).transpose(1, 2), dict(x=x_blk, **inputs),
+                 dtype, grads)
+    check_parity(lambda x, weight, bias: linear_from_channels_first(x, weight, bias),
+                 lambda x, weight, bias: F.linear(x.transpose(1, 2), weight, bias), dict(x=y_bkl, **inputs),
+                 dtype, grads)
+    check_parity(lambda x, weight: batched_linear(weight, x),
+                 lambda x, weight: F.linear(x.transpose(1, 2), weight).transpose(1, 2),
+                 dict(x=y_bkl, weight=weight), dtype, ["x", "weight"])
+
+
+def test_channels_first_linear_under_autocast():
+    """fp32 weights and activations under bf16 autocast: the output in bf16 as nn.Linear's, gradients in the
+    parameters' and inputs' own dtypes."""
+    from ssm_universal.layers._channels_first import linear_from_channels_first
+    torch.manual_seed(0)
+    weight, bias = torch.randn(6, 5), torch.randn(6)
+    y = torch.randn(2, 5, 7)
+    dout = torch.randn(2, 7, 6)
+    results = []
+    for fn in (linear_from_channels_first, lambda y, w, b: F.linear(y.transpose(1, 2), w, b)):
+        leaves = [t.clone().requires_grad_() for t in (y, weight, bias)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fn(*leaves)
+        out.backward(dout.to(out.dtype))
+        results.append((out, *(t.grad for t in leaves)))
+    for ours, expected in zip(*results):
+        assert ours.dtype == expected.dtype
+        assert_close(ours, expected, torch.bfloat16)
+    assert results[0][0].dtype == torch.bfloat16 and results[0][1].dtype == torch.float32
+
+
+def test_projection_modules_that_are_not_plain_linears_are_called():
+    """A hook on a projection, or a projection replaced by another module (a LoRA-style wrapper), takes part
+    in the forward: the layout GEMMs only stand in for plain nn.Linear modules."""
+    torch.manual_seed(0)
+    layer = Mamba(d_model=16, d_state=4)
+    x = torch.randn(2, 9, 16)
+    plain = layer(x)
+    handle = layer.out_proj.register_forward_hook(lambda module, args, out: 2 * out)
+    torch.testing.assert_close(layer(x), 2 * plain)
+    handle.remove()
+
+    class Scaled(nn.Module):
+        def __init__(self, linear):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, t):
+            return self.linear(t) * 0.5
+
+    for name in ("in_proj", "x_proj", "out_proj"):
+        torch.manual_seed(0)
+        wrapped = Mamba(d_model=16, d_state=4)
+        setattr(wrapped, name, Scaled(getattr(wrapped, name)))
+        torch.manual_seed(0)
+        expected = Mamba(d_model=16, d_state=4)
+        with torch.no_grad():
+            getattr(expected, name).weight.mul_(0.5)
+        torch.testing.assert_close(wrapped(x), expected(x))

@@ -1,0 +1,65 @@
+"""Linear layers on channels-first activations (B, C, L), L contiguous, as the Mamba-1 block keeps them.
+
+The conv and the scan read and write rows along L; nn.Linear works on (B, L, C). These GEMMs read and write the
+channels-first layout directly (weight @ activations^T), so no transposing copy sits between them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def channels_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """nn.Linear's x (B, L, K) @ weight.T + bias as (B, O, L) with L contiguous, one GEMM (weight @ x^T)
+    writing it: strides (L, B L, 1)."""
+    batch, seqlen, width = x.shape
+    out = weight @ x.reshape(batch * seqlen, width).t()  # (O, B L)
+    if bias is not None:
+        out = out + bias.to(out.dtype)[:, None]
+    return out.view(-1, batch, seqlen).transpose(0, 1)
+
+
+def batched_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """weight (O, K) @ x (B, K, L) -> (B, O, L): one batched GEMM over a broadcast weight (torch.matmul would
+    copy a strided x to fold its batch into rows)."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """nn.Linear applied to y (B, K, L) read as (B, L, K): -> (B, L, O), under autocast in its dtype.
+
+    F.linear(y.transpose(1, 2), ...) copies y into (B L, K) rows before its GEMM whenever the weight needs a
+    gradient; here the forward reads y transposed in a batched GEMM, and the backward writes dy as (B, K, L)
+    (the layout the scan's backward reads) and takes the weight's gradient in one GEMM over B L."""
+    dtype = y.dtype
+    if torch.is_autocast_enabled(y.device.type):
+        dtype = torch.get_autocast_dtype(y.device.type)
+    return _LinearFromChannelsFirst.apply(y, weight, bias, dtype)
+
+
+class _LinearFromChannelsFirst(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, weight, bias, dtype):
+        w = weight.to(dtype)
+        out = torch.bmm(y.to(dtype).transpose(1, 2), w.t().expand(y.shape[0], -1, -1))  # (B, L, O)
+        if bias is not None:
+            out = out + bias.to(dtype)
+        ctx.save_for_backward(y, w)
+        ctx.dtypes = (y.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, w = ctx.saved_tensors
+        y_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        dout = dout.to(w.dtype)
+        dy = dweight = dbias = None
+        if ctx.needs_input_grad[0]:
+            dy = torch.bmm(w.t().expand(dout.shape[0], -1, -1), dout.transpose(1, 2)).to(y_dtype)  # (B, K, L)
+        if ctx.needs_input_grad[1]:
+            rows = y.to(w.dtype).transpose(1, 2).reshape(-1, y.shape[1])  # (B L, K)
+            dweight = (dout.reshape(-1, dout.shape[-1]).t() @ rows).to(weight_dtype)
+        if bias_dtype is not None and ctx.needs_input_grad[2]:
+            dbias = dout.sum((0, 1)).to(bias_dtype)
+        return dy, dweight, dbias, None
