@@ -131,11 +131,12 @@ class SSMLanguageModel(nn.Module):
         return step
 
     def _graphed_step(self, input_ids: torch.Tensor) -> GraphedStep:
+        """The cached GraphedStep for this batch size and device, in whatever state its last use left it (the
+        caller loads one: load_state also refreshes its step constants)."""
         cache = self.__dict__.setdefault("_graphed_steps", {})  # not a submodule, not in the state_dict
         key = (input_ids.shape[0], input_ids.device)
         if key not in cache:
             cache[key] = GraphedStep(self, input_ids.shape[0], input_ids.device)
-        cache[key].reset()
         return cache[key]
 
     def _run_prompts(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], prefill: bool):
