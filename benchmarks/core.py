@@ -92,17 +92,27 @@ def time_ms(fn: Callable[[], Any], device: torch.device, quick: bool) -> float:
 def wall_seconds(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> float:
     """Median wall time of whole synchronised calls after one warm-up call (compiles, CUDA-graph capture,
     caches): what a user waits for, host time included (do_bench would hide it)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+    return wall_seconds_interleaved({"fn": fn}, device, repeats)["fn"]
+
+
+def wall_seconds_interleaved(fns: Dict[str, Callable[[], Any]], device: torch.device,
+                             repeats: int = 3) -> Dict[str, float]:
+    """wall_seconds of several functions measured in turns (one call of each per round, after a warm-up call of
+    each): host-bound calls on a shared machine drift over seconds, and taking turns gives every function the
+    same conditions. {name: median seconds}."""
+    for fn in fns.values():
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:

@@ -10,7 +10,8 @@ cuda_graph=True on a GPU. mamba_ssm (--peers, SSM_PEERS_DIR): MambaLMHeadModel(.
 in the S4D model crashed the process on the H200: benchmarks/results/h200_generation_prefill.txt).
 
 Times are wall-clock medians of `repeats` synchronised calls after a warm-up (the whole call is what a user
-waits for, host time included):
+waits for, host time included), ours and mamba_ssm's calls taking turns (a host-bound batch-1 prefill drifts
+with the machine's load; measured one variant after the other it differed 2x between runs):
     prefill          generate(max_length = prompt + 1): the prompt's forward and the first token
     total            generate(max_length = prompt + new)
     decode / token   (total - prefill) / (new - 1)
@@ -21,12 +22,13 @@ waits for, host time included):
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Callable, Dict, List, Optional
 
 import torch
 
 from . import peers
-from .core import copy_bandwidth_gbps, wall_seconds
+from .core import copy_bandwidth_gbps, wall_seconds_interleaved
 
 LAYERS, D_MODEL, VOCAB = 24, 1024, 50277
 PROMPT, NEW_TOKENS = 1024, 128
@@ -40,13 +42,20 @@ CASES = {
 }
 
 
-def _timings(generate: Callable[[int], object], prompt: int, new: int, batch: int, device: torch.device,
-             repeats: int) -> Dict[str, float]:
-    prefill = wall_seconds(lambda: generate(prompt + 1), device, repeats)
-    total = wall_seconds(lambda: generate(prompt + new), device, repeats)
-    per_token = (total - prefill) / max(1, new - 1)
-    return {"prefill_ms": prefill * 1e3, "total_ms": total * 1e3, "decode_ms_per_token": per_token * 1e3,
-            "tokens_per_s": batch * new / total}
+def _timings(generates: Dict[str, Callable[[int], object]], prompt: int, new: int, batch: int,
+             device: torch.device, repeats: int) -> Dict[str, Dict[str, float]]:
+    """{variant: timings}: the variants' prefills measured in turns, then their whole generations in turns
+    (wall_seconds_interleaved: a host-bound batch-1 prefill drifts with the machine's load)."""
+    prefill = wall_seconds_interleaved({k: functools.partial(g, prompt + 1) for k, g in generates.items()},
+                                       device, repeats)
+    total = wall_seconds_interleaved({k: functools.partial(g, prompt + new) for k, g in generates.items()},
+                                     device, repeats)
+    out = {}
+    for k in generates:
+        per_token = (total[k] - prefill[k]) / max(1, new - 1)
+        out[k] = {"prefill_ms": prefill[k] * 1e3, "total_ms": total[k] * 1e3, "decode_ms_per_token": per_token * 1e3,
+                  "tokens_per_s": batch * new / total[k]}
+    return out
 
 
 def decode_step_bytes(model: torch.nn.Module, batch: int) -> int:
@@ -129,12 +138,16 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
                 print(f"{name}: mamba_ssm unavailable: {why}", flush=True)
             else:
                 variants["mamba_ssm"] = peer
-        for variant, generate in variants.items():
+        runnable = {}
+        for variant, generate in variants.items():  # one call each first: a variant that fails is reported alone
             try:
-                timing = _timings(lambda max_length: generate(ids, max_length), prompt, new, batch, device, repeats)
+                generate(ids, prompt + 1)
             except Exception as error:
                 print(f"{name} {variant}: failed: {type(error).__name__}: {error}", flush=True)
-                continue
+            else:
+                runnable[variant] = functools.partial(generate, ids)
+        timings = _timings(runnable, prompt, new, batch, device, repeats) if runnable else {}
+        for variant, timing in timings.items():
             rows.append(dict(case=name, variant=variant, batch=batch, prompt=prompt, new_tokens=new,
                              layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing,
                              **floor))

@@ -103,3 +103,13 @@ def test_transformers_times_patched_and_unpatched(tmp_path):
     results = json.loads(path.read_text())["results"]["mamba2"]
     assert set(results) == {"unpatched", "patched"}
     assert all(ms > 0 for row in results.values() for ms in row.values())
+
+
+def test_wall_seconds_interleaved_takes_turns():
+    """One warm-up call of each function, then rounds of one call each, in order; a median per function."""
+    from benchmarks.core import wall_seconds_interleaved
+    calls = []
+    times = wall_seconds_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                     torch.device("cpu"), repeats=3)
+    assert calls == ["a", "b"] * 4
+    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())

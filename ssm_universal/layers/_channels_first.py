@@ -35,16 +35,21 @@ def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Opti
     dtype = y.dtype
     if torch.is_autocast_enabled(y.device.type):
         dtype = torch.get_autocast_dtype(y.device.type)
-    return _LinearFromChannelsFirst.apply(y, weight, bias, dtype)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias)):
+        return _LinearFromChannelsFirst.apply(y, weight, bias, dtype)
+    return _forward(y, weight.to(dtype), bias, dtype)  # inference: no autograd.Function to go through
+
+
+def _forward(y: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    out = torch.bmm(y.to(dtype).transpose(1, 2), w.t().expand(y.shape[0], -1, -1))  # (B, L, O)
+    return out if bias is None else out + bias.to(dtype)
 
 
 class _LinearFromChannelsFirst(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, bias, dtype):
         w = weight.to(dtype)
-        out = torch.bmm(y.to(dtype).transpose(1, 2), w.t().expand(y.shape[0], -1, -1))  # (B, L, O)
-        if bias is not None:
-            out = out + bias.to(dtype)
+        out = _forward(y, w, bias, dtype)
         ctx.save_for_backward(y, w)
         ctx.dtypes = (y.dtype, weight.dtype, None if bias is None else bias.dtype)
         return out
