@@ -741,3 +741,13 @@ def test_signature_matches_the_original(peer, name):
     if ours[-1:] == [("backend", None)] and theirs[-1:] != [("backend", None)]:
         ours = ours[:-1]
     assert ours == theirs
+
+
+def test_peer_modules_get_causal_conv1d(peer):
+    """mamba_ssm's modules import causal_conv1d_fn / causal_conv1d_update from the causal_conv1d package and
+    silently take their unfused torch paths when that fails: the peers' shell package must export them, or every
+    block / generation comparison times a crippled mamba_ssm."""
+    if peer.causal_conv1d_fn is None:
+        pytest.skip("causal-conv1d's interface does not import from SSM_PEERS_DIR")
+    simple = importlib.import_module("mamba_ssm.modules.mamba_simple")
+    assert simple.causal_conv1d_fn is not None and simple.causal_conv1d_update is not None
