@@ -146,7 +146,11 @@ def run(names: List[str], device: torch.device, with_peers: bool, quick: bool) -
                 print(f"{name} {variant}: failed: {type(error).__name__}: {error}", flush=True)
             else:
                 runnable[variant] = functools.partial(generate, ids)
-        timings = _timings(runnable, prompt, new, batch, device, repeats) if runnable else {}
+        try:
+            timings = _timings(runnable, prompt, new, batch, device, repeats) if runnable else {}
+        except Exception as error:  # reported, not fatal: the later cases still run
+            print(f"{name}: failed while timing: {type(error).__name__}: {error}", flush=True)
+            timings = {}
         for variant, timing in timings.items():
             rows.append(dict(case=name, variant=variant, batch=batch, prompt=prompt, new_tokens=new,
                              layers=layers, d_model=d_model, dtype=str(dtype).replace("torch.", ""), **timing,

@@ -20,7 +20,7 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
-from ._channels_first import batched_linear, channels_first_linear, linear_from_channels_first
+from ._channels_first import batched_linear, channels_first_linear, is_plain_linear, linear_from_channels_first
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 from ._step_constants import MambaStepConstants
 
@@ -107,7 +107,12 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         # fused path does): the conv and the scan then read (and write their gradients in) rows along L, not
         # columns of (B, L, channels) tensors, which made them gather strided elements and the backward copy
         # every gradient back into that layout.
-        xz = self._linear(self.in_proj, hidden_states, channels_first_in=False)  # (B, 2 d_inner, L)
+        # Plain nn.Linear projections run as those GEMMs; anything else (a subclass, a LoRA-style wrapper, hooks)
+        # is called as a module on (B, L, K).
+        if is_plain_linear(self.in_proj):
+            xz = channels_first_linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, 2 d_inner, L)
+        else:
+            xz = self.in_proj(hidden_states).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_init = None
@@ -120,7 +125,11 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init,
                           cp_group=self.cp_group)  # (B, d_inner, L)
 
-        dt, B, C = self._dt_b_c(self._linear(self.x_proj, x), dim=1)  # (B, dt_rank | d_state, L)
+        if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
+            x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
+        else:
+            x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
+        dt, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)
         dt = batched_linear(self.dt_proj.weight, dt)  # (B, d_inner, L); its bias is added in the scan
         (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
         y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
@@ -130,23 +139,9 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             y, last_state = y
             conv_state.copy_(new_conv)
             ssm_state.copy_(last_state.detach())
-        return self._linear(self.out_proj, y, channels_first_out=False)  # (B, L, d_model)
-
-    @staticmethod
-    def _linear(linear: nn.Linear, x: torch.Tensor, channels_first_in: bool = True,
-                channels_first_out: bool = True) -> torch.Tensor:
-        """`linear` on x (B, K, L) (or (B, L, K) when not channels_first_in), returning (B, O, L) (or (B, L, O)).
-        A plain nn.Linear without hooks runs as the layout's GEMM (_channels_first.py); anything else (a
-        subclass, a wrapper such as a LoRA layer, hooks) is called as a module on (B, L, K)."""
-        if type(linear) is nn.Linear and not (linear._forward_hooks or linear._forward_pre_hooks):
-            if not channels_first_in:
-                return channels_first_linear(x, linear.weight, linear.bias)
-            if not channels_first_out:
-                return linear_from_channels_first(x, linear.weight, linear.bias)
-            if linear.bias is None:
-                return batched_linear(linear.weight, x)
-        out = linear(x.transpose(1, 2) if channels_first_in else x)
-        return out.transpose(1, 2) if channels_first_out else out
+        if is_plain_linear(self.out_proj):
+            return linear_from_channels_first(y, self.out_proj.weight, self.out_proj.bias)  # (B, L, d_model)
+        return self.out_proj(y.transpose(1, 2))
 
     def prefill(self, x: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """A prompt x (B, L, d_model) from `state` -> (y (B, L, d_model), state): the parallel forward, which
