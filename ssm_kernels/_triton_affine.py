@@ -5,6 +5,7 @@ the pairs gives the state of a first-order linear recurrence at every position f
 product of the gates alongside (the factor on the entering state). Complex values come as (re, im) pairs.
 """
 import triton
+import triton.language as tl  # noqa: F401 (the interpreter looks for it in every jit function's module)
 
 
 @triton.jit
@@ -16,3 +17,13 @@ def combine(a1, b1, a2, b2):
 def combine_complex(a1r, a1i, b1r, b1i, a2r, a2i, b2r, b2i):
     return (a1r * a2r - a1i * a2i, a1r * a2i + a1i * a2r,
             a2r * b1r - a2i * b1i + b2r, a2r * b1i + a2i * b1r + b2i)
+
+
+@triton.jit
+def combine_with_exclusive(a1, b1, e_a1, e_b1, a2, b2, e_a2, e_b2):
+    """Scan element (map of a segment, map of the segment without its last element): a scan of
+    (a_t, b_t, 1, 0) gives at t the composition of the maps before t (an exclusive scan in one pass: Triton
+    has no shift)."""
+    a, b = combine(a1, b1, a2, b2)
+    e_a, e_b = combine(a1, b1, e_a2, e_b2)
+    return a, b, e_a, e_b

@@ -1,13 +1,16 @@
 """Triton backward kernels of the selective scan (real and complex A); launched from triton.py.
 
 One program per (batch row, block of BLOCK_D channels), walking the forward's chunks (BLOCK_L positions, the
-checkpoint spacing) in reverse. Per chunk the group's B_t / C_t tiles (BLOCK_N, BLOCK_L) are loaded once;
-then per channel of the block, on 2-D (BLOCK_N, BLOCK_L) tiles:
+checkpoint spacing) in reverse. Per chunk the group's B_t / C_t tiles are loaded once; then per channel of
+the block, on the chunk's tiles ((RUN, BLOCK_L / RUN, BLOCK_N) for real A, see _triton_fwd.py; (BLOCK_N,
+BLOCK_L) for complex A):
   * recompute the states h_t of the chunk from the channel's checkpoint (the forward's scan);
   * reverse scan of the adjoint state
         G_t = C_t dy_t + a_{t+1} G_{t+1}        (dy = dout * silu(z); G after the last position = dfinal)
-    with the same combine (Triton's reverse scan applies it in reverse order), a_{t+1} recomputed from the
-    next position's Δ (a shifted load; 1 past the end and at a packed sequence's end it is 0 / identity);
+    with the same combine (real A: each run flipped in registers and scanned forward, the runs' totals
+    scanned in reverse; Triton's reverse scan applies the combine in reverse order but flips every operand
+    across the warp with five shuffles per element), a_{t+1} recomputed from the next position's Δ (a
+    shifted load; 1 past the end and at a packed sequence's end it is 0 / identity);
   * with hb_t = h_t - b_t = a_t h_{t-1}:
         du_t = D dy_t + Δ_t Σ_n G_t B_t        dΔ_t = u_t Σ_n G_t B_t + Σ_n A G_t hb_t
         dA   = Σ_t Δ_t G_t hb_t                dB_t = Σ_d G_t Δ_t u_t          dC_t = Σ_d dy_t h_t
@@ -15,7 +18,7 @@ then per channel of the block, on 2-D (BLOCK_N, BLOCK_L) tiles:
 Carried per channel in registers: G entering the chunk (BLOCK_D, BLOCK_N), and the accumulators dA (and
 dB / dC when fixed) (BLOCK_D, BLOCK_N), dD / dbias (BLOCK_D,); rows are read with a masked sum and updated
 with a where (see _triton_fwd.py). dB / dC of variable B / C accumulate over the block's channels in
-(BLOCK_N, BLOCK_L) registers and are written once per (program, chunk) as the partial
+registers (the chunk's tiles) and are written once per (program, chunk) as the partial
 (B, n_dblocks, N, L) fp32; sums over the batch, over time for fixed B / C and over the channel blocks of a
 group are added up by the launcher with torch (deterministic, no atomics).
 """
@@ -24,9 +27,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import (LOG2E, _block_rows, _ccombine, _channel_scalars, _combine, _complex_decay, _complex_row,
-                          _complex_tile, _delta_row, _enter_complex_state, _exp2, _load_row, _load_tile, _log1p_exp,
-                          _row_of, _softplus_row, _varlen_marks)
+from ._triton_fwd import (LOG2E, _at_position, _block_rows, _ccombine, _channel_scalars, _combine, _combine_excl,
+                          _complex_decay, _complex_row, _complex_tile, _delta_row, _enter_complex_state, _exp2,
+                          _load_row, _log1p_exp, _row_of, _run_end, _run_grid, _run_tile, _run_varlen_marks,
+                          _scan_runs, _softplus_row, _sum_positions, _varlen_marks)
 
 
 @triton.jit
@@ -90,6 +94,22 @@ def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, dt_raw, S
 
 
 @triton.jit
+def _scan_runs_reverse(alpha, cy, g_after):
+    """Adjoints G_p = cy_p + alpha_p G_(p+1) of one chunk from G after it, g_after (BLOCK_N,), on the
+    (RUN, runs, BLOCK_N) tiles of _run_grid: the runs are flipped in registers (no shuffles) for an inclusive
+    scan from their ends; the runs' totals (runs, BLOCK_N) are scanned from the last run (exclusive) across
+    lanes, giving G after each run."""
+    al_in, g_in = tl.associative_scan((tl.flip(alpha, 0), tl.flip(cy, 0)), 0, _combine)
+    al_run = _run_end(al_in)
+    g_run = _run_end(g_in)
+    _, _, al_after, g_after_run = tl.associative_scan(
+        (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
+        _combine_excl, reverse=True)
+    G_next = al_after * g_after[None, :] + g_after_run
+    return tl.flip(al_in * G_next[None, :, :] + g_in, 0)
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
     dout_ptr, dfinal_ptr, ckpt_ptr,
@@ -98,7 +118,7 @@ def _selective_scan_bwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_h0_b, s_h0_d, s_h0_n,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, RUN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
     B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
@@ -107,7 +127,6 @@ def _selective_scan_bwd_kernel(
     pid_d = tl.program_id(1)
     d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = (d0 + rows)[:, None] * N + offs_n[None, :]
-    first = (ar_l == 0)[None, :]
     group_B = d0 // cpg_B
     group_C = d0 // cpg_C
     d_end = tl.minimum(d0 + BLOCK_D, DIM)
@@ -121,29 +140,33 @@ def _selective_scan_bwd_kernel(
     dCf_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    mask_n3 = mask_n[None, None, :]
     for i in range(0, n_chunks):
-        c, offs_l, mask_l, mask_nl = _chunk_from_the_end(i, n_chunks, ar_l, mask_n, L, BLOCK_L)
+        c = n_chunks - 1 - i  # the chunks last to first
+        pos = _run_grid(c, BLOCK_L, RUN)
+        mask_l = pos < L
         if not B_FIXED:
-            Bt = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
-            dB_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
+            Bt = _run_tile(B_ptr, pid_b, group_B, offs_n, pos, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
+            dB_t = tl.zeros((RUN, BLOCK_L // RUN, BLOCK_N), dtype=tl.float32)
         if not C_FIXED:
-            Ct = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
-            dC_t = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
+            Ct = _run_tile(C_ptr, pid_b, group_C, offs_n, pos, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
+            dC_t = tl.zeros((RUN, BLOCK_L // RUN, BLOCK_N), dtype=tl.float32)
         if VARLEN:
-            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
+            sid, eid, is_start, is_end = _run_varlen_marks(start_ptr, end_ptr, pos, mask_l)
         ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N
         # the chunk's first channel; every step prefetches the next channel's inputs while it computes
         dn = d0.to(tl.int64)
         dt_nx, dtn_nx, u_nx, do_nx, z_nx, bias_nx, D_nx, A_nx, h_nx = _channel_inputs_bwd(
-            delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, dn, dn < d_end, offs_l, offs_n,
+            delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, dn, dn < d_end, pos, offs_n,
             L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
             s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
         for dd in range(0, BLOCK_D):
             d = (d0 + dd).to(tl.int64)
             ok = d < DIM
             lim_l = tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
-            m = offs_l < lim_l
+            m = pos < lim_l
             mn = offs_n < tl.where(ok, N, 0)
+            mn3 = mn[None, None, :]
             sel = rows[:, None] == dd
             dt_in = dt_nx
             dtn_in = dtn_nx
@@ -152,89 +175,87 @@ def _selective_scan_bwd_kernel(
             z_in = z_nx
             bias = bias_nx
             Dv = D_nx
-            A = A_nx[:, None]
+            A = A_nx[None, None, :]
             h_prev = h_nx
             dt_nx, dtn_nx, u_nx, do_nx, z_nx, bias_nx, D_nx, A_nx, h_nx = _channel_inputs_bwd(
-                delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, d + 1, d + 1 < d_end, offs_l,
+                delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, d + 1, d + 1 < d_end, pos,
                 offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d,
                 s_do_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
             dt_raw = dt_in.to(tl.float32) + bias
             dt = _softplus_row(dt_raw, m, SOFTPLUS)
-            # Δ of the next position, for a_{t+1} of the adjoint's recurrence (1 past the end: G_L = dfinal)
-            dt_next = _softplus_row(dtn_in.to(tl.float32) + bias, offs_l + 1 < lim_l, SOFTPLUS)
+            # Δ of the next position, for a_(p+1) of the adjoint's recurrence (1 past the end: G_L = dfinal)
+            dt_next = _softplus_row(dtn_in.to(tl.float32) + bias, pos + 1 < lim_l, SOFTPLUS)
             u = u_in.to(tl.float32)
             dout = do_in.to(tl.float32)
             A2 = A * LOG2E
             if B_FIXED:
-                Bt = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
+                Bt = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[None, None, :]
             if C_FIXED:
-                Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
+                Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[None, None, :]
 
             # recompute the chunk's states from the checkpoint
             dtu = dt * u
-            a = _exp2(A2 * dt[None, :], FAST)
-            b = Bt * dtu[None, :]
-            alpha = _exp2(A2 * dt_next[None, :], FAST)
+            a = _exp2(A2 * dt[:, :, None], FAST)
+            b = Bt * dtu[:, :, None]
+            alpha = _exp2(A2 * dt_next[:, :, None], FAST)
             a_scan = a
             b_scan = b
             if VARLEN:
                 if HAS_H0:
-                    h0 = tl.load(h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n,
-                                 mask=is_start & mn[:, None], other=0.0).to(tl.float32)
+                    h0 = tl.load(h0_ptr + sid[:, :, None] * s_h0_b + d * s_h0_d + offs_n[None, None, :] * s_h0_n,
+                                 mask=is_start & mn3, other=0.0).to(tl.float32)
                     b_scan = b + a * h0
                 a_scan = tl.where(is_start, 0.0, a)
                 alpha = tl.where(is_end, 0.0, alpha)  # the next position starts a new sequence
-            a_cum, b_cum = tl.associative_scan((a_scan, b_scan), 1, _combine)
-            hs = a_cum * h_prev[:, None] + b_cum
+            hs = _scan_runs(a_scan, b_scan, h_prev)
 
             dy = dout
             if HAS_Z:
                 z = z_in.to(tl.float32)
                 sz = tl.sigmoid(z)
-                y = tl.sum(hs * Ct, axis=0) + Dv * u
+                y = tl.sum(hs * Ct, axis=2) + Dv * u
                 dz = dout * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store(dz_ptr + (pid_b * DIM + d) * L + offs_l, dz.to(dz_ptr.dtype.element_ty), mask=m)
+                tl.store(dz_ptr + (pid_b * DIM + d) * L + pos, dz.to(dz_ptr.dtype.element_ty), mask=m)
                 dy = dout * z * sz
 
-            # adjoint of the states: reverse scan of G_t = C_t dy_t + a_{t+1} G_{t+1}
-            cy = Ct * dy[None, :]
+            # adjoint of the states: reverse scan of G_p = C_p dy_p + a_(p+1) G_(p+1)
+            cy = Ct * dy[:, :, None]
             if VARLEN:
                 if HAS_DFINAL:
-                    cy += tl.load(dfinal_ptr + eid[None, :] * (DIM * N) + d * N + offs_n[:, None],
-                                  mask=is_end & mn[:, None], other=0.0)
-            al_cum, g_cum = tl.associative_scan((alpha, cy), 1, _combine, reverse=True)
-            G = al_cum * _row_of(Gn, rows, dd)[:, None] + g_cum
+                    cy += tl.load(dfinal_ptr + eid[:, :, None] * (DIM * N) + d * N + offs_n[None, None, :],
+                                  mask=is_end & mn3, other=0.0)
+            G = _scan_runs_reverse(alpha, cy, _row_of(Gn, rows, dd))
 
-            hb = hs - b  # a_t h_{t-1} (a_t h0 at a sequence start)
-            GB = tl.sum(G * Bt, axis=0)
+            hb = hs - b  # a_p h_(p-1) (a_p h0 at a sequence start)
+            GB = tl.sum(G * Bt, axis=2)
             du = Dv * dy + dt * GB
             Ghb = G * hb
-            ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, offs_l, m, L, du,
-                                     u * GB + tl.sum(Ghb * A, axis=0), dt_raw, SOFTPLUS)
-            dA_acc += tl.where(sel, tl.sum(Ghb * dt[None, :], axis=1)[None, :], 0.0)
-            dD_acc += tl.where(rows == dd, tl.sum(dy * u, axis=0), 0.0)
-            dbias_acc += tl.where(rows == dd, tl.sum(ddt, axis=0), 0.0)
-            Gdu = G * dtu[None, :]
+            ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, pos, m, L, du,
+                                     u * GB + tl.sum(Ghb * A, axis=2), dt_raw, SOFTPLUS)
+            dA_acc += tl.where(sel, _sum_positions(Ghb * dt[:, :, None])[None, :], 0.0)
+            dD_acc += tl.where(rows == dd, tl.sum(tl.sum(dy * u, axis=1), axis=0), 0.0)
+            dbias_acc += tl.where(rows == dd, tl.sum(tl.sum(ddt, axis=1), axis=0), 0.0)
+            Gdu = G * dtu[:, :, None]
             if B_FIXED:
-                dBf_acc += tl.where(sel, tl.sum(Gdu, axis=1)[None, :], 0.0)
+                dBf_acc += tl.where(sel, _sum_positions(Gdu)[None, :], 0.0)
             else:
                 dB_t += Gdu
-            hdy = hs * dy[None, :]
+            hdy = hs * dy[:, :, None]
             if C_FIXED:
-                dCf_acc += tl.where(sel, tl.sum(hdy, axis=1)[None, :], 0.0)
+                dCf_acc += tl.where(sel, _sum_positions(hdy)[None, :], 0.0)
             else:
                 dC_t += hdy
             if VARLEN:
                 if HAS_H0:
-                    tl.store(dh0_ptr + sid[None, :] * (DIM * N) + d * N + offs_n[:, None], a * G,
-                             mask=is_start & mn[:, None])
+                    tl.store(dh0_ptr + sid[:, :, None] * (DIM * N) + d * N + offs_n[None, None, :], a * G,
+                             mask=is_start & mn3)
             # G at the chunk's first position: the previous chunk's last position adds alpha * G
-            Gn = tl.where(sel, tl.sum(tl.where(first, G, 0.0), axis=1)[None, :], Gn)
-        part = ((pid_b * n_dblocks + pid_d) * N + offs_n[:, None]) * L + offs_l[None, :]
+            Gn = tl.where(sel, _at_position(G, pos, c * BLOCK_L)[None, :], Gn)
+        part = ((pid_b * n_dblocks + pid_d) * N + offs_n[None, None, :]) * L + pos[:, :, None]
         if not B_FIXED:
-            tl.store(dB_ptr + part, dB_t, mask=mask_nl)
+            tl.store(dB_ptr + part, dB_t, mask=mask_l[:, :, None] & mask_n3)
         if not C_FIXED:
-            tl.store(dC_ptr + part, dC_t, mask=mask_nl)
+            tl.store(dC_ptr + part, dC_t, mask=mask_l[:, :, None] & mask_n3)
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows

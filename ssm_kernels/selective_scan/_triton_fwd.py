@@ -1,12 +1,18 @@
 """Triton forward kernels of the selective scan (real and complex A); launched from triton.py.
 
 One program per (batch row, block of BLOCK_D channels). The program walks L in chunks of BLOCK_L positions
-(the checkpoint spacing). Per chunk it loads the group's B_t / C_t as (BLOCK_N, BLOCK_L) tiles ONCE and then
-runs the block's channels one at a time on 2-D (BLOCK_N, BLOCK_L) tiles: the rows of u / delta / z / y are
-BLOCK_L contiguous elements (coalesced), a_t = exp(Δ_t A) and b_t = Δ_t u_t B_t are scanned along the
-positions with the linear-recurrence combine (a1, b1), (a2, b2) -> (a1 a2, a2 b1 + b2) (a 1-D scan along
-axis 1), the carried state enters as h_t = Π a * h_prev + scanned b, y_t = C_t . h_t is reduced over N, then
-D u_t and the silu(z_t) gate are applied.
+(the checkpoint spacing). Per chunk it loads the group's B_t / C_t tiles ONCE and then runs the block's
+channels one at a time: the rows of u / delta / z / y are contiguous (coalesced), a_t = exp(Δ_t A) and
+b_t = Δ_t u_t B_t are scanned along the positions with the linear-recurrence combine (a1, b1), (a2, b2) ->
+(a1 a2, a2 b1 + b2), the carried state enters as h_t = Π a * h_prev + scanned b, y_t = C_t . h_t is reduced
+over N, then D u_t and the silu(z_t) gate are applied.
+
+Real A (the performance case) lays a chunk out as (RUN, BLOCK_L / RUN, BLOCK_N) tiles (_run_grid): runs of
+RUN consecutive positions (one 16-byte load) sit in one thread's registers, so the scan inside a run is
+plain arithmetic, and only the runs' totals, 8x fewer values, are scanned across lanes (_scan_runs). A 1-D
+scan along a (BLOCK_N, BLOCK_L) tile, which Triton lays out one position per lane, cost most of the kernels'
+instructions in warp shuffles (H200: the backward issued ~1700 shuffles per channel and chunk, over half of
+its instructions). The complex kernels keep the (BLOCK_N, BLOCK_L) tiles.
 
 The states of the block's channels stay in registers as one (BLOCK_D, BLOCK_N) fp32 tensor H: channel dd's
 row is read with a masked sum over the rows and written back with a where (O(BLOCK_D * N) per channel and
@@ -33,6 +39,7 @@ import triton.language as tl
 
 from .._triton_affine import combine as _combine
 from .._triton_affine import combine_complex as _ccombine
+from .._triton_affine import combine_with_exclusive as _combine_excl
 
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -165,6 +172,14 @@ def _varlen_marks(start_ptr, end_ptr, offs_l, mask_l):
 
 
 @triton.jit
+def _run_varlen_marks(start_ptr, end_ptr, pos, mask):
+    """_varlen_marks on a _run_grid: sid, eid (RUN, runs) and the masks as (RUN, runs, 1)."""
+    sid = tl.load(start_ptr + pos, mask=mask, other=-1)
+    eid = tl.load(end_ptr + pos, mask=mask, other=-1)
+    return sid, eid, (sid >= 0)[:, :, None], (eid >= 0)[:, :, None]
+
+
+@triton.jit
 def _channel_scalars(bias_ptr, D_ptr, d, ok, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
     """(delta_bias, D) of channel d as fp32 (1,) tensors, 0 when absent or not `ok` (tensors either way: the
     kernels carry them from one channel's step to the next)."""
@@ -206,6 +221,58 @@ def _store_output(y_ptr, row, offs_l, m, L, y, u, Dv, z, HAS_D: tl.constexpr, HA
 
 
 @triton.jit
+def _run_grid(c, BLOCK_L: tl.constexpr, RUN: tl.constexpr):
+    """Positions of chunk c as a (RUN, BLOCK_L // RUN) grid, pos[r, j] = c BLOCK_L + j RUN + r: each run of RUN
+    consecutive positions is one column, and the (RUN, runs, BLOCK_N) tiles built on it keep a column in one
+    thread's registers (their loads are contiguous along axis 0), so scans along the runs need no shuffles."""
+    r = tl.arange(0, RUN)
+    j = tl.arange(0, BLOCK_L // RUN)
+    return c * BLOCK_L + j[None, :] * RUN + r[:, None]
+
+
+@triton.jit
+def _run_end(x):
+    """The last element of every run of x (RUN, runs, BLOCK_N): (runs, BLOCK_N). (Not tl.reduce with the
+    scan's combine: Triton's reductions across lanes assume a commutative combine; affine maps do not
+    commute.)"""
+    last = tl.arange(0, x.shape[0]) == x.shape[0] - 1
+    return tl.sum(tl.where(last[:, None, None], x, 0.0), axis=0)
+
+
+@triton.jit
+def _scan_runs(a, b, h):
+    """States x_p = a_p x_(p-1) + b_p of one chunk from the entering state h (BLOCK_N,), on (RUN, runs,
+    BLOCK_N) tiles laid out by _run_grid: inclusive scans inside the runs (in registers), then an exclusive
+    scan of the runs' totals (runs, BLOCK_N) across lanes gives the state entering each run."""
+    a_in, b_in = tl.associative_scan((a, b), 0, _combine)
+    a_run = _run_end(a_in)
+    b_run = _run_end(b_in)
+    _, _, a_before, b_before = tl.associative_scan(
+        (a_run, b_run, tl.full(a_run.shape, 1.0, tl.float32), tl.zeros(a_run.shape, tl.float32)), 0, _combine_excl)
+    h_run = a_before * h[None, :] + b_before
+    return a_in * h_run[None, :, :] + b_in
+
+
+@triton.jit
+def _run_tile(ptr, pid_b, group, offs_n, pos, mask_n, mask, s_b, s_g, s_n, s_l):
+    """The group's variable B or C on a chunk's (RUN, runs) positions: (RUN, runs, BLOCK_N) fp32, 0 outside."""
+    p = ptr + pid_b * s_b + group * s_g + pos[:, :, None] * s_l + offs_n[None, None, :] * s_n
+    return tl.load(p, mask=mask[:, :, None] & mask_n[None, None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _at_position(x, pos, p):
+    """x (RUN, runs, BLOCK_N) at the chunk position p: (BLOCK_N,)."""
+    return _sum_positions(tl.where((pos == p)[:, :, None], x, 0.0))
+
+
+@triton.jit
+def _sum_positions(x):
+    """Sum of x (RUN, runs, BLOCK_N) over the chunk's positions: (BLOCK_N,)."""
+    return tl.sum(tl.sum(x, axis=0), axis=0)
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
     y_ptr, final_ptr, ckpt_ptr,
@@ -213,7 +280,7 @@ def _selective_scan_fwd_kernel(
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
     s_h0_b, s_h0_d, s_h0_n,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, RUN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, VARLEN: tl.constexpr, B_FIXED: tl.constexpr, C_FIXED: tl.constexpr,
     SAVE_CKPT: tl.constexpr, FAST: tl.constexpr,
@@ -222,7 +289,6 @@ def _selective_scan_fwd_kernel(
     pid_d = tl.program_id(1)
     d0, rows, offs_n, ar_l, mask_n, mask_d, mask_dn = _block_rows(pid_d, DIM, N, BLOCK_D, BLOCK_N, BLOCK_L)
     state_off = (d0 + rows)[:, None] * N + offs_n[None, :]  # checkpoint / final-state layout (.., D, N)
-    last = (ar_l == BLOCK_L - 1)[None, :]
     # every channel of the block reads one group of B / C (the launcher makes BLOCK_D divide D / G)
     group_B = d0 // cpg_B
     group_C = d0 // cpg_C
@@ -233,25 +299,25 @@ def _selective_scan_fwd_kernel(
                         mask=mask_dn, other=0.0).to(tl.float32)
     d_end = tl.minimum(d0 + BLOCK_D, DIM)
     for c in range(0, n_chunks):
-        offs_l = c * BLOCK_L + ar_l
-        mask_l = offs_l < L
+        pos = _run_grid(c, BLOCK_L, RUN)
+        mask_l = pos < L
         if not B_FIXED:
-            Bt = _load_tile(B_ptr, pid_b, group_B, offs_n, offs_l, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
+            Bt = _run_tile(B_ptr, pid_b, group_B, offs_n, pos, mask_n, mask_l, s_B_b, s_B_g, s_B_n, s_B_l)
         if not C_FIXED:
-            Ct = _load_tile(C_ptr, pid_b, group_C, offs_n, offs_l, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
+            Ct = _run_tile(C_ptr, pid_b, group_C, offs_n, pos, mask_n, mask_l, s_C_b, s_C_g, s_C_n, s_C_l)
         if VARLEN:
-            sid, eid, is_start, is_end = _varlen_marks(start_ptr, end_ptr, offs_l, mask_l)
+            sid, eid, is_start, is_end = _run_varlen_marks(start_ptr, end_ptr, pos, mask_l)
         if SAVE_CKPT:
             tl.store(ckpt_ptr + (pid_b * n_chunks + c) * DIM * N + state_off, H, mask=mask_dn)
         # the chunk's first channel; every step prefetches the next channel's rows while it computes
         dn = d0.to(tl.int64)
         dt_nx, u_nx, z_nx, bias_nx, D_nx, A_nx = _channel_inputs(
-            delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, dn, dn < d_end, offs_l, offs_n, L, N,
+            delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, dn, dn < d_end, pos, offs_n, L, N,
             s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
         for dd in range(0, BLOCK_D):
             d = (d0 + dd).to(tl.int64)
             ok = d < DIM
-            m = offs_l < tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
+            m = pos < tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
             mn = offs_n < tl.where(ok, N, 0)
             dt_in = dt_nx
             u_in = u_nx
@@ -260,32 +326,30 @@ def _selective_scan_fwd_kernel(
             Dv = D_nx
             A = A_nx
             dt_nx, u_nx, z_nx, bias_nx, D_nx, A_nx = _channel_inputs(
-                delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d + 1, d + 1 < d_end, offs_l, offs_n, L,
+                delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d + 1, d + 1 < d_end, pos, offs_n, L,
                 N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS,
                 HAS_D)
             dt = _softplus_row(dt_in.to(tl.float32) + bias, m, SOFTPLUS)
             u = u_in.to(tl.float32)
-            a = _exp2(A[:, None] * dt[None, :], FAST)  # A holds A log2(e)
+            a = _exp2(A[None, None, :] * dt[:, :, None], FAST)  # A holds A log2(e)
             if B_FIXED:
-                Bt = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[:, None]
-            b = Bt * (dt * u)[None, :]
+                Bt = _load_row(B_ptr, d, offs_n, mn, s_B_g, s_B_n)[None, None, :]
+            b = Bt * (dt * u)[:, :, None]
             if VARLEN:
                 if HAS_H0:
-                    h0 = tl.load(h0_ptr + sid[None, :] * s_h0_b + d * s_h0_d + offs_n[:, None] * s_h0_n,
-                                 mask=is_start & mn[:, None], other=0.0).to(tl.float32)
+                    h0 = tl.load(h0_ptr + sid[:, :, None] * s_h0_b + d * s_h0_d + offs_n[None, None, :] * s_h0_n,
+                                 mask=is_start & mn[None, None, :], other=0.0).to(tl.float32)
                     b = b + a * h0
                 a = tl.where(is_start, 0.0, a)
-            h = _row_of(H, rows, dd)
-            a_cum, b_cum = tl.associative_scan((a, b), 1, _combine)
-            hs = a_cum * h[:, None] + b_cum
+            hs = _scan_runs(a, b, _row_of(H, rows, dd))
             if C_FIXED:
-                Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[:, None]
-            _store_output(y_ptr, pid_b * DIM + d, offs_l, m, L, tl.sum(hs * Ct, axis=0), u, Dv, z_in, HAS_D, HAS_Z)
+                Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[None, None, :]
+            _store_output(y_ptr, pid_b * DIM + d, pos, m, L, tl.sum(hs * Ct, axis=2), u, Dv, z_in, HAS_D, HAS_Z)
             if VARLEN:
-                tl.store(final_ptr + eid[None, :] * (DIM * N) + d * N + offs_n[:, None], hs,
-                         mask=is_end & mn[:, None])
+                tl.store(final_ptr + eid[:, :, None] * (DIM * N) + d * N + offs_n[None, None, :], hs,
+                         mask=is_end & mn[None, None, :])
             # the state after the chunk's last position (padded positions pass it through unchanged)
-            h_new = tl.sum(tl.where(last, hs, 0.0), axis=1)
+            h_new = _at_position(hs, pos, c * BLOCK_L + BLOCK_L - 1)
             H = tl.where(rows[:, None] == dd, h_new[None, :], H)
     if not VARLEN:
         tl.store(final_ptr + pid_b * DIM * N + state_off, H, mask=mask_dn)

@@ -2,9 +2,9 @@
 
 Kernels: _triton_fwd.py (forward) and _triton_bwd.py (backward). Both run one program per (batch row, block
 of BLOCK_D channels) that walks L in chunks of BLOCK_L positions and, per chunk, loads the group's B / C tiles
-(N, BLOCK_L) once and runs the block's channels one at a time on (N, BLOCK_L) tiles (coalesced rows of u,
-delta, z; a 1-D associative scan along the chunk); per-channel carried values (states, adjoints,
-accumulators) stay in registers as (BLOCK_D, N) tensors. The backward walks the chunks in reverse,
+once and runs the block's channels one at a time (coalesced rows of u, delta, z; real A scans runs of RUN
+positions in registers and only the runs' totals across lanes); per-channel carried values (states,
+adjoints, accumulators) stay in registers as (BLOCK_D, N) tensors. The backward walks the chunks in reverse,
 recomputes the states from the checkpoints and reverse-scans the adjoint; see the kernels' docstrings.
 
 Saved for the backward: the inputs and the checkpoints (B, ceil(L / BLOCK_L), D, N) fp32 (the state
@@ -82,6 +82,12 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 
 
+def _run_length(block_l: int, X: Tensor) -> int:
+    """Positions per run of the real kernels' (RUN, runs, N) tiles: one 16-byte vector of X (the variable B,
+    whose loads set the tiles' layout, else u), so that a run is one vectorised load in one thread."""
+    return min(block_l, max(1, 16 // X.element_size()))
+
+
 def _bc_layout(X: Tensor, dim: int, cplx: bool):
     """B or C as (tensor to pass, fixed, channels per group, strides (batch, group, n, l) of the grouped view,
     offset of the imaginary part). Complex tensors pass as their real views; real ones with complex A hold
@@ -155,6 +161,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         start, end, empty = seq_markers(cu_seqlens, L)
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
+    run = {} if cplx else dict(RUN=_run_length(BL, lay_B[0] if not lay_B[1] else u))
     kernel[(batch, cdiv(dim, BD))](
         u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
         y, real_view(final), ckpt,
@@ -162,7 +169,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         VARLEN=cu_seqlens is not None, B_FIXED=lay_B[1], C_FIXED=lay_C[1], SAVE_CKPT=save_checkpoints,
-        FAST=_fast_math(u), num_warps=warps,
+        FAST=_fast_math(u), num_warps=warps, **run,
     )
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
@@ -198,6 +205,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if L > 0:
         data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
         kernel = _selective_scan_bwd_complex_kernel if cplx else _selective_scan_bwd_kernel
+        run = {} if cplx else dict(RUN=_run_length(BL, lay_B[0] if not fixed_B else u))
         kernel[(batch, n_dblocks)](
             u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
             dout, real_view(dfinal), ckpt,
@@ -206,7 +214,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
-            FAST=_fast_math(u), num_warps=warps,
+            FAST=_fast_math(u), num_warps=warps, **run,
         )
     else:
         for t in (dA, dD, dbias, dB, dC):
