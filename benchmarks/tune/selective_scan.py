@@ -1,9 +1,9 @@
 """Block sizes and warps of the Triton selective scan (ssm_kernels/selective_scan/triton.py: BLOCK_L,
-FWD_WARPS, FWD_BLOCK_D, BWD_WARPS, BWD_BLOCK_D) on the GPU cases of `python -m benchmarks --op
+FWD_WARPS, FWD_BLOCK_D, BWD_WARPS, BWD_BLOCK_D, RUN_BYTES) on the GPU cases of `python -m benchmarks --op
 selective_scan` ((4, 4096, 4096) N16 with D, z, delta_bias, softplus). The forward and the backward share
 BLOCK_L (the checkpoint spacing): the forward+backward sweep runs at the forward's best settings. First, on
-every case, MIN_PROGRAMS (the grid size below which the channel blocks shrink): it matters for small
-batch * channels, e.g. --case "B1 D2048"."""
+every case, MIN_PROGRAMS (the grid size below which the channel blocks shrink; it matters for small
+batch * channels, e.g. --case "B1 D2048") and RUN_BYTES (the run length of the real kernels' tiles)."""
 from __future__ import annotations
 
 import importlib
@@ -33,12 +33,15 @@ def backward_grid(quick: bool, forward: dict):
 
 
 MIN_PROGRAMS_GRID = (1, 256, 512, 1024, 2048, 4096)
+RUN_BYTES_GRID = (4, 8, 16)
 
 
 def run(device, quick: bool, only):
     for case, variant in triton_variants(selective_scan_cases, device, only):
         print(f"{case.name}: MIN_PROGRAMS", flush=True)
         sweep(backend, variant, device, [dict(MIN_PROGRAMS=m) for m in MIN_PROGRAMS_GRID], quick)
+        print(f"{case.name}: RUN_BYTES (positions per run of the real kernels' tiles)", flush=True)
+        sweep(backend, variant, device, [dict(RUN_BYTES=b) for b in RUN_BYTES_GRID], quick)
         print(f"{case.name}: forward", flush=True)
         timed = sweep(backend, variant, device, forward_grid(quick), quick,
                       modes=("fwd",))

@@ -45,6 +45,8 @@ BWD_BLOCK_D = 32
 BWD_WARPS = 1
 BLOCK_L = 64
 TILE_BUDGET = 8192
+# Bytes of a run (_run_length): 16, one vectorised load, is the longest run Triton keeps in one thread.
+RUN_BYTES = 16
 # Fewest programs a launch should have: a program is one warp walking L serially, so a small batch * channels
 # (a batch-1 prompt's forward, (1, 2048, 1024): 128 programs of 16 channels on 132 SMs) leaves the SMs one warp
 # each with nothing to hide its latency; BLOCK_D halves (down to 1) until the grid reaches this many programs.
@@ -83,9 +85,9 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
 
 
 def _run_length(block_l: int, X: Tensor) -> int:
-    """Positions per run of the real kernels' (RUN, runs, N) tiles: one 16-byte vector of X (the variable B,
-    whose loads set the tiles' layout, else u), so that a run is one vectorised load in one thread."""
-    return min(block_l, max(1, 16 // X.element_size()))
+    """Positions per run of the real kernels' (RUN, runs, N) tiles: RUN_BYTES of X (the variable B, whose
+    loads set the tiles' layout, else u), so that a run is one vectorised load in one thread."""
+    return min(block_l, max(1, RUN_BYTES // X.element_size()))
 
 
 def _bc_layout(X: Tensor, dim: int, cplx: bool):
