@@ -24,6 +24,6 @@ def combine_with_exclusive(a1, b1, e_a1, e_b1, a2, b2, e_a2, e_b2):
     """Scan element (map of a segment, map of the segment without its last element): a scan of
     (a_t, b_t, 1, 0) gives at t the composition of the maps before t (an exclusive scan in one pass: Triton
     has no shift)."""
-    a, b = combine(a1, b1, a2, b2)
-    e_a, e_b = combine(a1, b1, e_a2, e_b2)
-    return a, b, e_a, e_b
+    # combine() of both pairs, written out: the interpreter runs a scan's combine once per element, and a nested
+    # call costs it as much again
+    return a1 * a2, a2 * b1 + b2, a1 * e_a2, e_a2 * b1 + e_b2

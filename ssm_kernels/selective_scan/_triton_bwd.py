@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ._triton_fwd import (LOG2E, _at_position, _block_rows, _ccombine, _channel_scalars, _combine, _combine_excl,
                           _complex_decay, _complex_row, _complex_tile, _delta_row, _enter_complex_state, _exp2,
-                          _load_row, _log1p_exp, _row_of, _run_end, _run_grid, _run_tile, _run_varlen_marks,
+                          _load_row, _log1p_exp, _row_of, _run_element, _run_grid, _run_tile, _run_varlen_marks,
                           _scan_runs, _softplus_row, _sum_positions, _varlen_marks)
 
 
@@ -94,19 +94,29 @@ def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, dt_raw, S
 
 
 @triton.jit
-def _scan_runs_reverse(alpha, cy, g_after):
+def _scan_runs_reverse(alpha, cy, g_after, FAST: tl.constexpr):
     """Adjoints G_p = cy_p + alpha_p G_(p+1) of one chunk from G after it, g_after (BLOCK_N,), on the
-    (RUN, runs, BLOCK_N) tiles of _run_grid: the runs are flipped in registers (no shuffles) for an inclusive
-    scan from their ends; the runs' totals (runs, BLOCK_N) are scanned from the last run (exclusive) across
-    lanes, giving G after each run."""
-    al_in, g_in = tl.associative_scan((tl.flip(alpha, 0), tl.flip(cy, 0)), 0, _combine)
-    al_run = _run_end(al_in)
-    g_run = _run_end(g_in)
+    (RUN, runs, BLOCK_N) tiles of _run_grid: an inclusive scan of every run from its end, then the runs'
+    totals (runs, BLOCK_N) scanned from the last run (exclusive) across lanes give G after each run.
+    FAST (native GPU runs): the runs are flipped in registers (tl.flip along the in-thread axis: no
+    shuffles) and scanned forward, because Triton's reverse scan flips every operand across the warp, five
+    shuffles per element, before and after. The interpreter takes the reverse scan: one numpy call where
+    tl.flip costs it a dozen (a third of the CPU suite's selective-scan time)."""
+    if FAST:
+        al_in, g_in = tl.associative_scan((tl.flip(alpha, 0), tl.flip(cy, 0)), 0, _combine)
+        al_run = _run_element(al_in, alpha.shape[0] - 1)
+        g_run = _run_element(g_in, alpha.shape[0] - 1)
+    else:
+        al_in, g_in = tl.associative_scan((alpha, cy), 0, _combine, reverse=True)
+        al_run = _run_element(al_in, 0)
+        g_run = _run_element(g_in, 0)
     _, _, al_after, g_after_run = tl.associative_scan(
         (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
         _combine_excl, reverse=True)
-    G_next = al_after * g_after[None, :] + g_after_run
-    return tl.flip(al_in * G_next[None, :, :] + g_in, 0)
+    G = al_in * (al_after * g_after[None, :] + g_after_run)[None, :, :] + g_in
+    if FAST:
+        G = tl.flip(G, 0)
+    return G
 
 
 @triton.jit
@@ -224,7 +234,7 @@ def _selective_scan_bwd_kernel(
                 if HAS_DFINAL:
                     cy += tl.load(dfinal_ptr + eid[:, :, None] * (DIM * N) + d * N + offs_n[None, None, :],
                                   mask=is_end & mn3, other=0.0)
-            G = _scan_runs_reverse(alpha, cy, _row_of(Gn, rows, dd))
+            G = _scan_runs_reverse(alpha, cy, _row_of(Gn, rows, dd), FAST)
 
             hb = hs - b  # a_p h_(p-1) (a_p h0 at a sequence start)
             GB = tl.sum(G * Bt, axis=2)

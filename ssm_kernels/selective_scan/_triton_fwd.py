@@ -231,12 +231,12 @@ def _run_grid(c, BLOCK_L: tl.constexpr, RUN: tl.constexpr):
 
 
 @triton.jit
-def _run_end(x):
-    """The last element of every run of x (RUN, runs, BLOCK_N): (runs, BLOCK_N). (Not tl.reduce with the
-    scan's combine: Triton's reductions across lanes assume a commutative combine; affine maps do not
-    commute.)"""
-    last = tl.arange(0, x.shape[0]) == x.shape[0] - 1
-    return tl.sum(tl.where(last[:, None, None], x, 0.0), axis=0)
+def _run_element(x, i):
+    """Element i of every run of x (RUN, runs, BLOCK_N): (runs, BLOCK_N). (The runs' totals are taken from
+    their inclusive scans this way, not with tl.reduce and the scan's combine: Triton's reductions across
+    lanes assume a commutative combine, and affine maps do not commute.)"""
+    at = tl.arange(0, x.shape[0]) == i
+    return tl.sum(tl.where(at[:, None, None], x, 0.0), axis=0)
 
 
 @triton.jit
@@ -245,8 +245,8 @@ def _scan_runs(a, b, h):
     BLOCK_N) tiles laid out by _run_grid: inclusive scans inside the runs (in registers), then an exclusive
     scan of the runs' totals (runs, BLOCK_N) across lanes gives the state entering each run."""
     a_in, b_in = tl.associative_scan((a, b), 0, _combine)
-    a_run = _run_end(a_in)
-    b_run = _run_end(b_in)
+    a_run = _run_element(a_in, a.shape[0] - 1)
+    b_run = _run_element(b_in, a.shape[0] - 1)
     _, _, a_before, b_before = tl.associative_scan(
         (a_run, b_run, tl.full(a_run.shape, 1.0, tl.float32), tl.zeros(a_run.shape, tl.float32)), 0, _combine_excl)
     h_run = a_before * h[None, :] + b_before
