@@ -24,7 +24,7 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ssm_kernels import _dispatch
 
@@ -45,10 +45,11 @@ MEASURED = '''
 
 
 class Measurement:
-    """The timings of one case on one GPU: {mode: {backend: ms}}, and where they come from."""
+    """The timings of one case on one GPU: {mode: {backend: ms}}, and where they come from (every results file
+    and commit that timed a backend of it: a later run of one backend replaces that backend's times)."""
 
-    def __init__(self, case: str, size: int, gpu: str, results: str, commit: str):
-        self.case, self.size, self.gpu, self.results, self.commit = case, size, gpu, results, commit
+    def __init__(self, case: str, size: int, gpu: str, results: Set[str], commit: Set[str]):
+        self.case, self.size, self.gpu, self.results, self.commit = case, size, gpu, set(results), set(commit)
         self.ms: Dict[str, Dict[str, float]] = defaultdict(dict)
 
     def order(self, mode: str, implemented: Sequence[str]) -> Optional[Tuple[str, ...]]:
@@ -75,7 +76,8 @@ def merge_equal_sizes(measurements: List[Measurement]) -> List[Measurement]:
             merged.append(m)
             continue
         last = merged[-1]
-        joined = Measurement(f"{last.case} + {m.case}", m.size, last.gpu, last.results, last.commit)
+        joined = Measurement(f"{last.case} + {m.case}", m.size, last.gpu, last.results | m.results,
+                             last.commit | m.commit)
         for mode in set(last.ms) | set(m.ms):
             both = set(last.ms.get(mode, {})) & set(m.ms.get(mode, {}))
             joined.ms[mode] = {b: last.ms[mode][b] + m.ms[mode][b] for b in both}
@@ -99,9 +101,10 @@ def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str,
             cases = per_op.setdefault((r["op"], r["dtype"]), {})
             m = cases.get(r["case"])
             if m is None:
-                m = cases[r["case"]] = Measurement(r["case"], r["dispatch_size"], env.get("gpu", "GPU"),
-                                                   path.name, env.get("commit") or "unknown")
+                m = cases[r["case"]] = Measurement(r["case"], r["dispatch_size"], env.get("gpu", "GPU"), set(), set())
             m.ms[r["mode"]][r["variant"]] = r["ms"]
+            m.results.add(path.name)
+            m.commit.add(env.get("commit") or "unknown")
     return {cap: {key: merge_equal_sizes(sorted(cases.values(), key=lambda m: m.size))
                   for key, cases in per_op.items()}
             for cap, per_op in table.items()}
@@ -133,7 +136,8 @@ def rules_for(op: str, dtype: str, measurements: List[Measurement]) -> List[dict
             modes = [MODES[g] for g in orders] if grad is None else [MODES[grad]]
             source = "; ".join(f"{m.gpu} {m.case}: " + ", ".join(m.describe(mode) for mode in modes) for m in ms)
             rules.append(dict(order=order, dtype=dtype, max_size=max_size, grad=grad, source=source,
-                              results=sorted({m.results for m in ms}), commit=sorted({m.commit for m in ms})))
+                              results=sorted(set().union(*(m.results for m in ms))),
+                              commit=sorted(set().union(*(m.commit for m in ms)))))
     return rules
 
 
