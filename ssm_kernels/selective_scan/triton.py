@@ -45,7 +45,7 @@ BWD_BLOCK_D = 32
 BWD_WARPS = 1
 BLOCK_L = 64
 TILE_BUDGET = 8192
-# Bytes of a run (_run_length): 16, one vectorised load, is the longest run Triton keeps in one thread.
+# Bytes of a run (_run_args): 16, one vectorised load, is the longest run Triton keeps in one thread.
 RUN_BYTES = 16
 # Fewest programs a launch should have: a program is one warp walking L serially, so a small batch * channels
 # (a batch-1 prompt's forward, (1, 2048, 1024): 128 programs of 16 channels on 132 SMs) leaves the SMs one warp
@@ -84,10 +84,14 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 
 
-def _run_length(block_l: int, X: Tensor) -> int:
-    """Positions per run of the real kernels' (RUN, runs, N) tiles: RUN_BYTES of X (the variable B, whose
-    loads set the tiles' layout, else u), so that a run is one vectorised load in one thread."""
-    return min(block_l, max(1, RUN_BYTES // X.element_size()))
+def _run_args(u: Tensor, A: Tensor, lay_B, block_l: int) -> dict:
+    """RUN of the real kernels (none for complex A): positions per run of their (RUN, runs, N) tiles,
+    RUN_BYTES of the variable B (whose loads set the tiles' layout; u when B is fixed), so that a run is one
+    vectorised load in one thread."""
+    if A.is_complex():
+        return {}
+    X = u if lay_B[1] else lay_B[0]
+    return dict(RUN=min(block_l, max(1, RUN_BYTES // X.element_size())))
 
 
 def _bc_layout(X: Tensor, dim: int, cplx: bool):
@@ -163,7 +167,6 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         start, end, empty = seq_markers(cu_seqlens, L)
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
-    run = {} if cplx else dict(RUN=_run_length(BL, lay_B[0] if not lay_B[1] else u))
     kernel[(batch, cdiv(dim, BD))](
         u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
         y, real_view(final), ckpt,
@@ -171,7 +174,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         VARLEN=cu_seqlens is not None, B_FIXED=lay_B[1], C_FIXED=lay_C[1], SAVE_CKPT=save_checkpoints,
-        FAST=_fast_math(u), num_warps=warps, **run,
+        FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL),
     )
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
@@ -207,7 +210,6 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if L > 0:
         data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
         kernel = _selective_scan_bwd_complex_kernel if cplx else _selective_scan_bwd_kernel
-        run = {} if cplx else dict(RUN=_run_length(BL, lay_B[0] if not fixed_B else u))
         kernel[(batch, n_dblocks)](
             u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
             dout, real_view(dfinal), ckpt,
@@ -216,7 +218,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
-            FAST=_fast_math(u), num_warps=warps, **run,
+            FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL),
         )
     else:
         for t in (dA, dD, dbias, dB, dC):
