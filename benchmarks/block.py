@@ -10,8 +10,9 @@ max |peer| of the output and of the input's gradient (the peer row shows them).
 Sizes: d_model 2048, batch 4, length 4096 (Mamba: d_state 16; Mamba2: headdim 64, d_state 128), the modules
 in --dtype (default bf16 on a GPU, fp32 on a CPU); --quick: d_model 64, batch 2, length 128.
 Timed: the forward without autograd and forward+backward (the input and every parameter), do_bench medians on
-a GPU; "peak MB" is what forward+backward allocates beyond what is live before it. --profile adds each variant's
-kernels per call (torch.profiler, GPU only).
+a GPU; "peak MB" is what forward+backward allocates beyond what is live before it. "ours:keep" is our Mamba
+with recompute_in_backward=False (the conv output and dt kept for the backward instead of recomputed).
+--profile adds each variant's kernels per call (torch.profiler, GPU only).
 """
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
+def timed_variants(modules: Dict[str, torch.nn.Module]):
+    """(label, module, keep) to time: every module as built, and ours once more keeping the activations it
+    recomputes in the backward by default ("ours:keep", where the block has recompute_in_backward)."""
+    for label, module in modules.items():
+        yield label, module, False
+        if label == "ours" and hasattr(module, "recompute_in_backward"):
+            yield "ours:keep", module, True
+
+
 def print_kernels(label: str, fn, iters: int = 5) -> None:
     from .profile import kernel_times
     times = kernel_times(fn, iters)
@@ -84,7 +94,9 @@ def run(layer: str, device: torch.device, dtype: torch.dtype, with_peers: bool, 
         outputs[label] = (y.detach(), dx)
     case = f"{layer} d_model {d_model} B{batch} L{length} {str(dtype).replace('torch.', '')}"
     rows = []
-    for label, module in modules.items():
+    for label, module, keep in timed_variants(modules):
+        if keep:
+            module.recompute_in_backward = False
         variant = Variant(lambda module=module: module(x), [x, *module.parameters()])
         with torch.no_grad():
             fwd = time_ms(variant.fn, device, quick)
@@ -92,7 +104,9 @@ def run(layer: str, device: torch.device, dtype: torch.dtype, with_peers: bool, 
         fwd_bwd = time_ms(train, device, quick)
         row = dict(case=case, layer=layer, variant=label, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd,
                    peak_mb=peak_memory_mb(train, device))
-        if label != "ours":
+        if keep:
+            del module.recompute_in_backward  # back to the class default
+        if label.startswith("peer"):
             row["rel_diff_out"] = relative_difference(outputs["ours"][0], outputs[label][0])
             row["rel_diff_dx"] = relative_difference(outputs["ours"][1], outputs[label][1])
         rows.append(row)

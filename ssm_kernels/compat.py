@@ -22,10 +22,10 @@ causal_conv1d_update), which pick their backend as usual (force one with `ssm_ke
 on every device and dtype those ops take, including the CPU, and are differentiable wherever the originals are.
 Where the originals assert, they raise ValueError / TypeError naming the argument. Beyond the originals:
 
-* mamba_inner_fn: checkpoint_lvl (0 or 1) is accepted and checked but changes nothing (it chooses what
-  mamba_ssm's fused backward recomputes; autograd saves what our ops need). Gradients pass through the optional
-  B / C / dt RMS norms to their inputs and weights (mamba_ssm 2.3.2's backward skips those norms and gives
-  the weights no gradient).
+* mamba_inner_fn: checkpoint_lvl=1 (the default, as there) recomputes the conv output and delta in the backward
+  instead of keeping them (ssm_kernels._recompute, whatever backend each op runs); 0 keeps them. Gradients pass
+  through the optional B / C / dt RMS norms to their inputs and weights (mamba_ssm 2.3.2's backward skips those
+  norms and gives the weights no gradient).
 * rmsnorm_fn: the bias is added (and gated) outside the fused norm kernel.
 * causal_conv1d_fn: no memory-layout requirements (causal-conv1d's kernel wants channel-last x for
   final states and seq_idx); as there, tokens with seq_idx < 0 are padding and output 0.
@@ -42,6 +42,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._autograd import needs_grad
+from ._recompute import recomputed_activations
 from ._utils import COMPLEX_DTYPES, INDEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks, compute_dtype
 from .causal_conv1d import causal_conv1d
 from .causal_conv1d._common import check_conv_inputs
@@ -137,7 +139,7 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
         D, delta_bias: (D,) fp32 (fp64) or None.
         B_proj_bias, C_proj_bias: (d_state,) or None, added to the projected B / C.
         delta_softplus: softplus(delta + delta_bias) as the step size.
-        checkpoint_lvl: 0 or 1 (memory option of mamba_ssm's fused backward; no effect here).
+        checkpoint_lvl: 1 recomputes the conv output and delta in the backward; 0 keeps them (more memory).
         b_rms_weight, c_rms_weight: (N,) or None: RMS-normalise a variable B / C over N (real A only).
         dt_rms_weight: (D,) or None: RMS-normalise delta over D. b_c_dt_rms_eps: their eps, > 0.
     Returns:
@@ -205,22 +207,30 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
         _same_dtype(check, (("x_proj_weight", x_proj_weight), ("delta_proj_weight", delta_proj_weight),
                             ("out_proj_weight", out_proj_weight), ("out_proj_bias", out_proj_bias)), xz.dtype, "xz")
 
-    x, z = xz.chunk(2, dim=1)
-    x = causal_conv1d(x, conv1d_weight[:, 0], conv1d_bias, activation="silu")  # (B, D, L)
-    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, E)
-    delta = F.linear(x_dbl[..., :rank], delta_proj_weight)  # (B, L, D)
-    if dt_rms_weight is not None:
-        delta = gated_rmsnorm(delta, dt_rms_weight, eps=eps)
-    if B is None:
-        B = _projected_bc(x_dbl[..., rank:rank + d_state], B_proj_bias, b_rms_weight, eps, complex_A)
-    elif b_rms_weight is not None:
-        B = _normalised_given(B, b_rms_weight, eps)
-    if C is None:
-        C = _projected_bc(x_dbl[..., rows - d_state:], C_proj_bias, c_rms_weight, eps, complex_A)
-    elif c_rms_weight is not None:
-        C = _normalised_given(C, c_rms_weight, eps)
-    y = selective_scan(x, delta.transpose(1, 2), A, B, C, D=D, z=z, delta_bias=delta_bias,
-                       delta_softplus=delta_softplus)
+    conv_in, z = xz.chunk(2, dim=1)
+    conv_weight = conv1d_weight[:, 0]
+
+    def projected_delta(x_dbl):  # (B, L, D)
+        delta = F.linear(x_dbl[..., :rank], delta_proj_weight)
+        return delta if dt_rms_weight is None else gated_rmsnorm(delta, dt_rms_weight, eps=eps)
+
+    # checkpoint_lvl=1: the conv output and delta are recomputed in the backward instead of kept
+    recompute = checkpoint_lvl == 1 and needs_grad(xz, conv1d_weight, x_proj_weight, delta_proj_weight)
+    with recomputed_activations(recompute, xz.device) as keep_out:
+        x = keep_out(causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"),  # (B, D, L)
+                     lambda: causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"))
+        x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, E)
+        delta = keep_out(projected_delta(x_dbl), lambda: projected_delta(x_dbl))
+        if B is None:
+            B = _projected_bc(x_dbl[..., rank:rank + d_state], B_proj_bias, b_rms_weight, eps, complex_A)
+        elif b_rms_weight is not None:
+            B = _normalised_given(B, b_rms_weight, eps)
+        if C is None:
+            C = _projected_bc(x_dbl[..., rows - d_state:], C_proj_bias, c_rms_weight, eps, complex_A)
+        elif c_rms_weight is not None:
+            C = _normalised_given(C, c_rms_weight, eps)
+        y = selective_scan(x, delta.transpose(1, 2), A, B, C, D=D, z=z, delta_bias=delta_bias,
+                           delta_softplus=delta_softplus)
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from ssm_kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from ssm_kernels._autograd import needs_grad
+from ssm_kernels._recompute import recomputed_activations
 from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
@@ -43,6 +45,11 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """
 
     context_parallel = True  # ssm_universal.context_parallel
+    # Training recomputes the conv output and dt in the backward instead of keeping them (as mamba_ssm's
+    # mamba_inner_fn with its default checkpoint_lvl=1): 2 (B, d_inner, L) activations less per block for a
+    # conv and a small GEMM more. None: on GPUs only (on a CPU memory is rarely short, and the host time of
+    # the extra calls is not hidden behind kernels); True / False: always / never (on an instance or the class).
+    recompute_in_backward: Optional[bool] = None
 
     def __init__(self, d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1,
                  dt_init="random", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True, bias=False,
@@ -115,6 +122,7 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             xz = self.in_proj(hidden_states).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
+        conv_bias = self.conv1d.bias
         conv_init = None
         if state is not None:
             conv_state, ssm_state = state
@@ -122,19 +130,29 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             with torch.no_grad():
                 width = conv_state.shape[-1]  # the last `width` inputs: only x's tail is copied
                 new_conv = torch.cat([conv_state.to(x.dtype), x[..., -width:]], dim=-1)[..., -width:]
-        x = causal_conv1d(x, weight, self.conv1d.bias, activation=self.activation, initial_states=conv_init,
-                          cp_group=self.cp_group)  # (B, d_inner, L)
+        # Training keeps neither the conv output nor dt for the backward (2 x (B, d_inner, L)): they are
+        # recomputed from xz and x_proj's output, which stay saved anyway (mamba_ssm's checkpoint_lvl=1)
+        recompute = self.recompute_in_backward
+        recompute = (xz.is_cuda if recompute is None else recompute) and state is None and self.cp_group is None
+        recompute = recompute and needs_grad(hidden_states, weight, self.dt_proj.weight, self.A_log, self.D)
+        with recomputed_activations(recompute, xz.device) as keep_out:
+            conv_in = x
+            x = keep_out(causal_conv1d(conv_in, weight, conv_bias, activation=self.activation,
+                                       initial_states=conv_init, cp_group=self.cp_group),  # (B, d_inner, L)
+                         lambda: causal_conv1d(conv_in, weight, conv_bias, activation=self.activation))
 
-        if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
-            x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
-        else:
-            x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
-        dt, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)
-        dt = batched_linear(self.dt_proj.weight, dt)  # (B, d_inner, L); its bias is added in the scan
-        (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
-        y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
-                           delta_softplus=True, return_final_state=state is not None,
-                           initial_state=None if state is None else ssm_state.float(), cp_group=self.cp_group)
+            if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
+                x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
+            else:
+                x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
+            dt_low, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)
+            dt_weight = self.dt_proj.weight
+            dt = keep_out(batched_linear(dt_weight, dt_low),  # (B, d_inner, L); its bias is added in the scan
+                          lambda: batched_linear(dt_weight, dt_low))
+            (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
+            y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
+                               delta_softplus=True, return_final_state=state is not None,
+                               initial_state=None if state is None else ssm_state.float(), cp_group=self.cp_group)
         if state is not None:
             y, last_state = y
             conv_state.copy_(new_conv)

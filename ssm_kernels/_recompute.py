@@ -1,0 +1,134 @@
+"""Activations recomputed in the backward instead of kept: saved-tensor hooks for a block of ops.
+
+Autograd keeps every tensor an op saves for its backward until that backward runs. In a Mamba mixer the
+convolution's output and delta (each (B, D, L)) are saved by the ops that read them (x_proj's GEMM, the scan),
+though both are cheap to compute again from tensors that stay saved anyway (xz and the weights; x_proj's
+output). mamba_ssm's fused mixer (mamba_inner_fn, checkpoint_lvl=1) recomputes them in its backward; this
+module does the same for any composition of ops, whatever backend each op runs:
+
+    with recomputed_activations(enabled) as keep_out:
+        u = conv(x)                                   # ops inside the block save what they save...
+        keep_out(u, lambda: conv(x))                  # ...except u: a recipe instead, run at the first unpack
+        y = scan(u, proj(u))
+
+Each tensor given to `keep_out` must own its storage (a fresh op output, dense); every tensor an op inside the
+block saves that views that storage is then saved as a token (its shape, strides and offset), and unpacked
+as the same view of the recomputed tensor. The recipe runs once per backward (its result is shared by every
+token and freed after the last one is unpacked) with grad mode on, so that ops dispatch exactly as they did
+in the forward (the dispatch table may order backends differently for calls autograd records).
+
+The block does nothing (keep_out returns its tensor) when disabled, under torch.compile (Inductor decides
+what to recompute), and inside other saved-tensor hooks (activation checkpointing, offloading to the CPU):
+those must see every saved tensor.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, Iterator, List, Tuple
+
+import torch
+from torch import Tensor
+
+
+class _Recipes:
+    """The tensors kept out of the saved tensors in one block, and their recipes."""
+
+    def __init__(self, device_type: str) -> None:
+        # autocast as in the forward (the backward runs outside the forward's autocast block)
+        self._device_type = device_type
+        self._autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        self.kept: List[Tensor] = []  # held until the block ends: no other tensor takes their addresses in it
+        self._keys: List[Tuple[int, torch.dtype]] = []              # (storage address, dtype) per kept tensor
+        self._layouts: List[Tuple[torch.Size, Tuple[int, ...]]] = []
+        self._recipes: List[Callable[[], Tensor]] = []
+        self._tokens: Dict[int, int] = {}                           # kept index -> tokens not yet unpacked
+        self._values: Dict[int, Tensor] = {}                        # kept index -> recomputed tensor
+
+    def keep_out(self, tensor: Tensor, recipe: Callable[[], Tensor]) -> Tensor:
+        if _owns_storage(tensor):
+            self.kept.append(tensor)
+            self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
+            self._layouts.append((tensor.shape, tensor.stride()))
+            self._recipes.append(recipe)
+        return tensor
+
+    def pack(self, tensor: Tensor):
+        if self._keys and tensor.layout == torch.strided and tensor.device.type != "meta":
+            key = (tensor.untyped_storage().data_ptr(), tensor.dtype)
+            for index, kept in enumerate(self._keys):
+                if key == kept:
+                    self._tokens[index] = self._tokens.get(index, 0) + 1
+                    return _Token(index, tensor.shape, tensor.stride(), tensor.storage_offset())
+        # detached: a saved output returned as itself would reference its own grad_fn (a cycle that keeps
+        # the graph alive until the garbage collector runs, when no backward frees it)
+        return tensor.detach()
+
+    def unpack(self, packed):
+        if not isinstance(packed, _Token):
+            return packed
+        value = self._values.get(packed.index)
+        if value is None:
+            value = self._values[packed.index] = self._recompute(packed.index)
+        left = self._tokens.get(packed.index, 0) - 1
+        self._tokens[packed.index] = left
+        if left <= 0:  # the last token of this backward: a second one (retain_graph) recomputes again
+            self._values.pop(packed.index, None)
+        return value.as_strided(packed.shape, packed.stride, packed.offset)
+
+    def _recompute(self, index: int) -> Tensor:
+        shape, stride = self._layouts[index]
+        enabled, dtype = self._autocast
+        with torch.enable_grad(), torch.autocast(self._device_type, dtype=dtype, enabled=enabled):
+            value = self._recipes[index]().detach()
+        if value.shape != shape or value.dtype != self._keys[index][1]:
+            raise RuntimeError(f"a recomputed activation is {value.dtype} {tuple(value.shape)}, the forward's "
+                               f"was {self._keys[index][1]} {tuple(shape)}")
+        if value.stride() != stride or not _owns_storage(value):
+            value = torch.empty_strided(shape, stride, dtype=value.dtype, device=value.device).copy_(value)
+        return value
+
+
+class _Token:
+    """A saved view of a kept-out tensor: which one, and the view's geometry in its storage."""
+    __slots__ = ("index", "shape", "stride", "offset")
+
+    def __init__(self, index: int, shape: torch.Size, stride: Tuple[int, ...], offset: int) -> None:
+        self.index, self.shape, self.stride, self.offset = index, shape, stride, offset
+
+
+def _owns_storage(tensor: Tensor) -> bool:
+    """Whether `tensor` covers its whole storage densely from offset 0 (a fresh op output)."""
+    return (tensor.layout == torch.strided and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+            and (tensor.is_contiguous() or tensor.is_non_overlapping_and_dense()))
+
+
+def _keep(tensor: Tensor, recipe: Callable[[], Tensor]) -> Tensor:
+    return tensor
+
+
+def _hooks_free() -> bool:
+    """Whether saved-tensor hooks may be pushed here and no other hooks are active."""
+    autograd = torch._C._autograd
+    top = getattr(autograd, "_top_saved_tensors_default_hooks", None)
+    enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
+    if top is None or enabled is None:  # a torch without these: keep everything (always correct)
+        return False
+    return enabled() and top(False) is None
+
+
+@contextlib.contextmanager
+def recomputed_activations(enabled: bool, device: torch.device
+                           ) -> Iterator[Callable[[Tensor, Callable[[], Tensor]], Tensor]]:
+    """A block whose ops save tokens instead of the tensors given to the yielded keep_out(tensor, recipe)
+    (see the module docstring); enabled: whether to do so (e.g. only when autograd records the block);
+    device: the block's tensors' (whose autocast state the recipes run under)."""
+    if not enabled or torch.compiler.is_compiling() or not _hooks_free():
+        yield _keep
+        return
+    recipes = _Recipes(device.type)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(recipes.pack, recipes.unpack):
+            yield recipes.keep_out
+    finally:
+        recipes.kept.clear()
