@@ -112,9 +112,10 @@ def _hooks_free() -> bool:
     autograd = torch._C._autograd
     top = getattr(autograd, "_top_saved_tensors_default_hooks", None)
     enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
-    if top is None or enabled is None:  # a torch without these: keep everything (always correct)
+    try:
+        return enabled() and top(False) is None
+    except TypeError:  # a torch without these private functions, or with other signatures: keep everything
         return False
-    return enabled() and top(False) is None
 
 
 @contextlib.contextmanager
