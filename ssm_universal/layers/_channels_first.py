@@ -27,6 +27,33 @@ def channels_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
     return out.view(-1, batch, seqlen).transpose(0, 1)
 
 
+def split_channels(xz: torch.Tensor):
+    """xz (B, 2C, L) -> its halves x, z (B, C, L) (views, as xz.chunk(2, dim=1)), whose backward writes the
+    gradient of xz in xz's own memory layout: for channels_first_linear's output, (2C, B, L) in memory, which
+    its GEMM's backward reads as one (2C, B L) matrix (chunk's backward, a cat, writes a contiguous (B, 2C, L)
+    that the GEMM's backward first copies into that layout)."""
+    return _SplitChannels.apply(xz)
+
+
+class _SplitChannels(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xz):
+        ctx.layout = (xz.shape, xz.stride(), xz.dtype, xz.device)
+        return xz.chunk(2, dim=1)
+
+    @staticmethod
+    def backward(ctx, dx, dz):
+        shape, stride, dtype, device = ctx.layout
+        dxz = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        half = shape[1] // 2
+        for part, grad in ((dxz[:, :half], dx), (dxz[:, half:], dz)):
+            if grad is None:
+                part.zero_()
+            else:
+                part.copy_(grad)
+        return dxz
+
+
 def batched_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """weight (O, K) @ x (B, K, L) -> (B, O, L): one batched GEMM over a broadcast weight (torch.matmul would
     copy a strided x to fold its batch into rows)."""

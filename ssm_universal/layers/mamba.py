@@ -22,7 +22,8 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
-from ._channels_first import batched_linear, channels_first_linear, is_plain_linear, linear_from_channels_first
+from ._channels_first import (batched_linear, channels_first_linear, is_plain_linear, linear_from_channels_first,
+                              split_channels)
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 from ._step_constants import MambaStepConstants
 
@@ -120,7 +121,7 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             xz = channels_first_linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, 2 d_inner, L)
         else:
             xz = self.in_proj(hidden_states).transpose(1, 2)
-        x, z = xz.chunk(2, dim=1)
+        x, z = split_channels(xz)  # (B, d_inner, L) each
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_bias = self.conv1d.bias
         conv_init = None

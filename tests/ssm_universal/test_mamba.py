@@ -224,6 +224,41 @@ def test_channels_first_linears_equal_nn_linear(bias, dtype):
                  dict(x=y_bkl, weight=weight), dtype, ["x", "weight"])
 
 
+def test_split_channels_gradient_in_the_layout_of_its_input():
+    """split_channels is chunk(2, dim=1) with the gradient written in the input's memory layout (a missing half's
+    gradient zero), so that the in_proj GEMM's backward reads it without a copy."""
+    from ssm_universal.layers._channels_first import channels_first_linear, split_channels
+    torch.manual_seed(0)
+    weight = torch.randn(8, 5, dtype=torch.float64)
+    x_blk = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    xz = channels_first_linear(x_blk, weight, None)  # (B, 8, L), stored as (8, B, L)
+    x, z = split_channels(xz)
+    for ours, expected in zip((x, z), xz.chunk(2, dim=1)):
+        assert torch.equal(ours, expected)
+    dx = torch.randn(3, 4, 7, dtype=torch.float64)
+    (dxz,) = torch.autograd.grad(x, xz, dx, retain_graph=True)
+    assert dxz.stride() == xz.stride()
+    assert torch.equal(dxz, torch.cat([dx, torch.zeros_like(dx)], dim=1))
+    assert torch.autograd.gradcheck(lambda t: split_channels(t * 1.0), (torch.randn(2, 6, 3, dtype=torch.float64,
+                                                                                     requires_grad=True),))
+
+
+def test_mamba_backward_copies_no_in_proj_sized_gradient():
+    """The block's backward hands xz's gradient to in_proj's GEMM as written (chunk's cat would have given a
+    (B, 2 d_inner, L) tensor that the GEMM's backward copies into (2 d_inner, B L) rows)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.manual_seed(0)
+    layer = Mamba(d_model=16, d_state=4)  # d_inner 32
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    y = layer(x)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        y.backward(torch.randn_like(y))
+    xz_numel = 2 * 2 * layer.d_inner * 40
+    copies = [e.input_shapes for e in prof.events() if e.name in ("aten::clone", "aten::contiguous")
+              and e.input_shapes and e.input_shapes[0] and math.prod(e.input_shapes[0]) == xz_numel]
+    assert copies == []
+
+
 def test_channels_first_linear_under_autocast():
     """fp32 weights and activations under bf16 autocast: the output in bf16 as nn.Linear's, gradients in the
     parameters' and inputs' own dtypes."""
