@@ -239,8 +239,8 @@ def test_split_channels_gradient_in_the_layout_of_its_input():
     (dxz,) = torch.autograd.grad(x, xz, dx, retain_graph=True)
     assert dxz.stride() == xz.stride()
     assert torch.equal(dxz, torch.cat([dx, torch.zeros_like(dx)], dim=1))
-    assert torch.autograd.gradcheck(lambda t: split_channels(t * 1.0), (torch.randn(2, 6, 3, dtype=torch.float64,
-                                                                                     requires_grad=True),))
+    leaf = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: split_channels(t * 1.0), (leaf,))
 
 
 def test_mamba_backward_copies_no_in_proj_sized_gradient():
