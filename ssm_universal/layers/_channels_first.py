@@ -32,6 +32,8 @@ def split_channels(xz: torch.Tensor):
     gradient of xz in xz's own memory layout: for channels_first_linear's output, (2C, B, L) in memory, which
     its GEMM's backward reads as one (2C, B L) matrix (chunk's backward, a cat, writes a contiguous (B, 2C, L)
     that the GEMM's backward first copies into that layout)."""
+    if not (torch.is_grad_enabled() and xz.requires_grad):  # inference: no autograd.Function to go through
+        return xz.chunk(2, dim=1)
     return _SplitChannels.apply(xz)
 
 
