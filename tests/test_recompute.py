@@ -39,11 +39,26 @@ def _assert_same(kept, recomputed):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same kernels on the same values: bitwise
 
 
+class _Halved(torch.nn.Module):
+    """A projection wrapped in another module (as a LoRA layer wraps it): the block calls it as a module."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, t):
+        return self.linear(t) * 0.5
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mamba_recompute_equals_keeping(device, dtype):
+@pytest.mark.parametrize("variant", ["mamba", "falcon_mamba", "wrapped_x_proj"])
+def test_mamba_recompute_equals_keeping(device, dtype, variant):
     torch.manual_seed(0)
-    block = Mamba(32, d_state=8, device=device, dtype=dtype)
+    block = Mamba(32, d_state=8, mixer_rms_eps=1e-6 if variant == "falcon_mamba" else None, device=device,
+                  dtype=dtype)
+    if variant == "wrapped_x_proj":
+        block.x_proj = _Halved(block.x_proj)
     x = torch.randn(2, 37, 32, device=device, dtype=dtype)
     _assert_same(_mamba_run(block, x, False), _mamba_run(block, x, True))
 
