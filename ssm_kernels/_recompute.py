@@ -6,18 +6,17 @@ though both are cheap to compute again from tensors that stay saved anyway (xz a
 output). mamba_ssm's fused mixer (mamba_inner_fn, checkpoint_lvl=1) recomputes them in its backward; this
 module does the same for any composition of ops, whatever backend each op runs:
 
-    with recomputed_activations(enabled) as keep_out:
-        u = conv(x)                                   # ops inside the block save what they save...
-        keep_out(u, lambda: conv(x))                  # ...except u: a recipe instead, run at the first unpack
-        y = scan(u, proj(u))
+    with recomputed_activations(enabled, device) as keep_out:
+        u = keep_out(lambda: conv(x))   # runs conv(x) now; ops in the block that save u save the recipe instead
+        y = scan(u, proj(u))            # (other saved tensors as usual)
 
-Each tensor given to `keep_out` must own its storage (a fresh op output, dense); every tensor an op inside the
-block saves that views that storage is then saved as a token (its shape, strides and offset), and unpacked
-as the same view of the recomputed tensor. The recipe runs once per backward (its result is shared by every
+A recipe's result must own its storage (a fresh op output, dense); every tensor an op inside the block saves
+that views that storage is then saved as a token (its shape, strides and offset), and unpacked as the same
+view of the recomputed tensor. The recipe runs again once per backward (its result is shared by every
 token and freed after the last one is unpacked) with grad mode on, so that ops dispatch exactly as they did
 in the forward (the dispatch table may order backends differently for calls autograd records).
 
-The block does nothing (keep_out returns its tensor) when disabled, under torch.compile (Inductor decides
+The block keeps everything (keep_out only runs the recipe) when disabled, under torch.compile (Inductor decides
 what to recompute), and inside other saved-tensor hooks (activation checkpointing, offloading to the CPU):
 those must see every saved tensor.
 """
@@ -44,7 +43,8 @@ class _Recipes:
         self._tokens: Dict[int, int] = {}                           # kept index -> tokens not yet unpacked
         self._values: Dict[int, Tensor] = {}                        # kept index -> recomputed tensor
 
-    def keep_out(self, tensor: Tensor, recipe: Callable[[], Tensor]) -> Tensor:
+    def keep_out(self, recipe: Callable[[], Tensor]) -> Tensor:
+        tensor = recipe()
         if _owns_storage(tensor):
             self.kept.append(tensor)
             self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
@@ -97,14 +97,21 @@ class _Token:
 
 
 def _owns_storage(tensor: Tensor) -> bool:
-    """Whether `tensor` covers its whole storage densely from offset 0 (a fresh op output)."""
-    return (tensor.layout == torch.strided and tensor.storage_offset() == 0
-            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
-            and (tensor.is_contiguous() or tensor.is_non_overlapping_and_dense()))
+    """Whether `tensor` covers its whole storage densely from offset 0 (a fresh op output, its dimensions in
+    any memory order)."""
+    if not (tensor.layout == torch.strided and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()):
+        return False
+    expected = 1  # dense, no overlap: by increasing stride, each stride is the product of the sizes before it
+    for stride, size in sorted((stride, size) for size, stride in zip(tensor.shape, tensor.stride()) if size > 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
-def _keep(tensor: Tensor, recipe: Callable[[], Tensor]) -> Tensor:
-    return tensor
+def _keep(recipe: Callable[[], Tensor]) -> Tensor:
+    return recipe()
 
 
 def _hooks_free() -> bool:
@@ -120,10 +127,10 @@ def _hooks_free() -> bool:
 
 @contextlib.contextmanager
 def recomputed_activations(enabled: bool, device: torch.device
-                           ) -> Iterator[Callable[[Tensor, Callable[[], Tensor]], Tensor]]:
-    """A block whose ops save tokens instead of the tensors given to the yielded keep_out(tensor, recipe)
-    (see the module docstring); enabled: whether to do so (e.g. only when autograd records the block);
-    device: the block's tensors' (whose autocast state the recipes run under)."""
+                           ) -> Iterator[Callable[[Callable[[], Tensor]], Tensor]]:
+    """A block whose ops save tokens instead of the results of the yielded keep_out(recipe), which runs the
+    recipe and returns its result (see the module docstring). enabled: whether to do so (e.g. only when
+    autograd records the block); device: the block's tensors' (whose autocast state the recipes run under)."""
     if not enabled or torch.compiler.is_compiling() or not _hooks_free():
         yield _keep
         return

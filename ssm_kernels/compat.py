@@ -217,10 +217,9 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     # checkpoint_lvl=1: the conv output and delta are recomputed in the backward instead of kept
     recompute = checkpoint_lvl == 1 and needs_grad(xz, conv1d_weight, x_proj_weight, delta_proj_weight)
     with recomputed_activations(recompute, xz.device) as keep_out:
-        x = keep_out(causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"),  # (B, D, L)
-                     lambda: causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"))
+        x = keep_out(lambda: causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"))  # (B, D, L)
         x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, E)
-        delta = keep_out(projected_delta(x_dbl), lambda: projected_delta(x_dbl))
+        delta = keep_out(lambda: projected_delta(x_dbl))
         if B is None:
             B = _projected_bc(x_dbl[..., rank:rank + d_state], B_proj_bias, b_rms_weight, eps, complex_A)
         elif b_rms_weight is not None:

@@ -90,9 +90,10 @@ def _kept_out_refs(monkeypatch):
     refs = []
     keep_out = recompute_module._Recipes.keep_out
 
-    def spy(self, tensor, recipe):
+    def spy(self, recipe):
+        tensor = keep_out(self, recipe)
         refs.append(weakref.ref(tensor.untyped_storage()))  # the memory, not the tensor object
-        return keep_out(self, tensor, recipe)
+        return tensor
     monkeypatch.setattr(recompute_module._Recipes, "keep_out", spy)
     return refs
 
@@ -155,7 +156,7 @@ def test_a_graph_without_backward_is_freed_at_once():
     gc.disable()
     try:
         with recomputed_activations(True, a.device) as keep_out:
-            kept = keep_out(a.sin(), lambda: a.sin())
+            kept = keep_out(lambda: a.sin())
             e = (kept * 2).exp()
         del kept
         ref = weakref.ref(e)
@@ -173,20 +174,35 @@ def test_saved_views_are_recomputed_as_the_same_views():
         calls.append(1)
         return a.exp()
     with recomputed_activations(True, a.device) as keep_out:
-        e = keep_out(a.exp(), recipe)
+        e = keep_out(recipe)
         out = (e.t()[1:] * torch.arange(4.0, dtype=torch.float64)[:, None]).sum() + e[:, 2].square().sum()
     del e
     (grad,) = torch.autograd.grad(out, a)
     expected = a.exp() * (torch.arange(5.0, dtype=torch.float64) - 1).clamp(min=0)
     expected[:, 2] += 2 * a.exp()[:, 2] ** 2
     torch.testing.assert_close(grad, expected.detach(), rtol=0, atol=1e-12)
-    assert calls == [1]  # once for both saved views
+    assert calls == [1, 1]  # the forward, then once for both saved views
+
+
+def test_a_result_in_another_dimension_order_is_kept_out_too():
+    # a fresh output stored transposed (dense, strides not decreasing) owns its storage just as well
+    a = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    refs = []
+    with recomputed_activations(True, a.device) as keep_out:
+        e = keep_out(lambda: a.exp().t().contiguous().t())  # (3, 5), strides (1, 3)
+        refs.append(weakref.ref(e.untyped_storage()))
+        out = (e * e).sum()
+    del e
+    assert refs[0]() is None
+    (grad,) = torch.autograd.grad(out, a)
+    torch.testing.assert_close(grad, 2 * a.exp().detach() ** 2, rtol=0, atol=1e-12)
 
 
 def test_a_recipe_of_another_shape_is_an_error():
     a = torch.randn(4, requires_grad=True)
+    lengths = iter([4, 3])  # the forward's result, then a recomputation of another shape
     with recomputed_activations(True, a.device) as keep_out:
-        e = keep_out(a.exp(), lambda: a[:3].exp())
+        e = keep_out(lambda: a[:next(lengths)].exp())
         out = (e * e).sum()
     del e
     with pytest.raises(RuntimeError, match="recomputed activation"):

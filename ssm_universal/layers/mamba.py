@@ -138,9 +138,8 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         recompute = recompute and needs_grad(hidden_states, weight, self.dt_proj.weight, self.A_log, self.D)
         with recomputed_activations(recompute, xz.device) as keep_out:
             conv_in = x
-            x = keep_out(causal_conv1d(conv_in, weight, conv_bias, activation=self.activation,
-                                       initial_states=conv_init, cp_group=self.cp_group),  # (B, d_inner, L)
-                         lambda: causal_conv1d(conv_in, weight, conv_bias, activation=self.activation))
+            x = keep_out(lambda: causal_conv1d(conv_in, weight, conv_bias, activation=self.activation,
+                                               initial_states=conv_init, cp_group=self.cp_group))  # (B, d_inner, L)
 
             if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
                 x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
@@ -148,8 +147,7 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
                 x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
             dt_low, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)
             dt_weight = self.dt_proj.weight
-            dt = keep_out(batched_linear(dt_weight, dt_low),  # (B, d_inner, L); its bias is added in the scan
-                          lambda: batched_linear(dt_weight, dt_low))
+            dt = keep_out(lambda: batched_linear(dt_weight, dt_low))  # (B, d_inner, L); bias added in the scan
             (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
             y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                delta_softplus=True, return_final_state=state is not None,
