@@ -87,18 +87,18 @@ MEASURED_ORDER: Dict[Tuple[int, int], Dict[str, List[Rule]]] = _measured_rules(_
 Supports = Callable[[torch.device, Optional[torch.dtype], dict], Optional[str]]
 
 
-def triton_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
-    """The constraint every Triton backend shares: fp32 / fp16 / bf16 inputs (fp64 runs on torch). Ops with
-    more constraints check this first, then their own."""
+def kernel_dtype_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
+    """The constraint every Triton and CUDA backend shares: fp32 / fp16 / bf16 inputs (fp64 runs on torch).
+    Ops with more constraints check this first, then their own."""
     if dtype == torch.float64:
-        return "Triton kernels take fp32 / fp16 / bf16 inputs, got float64 (fp64 runs on the torch backend)"
+        return "the GPU kernels take fp32 / fp16 / bf16 inputs, got float64 (fp64 runs on the torch backend)"
     return None
 
 
 def triton_int32_supports(device: torch.device, dtype: Optional[torch.dtype], features: dict) -> Optional[str]:
-    """triton_supports, for Triton backends whose kernels index with 32-bit offsets: the op passes the
+    """kernel_dtype_supports, for Triton backends whose kernels index with 32-bit offsets: the op passes the
     feature beyond_int32=True when a tensor it or its kernels touch reaches 2**31 elements."""
-    problem = triton_supports(device, dtype, features)
+    problem = kernel_dtype_supports(device, dtype, features)
     if problem is None and features.get("beyond_int32"):
         return ("its kernels index with 32-bit offsets and a tensor of this call reaches 2**31 elements "
                 "(the torch backend has no such limit)")

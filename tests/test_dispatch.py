@@ -80,6 +80,18 @@ def test_grad_mode_rules(fake_op, monkeypatch):
     assert pick() == "triton"  # unknown: the first rule
 
 
+@pytest.mark.parametrize("op", _dispatch.OPS)
+def test_gpu_kernels_refuse_fp64_inputs(op):
+    """fp64 tensors on a GPU run on the torch backend: every Triton and CUDA backend must say it cannot take
+    them, or dispatch picks it and the kernel raises inside (causal_conv1d's CUDA backend once did)."""
+    for backend in ("triton", "cuda"):
+        impl = _dispatch._REGISTRY[op].get(backend)
+        if impl is not None:
+            assert impl.supports is not None, (op, backend)
+            problem = impl.supports(torch.device("cuda"), torch.float64, {})
+            assert problem and "fp64" in problem, (op, backend, problem)
+
+
 def test_needs_grad():
     x, w = torch.randn(2), torch.randn(2, requires_grad=True)
     assert not needs_grad(x, None)

@@ -16,23 +16,18 @@ ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 CUDA_MAX_WIDTH = 8
 
 
-def _cuda_supports(device, dtype, features) -> Optional[str]:
+def _kernel_supports(device, dtype, features) -> Optional[str]:
+    """The Triton and the CUDA kernels: widths up to CUDA_MAX_WIDTH, fp32 / fp16 / bf16 inputs."""
     if features.get("wide"):
-        return f"the CUDA kernel supports widths up to {CUDA_MAX_WIDTH}"
-    return None
-
-
-def _triton_supports(device, dtype, features) -> Optional[str]:
-    if features.get("wide"):
-        return f"the Triton kernel supports widths up to {CUDA_MAX_WIDTH}"
-    return _dispatch.triton_supports(device, dtype, features)
+        return f"the kernels support widths up to {CUDA_MAX_WIDTH}"
+    return _dispatch.kernel_dtype_supports(device, dtype, features)
 
 
 _dispatch.register("causal_conv1d", "torch", "ssm_kernels.causal_conv1d.pytorch", "causal_conv1d_torch")
 _dispatch.register("causal_conv1d", "triton", "ssm_kernels.causal_conv1d.triton", "causal_conv1d_triton",
-                   supports=_triton_supports)
+                   supports=_kernel_supports)
 _dispatch.register("causal_conv1d", "cuda", "ssm_kernels.causal_conv1d.cuda", "causal_conv1d_cuda",
-                   supports=_cuda_supports, extension="causal_conv1d")
+                   supports=_kernel_supports, extension="causal_conv1d")
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,

@@ -13,7 +13,7 @@ ACTIVATIONS = (None, "silu", "swish")  # "swish" is mamba_ssm's alias of "silu"
 _dispatch.register("causal_conv1d_update", "torch", "ssm_kernels.causal_conv1d_update.pytorch",
                    "causal_conv1d_update_torch")
 _dispatch.register("causal_conv1d_update", "triton", "ssm_kernels.causal_conv1d_update.triton",
-                   "causal_conv1d_update_triton", supports=_dispatch.triton_supports)
+                   "causal_conv1d_update_triton", supports=_dispatch.kernel_dtype_supports)
 
 
 def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,

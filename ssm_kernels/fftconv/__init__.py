@@ -22,7 +22,7 @@ def _triton_supports(device, dtype, features) -> Optional[str]:
     if longest is not None and features.get("length", 0) > longest:
         return (f"the Triton kernel takes L <= {longest} for {str(dtype).replace('torch.', '')} inputs (one FFT of "
                 f"{2 * longest} points per sequence on chip); longer sequences run on the torch backend")
-    return _dispatch.triton_supports(device, dtype, features)
+    return _dispatch.kernel_dtype_supports(device, dtype, features)
 
 
 _dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.pytorch", "fftconv_torch")

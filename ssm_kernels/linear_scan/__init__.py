@@ -20,7 +20,7 @@ def _fp32_math_supports(device, dtype, features) -> Optional[str]:
     if features.get("wide"):
         return ("the kernel computes in fp32 / complex64; an fp64 / complex128 input makes the scan 64-bit "
                 "(the torch backend runs it)")
-    return _dispatch.triton_supports(device, dtype, features)
+    return _dispatch.kernel_dtype_supports(device, dtype, features)
 
 
 _dispatch.register("linear_scan", "torch", "ssm_kernels.linear_scan.pytorch", "linear_scan_torch")

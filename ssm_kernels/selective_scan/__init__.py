@@ -13,25 +13,18 @@ from ._common import check_bc
 from .context_parallel import selective_scan_context_parallel
 
 
-def _triton_supports(device, dtype, features) -> Optional[str]:
+def _kernel_supports(device, dtype, features) -> Optional[str]:
+    """The Triton and the CUDA kernels: fp32 / fp16 / bf16 inputs, computed in fp32."""
     if features.get("fp64_A"):
-        return "the Triton selective scan computes in fp32; fp64 / complex128 A runs on the torch backend"
-    return _dispatch.triton_supports(device, dtype, features)
-
-
-def _cuda_supports(device, dtype, features) -> Optional[str]:
-    if dtype == torch.float64:
-        return "the CUDA selective scan takes fp32 / fp16 / bf16 inputs; fp64 runs on the torch backend"
-    if features.get("fp64_A"):
-        return "the CUDA selective scan computes in fp32; fp64 / complex128 A runs on the torch backend"
-    return None
+        return "the selective scan's kernels compute in fp32; fp64 / complex128 A runs on the torch backend"
+    return _dispatch.kernel_dtype_supports(device, dtype, features)
 
 
 _dispatch.register("selective_scan", "torch", "ssm_kernels.selective_scan.pytorch", "selective_scan_torch")
 _dispatch.register("selective_scan", "triton", "ssm_kernels.selective_scan.triton", "selective_scan_triton",
-                   supports=_triton_supports)
+                   supports=_kernel_supports)
 _dispatch.register("selective_scan", "cuda", "ssm_kernels.selective_scan.cuda", "selective_scan_cuda",
-                   supports=_cuda_supports, extension="selective_scan")
+                   supports=_kernel_supports, extension="selective_scan")
 
 PARAM_DTYPES = (torch.float32, torch.float64)
 

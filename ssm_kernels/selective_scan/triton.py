@@ -10,7 +10,7 @@ recomputes the states from the checkpoints and reverse-scans the adjoint; see th
 Saved for the backward: the inputs and the checkpoints (B, ceil(L / BLOCK_L), D, N) fp32 (the state
 entering every chunk), never a (B, D, L, N) tensor.
 
-Not supported here (_triton_supports in __init__.py gives the reason, dispatch falls back to torch): fp64
+Not supported here (_kernel_supports in __init__.py gives the reason, dispatch falls back to torch): fp64
 inputs, and fp64 / complex128 A (the latter once the public function passes that feature to select()).
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ from .._utils import INDEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks
 _dispatch.register("selective_state_update", "torch", "ssm_kernels.selective_state_update.pytorch",
                    "selective_state_update_torch")
 _dispatch.register("selective_state_update", "triton", "ssm_kernels.selective_state_update.triton",
-                   "selective_state_update_triton", supports=_dispatch.triton_supports)
+                   "selective_state_update_triton", supports=_dispatch.kernel_dtype_supports)
 
 
 def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,

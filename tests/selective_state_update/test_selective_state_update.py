@@ -194,7 +194,7 @@ def test_triton_without_options_and_fp64_refused(triton_device):
     out = selective_state_update(state, *args, backend="triton")
     assert_close(out, selective_state_update(ref_state, *args, backend="torch"), torch.float32)
     assert_close(state, ref_state, torch.float32, "state")
-    with pytest.raises(RuntimeError, match="backend 'triton' .* cannot run: Triton kernels take .*float64"):
+    with pytest.raises(RuntimeError, match="backend 'triton' .* cannot run: the GPU kernels take .*float64"):
         selective_state_update(state.double(), *(a.double() for a in args), backend="triton")
 
 
