@@ -33,6 +33,17 @@ def fresh_seed(request):
 
 
 @pytest.fixture
+def deterministic_mode():
+    """torch.use_deterministic_algorithms(True) inside the test (warn_only: torch ops without a deterministic
+    version only warn), in which the kernels' backwards sum with torch instead of atomics."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@pytest.fixture
 def triton_device():
     """The device to run Triton kernels on; skips (with the reason) when Triton cannot run at all."""
     if not _dispatch.triton_importable():

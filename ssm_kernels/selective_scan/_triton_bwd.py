@@ -18,9 +18,11 @@ BLOCK_L) for complex A):
 Carried per channel in registers: G entering the chunk (BLOCK_D, BLOCK_N), and the accumulators dA (and
 dB / dC when fixed) (BLOCK_D, BLOCK_N), dD / dbias (BLOCK_D,); rows are read with a masked sum and updated
 with a where (see _triton_fwd.py). dB / dC of variable B / C accumulate over the block's channels in
-registers (the chunk's tiles) and are written once per (program, chunk) as the partial
-(B, n_dblocks, N, L) fp32; sums over the batch, over time for fixed B / C and over the channel blocks of a
-group are added up by the launcher with torch (deterministic, no atomics).
+registers (the chunk's tiles) and leave once per (program, chunk): added with fp32 atomics into the group's
+(B, groups, N, L) rows (ATOMIC_BC, real A, as mamba_ssm does per channel), or, in torch's deterministic mode and
+for complex A, written as the partial (B, n_dblocks, N, L) fp32 that the launcher sums with torch (the same
+bits every run, at the cost of 2 x 4 B L N D / BLOCK_D: 268 MB at (4, 4096, 4096) N 16). Sums over the batch
+and over time for fixed B / C are the launcher's too.
 """
 from __future__ import annotations
 
@@ -94,29 +96,59 @@ def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, dt_raw, S
 
 
 @triton.jit
+def _flip_runs(x):
+    """x (runs, BLOCK_N) with its runs in reverse order: one gather (a shuffle per element)."""
+    last = x.shape[0] - 1
+    return tl.gather(x, tl.broadcast_to((last - tl.arange(0, x.shape[0]))[:, None], x.shape), 0)
+
+
+@triton.jit
 def _scan_runs_reverse(alpha, cy, g_after, FAST: tl.constexpr):
     """Adjoints G_p = cy_p + alpha_p G_(p+1) of one chunk from G after it, g_after (BLOCK_N,), on the
     (RUN, runs, BLOCK_N) tiles of _run_grid: an inclusive scan of every run from its end, then the runs'
     totals (runs, BLOCK_N) scanned from the last run (exclusive) across lanes give G after each run.
-    FAST (native GPU runs): the runs are flipped in registers (tl.flip along the in-thread axis: no
-    shuffles) and scanned forward, because Triton's reverse scan flips every operand across the warp, five
-    shuffles per element, before and after. The interpreter takes the reverse scan: one numpy call where
-    tl.flip costs it a dozen (a third of the CPU suite's selective-scan time)."""
+    FAST (native GPU runs) scans forward over flipped operands: the runs in registers (tl.flip along the
+    in-thread axis: no shuffles), their totals with one gather each way (_flip_runs), where Triton's reverse
+    scan flips every operand, constants included, with five butterfly shuffles per element before and after
+    (160 of the kernel's 420 shuffles per channel and chunk). The interpreter takes the reverse scans: one
+    numpy call where tl.flip costs it a dozen (a third of the CPU suite's selective-scan time)."""
     if FAST:
         al_in, g_in = tl.associative_scan((tl.flip(alpha, 0), tl.flip(cy, 0)), 0, _combine)
-        al_run = _run_element(al_in, alpha.shape[0] - 1)
-        g_run = _run_element(g_in, alpha.shape[0] - 1)
+        al_run = _flip_runs(_run_element(al_in, alpha.shape[0] - 1))
+        g_run = _flip_runs(_run_element(g_in, alpha.shape[0] - 1))
+        _, _, al_after, g_after_run = tl.associative_scan(
+            (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
+            _combine_excl)
+        al_after = _flip_runs(al_after)
+        g_after_run = _flip_runs(g_after_run)
     else:
         al_in, g_in = tl.associative_scan((alpha, cy), 0, _combine, reverse=True)
         al_run = _run_element(al_in, 0)
         g_run = _run_element(g_in, 0)
-    _, _, al_after, g_after_run = tl.associative_scan(
-        (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
-        _combine_excl, reverse=True)
+        _, _, al_after, g_after_run = tl.associative_scan(
+            (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
+            _combine_excl, reverse=True)
     G = al_in * (al_after * g_after[None, :] + g_after_run)[None, :, :] + g_in
     if FAST:
         G = tl.flip(G, 0)
     return G
+
+
+@triton.jit
+def _write_bc_grad(ptr, tile, pid_b, pid_d, group, n_groups, n_dblocks, offs_n, pos, mask, N, L,
+                   ATOMIC: tl.constexpr):
+    """A chunk's dB or dC of a variable B / C summed over the program's channels, tile (RUN, runs, BLOCK_N):
+    ATOMIC adds it into the group's rows of (B, groups, N, L) fp32, else stores it as the program's partial
+    (B, n_dblocks, N, L) for torch to sum (deterministic)."""
+    if ATOMIC:
+        row = pid_b * n_groups + group
+    else:
+        row = pid_b * n_dblocks + pid_d
+    at = ptr + (row * N + tl.arange(0, tile.shape[2])[None, None, :]) * L + pos[:, :, None]
+    if ATOMIC:
+        tl.atomic_add(at, tile, mask=mask, sem="relaxed")
+    else:
+        tl.store(at, tile, mask=mask)
 
 
 @triton.jit
@@ -131,7 +163,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, RUN: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
-    B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr,
+    B_FIXED: tl.constexpr, C_FIXED: tl.constexpr, FAST: tl.constexpr, ATOMIC_BC: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -261,11 +293,12 @@ def _selective_scan_bwd_kernel(
                              mask=is_start & mn3)
             # G at the chunk's first position: the previous chunk's last position adds alpha * G
             Gn = tl.where(sel, _at_position(G, pos, c * BLOCK_L)[None, :], Gn)
-        part = ((pid_b * n_dblocks + pid_d) * N + offs_n[None, None, :]) * L + pos[:, :, None]
         if not B_FIXED:
-            tl.store(dB_ptr + part, dB_t, mask=mask_l[:, :, None] & mask_n3)
+            _write_bc_grad(dB_ptr, dB_t, pid_b, pid_d, group_B, DIM // cpg_B, n_dblocks, offs_n, pos,
+                           mask_l[:, :, None] & mask_n3, N, L, ATOMIC_BC)
         if not C_FIXED:
-            tl.store(dC_ptr + part, dC_t, mask=mask_l[:, :, None] & mask_n3)
+            _write_bc_grad(dC_ptr, dC_t, pid_b, pid_d, group_C, DIM // cpg_C, n_dblocks, offs_n, pos,
+                           mask_l[:, :, None] & mask_n3, N, L, ATOMIC_BC)
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows

@@ -55,6 +55,8 @@ MIN_PROGRAMS = 1024
 # shrink only while each stays within this budget (or within its size at BWD_BLOCK_D), so that one long packed
 # sequence (batch 1, L 65536) does not trade gigabytes for speed.
 BWD_PARTIALS_BUDGET = 512 * 2**20
+# The real backward adds dB / dC with atomics outside torch's deterministic mode (see _atomic_bc).
+ATOMIC_BC = True
 
 
 def _pow2_divisor(n: int) -> int:
@@ -62,11 +64,12 @@ def _pow2_divisor(n: int) -> int:
     return n & -n
 
 
-def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool) -> Tuple[int, int, int, int]:
+def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bool,
+            atomic: bool = False) -> Tuple[int, int, int, int]:
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
     all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs (in the
-    backward with a variable B or C, while its partials stay within BWD_PARTIALS_BUDGET)."""
+    backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET)."""
     block_n = next_power_of_2(N)
     budget = TILE_BUDGET // (2 if cplx else 1)
     block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
@@ -76,7 +79,7 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
     partials = lambda bd: batch * cdiv(dim, bd) * N * L * 4 * (2 if cplx else 1)  # noqa: E731 (bytes of one)
-    budget = max(partials(block_d), BWD_PARTIALS_BUDGET) if backward and cpgs else None
+    budget = max(partials(block_d), BWD_PARTIALS_BUDGET) if backward and cpgs and not atomic else None
     while block_d > 1 and batch * cdiv(dim, block_d) < MIN_PROGRAMS:
         if budget is not None and partials(block_d // 2) > budget:
             break
@@ -122,7 +125,7 @@ def _geometry(u: Tensor, A: Tensor, B: Tensor, C: Tensor, backward: bool):
     lay_B = _bc_layout(B, dim, cplx)
     lay_C = _bc_layout(C, dim, cplx)
     cpgs = [lay[2] for lay in (lay_B, lay_C) if not lay[1]]
-    blocks = _blocks(batch, dim, N, L, cpgs, backward, cplx)
+    blocks = _blocks(batch, dim, N, L, cpgs, backward, cplx, atomic=backward and _atomic_bc(A))
     return (batch, dim, L, N), lay_B, lay_C, blocks
 
 
@@ -145,6 +148,27 @@ def _fast_math(u: Tensor) -> bool:
     """Native GPU runs use approximate ex2 / lg2 through inline PTX (_triton_fwd._exp2); the interpreter
     cannot run PTX, so it takes tl.exp2 / tl.log."""
     return u.is_cuda and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
+
+
+def _atomic_bc(A: Tensor) -> bool:
+    """Whether the real backward adds dB / dC of a variable B / C with atomics (see _triton_bwd.py): not in
+    torch's deterministic mode, where it writes per-program partials for torch to sum (268 MB more at
+    (4, 4096, 4096) N 16, the same bits every run)."""
+    return ATOMIC_BC and not A.is_complex() and not torch.are_deterministic_algorithms_enabled()
+
+
+def _atomic_arg(A: Tensor, atomic: bool) -> dict:
+    return {} if A.is_complex() else dict(ATOMIC_BC=atomic)
+
+
+def _bc_grad_buffer(fixed: bool, atomic: bool, per_group: int, batch, dim, N, L, n_dblocks, pair, device) -> Tensor:
+    """What the backward kernel writes dB or dC into, fp32: (B, D, N) per batch row and channel for a fixed
+    B / C; else (B, groups, N, L), zeros the kernel adds into (atomic), or (B, n_dblocks, N, L) partials."""
+    if fixed:
+        return new_output((batch, dim, N, *pair), torch.float32, device)
+    if atomic:
+        return torch.zeros((batch, dim // per_group, N, L), dtype=torch.float32, device=device)
+    return new_output((batch, n_dblocks, N, L, *pair), torch.float32, device)
 
 
 # --- launchers --------------------------------------------------------------------------------------------
@@ -199,8 +223,9 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     dA = new_output((batch, dim, N, *pair), torch.float32, dev)
     dD = new_output((batch, dim), torch.float32, dev)
     dbias = new_output((batch, dim), torch.float32, dev)
-    dB = new_output(((batch, dim, N) if fixed_B else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
-    dC = new_output(((batch, dim, N) if fixed_C else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
+    atomic = _atomic_bc(A)
+    dB = _bc_grad_buffer(fixed_B, atomic, lay_B[2], batch, dim, N, L, n_dblocks, pair, dev)
+    dC = _bc_grad_buffer(fixed_C, atomic, lay_C[2], batch, dim, N, L, n_dblocks, pair, dev)
     dh0 = new_output((rows, dim, N, *pair), torch.float32, dev) if initial_state is not None else None
     start = end = empty = None
     if cu_seqlens is not None:
@@ -218,7 +243,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
-            FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL),
+            FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_atomic_arg(A, atomic),
         )
     else:
         for t in (dA, dD, dbias, dB, dC):

@@ -66,8 +66,9 @@ def test_matches_reference_at_every_edge(op, backend, dtype):
 
 
 @pytest.mark.parametrize("op,backend", [(op, b) for op in OPS for b in gpu_backends(op)])
-def test_backward_is_bitwise_reproducible(op, backend):
-    """Two backward passes of the first fp32 case on the same inputs and cotangent: equal to the bit."""
+def test_backward_is_bitwise_reproducible(op, backend, deterministic_mode):
+    """Two backward passes of the first fp32 case on the same inputs and cotangent, in torch's deterministic
+    mode: equal to the bit."""
     make_cases, make_run = OPS[op]
     _, inputs, grads, kwargs = next(make_cases(torch.float32, DEVICE, False))
     kwargs = dict(kwargs)

@@ -10,8 +10,10 @@ import importlib
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 from ssm_kernels.selective_scan import selective_scan
+from ssm_kernels.selective_scan._triton_bwd import _scan_runs_reverse
 from ssm_kernels.testing import assert_close
 from tests.helpers import backend_device, check_parity
 from tests.selective_scan.test_selective_scan import ALL_GRADS, make_inputs, real_outputs, reference, run
@@ -147,7 +149,7 @@ def test_triton_checkpoint_spacing(monkeypatch):
     assert ckpt.numel() == 0
 
 
-def test_triton_backward_is_deterministic(small_blocks):
+def test_triton_backward_is_deterministic(small_blocks, deterministic_mode):
     inputs = make_inputs(2, 8, 40, 4, torch.float32, backend_device("triton"), bc="grouped")
     leaves = [v.requires_grad_() for v in inputs.values()]
     grads = []
@@ -156,6 +158,34 @@ def test_triton_backward_is_deterministic(small_blocks):
         grads.append(torch.autograd.grad((y.square().sum() + state.sum()), leaves))
     for g1, g2 in zip(*grads):
         assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("bc", ["variable", "grouped"])
+def test_triton_dB_dC_atomic_equals_deterministic(small_blocks, monkeypatch, bc):
+    """dB / dC added with atomics into (B, groups, N, L) (the default) equal the deterministic mode's
+    (B, channel blocks, N, L) partials summed by torch."""
+    inputs = make_inputs(2, 16, 40, 4, torch.float32, backend_device("triton"), bc=bc, groups=2)
+    leaves = [v.requires_grad_() for v in inputs.values()]
+    buffers = []
+    make_buffer = T._bc_grad_buffer
+
+    def recorded(*args):
+        buffers.append(make_buffer(*args))
+        return buffers[-1]
+
+    monkeypatch.setattr(T, "_bc_grad_buffer", recorded)
+    grads = {}
+    for deterministic in (False, True):
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        try:
+            y, state = selective_scan(**inputs, delta_softplus=True, return_final_state=True, backend="triton")
+            grads[deterministic] = torch.autograd.grad((y.square().sum() + state.sum()), leaves)
+        finally:
+            torch.use_deterministic_algorithms(False)
+    groups = 1 if bc == "variable" else 2
+    assert [b.shape for b in buffers] == [(2, groups, 4, 40)] * 2 + [(2, 2, 4, 40)] * 2  # blocks of 8
+    for name, atomic, partials in zip(inputs, grads[False], grads[True]):
+        assert_close(atomic, partials, torch.float32, f"d{name}")
 
 
 def test_triton_split_with_state_equals_whole_many_chunks(small_blocks):
@@ -169,3 +199,38 @@ def test_triton_split_with_state_equals_whole_many_chunks(small_blocks):
     second, second_state = selective_scan(**{k: inputs[k][..., 20:] for k in seq}, initial_state=state, **kw)
     assert_close(torch.cat([first, second], -1), whole, torch.float32, "split output")
     assert_close(second_state, whole_state, torch.float32, "final state")
+
+
+@triton.jit
+def _reverse_run_scan_kernel(alpha_ptr, cy_ptr, g_ptr, out_ptr, RUN: tl.constexpr, RUNS: tl.constexpr,
+                             BLOCK_N: tl.constexpr, FAST: tl.constexpr):
+    r = tl.arange(0, RUN)[:, None, None]
+    j = tl.arange(0, RUNS)[None, :, None]
+    n = tl.arange(0, BLOCK_N)[None, None, :]
+    at = (j * RUN + r) * BLOCK_N + n  # (RUN, runs, BLOCK_N) tiles of a (positions, BLOCK_N) array
+    G = _scan_runs_reverse(tl.load(alpha_ptr + at), tl.load(cy_ptr + at), tl.load(g_ptr + tl.arange(0, BLOCK_N)),
+                           FAST)
+    tl.store(out_ptr + at, G)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("run_len,runs", [(8, 8), (4, 16), (2, 1)])
+def test_reverse_run_scan(fast, run_len, runs):
+    """The backward's adjoint scan G_p = cy_p + alpha_p G_(p+1) over one chunk, both of its forms: the native
+    one (FAST: runs flipped in registers, their totals flipped with gathers, forward scans; GPU runs of the
+    backward take only this one) and the reverse scans the interpreter runs, against a sequential loop."""
+    device = backend_device("triton")
+    gen = torch.Generator().manual_seed(3)
+    positions, n = run_len * runs, 16
+    alpha = torch.rand(positions, n, generator=gen)
+    cy = torch.randn(positions, n, generator=gen)
+    g_after = torch.randn(n, generator=gen)
+    expected = torch.empty(positions, n)
+    g = g_after
+    for p in reversed(range(positions)):
+        g = cy[p] + alpha[p] * g
+        expected[p] = g
+    out = torch.empty(positions, n, device=device)
+    _reverse_run_scan_kernel[(1,)](alpha.to(device), cy.to(device), g_after.to(device), out, RUN=run_len,
+                                   RUNS=runs, BLOCK_N=n, FAST=fast, num_warps=1)
+    assert_close(out.cpu(), expected, torch.float32, "G")
