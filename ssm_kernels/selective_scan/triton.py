@@ -57,6 +57,13 @@ MIN_PROGRAMS = 1024
 BWD_PARTIALS_BUDGET = 512 * 2**20
 # The real backward adds dB / dC with atomics outside torch's deterministic mode (see _atomic_bc).
 ATOMIC_BC = True
+# Register caps of the kernels (ptxas maxnreg), None: ptxas' choice, which is 216-255 at one warp (8 programs per
+# SM, 12.5% occupancy; latency-bound: no eligible warp in 57% of the backward's cycles on the H200). Compiled
+# offline for sm_90 (Triton 3.6, bf16 (4, 4096, 4096) constexprs): the forward at BLOCK_L 32 fits 168 without
+# spills (12 programs per SM), at 128 with 116 B of spills; the backward spills at any cap (BLOCK_L 32: 72 B
+# uncapped, 612 B at 168). Settings for the tuner (benchmarks/tune/selective_scan.py) until measured.
+FWD_MAXNREG = None
+BWD_MAXNREG = None
 
 
 def _pow2_divisor(n: int) -> int:
@@ -85,6 +92,11 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
             break
         block_d //= 2
     return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
+
+
+def _register_cap(maxnreg) -> dict:
+    """Launch option capping the kernel's registers per thread (nothing when None)."""
+    return {} if maxnreg is None else dict(maxnreg=maxnreg)
 
 
 def _run_args(u: Tensor, A: Tensor, lay_B, block_l: int) -> dict:
@@ -198,7 +210,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         VARLEN=cu_seqlens is not None, B_FIXED=lay_B[1], C_FIXED=lay_C[1], SAVE_CKPT=save_checkpoints,
-        FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL),
+        FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_register_cap(FWD_MAXNREG),
     )
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
@@ -244,6 +256,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
             FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_atomic_arg(A, atomic),
+            **_register_cap(BWD_MAXNREG),
         )
     else:
         for t in (dA, dD, dbias, dB, dC):

@@ -188,6 +188,15 @@ def test_triton_dB_dC_atomic_equals_deterministic(small_blocks, monkeypatch, bc)
         assert_close(atomic, partials, torch.float32, f"d{name}")
 
 
+def test_triton_register_caps(small_blocks, monkeypatch):
+    """The kernels launched with register caps (the tuner's FWD_MAXNREG / BWD_MAXNREG; spills on the GPU)."""
+    monkeypatch.setattr(T, "FWD_MAXNREG", 128)
+    monkeypatch.setattr(T, "BWD_MAXNREG", 96)
+    inputs = make_inputs(2, 10, 47, 5, torch.float32, backend_device("triton"), bc="grouped", groups=2)
+    check_parity(run("triton"), reference, inputs, torch.float32, ALL_GRADS, delta_softplus=True,
+                 return_final_state=True)
+
+
 def test_triton_split_with_state_equals_whole_many_chunks(small_blocks):
     device = backend_device("triton")
     inputs = make_inputs(1, 6, 45, 4, torch.float32, device, init=False)
