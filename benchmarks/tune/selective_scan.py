@@ -1,6 +1,7 @@
 """Block sizes, warps and register caps of the Triton selective scan (ssm_kernels/selective_scan/triton.py:
-BLOCK_L, FWD_WARPS, FWD_BLOCK_D, BWD_WARPS, BWD_BLOCK_D, RUN_BYTES, FWD_MAXNREG, BWD_MAXNREG, ATOMIC_BC) on the GPU cases of `python -m benchmarks --op
-selective_scan` ((4, 4096, 4096) N16 with D, z, delta_bias, softplus). The forward and the backward share
+BLOCK_L, FWD_WARPS, FWD_BLOCK_D, BWD_WARPS, BWD_BLOCK_D, RUN_BYTES, FWD_MAXNREG, BWD_MAXNREG, ATOMIC_BC) on
+the GPU cases of `python -m benchmarks --op selective_scan` ((4, 4096, 4096) N16 with D, z, delta_bias,
+softplus). The forward and the backward share
 BLOCK_L (the checkpoint spacing): the forward+backward sweep runs at the forward's best settings. First, on
 every case, MIN_PROGRAMS (the grid size below which the channel blocks shrink; it matters for small
 batch * channels, e.g. --case "B1 D2048"), RUN_BYTES (the run length of the real kernels' tiles), the register
