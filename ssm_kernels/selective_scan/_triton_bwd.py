@@ -29,22 +29,23 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._triton_math import softplus
 from ._triton_fwd import (LOG2E, _at_position, _block_rows, _ccombine, _channel_scalars, _combine, _combine_excl,
                           _complex_decay, _complex_row, _complex_tile, _delta_row, _enter_complex_state, _exp2,
-                          _load_row, _log1p_exp, _row_of, _run_element, _run_grid, _run_tile, _run_varlen_marks,
+                          _load_row, _row_of, _run_element, _run_grid, _run_tile, _run_varlen_marks,
                           _scan_runs, _softplus_row, _sum_positions, _varlen_marks)
 
 
 @triton.jit
 def _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS: tl.constexpr,
-                 SOFTPLUS: tl.constexpr):
+                 SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """Δ at position 0 of the channels offs_d (BLOCK_D,), fp32: what a_0 of the initial state's gradient
     needs."""
     dt0 = tl.load(delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
         dt0 = dt0 + tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt0 = _log1p_exp(dt0)
+        dt0 = softplus(dt0, FAST)
     return dt0
 
 
@@ -84,11 +85,11 @@ def _channel_inputs_bwd(delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_pt
 
 
 @triton.jit
-def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, dt_raw, SOFTPLUS: tl.constexpr):
-    """Row `row` (b * D + d) of du and ddelta, ddt taken through the softplus; returns ddt as stored (0 where
-    not m) for the delta_bias sum."""
+def _store_input_grads(du_ptr, ddelta_ptr, row, offs_l, m, L, du, ddt, slope, SOFTPLUS: tl.constexpr):
+    """Row `row` (b * D + d) of du and ddelta, ddt taken through the softplus (its slope from _softplus_row);
+    returns ddt as stored (0 where not m) for the delta_bias sum."""
     if SOFTPLUS:
-        ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = ddt * slope
     ddt = tl.where(m, ddt, 0.0)
     tl.store(du_ptr + row * L + offs_l, du.to(du_ptr.dtype.element_ty), mask=m)
     tl.store(ddelta_ptr + row * L + offs_l, ddt.to(ddelta_ptr.dtype.element_ty), mask=m)
@@ -224,9 +225,9 @@ def _selective_scan_bwd_kernel(
                 offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d,
                 s_do_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
             dt_raw = dt_in.to(tl.float32) + bias
-            dt = _softplus_row(dt_raw, m, SOFTPLUS)
+            dt, slope = _softplus_row(dt_raw, m, SOFTPLUS, FAST)
             # Δ of the next position, for a_(p+1) of the adjoint's recurrence (1 past the end: G_L = dfinal)
-            dt_next = _softplus_row(dtn_in.to(tl.float32) + bias, pos + 1 < lim_l, SOFTPLUS)
+            dt_next, _ = _softplus_row(dtn_in.to(tl.float32) + bias, pos + 1 < lim_l, SOFTPLUS, FAST)
             u = u_in.to(tl.float32)
             dout = do_in.to(tl.float32)
             A2 = A * LOG2E
@@ -273,7 +274,7 @@ def _selective_scan_bwd_kernel(
             du = Dv * dy + dt * GB
             Ghb = G * hb
             ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, pos, m, L, du,
-                                     u * GB + tl.sum(Ghb * A, axis=2), dt_raw, SOFTPLUS)
+                                     u * GB + tl.sum(Ghb * A, axis=2), slope, SOFTPLUS)
             dA_acc += tl.where(sel, _sum_positions(Ghb * dt[:, :, None])[None, :], 0.0)
             dD_acc += tl.where(rows == dd, tl.sum(tl.sum(dy * u, axis=1), axis=0), 0.0)
             dbias_acc += tl.where(rows == dd, tl.sum(tl.sum(ddt, axis=1), axis=0), 0.0)
@@ -302,7 +303,8 @@ def _selective_scan_bwd_kernel(
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows
-            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS)
+            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS,
+                               FAST)
             A_all = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn,
                             other=0.0).to(tl.float32)
             a0 = tl.exp(dt0[:, None] * A_all)
@@ -380,9 +382,10 @@ def _selective_scan_bwd_complex_kernel(
             mn = offs_n < tl.where(ok, N, 0)
             sel = rows[:, None] == dd
             row_dt = pid_b * s_dt_b + d * s_dt_d
-            dt_raw, dt = _delta_row(delta_ptr, bias_ptr, row_dt, offs_l, m, s_dt_l, d, ok, HAS_BIAS, SOFTPLUS)
-            _, dt_next = _delta_row(delta_ptr, bias_ptr, row_dt, offs_l + 1, offs_l + 1 < lim_l, s_dt_l, d,
-                                    ok, HAS_BIAS, SOFTPLUS)
+            dt, slope = _delta_row(delta_ptr, bias_ptr, row_dt, offs_l, m, s_dt_l, d, ok, HAS_BIAS, SOFTPLUS,
+                                   FAST)
+            dt_next, _ = _delta_row(delta_ptr, bias_ptr, row_dt, offs_l + 1, offs_l + 1 < lim_l, s_dt_l, d,
+                                    ok, HAS_BIAS, SOFTPLUS, FAST)
             u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0).to(tl.float32)
             dout = tl.load(dout_ptr + pid_b * s_do_b + d * s_do_d + offs_l * s_do_l, mask=m,
                            other=0.0).to(tl.float32)
@@ -448,7 +451,7 @@ def _selective_scan_bwd_complex_kernel(
             du = Dv * dy + dt * GB
             ddt = _store_input_grads(du_ptr, ddelta_ptr, pid_b * DIM + d, offs_l, m, L, du,
                                      u * GB + tl.sum((Ar * hbr - Ai * hbi) * Gr + (Ar * hbi + Ai * hbr) * Gi, axis=0),
-                                     dt_raw, SOFTPLUS)
+                                     slope, SOFTPLUS)
             dAr_acc += tl.where(sel, tl.sum((hbr * Gr + hbi * Gi) * dt2, axis=1)[None, :], 0.0)
             dAi_acc += tl.where(sel, tl.sum((hbr * Gi - hbi * Gr) * dt2, axis=1)[None, :], 0.0)
             dD_acc += tl.where(rows == dd, tl.sum(dy * u, axis=0), 0.0)
@@ -483,7 +486,8 @@ def _selective_scan_bwd_complex_kernel(
     if HAS_H0:
         if not VARLEN:
             offs_d = d0 + rows
-            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS)
+            dt0 = _first_delta(delta_ptr, bias_ptr, pid_b, offs_d, mask_d, s_dt_b, s_dt_d, HAS_BIAS, SOFTPLUS,
+                               FAST)
             a_off = offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n
             Ar_all = tl.load(A_ptr + a_off, mask=mask_dn, other=0.0).to(tl.float32)
             Ai_all = tl.load(A_ptr + a_off + 1, mask=mask_dn, other=0.0).to(tl.float32)

@@ -25,7 +25,8 @@ Latency and instruction count (real A, the performance case): every channel step
 the NEXT channel's rows / scalars / A row (software prefetch, ~5 registers), then computes; a = 2**(Δ A log2 e)
 with log2 e folded into the per-channel A row; on the GPU (FAST) that exp2 is a single ex2.approx.ftz
 instruction through inline PTX (tl.exp costs five with its denormal fix-up), in the interpreter tl.exp2.
-Softplus (once per position, not per state entry) stays precise. Complex A keeps tl.exp / cos / sin.
+Softplus (once per position, not per state entry) is _triton_math.softplus: one exp2 and a short series, ~17
+instructions where log(1 + e) with precise exp, log and division took ~40. Complex A keeps tl.exp / cos / sin.
 
 Packed sequences (VARLEN, batch 1): seq_start[t] is the index of the sequence starting at t (else -1),
 seq_end[t] that of the sequence ending at t (else -1). At a start a_t is replaced by 0 (exact restart) and
@@ -40,34 +41,8 @@ import triton.language as tl
 from .._triton_affine import combine as _combine
 from .._triton_affine import combine_complex as _ccombine
 from .._triton_affine import combine_with_exclusive as _combine_excl
-
-
-LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _exp2(x, FAST: tl.constexpr):
-    """2**x. FAST (native GPU runs): one ex2.approx.ftz (rel. error ~2**-22, results below 2**-126 flush to
-    0); otherwise tl.exp2 (the interpreter has no inline PTX)."""
-    if FAST:
-        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-    else:
-        y = tl.exp2(x)
-    return y
-
-
-@triton.jit
-def _log1p_exp(x):
-    """softplus(x) = log(1 + exp(x)), accurate for negative x (log1p through the w - 1 correction). Always
-    the precise exp / log: it runs once per (channel, position), and lg2.approx's absolute error of ~2**-22
-    near 1 would be a large relative error of log(1 + e) for small e (seen on an H100: fp32 dΔ bias error
-    4.6e-5)."""
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    one = w == 1.0
-    lp = tl.where(one, e, tl.log(w) * (e / tl.where(one, 1.0, w - 1.0)))
-    return tl.where(x > 20.0, x, lp)
+from .._triton_math import LOG2E, softplus_and_sigmoid
+from .._triton_math import exp2 as _exp2
 
 
 @triton.jit
@@ -122,24 +97,23 @@ def _enter_complex_state(h0_ptr, sid, d, offs_n, s_h0_b, s_h0_d, s_h0_n, is_star
 
 @triton.jit
 def _delta_row(delta_ptr, bias_ptr, row_off, offs_l, mask, s_dt_l, d, ok, HAS_BIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr):
-    """(Δ before softplus, Δ) of one channel's chunk: (BLOCK_L,) fp32; Δ = 0 outside `mask` (a = 1, b = 0)."""
+               SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """(Δ, dΔ / d(delta)) of one channel's chunk: (BLOCK_L,) fp32 each (see _softplus_row)."""
     raw = tl.load(delta_ptr + row_off + offs_l * s_dt_l, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw = raw + tl.load(bias_ptr + d, mask=ok, other=0.0).to(tl.float32)
-    dt = raw
-    if SOFTPLUS:
-        dt = _log1p_exp(raw)
-    return raw, tl.where(mask, dt, 0.0)
+    return _softplus_row(raw, mask, SOFTPLUS, FAST)
 
 
 @triton.jit
-def _softplus_row(raw, mask, SOFTPLUS: tl.constexpr):
-    """Δ from delta + delta_bias (fp32): softplus or not, 0 outside `mask` (a = 1, b = 0 there)."""
+def _softplus_row(raw, mask, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """(Δ, dΔ / d(raw)) from raw = delta + delta_bias (fp32): softplus and its slope sigmoid, or raw and 1;
+    Δ = 0 outside `mask` (a = 1, b = 0 there). A kernel that does not use the slope does not compute it."""
     dt = raw
+    slope = tl.full(raw.shape, 1.0, tl.float32)
     if SOFTPLUS:
-        dt = _log1p_exp(raw)
-    return tl.where(mask, dt, 0.0)
+        dt, slope = softplus_and_sigmoid(raw, FAST)
+    return tl.where(mask, dt, 0.0), slope
 
 
 @triton.jit
@@ -329,7 +303,7 @@ def _selective_scan_fwd_kernel(
                 delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d + 1, d + 1 < d_end, pos, offs_n, L,
                 N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS,
                 HAS_D)
-            dt = _softplus_row(dt_in.to(tl.float32) + bias, m, SOFTPLUS)
+            dt, _ = _softplus_row(dt_in.to(tl.float32) + bias, m, SOFTPLUS, FAST)
             u = u_in.to(tl.float32)
             a = _exp2(A[None, None, :] * dt[:, :, None], FAST)  # A holds A log2(e)
             if B_FIXED:
@@ -411,8 +385,8 @@ def _selective_scan_fwd_complex_kernel(
             lim_l = tl.where(ok, L, 0)  # (block & scalar masks misbehave in the interpreter)
             m = offs_l < lim_l
             mn = offs_n < tl.where(ok, N, 0)
-            _, dt = _delta_row(delta_ptr, bias_ptr, pid_b * s_dt_b + d * s_dt_d, offs_l, m, s_dt_l, d, ok,
-                               HAS_BIAS, SOFTPLUS)
+            dt, _ = _delta_row(delta_ptr, bias_ptr, pid_b * s_dt_b + d * s_dt_d, offs_l, m, s_dt_l, d, ok,
+                               HAS_BIAS, SOFTPLUS, FAST)
             u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0).to(tl.float32)
             Ar, Ai = _complex_row(A_ptr, 1, d, offs_n, mn, s_A_d, s_A_n)
             a_r, a_i = _complex_decay(Ar, Ai, dt[None, :], False)

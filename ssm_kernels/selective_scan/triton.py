@@ -157,8 +157,8 @@ def _shared_args(u, delta, A, z, lay_B, lay_C, h0):
 
 
 def _fast_math(u: Tensor) -> bool:
-    """Native GPU runs use approximate ex2 / lg2 through inline PTX (_triton_fwd._exp2); the interpreter
-    cannot run PTX, so it takes tl.exp2 / tl.log."""
+    """Native GPU runs use the approximate ex2.approx.ftz through inline PTX (_triton_math.exp2); the
+    interpreter cannot run PTX, so it takes tl.exp2."""
     return u.is_cuda and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
 
 

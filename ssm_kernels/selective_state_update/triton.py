@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._triton_math import softplus
 from .._utils import cdiv, new_output, next_power_of_2
 
 
@@ -82,11 +83,8 @@ def _step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt
         dt = tl.load(dt_ptr + b * s_tb + h * s_th + p * s_tp, mask=r_mask, other=0.0).to(tl.float32)
     if HAS_DT_BIAS:
         dt += tl.load(dtb_ptr + h * s_eh + p * s_ep, mask=r_mask, other=0.0).to(tl.float32)
-    if SOFTPLUS:  # torch's softplus (threshold 20), log1p(e) accurate for small e
-        e = tl.exp(tl.minimum(dt, 20.0))
-        u = 1.0 + e
-        log1p = tl.where(u == 1.0, e, tl.log(u) * (e / (u - 1.0)))
-        dt = tl.where(dt > 20.0, dt, log1p)
+    if SOFTPLUS:
+        dt = softplus(dt, False)
     A = tl.load(A_ptr + h[:, None] * s_ah + p[:, None] * s_ap + n * s_an, mask=mask, other=0.0).to(tl.float32)
     Bv = tl.load(B_ptr + b * s_bb + (h // heads_per_group_b)[:, None] * s_bg + n * s_bn, mask=mask,
                  other=0.0).to(tl.float32)

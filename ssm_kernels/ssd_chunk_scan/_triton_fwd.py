@@ -11,14 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _softplus(v):
-    """torch's softplus (linear above 20), with an accurate log1p(exp(v)) for very negative v."""
-    e = tl.exp(v)
-    u = 1.0 + e
-    log1p = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
-    return tl.where(v > 20.0, v, log1p)
+from .._triton_math import softplus
 
 
 @triton.jit
@@ -82,7 +75,7 @@ def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
     if HAS_BIAS:
         dt += tl.load(bias_ptr + hs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = softplus(dt, False)
     dt = tl.minimum(tl.maximum(dt, dt_lo), dt_hi)
     dt = tl.where(valid[:, None], dt, 0.0)
     A = tl.load(A_ptr + hs, mask=h_mask, other=0.0).to(tl.float32)
