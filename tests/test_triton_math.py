@@ -31,8 +31,8 @@ def _worst_ulps(actual, expected, x):
 @pytest.mark.parametrize("fast", [False, True])
 def test_softplus_and_sigmoid_to_a_few_ulp(triton_device, fast):
     """Every x from -100 to 100 (dense around 0 and 20, where torch's softplus switches to x): softplus and
-    sigmoid within 2**-22 (2 + |x|) relative of fp64, elementwise (a few ulp and exp2's argument rounding). FAST (the GPU's approximate exp2) runs natively only
-    (the interpreter has no inline PTX)."""
+    sigmoid within 2**-22 (2 + |x|) relative of fp64, elementwise (a few ulp and exp2's argument rounding).
+    FAST (the GPU's approximate exp2) runs natively only (the interpreter has no inline PTX)."""
     if fast and triton_device.type != "cuda":
         pytest.skip("the FAST path's inline PTX runs on a GPU only")
     x = torch.cat([torch.linspace(-100, 100, 20001), torch.linspace(-1e-3, 1e-3, 2001), torch.linspace(19, 21, 2001),
