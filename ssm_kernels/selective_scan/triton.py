@@ -170,6 +170,7 @@ def _atomic_bc(A: Tensor) -> bool:
 
 
 def _atomic_arg(A: Tensor, atomic: bool) -> dict:
+    """The real backward kernel's ATOMIC_BC (the complex one always writes partials and has none)."""
     return {} if A.is_complex() else dict(ATOMIC_BC=atomic)
 
 
