@@ -14,12 +14,19 @@ never end). Two steps find those on a CPU machine:
              python -m tests.triton_compile compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
 With --ptx, each launch's PTX is written to DIR without its debug lines and labels: compiling the same
 launches before and after a refactor (run from a second checkout of the old commit) and diffing the two
-folders shows whether the GPU code changed at all. Compiling needs a process without TRITON_INTERPRET (the
-interpreter replaces the kernels it would compile).
+folders shows whether the GPU code changed at all. With --sass, each launch's SASS goes to DIR and the
+instructions of its two largest loops are counted by opcode (per iteration, an outer loop's count including its
+inner loops': what an instruction-bound kernel spends, the numbers a change should move). --set NAME=VALUE
+(repeatable) rewrites the recorded launches as a GPU run would make them: a constexpr the interpreter fixes
+otherwise (--set FAST=True), an argument that a test's small sizes specialised to the constexpr 1 and that is a
+runtime int at real sizes (--set n_dblocks=i32).
+Compiling needs a process without TRITON_INTERPRET (the interpreter replaces the kernels it would compile).
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import collections
 import contextlib
 import hashlib
 import importlib
@@ -158,7 +165,55 @@ def resource_usage(ptx: str, arch: int) -> str:
     return f"registers {registers[1]}, spill stores {spills[1]} B, spill loads {spills[2]} B"
 
 
-def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage: bool = False) -> int:
+def with_settings(launch, settings: dict):
+    """The launch with NAME=VALUE settings applied: VALUE i32 / i64 makes NAME a runtime integer argument,
+    anything else is a Python literal for the constexpr NAME. Names the kernel does not take are skipped."""
+    module, name, signature, constexprs, divisible, options = launch
+    signature, constexprs = dict(signature), dict(constexprs)
+    for key, value in settings.items():
+        if key not in signature:
+            continue
+        if value in ("i32", "i64"):
+            signature[key] = value
+            constexprs.pop(key, None)
+        else:
+            signature[key] = "constexpr"
+            constexprs[key] = ast.literal_eval(value)
+    return module, name, tuple(signature.items()), tuple(sorted(constexprs.items())), divisible, options
+
+
+def sass_of(cubin: bytes) -> str:
+    """nvdisasm's SASS of a cubin (nvdisasm from PATH, else the one Triton ships)."""
+    import triton
+    tool = shutil.which("nvdisasm") or str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "kernel.cubin")
+        path.write_bytes(cubin)
+        return subprocess.run([tool, "-c", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def loop_instructions(sass: str) -> list:
+    """[(instructions, Counter of opcodes)] of every loop of a SASS listing (a backward branch and the
+    instructions from its target to it), largest first."""
+    instructions, labels, loops = [], {}, []
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+            continue
+        ins = re.match(r"\s*/\*[0-9a-f]+\*/\s+(.*?);", line)
+        if ins:
+            instructions.append(re.sub(r"^@!?U?P\w+\s+", "", ins.group(1).strip()))
+    for i, ins in enumerate(instructions):
+        branch = re.search(r"BRA\s+(?:\S+\s+)?`?\(?(\.L_x_\d+)", ins)
+        if branch and labels.get(branch.group(1), i) < i:
+            body = instructions[labels[branch.group(1)]:i + 1]
+            loops.append((len(body), collections.Counter(x.split()[0].split(".")[0] for x in body)))
+    return sorted(loops, key=lambda loop: -loop[0])
+
+
+def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage: bool = False,
+                sass_dir: str = None, settings: dict = None) -> int:
     import triton
 
     sys.path.insert(0, str(ROOT))
@@ -168,6 +223,7 @@ def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage:
     problems = 0
     print(f"triton {triton.__version__}, target sm_{arch}, {len(launches)} launches")
     for launch in launches:
+        launch = with_settings(launch, settings or {})
         module, name, signature, constexprs, divisible, options = launch
         label = f"{name} {dict(options)} {dict(constexprs)}"
         start = time.perf_counter()
@@ -181,10 +237,16 @@ def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage:
             print(f"SKIP  {module}.{name}: not a module-level kernel")
             continue
         seconds = time.perf_counter() - start
+        digest = hashlib.sha1(repr((name, sorted(dict(signature).items()), sorted(dict(constexprs).items()),
+                                    divisible, options)).encode()).hexdigest()[:12]
         if ptx_dir:
-            digest = hashlib.sha1(repr((name, sorted(dict(signature).items()), sorted(dict(constexprs).items()),
-                                        divisible, options)).encode()).hexdigest()[:12]
             Path(ptx_dir, f"{name}_{digest}.ptx").write_text(_instructions(compiled.asm["ptx"]))
+        if sass_dir:
+            sass = sass_of(compiled.asm["cubin"])
+            Path(sass_dir, f"{name}_{digest}.sass").write_text(sass)
+            loops = "; ".join(f"{size} ({', '.join(f'{op} {n}' for op, n in ops.most_common(8))})"
+                              for size, ops in loop_instructions(sass)[:2])
+            print(f"SASS  {label}: loops (instructions per iteration, largest first) {loops or 'none'}")
         shared = compiled.metadata.shared
         if usage:
             print(f"USAGE {label}: {resource_usage(compiled.asm['ptx'], arch)}, shared {shared} B")
@@ -210,12 +272,17 @@ def main() -> int:
     comp.add_argument("--slow", type=float, default=20.0, help="report compiles longer than this (s)")
     comp.add_argument("--ptx", help="write each launch's PTX (debug lines removed) into this folder")
     comp.add_argument("--usage", action="store_true", help="print each launch's registers and spills (ptxas -v)")
+    comp.add_argument("--sass", help="write each launch's SASS into this folder and count its loops' instructions")
+    comp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                      help="override a recorded constexpr (a Python literal) or make it a runtime i32 / i64")
     args = parser.parse_args()
     if args.command == "record":
         return record(args.out, [a for a in args.pytest_args if a != "--"])
-    if args.ptx:
-        Path(args.ptx).mkdir(parents=True, exist_ok=True)
-    return compile_all(args.launches, args.arch, args.slow, args.ptx, args.usage)
+    for folder in (args.ptx, args.sass):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    settings = dict(item.split("=", 1) for item in args.set)
+    return compile_all(args.launches, args.arch, args.slow, args.ptx, args.usage, args.sass, settings)
 
 
 if __name__ == "__main__":
