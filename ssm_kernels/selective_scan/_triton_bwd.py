@@ -30,10 +30,10 @@ import triton
 import triton.language as tl
 
 from .._triton_math import softplus
-from ._triton_fwd import (LOG2E, _at_position, _block_rows, _ccombine, _channel_scalars, _combine, _combine_excl,
-                          _complex_decay, _complex_row, _complex_tile, _delta_row, _enter_complex_state, _exp2,
-                          _load_row, _row_of, _run_element, _run_grid, _run_tile, _run_varlen_marks,
-                          _scan_runs, _softplus_row, _sum_positions, _varlen_marks)
+from ._triton_fwd import (LOG2E, _at_position, _block_rows, _ccombine, _channel_scalars, _combine, _complex_decay,
+                          _complex_row, _complex_tile, _delta_row, _enter_complex_state, _exp2, _load_row, _row_of,
+                          _run_element, _run_grid, _run_tile, _run_varlen_marks, _scan_run_totals, _scan_runs,
+                          _softplus_row, _sum_positions, _varlen_marks)
 
 
 @triton.jit
@@ -115,20 +115,13 @@ def _scan_runs_reverse(alpha, cy, g_after, FAST: tl.constexpr):
     numpy call where tl.flip costs it a dozen (a third of the CPU suite's selective-scan time)."""
     if FAST:
         al_in, g_in = tl.associative_scan((tl.flip(alpha, 0), tl.flip(cy, 0)), 0, _combine)
-        al_run = _flip_runs(_run_element(al_in, alpha.shape[0] - 1))
-        g_run = _flip_runs(_run_element(g_in, alpha.shape[0] - 1))
-        _, _, al_after, g_after_run = tl.associative_scan(
-            (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
-            _combine_excl)
+        al_after, g_after_run = _scan_run_totals(_flip_runs(_run_element(al_in, alpha.shape[0] - 1)),
+                                                 _flip_runs(_run_element(g_in, alpha.shape[0] - 1)), False)
         al_after = _flip_runs(al_after)
         g_after_run = _flip_runs(g_after_run)
     else:
         al_in, g_in = tl.associative_scan((alpha, cy), 0, _combine, reverse=True)
-        al_run = _run_element(al_in, 0)
-        g_run = _run_element(g_in, 0)
-        _, _, al_after, g_after_run = tl.associative_scan(
-            (al_run, g_run, tl.full(al_run.shape, 1.0, tl.float32), tl.zeros(al_run.shape, tl.float32)), 0,
-            _combine_excl, reverse=True)
+        al_after, g_after_run = _scan_run_totals(_run_element(al_in, 0), _run_element(g_in, 0), True)
     G = al_in * (al_after * g_after[None, :] + g_after_run)[None, :, :] + g_in
     if FAST:
         G = tl.flip(G, 0)
@@ -145,7 +138,7 @@ def _write_bc_grad(ptr, tile, pid_b, pid_d, group, n_groups, n_dblocks, offs_n, 
         row = pid_b * n_groups + group
     else:
         row = pid_b * n_dblocks + pid_d
-    at = ptr + (row * N + tl.arange(0, tile.shape[2])[None, None, :]) * L + pos[:, :, None]
+    at = ptr + (row * N + offs_n[None, None, :]) * L + pos[:, :, None]
     if ATOMIC:
         tl.atomic_add(at, tile, mask=mask, sem="relaxed")
     else:

@@ -214,15 +214,23 @@ def _run_element(x, i):
 
 
 @triton.jit
+def _scan_run_totals(a_run, b_run, REVERSE: tl.constexpr):
+    """Exclusive scan of the runs' totals (runs, BLOCK_N) across lanes: the composition of the runs before
+    each run (after it, REVERSE), as (gate product, value from a zero start)."""
+    _, _, a_excl, b_excl = tl.associative_scan(
+        (a_run, b_run, tl.full(a_run.shape, 1.0, tl.float32), tl.zeros(a_run.shape, tl.float32)), 0, _combine_excl,
+        reverse=REVERSE)
+    return a_excl, b_excl
+
+
+@triton.jit
 def _scan_runs(a, b, h):
     """States x_p = a_p x_(p-1) + b_p of one chunk from the entering state h (BLOCK_N,), on (RUN, runs,
     BLOCK_N) tiles laid out by _run_grid: inclusive scans inside the runs (in registers), then an exclusive
     scan of the runs' totals (runs, BLOCK_N) across lanes gives the state entering each run."""
     a_in, b_in = tl.associative_scan((a, b), 0, _combine)
-    a_run = _run_element(a_in, a.shape[0] - 1)
-    b_run = _run_element(b_in, a.shape[0] - 1)
-    _, _, a_before, b_before = tl.associative_scan(
-        (a_run, b_run, tl.full(a_run.shape, 1.0, tl.float32), tl.zeros(a_run.shape, tl.float32)), 0, _combine_excl)
+    a_before, b_before = _scan_run_totals(_run_element(a_in, a.shape[0] - 1), _run_element(b_in, a.shape[0] - 1),
+                                          False)
     h_run = a_before * h[None, :] + b_before
     return a_in * h_run[None, :, :] + b_in
 
