@@ -61,17 +61,17 @@ def _chunk_from_the_end(i, n_chunks, ar_l, mask_n, L, BLOCK_L: tl.constexpr):
 
 @triton.jit
 def _channel_inputs_bwd(delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck_ptr, pid_b, d, ok, offs_l,
-                        offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l,
+                        next_chunk, offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l,
                         s_do_b, s_do_d, s_do_l, s_A_d, s_A_n,
                         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
     """Channel d's inputs for one chunk of the backward, as loaded (zeros where not `ok`): the rows of delta,
-    delta shifted by one position, u, dout, z (BLOCK_L,), delta_bias and D (fp32 scalars), the row of A and
-    the checkpoint (BLOCK_N,)."""
+    u, dout, z (BLOCK_L,), delta at the next chunk's first position `next_chunk`, delta_bias and D (fp32
+    scalars), the row of A and the checkpoint (BLOCK_N,)."""
     lim = tl.where(ok, L, 0)
     m = offs_l < lim
     row_dt = delta_ptr + pid_b * s_dt_b + d * s_dt_d
     dt = tl.load(row_dt + offs_l * s_dt_l, mask=m, other=0.0)
-    dtn = tl.load(row_dt + (offs_l + 1) * s_dt_l, mask=offs_l + 1 < lim, other=0.0)
+    dtn = tl.load(row_dt + next_chunk * s_dt_l, mask=next_chunk < lim, other=0.0)
     u = tl.load(u_ptr + pid_b * s_u_b + d * s_u_d + offs_l * s_u_l, mask=m, other=0.0)
     dout = tl.load(dout_ptr + pid_b * s_do_b + d * s_do_d + offs_l * s_do_l, mask=m, other=0.0)
     z = u
@@ -82,6 +82,20 @@ def _channel_inputs_bwd(delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_pt
     A = tl.load(A_ptr + d * s_A_d + offs_n * s_A_n, mask=mn, other=0.0)
     h = tl.load(ck_ptr + d * N + offs_n, mask=mn, other=0.0)
     return dt, dtn, u, dout, z, bias, Dv, A, h
+
+
+@triton.jit
+def _next_position(x, after):
+    """x (RUN, runs) of a _run_grid at the next position: x[r + 1, j] inside a run, the next run's first
+    element at a run's end, `after` (1,) at the chunk's last position. Δ is computed once per position (its
+    softplus was a tenth of the backward's instructions when a shifted row was loaded and activated again)."""
+    r = tl.arange(0, x.shape[0])[:, None]
+    j = tl.arange(0, x.shape[1])
+    inside = tl.gather(x, tl.broadcast_to(tl.minimum(r + 1, x.shape[0] - 1), x.shape), 0)
+    firsts = tl.sum(tl.where(r == 0, x, 0.0), axis=0)  # (runs,)
+    next_first = tl.gather(firsts, tl.minimum(j + 1, x.shape[1] - 1), 0)
+    next_first = tl.where(j == x.shape[1] - 1, after, next_first)
+    return tl.where(r == x.shape[0] - 1, next_first[None, :], inside)
 
 
 @triton.jit
@@ -190,12 +204,13 @@ def _selective_scan_bwd_kernel(
         if VARLEN:
             sid, eid, is_start, is_end = _run_varlen_marks(start_ptr, end_ptr, pos, mask_l)
         ck = ckpt_ptr + (pid_b * n_chunks + c) * DIM * N
+        next_chunk = (c + 1) * BLOCK_L
         # the chunk's first channel; every step prefetches the next channel's inputs while it computes
         dn = d0.to(tl.int64)
         dt_nx, dtn_nx, u_nx, do_nx, z_nx, bias_nx, D_nx, A_nx, h_nx = _channel_inputs_bwd(
-            delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, dn, dn < d_end, pos, offs_n,
-            L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d, s_do_l,
-            s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
+            delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, dn, dn < d_end, pos,
+            next_chunk, offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b,
+            s_do_d, s_do_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
         for dd in range(0, BLOCK_D):
             d = (d0 + dd).to(tl.int64)
             ok = d < DIM
@@ -215,12 +230,13 @@ def _selective_scan_bwd_kernel(
             h_prev = h_nx
             dt_nx, dtn_nx, u_nx, do_nx, z_nx, bias_nx, D_nx, A_nx, h_nx = _channel_inputs_bwd(
                 delta_ptr, u_ptr, z_ptr, dout_ptr, bias_ptr, D_ptr, A_ptr, ck, pid_b, d + 1, d + 1 < d_end, pos,
-                offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l, s_do_b, s_do_d,
-                s_do_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
+                next_chunk, offs_n, L, N, s_dt_b, s_dt_d, s_dt_l, s_u_b, s_u_d, s_u_l, s_z_b, s_z_d, s_z_l,
+                s_do_b, s_do_d, s_do_l, s_A_d, s_A_n, HAS_Z, HAS_BIAS, HAS_D)
             dt_raw = dt_in.to(tl.float32) + bias
             dt, slope = _softplus_row(dt_raw, m, SOFTPLUS, FAST)
-            # Δ of the next position, for a_(p+1) of the adjoint's recurrence (1 past the end: G_L = dfinal)
-            dt_next, _ = _softplus_row(dtn_in.to(tl.float32) + bias, pos + 1 < lim_l, SOFTPLUS, FAST)
+            # Δ of the next position, for a_(p+1) of the adjoint's recurrence (0 past the end: G_L = dfinal)
+            dt_after, _ = _softplus_row(dtn_in.to(tl.float32) + bias, next_chunk < lim_l, SOFTPLUS, FAST)
+            dt_next = _next_position(dt, dt_after)
             u = u_in.to(tl.float32)
             dout = do_in.to(tl.float32)
             A2 = A * LOG2E
