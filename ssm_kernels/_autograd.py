@@ -23,14 +23,17 @@ def needs_grad(*args) -> bool:
     return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
 
 
-def eager_fast_path(op: Callable, impl: Callable, setup_context: Callable, backward: Callable) -> Callable:
+def eager_fast_path(op: Callable, impl: Callable, setup_context: Callable, backward: Callable,
+                    materialize_grads: bool = True) -> Callable:
     """A function of the op's arguments: `op` while torch.compile traces, else the same computation with
     less host time. `impl` is the op's body; `setup_context(ctx, inputs, output)` and `backward(ctx,
-    *grads)` are what was given to register_autograd."""
+    *grads)` are what was given to register_autograd. materialize_grads=False: outputs that received no
+    gradient reach `backward` as None instead of zeros that autograd allocates and fills."""
 
     class _Eager(torch.autograd.Function):
         @staticmethod
         def forward(ctx, *args):
+            ctx.set_materialize_grads(materialize_grads)
             output = impl(*args)
             setup_context(ctx, args, output)
             return output
@@ -51,7 +54,8 @@ def eager_fast_path(op: Callable, impl: Callable, setup_context: Callable, backw
 
 
 def define_custom_op(name: str, forward: Callable, forward_fake: Callable, backward: Callable,
-                     backward_fake: Callable, setup_context: Callable, backward_rule: Callable) -> Callable:
+                     backward_fake: Callable, setup_context: Callable, backward_rule: Callable,
+                     materialize_grads: bool = True) -> Callable:
     """Register the custom ops ssm_kernels::<name>_fwd and ssm_kernels::<name>_bwd (name: "<op>_<backend>")
     with their fakes and autograd, and return the function to call (eager_fast_path of the forward op).
 
@@ -72,4 +76,4 @@ def define_custom_op(name: str, forward: Callable, forward_fake: Callable, backw
         return backward_rule(backward, ctx, *grads)
 
     forward_op.register_autograd(rule, setup_context=setup_context)
-    return eager_fast_path(forward_op, forward, setup_context, eager_rule)
+    return eager_fast_path(forward_op, forward, setup_context, eager_rule, materialize_grads)

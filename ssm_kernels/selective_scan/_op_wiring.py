@@ -64,6 +64,8 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
 
     def backward_rule(backward_op, ctx, dy, dfinal, _dckpt):
         u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens, ckpt = ctx.saved_tensors
+        if dy is None:  # only the final state was used
+            dy = torch.zeros_like(u)
         if ckpt.shape[chunk_axis] == 0 and u.shape[2] > 0:
             raise RuntimeError(f"selective_scan ({backend}): the forward ran without checkpoints (no input "
                                "required grad when it ran), so it cannot be differentiated")
@@ -73,5 +75,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
         return (du, ddelta, dA, dB, dC, dD if has_D else None, dz if has_z else None,
                 dbias if has_bias else None, None, dh0 if has_h0 else None, None, None)
 
+    # unused outputs' gradients (the final state's, often; the checkpoints', always) arrive as None: the kernel
+    # skips a None dfinal, and zeros would be allocated and filled for nothing
     return define_custom_op(f"selective_scan_{backend}", forward_impl, forward_fake, backward_impl, backward_fake,
-                            setup_context, backward_rule)
+                            setup_context, backward_rule, materialize_grads=False)

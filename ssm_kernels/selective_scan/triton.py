@@ -15,6 +15,7 @@ inputs, and fp64 / complex128 A (the latter once the public function passes that
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -76,22 +77,32 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
     all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs (in the
-    backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET)."""
+    backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET).
+    Memoised with the module's settings in the key (the tuner changes them between calls)."""
+    settings = (FWD_BLOCK_D, FWD_WARPS, BWD_BLOCK_D, BWD_WARPS, BLOCK_L, TILE_BUDGET, MIN_PROGRAMS,
+                BWD_PARTIALS_BUDGET)
+    return _blocks_for(batch, dim, N, L, tuple(cpgs), backward, cplx, atomic, settings)
+
+
+@functools.lru_cache(maxsize=1024)
+def _blocks_for(batch, dim, N, L, cpgs, backward, cplx, atomic, settings) -> Tuple[int, int, int, int]:
+    fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, block_l_max, tile_budget, min_programs, partials_budget = \
+        settings
     block_n = next_power_of_2(N)
-    budget = TILE_BUDGET // (2 if cplx else 1)
-    block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
+    budget = tile_budget // (2 if cplx else 1)
+    block_l = max(2, min(block_l_max, next_power_of_2(max(L, 1))))
     while block_l > 2 and block_n * block_l > budget:  # large N: shorter chunks
         block_l //= 2
-    block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, next_power_of_2(dim))
+    block_d = min(bwd_block_d if backward else fwd_block_d, next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
     partials = lambda bd: batch * cdiv(dim, bd) * N * L * 4 * (2 if cplx else 1)  # noqa: E731 (bytes of one)
-    budget = max(partials(block_d), BWD_PARTIALS_BUDGET) if backward and cpgs and not atomic else None
-    while block_d > 1 and batch * cdiv(dim, block_d) < MIN_PROGRAMS:
+    budget = max(partials(block_d), partials_budget) if backward and cpgs and not atomic else None
+    while block_d > 1 and batch * cdiv(dim, block_d) < min_programs:
         if budget is not None and partials(block_d // 2) > budget:
             break
         block_d //= 2
-    return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
+    return block_d, block_n, block_l, bwd_warps if backward else fwd_warps
 
 
 def _register_cap(maxnreg) -> dict:
@@ -195,13 +206,14 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     y = new_output((batch, dim, L), u.dtype, u.device)
     final = new_output((rows, dim, N), state_dtype, u.device)
     ckpt = new_output((batch, n_chunks if save_checkpoints else 0, dim, N, *pair), torch.float32, u.device)
-    init = (initial_state.to(state_dtype) if initial_state is not None
-            else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
-    if L == 0:
-        return y, init.clone(), ckpt
     start = end = empty = None
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
+    if L == 0 or empty is not None:  # final states the kernel does not write: the initial ones
+        init = (initial_state.to(state_dtype) if initial_state is not None
+                else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
+        if L == 0:
+            return y, init.clone(), ckpt
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
     kernel[(batch, cdiv(dim, BD))](
@@ -220,7 +232,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
 
 def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, ckpt):
     (batch, dim, L, N), lay_B, lay_C, (BD, BN, BL, warps) = _geometry(u, A, B, C, backward=True)
-    if BL != _geometry(u, A, B, C, backward=False)[3][2]:
+    if ckpt.shape[1] != cdiv(L, BL):
         raise AssertionError("the backward must walk the forward's checkpoint spacing")
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
