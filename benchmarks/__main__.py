@@ -1,4 +1,4 @@
-"""python -m benchmarks --op OP [--quick] [--peers] [--memory] [--json PATH] [--device cpu|cuda]: time ops.
+"""python -m benchmarks --op OP [--quick] [--peers] [--memory] [--host] [--json PATH] [--device cpu|cuda]: time ops.
 
 Subcommands (python -m benchmarks SUBCOMMAND --help):
   tune OP     sweep a Triton backend's launch settings (benchmarks/tune/)
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small cases, short timing")
     parser.add_argument("--peers", action="store_true", help="add peer packages that import here")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory per variant")
+    parser.add_argument("--host", action="store_true",
+                        help="also measure the host's time per call (calls issued back to back): above the GPU "
+                             "time, a call is host-bound")
     parser.add_argument("--only", action="append", help="variant labels to run (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", type=Path, help="write results and environment here")
@@ -95,7 +98,8 @@ def main(argv=None) -> int:
         for case in module.cases(args.quick):
             if device.type not in case.device_types:
                 continue
-            results.extend(run_case(case, device, args.quick, args.peers, bandwidth, args.memory, args.only))
+            results.extend(run_case(case, device, args.quick, args.peers, bandwidth, args.memory, args.only,
+                                    args.host))
             print(f"done: {op} {case.name}", file=sys.stderr, flush=True)
     env = environment(device)
     env["copy_bandwidth_GBps"] = bandwidth

@@ -50,6 +50,7 @@ class Result:
     gbps: Optional[float] = None
     floor_fraction: Optional[float] = None
     peak_mem_mb: Optional[float] = None
+    host_ms: Optional[float] = None  # host_ms(): the CPU's time per call when calls are issued back to back
     dtype: Optional[str] = None  # Case.dtype, e.g. "bfloat16"
     dispatch_size: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -115,6 +116,23 @@ def wall_seconds_interleaved(fns: Dict[str, Callable[[], Any]], device: torch.de
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def host_ms(fn: Callable[[], Any], device: torch.device, calls: int = 200) -> float:
+    """The host's time per call in ms: `calls` calls issued back to back without synchronising, after a warm-up.
+    On a GPU, where it exceeds the kernels' time the call is host-bound: a loop of such calls takes this long
+    per call, while do_bench's median hides part of it behind the cache flush it launches between calls."""
+    for _ in range(10):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return elapsed / calls * 1e3
+
+
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[float]:
     """Peak memory one call allocates beyond what is live before it (GPU: the caching allocator's
     peak; CPU: torch's profiler memory accounting)."""
@@ -148,7 +166,7 @@ def copy_bandwidth_gbps(device: torch.device) -> Optional[float]:
 
 
 def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwidth: Optional[float],
-             memory: bool = False, only: Optional[Sequence[str]] = None) -> List[Result]:
+             memory: bool = False, only: Optional[Sequence[str]] = None, host: bool = False) -> List[Result]:
     results = []
     for label, variant in case.make(device, peers).items():
         if only and label not in only:
@@ -160,7 +178,9 @@ def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwid
             with torch.no_grad() if mode == "fwd" else torch.enable_grad():
                 ms = time_ms(fn, device, quick)
                 mem = peak_memory_mb(fn, device) if memory else None
-            r = Result(case.op, case.name, label, mode, ms, peak_mem_mb=mem, dispatch_size=case.dispatch_size,
+                host_time = host_ms(fn, device, calls=20 if quick else 200) if host else None
+            r = Result(case.op, case.name, label, mode, ms, peak_mem_mb=mem, host_ms=host_time,
+                       dispatch_size=case.dispatch_size,
                        dtype=None if case.dtype is None else str(case.dtype).replace("torch.", ""))
             if nbytes:
                 r.gbps = nbytes / (ms * 1e-3) / 1e9
@@ -172,7 +192,7 @@ def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwid
 
 def format_table(results: List[Result]) -> str:
     """One row per (case, variant, mode), with the time ratio to the fastest ssm_kernels backend."""
-    rows = [("op", "case", "variant", "mode", "ms", "GB/s", "floor", "peak MB", "x vs best ours")]
+    rows = [("op", "case", "variant", "mode", "ms", "GB/s", "floor", "peak MB", "host ms", "x vs best ours")]
     best: Dict[tuple, float] = {}
     for r in results:
         if r.variant in _dispatch.BACKENDS:
@@ -184,6 +204,7 @@ def format_table(results: List[Result]) -> str:
                      "" if r.gbps is None else f"{r.gbps:.0f}",
                      "" if r.floor_fraction is None else f"{r.floor_fraction:.0%}",
                      "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
+                     "" if r.host_ms is None else f"{r.host_ms:.3f}",
                      "" if not ref else f"{r.ms / ref:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)

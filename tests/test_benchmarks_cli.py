@@ -114,3 +114,14 @@ def test_wall_seconds_interleaved_takes_turns():
                                      torch.device("cpu"), repeats=3)
     assert calls == ["a", "b"] * 4
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_host_time_column(tmp_path, capsys):
+    """--host adds the host's time per call to every row (and to the JSON), after the peak-memory column."""
+    out = tmp_path / "r.json"
+    assert main(["--op", "gated_rmsnorm", "--quick", "--host", "--only", "torch", "--device", "cpu",
+                 "--json", str(out)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("op "))
+    assert header.index("peak MB") < header.index("host ms") < header.index("x vs best ours")
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["host_ms"] > 0 for r in rows)
