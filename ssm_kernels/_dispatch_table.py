@@ -11,13 +11,13 @@ MEASURED = {
         'selective_scan': [
             dict(order=('triton', 'cuda', 'torch'), dtype='bfloat16', max_size=None, grad=None,
                  source='NVIDIA H200 B1 D2048 L1024 N16 bfloat16 + B1 D1024 L2048 N16 bfloat16: fwd+bwd summed triton 1.880 ms, cuda 4.230, fwd summed triton 0.363 ms, cuda 0.505; NVIDIA H200 B4 D4096 L4096 N16 bfloat16: fwd+bwd triton 7.004 ms, cuda 20.566, fwd triton 1.472 ms, cuda 4.215; NVIDIA H200 B8 D2048 L5120 N16 bfloat16: fwd+bwd triton 8.728 ms, cuda 27.042, fwd triton 1.837 ms, cuda 6.619',
-                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '54602c7', '690ff3b']),
+                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_next_position.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '3f3d484', '54602c7', '690ff3b']),
             dict(order=('triton', 'cuda', 'torch'), dtype='float16', max_size=None, grad=None,
                  source='NVIDIA H200 B4 D4096 L4096 N16 float16: fwd+bwd triton 6.877 ms, cuda 20.587, fwd triton 1.494 ms, cuda 4.197',
-                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '54602c7', '690ff3b']),
+                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_next_position.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '3f3d484', '54602c7', '690ff3b']),
             dict(order=('triton', 'cuda', 'torch'), dtype='float32', max_size=None, grad=None,
                  source='NVIDIA H200 B1 D1024 L2048 N16 float32: fwd+bwd triton 1.103 ms, cuda 2.413, fwd triton 0.073 ms, cuda 0.149; NVIDIA H200 B4 D4096 L4096 N16 float32: fwd+bwd triton 7.174 ms, cuda 18.893, fwd triton 1.466 ms, cuda 3.859',
-                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '54602c7', '690ff3b']),
+                 results=['h200_selective_scan_atomic_bc.json', 'h200_selective_scan_backends.json', 'h200_selective_scan_next_position.json', 'h200_selective_scan_run_layout.json'], commit=['0476c1c', '3f3d484', '54602c7', '690ff3b']),
         ],
         'selective_state_update': [
             dict(order=('triton', 'torch'), dtype='bfloat16', max_size=None, grad=None,

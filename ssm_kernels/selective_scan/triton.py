@@ -78,10 +78,14 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
     all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs (in the
     backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET).
-    Memoised with the module's settings in the key (the tuner changes them between calls)."""
+    Memoised with the module's settings in the key (the tuner changes them between calls), for plain int sizes
+    (torch.compile's symbolic sizes are not hashable)."""
     settings = (FWD_BLOCK_D, FWD_WARPS, BWD_BLOCK_D, BWD_WARPS, BLOCK_L, TILE_BUDGET, MIN_PROGRAMS,
                 BWD_PARTIALS_BUDGET)
-    return _blocks_for(batch, dim, N, L, tuple(cpgs), backward, cplx, atomic, settings)
+    args = (batch, dim, N, L, tuple(cpgs), backward, cplx, atomic, settings)
+    if all(type(size) is int for size in (batch, dim, N, L, *cpgs)):
+        return _blocks_for(*args)
+    return _blocks_for.__wrapped__(*args)
 
 
 @functools.lru_cache(maxsize=1024)
