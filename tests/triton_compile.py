@@ -18,8 +18,9 @@ folders shows whether the GPU code changed at all. With --sass, each launch's SA
 instructions of its two largest loops are counted by opcode (per iteration, an outer loop's count including its
 inner loops': what an instruction-bound kernel spends, the numbers a change should move). --set NAME=VALUE
 (repeatable) rewrites the recorded launches as a GPU run would make them: a constexpr the interpreter fixes
-otherwise (--set FAST=True), an argument that a test's small sizes specialised to the constexpr 1 and that is a
-runtime int at real sizes (--set n_dblocks=i32).
+otherwise (--set FAST=True for the selective scan's approximate math, --set EMULATE=False for the SSD kernels'
+dots, which the interpreter emulates), an argument that a test's small sizes specialised to the constexpr 1 and
+that is a runtime int at real sizes (--set n_dblocks=i32).
 Compiling needs a process without TRITON_INTERPRET (the interpreter replaces the kernels it would compile).
 """
 from __future__ import annotations
