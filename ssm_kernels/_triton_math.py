@@ -53,7 +53,7 @@ def softplus_and_sigmoid(x, FAST: tl.constexpr):
 
 @triton.jit
 def softplus(x, FAST: tl.constexpr):
-    """log(1 + exp(x)) of fp32 x, accurate for every x (see the module docstring); the unused sigmoid is
-    not computed (dead code)."""
+    """log(1 + exp(x)) of fp32 x, accurate for every x (see the module docstring); the compiler drops the
+    sigmoid that softplus_and_sigmoid also returns."""
     sp, _ = softplus_and_sigmoid(x, FAST)
     return sp

@@ -62,12 +62,10 @@ def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_b
 
     def reduce_bc(part, X):
         if X.dim() == 2:  # fixed: per batch row
-            g = sum_rows(part)
+            g = sum_over(part, 0)
         else:  # per block of channels (one block per group when the kernel added them with atomics)
             groups = 1 if X.dim() == 3 else X.shape[1]
-            blocks = part.shape[1] // groups
-            g = part.view(batch, groups, blocks, N, L, *pair)
-            g = g[:, :, 0] if blocks == 1 else g.sum(2)
+            g = sum_over(part.view(batch, groups, part.shape[1] // groups, N, L, *pair), 2)
             if X.dim() == 3:
                 g = g[:, 0]
         if cplx:
@@ -76,12 +74,12 @@ def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_b
                 g = torch.view_as_real(g).flatten(-2)
         return g.to(X.dtype)
 
-    return (du, ddelta, as_state(sum_rows(dA).contiguous()).to(A.dtype), reduce_bc(dB, B), reduce_bc(dC, C),
-            sum_rows(dD).to(D.dtype) if D is not None else None, dz if z is not None else None,
-            sum_rows(dbias).to(delta_bias.dtype) if delta_bias is not None else None, dinit)
+    return (du, ddelta, as_state(sum_over(dA, 0).contiguous()).to(A.dtype), reduce_bc(dB, B), reduce_bc(dC, C),
+            sum_over(dD, 0).to(D.dtype) if D is not None else None, dz if z is not None else None,
+            sum_over(dbias, 0).to(delta_bias.dtype) if delta_bias is not None else None, dinit)
 
 
-def sum_rows(t: Tensor) -> Tensor:
-    """t summed over its first axis; with one row, that row as a view (no kernel launch: a batch-1 call's
-    backward is host-bound, and every launch is host time)."""
-    return t[0] if t.shape[0] == 1 else t.sum(0)
+def sum_over(t: Tensor, axis: int) -> Tensor:
+    """t summed over `axis`; where that axis has one element, that element as a view (no kernel launch: a
+    batch-1 call's backward is host-bound, and every launch is host time)."""
+    return t.select(axis, 0) if t.shape[axis] == 1 else t.sum(axis)

@@ -15,7 +15,6 @@ inputs, and fp64 / complex128 A (the latter once the public function passes that
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Optional, Tuple
 
@@ -77,36 +76,22 @@ def _blocks(batch: int, dim: int, N: int, L: int, cpgs, backward: bool, cplx: bo
     """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps). BLOCK_L (the checkpoint spacing) does not depend on `backward`;
     BLOCK_D divides the channels per group of every variable B / C (`cpgs`), so that a program's channels
     all read one group, and shrinks until the grid (batch, dim / BLOCK_D) has MIN_PROGRAMS programs (in the
-    backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET).
-    Memoised with the module's settings in the key (the tuner changes them between calls), for plain int sizes
-    (torch.compile's symbolic sizes are not hashable)."""
-    settings = (FWD_BLOCK_D, FWD_WARPS, BWD_BLOCK_D, BWD_WARPS, BLOCK_L, TILE_BUDGET, MIN_PROGRAMS,
-                BWD_PARTIALS_BUDGET)
-    args = (batch, dim, N, L, tuple(cpgs), backward, cplx, atomic, settings)
-    if all(type(size) is int for size in (batch, dim, N, L, *cpgs)):
-        return _blocks_for(*args)
-    return _blocks_for.__wrapped__(*args)
-
-
-@functools.lru_cache(maxsize=1024)
-def _blocks_for(batch, dim, N, L, cpgs, backward, cplx, atomic, settings) -> Tuple[int, int, int, int]:
-    fwd_block_d, fwd_warps, bwd_block_d, bwd_warps, block_l_max, tile_budget, min_programs, partials_budget = \
-        settings
+    backward with a variable B or C and partials, not `atomic`, while they stay within BWD_PARTIALS_BUDGET)."""
     block_n = next_power_of_2(N)
-    budget = tile_budget // (2 if cplx else 1)
-    block_l = max(2, min(block_l_max, next_power_of_2(max(L, 1))))
+    budget = TILE_BUDGET // (2 if cplx else 1)
+    block_l = max(2, min(BLOCK_L, next_power_of_2(max(L, 1))))
     while block_l > 2 and block_n * block_l > budget:  # large N: shorter chunks
         block_l //= 2
-    block_d = min(bwd_block_d if backward else fwd_block_d, next_power_of_2(dim))
+    block_d = min(BWD_BLOCK_D if backward else FWD_BLOCK_D, next_power_of_2(dim))
     for cpg in cpgs:
         block_d = min(block_d, _pow2_divisor(cpg))
     partials = lambda bd: batch * cdiv(dim, bd) * N * L * 4 * (2 if cplx else 1)  # noqa: E731 (bytes of one)
-    budget = max(partials(block_d), partials_budget) if backward and cpgs and not atomic else None
-    while block_d > 1 and batch * cdiv(dim, block_d) < min_programs:
+    budget = max(partials(block_d), BWD_PARTIALS_BUDGET) if backward and cpgs and not atomic else None
+    while block_d > 1 and batch * cdiv(dim, block_d) < MIN_PROGRAMS:
         if budget is not None and partials(block_d // 2) > budget:
             break
         block_d //= 2
-    return block_d, block_n, block_l, bwd_warps if backward else fwd_warps
+    return block_d, block_n, block_l, BWD_WARPS if backward else FWD_WARPS
 
 
 def _register_cap(maxnreg) -> dict:
