@@ -99,8 +99,35 @@ class _LinearFromChannelsFirst(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dy = torch.bmm(w.t().expand(dout.shape[0], -1, -1), dout.transpose(1, 2)).to(y_dtype)  # (B, K, L)
         if ctx.needs_input_grad[1]:
-            rows = y.to(w.dtype).transpose(1, 2).reshape(-1, y.shape[1])  # (B L, K)
-            dweight = (dout.reshape(-1, dout.shape[-1]).t() @ rows).to(weight_dtype)
+            dweight = weight_grad(dout, y.to(w.dtype)).to(weight_dtype)
         if bias_dtype is not None and ctx.needs_input_grad[2]:
             dbias = dout.sum((0, 1)).to(bias_dtype)
         return dy, dweight, dbias, None
+
+
+_BMM_REFUSES_OUT_DTYPE = set()  # device types where torch.bmm refused out_dtype (CPU; torch before it had one)
+
+
+def weight_grad(dout: torch.Tensor, y: torch.Tensor, partials: Optional[bool] = None) -> torch.Tensor:
+    """The weight gradient of out = y^T @ weight^T: dout (B, L, O) and y (B, K, L), one dtype -> (O, K) =
+    sum over b and l of dout[b, l, :]^T y[b, :, l], accumulated in fp32 (returned in fp32 or dout's dtype).
+
+    y's (b, l) positions are not one matrix axis, so a single GEMM needs y copied into (B L, K) rows: a
+    transposing copy of the whole activation (134 MB at (4, 4096, 4096) bf16). The `partials` form instead runs
+    one GEMM per batch row (bmm reads y_b transposed as it lies) writing fp32 partials (B, O, K), summed over
+    the batch: no copy, and no rounding of the partials to bf16. It is taken (partials=None) on CUDA when the
+    partials are no larger than the copy (O <= L) and torch's bmm writes fp32 from fp16 / bf16 (out_dtype)."""
+    batch, seqlen, width_out = dout.shape
+    if partials is None:
+        partials = y.is_cuda and width_out <= seqlen and (y.dtype == torch.float32 or
+                                                          y.device.type not in _BMM_REFUSES_OUT_DTYPE)
+    if partials:
+        a, b = dout.transpose(1, 2), y.transpose(1, 2)  # (B, O, L), (B, L, K)
+        if y.dtype == torch.float32:
+            return torch.bmm(a, b).sum(0)
+        try:
+            return torch.bmm(a, b, out_dtype=torch.float32).sum(0)
+        except (TypeError, RuntimeError, NotImplementedError):  # no out_dtype in this torch / for this device
+            _BMM_REFUSES_OUT_DTYPE.add(y.device.type)
+    rows = y.transpose(1, 2).reshape(-1, y.shape[1])  # (B L, K)
+    return dout.reshape(-1, width_out).t() @ rows

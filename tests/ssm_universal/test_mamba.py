@@ -224,6 +224,21 @@ def test_channels_first_linears_equal_nn_linear(bias, dtype):
                  dict(x=y_bkl, weight=weight), dtype, ["x", "weight"])
 
 
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("partials", [False, True])
+def test_out_proj_weight_grad_both_forms(device, dtype, partials):
+    """out_proj's weight gradient from y (B, K, L), as per-batch fp32 partials or through y copied into rows,
+    equals the fp64 sum over every (b, l) (y with a stride of 2 along L; where bmm cannot write fp32 from bf16,
+    the CPU, the partials form falls back to the rows)."""
+    from ssm_universal.layers._channels_first import weight_grad
+    torch.manual_seed(0)
+    dout = torch.randn(3, 9, 6, device=device).to(dtype)  # (B, L, O)
+    y = torch.randn(3, 5, 18, device=device).to(dtype)[..., ::2]  # (B, K, L)
+    expected = torch.einsum("blo,bkl->ok", dout.double(), y.double())
+    assert_close(weight_grad(dout, y, partials=partials).double(), expected, dtype, "dweight")
+
+
 def test_split_channels_gradient_in_the_layout_of_its_input():
     """split_channels is chunk(2, dim=1) with the gradient written in the input's memory layout (a missing half's
     gradient zero), so that the in_proj GEMM's backward reads it without a copy."""
