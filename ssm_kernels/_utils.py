@@ -235,6 +235,31 @@ def set_poison_outputs(enabled: bool) -> bool:
     return previous
 
 
+def is_dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill a block of memory without gaps or overlaps, in any order of its axes (a
+    permuted contiguous tensor, or a slice of one along its slowest axis)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def new_output_like(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An output buffer shaped like t, in t's memory order where t is dense (is_dense: an input's gradient then
+    lies like the input, e.g. in the (C, B, L) order of a channels-first GEMM's output), else contiguous;
+    NaN-filled while poisoning is on, like new_output."""
+    dtype = t.dtype if dtype is None else dtype
+    if not is_dense(t):
+        return new_output(t.shape, dtype, t.device)
+    order = sorted(range(t.dim()), key=lambda axis: -t.stride(axis))  # slowest axis first
+    out = new_output([t.shape[axis] for axis in order], dtype, t.device)
+    return out.permute([order.index(axis) for axis in range(t.dim())])
+
+
 def new_output(shape: Sequence[int], dtype: torch.dtype, device) -> torch.Tensor:
     """Allocate an output buffer that a kernel fully overwrites (NaN-filled while poisoning is on)."""
     if not _POISON_OUTPUTS[0]:

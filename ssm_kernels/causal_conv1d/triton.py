@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import cdiv, new_output, next_power_of_2
+from .._utils import cdiv, is_dense, new_output, new_output_like, next_power_of_2
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
 from ._triton_fwd import _fwd_kernel
@@ -81,6 +81,12 @@ def _like_layout(x: Tensor, dtype: torch.dtype) -> Tensor:
     if _channel_last(x):
         return new_output((batch, length, dim), dtype, x.device).transpose(1, 2)
     return new_output((batch, dim, length), dtype, x.device)
+
+
+def _input_grad_buffer(x: Tensor) -> Tensor:
+    """dx: in x's memory order where x is dense (the Mamba block's conv input is a channel slice of in_proj's
+    (2 d_inner, B, L)-ordered output, whose backward then reads dx in place), else as _like_layout."""
+    return new_output_like(x) if is_dense(x) else _like_layout(x, x.dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,7 +179,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     tiles_per_chunk = cdiv(n_ltiles, n_lchunks)  # even chunks
     n_units = batch * n_dblk * n_lchunks
     programs = max(1, min(programs, n_units))
-    dx = _like_layout(x, x.dtype)
+    dx = _input_grad_buffer(x)
     dinit = new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
                        x.device)
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
@@ -226,7 +232,7 @@ def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
 
 def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
     batch, dim, length = x.shape
-    dx = x.new_empty((batch, length, dim)).transpose(1, 2) if _channel_last(x) else x.new_empty(x.shape)
+    dx = _input_grad_buffer(x)
     return (dx, weight.new_empty(weight.shape), (weight if bias is None else bias).new_empty((dim,)),
             (x if initial_states is None else initial_states).new_empty((batch, dim, weight.shape[1] - 1)))
 

@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._utils import new_output, new_output_like
+
 
 def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
     """The real view of a complex tensor (interleaved (re, im) as a last axis of 2); others unchanged."""
@@ -31,6 +33,15 @@ def seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
     start.scatter_(0, torch.where(empty, L, cu[:-1]), ids)  # empty sequences write the dummy slot L
     end.scatter_(0, torch.where(empty, L, cu[1:] - 1), ids)
     return start[:L].contiguous(), end[:L].contiguous(), empty
+
+
+def gate_grad_buffer(z: Optional[Tensor]) -> Optional[Tensor]:
+    """What a backward that takes dz's strides writes dz into: z's memory order where z is dense with L
+    contiguous (the Mamba block's z is a channel slice of in_proj's (2 d_inner, B, L)-ordered output, whose
+    backward then reads dz in place), else contiguous (B, D, L)."""
+    if z is None:
+        return None
+    return new_output_like(z) if z.stride(2) == 1 else new_output(z.shape, z.dtype, z.device)
 
 
 def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_bias, initial_state, dfinal,

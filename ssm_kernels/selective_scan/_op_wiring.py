@@ -13,18 +13,19 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from ._kernel_io import state_rows
+from ._kernel_io import gate_grad_buffer, state_rows
 
 
 def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_shape: Callable,
-               chunk_axis: int) -> Callable:
+               chunk_axis: int, dz_like_z: bool = False) -> Callable:
     """Register the two custom ops of `backend` and return the function to call them with (op arguments:
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints).
 
     forward(same arguments) -> (y, final state, checkpoints); backward(dout, dfinal, u, delta, A, B, C, D, z,
     delta_bias, delta_softplus, initial_state, cu_seqlens, checkpoints) -> 9 gradients (None for absent
     inputs); checkpoint_shape(u, A, B, C, n_chunks or None) -> the checkpoints' shape (real view) with that
-    many chunks (None: as the forward saves them), whose chunk axis is `chunk_axis`.
+    many chunks (None: as the forward saves them), whose chunk axis is `chunk_axis`. dz_like_z: the backward
+    writes dz in z's layout (gate_grad_buffer), not contiguous.
     """
     def forward_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -53,7 +54,8 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
         def like(t):
             return (torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None
                     else u.new_empty((0,)))
-        return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias),
+        dz = gate_grad_buffer(z) if dz_like_z and z is not None else like(z)
+        return (like(u), like(delta), like(A), like(B), like(C), like(D), dz, like(delta_bias),
                 like(initial_state))
 
     def setup_context(ctx, inputs, output):

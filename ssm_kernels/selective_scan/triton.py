@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._autograd import needs_grad
 from .._utils import cdiv, new_output, next_power_of_2
-from ._kernel_io import gradients, real_view, seq_markers, state_rows
+from ._kernel_io import gate_grad_buffer, gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
@@ -233,7 +233,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     fixed_B, fixed_C = lay_B[1], lay_C[1]
     du = new_output((batch, dim, L), u.dtype, dev)
     ddelta = new_output((batch, dim, L), delta.dtype, dev)
-    dz = new_output((batch, dim, L), z.dtype, dev) if z is not None else None
+    dz = gate_grad_buffer(z)
     dA = new_output((batch, dim, N, *pair), torch.float32, dev)
     dD = new_output((batch, dim), torch.float32, dev)
     dbias = new_output((batch, dim), torch.float32, dev)
@@ -253,7 +253,8 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
             dout, real_view(dfinal), ckpt,
             du, ddelta, dz, dA, dD, dbias, dB, dC, dh0,
-            L, dim, N, n_chunks, n_dblocks, lay_B[2], lay_C[2], *data_strides, *dout.stride(), *param_strides,
+            L, dim, N, n_chunks, n_dblocks, lay_B[2], lay_C[2], *data_strides, *dout.stride(),
+            *((0, 0) if dz is None else dz.stride()[:2]), *param_strides,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
@@ -274,7 +275,7 @@ def _checkpoint_shape(u: Tensor, A: Tensor, B: Tensor, C: Tensor, n_chunks: Opti
     return (u.shape[0], n, u.shape[1], A.shape[1], *((2,) if A.is_complex() else ()))
 
 
-_run = define_ops("triton", _forward, _backward, _checkpoint_shape, chunk_axis=1)
+_run = define_ops("triton", _forward, _backward, _checkpoint_shape, chunk_axis=1, dz_like_z=True)
 
 
 # --- backend function --------------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
-from ._channels_first import (batched_linear, channels_first_linear, is_plain_linear, linear_from_channels_first,
-                              split_channels)
+from ._channels_first import (batched_linear, channels_first_linear_halves, is_plain_linear,
+                              linear_from_channels_first, split_channels)
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 from ._step_constants import MambaStepConstants
 
@@ -117,11 +117,10 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         # every gradient back into that layout.
         # Plain nn.Linear projections run as those GEMMs; anything else (a subclass, a LoRA-style wrapper, hooks)
         # is called as a module on (B, L, K).
-        if is_plain_linear(self.in_proj):
-            xz = channels_first_linear(hidden_states, self.in_proj.weight, self.in_proj.bias)  # (B, 2 d_inner, L)
+        if is_plain_linear(self.in_proj):  # (B, d_inner, L) each, halves of one (2 d_inner, B, L)-ordered GEMM output
+            x, z = channels_first_linear_halves(hidden_states, self.in_proj.weight, self.in_proj.bias)
         else:
-            xz = self.in_proj(hidden_states).transpose(1, 2)
-        x, z = split_channels(xz)  # (B, d_inner, L) each
+            x, z = split_channels(self.in_proj(hidden_states).transpose(1, 2))
         weight = self.conv1d.weight.squeeze(1)  # (d_inner, d_conv)
         conv_bias = self.conv1d.bias
         conv_init = None
@@ -132,11 +131,11 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
                 width = conv_state.shape[-1]  # the last `width` inputs: only x's tail is copied
                 new_conv = torch.cat([conv_state.to(x.dtype), x[..., -width:]], dim=-1)[..., -width:]
         # Training keeps neither the conv output nor dt for the backward (2 x (B, d_inner, L)): they are
-        # recomputed from xz and x_proj's output, which stay saved anyway (mamba_ssm's checkpoint_lvl=1)
+        # recomputed from x and x_proj's output, which stay saved anyway (mamba_ssm's checkpoint_lvl=1)
         recompute = self.recompute_in_backward
-        recompute = (xz.is_cuda if recompute is None else recompute) and state is None and self.cp_group is None
+        recompute = (x.is_cuda if recompute is None else recompute) and state is None and self.cp_group is None
         recompute = recompute and needs_grad(hidden_states, weight, self.dt_proj.weight, self.A_log, self.D)
-        with recomputed_activations(recompute, xz.device) as keep_out:
+        with recomputed_activations(recompute, x.device) as keep_out:
             conv_in = x
             x = keep_out(lambda: causal_conv1d(conv_in, weight, conv_bias, activation=self.activation,
                                                initial_states=conv_init, cp_group=self.cp_group))  # (B, d_inner, L)

@@ -170,3 +170,21 @@ def test_configured_restores_and_rejects_unknown_fields(conv_module):
     with pytest.raises(TypeError, match="fwd_blok_l"):
         with conv_module.configured(fwd_blok_l=32):
             pass
+
+
+def test_dx_lies_like_x(triton_device, small_tiles):
+    """dx comes back in x's memory order where x is dense (the Mamba block's conv input: a channel slice of
+    in_proj's (2D, B, L)-ordered output), equal to the reference's."""
+    small_tiles()
+    gemm_out = torch.randn(10, 2, 37, device=triton_device).transpose(0, 1).requires_grad_()  # (2D, B, L) memory
+    x = gemm_out[:, :5]
+    weight = torch.randn(5, 4, device=triton_device, requires_grad=True)
+    seen = []
+    x.register_hook(seen.append)
+    out = causal_conv1d(x, weight, activation="silu", backend="triton")
+    cotangent = torch.randn_like(out)
+    out.backward(cotangent)
+    assert seen[0].stride() == x.stride()
+    ref_x = x.detach().clone().requires_grad_()
+    reference(ref_x, weight.detach(), activation="silu").backward(cotangent)
+    assert_close(seen[0], ref_x.grad, torch.float32, "dx")

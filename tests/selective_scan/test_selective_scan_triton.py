@@ -243,3 +243,23 @@ def test_reverse_run_scan(fast, run_len, runs):
     _reverse_run_scan_kernel[(1,)](alpha.to(device), cy.to(device), g_after.to(device), out, RUN=run_len,
                                    RUNS=runs, BLOCK_N=n, FAST=fast, num_warps=1)
     assert_close(out.cpu(), expected, torch.float32, "G")
+
+
+def test_triton_dz_lies_like_z():
+    """dz comes back in z's memory order where z is dense with L contiguous (the Mamba block's z: a channel slice
+    of in_proj's (2D, B, L)-ordered output, whose backward reads it in place), equal to the reference's."""
+    dev = backend_device("triton")
+    inputs = make_inputs(2, 6, 21, 4, torch.float32, dev, init=False)
+    gemm_out = torch.randn(12, 2, 21, device=dev).transpose(0, 1).requires_grad_()  # (B, 2D, L), (2D, B, L) memory
+    leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if k not in ("z", "initial_state")}
+    z = gemm_out[:, 6:]
+    seen = []
+    z.register_hook(seen.append)
+    y = selective_scan(**leaves, z=z, delta_softplus=True, backend="triton")
+    cotangent = torch.randn_like(y)
+    y.backward(cotangent)
+    assert seen[0].stride() == z.stride()
+    ref_z = z.detach().clone().requires_grad_()
+    ref = reference(**{k: v.detach() for k, v in leaves.items()}, z=ref_z, delta_softplus=True)
+    ref.backward(cotangent)
+    assert_close(seen[0], ref_z.grad, torch.float32, "dz")

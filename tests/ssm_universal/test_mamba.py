@@ -239,6 +239,39 @@ def test_out_proj_weight_grad_both_forms(device, dtype, partials):
     assert_close(weight_grad(dout, y, partials=partials).double(), expected, dtype, "dweight")
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_first_linear_halves_equal_nn_linear(bias, dtype):
+    """in_proj's GEMM and split as one step: the halves and every gradient equal nn.Linear's then chunk, whether
+    a half's gradient lies in the GEMM output's (C, B, L) order (as the conv and the scan write it), is
+    contiguous (B, C, L), or is absent (that half reached no loss)."""
+    from ssm_universal.layers._channels_first import channels_first_linear_halves
+    torch.manual_seed(0)
+    weight, b = torch.randn(8, 5).to(dtype), (torch.randn(8).to(dtype) if bias else None)
+    x = torch.randn(3, 7, 5).to(dtype)
+    grads = ["x", "weight"] + (["bias"] if bias else [])
+    inputs = dict(x=x, weight=weight, bias=b)
+    check_parity(lambda x, weight, bias: channels_first_linear_halves(x, weight, bias),
+                 lambda x, weight, bias: F.linear(x, weight, bias).transpose(1, 2).chunk(2, dim=1), inputs, dtype,
+                 grads)
+
+    def leaves():
+        return {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
+    ref = leaves()
+    ref_x, ref_z = F.linear(ref["x"], ref["weight"], ref["bias"]).transpose(1, 2).chunk(2, dim=1)
+    cotangent = torch.randn_like(ref_z)
+    (ref_z * cotangent).sum().backward()  # only z reaches the loss
+    for layout in ("channel-rows", "contiguous"):
+        ours = {k: None if v is None else v.detach().to(dtype).requires_grad_() for k, v in inputs.items()}
+        _, z = channels_first_linear_halves(ours["x"], ours["weight"], ours["bias"])
+        g = cotangent.to(dtype)
+        if layout == "channel-rows":  # (B, C, L) stored as (C, B, L)
+            g = g.transpose(0, 1).contiguous().transpose(0, 1)
+        z.backward(g)
+        for name in grads:
+            assert_close(ours[name].grad.double(), ref[name].grad, dtype, f"d{name} ({layout}, x half unused)")
+
+
 def test_split_channels_gradient_in_the_layout_of_its_input():
     """split_channels is chunk(2, dim=1) with the gradient written in the input's memory layout (a missing half's
     gradient zero), so that the in_proj GEMM's backward reads it without a copy."""
