@@ -14,7 +14,9 @@ never end). Two steps find those on a CPU machine:
              python -m tests.triton_compile compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
 With --ptx, each launch's PTX is written to DIR without its debug lines and labels: compiling the same
 launches before and after a refactor (run from a second checkout of the old commit) and diffing the two
-folders shows whether the GPU code changed at all. With --sass, each launch's SASS goes to DIR and the
+folders shows whether the GPU code changed at all. With --ttgir, each launch's TTGIR goes to DIR: the layouts Triton chose (a load without known contiguity and
+alignment gets one element per thread) and the convert_layout ops between them. With --sass, each launch's SASS
+goes to DIR and the
 instructions of its two largest loops are counted by opcode (per iteration, an outer loop's count including its
 inner loops': what an instruction-bound kernel spends, the numbers a change should move). --set NAME=VALUE
 (repeatable) rewrites the recorded launches as a GPU run would make them: a constexpr the interpreter fixes
@@ -214,7 +216,7 @@ def loop_instructions(sass: str) -> list:
 
 
 def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage: bool = False,
-                sass_dir: str = None, settings: dict = None) -> int:
+                sass_dir: str = None, settings: dict = None, ttgir_dir: str = None) -> int:
     import triton
 
     sys.path.insert(0, str(ROOT))
@@ -242,6 +244,8 @@ def compile_all(path: str, arch: int, slow_s: float, ptx_dir: str = None, usage:
                                     divisible, options)).encode()).hexdigest()[:12]
         if ptx_dir:
             Path(ptx_dir, f"{name}_{digest}.ptx").write_text(_instructions(compiled.asm["ptx"]))
+        if ttgir_dir:  # the layouts Triton chose and the conversions between them (convert_layout)
+            Path(ttgir_dir, f"{name}_{digest}.ttgir").write_text(compiled.asm["ttgir"])
         if sass_dir:
             sass = sass_of(compiled.asm["cubin"])
             Path(sass_dir, f"{name}_{digest}.sass").write_text(sass)
@@ -274,16 +278,17 @@ def main() -> int:
     comp.add_argument("--ptx", help="write each launch's PTX (debug lines removed) into this folder")
     comp.add_argument("--usage", action="store_true", help="print each launch's registers and spills (ptxas -v)")
     comp.add_argument("--sass", help="write each launch's SASS into this folder and count its loops' instructions")
+    comp.add_argument("--ttgir", help="write each launch's TTGIR (layouts, convert_layout ops) into this folder")
     comp.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                       help="override a recorded constexpr (a Python literal) or make it a runtime i32 / i64")
     args = parser.parse_args()
     if args.command == "record":
         return record(args.out, [a for a in args.pytest_args if a != "--"])
-    for folder in (args.ptx, args.sass):
+    for folder in (args.ptx, args.sass, args.ttgir):
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
     settings = dict(item.split("=", 1) for item in args.set)
-    return compile_all(args.launches, args.arch, args.slow, args.ptx, args.usage, args.sass, settings)
+    return compile_all(args.launches, args.arch, args.slow, args.ptx, args.usage, args.sass, settings, args.ttgir)
 
 
 if __name__ == "__main__":

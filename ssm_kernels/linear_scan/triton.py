@@ -42,6 +42,7 @@ NUM_WARPS = 4
 # Segments: when the row tiles are fewer than this many per SM, long rows are cut (two passes).
 TILES_PER_SM = 4
 MAX_SEGMENTS = 1024  # BLOCK_S: the carry of a segment is composed from at most this many summaries
+MIN_BLOCK_S = 4  # Triton 3.6 fails to lower the scan over a (BLOCK_R, 2) tile of summaries to LLVM
 INTERPRET_SMS = 4  # the interpreter's stand-in for the SM count (tests lower MAX_BLOCK_L to reach segments)
 
 MODE_WHOLE, MODE_SUMMARY, MODE_APPLY = 0, 1, 2
@@ -254,7 +255,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         run(MODE_WHOLE, 1)
     else:
         run(MODE_SUMMARY, 1)
-        run(MODE_APPLY, next_power_of_2(n_segments))
+        run(MODE_APPLY, max(MIN_BLOCK_S, next_power_of_2(n_segments)))
 
 
 linear_scan_triton = define_scan_ops("triton", *kernel_functions(_launch))

@@ -127,6 +127,21 @@ def test_triton_segments(monkeypatch, kind, reverse, block_l, tile):
                  reverse=reverse, return_final_state=True)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="the kernels' sizes natively (the interpreter compiles nothing)")
+@pytest.mark.parametrize("n_segments", [2, 3, 5])
+def test_triton_few_segments_at_real_block_sizes(n_segments):
+    """Two to five segments of 2048-position blocks (few rows): Triton 3.6 failed to compile the scan over two
+    segment summaries (BLOCK_S 2) at lengths divisible by 16, which only the GPU compiler sees."""
+    from ssm_kernels.linear_scan import triton as scan_triton
+    length = n_segments * scan_triton.MAX_BLOCK_L - 16  # a multiple of 16 (Triton specialises on it), one short tile
+    assert scan_triton.plan(1, 3, length, torch.device("cuda"))[2] == n_segments
+    inputs = make_inputs(1, 3, length, "cuda", zeros=False)
+    inputs["gates"] = inputs["gates"].abs().clamp(max=1.0)
+    check_parity(lambda **kw: linear_scan(**kw, return_final_state=True, backend="triton"),
+                 lambda **kw: _torch_fp64(**kw), inputs, torch.float32, ["gates", "tokens", "initial_state"],
+                 reverse=False)
+
+
 def _torch_fp64(**inputs):
     """The torch backend in fp64 (complex128): the yardstick for lengths the sequential reference is too slow
     for; itself checked against the reference above."""
