@@ -14,11 +14,11 @@ never end). Two steps find those on a CPU machine:
              python -m tests.triton_compile compile launches.pkl [--arch 90] [--slow 20] [--ptx DIR]
 With --ptx, each launch's PTX is written to DIR without its debug lines and labels: compiling the same
 launches before and after a refactor (run from a second checkout of the old commit) and diffing the two
-folders shows whether the GPU code changed at all. With --ttgir, each launch's TTGIR goes to DIR: the layouts Triton chose (a load without known contiguity and
-alignment gets one element per thread) and the convert_layout ops between them. With --sass, each launch's SASS
-goes to DIR and the
-instructions of its two largest loops are counted by opcode (per iteration, an outer loop's count including its
-inner loops': what an instruction-bound kernel spends, the numbers a change should move). --set NAME=VALUE
+folders shows whether the GPU code changed at all. With --ttgir, each launch's TTGIR goes to DIR: the layouts
+Triton chose (a load without known contiguity and alignment gets one element per thread) and the convert_layout
+ops between them. With --sass, each launch's SASS goes to DIR and the instructions of its two largest loops are
+counted by opcode (per iteration, an outer loop's count including its inner loops': what an instruction-bound
+kernel spends, the numbers a change should move). --set NAME=VALUE
 (repeatable) rewrites the recorded launches as a GPU run would make them: a constexpr the interpreter fixes
 otherwise (--set FAST=True for the selective scan's approximate math, --set EMULATE=False for the SSD kernels'
 dots, which the interpreter emulates), an argument that a test's small sizes specialised to the constexpr 1 and
