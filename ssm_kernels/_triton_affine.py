@@ -27,3 +27,21 @@ def combine_with_exclusive(a1, b1, e_a1, e_b1, a2, b2, e_a2, e_b2):
     # combine() of both pairs, written out: the interpreter runs a scan's combine once per element, and a nested
     # call costs it as much again
     return a1 * a2, a2 * b1 + b2, a1 * e_a2, e_a2 * b1 + e_b2
+
+
+@triton.jit
+def combine_folded(x1, p1, f1, x2, p2, f2):
+    """Scan element (x, p, f) of a recurrence whose gate sits on the step out of a position: the value at a
+    position is x + p c (c entering it) and f times that value leaves it. The adjoint scan reads its gates this
+    way, each from its own position instead of its neighbour's (no shifted load):
+    (x1, p1, f1) then (x2, p2, f2) = (x2 + p2 f1 x1, p2 f1 p1, f2)."""
+    q = p2 * f1
+    return x2 + q * x1, q * p1, f2
+
+
+@triton.jit
+def combine_folded_complex(x1r, x1i, p1r, p1i, f1r, f1i, x2r, x2i, p2r, p2i, f2r, f2i):
+    qr = p2r * f1r - p2i * f1i
+    qi = p2r * f1i + p2i * f1r
+    return (x2r + qr * x1r - qi * x1i, x2i + qr * x1i + qi * x1r,
+            qr * p1r - qi * p1i, qr * p1i + qi * p1r, f2r, f2i)

@@ -6,6 +6,7 @@ message always names the op, the argument and the expected shape with the sizes 
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Iterable, Optional, Sequence, Tuple, Union
@@ -188,6 +189,17 @@ def contiguous_outputs(outputs):
     if isinstance(outputs, torch.Tensor):
         return outputs.contiguous()
     return type(outputs)(t.contiguous() for t in outputs)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    """The SM count of a CUDA device, cached: torch.cuda.get_device_properties costs tens of microseconds of
+    host time a call, a real share of a small op's launch."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def cdiv(a: int, b: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import cdiv, is_dense, new_output, new_output_like, next_power_of_2
+from .._utils import cdiv, is_dense, multiprocessor_count, new_output, new_output_like, next_power_of_2
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
 from ._triton_fwd import _fwd_kernel
@@ -102,19 +102,13 @@ def _blocks(dim: int, length: int, channel_last: bool, tile: int, block_l: int, 
     return block_d, block_l
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _bwd_programs(device: torch.device, config: LaunchConfig) -> int:
     """The persistent backward grid size."""
     if config.bwd_programs is not None:
         return config.bwd_programs
     if device.type != "cuda":
         return config.interpret_programs
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _sm_count(index) * config.bwd_programs_per_sm
+    return multiprocessor_count(device) * config.bwd_programs_per_sm
 
 
 def _strides3(t: Optional[Tensor]) -> Tuple[int, int, int]:

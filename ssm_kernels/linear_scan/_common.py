@@ -156,14 +156,15 @@ def engine_functions(scan_into: ScanInto) -> Tuple[Callable, Callable]:
 KernelLaunch = Callable[..., None]
 
 
-def kernel_view(t: Optional[Tensor]):
-    """(tensor the kernel reads, its (B, D, L) or (B, D) strides in that tensor's elements, complex?): a complex
-    tensor is passed as its real view (strides doubled, the imaginary part at +1)."""
+def kernel_view(t: Optional[Tensor], complex_strides: bool = False):
+    """(tensor the kernel reads, its (B, D, L) or (B, D) strides, complex?): a complex tensor is passed as its
+    real view, the imaginary part at +1; its strides in that view's elements (doubled), or with complex_strides
+    in complex elements (a kernel doubling them itself knows a unit stride)."""
     if t is None:
         return None, (0, 0, 0), False
     if t.is_complex():
         t = t.resolve_conj()
-        return torch.view_as_real(t), tuple(2 * s for s in t.stride()), True
+        return torch.view_as_real(t), tuple(s if complex_strides else 2 * s for s in t.stride()), True
     return t, tuple(t.stride()), False
 
 

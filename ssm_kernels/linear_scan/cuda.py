@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._utils import cdiv
+from .._utils import cdiv, multiprocessor_count
 from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
 
 CHUNK = 1024  # positions a block scans at a time (csrc: kThreads * kItems)
@@ -23,7 +23,7 @@ BLOCKS_PER_SM = 8  # fewer row blocks than this per SM: long rows are cut into s
 def plan(rows: int, length: int, device: torch.device):
     """(segments per row, positions per segment: whole chunks) of a scan of `rows` rows of `length`."""
     chunks = cdiv(length, CHUNK)
-    wanted = BLOCKS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    wanted = BLOCKS_PER_SM * multiprocessor_count(device)
     n_segments = 1 if rows >= wanted else min(chunks, cdiv(wanted, rows), MAX_SEGMENTS)
     seg_len = cdiv(chunks, n_segments) * CHUNK
     return cdiv(length, seg_len), seg_len

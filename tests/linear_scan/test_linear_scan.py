@@ -25,12 +25,13 @@ def make_inputs(batch, dim, length, device, *, gate_shape="full", dtype=torch.fl
         gates = torch.polar(gates, torch.randn(shape, device=device))
     if zeros:
         gates = gates * (torch.rand(shape, device=device) > 0.1)
+    drawn = dtype if dtype.is_complex else torch.float32
     if transposed:  # (B, L, D) memory seen as (B, D, L)
-        tokens = torch.randn(batch, length, dim, device=device).to(dtype).transpose(1, 2)
+        tokens = torch.randn(batch, length, dim, device=device, dtype=drawn).to(dtype).transpose(1, 2)
     else:
-        tokens = torch.randn(batch, dim, length, device=device).to(dtype)
+        tokens = torch.randn(batch, dim, length, device=device, dtype=drawn).to(dtype)
     gate_dtype = gate_dtype or (torch.complex64 if complex_gates else dtype)
-    initial = torch.randn(batch, dim, device=device).to(tokens.dtype) if init else None
+    initial = torch.randn(batch, dim, device=device, dtype=drawn).to(dtype) if init else None
     return {"gates": gates.to(gate_dtype), "tokens": tokens, "initial_state": initial}
 
 
@@ -81,12 +82,14 @@ def test_mixed_precision_gates(backend, device):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_noncontiguous(backend, device):
-    inputs = make_inputs(2, 16, 257, device, transposed=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_noncontiguous(backend, device, dtype, reverse):
+    inputs = make_inputs(2, 16, 257, device, transposed=True, dtype=dtype, complex_gates=dtype.is_complex)
     inputs["gates"] = inputs["gates"].transpose(0, 2).contiguous().transpose(0, 2)
     assert not inputs["tokens"].is_contiguous() and not inputs["gates"].is_contiguous()
-    check_parity(run(backend), linear_scan_ref, inputs, torch.float32, ["gates", "tokens", "initial_state"],
-                 return_final_state=True)
+    check_parity(run(backend), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
+                 reverse=reverse, return_final_state=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -123,6 +126,28 @@ def test_triton_segments(monkeypatch, kind, reverse, block_l, tile):
         inputs["tokens"] = torch.randn(1, 3, 261, device=device, dtype=torch.complex64)
         inputs["initial_state"] = torch.randn(1, 3, device=device, dtype=torch.complex64)
         dtype = torch.complex64
+    check_parity(run("triton"), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
+                 reverse=reverse, return_final_state=True)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("kind", ["real", "complex"])
+def test_triton_segments_packed(monkeypatch, kind, reverse):
+    """Packed sequences in segments: tiles at multiples of BLOCK_L in memory, so sequences start and end inside
+    tiles (one more tile than their length needs), an empty sequence among them."""
+    device = backend_device("triton")
+    from ssm_kernels.linear_scan import triton as scan_triton
+    monkeypatch.setattr(scan_triton, "MAX_BLOCK_L", 16)
+    monkeypatch.setattr(scan_triton, "TILE", 16)
+    lengths = [37, 0, 100, 5]
+    assert scan_triton.plan(len(lengths), 3, max(lengths), device, packed=True)[2] > 1
+    inputs = make_inputs(1, 3, sum(lengths), device, complex_gates=kind == "complex", init=False)
+    inputs["initial_state"] = torch.randn(len(lengths), 3, device=device)
+    dtype = torch.float32
+    if kind == "complex":
+        inputs["tokens"] = torch.randn(1, 3, sum(lengths), device=device, dtype=torch.complex64)
+        dtype = torch.complex64
+    inputs["cu_seqlens"] = torch.tensor([0] + lengths, device=device).cumsum(0).to(torch.int32)
     check_parity(run("triton"), linear_scan_ref, inputs, dtype, ["gates", "tokens", "initial_state"],
                  reverse=reverse, return_final_state=True)
 
