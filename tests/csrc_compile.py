@@ -3,8 +3,9 @@ registers, spills and stack frame (ptxas -v), optionally its SASS.
 
     python -m tests.csrc_compile linear_scan [--arch 90] [--sass DIR]
 
-The flags are the JIT build's (ssm_kernels._cuda_ext.NVCC_FLAGS) with torch's include paths; a CPU build of torch
-lacks one generated CUDA header (c10/cuda/impl/cuda_cmake_macros.h), which is written to a scratch folder here.
+The flags are the JIT build's (ssm_kernels._cuda_ext.NVCC_FLAGS, C++20 as torch.utils.cpp_extension builds) with
+torch's include paths; a CPU build of torch lacks one generated CUDA header (c10/cuda/impl/cuda_cmake_macros.h),
+which is written to a scratch folder here.
 Only the .cu files compile (objects, no link): what finds a kernel that spills, keeps arrays in local memory
 (a stack frame: an array indexed by a runtime value) or fails to compile, before any GPU time is spent.
 """
@@ -73,7 +74,7 @@ def compile_extension(name: str, arch: str, sass_dir: Path = None) -> int:
         flags = include_flags(Path(scratch))
         for source in (s for s in _cuda_ext.sources(name) if s.suffix == ".cu"):
             obj = Path(scratch) / (source.stem + ".o")
-            cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", *_cuda_ext.NVCC_FLAGS, "-Xptxas", "-v",
+            cmd = [nvcc, "-std=c++20", f"-arch=sm_{arch}", *_cuda_ext.NVCC_FLAGS, "-Xptxas", "-v",
                    "-D_GLIBCXX_USE_CXX11_ABI=1", *flags, "-c", str(source), "-o", str(obj)]
             done = subprocess.run(cmd, capture_output=True, text=True)
             print(f"== {source.relative_to(_cuda_ext.csrc_dir())} (sm_{arch}, nvcc rc {done.returncode})")
