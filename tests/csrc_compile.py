@@ -64,6 +64,18 @@ def usage(ptxas_log: str) -> List[str]:
             f"stack {r.get('stack', 0)} B  {name}" for r, name in zip(rows, demangle(names))]
 
 
+def cuobjdump(nvcc: str) -> str:
+    """cuobjdump on PATH, beside nvcc, or the copy Triton's NVIDIA backend ships (a toolkit may lack it)."""
+    found = shutil.which("cuobjdump") or shutil.which("cuobjdump", path=str(Path(nvcc).resolve().parent))
+    if found:
+        return found
+    import triton
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if bundled.exists():
+        return str(bundled)
+    raise SystemExit("--sass needs cuobjdump (CUDA toolkit or Triton's NVIDIA backend)")
+
+
 def compile_extension(name: str, arch: str, sass_dir: Path = None) -> int:
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -86,7 +98,7 @@ def compile_extension(name: str, arch: str, sass_dir: Path = None) -> int:
             print("\n".join(usage(done.stderr)))
             if sass_dir is not None:
                 sass_dir.mkdir(parents=True, exist_ok=True)
-                sass = subprocess.run(["cuobjdump", "-sass", str(obj)], capture_output=True, text=True).stdout
+                sass = subprocess.run([cuobjdump(nvcc), "-sass", str(obj)], capture_output=True, text=True).stdout
                 (sass_dir / (source.stem + ".sass")).write_text(sass)
     return status
 

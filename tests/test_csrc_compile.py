@@ -25,7 +25,8 @@ def test_usage_reads_every_kernel(monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no CUDA toolkit here")
-def test_compiles_an_extension_offline(capsys):
-    assert csrc_compile.main(["linear_scan"]) == 0
+def test_compiles_an_extension_offline(capsys, tmp_path):
+    assert csrc_compile.main(["linear_scan", "--sass", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "linear_scan_kernel" in out and "regs" in out
+    assert "linear_scan_kernel" in (tmp_path / "linear_scan.sass").read_text()
