@@ -1,14 +1,17 @@
 // The linear recurrence x_t = a_t x_{t-1} + b_t (real or complex), forward and fused backward, one kernel.
 //
 // A block of kThreads threads owns one row (batch row or packed sequence, channel) and one segment of its
-// positions, walked in chunks of kChunk = kThreads * kItems positions in scan order p (memory position
-// t = p, or n - 1 - p in reverse). Per chunk: striped, coalesced loads of the gates and inputs (and in the
-// backward the forward output) into shared memory; each thread composes its kItems consecutive (a, b) pairs;
-// cub::BlockScan over the thread aggregates, its prefix callback carrying the state across chunks; each
-// thread replays its items from the state entering them; striped stores back. Backward (kBackward): the
-// adjoint g_t = dy_t + conj(a_prev) g_prev runs in the opposite direction with the gate of the previous scan
-// position, and dgates_t = conj(x at the next scan position, the initial state past the end) g_t is written
-// in the same pass; the block of the last segment forms dinitial_state = conj(a at the last position) g there.
+// positions, walked in tiles of kTile = kThreads * K positions that sit at multiples of kTile in memory (a packed
+// sequence's first and last tiles are partly masked). Every thread owns a run of K consecutive positions, read
+// and written as 16-byte vectors where the stream has a unit stride (scalar accesses otherwise and at the
+// sequence's edges). A descending scan (reverse, and the backward of the forward scan) gives the runs to the
+// threads last-first and each thread walks its run backwards, so memory accesses stay aligned either way. Per
+// tile: each thread composes its run's (a, b) pairs, cub::BlockScan over the thread aggregates (its prefix
+// callback carries the state across tiles), each thread replays its run from the state entering it.
+// Backward (kBackward): the adjoint g_t = dy_t + conj(a_next) g_next is scanned as h = conj(a) g, which reads
+// only its own position's gate: h_t = conj(a_t) (dy_t + h_next), g_t = dy_t + h_next; what leaves the last
+// position, conj(a_0) g_0, is dinitial_state. dgates_t = conj(x before step t) g_t reads the forward output
+// one position away (one scalar load per run beyond its edge; the initial state before the first position).
 // Segments (n_segments > 1, few long rows): pass 1 keeps each segment's composition (A, X) from a zero carry
 // in `summaries`, pass 2 composes the summaries before each segment (a block scan) with the initial state.
 // Same semantics as the Triton kernel (ssm_kernels/linear_scan/triton.py).
@@ -26,13 +29,14 @@ namespace ssm_kernels {
 namespace ls {
 
 constexpr int kThreads = 128;
-constexpr int kItems = 8;
-constexpr int kChunk = kThreads * kItems;
-constexpr int kMaxSegments = kChunk;  // the carry of a segment composes at most this many summaries
+// positions per thread and tile: 32 bytes of fp32 (8 real or 4 complex values), 16 of fp16 / bf16
+template <typename V> struct RunLength { static constexpr int value = 8; };
+template <> struct RunLength<float2> { static constexpr int value = 4; };
+constexpr int kMaxSegments = 1024;  // the carry of a segment composes at most this many summaries
 enum Mode { kWhole = 0, kSummary = 1, kApply = 2 };
 
 struct Params {
-  int64_t dim, length, seg_len, n_segments;
+  int64_t dim, length, seg_tiles, n_segments;
   bool reverse, has_h0, varlen, gates_complex, inputs_complex, outputs_complex;
   int mode;
   const void* gates;
@@ -77,17 +81,123 @@ __device__ __forceinline__ void store_value(float* p, int64_t off, float2 v, boo
   if (is_complex) p[off + 1] = v.y;
 }
 
-// Shared-memory index of item i: one pad per 32 items, so the blocked reads (stride kItems) hit distinct banks.
-__device__ __forceinline__ int padded(int i) { return i + i / 32; }
-constexpr int kPadded = kChunk + kChunk / 32;
+template <typename V> __device__ __forceinline__ V make_value(float re, float im);
+template <> __device__ __forceinline__ float make_value<float>(float re, float) { return re; }
+template <> __device__ __forceinline__ float2 make_value<float2>(float re, float im) { return make_float2(re, im); }
+__device__ __forceinline__ float real_part(float v) { return v; }
+__device__ __forceinline__ float real_part(float2 v) { return v.x; }
+__device__ __forceinline__ float imag_part(float) { return 0.f; }
+__device__ __forceinline__ float imag_part(float2 v) { return v.y; }
 
-// cub's block-prefix callback: the composition of everything scanned before the current chunk; with the
-// entering state as its b, its b is the state before the chunk and its a the product of the gates since.
+// N consecutive scalars at a 16-byte aligned address, as whole 16-byte vectors.
+template <int N, typename T> __device__ __forceinline__ void load_vectors(const T* p, float (&out)[N]) {
+  constexpr int kPer = 16 / sizeof(T);
+  static_assert(N % kPer == 0, "whole 16-byte vectors");
+#pragma unroll
+  for (int v = 0; v < N / kPer; ++v) {
+    const uint4 raw = reinterpret_cast<const uint4*>(p)[v];
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) out[v * kPer + k] = static_cast<float>(e[k]);
+  }
+}
+template <int N, typename T> __device__ __forceinline__ void store_vectors(T* p, const float (&in)[N]) {
+  constexpr int kPer = 16 / sizeof(T);
+  static_assert(N % kPer == 0, "whole 16-byte vectors");
+#pragma unroll
+  for (int v = 0; v < N / kPer; ++v) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) e[k] = static_cast<T>(in[v * kPer + k]);
+    reinterpret_cast<uint4*>(p)[v] = raw;
+  }
+}
+
+// One row of a (B, D, L) stream: its first element, the stride along L in scalars of the (real view) tensor,
+// complex (re, im at +0, +1) or not.
+template <typename T> struct Stream {
+  T* base;
+  int64_t stride;
+  bool is_complex;
+
+  // Whether the run of K positions from `start`, all inside [lo, hi), can move as 16-byte vectors.
+  template <int K> __device__ __forceinline__ bool vector_run(int64_t start, int64_t lo, int64_t hi) const {
+    const int parts = is_complex ? 2 : 1;
+    return stride == parts && start >= lo && start + K <= hi &&
+           (reinterpret_cast<uintptr_t>(base + start * parts) & 15) == 0;
+  }
+};
+
+// The values of positions start .. start + K - 1 (outside [lo, hi): fill), in memory order.
+template <int K, typename V, typename T>
+__device__ __forceinline__ void load_run(const Stream<const T>& s, int64_t start, int64_t lo, int64_t hi, V fill,
+                                         V (&out)[K]) {
+  if (s.template vector_run<K>(start, lo, hi)) {
+    if (s.is_complex) {
+      float f[2 * K];
+      load_vectors<2 * K>(s.base + start * 2, f);
+#pragma unroll
+      for (int k = 0; k < K; ++k) out[k] = make_value<V>(f[2 * k], f[2 * k + 1]);
+    } else {
+      float f[K];
+      load_vectors<K>(s.base + start, f);
+#pragma unroll
+      for (int k = 0; k < K; ++k) out[k] = make_value<V>(f[k], 0.f);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t t = start + k;
+    out[k] = (t >= lo && t < hi) ? load_value<V, T>(s.base, t * s.stride, s.is_complex) : fill;
+  }
+}
+
+template <int K, typename V, typename T>
+__device__ __forceinline__ void store_run(const Stream<T>& s, int64_t start, int64_t lo, int64_t hi,
+                                          const V (&in)[K]) {
+  if (s.template vector_run<K>(start, lo, hi)) {
+    if (s.is_complex) {
+      float f[2 * K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        f[2 * k] = real_part(in[k]);
+        f[2 * k + 1] = imag_part(in[k]);
+      }
+      store_vectors<2 * K>(s.base + start * 2, f);
+    } else {
+      float f[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) f[k] = real_part(in[k]);
+      store_vectors<K>(s.base + start, f);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int64_t t = start + k;
+    if (t >= lo && t < hi) store_value(s.base, t * s.stride, in[k], s.is_complex);
+  }
+}
+
+// A run's values in the opposite order (constant register indices: no local memory).
+template <int K, typename V> __device__ __forceinline__ void reverse_run(V (&v)[K]) {
+#pragma unroll
+  for (int k = 0; k < K / 2; ++k) {
+    const V t = v[k];
+    v[k] = v[K - 1 - k];
+    v[K - 1 - k] = t;
+  }
+}
+
+// cub's block-prefix callback: the composition of everything scanned before the current tile; with the
+// entering state as its b, its b is the state before the tile and its a the product of the gates since.
 template <typename V> struct RunningPrefix {
   Pair<V> running;
-  __device__ Pair<V> operator()(const Pair<V>& chunk) {
+  __device__ Pair<V> operator()(const Pair<V>& tile) {
     const Pair<V> before = running;
-    running = ScanOp()(running, chunk);
+    running = ScanOp()(running, tile);
     return before;
   }
 };
@@ -98,9 +208,9 @@ using BlockScanT = cub::BlockScan<Pair<V>, kThreads, cub::BLOCK_SCAN_WARP_SCANS>
 // T: inputs / outputs / states element type; G: gates; DG: dgates (backward). V: float or float2 math.
 template <typename V, typename T, typename G, typename DG, bool kBackward>
 __global__ void __launch_bounds__(kThreads) linear_scan_kernel(Params p) {
-  __shared__ V a_s[kPadded];
-  __shared__ V u_s[kPadded];  // inputs, then the values to store
-  __shared__ V x_s[kBackward ? kPadded : 1];  // backward: the forward output at the next scan position, then dgates
+  constexpr int K = RunLength<V>::value;
+  constexpr int kTile = kThreads * K;
+  constexpr bool kComplex = sizeof(V) == sizeof(float2);
   __shared__ typename BlockScanT<V>::TempStorage scan_storage;
   __shared__ V carry_s;
 
@@ -108,17 +218,22 @@ __global__ void __launch_bounds__(kThreads) linear_scan_kernel(Params p) {
   const int64_t row = blockIdx.x;  // (batch or sequence) * dim + channel
   const int64_t seg = blockIdx.y;
   const int64_t b = row / p.dim, d = row % p.dim;
-  int64_t start = 0, n = p.length, tb = b;
+  int64_t lo = 0, hi = p.length, tb = b;  // the row's positions [lo, hi)
   if (p.varlen) {
-    start = p.cu_seqlens[b];
-    n = p.cu_seqlens[b + 1] - start;
+    lo = p.cu_seqlens[b];
+    hi = p.cu_seqlens[b + 1];
     tb = 0;
   }
-  const int64_t p_begin = seg * p.seg_len;
-  const int64_t p_end = min(p_begin + p.seg_len, n);  // empty (p_begin >= n): identities only
-  const G* gates = static_cast<const G*>(p.gates) + tb * p.a_sb + d * p.a_sd;
-  const T* inputs = static_cast<const T*>(p.inputs) + tb * p.i_sb + d * p.i_sd;
-  const T* states = static_cast<const T*>(p.states) + tb * p.s_sb + d * p.s_sd;
+  const int64_t first_tile = lo / kTile;
+  const int64_t n_tiles = hi > lo ? (hi - 1) / kTile - first_tile + 1 : 0;
+  const int64_t i_begin = seg * p.seg_tiles;
+  const int64_t i_end = min(i_begin + p.seg_tiles, n_tiles);  // empty (i_begin >= n_tiles): identities only
+  const Stream<const G> gates{static_cast<const G*>(p.gates) + tb * p.a_sb + d * p.a_sd, p.a_sl, p.gates_complex};
+  const Stream<const T> inputs{static_cast<const T*>(p.inputs) + tb * p.i_sb + d * p.i_sd, p.i_sl,
+                               p.inputs_complex};
+  const Stream<const T> states{static_cast<const T*>(p.states) + tb * p.s_sb + d * p.s_sd, p.s_sl, kComplex};
+  const Stream<T> outputs{static_cast<T*>(p.outputs) + tb * p.o_sb + d * p.o_sd, p.o_sl, p.outputs_complex};
+  const Stream<DG> dgates{static_cast<DG*>(p.dgates) + tb * p.g_sb + d * p.g_sd, p.g_sl, p.gates_complex};
   V h0 = vzero<V>();
   if (p.has_h0) h0 = load_value<V, float>(p.h0, b * p.h_sb + d * p.h_sd, true);
 
@@ -141,78 +256,72 @@ __global__ void __launch_bounds__(kThreads) linear_scan_kernel(Params p) {
   }
   __syncthreads();
   RunningPrefix<V> prefix{Pair<V>{vone<V>(), carry_s}};
+  const bool desc = p.reverse;
 
-  for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunk) {
-    // striped loads, in scan order
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const int i = j * kThreads + tid;
-      const int64_t q = p0 + i;
-      V a = vone<V>(), u = vzero<V>(), x = vzero<V>();
-      if (q < p_end) {
-        const int64_t t = start + (p.reverse ? n - 1 - q : q);
-        u = load_value<V, T>(inputs, t * p.i_sl, p.inputs_complex);
-        if constexpr (kBackward) {
-          if (q >= 1) a = vconj(load_value<V, G>(gates, (p.reverse ? t + 1 : t - 1) * p.a_sl, p.gates_complex));
-          if (q + 1 < n) x = load_value<V, T>(states, (p.reverse ? t - 1 : t + 1) * p.s_sl, true);
-          else x = h0;
-        } else {
-          a = load_value<V, G>(gates, t * p.a_sl, p.gates_complex);
-        }
-      }
-      a_s[padded(i)] = a;
-      u_s[padded(i)] = u;
-      if constexpr (kBackward) x_s[padded(i)] = x;
+  for (int64_t i = i_begin; i < i_end; ++i) {
+    const int64_t tile = first_tile + (desc ? n_tiles - 1 - i : i);
+    const int64_t start = tile * kTile + static_cast<int64_t>(desc ? kThreads - 1 - tid : tid) * K;
+    V a[K], u[K];
+    load_run<K>(gates, start, lo, hi, vone<V>(), a);
+    load_run<K>(inputs, start, lo, hi, vzero<V>(), u);
+    if (desc) {  // this thread's run in scan order: backwards in memory
+      reverse_run(a);
+      reverse_run(u);
     }
-    __syncthreads();
 
-    // this thread's items, then the block scan of the thread aggregates
-    V a[kItems], u[kItems];
     Pair<V> agg{vone<V>(), vzero<V>()};
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      a[k] = a_s[padded(tid * kItems + k)];
-      u[k] = u_s[padded(tid * kItems + k)];
-      agg = ScanOp()(agg, Pair<V>{a[k], u[k]});
+    for (int k = 0; k < K; ++k) {
+      if constexpr (kBackward) {
+        const V ca = vconj(a[k]);
+        agg = ScanOp()(agg, Pair<V>{ca, vmul(ca, u[k])});
+      } else {
+        agg = ScanOp()(agg, Pair<V>{a[k], u[k]});
+      }
     }
     Pair<V> before;
     BlockScanT<V>(scan_storage).ExclusiveScan(agg, before, ScanOp(), prefix);
     V state = before.b;
 #pragma unroll
-    for (int k = 0; k < kItems; ++k) {
-      state = vadd(vmul(a[k], state), u[k]);
-      const int i = padded(tid * kItems + k);
-      u_s[i] = state;
-      if constexpr (kBackward) x_s[i] = vmul(vconj(x_s[i]), state);
-    }
-    __syncthreads();
-
-    if (p.mode != kSummary) {
-      T* outputs = static_cast<T*>(p.outputs) + tb * p.o_sb + d * p.o_sd;
-      DG* dgates = static_cast<DG*>(p.dgates) + tb * p.g_sb + d * p.g_sd;
-#pragma unroll
-      for (int j = 0; j < kItems; ++j) {
-        const int i = j * kThreads + tid;
-        const int64_t q = p0 + i;
-        if (q < p_end) {
-          const int64_t t = start + (p.reverse ? n - 1 - q : q);
-          store_value(outputs, t * p.o_sl, u_s[padded(i)], p.outputs_complex);
-          if constexpr (kBackward) store_value(dgates, t * p.g_sl, x_s[padded(i)], p.gates_complex);
-        }
+    for (int k = 0; k < K; ++k) {
+      if constexpr (kBackward) {  // state: h of the previous scan position
+        u[k] = vadd(u[k], state);
+        state = vmul(vconj(a[k]), u[k]);
+      } else {
+        state = vadd(vmul(a[k], state), u[k]);
+        u[k] = state;
       }
     }
-    __syncthreads();  // before the next chunk's loads overwrite shared memory
+    if (desc) reverse_run(u);
+
+    if (p.mode != kSummary) {
+      store_run<K>(outputs, start, lo, hi, u);
+      if constexpr (kBackward) {  // dgates_t = conj(x before step t of the forward scan) g_t
+        V x[K];
+        load_run<K>(states, start, lo, hi, vzero<V>(), x);
+        const int64_t beyond = desc ? start - 1 : start + K;  // the forward scan's neighbour of this run
+        const V edge = (beyond >= lo && beyond < hi) ? load_value<V, T>(states.base, beyond * states.stride, kComplex)
+                                                     : vzero<V>();
+        const int64_t entry = desc ? lo : hi - 1;  // where the initial state enters the forward scan
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+          V prev = desc ? (k == 0 ? edge : x[k - 1]) : (k == K - 1 ? edge : x[k + 1]);
+          if (p.has_h0 && start + k == entry) prev = h0;
+          x[k] = vmul(vconj(prev), u[k]);
+        }
+        store_run<K>(dgates, start, lo, hi, x);
+      }
+    }
+    __syncthreads();  // the next tile's block scan reuses scan_storage
   }
 
   if (tid == 0) {
-    const Pair<V> total = prefix.running;  // (product of the gates, the state leaving the segment)
+    const Pair<V> total = prefix.running;  // (factor on the entering state, the state leaving the segment)
     if (p.mode == kSummary) {
       store_value(p.summaries + (row * p.n_segments + seg) * 4, 0, total.a, true);
       store_value(p.summaries + (row * p.n_segments + seg) * 4, 2, total.b, true);
-    } else if (kBackward && p.has_h0 && p_end == n && p_begin < n) {  // dinitial_state
-      const int64_t t_last = start + (p.reverse ? 0 : n - 1);
-      const V a_last = load_value<V, G>(gates, t_last * p.a_sl, p.gates_complex);
-      store_value(p.dh0, row * (sizeof(V) / sizeof(float)), vmul(vconj(a_last), total.b), true);
+    } else if (kBackward && p.has_h0 && i_end == n_tiles && i_begin < n_tiles) {  // dinitial_state
+      store_value(p.dh0, row * (sizeof(V) / sizeof(float)), total.b, true);
     }
   }
 }
@@ -285,15 +394,15 @@ void linear_scan_cuda(const at::Tensor& gates, at::IntArrayRef gates_strides, bo
                       const c10::optional<at::Tensor>& dgates, at::IntArrayRef dgates_strides,
                       const c10::optional<at::Tensor>& h0, at::IntArrayRef h0_strides,
                       const c10::optional<at::Tensor>& dh0, const c10::optional<at::Tensor>& cu_seqlens,
-                      at::Tensor& summaries, int64_t batch, int64_t dim, int64_t length, int64_t seg_len,
+                      at::Tensor& summaries, int64_t batch, int64_t dim, int64_t length, int64_t seg_tiles,
                       int64_t n_segments, bool reverse, bool scan_complex) {
   using namespace ls;
   const bool backward = states.has_value();
   TORCH_CHECK(inputs.is_cuda() && gates.device() == inputs.device() && outputs.device() == inputs.device(),
               "linear_scan: tensors must be on one CUDA device");
   TORCH_CHECK(!backward || dgates.has_value(), "linear_scan: the backward needs dgates");
-  TORCH_CHECK(n_segments >= 1 && n_segments <= kMaxSegments && seg_len % kChunk == 0,
-              "linear_scan: segments must be at most ", kMaxSegments, " of whole chunks of ", kChunk);
+  TORCH_CHECK(n_segments >= 1 && n_segments <= kMaxSegments && seg_tiles >= 1,
+              "linear_scan: at most ", kMaxSegments, " segments of at least one tile");
   TORCH_CHECK(!h0.has_value() || (h0->scalar_type() == at::kFloat && h0_strides.size() == 2),
               "linear_scan: h0 must be an fp32 (real view) tensor with 2 strides");
   TORCH_CHECK(!dh0.has_value() || (dh0->scalar_type() == at::kFloat && dh0->is_contiguous()),
@@ -309,7 +418,7 @@ void linear_scan_cuda(const at::Tensor& gates, at::IntArrayRef gates_strides, bo
   Params p{};
   p.dim = dim;
   p.length = length;
-  p.seg_len = seg_len;
+  p.seg_tiles = seg_tiles;
   p.n_segments = n_segments;
   p.reverse = reverse;
   p.has_h0 = h0.has_value();

@@ -8,7 +8,7 @@ TORCH_LIBRARY_FRAGMENT(ssm_kernels_cuda, m) {
   m.def("linear_scan(Tensor gates, int[] gates_strides, bool gates_complex, Tensor inputs, int[] inputs_strides, "
         "bool inputs_complex, Tensor(a!) outputs, int[] outputs_strides, bool outputs_complex, Tensor? states, "
         "int[] states_strides, Tensor(b!)? dgates, int[] dgates_strides, Tensor? h0, int[] h0_strides, "
-        "Tensor(c!)? dh0, Tensor? cu_seqlens, Tensor(d!) summaries, int batch, int dim, int length, int seg_len, "
+        "Tensor(c!)? dh0, Tensor? cu_seqlens, Tensor(d!) summaries, int batch, int dim, int length, int seg_tiles, "
         "int n_segments, bool reverse, bool scan_complex) -> ()");
 }
 

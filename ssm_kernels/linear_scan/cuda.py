@@ -1,5 +1,6 @@
 """CUDA backend of linear_scan: binding to csrc/linear_scan (one fused kernel for the forward and the backward,
-cub block scans; see linear_scan.cu), behind the custom ops ssm_kernels::linear_scan_cuda_{fwd,bwd}.
+runs of 16-byte vectors per thread and cub block scans; see linear_scan.cu), behind the custom ops
+ssm_kernels::linear_scan_cuda_{fwd,bwd}.
 
 The kernel reads its streams in one element type T (fp32, fp16 or bf16; fp32 real views for a complex scan),
 the gates in T or fp32, and writes dgates in the gates' type or fp32; other combinations (rare: e.g. fp16
@@ -15,18 +16,21 @@ from torch import Tensor
 from .._utils import cdiv, multiprocessor_count
 from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
 
-CHUNK = 1024  # positions a block scans at a time (csrc: kThreads * kItems)
+TILE = 1024  # positions a block scans at a time (csrc: kThreads * K), tiles at multiples of it in memory
+COMPLEX_TILE = 512
 MAX_SEGMENTS = 1024
 BLOCKS_PER_SM = 8  # fewer row blocks than this per SM: long rows are cut into segments (two passes)
 
 
-def plan(rows: int, length: int, device: torch.device):
-    """(segments per row, positions per segment: whole chunks) of a scan of `rows` rows of `length`."""
-    chunks = cdiv(length, CHUNK)
+def plan(rows: int, length: int, device: torch.device, scan_complex: bool = False, packed: bool = False):
+    """(segments per row, tiles per segment) of a scan of `rows` rows of `length`; packed sequences (at any
+    offset) may touch one tile more than their length needs."""
+    tile = COMPLEX_TILE if scan_complex else TILE
+    tiles = cdiv(length, tile) + (1 if packed and length > 1 else 0)
     wanted = BLOCKS_PER_SM * multiprocessor_count(device)
-    n_segments = 1 if rows >= wanted else min(chunks, cdiv(wanted, rows), MAX_SEGMENTS)
-    seg_len = cdiv(chunks, n_segments) * CHUNK
-    return cdiv(length, seg_len), seg_len
+    n_segments = 1 if rows >= wanted else min(tiles, cdiv(wanted, rows), MAX_SEGMENTS)
+    seg_tiles = cdiv(tiles, n_segments)
+    return cdiv(tiles, seg_tiles), seg_tiles
 
 
 def _readable(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -50,7 +54,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
         batch, length = packed_rows(cu_seqlens)
     if length == 0:
         return
-    n_segments, seg_len = plan(batch * dim, length, inputs.device)
+    n_segments, seg_tiles = plan(batch * dim, length, inputs.device, scan_complex, cu_seqlens is not None)
     if scan_complex:  # fp32 views everywhere
         inputs = _readable(inputs, torch.float32)
         gates = _readable(gates, torch.float32)
@@ -77,7 +81,7 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
     summaries = inputs.new_empty((batch * dim * n_segments * 4,) if n_segments > 1 else (1,), dtype=torch.float32)
     torch.ops.ssm_kernels_cuda.linear_scan(
         a, sa, a_complex, u, su, u_complex, o, so, o_complex, s, ss, g, sg, h, sh[:2], dh, cu_seqlens, summaries,
-        batch, dim, length, seg_len, n_segments, reverse, scan_complex)
+        batch, dim, length, seg_tiles, n_segments, reverse, scan_complex)
     for target, buffer in finish:
         target.copy_(buffer)
 
