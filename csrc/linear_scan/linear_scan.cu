@@ -303,13 +303,14 @@ __global__ void __launch_bounds__(kThreads) linear_scan_kernel(Params p) {
         const V edge = (beyond >= lo && beyond < hi) ? load_value<V, T>(states.base, beyond * states.stride, kComplex)
                                                      : vzero<V>();
         const int64_t entry = desc ? lo : hi - 1;  // where the initial state enters the forward scan
+        V dg[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
           V prev = desc ? (k == 0 ? edge : x[k - 1]) : (k == K - 1 ? edge : x[k + 1]);
           if (p.has_h0 && start + k == entry) prev = h0;
-          x[k] = vmul(vconj(prev), u[k]);
+          dg[k] = vmul(vconj(prev), u[k]);
         }
-        store_run<K>(dgates, start, lo, hi, x);
+        store_run<K>(dgates, start, lo, hi, dg);
       }
     }
     __syncthreads();  // the next tile's block scan reuses scan_storage
