@@ -2,14 +2,16 @@
 //
 // x, dout: (B, D, L) fp32/fp16/bf16 with unit stride along L; weight: (D, W) fp32, W <= 8; bias: (D,) fp32;
 // seq_idx: (B, L) int32; initial_states: (B, D, W-1) in x's dtype, any strides. Accumulation in fp32.
-// One block per (tile of TILE positions, channel, batch). The tile and its halo are staged in shared
-// memory so that every input is read from global memory once per block.
+// Forward: one block per (kFwdTile positions, channel, batch), a run of outputs per thread (below). Backward:
+// one block per (tile of kTile positions, channel, batch), the tile and its halo staged in shared memory so that
+// every input is read from global memory once per block.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "_common/dispatch.h"
+#include "_common/vectors.cuh"
 #include "causal_conv1d.h"
 
 namespace ssm_kernels {
@@ -17,7 +19,7 @@ namespace {
 
 constexpr int kMaxWidth = 8;
 constexpr int kThreads = 128;
-constexpr int kTile = 512;  // positions per block, kTile / kThreads per thread
+constexpr int kTile = 512;  // backward: positions per block, kTile / kThreads per thread
 
 struct ConvParams {
   int batch, dim, length, width;
@@ -63,31 +65,113 @@ __device__ __forceinline__ float window_sum(const float* xs, const int* ids, int
   return acc;
 }
 
+// Forward: every thread computes a run of kRun consecutive outputs from its run of inputs (one or two 16-byte
+// loads where aligned) and the kMaxWidth - 1 inputs before it, taken from the previous lane's run (a shuffle;
+// lane 0 loads them).
+constexpr int kRun = 8;
+constexpr int kFwdTile = kThreads * kRun;  // positions per forward block
+
+// Inputs at positions start .. start + kRun - 1 of a row: x (zeros past the end), the initial state before
+// position 0 (zeros without one, and before it).
+template <typename T>
+__device__ __forceinline__ void load_inputs(const T* x_row, const T* init_row, const ConvParams& p, int start,
+                                            float (&v)[kRun]) {
+  if (start >= 0 && start + kRun <= p.length && aligned16(x_row + start)) {
+    load_vectors<kRun>(x_row + start, v);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kRun; ++k) {
+    const int pos = start + k;
+    float value = 0.f;
+    if (pos >= 0 && pos < p.length) {
+      value = static_cast<float>(x_row[pos]);
+    } else if (pos < 0 && pos >= 1 - p.width && init_row) {
+      value = static_cast<float>(init_row[(p.width - 1 + pos) * p.init_stride_l]);
+    }
+    v[k] = value;
+  }
+}
+
+// Sequence ids of the same positions (positions before 0 continue position 0's sequence).
+__device__ __forceinline__ void load_ids(const int* seq_row, const ConvParams& p, int start, int (&ids)[kRun]) {
+#pragma unroll
+  for (int k = 0; k < kRun; ++k) ids[k] = seq_row[min(max(start + k, 0), p.length - 1)];
+}
+
+// window[i] = the run's value at i - (kMaxWidth - 1): the previous lane's last kMaxWidth - 1, then this lane's.
+template <typename V, typename Load>
+__device__ __forceinline__ void gather_window(const V (&run)[kRun], Load load_previous, V (&window)[kMaxWidth - 1 + kRun]) {
+  static_assert(kMaxWidth - 1 <= kRun, "the window reaches one run back");
+  V previous[kRun];
+#pragma unroll
+  for (int k = 0; k < kRun; ++k) previous[k] = __shfl_up_sync(0xffffffffu, run[k], 1);
+  if (threadIdx.x % 32 == 0) load_previous(previous);
+#pragma unroll
+  for (int i = 0; i < kMaxWidth - 1; ++i) window[i] = previous[kRun - (kMaxWidth - 1) + i];
+#pragma unroll
+  for (int k = 0; k < kRun; ++k) window[kMaxWidth - 1 + k] = run[k];
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
     const T* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
     const int* __restrict__ seq_idx, const T* __restrict__ initial_states, T* __restrict__ out, ConvParams p) {
-  extern __shared__ unsigned char smem[];
-  float* xs = reinterpret_cast<float*>(smem);
-  int* ids = reinterpret_cast<int*>(xs + kTile + kMaxWidth);
-
-  const int t0 = blockIdx.x * kTile, d = blockIdx.y, b = blockIdx.z;
+  const int d = blockIdx.y, b = blockIdx.z;
+  const int start = blockIdx.x * kFwdTile + threadIdx.x * kRun;  // this thread's first output
   const T* x_row = x + b * p.x_stride_b + d * p.x_stride_d;
   const T* init_row = initial_states ? initial_states + b * p.init_stride_b + d * p.init_stride_d : nullptr;
   const int* seq_row = seq_idx ? seq_idx + int64_t(b) * p.length : nullptr;
-  stage_inputs(x_row, init_row, seq_row, p, t0 - (p.width - 1), kTile + p.width - 1, xs, ids);
 
+  float run[kRun], window[kMaxWidth - 1 + kRun];
+  load_inputs(x_row, init_row, p, start, run);
+  gather_window(run, [&](float (&previous)[kRun]) { load_inputs(x_row, init_row, p, start - kRun, previous); },
+                window);
+  // taps right-aligned: tap i reads window[k + i] for output k; the first kMaxWidth - W taps are unused
+  const int skip = kMaxWidth - p.width;
   float w[kMaxWidth];
 #pragma unroll
-  for (int k = 0; k < kMaxWidth; ++k) w[k] = k < p.width ? weight[d * p.width + k] : 0.f;
-  const float bias_d = bias ? float(bias[d]) : 0.f;
-  __syncthreads();
+  for (int i = 0; i < kMaxWidth; ++i) w[i] = i >= skip ? weight[d * p.width + i - skip] : 0.f;
+  const float bias_d = bias ? bias[d] : 0.f;
+
+  float y[kRun];
+  if (seq_row) {  // a tap reads an input only of the output's own sequence
+    int ids[kRun], id_window[kMaxWidth - 1 + kRun];
+    load_ids(seq_row, p, start, ids);
+    gather_window(ids, [&](int (&previous)[kRun]) { load_ids(seq_row, p, start - kRun, previous); }, id_window);
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) {
+      float acc = bias_d;
+#pragma unroll
+      for (int i = 0; i < kMaxWidth; ++i) {
+        if (i >= skip && id_window[k + i] == id_window[k + kMaxWidth - 1]) acc += w[i] * window[k + i];
+      }
+      y[k] = acc;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) {
+      float acc = bias_d;
+#pragma unroll
+      for (int i = 0; i < kMaxWidth; ++i) {
+        if (i >= skip) acc += w[i] * window[k + i];  // not 0 * x: an inf before the window stays out
+      }
+      y[k] = acc;
+    }
+  }
+  if (p.silu) {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) y[k] *= sigmoid(y[k]);
+  }
 
   T* out_row = out + (int64_t(b) * p.dim + d) * p.length;
-  for (int i = threadIdx.x; i < kTile && t0 + i < p.length; i += blockDim.x) {
-    float y = window_sum(xs, ids, i, w, bias_d, p.width);
-    if (p.silu) y = y * sigmoid(y);
-    out_row[t0 + i] = static_cast<T>(y);
+  if (start + kRun <= p.length && aligned16(out_row + start)) {
+    store_vectors<kRun>(out_row + start, y);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kRun; ++k) {
+      if (start + k < p.length) out_row[start + k] = static_cast<T>(y[k]);
+    }
   }
 }
 
@@ -241,10 +325,9 @@ void causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, const c10:
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   ConvParams p = make_params(x, weight, initial_states, silu);
-  const dim3 grid((p.length + kTile - 1) / kTile, p.dim, p.batch);
+  const dim3 grid((p.length + kFwdTile - 1) / kFwdTile, p.dim, p.batch);
   SSM_DISPATCH_FLOAT_HALF_BF16(x.scalar_type(), "causal_conv1d_fwd", [&] {
-    const size_t smem = (kTile + kMaxWidth) * (sizeof(float) + sizeof(int));
-    causal_conv1d_fwd_kernel<scalar_t><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    causal_conv1d_fwd_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), weight.data_ptr<float>(), optional_ptr<float>(bias), optional_ptr<int>(seq_idx),
         optional_ptr<scalar_t>(initial_states), out.data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -23,6 +23,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "_common/scan_math.cuh"
+#include "_common/vectors.cuh"
 #include "linear_scan.h"
 
 namespace ssm_kernels {
@@ -89,31 +90,6 @@ __device__ __forceinline__ float real_part(float2 v) { return v.x; }
 __device__ __forceinline__ float imag_part(float) { return 0.f; }
 __device__ __forceinline__ float imag_part(float2 v) { return v.y; }
 
-// N consecutive scalars at a 16-byte aligned address, as whole 16-byte vectors.
-template <int N, typename T> __device__ __forceinline__ void load_vectors(const T* p, float (&out)[N]) {
-  constexpr int kPer = 16 / sizeof(T);
-  static_assert(N % kPer == 0, "whole 16-byte vectors");
-#pragma unroll
-  for (int v = 0; v < N / kPer; ++v) {
-    const uint4 raw = reinterpret_cast<const uint4*>(p)[v];
-    const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) out[v * kPer + k] = static_cast<float>(e[k]);
-  }
-}
-template <int N, typename T> __device__ __forceinline__ void store_vectors(T* p, const float (&in)[N]) {
-  constexpr int kPer = 16 / sizeof(T);
-  static_assert(N % kPer == 0, "whole 16-byte vectors");
-#pragma unroll
-  for (int v = 0; v < N / kPer; ++v) {
-    uint4 raw;
-    T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-    for (int k = 0; k < kPer; ++k) e[k] = static_cast<T>(in[v * kPer + k]);
-    reinterpret_cast<uint4*>(p)[v] = raw;
-  }
-}
-
 // One row of a (B, D, L) stream: its first element, the stride along L in scalars of the (real view) tensor,
 // complex (re, im at +0, +1) or not.
 template <typename T> struct Stream {
@@ -124,8 +100,7 @@ template <typename T> struct Stream {
   // Whether the run of K positions from `start`, all inside [lo, hi), can move as 16-byte vectors.
   template <int K> __device__ __forceinline__ bool vector_run(int64_t start, int64_t lo, int64_t hi) const {
     const int parts = is_complex ? 2 : 1;
-    return stride == parts && start >= lo && start + K <= hi &&
-           (reinterpret_cast<uintptr_t>(base + start * parts) & 15) == 0;
+    return stride == parts && start >= lo && start + K <= hi && aligned16(base + start * parts);
   }
 };
 
