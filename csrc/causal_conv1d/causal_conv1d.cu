@@ -101,7 +101,8 @@ __device__ __forceinline__ void load_ids(const int* seq_row, const ConvParams& p
 
 // window[i] = the run's value at i - (kMaxWidth - 1): the previous lane's last kMaxWidth - 1, then this lane's.
 template <typename V, typename Load>
-__device__ __forceinline__ void gather_window(const V (&run)[kRun], Load load_previous, V (&window)[kMaxWidth - 1 + kRun]) {
+__device__ __forceinline__ void gather_window(const V (&run)[kRun], Load load_previous,
+                                              V (&window)[kMaxWidth - 1 + kRun]) {
   static_assert(kMaxWidth - 1 <= kRun, "the window reaches one run back");
   V previous[kRun];
 #pragma unroll
