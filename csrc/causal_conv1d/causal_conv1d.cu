@@ -76,7 +76,7 @@ constexpr int kFwdTile = kThreads * kRun;  // positions per forward block
 template <typename T>
 __device__ __forceinline__ void load_inputs(const T* x_row, const T* init_row, const ConvParams& p, int start,
                                             float (&v)[kRun]) {
-  if (start >= 0 && start + kRun <= p.length && aligned16(x_row + start)) {
+  if (start >= 0 && start + kRun <= p.length && vector_aligned<T, kRun>(x_row + start)) {
     load_vectors<kRun>(x_row + start, v);
     return;
   }
@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
   }
 
   T* out_row = out + (int64_t(b) * p.dim + d) * p.length;
-  if (start + kRun <= p.length && aligned16(out_row + start)) {
+  if (start + kRun <= p.length && vector_aligned<T, kRun>(out_row + start)) {
     store_vectors<kRun>(out_row + start, y);
   } else {
 #pragma unroll

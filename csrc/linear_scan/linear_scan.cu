@@ -97,10 +97,11 @@ template <typename T> struct Stream {
   int64_t stride;
   bool is_complex;
 
-  // Whether the run of K positions from `start`, all inside [lo, hi), can move as 16-byte vectors.
+  // Whether the run of K positions from `start`, all inside [lo, hi), can move as vectors (16 bytes for every K
+  // and T instantiated here, complex runs included).
   template <int K> __device__ __forceinline__ bool vector_run(int64_t start, int64_t lo, int64_t hi) const {
     const int parts = is_complex ? 2 : 1;
-    return stride == parts && start >= lo && start + K <= hi && aligned16(base + start * parts);
+    return stride == parts && start >= lo && start + K <= hi && vector_aligned<T, K>(base + start * parts);
   }
 };
 

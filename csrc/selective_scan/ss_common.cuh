@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "_common/scan_math.cuh"
+#include "_common/vectors.cuh"
 #include "selective_scan.h"
 
 namespace ssm_kernels {
@@ -89,29 +90,13 @@ __device__ __forceinline__ float2 shfl_down(float2 v, int off) {
 }
 
 // ---- loads and stores of K consecutive positions of one row ------------------------------------------------
-template <int Bytes> struct VecOf;
-template <> struct VecOf<2> { using type = uint16_t; };
-template <> struct VecOf<4> { using type = uint32_t; };
-template <> struct VecOf<8> { using type = uint2; };
-template <> struct VecOf<16> { using type = uint4; };
-
 // out[i] = row[(t0 + i) * sl] for i < valid, 0 beyond. 16-byte (or narrower) vector loads when the K
 // positions are all valid, contiguous and aligned; strided scalar loads otherwise.
 template <typename T, int K>
 __device__ __forceinline__ void load_row(const T* row, int64_t sl, int t0, int valid, float (&out)[K]) {
-  constexpr int kBytes = K * sizeof(T);
-  constexpr int kVec = kBytes < 16 ? kBytes : 16;
-  constexpr int kPer = kVec / sizeof(T);
-  using Vec = typename VecOf<kVec>::type;
   const T* p = row + int64_t(t0) * sl;
-  if (valid == K && sl == 1 && (reinterpret_cast<uintptr_t>(p) % kVec) == 0) {
-#pragma unroll
-    for (int v = 0; v < K / kPer; ++v) {
-      Vec raw = reinterpret_cast<const Vec*>(p)[v];
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) out[v * kPer + j] = static_cast<float>(e[j]);
-    }
+  if (valid == K && sl == 1 && vector_aligned<T, K>(p)) {
+    load_vectors<K>(p, out);
   } else {
 #pragma unroll
     for (int i = 0; i < K; ++i) out[i] = i < valid ? static_cast<float>(p[int64_t(i) * sl]) : 0.f;
@@ -129,20 +114,9 @@ __device__ __forceinline__ void load_row_any(const void* row, bool fp32, int64_t
 // row[t0 + i] = v[i] for i < valid (row contiguous along L)
 template <typename T, int K>
 __device__ __forceinline__ void store_row(T* row, int t0, int valid, const float (&v)[K]) {
-  constexpr int kBytes = K * sizeof(T);
-  constexpr int kVec = kBytes < 16 ? kBytes : 16;
-  constexpr int kPer = kVec / sizeof(T);
-  using Vec = typename VecOf<kVec>::type;
   T* p = row + t0;
-  if (valid == K && (reinterpret_cast<uintptr_t>(p) % kVec) == 0) {
-#pragma unroll
-    for (int w = 0; w < K / kPer; ++w) {
-      Vec raw;
-      T* e = reinterpret_cast<T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) e[j] = static_cast<T>(v[w * kPer + j]);
-      reinterpret_cast<Vec*>(p)[w] = raw;
-    }
+  if (valid == K && vector_aligned<T, K>(p)) {
+    store_vectors<K>(p, v);
   } else {
 #pragma unroll
     for (int i = 0; i < K; ++i) if (i < valid) p[i] = static_cast<T>(v[i]);
