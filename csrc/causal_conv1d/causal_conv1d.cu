@@ -2,7 +2,7 @@
 //
 // x, dout: (B, D, L) fp32/fp16/bf16 with unit stride along L; weight: (D, W) fp32, W <= 8; bias: (D,) fp32;
 // seq_idx: (B, L) int32; initial_states: (B, D, W-1) in x's dtype, any strides. Accumulation in fp32.
-// Forward: one block per (kFwdTile positions, channel, batch), a run of outputs per thread (below). Backward:
+// Forward: one block per (fwd_tile<T>() positions, channel, batch), a run of outputs per thread (below). Backward:
 // one block per (tile of kTile positions, channel, batch), the tile and its halo staged in shared memory so that
 // every input is read from global memory once per block.
 #include <ATen/ATen.h>
@@ -65,23 +65,24 @@ __device__ __forceinline__ float window_sum(const float* xs, const int* ids, int
   return acc;
 }
 
-// Forward: every thread computes a run of kRun consecutive outputs from its run of inputs (one or two 16-byte
-// loads where aligned) and the kMaxWidth - 1 inputs before it, taken from the previous lane's run (a shuffle;
-// lane 0 loads them).
-constexpr int kRun = 8;
-constexpr int kFwdTile = kThreads * kRun;  // positions per forward block
+// Forward: every thread computes a run of RUN consecutive outputs from its run of inputs (two 16-byte loads where
+// aligned: 8 fp32 or 16 fp16 / bf16) and the kMaxWidth - 1 inputs before it, taken from the previous lane's run
+// by shuffles; lane 0 loads them itself, issued beside its own run's load so that the warp waits for one memory
+// latency, not two.
+template <typename T> __host__ __device__ constexpr int fwd_run() { return 32 / sizeof(T); }
+template <typename T> __host__ __device__ constexpr int fwd_tile() { return kThreads * fwd_run<T>(); }  // positions per forward block
 
-// Inputs at positions start .. start + kRun - 1 of a row: x (zeros past the end), the initial state before
+// Inputs at positions start .. start + RUN - 1 of a row: x (zeros past the end), the initial state before
 // position 0 (zeros without one, and before it).
-template <typename T>
+template <typename T, int RUN>
 __device__ __forceinline__ void load_inputs(const T* x_row, const T* init_row, const ConvParams& p, int start,
-                                            float (&v)[kRun]) {
-  if (start >= 0 && start + kRun <= p.length && vector_aligned<T, kRun>(x_row + start)) {
-    load_vectors<kRun>(x_row + start, v);
+                                            float (&v)[RUN]) {
+  if (start >= 0 && start + RUN <= p.length && vector_aligned<T, RUN>(x_row + start)) {
+    load_vectors<RUN>(x_row + start, v);
     return;
   }
 #pragma unroll
-  for (int k = 0; k < kRun; ++k) {
+  for (int k = 0; k < RUN; ++k) {
     const int pos = start + k;
     float value = 0.f;
     if (pos >= 0 && pos < p.length) {
@@ -94,40 +95,52 @@ __device__ __forceinline__ void load_inputs(const T* x_row, const T* init_row, c
 }
 
 // Sequence ids of the same positions (positions before 0 continue position 0's sequence).
-__device__ __forceinline__ void load_ids(const int* seq_row, const ConvParams& p, int start, int (&ids)[kRun]) {
+template <int RUN>
+__device__ __forceinline__ void load_ids(const int* seq_row, const ConvParams& p, int start, int (&ids)[RUN]) {
 #pragma unroll
-  for (int k = 0; k < kRun; ++k) ids[k] = seq_row[min(max(start + k, 0), p.length - 1)];
+  for (int k = 0; k < RUN; ++k) ids[k] = seq_row[min(max(start + k, 0), p.length - 1)];
 }
 
-// window[i] = the run's value at i - (kMaxWidth - 1): the previous lane's last kMaxWidth - 1, then this lane's.
-template <typename V, typename Load>
-__device__ __forceinline__ void gather_window(const V (&run)[kRun], Load load_previous,
-                                              V (&window)[kMaxWidth - 1 + kRun]) {
-  static_assert(kMaxWidth - 1 <= kRun, "the window reaches one run back");
-  V previous[kRun];
+// window[i] = the run's value at i - (kMaxWidth - 1): the previous lane's last kMaxWidth - 1 (lane 0: `before`,
+// the run it loaded itself), then this lane's.
+template <typename V, int RUN>
+__device__ __forceinline__ void gather_window(const V (&run)[RUN], const V (&before)[kMaxWidth - 1],
+                                              V (&window)[kMaxWidth - 1 + RUN]) {
+  static_assert(kMaxWidth - 1 <= RUN, "the window reaches one run back");
+  const bool first_lane = threadIdx.x % 32 == 0;
 #pragma unroll
-  for (int k = 0; k < kRun; ++k) previous[k] = __shfl_up_sync(0xffffffffu, run[k], 1);
-  if (threadIdx.x % 32 == 0) load_previous(previous);
+  for (int i = 0; i < kMaxWidth - 1; ++i) {
+    const V previous = __shfl_up_sync(0xffffffffu, run[RUN - (kMaxWidth - 1) + i], 1);
+    window[i] = first_lane ? before[i] : previous;
+  }
 #pragma unroll
-  for (int i = 0; i < kMaxWidth - 1; ++i) window[i] = previous[kRun - (kMaxWidth - 1) + i];
+  for (int k = 0; k < RUN; ++k) window[kMaxWidth - 1 + k] = run[k];
+}
+
+// The last kMaxWidth - 1 entries of a run.
+template <typename V, int RUN>
+__device__ __forceinline__ void run_tail(const V (&run)[RUN], V (&tail)[kMaxWidth - 1]) {
 #pragma unroll
-  for (int k = 0; k < kRun; ++k) window[kMaxWidth - 1 + k] = run[k];
+  for (int i = 0; i < kMaxWidth - 1; ++i) tail[i] = run[RUN - (kMaxWidth - 1) + i];
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
     const T* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
     const int* __restrict__ seq_idx, const T* __restrict__ initial_states, T* __restrict__ out, ConvParams p) {
+  constexpr int RUN = fwd_run<T>();
   const int d = blockIdx.y, b = blockIdx.z;
-  const int start = blockIdx.x * kFwdTile + threadIdx.x * kRun;  // this thread's first output
+  const int start = blockIdx.x * fwd_tile<T>() + threadIdx.x * RUN;  // this thread's first output
+  const bool first_lane = threadIdx.x % 32 == 0;
   const T* x_row = x + b * p.x_stride_b + d * p.x_stride_d;
   const T* init_row = initial_states ? initial_states + b * p.init_stride_b + d * p.init_stride_d : nullptr;
   const int* seq_row = seq_idx ? seq_idx + int64_t(b) * p.length : nullptr;
 
-  float run[kRun], window[kMaxWidth - 1 + kRun];
+  float run[RUN], previous_run[RUN], before[kMaxWidth - 1], window[kMaxWidth - 1 + RUN];
+  if (first_lane) load_inputs(x_row, init_row, p, start - RUN, previous_run);
   load_inputs(x_row, init_row, p, start, run);
-  gather_window(run, [&](float (&previous)[kRun]) { load_inputs(x_row, init_row, p, start - kRun, previous); },
-                window);
+  run_tail(previous_run, before);  // (unused but for lane 0)
+  gather_window(run, before, window);
   // taps right-aligned: tap i reads window[k + i] for output k; the first kMaxWidth - W taps are unused
   const int skip = kMaxWidth - p.width;
   float w[kMaxWidth];
@@ -135,13 +148,15 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
   for (int i = 0; i < kMaxWidth; ++i) w[i] = i >= skip ? weight[d * p.width + i - skip] : 0.f;
   const float bias_d = bias ? bias[d] : 0.f;
 
-  float y[kRun];
+  float y[RUN];
   if (seq_row) {  // a tap reads an input only of the output's own sequence
-    int ids[kRun], id_window[kMaxWidth - 1 + kRun];
+    int ids[RUN], previous_ids[RUN], ids_before[kMaxWidth - 1], id_window[kMaxWidth - 1 + RUN];
+    if (first_lane) load_ids(seq_row, p, start - RUN, previous_ids);
     load_ids(seq_row, p, start, ids);
-    gather_window(ids, [&](int (&previous)[kRun]) { load_ids(seq_row, p, start - kRun, previous); }, id_window);
+    run_tail(previous_ids, ids_before);
+    gather_window(ids, ids_before, id_window);
 #pragma unroll
-    for (int k = 0; k < kRun; ++k) {
+    for (int k = 0; k < RUN; ++k) {
       float acc = bias_d;
 #pragma unroll
       for (int i = 0; i < kMaxWidth; ++i) {
@@ -151,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < kRun; ++k) {
+    for (int k = 0; k < RUN; ++k) {
       float acc = bias_d;
 #pragma unroll
       for (int i = 0; i < kMaxWidth; ++i) {
@@ -162,15 +177,15 @@ __global__ void __launch_bounds__(kThreads) causal_conv1d_fwd_kernel(
   }
   if (p.silu) {
 #pragma unroll
-    for (int k = 0; k < kRun; ++k) y[k] *= sigmoid(y[k]);
+    for (int k = 0; k < RUN; ++k) y[k] *= sigmoid(y[k]);
   }
 
   T* out_row = out + (int64_t(b) * p.dim + d) * p.length;
-  if (start + kRun <= p.length && vector_aligned<T, kRun>(out_row + start)) {
-    store_vectors<kRun>(out_row + start, y);
+  if (start + RUN <= p.length && vector_aligned<T, RUN>(out_row + start)) {
+    store_vectors<RUN>(out_row + start, y);
   } else {
 #pragma unroll
-    for (int k = 0; k < kRun; ++k) {
+    for (int k = 0; k < RUN; ++k) {
       if (start + k < p.length) out_row[start + k] = static_cast<T>(y[k]);
     }
   }
@@ -326,8 +341,8 @@ void causal_conv1d_fwd(const at::Tensor& x, const at::Tensor& weight, const c10:
   if (x.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(x.device());
   ConvParams p = make_params(x, weight, initial_states, silu);
-  const dim3 grid((p.length + kFwdTile - 1) / kFwdTile, p.dim, p.batch);
   SSM_DISPATCH_FLOAT_HALF_BF16(x.scalar_type(), "causal_conv1d_fwd", [&] {
+    const dim3 grid((p.length + fwd_tile<scalar_t>() - 1) / fwd_tile<scalar_t>(), p.dim, p.batch);
     causal_conv1d_fwd_kernel<scalar_t><<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.data_ptr<scalar_t>(), weight.data_ptr<float>(), optional_ptr<float>(bias), optional_ptr<int>(seq_idx),
         optional_ptr<scalar_t>(initial_states), out.data_ptr<scalar_t>(), p);
