@@ -70,7 +70,8 @@ __device__ __forceinline__ float window_sum(const float* xs, const int* ids, int
 // by shuffles; lane 0 loads them itself, issued beside its own run's load so that the warp waits for one memory
 // latency, not two.
 template <typename T> __host__ __device__ constexpr int fwd_run() { return 32 / sizeof(T); }
-template <typename T> __host__ __device__ constexpr int fwd_tile() { return kThreads * fwd_run<T>(); }  // positions per forward block
+// positions per forward block
+template <typename T> __host__ __device__ constexpr int fwd_tile() { return kThreads * fwd_run<T>(); }
 
 // Inputs at positions start .. start + RUN - 1 of a row: x (zeros past the end), the initial state before
 // position 0 (zeros without one, and before it).
