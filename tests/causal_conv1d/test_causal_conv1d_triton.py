@@ -25,7 +25,8 @@ def small_tiles(conv_module):
     with contextlib.ExitStack() as stack:
         def shrink(block_l=16, tile=256, cl_block_d=16, **changes):
             stack.enter_context(conv_module.configured(fwd_block_l=block_l, bwd_block_l=block_l, fwd_tile=tile,
-                                                       bwd_tile=tile, cl_block_d=cl_block_d, **changes))
+                                                       bwd_tile=tile, cl_block_d=cl_block_d, cl_bwd_tile=tile,
+                                                       cl_bwd_block_d=cl_block_d, **changes))
         yield shrink
 
 
@@ -152,7 +153,7 @@ def test_default_blocks_and_grid(triton_device, conv_module):
     x = torch.empty(1, 4096, 4096, device=triton_device)  # channel-first; transposed: channel-last
     assert conv_module.forward_blocks(x, config) == (config.fwd_tile // config.fwd_block_l, config.fwd_block_l)
     block_d, block_l = conv_module.backward_blocks(x.transpose(1, 2), config)
-    assert block_d == config.cl_block_d and block_d * block_l == config.bwd_tile
+    assert block_d == config.cl_bwd_block_d and block_d * block_l == config.cl_bwd_tile
     programs = conv_module._bwd_programs(torch.device(triton_device), config)
     if triton_device.type == "cpu":
         assert programs == config.interpret_programs
