@@ -210,6 +210,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         dinit.zero_()  # W == 1: an empty state, nothing to write
     return dx, dw_part.sum(0), db_part.sum(0), dinit
 
+
 # --- autograd wiring -----------------------------------------------------------------------------------
 def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
              initial_states: Optional[Tensor], silu: bool) -> Tensor:
