@@ -20,13 +20,17 @@ one group ahead (two when W - 1 > E) is rebuilt from the parts with the forward'
 on t and on t + E, a second silu' per position instead of a scratch round trip; the shifted windows g[s + j]
 are parts of the current or next group (registers: tap), which give dx and dweight; dinitial_states recomputes
 g[0 .. W-2] directly (first tile of a row only).
+Row parts (channel-last without seq_idx, LaunchConfig.cl_bwd_rows = E > 0): the packed arithmetic on E parts
+that are sets of rows (part e: positions s0 + E g + e), each loaded apart, a load coalesced along D; the groups
+before and after the tile are loaded the same way (rows this tile or a neighbour reads: L1 / L2 hits).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from ._triton_fwd import load_parts, load_seq, load_weights, load_xp, pack, packed_conv, pre_activation, tap, unpack
+from ._triton_fwd import (conv_parts, load_parts, load_row_parts, load_seq, load_weights, load_xp, pack, packed_conv,
+                          pre_activation, row_positions, tap, unpack)
 
 
 @triton.jit
@@ -133,6 +137,7 @@ def _bwd_tile_scratch(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_ro
     tl.debug_barrier()  # every read of the slot is done before the next tile overwrites it
     return dw, db
 
+
 @triton.jit
 def _packed_dx(e: tl.constexpr, E: tl.constexpr, W: tl.constexpr, acc, w, g, n, m):
     """Part e of dx: sum_j w[W-1-j] g[E grp + e + j]; offset e + j is part of the group (g), of the next group
@@ -140,6 +145,45 @@ def _packed_dx(e: tl.constexpr, E: tl.constexpr, W: tl.constexpr, acc, w, g, n, 
     for j in tl.static_range(W):
         acc += w[W - 1 - j] * tap(e + j - 2 * E, E, m, n, g)
     return acc
+
+
+@triton.jit
+def _packed_dx_parts(w, g, gn, gm, E: tl.constexpr, W: tl.constexpr):
+    """The E parts of dx from the shifted windows of g: parts of the tile's groups (g), of the next ones (gn)
+    and of the ones after (gm)."""
+    zero = tl.zeros(g[0].shape, dtype=tl.float32)
+    dx = ()
+    for e in tl.static_range(E):
+        dx = dx + (_packed_dx(e, E, W, zero, w, g, gn, gm),)
+    return dx
+
+
+@triton.jit
+def _packed_dw(dw, c, g, gn, gm, E: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr):
+    """dweight[W-1-j] += sum_s x[s] g[s + j]: x's parts c times the window parts, summed over parts, then one
+    reduction per tap."""
+    kk = tl.arange(0, W_PAD)[None, :]
+    zero = tl.zeros(c[0].shape, dtype=tl.float32)
+    for j in tl.static_range(W):
+        corr = zero
+        for e in tl.static_range(E):
+            corr += c[e] * tap(e + j - 2 * E, E, gm, gn, g)
+        dw += tl.where(kk == W - 1 - j, tl.sum(corr, axis=1)[:, None], 0.0)
+    return dw
+
+
+@triton.jit
+def _packed_dw_and_init(dw, c, g, gn, gm, x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, d, d_mask,
+                        s0, L, sxl, swk, sil, ssl, sgl, sjl, E: tl.constexpr, W: tl.constexpr, W_PAD: tl.constexpr,
+                        INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr):
+    """A packed tile's share of dweight, and in the first tile of a row dinitial_states with the initial
+    states' share (g recomputed there: no scratch slot)."""
+    dw = _packed_dw(dw, c, g, gn, gm, E, W, W_PAD)
+    if HAS_INIT:
+        if s0 == 0:
+            dw = _bwd_init(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, dinit_row, d, d_mask, L,
+                           sxl, swk, sil, ssl, sgl, sjl, 0, dw, W, W_PAD, INIT_PAD, HAS_BIAS, False, SILU, False)
+    return dw
 
 
 @triton.jit
@@ -152,7 +196,6 @@ def _bwd_tile_packed(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row
     g is computed on the tile (t) and on the tile one group ahead (t + E; and t + 2E when W - 1 > E), each
     from the forward's packed taps (x on t - 2E .. t + 2E, aligned loads of the same lines); the shifted
     windows g[s + j] are parts of the current or next groups (registers), as in the forward mirrored."""
-    kk = tl.arange(0, W_PAD)[None, :]
     t = s0 + tl.arange(0, BLOCK_L)[None, :]
     w = load_weights(w_row, d_mask, swk, W)
     c = load_parts(x_row, init_row, d_mask, t, L, sxl, sil, W, HAS_INIT, MASKED, E, BLOCK_D, BLOCK_L)
@@ -194,26 +237,71 @@ def _bwd_tile_packed(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row
     g = unpack(g, BLOCK_D, BLOCK_L, E)
     gn = unpack(gn, BLOCK_D, BLOCK_L, E)
     gm = unpack(gm, BLOCK_D, BLOCK_L, E)
-    zero = tl.zeros(c[0].shape, dtype=tl.float32)
-    dx = ()
-    for e in tl.static_range(E):
-        dx = dx + (_packed_dx(e, E, W, zero, w, g, gn, gm),)
-    dx = pack(dx, BLOCK_D, BLOCK_L, E).to(dx_row.dtype.element_ty)
+    dx = pack(_packed_dx_parts(w, g, gn, gm, E, W), BLOCK_D, BLOCK_L, E).to(dx_row.dtype.element_ty)
     if MASKED:
         tl.store(dx_row + t * sdl, dx, mask=d_mask & (t < L))
     else:
         tl.store(dx_row + t * sdl, dx)
-    # dweight[W-1-j] += sum_s x[s] g[s + j]: the parts of x times the window parts, summed over parts, then
-    # one reduction per tap
-    for j in tl.static_range(W):
-        corr = zero
-        for e in tl.static_range(E):
-            corr += c[e] * tap(e + j - 2 * E, E, gm, gn, g)
-        dw += tl.where(kk == W - 1 - j, tl.sum(corr, axis=1)[:, None], 0.0)
-    if HAS_INIT:
-        if s0 == 0:
-            dw = _bwd_init(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, dinit_row, d, d_mask, L,
-                           sxl, swk, sil, ssl, sgl, sjl, 0, dw, W, W_PAD, INIT_PAD, HAS_BIAS, False, SILU, False)
+    dw = _packed_dw_and_init(dw, c, g, gn, gm, x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, d,
+                             d_mask, s0, L, sxl, swk, sil, ssl, sgl, sjl, E, W, W_PAD, INIT_PAD, HAS_BIAS, HAS_INIT,
+                             SILU)
+    return dw, db
+
+
+@triton.jit
+def _grad_parts(dy, a, SILU: tl.constexpr):
+    """Per part: dy * silu'(a) (SILU), else dy."""
+    g = ()
+    for e in tl.static_range(len(dy)):
+        g = g + (_dsilu_mul(dy[e], a[e]) if SILU else dy[e],)
+    return g
+
+
+@triton.jit
+def _bwd_tile_rows(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, d, d_mask,
+                   s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, dw, db,
+                   W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   HAS_INIT: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr, E: tl.constexpr,
+                   BLOCK_L: tl.constexpr):
+    """The packed tile's arithmetic on channel-last rows (no seq_idx): the tile is E row parts (part e the rows
+    s0 + E g + e, each load coalesced along D; the groups before and after are loaded the same way, L1 / L2
+    hits of rows this or a neighbouring tile reads), so g is computed once on the tile and on the first W - 1
+    rows after it, with no scratch slot and no barrier."""
+    G: tl.constexpr = BLOCK_L // E
+    w = load_weights(w_row, d_mask, swk, W)
+    c = load_row_parts(x_row, init_row, d_mask, s0, L, sxl, sil, W, HAS_INIT, MASKED, E, G)
+    p = load_row_parts(x_row, init_row, d_mask, s0 - E, L, sxl, sil, W, HAS_INIT, MASKED, E, G)
+    n = load_row_parts(x_row, init_row, d_mask, s0 + E, L, sxl, sil, W, HAS_INIT, MASKED, E, G)
+    dy = load_row_parts(dout_row, dout_row, d_mask, s0, L, sgl, 0, W, False, MASKED, E, G)
+    dyn = load_row_parts(dout_row, dout_row, d_mask, s0 + E, L, sgl, 0, W, False, MASKED, E, G)
+    if W - 1 > E:
+        q = load_row_parts(x_row, init_row, d_mask, s0 - 2 * E, L, sxl, sil, W, HAS_INIT, MASKED, E, G)
+        m = load_row_parts(x_row, init_row, d_mask, s0 + 2 * E, L, sxl, sil, W, HAS_INIT, MASKED, E, G)
+        dym = load_row_parts(dout_row, dout_row, d_mask, s0 + 2 * E, L, sgl, 0, W, False, MASKED, E, G)
+    else:
+        q, m, dym = p, n, dyn
+    acc = tl.zeros(c[0].shape, dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    # parts of gn / gm that no window reaches are never used: the compiler drops their arithmetic and loads
+    g = _grad_parts(dy, conv_parts(acc, w, c, p, q, E, W, False), SILU)
+    gn = _grad_parts(dyn, conv_parts(acc, w, n, c, p, E, W, False), SILU)
+    if W - 1 > E:
+        gm = _grad_parts(dym, conv_parts(acc, w, m, n, c, E, W, False), SILU)
+    else:
+        gm = gn
+    for e in tl.static_range(E):
+        db += tl.sum(g[e], axis=1)[:, None]
+    dx = _packed_dx_parts(w, g, gn, gm, E, W)
+    positions = row_positions(s0, E, G)
+    for e in tl.static_range(E):
+        if MASKED:
+            tl.store(dx_row + positions[e] * sdl, dx[e].to(dx_row.dtype.element_ty), mask=d_mask & (positions[e] < L))
+        else:
+            tl.store(dx_row + positions[e] * sdl, dx[e].to(dx_row.dtype.element_ty))
+    dw = _packed_dw_and_init(dw, c, g, gn, gm, x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dinit_row, d,
+                             d_mask, s0, L, sxl, swk, sil, ssl, sgl, sjl, E, W, W_PAD, INIT_PAD, HAS_BIAS, HAS_INIT,
+                             SILU)
     return dw, db
 
 
@@ -222,8 +310,12 @@ def _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit
               s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
               W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
               HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr,
-              PACK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    if PACK_E > 0:
+              PACK_E: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    if ROWS:
+        dw, db = _bwd_tile_rows(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, d, d_mask,
+                                s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, dw, db, W, W_PAD, INIT_PAD, HAS_BIAS,
+                                HAS_INIT, SILU, MASKED, PACK_E, BLOCK_L)
+    elif PACK_E > 0:
         dw, db = _bwd_tile_packed(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row, d,
                                   d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, dw, db, W, W_PAD, INIT_PAD,
                                   HAS_BIAS, HAS_INIT, SILU, MASKED, PACK_E, BLOCK_D, BLOCK_L)
@@ -241,7 +333,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, din
                 scr_d, scr_l,
                 W: tl.constexpr, W_PAD: tl.constexpr, INIT_PAD: tl.constexpr, HAS_BIAS: tl.constexpr,
                 HAS_SEQ: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr, EVEN_D: tl.constexpr,
-                PACK_E: tl.constexpr, BACK: tl.constexpr, AHEAD: tl.constexpr,
+                PACK_E: tl.constexpr, ROWS: tl.constexpr, BACK: tl.constexpr, AHEAD: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
     rd = tl.arange(0, BLOCK_D)[:, None]
@@ -271,17 +363,17 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, din
                 if (s0 >= BACK) & (s0 + BLOCK_L + AHEAD <= L):
                     dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                        scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, False, PACK_E,
+                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, False, PACK_E, ROWS,
                                        BLOCK_D, BLOCK_L)
                 else:
                     dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                        scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E,
+                                       W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E, ROWS,
                                        BLOCK_D, BLOCK_L)
             else:
                 dw, db = _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit_row,
                                    scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
-                                   W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E,
+                                   W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E, ROWS,
                                    BLOCK_D, BLOCK_L)
         part = b * n_lchunks + lchunk
         tl.store(dw_ptr + part * D * W + d * W + kk, dw, mask=d_mask & (kk < W))

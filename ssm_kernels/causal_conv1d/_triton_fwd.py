@@ -11,7 +11,9 @@ boundary. Tiles away from the edges (and D a multiple of BLOCK_D) take an unmask
 for backward but the inputs.
 
 Parts are tuples: the E parts of a tile (E tensors (BLOCK_D, BLOCK_L // E)), the W weight columns; a tuple is
-indexed by a compile-time position, so picking a tap is a register reference.
+indexed by a compile-time position, so picking a tap is a register reference. Channel-first parts are the
+elements of one thread's vector (unpack); channel-last ones are sets of rows loaded apart (load_row_parts), each
+row a coalesced load, which the backward uses the same way.
 """
 from __future__ import annotations
 
@@ -116,11 +118,9 @@ def tap(i: tl.constexpr, E: tl.constexpr, c, p, q):
 
 
 @triton.jit
-def packed_conv(acc, w, c, p, q, E: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_L: tl.constexpr):
-    """act(acc + sum_k w[k] xp[t - W + 1 + k]) on a tile t, packed (BLOCK_D, BLOCK_L), from the parts of xp on
-    t (c), on t - E (p) and on t - 2E (q; only read when W - 1 > E). Shared by the forward and by the packed
-    backward's recomputation of the pre-activation."""
+def conv_parts(acc, w, c, p, q, E: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr):
+    """The E parts of act(acc + sum_k w[k] xp[t - W + 1 + k]) on a tile t, from the parts of xp on t (c), on
+    t - E (p) and on t - 2E (q; only read when W - 1 > E)."""
     outputs = ()
     for e in tl.static_range(E):  # output part e: its tap k is at offset e - (W - 1) + k from the group start
         y = acc
@@ -129,7 +129,15 @@ def packed_conv(acc, w, c, p, q, E: tl.constexpr, W: tl.constexpr, SILU: tl.cons
         if SILU:
             y = y / (1.0 + tl.exp(-y))
         outputs = outputs + (y,)
-    return pack(outputs, BLOCK_D, BLOCK_L, E)
+    return outputs
+
+
+@triton.jit
+def packed_conv(acc, w, c, p, q, E: tl.constexpr, W: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_L: tl.constexpr):
+    """conv_parts packed into the (BLOCK_D, BLOCK_L) tile. Shared by the forward and by the packed backward's
+    recomputation of the pre-activation."""
+    return pack(conv_parts(acc, w, c, p, q, E, W, SILU), BLOCK_D, BLOCK_L, E)
 
 
 @triton.jit
@@ -146,6 +154,28 @@ def load_parts(x_row, init_row, d_mask, pos, L, sxl, sil, W: tl.constexpr, HAS_I
                MASKED: tl.constexpr, E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     """The E parts of xp at the (aligned) positions pos (1, BLOCK_L)."""
     return unpack(load_xp(x_row, init_row, d_mask, pos, L, sxl, sil, W, HAS_INIT, MASKED), BLOCK_D, BLOCK_L, E)
+
+
+@triton.jit
+def row_positions(t0, E: tl.constexpr, G: tl.constexpr):
+    """The positions of a tile's E row parts (channel-last): part e at t0 + E g + e, g = 0 .. G-1, (1, G) each."""
+    g = tl.arange(0, G)[None, :]
+    positions = ()
+    for e in tl.static_range(E):
+        positions = positions + (t0 + E * g + e,)
+    return positions
+
+
+@triton.jit
+def load_row_parts(x_row, init_row, d_mask, t0, L, sxl, sil, W: tl.constexpr, HAS_INIT: tl.constexpr,
+                   MASKED: tl.constexpr, E: tl.constexpr, G: tl.constexpr):
+    """The E parts of xp on the tile of E G positions from t0 (channel-last: part e holds the rows t0 + E g + e,
+    each a load coalesced along D)."""
+    parts = ()
+    for e in tl.static_range(E):
+        parts = parts + (load_xp(x_row, init_row, d_mask, row_positions(t0, E, G)[e], L, sxl, sil, W, HAS_INIT,
+                                 MASKED),)
+    return parts
 
 
 @triton.jit

@@ -42,8 +42,10 @@ class LaunchConfig:
     # unaligned (scalar) L1 re-reads of the tile.
     fwd_packed: bool = True
     # Channel-first backward without seq_idx: the same aligned packed taps, g recomputed on the tile and on the
-    # tile one vector ahead (no scratch slot, no barriers), the shifted g windows picked in registers.
+    # tile one vector ahead (no scratch slot, no barriers), the shifted g windows picked in registers; the
+    # channel-last backward without seq_idx does the same on cl_bwd_rows row parts per group (rows loaded apart).
     bwd_packed: bool = True
+    cl_bwd_rows: int = 0  # 0: the channel-last backward takes the scratch path
     bwd_block_l: int = 256
     bwd_tile: int = 2048
     # Channel-last backward tiles: cl_bwd_block_d channels, cl_bwd_tile elements (H200, (4, 4096, 4096) bf16 W4,
@@ -128,6 +130,16 @@ def _pack_e(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, enab
     return 0
 
 
+def _row_parts(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, config: LaunchConfig) -> int:
+    """E, the row parts per group of the channel-last backward's packed path (config.cl_bwd_rows) when it
+    applies: channel-last, no seq_idx, BLOCK_L a multiple of E, W - 1 within two groups; else 0."""
+    rows = config.cl_bwd_rows
+    if (config.bwd_packed and rows > 0 and width > 1 and seq_idx is None and _channel_last(x)
+            and block_l % rows == 0 and width - 1 <= 2 * rows):
+        return rows
+    return 0
+
+
 def forward_blocks(x: Tensor, config: LaunchConfig) -> Tuple[int, int]:
     """(BLOCK_D, BLOCK_L) of the forward kernel for x (B, D, L)."""
     return _blocks(x.shape[1], x.shape[2], _channel_last(x), config.fwd_tile,
@@ -183,7 +195,8 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
                        x.device)
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
     db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
-    pack_e = _pack_e(x, width, seq_idx, block_l, config.bwd_packed)
+    rows = _row_parts(x, width, seq_idx, block_l, config)
+    pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed)
     # BACK / AHEAD: how far before / after a tile its loads reach (the unmasked path needs both inside [0, L))
     if pack_e:
         back = ahead = pack_e * cdiv(width - 1, pack_e)
@@ -204,8 +217,8 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         scr_d, scr_l,
         W=width, W_PAD=w_pad, INIT_PAD=next_power_of_2(max(width - 1, 1)),
         HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=has_init, SILU=silu,
-        EVEN_D=dim % block_d == 0, PACK_E=pack_e, BACK=back, AHEAD=ahead, BLOCK_D=block_d, BLOCK_L=block_l,
-        num_warps=config.bwd_num_warps)
+        EVEN_D=dim % block_d == 0, PACK_E=pack_e, ROWS=rows > 0, BACK=back, AHEAD=ahead, BLOCK_D=block_d,
+        BLOCK_L=block_l, num_warps=config.bwd_num_warps)
     if not has_init and need_dinit:
         dinit.zero_()  # W == 1: an empty state, nothing to write
     return dx, dw_part.sum(0), db_part.sum(0), dinit

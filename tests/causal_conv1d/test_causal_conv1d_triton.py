@@ -61,16 +61,21 @@ def test_forward_packed_taps(triton_device, small_tiles, packed, dtype, width):
     parity(inputs, dtype)
 
 
-def backward_both_paths(module, inputs, activation="silu"):
+def backward_both_paths(module, inputs, activation="silu", rows=0):
     """The backward op's four gradients (dx, dweight, dbias, dinitial_states) through the packed path and
-    through the per-tap scratch path, on the same inputs and cotangent; asserts the packed path is taken."""
+    through the per-tap scratch path, on the same inputs and cotangent; asserts the packed path is taken
+    (channel-last inputs: the row-parts path with `rows` parts per group)."""
     x, weight = inputs["x"], inputs["weight"]
     dout = torch.randn_like(x)
-    _, block_l = module.backward_blocks(x, module.CONFIG)
-    assert module._pack_e(x, weight.shape[1], None, block_l, True) == 16 // x.element_size()
     grads = {}
     for packed in (True, False):
-        with module.configured(bwd_packed=packed):
+        with module.configured(bwd_packed=packed, cl_bwd_rows=rows) as config:
+            if packed:
+                _, block_l = module.backward_blocks(x, config)
+                if rows:
+                    assert module._row_parts(x, weight.shape[1], None, block_l, config) == rows
+                else:
+                    assert module._pack_e(x, weight.shape[1], None, block_l, True) == 16 // x.element_size()
             grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
                                              activation == "silu")
     for name, a, b in zip(("dx", "dweight", "dbias", "dinitial_states"), grads[True], grads[False]):
@@ -103,6 +108,32 @@ def test_backward_packed_edges(triton_device, conv_module, small_tiles, dtype, d
     inputs = make_inputs(2, dim, length, width, dtype, triton_device, bias=bias, init=True)
     backward_both_paths(conv_module, inputs, activation)
     parity(inputs, dtype, activation)
+
+
+@pytest.mark.parametrize("rows", [8, 4, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("width", [2, 3, 4, 5, 8])
+def test_backward_channel_last_rows_match_per_tap(triton_device, conv_module, small_tiles, rows, dtype, width):
+    """The channel-last backward on row parts (g once on the tile and on the rows after it, shifted windows in
+    registers) against the scratch path and the reference: L = 103 over 16-position tiles (first tile with
+    initial states, unmasked interior, a partial last tile), W - 1 within one group or two (rows 2 and 4)."""
+    if width - 1 > 2 * rows:
+        pytest.skip("W - 1 beyond two groups: the scratch path")
+    small_tiles()
+    inputs = make_inputs(2, 32, 103, width, dtype, triton_device, init=True, transposed=True)
+    backward_both_paths(conv_module, inputs, rows=rows)
+    with conv_module.configured(cl_bwd_rows=rows):
+        parity(inputs, dtype)
+
+
+@pytest.mark.parametrize("dim,length,activation,bias", [(21, 103, "silu", True), (16, 5, None, False)])
+def test_backward_channel_last_rows_edges(triton_device, conv_module, small_tiles, dim, length, activation, bias):
+    """Row parts with D not a multiple of BLOCK_D (masked everywhere), and L = 5 shorter than a group."""
+    small_tiles()
+    inputs = make_inputs(2, dim, length, 4, torch.float32, triton_device, bias=bias, init=True, transposed=True)
+    backward_both_paths(conv_module, inputs, activation, rows=8)
+    with conv_module.configured(cl_bwd_rows=8):
+        parity(inputs, torch.float32, activation)
 
 
 def test_backward_packed_group_tiles_fp32(triton_device, conv_module, small_tiles):
