@@ -73,10 +73,11 @@ def time_settings(variant, device: torch.device, quick: bool, modes=("fwd", "fwd
 
 
 def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], quick: bool,
-          modes=("fwd", "fwd+bwd"), label=lambda settings: settings) -> List[tuple]:
+          modes=("fwd", "fwd+bwd"), label=lambda settings: settings, timer=time_settings) -> List[tuple]:
     """Times each settings dict of `grid` (and the defaults first) on the benchmark Variant; prints a line each,
     with the kernels that setting compiled, and returns [(times, settings)]. A setting that fails to compile or
-    launch is printed and skipped. label(settings): what of a setting the printed line shows."""
+    launch is printed and skipped. label(settings): what of a setting the printed line shows; timer(variant,
+    device, quick, modes): {mode: ms} (default: time_settings)."""
     results = []
     for settings in [{}] + ([] if _defaults_only else grid):
         shown = label(settings) if settings else {}
@@ -84,7 +85,7 @@ def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], qui
         before = compiled_kernels(module)
         try:
             with module_settings(module, settings):
-                times = time_settings(variant, device, quick, modes)
+                times = timer(variant, device, quick, modes)
         except Exception as exc:  # noqa: BLE001  (report and go on: one setting may not fit)
             print(f"  {text}: failed: {type(exc).__name__}: {str(exc)[:160]}", flush=True)
             continue

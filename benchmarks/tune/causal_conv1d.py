@@ -1,13 +1,19 @@
 """Tiles, warps and grids of the Triton causal_conv1d (ssm_kernels/causal_conv1d/triton.py, LaunchConfig) on
-the GPU cases of `python -m benchmarks --op causal_conv1d` ((4, 4096, 4096) width 4, SiLU, bias; the dtypes
-there). The forward's settings are timed without grad, the backward's with it (the forward at its defaults)."""
+the GPU cases of `python -m benchmarks --op causal_conv1d` ((4, 4096, 4096), widths 2-8, SiLU, bias, both
+layouts). The forward's settings are timed without grad; the backward's as the backward launch alone replayed
+from a CUDA graph ("bwd kernel"): forward+backward calls of these sizes are host-bound on some hosts, which
+would hide the kernels' differences. Channel-last cases sweep the channel-last backward's own settings."""
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import itertools
 
+import torch
+import triton
+
 from ..cases import causal_conv1d as causal_conv1d_cases
+from ..core import time_ms
 from . import sweep, triton_variants
 
 backend = importlib.import_module("ssm_kernels.causal_conv1d.triton")
@@ -34,6 +40,27 @@ def backward_grid(quick: bool):
                     bwd_programs_per_sm=(2, 4), bwd_packed=(True, False))
 
 
+def channel_last_backward_grid(quick: bool):
+    if quick:
+        return _configs(cl_bwd_rows=(0, 8), cl_bwd_block_d=(32, 64), cl_bwd_tile=(2048, 4096))
+    return _configs(cl_bwd_rows=(0, 8, 4), cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096),
+                    bwd_programs_per_sm=(4, 8), bwd_num_warps=(4, 8))
+
+
+def backward_kernel_ms(variant, device, quick: bool, modes) -> dict:
+    """{"bwd kernel": ms}: the backward launch alone (its kernel and the partial sums' reduction) at the
+    backend's current CONFIG, from a CUDA graph on a GPU (no host time)."""
+    x, weight, bias = variant.grad_inputs
+    dout = torch.randn_like(x)
+
+    def call():
+        backend._backward_launch(x, weight, bias, None, None, dout, True, False, backend.CONFIG)
+
+    if device.type == "cuda":
+        return {"bwd kernel": triton.testing.do_bench_cudagraph(call)}
+    return {"bwd kernel": time_ms(call, device, quick)}
+
+
 def _label(settings: dict) -> dict:
     """The fields a setting changes, for the printed line."""
     config = settings["CONFIG"]
@@ -45,5 +72,6 @@ def run(device, quick: bool, only):
     for case, variant in triton_variants(causal_conv1d_cases, device, only):
         print(f"{case.name}: forward", flush=True)
         sweep(backend, variant, device, forward_grid(quick), quick, modes=("fwd",), label=_label)
-        print(f"{case.name}: forward+backward", flush=True)
-        sweep(backend, variant, device, backward_grid(quick), quick, modes=("fwd+bwd",), label=_label)
+        print(f"{case.name}: backward kernel", flush=True)
+        grid = channel_last_backward_grid(quick) if "channel-last" in case.name else backward_grid(quick)
+        sweep(backend, variant, device, grid, quick, modes=("bwd kernel",), label=_label, timer=backward_kernel_ms)
