@@ -290,8 +290,10 @@ def _bwd_tile_rows(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, 
         gm = _grad_parts(dym, conv_parts(acc, w, m, n, c, E, W, False), SILU)
     else:
         gm = gn
-    for e in tl.static_range(E):
-        db += tl.sum(g[e], axis=1)[:, None]
+    g_sum = g[0]  # the parts summed first: one reduction of the tile, as for dweight
+    for e in tl.static_range(1, E):
+        g_sum += g[e]
+    db += tl.sum(g_sum, axis=1)[:, None]
     dx = _packed_dx_parts(w, g, gn, gm, E, W)
     positions = row_positions(s0, E, G)
     for e in tl.static_range(E):

@@ -171,10 +171,10 @@ def load_row_parts(x_row, init_row, d_mask, t0, L, sxl, sil, W: tl.constexpr, HA
                    MASKED: tl.constexpr, E: tl.constexpr, G: tl.constexpr):
     """The E parts of xp on the tile of E G positions from t0 (channel-last: part e holds the rows t0 + E g + e,
     each a load coalesced along D)."""
+    positions = row_positions(t0, E, G)
     parts = ()
     for e in tl.static_range(E):
-        parts = parts + (load_xp(x_row, init_row, d_mask, row_positions(t0, E, G)[e], L, sxl, sil, W, HAS_INIT,
-                                 MASKED),)
+        parts = parts + (load_xp(x_row, init_row, d_mask, positions[e], L, sxl, sil, W, HAS_INIT, MASKED),)
     return parts
 
 

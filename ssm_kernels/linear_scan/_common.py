@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from .._utils import compute_dtype, contiguous_outputs, new_output
+from .._utils import cdiv, compute_dtype, contiguous_outputs, new_output
 
 # scan_into(out, gates, tokens, initial_state, reverse) -> out: an engine writing the scan into `out` (B, D, L,
 # compute dtype) from (B, D, L) views of any strides (expanded gates; conjugate views); initial_state (B, D) or
@@ -166,6 +166,17 @@ def kernel_view(t: Optional[Tensor], complex_strides: bool = False):
         t = t.resolve_conj()
         return torch.view_as_real(t), tuple(s if complex_strides else 2 * s for s in t.stride()), True
     return t, tuple(t.stride()), False
+
+
+def segments(row_tiles: int, length: int, tile: int, packed: bool, wanted: int, max_segments: int
+             ) -> Tuple[int, int]:
+    """(segments per row, tiles per segment) of a GPU scan: rows of `length` in tiles of `tile` positions are cut
+    into segments of whole tiles (scanned apart, then joined) when fewer than `wanted` row tiles would leave SMs
+    idle; packed sequences (at any offset) may touch one tile more than their length needs."""
+    tiles = cdiv(length, tile) + (1 if packed and length > 1 else 0)
+    n_segments = 1 if row_tiles >= wanted else min(tiles, cdiv(wanted, row_tiles), max_segments)
+    seg_tiles = cdiv(tiles, n_segments)
+    return cdiv(tiles, seg_tiles), seg_tiles
 
 
 def packed_rows(cu_seqlens: Tensor) -> Tuple[int, int]:

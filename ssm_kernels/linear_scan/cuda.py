@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._utils import cdiv, multiprocessor_count
-from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
+from .._utils import multiprocessor_count
+from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows, segments
 
 TILE = 1024  # positions a block scans at a time (csrc: kThreads * K), tiles at multiples of it in memory
 COMPLEX_TILE = 512
@@ -25,12 +25,8 @@ BLOCKS_PER_SM = 8  # fewer row blocks than this per SM: long rows are cut into s
 def plan(rows: int, length: int, device: torch.device, scan_complex: bool = False, packed: bool = False):
     """(segments per row, tiles per segment) of a scan of `rows` rows of `length`; packed sequences (at any
     offset) may touch one tile more than their length needs."""
-    tile = COMPLEX_TILE if scan_complex else TILE
-    tiles = cdiv(length, tile) + (1 if packed and length > 1 else 0)
-    wanted = BLOCKS_PER_SM * multiprocessor_count(device)
-    n_segments = 1 if rows >= wanted else min(tiles, cdiv(wanted, rows), MAX_SEGMENTS)
-    seg_tiles = cdiv(tiles, n_segments)
-    return cdiv(tiles, seg_tiles), seg_tiles
+    return segments(rows, length, COMPLEX_TILE if scan_complex else TILE, packed,
+                    BLOCKS_PER_SM * multiprocessor_count(device), MAX_SEGMENTS)
 
 
 def _readable(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .._triton_affine import combine, combine_complex, combine_folded, combine_folded_complex
 from .._utils import cdiv, multiprocessor_count, next_power_of_2
-from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows
+from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows, segments
 
 # Tiles: BLOCK_L = min(next_pow2(L), MAX_BLOCK_L, tile) positions x BLOCK_R = tile // BLOCK_L rows (capped by D),
 # tile = TILE, or less where the H200 measured less to be faster (benchmarks/results/h200_linear_scan_tiles.txt):
@@ -326,12 +326,9 @@ def plan(batch: int, dim: int, length: int, device: torch.device, packed: bool =
     tile = TILE if tile is None else tile
     block_l = min(MAX_BLOCK_L, next_power_of_2(length), tile)
     block_r = min(next_power_of_2(dim), max(1, tile // block_l))
-    row_tiles = batch * cdiv(dim, block_r)
-    blocks = cdiv(length, block_l) + (1 if packed and length > 1 else 0)
-    wanted = TILES_PER_SM * _multiprocessors(device)
-    n_segments = 1 if row_tiles >= wanted else min(blocks, cdiv(wanted, row_tiles), MAX_SEGMENTS)
-    seg_tiles = cdiv(blocks, n_segments)
-    return block_l, block_r, cdiv(blocks, seg_tiles), seg_tiles
+    n_segments, seg_tiles = segments(batch * cdiv(dim, block_r), length, block_l, packed,
+                                     TILES_PER_SM * _multiprocessors(device), MAX_SEGMENTS)
+    return block_l, block_r, n_segments, seg_tiles
 
 
 def _tensor_arg(t: Optional[Tensor]):
