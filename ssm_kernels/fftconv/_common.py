@@ -1,5 +1,6 @@
-"""Helpers shared by fftconv's reference and backends: the math dtype and the gates / skip around the
-convolution (v = u * pregate; y = (conv + D v) * postgate)."""
+"""Helpers shared by fftconv's reference and backends: the math dtype, the gates / skip around the convolution
+(v = u * pregate; y = (conv + D v) * postgate), the circular kernel the FFT backends transform, and the custom-op
+wiring (saved tensors, gradients, fakes) of the GPU backends."""
 from __future__ import annotations
 
 from typing import Optional
@@ -28,3 +29,47 @@ def finish(y, v, D, postgate, out_dtype):
     if postgate is not None:
         y = y * postgate.to(y.dtype)
     return y.to(out_dtype)
+
+
+def circular_kernel(k: torch.Tensor, bidirectional: bool, points: int) -> torch.Tensor:
+    """(H, points) fp32: the kernel as a circular one of `points` >= 2L taps, k0 at lags 0..Lk-1 and, when
+    bidirectional, k1 reversed at lags points-Lk..points-1 (k1[j] weighs v_{t+1+j}: lag -1-j)."""
+    causal = k[0] if bidirectional else k
+    heads, taps = causal.shape
+    circular = torch.zeros(heads, points, dtype=torch.float32, device=k.device)
+    circular[:, :taps] = causal
+    if bidirectional:
+        circular[:, points - taps:] = k[1].flip(-1)  # points >= 2L >= 2 Lk: the two ends never overlap
+    return circular
+
+
+def absent(u: torch.Tensor) -> torch.Tensor:
+    """A backward op's placeholder for the gradient of an absent input (a new one each: outputs of a custom op
+    may not alias)."""
+    return u.new_empty(0)
+
+
+def forward_fake(u, k, D, bidirectional, pregate, postgate):
+    return u.new_empty(u.shape)
+
+
+def backward_fake(grad, u, k, D, bidirectional, pregate, postgate):
+    return [u.new_empty(u.shape), k.new_empty(k.shape), D.new_empty(D.shape) if D is not None else absent(u),
+            pregate.new_empty(u.shape) if pregate is not None else absent(u),
+            postgate.new_empty(u.shape) if postgate is not None else absent(u)]
+
+
+def save_for_backward(ctx, inputs, output):
+    u, k, D, bidirectional, pregate, postgate = inputs
+    ctx.bidirectional = bidirectional
+    ctx.present = [t is not None for t in (u, k, D, pregate, postgate)]
+    ctx.save_for_backward(u, k, D, pregate, postgate)
+
+
+def gradients(backward_op, ctx, grad):
+    """The custom op's backward rule: backward_op returns [du, dk, dD, dpregate, dpostgate] (placeholders for
+    absent inputs)."""
+    u, k, D, pregate, postgate = ctx.saved_tensors
+    grads = backward_op(grad, u, k, D, ctx.bidirectional, pregate, postgate)
+    du, dk, dD, dpre, dpost = (g if present else None for g, present in zip(grads, ctx.present))
+    return du, dk, dD, None, dpre, dpost

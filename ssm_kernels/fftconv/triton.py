@@ -24,6 +24,7 @@ from triton.runtime.errors import OutOfResources
 from .._autograd import define_custom_op
 from .._triton_launch import launch_fitting_shared_memory
 from .._utils import cdiv, new_output
+from ._common import absent, backward_fake, circular_kernel, forward_fake, gradients, save_for_backward
 from ._triton_bwd import _fftconv_bwd_kernel
 from ._triton_fwd import _fftconv_fwd_kernel
 from ._triton_monarch import OPERANDS_TF32X3, dft_tables, fft_shape, operand_mode
@@ -38,17 +39,11 @@ NUM_WARPS = {"forward": {"bf16": 4, "tf32x3": 8}, "backward": {"bf16": 8, "tf32x
 
 
 def kernel_spectrum(k: Tensor, bidirectional: bool, n1: int, n2: int) -> Tensor:
-    """(H, 2, N1, N2) fp32: the DFT of the circular kernel (k0 at lags 0..Lk-1, k1 reversed at N-Lk..N-1) divided
-    by N, real and imaginary planes, frequency k1 + N1 k2 at [k1, k2]."""
+    """(H, 2, N1, N2) fp32: the DFT of the circular kernel divided by N, real and imaginary planes, frequency
+    k1 + N1 k2 at [k1, k2]."""
     points = n1 * n2
-    causal = k[0] if bidirectional else k
-    heads, taps = causal.shape
-    circular = torch.zeros(heads, points, dtype=torch.float32, device=k.device)
-    circular[:, :taps] = causal
-    if bidirectional:
-        circular[:, points - taps:] = k[1].flip(-1)  # N >= 2L >= 2 Lk: the two ends never overlap
-    spectrum = torch.fft.fft(circular) / points
-    spectrum = spectrum.view(heads, n2, n1).transpose(1, 2)
+    spectrum = torch.fft.fft(circular_kernel(k, bidirectional, points)) / points
+    spectrum = spectrum.view(-1, n2, n1).transpose(1, 2)
     return torch.stack([spectrum.real, spectrum.imag], dim=1).contiguous()
 
 
@@ -117,40 +112,10 @@ def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirecti
         HAS_SKIP=D is not None, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
         BIDIRECTIONAL=bidirectional, num_warps=_warps("backward", meta), **meta)
     dk = dk.sum(0).reshape(k.shape).to(k.dtype)
-    return [du, dk, dskip.sum(0).to(D.dtype) if D is not None else _absent(u),
-            dpre if dpre is not None else _absent(u), dpost if dpost is not None else _absent(u)]
+    return [du, dk, dskip.sum(0).to(D.dtype) if D is not None else absent(u),
+            dpre if dpre is not None else absent(u), dpost if dpost is not None else absent(u)]
 
 
-def _absent(u: Tensor) -> Tensor:
-    """The backward op's placeholder for the gradient of an absent input (a new one each: outputs of a custom
-    op may not alias)."""
-    return u.new_empty(0)
-
-
-def _forward_fake(u, k, D, bidirectional, pregate, postgate):
-    return u.new_empty(u.shape)
-
-
-def _backward_fake(grad, u, k, D, bidirectional, pregate, postgate):
-    return [u.new_empty(u.shape), k.new_empty(k.shape), D.new_empty(D.shape) if D is not None else _absent(u),
-            pregate.new_empty(u.shape) if pregate is not None else _absent(u),
-            postgate.new_empty(u.shape) if postgate is not None else _absent(u)]
-
-
-def _save(ctx, inputs, output):
-    u, k, D, bidirectional, pregate, postgate = inputs
-    ctx.bidirectional = bidirectional
-    ctx.present = [t is not None for t in (u, k, D, pregate, postgate)]
-    ctx.save_for_backward(u, k, D, pregate, postgate)
-
-
-def _gradients(backward_op, ctx, grad):
-    u, k, D, pregate, postgate = ctx.saved_tensors
-    grads = backward_op(grad, u, k, D, ctx.bidirectional, pregate, postgate)
-    du, dk, dD, dpre, dpost = (g if present else None for g, present in zip(grads, ctx.present))
-    return du, dk, dD, None, dpre, dpost
-
-
-fftconv_triton = define_custom_op("fftconv_triton", _forward, _forward_fake, _backward, _backward_fake, _save,
-                                  _gradients)
+fftconv_triton = define_custom_op("fftconv_triton", _forward, forward_fake, _backward, backward_fake, save_for_backward,
+                                  gradients)
 fftconv_triton.__doc__ = "Triton backend: (u, k, D, bidirectional, pregate, postgate) -> y (B, H, L)."

@@ -1,0 +1,219 @@
+// A thread block's FFT of M = 2^m complex points held in shared memory (or any memory the block alone uses),
+// and the real-FFT identities that make one M-point complex transform serve a real sequence of N = 2M points.
+//
+// Forward transforms run decimation in frequency (Gentleman-Sande) in place: pass j splits blocks of S points
+// into R_j interleaved sub-blocks (stride T = S / R_j), one R_j-point DFT per (block, offset) in registers,
+// then the twiddles w_S^(q o). Nothing is reordered: the spectrum ends in digit-reversed order (slot_of says
+// where frequency k lies), pointwise products do not care, and inverse transforms run the passes backwards
+// (decimation in time), which consumes that order and returns to natural order: inverse(forward(x)) = M x.
+// Radix 16 passes first, one pass of radix 2, 4 or 8 last for the remaining bits.
+//
+// Shared-memory slot p lives at padded(p) = p + p/16 + p/256 + p/4096: with it every pass's accesses and the
+// real-FFT pairing (k with M - k) hit distinct banks per half warp (a bank model of the plans for M = 32 ..
+// 16384 gives 1.0 wavefronts per 16 threads in every pass and 1.5 in the pairing).
+//
+// Code here runs on a CUDA thread block or, compiled for the host, as a CPU model of it (host_device.cuh).
+#pragma once
+#include "_common/host_device.cuh"
+
+namespace ssm_kernels {
+namespace fftconv {
+
+struct alignas(8) cfloat {
+  float re, im;
+};
+
+SSM_HD cfloat operator+(cfloat a, cfloat b) { return {a.re + b.re, a.im + b.im}; }
+SSM_HD cfloat operator-(cfloat a, cfloat b) { return {a.re - b.re, a.im - b.im}; }
+SSM_HD cfloat operator*(cfloat a, cfloat b) { return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re}; }
+SSM_HD cfloat operator*(float s, cfloat a) { return {s * a.re, s * a.im}; }
+SSM_HD cfloat conj(cfloat a) { return {a.re, -a.im}; }
+SSM_HD cfloat times_i(cfloat a) { return {-a.im, a.re}; }
+// a * conj(b)
+SSM_HD cfloat mul_conj(cfloat a, cfloat b) { return {a.re * b.re + a.im * b.im, a.im * b.re - a.re * b.im}; }
+
+// table[i] of a table the kernel only reads (twiddles, spectra): through the read-only cache on the device
+SSM_HD cfloat table_entry(const cfloat* table, int i) {
+#ifdef __CUDA_ARCH__
+  const float2 v = __ldg(reinterpret_cast<const float2*>(table) + i);
+  return {v.x, v.y};
+#else
+  return table[i];
+#endif
+}
+
+constexpr int kMaxLogPoints = 14;  // M <= 16384: 128 KB of fp32 complex values, one buffer per block
+constexpr int kMaxLogRadix = 4;
+
+SSM_HD int padded(int slot) { return slot + (slot >> 4) + (slot >> 8) + (slot >> 12); }
+SSM_HD int padded_size(int points) { return padded(points - 1) + 1; }
+
+// The passes of an M-point transform (M = 2^log_points): pass j has radix 2^radix_log(j). The radices are
+// packed 4 bits each in one int (a per-pass array indexed at run time would live in local memory).
+struct Transform {
+  int log_points, passes, packed_radix_logs;
+  SSM_HD int radix_log(int j) const { return (packed_radix_logs >> (4 * j)) & 15; }
+};
+
+SSM_HD Transform make_transform(int log_points) {
+  Transform t{log_points, 0, 0};
+  for (int left = log_points; left > 0; ++t.passes) {
+    const int bits = left < kMaxLogRadix ? left : kMaxLogRadix;
+    t.packed_radix_logs |= bits << (4 * t.passes);
+    left -= bits;
+  }
+  return t;
+}
+
+// The slot of frequency k after a forward transform: pass j's output digit q_j (frequency bits starting at the
+// radices before it) lands at stride T_j = M / (R_0 ... R_j).
+SSM_HD int slot_of(int k, const Transform& t) {
+  int slot = 0, low = 0;
+  for (int j = 0; j < t.passes; ++j) {
+    const int bits = t.radix_log(j);
+    slot |= ((k >> low) & ((1 << bits) - 1)) << (t.log_points - low - bits);
+    low += bits;
+  }
+  return slot;
+}
+
+// cos(2 pi e / 16) for a compile-time e (folds to a constant once loops are unrolled)
+SSM_HD float cos16(int e) {
+  switch (e & 15) {
+    case 0: return 1.0f;
+    case 1: case 15: return 0.92387953251128674f;
+    case 2: case 14: return 0.70710678118654752f;
+    case 3: case 13: return 0.38268343236508977f;
+    case 4: case 12: return 0.0f;
+    case 5: case 11: return -0.38268343236508977f;
+    case 6: case 10: return -0.70710678118654752f;
+    case 7: case 9: return -0.92387953251128674f;
+    default: return -1.0f;  // 8
+  }
+}
+
+// v * exp(-+2 pi i e / 16) (- forward, + inverse), e known at compile time: the quarter turns cost no multiply.
+template <bool INVERSE>
+SSM_HD cfloat rotate16(cfloat v, int e) {
+  e &= 15;
+  if (e == 0) return v;
+  if (e == 8) return {-v.re, -v.im};
+  if (e == 4 || e == 12) return (e == 4) != INVERSE ? cfloat{v.im, -v.re} : times_i(v);
+  const float c = cos16(e), s = cos16(e - 4);  // exp(-+i theta) = c -+ i s
+  return INVERSE ? v * cfloat{c, s} : v * cfloat{c, -s};
+}
+
+template <int LOG_R>
+SSM_HD constexpr int bit_reverse(int q) {
+  int r = 0;
+  for (int b = 0; b < LOG_R; ++b) r |= ((q >> b) & 1) << (LOG_R - 1 - b);
+  return r;
+}
+
+// x[q] <- sum_r x[r] exp(-+2 pi i r q / R) in registers, R = 2^LOG_R <= 16, natural order in and out
+// (radix-2 decimation in frequency, then the bit-reversal as a renaming of registers).
+template <int LOG_R, bool INVERSE>
+SSM_HD void small_dft(cfloat (&x)[1 << LOG_R]) {
+  constexpr int R = 1 << LOG_R;
+#pragma unroll
+  for (int stage = 0; stage < LOG_R; ++stage) {
+    const int half = R >> (stage + 1);
+#pragma unroll
+    for (int start = 0; start < R; start += 2 * half) {
+#pragma unroll
+      for (int j = 0; j < half; ++j) {
+        const cfloat a = x[start + j], b = x[start + j + half];
+        x[start + j] = a + b;
+        x[start + j + half] = rotate16<INVERSE>(a - b, j * (8 / half));  // w_(2 half)^j
+      }
+    }
+  }
+  cfloat natural[R];
+#pragma unroll
+  for (int q = 0; q < R; ++q) natural[q] = x[bit_reverse<LOG_R>(q)];
+#pragma unroll
+  for (int q = 0; q < R; ++q) x[q] = natural[q];
+}
+
+// One pass over blocks of S = 2^log_block points of buf. twiddles: (N = 2M,) exp(-2 pi i j / N), so w_S^e is
+// entry e N / S.
+template <int LOG_R, bool INVERSE, class Block>
+SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfloat* twiddles, const Block& block) {
+  constexpr int R = 1 << LOG_R;
+  const int log_stride = log_block - LOG_R;
+  const int groups = 1 << (t.log_points - LOG_R);
+  const int twiddle_shift = t.log_points + 1 - log_block;
+  for (int g = block.thread; g < groups; g += block.threads) {
+    const int offset = g & ((1 << log_stride) - 1);
+    const int base = ((g >> log_stride) << log_block) + offset;
+    cfloat x[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) x[r] = buf[padded(base + (r << log_stride))];
+    if (!INVERSE) small_dft<LOG_R, false>(x);
+#pragma unroll
+    for (int q = 1; q < R; ++q) {
+      const cfloat w = table_entry(twiddles, (q * offset) << twiddle_shift);
+      x[q] = INVERSE ? mul_conj(x[q], w) : x[q] * w;
+    }
+    if (INVERSE) small_dft<LOG_R, true>(x);
+#pragma unroll
+    for (int r = 0; r < R; ++r) buf[padded(base + (r << log_stride))] = x[r];
+  }
+}
+
+template <bool INVERSE, class Block>
+SSM_HD void run_pass(int radix_log, cfloat* buf, int log_block, const Transform& t, const cfloat* twiddles,
+                     const Block& block) {
+  switch (radix_log) {
+    case 4: radix_pass<4, INVERSE>(buf, log_block, t, twiddles, block); break;
+    case 3: radix_pass<3, INVERSE>(buf, log_block, t, twiddles, block); break;
+    case 2: radix_pass<2, INVERSE>(buf, log_block, t, twiddles, block); break;
+    default: radix_pass<1, INVERSE>(buf, log_block, t, twiddles, block); break;
+  }
+}
+
+// Forward transforms of a (and of b unless null) in place, spectrum in slot order; synchronises after each pass.
+template <class Block>
+SSM_HD void forward_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+  int log_block = t.log_points;
+  for (int j = 0; j < t.passes; ++j) {
+    run_pass<false>(t.radix_log(j), a, log_block, t, twiddles, block);
+    if (b != nullptr) run_pass<false>(t.radix_log(j), b, log_block, t, twiddles, block);
+    block.sync();
+    log_block -= t.radix_log(j);
+  }
+}
+
+// Unnormalised inverse transforms (exp(+2 pi i k n / M) summed) of slot-ordered spectra, back to natural order.
+template <class Block>
+SSM_HD void inverse_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+  int log_block = t.radix_log(t.passes - 1);
+  for (int j = t.passes - 1; j >= 0; --j) {
+    run_pass<true>(t.radix_log(j), a, log_block, t, twiddles, block);
+    if (b != nullptr) run_pass<true>(t.radix_log(j), b, log_block, t, twiddles, block);
+    block.sync();
+    if (j > 0) log_block += t.radix_log(j - 1);
+  }
+}
+
+// Real sequences of N = 2M points travel as z[n] = x[2n] + i x[2n+1]; with Z = FFT_M(z) and W = exp(-2 pi i / N),
+// X[k] = E[k] + W^k O[k] for E[k] = (Z[k] + conj Z[M-k]) / 2, O[k] = (Z[k] - conj Z[M-k]) / 2i and
+// X[M-k] = conj(E[k] - W^k O[k]). unpack gives (2 X[k], 2 X[M-k]) for 0 <= k <= M/2 (Z[M] is Z[0]).
+SSM_HD void unpack(cfloat zk, cfloat zmk, cfloat wk, cfloat& xk, cfloat& xmk) {
+  const cfloat even = zk + conj(zmk), diff = zk - conj(zmk);
+  const cfloat odd = wk * cfloat{diff.im, -diff.re};  // W^k (-i) diff
+  xk = even + odd;
+  xmk = conj(even - odd);
+}
+
+// The way back for a real y of N points: given (Y[k], Y[M-k]) / N, Y = FFT_N(y), the pair (Z[k], Z[M-k])
+// whose unnormalised inverse M-point transform is y[2n] + i y[2n+1]. Inputs 2 X times a spectrum divided by 2N
+// (unpack's outputs times the kernels' tables) are exactly such Y / N.
+SSM_HD void pack(cfloat yk, cfloat ymk, cfloat wk, cfloat& zk, cfloat& zmk) {
+  const cfloat even = yk + conj(ymk), diff = yk - conj(ymk);
+  zk = even + times_i(mul_conj(diff, wk));  // + i conj(W^k) diff
+  zmk = conj(even) + times_i(wk * conj(diff));
+}
+
+}  // namespace fftconv
+}  // namespace ssm_kernels

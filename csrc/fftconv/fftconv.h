@@ -1,0 +1,24 @@
+// Launchers of csrc/fftconv, registered in registration.cpp; the binding is ssm_kernels/fftconv/cuda.py, which
+// makes the tables (kernel spectrum, twiddles) and allocates every output.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace ssm_kernels {
+
+// y = (conv(u * pre, k) + D u * pre) * post for (B, H, L) u, pregate, postgate of one dtype (any strides; y
+// contiguous). spectrum: (H, M + 1, 2) fp32, FFT_N of the circular kernel divided by 2N; twiddles: (N, 2) fp32,
+// exp(-2 pi i j / N); N = 2M = 2^(log_points + 1) >= 2L.
+void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
+                      const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
+                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, at::Tensor& y);
+
+// The backward: du, dpregate, dpostgate (contiguous, u's dtype) and per-row fp32 partials dskip (B, H) and
+// dk (B, 1 or 2, H, Lk) that the caller sums over the batch.
+void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
+                      const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
+                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points,
+                      bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
+                      const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
+                      at::Tensor& dk);
+
+}  // namespace ssm_kernels

@@ -1,0 +1,49 @@
+// The kernels' argument structs from the launchers' tensors: shared by the CUDA launchers (fftconv.cu) and the
+// CPU model of the same row code that the tests build (tests/fftconv/cuda_model.cpp).
+#pragma once
+#include <ATen/ATen.h>
+
+#include "fftconv/fftconv_rows.cuh"
+
+namespace ssm_kernels {
+namespace fftconv {
+
+template <typename T>
+Strided<T> strided(const c10::optional<at::Tensor>& t) {
+  if (!t.has_value()) return {nullptr, 0, 0, 0};
+  return {t->data_ptr<T>(), t->stride(0), t->stride(1), t->stride(2)};
+}
+
+template <typename T>
+T* optional_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
+                        const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
+                        const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points) {
+  TORCH_CHECK(log_points >= 1 && log_points <= kMaxLogPoints, "fftconv: log_points out of range");
+  const int64_t points = int64_t(1) << log_points;
+  TORCH_CHECK(u.dim() == 3 && spectrum.size(-2) == points + 1 && twiddles.size(0) == 2 * points,
+              "fftconv: tables of the wrong size");
+  TORCH_CHECK(spectrum.is_contiguous() && twiddles.is_contiguous() && spectrum.scalar_type() == at::kFloat &&
+              twiddles.scalar_type() == at::kFloat, "fftconv: tables must be contiguous fp32");
+  TORCH_CHECK(u.size(2) <= points, "fftconv: the transform is shorter than 2L");
+  return {strided<T>(u), strided<T>(pregate), strided<T>(postgate), optional_ptr<float>(skip),
+          reinterpret_cast<const cfloat*>(spectrum.data_ptr<float>()),
+          reinterpret_cast<const cfloat*>(twiddles.data_ptr<float>()),
+          int(u.size(0)), int(u.size(1)), int(u.size(2)), make_transform(int(log_points))};
+}
+
+template <typename T>
+Gradients<T> make_gradients(const at::Tensor& dy, bool bidirectional, at::Tensor& du,
+                            const c10::optional<at::Tensor>& dpregate, const c10::optional<at::Tensor>& dpostgate,
+                            const c10::optional<at::Tensor>& dskip, at::Tensor& dk) {
+  TORCH_CHECK(du.is_contiguous() && dk.is_contiguous(), "fftconv: outputs must be contiguous");
+  return {strided<T>(dy), du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate),
+          optional_ptr<float>(dskip), dk.data_ptr<float>(), int(dk.size(-1)), bidirectional};
+}
+
+}  // namespace fftconv
+}  // namespace ssm_kernels

@@ -1,0 +1,231 @@
+// One (batch, head) row of the FFT convolution, forward and backward, as a thread block runs it: the whole row's
+// transform lives in one buffer of M = N / 2 complex values (N = 2^(log_points + 1) >= 2L real points, so no
+// circular wrap-around reaches an output, causal or anti-causal), real-FFT identities turn the M-point complex
+// transform into the N-point real one, and the gates and the skip are applied while loading and storing.
+// Definitions: ssm_kernels/fftconv/reference.py; the tables (kernel spectrum, twiddles) are made by
+// ssm_kernels/fftconv/cuda.py.
+#pragma once
+#include <cstdint>
+
+#include "fftconv/fft_block.cuh"
+
+namespace ssm_kernels {
+namespace fftconv {
+
+// One row of a (B, H, L) tensor with any strides; reads as fp32.
+template <typename T>
+struct RowIn {
+  const T* data;
+  int64_t stride;
+  SSM_HD float operator[](int t) const { return static_cast<float>(data[t * stride]); }
+};
+
+template <typename T>
+struct Strided {
+  const T* data;  // nullptr: the tensor is absent
+  int64_t stride_b, stride_h, stride_l;
+  SSM_HD RowIn<T> row(int b, int h) const { return {data + (data ? b * stride_b + h * stride_h : 0), stride_l}; }
+};
+
+// x_t * gate_t (x_t when there is no gate), 0 at positions t >= L: the zero padding of the transform.
+template <typename T>
+struct GatedRow {
+  RowIn<T> x, gate;
+  int length;
+  SSM_HD float operator()(int t) const {
+    if (t >= length) return 0.0f;
+    const float value = x[t];
+    return gate.data != nullptr ? value * gate[t] : value;
+  }
+};
+
+// What the forward and the backward both read.
+template <typename T>
+struct Problem {
+  Strided<T> u, pre, post;
+  const float* skip;        // (H,) or nullptr
+  const cfloat* spectrum;   // (H, M + 1): FFT_N of the circular kernel, frequencies 0..M, divided by 2N
+  const cfloat* twiddles;   // (N,): exp(-2 pi i j / N)
+  int batch, heads, length;
+  Transform transform;
+};
+
+// The backward's inputs beyond Problem, and its outputs. Outputs are contiguous; dskip and dk are per row
+// (summed over the batch by the caller: reproducible, no atomics).
+template <typename T>
+struct Gradients {
+  Strided<T> dy;
+  T* du;
+  T* dpre;         // nullptr without a pregate
+  T* dpost;        // nullptr without a postgate
+  float* dskip;    // (B, H) or nullptr without D
+  float* dk;       // (B, 1 or 2, H, Lk): causal taps, then the anti-causal ones when bidirectional
+  int taps;
+  bool bidirectional;
+};
+
+// Row index -> (batch, head): consecutive rows share a head, so its spectrum stays in cache.
+struct RowIndex {
+  int b, h;
+  SSM_HD RowIndex(int row, int batch) : b(row % batch), h(row / batch) {}
+};
+
+// buf[slot n] = (x(2n), x(2n + 1)) for the M slots; each thread writes the slots it also reads in the epilogues,
+// so consecutive rows need no barrier between an epilogue and the next fill.
+template <typename Values, class Block>
+SSM_HD void fill(cfloat* buf, const Values& x, int points, const Block& block) {
+  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = {x(2 * n), x(2 * n + 1)};
+}
+
+// The pair of slots of frequencies k and M - k (one slot when they coincide: k = 0, where M - k is M = 0 mod M,
+// and k = M / 2), and the factor W^k of the real-FFT identities.
+struct FrequencyPair {
+  int slot_k, slot_mk;
+  cfloat wk;
+  SSM_HD FrequencyPair(int k, const Transform& t, const cfloat* twiddles)
+      : slot_k(padded(slot_of(k, t))),
+        slot_mk(padded(slot_of((-k) & ((1 << t.log_points) - 1), t))),
+        wk(table_entry(twiddles, k)) {}
+  SSM_HD void unpack_from(const cfloat* buf, cfloat& xk, cfloat& xmk) const {
+    unpack(buf[slot_k], buf[slot_mk], wk, xk, xmk);
+  }
+  SSM_HD void pack_into(cfloat* buf, cfloat yk, cfloat ymk) const {
+    cfloat zk, zmk;
+    pack(yk, ymk, wk, zk, zmk);
+    buf[slot_k] = zk;
+    if (slot_mk != slot_k) buf[slot_mk] = zmk;
+  }
+};
+
+// to = pack(unpack(from) * kernel spectrum) over every frequency pair: to becomes the slot-ordered input of
+// the inverse transform that gives the convolution of from's sequence with the kernel (to may be from).
+template <class Block>
+SSM_HD void multiply_by_kernel(const cfloat* from, cfloat* to, const cfloat* kernel, const Transform& t,
+                               const cfloat* twiddles, const Block& block) {
+  const int points = 1 << t.log_points;
+  for (int k = block.thread; k <= points / 2; k += block.threads) {
+    const FrequencyPair pair(k, t, twiddles);
+    cfloat xk, xmk;
+    pair.unpack_from(from, xk, xmk);
+    pair.pack_into(to, xk * table_entry(kernel, k), xmk * table_entry(kernel, points - k));
+  }
+}
+
+template <typename T>
+SSM_HD void store(T* out, int t, float value) {
+  out[t] = static_cast<T>(value);
+}
+
+// y = (conv(v, k) + D v) * post, v = u * pre, for one row. buf: padded_size(M) values.
+template <typename T, class Block>
+SSM_HD void forward_row(const Problem<T>& p, T* y, int row, cfloat* buf, const Block& block) {
+  const RowIndex at(row, p.batch);
+  const Transform& t = p.transform;
+  const int points = 1 << t.log_points;
+  const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
+  fill(buf, v, points, block);
+  block.sync();
+  forward_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+  multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, block);
+  block.sync();
+  inverse_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+
+  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
+  const RowIn<T> post = p.post.row(at.b, at.h);
+  T* out = y + (int64_t(at.b) * p.heads + at.h) * p.length;
+  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
+    const cfloat conv = buf[padded(n)];
+    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
+      const int pos = 2 * n + j;
+      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
+      if (post.data != nullptr) value *= post[pos];
+      store(out, pos, value);
+    }
+  }
+}
+
+// The backward of one row. a, b: two buffers of padded_size(M) values. With g = dy * post and v = u * pre:
+//   conv = IFFT(V K)          (only with a postgate: dpost = dy (conv + D v))
+//   dv   = IFFT(G conj K)     the correlation of g with k, + D g; du = dv * pre, dpre = dv * u
+//   dk   = IFFT(G conj V)     the correlation of g with v at lag j (causal tap j), N - 1 - j (anti-causal tap j)
+//   dD   = sum_t g v
+template <typename T, class Block>
+SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int row, cfloat* a, cfloat* b,
+                         const Block& block) {
+  const RowIndex at(row, p.batch);
+  const Transform& t = p.transform;
+  const int points = 1 << t.log_points;
+  const cfloat* kernel = p.spectrum + int64_t(at.h) * (points + 1);
+  const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
+  const GatedRow<T> g{grads.dy.row(at.b, at.h), p.post.row(at.b, at.h), p.length};
+  const RowIn<T> dy = grads.dy.row(at.b, at.h);
+  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
+  const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
+
+  fill(a, v, points, block);
+  if (grads.dpost != nullptr) {  // conv first, in b, then g over it
+    block.sync();
+    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    multiply_by_kernel(a, b, kernel, t, p.twiddles, block);
+    block.sync();
+    inverse_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    for (int n = block.thread; n < points; n += block.threads) {
+      const cfloat conv = b[padded(n)];
+      for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
+        const int pos = 2 * n + j;
+        store(grads.dpost + out, pos, dy[pos] * ((j == 0 ? conv.re : conv.im) + skip * v(pos)));
+      }
+      b[padded(n)] = {g(2 * n), g(2 * n + 1)};
+    }
+    block.sync();
+    forward_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+  } else {
+    fill(b, g, points, block);
+    block.sync();
+    forward_fft(a, b, t, p.twiddles, block);
+  }
+
+  const float dk_scale = 0.25f / float(2 * points);  // (2 G) conj(2 V) / 4N: unpack's factors 2, pack's 1 / N
+  for (int k = block.thread; k <= points / 2; k += block.threads) {
+    const FrequencyPair pair(k, t, p.twiddles);
+    cfloat vk, vmk, gk, gmk;
+    pair.unpack_from(a, vk, vmk);
+    pair.unpack_from(b, gk, gmk);
+    pair.pack_into(a, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
+    pair.pack_into(b, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
+  }
+  block.sync();
+  inverse_fft(a, b, t, p.twiddles, block);
+
+  const RowIn<T> u = p.u.row(at.b, at.h), pre = p.pre.row(at.b, at.h);
+  const int sides = grads.bidirectional ? 2 : 1;
+  float* dk_causal = grads.dk + ((int64_t(at.b) * sides) * p.heads + at.h) * grads.taps;
+  float* dk_anti = dk_causal + int64_t(p.heads) * grads.taps;
+  float dskip = 0.0f;
+  for (int n = block.thread; n < points; n += block.threads) {
+    const cfloat corr = b[padded(n)], lagged = a[padded(n)];
+    for (int j = 0; j < 2; ++j) {
+      const int pos = 2 * n + j;  // a position, and a lag of the correlation g * v
+      const float dk = j == 0 ? lagged.re : lagged.im;
+      if (pos < grads.taps) dk_causal[pos] = dk;
+      const int anti_tap = 2 * points - 1 - pos;
+      if (grads.bidirectional && anti_tap < grads.taps) dk_anti[anti_tap] = dk;
+      if (pos >= p.length) continue;
+      const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
+      dskip += gt * v(pos);
+      if (pre.data != nullptr) {
+        store(grads.dpre + out, pos, dv * u[pos]);
+        store(grads.du + out, pos, dv * pre[pos]);
+      } else {
+        store(grads.du + out, pos, dv);
+      }
+    }
+  }
+  if (grads.dskip != nullptr) {
+    dskip = block.sum(dskip);
+    if (block.thread == 0) grads.dskip[int64_t(at.b) * p.heads + at.h] = dskip;
+  }
+}
+
+}  // namespace fftconv
+}  // namespace ssm_kernels

@@ -1,0 +1,102 @@
+"""Binding to csrc/fftconv: the CUDA FFT convolution, forward and backward, as torch custom ops with autograd.
+
+One thread block per (batch, head) row at a time transforms the row in shared memory: N = 2M >= 2L real points
+(a power of two, at least 2 * 2^MIN_LOG_POINTS) as one M-point complex FFT of radix-16 passes, fp32 throughout
+for every input dtype (fp32, fp16, bf16), gates and D applied while loading and storing; nothing but the inputs
+is read or written in global memory, and nothing is saved for the backward but the inputs. L <= MAX_LENGTH
+(M <= 16384: 128 KB of shared memory per buffer). Per call, torch computes the kernel's spectrum (rfft of the
+circular kernel, (H, M + 1) complex) and the twiddles exp(-2 pi i j / N) are cached per size and device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._autograd import define_custom_op
+from .._utils import new_output
+from ._common import absent, backward_fake, circular_kernel, forward_fake, gradients, save_for_backward
+
+MIN_LOG_POINTS = 5  # M >= 32 complex points: one warp's worth of work per pass
+MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints
+MAX_LENGTH = 1 << MAX_LOG_POINTS
+_TWIDDLES: Dict[Tuple[int, torch.device], Tensor] = {}
+
+
+def _kernels():
+    """The compiled ops (the dispatcher loads csrc/fftconv before the first call; tests substitute a CPU model
+    of the same row code)."""
+    return torch.ops.ssm_kernels_cuda
+
+
+def log_points(length: int) -> int:
+    """log2 M of the transform for sequences of `length`: N = 2M the power of two >= 2L."""
+    return max(MIN_LOG_POINTS, (2 * length - 1).bit_length() - 1)
+
+
+def twiddles(log_m: int, device: torch.device) -> Tensor:
+    """(N, 2) fp32: exp(-2 pi i j / N), from exact integer phases in fp64; cached."""
+    key = (log_m, device)
+    if key not in _TWIDDLES:
+        points = 2 << log_m
+        angle = torch.arange(points, dtype=torch.float64) * (-2 * math.pi / points)
+        _TWIDDLES[key] = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).to(device, torch.float32)
+    return _TWIDDLES[key]
+
+
+def kernel_spectrum(k: Tensor, bidirectional: bool, log_m: int) -> Tensor:
+    """(H, M + 1, 2) fp32: FFT_N of the circular kernel at frequencies 0..M, divided by 2N (the kernels' real-FFT
+    identities double the inputs' spectra, and the inverse transform is unnormalised)."""
+    points = 2 << log_m
+    spectrum = torch.fft.rfft(circular_kernel(k, bidirectional, points)) / (2 * points)
+    spectrum = torch.view_as_real(spectrum).contiguous()
+    spectrum[:, 0, 1] = 0.0  # a real kernel's spectrum is real at 0 and N / 2; the kernels rely on it exactly
+    spectrum[:, -1, 1] = 0.0
+    return spectrum
+
+
+def _one_dtype(u: Tensor, *gates: Optional[Tensor]) -> Tuple[torch.dtype, List[Optional[Tensor]]]:
+    """The kernels read u and the gates in one dtype: u's when the gates share it, else fp32 for all (exact)."""
+    if all(g is None or g.dtype == u.dtype for g in gates):
+        return u.dtype, [u, *gates]
+    return torch.float32, [t if t is None else t.float() for t in (u, *gates)]
+
+
+def _skip(D: Optional[Tensor]) -> Optional[Tensor]:
+    return None if D is None else D.float().contiguous()
+
+
+def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pregate: Optional[Tensor],
+             postgate: Optional[Tensor]) -> Tensor:
+    log_m = log_points(u.shape[-1])
+    dtype, (u_in, pre, post) = _one_dtype(u, pregate, postgate)
+    y = new_output(u.shape, dtype, u.device)
+    _kernels().fftconv_fwd(u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
+                           twiddles(log_m, u.device), log_m, y)
+    return y.to(u.dtype)
+
+
+def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool,
+              pregate: Optional[Tensor], postgate: Optional[Tensor]) -> List[Tensor]:
+    """[du, dk, dD, dpregate, dpostgate] in the inputs' shapes and dtypes (placeholders for absent inputs)."""
+    batch, heads, length = u.shape
+    log_m = log_points(length)
+    dtype, (u_in, pre, post) = _one_dtype(u, pregate, postgate)
+    du = new_output(u.shape, dtype, u.device)
+    dpre = new_output(u.shape, dtype, u.device) if pregate is not None else None
+    dpost = new_output(u.shape, dtype, u.device) if postgate is not None else None
+    dskip = new_output((batch, heads), torch.float32, u.device) if D is not None else None
+    dk = new_output((batch, 2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
+    _kernels().fftconv_bwd(grad.to(dtype), u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
+                           twiddles(log_m, u.device), log_m, bidirectional, du, dpre, dpost, dskip, dk)
+    return [du.to(u.dtype), dk.sum(0).reshape(k.shape).to(k.dtype),
+            dskip.sum(0).to(D.dtype) if D is not None else absent(u),
+            dpre.to(pregate.dtype) if pregate is not None else absent(u),
+            dpost.to(postgate.dtype) if postgate is not None else absent(u)]
+
+
+fftconv_cuda = define_custom_op("fftconv_cuda", _forward, forward_fake, _backward, backward_fake, save_for_backward,
+                                gradients)
+fftconv_cuda.__doc__ = "CUDA backend: (u, k, D, bidirectional, pregate, postgate) -> y (B, H, L)."
