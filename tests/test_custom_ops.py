@@ -62,6 +62,11 @@ def _complex(*shape, device):
     return _leaf(*shape, dtype=torch.complex64, device=device)
 
 
+def _fftconv(device):  # (u, k, D, bidirectional, pregate, postgate)
+    return (_leaf(2, 4, 24, device=device), _leaf(4, 24, device=device), _leaf(4, device=device), False,
+            _leaf(2, 4, 24, device=device), _leaf(2, 4, 24, device=device))
+
+
 # forward op name (then a case name) -> (op, backend, arguments on the backend's test device)
 CASES = {
     "linear_scan_torch": ("linear_scan", "torch", _linear_scan),
@@ -87,9 +92,8 @@ CASES = {
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
-    "fftconv_triton": ("fftconv", "triton", lambda device: (  # (u, k, D, bidirectional, pregate, postgate)
-        _leaf(2, 4, 24, device=device), _leaf(4, 24, device=device), _leaf(4, device=device), False,
-        _leaf(2, 4, 24, device=device), _leaf(2, 4, 24, device=device))),
+    "fftconv_triton": ("fftconv", "triton", _fftconv),
+    "fftconv_cuda": ("fftconv", "cuda", _fftconv),
 }
 
 

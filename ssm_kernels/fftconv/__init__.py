@@ -13,6 +13,9 @@ from ._common import math_dtype
 # The Triton kernel's FFT of 2L points keeps its tiles in registers and shared memory: bf16 inputs (bf16 dot
 # operands) up to 8192 points; fp32 / fp16 inputs (fp32 operands, tf32x3) up to 4096.
 MAX_TRITON_LENGTH = {torch.bfloat16: 4096, torch.float32: 2048, torch.float16: 2048}
+# The CUDA kernel's transform of 2L points lives in shared memory (csrc/fftconv; cuda.MAX_LENGTH, not imported
+# here: nothing heavy at import).
+MAX_CUDA_LENGTH = 16384
 
 
 def _triton_supports(device, dtype, features) -> Optional[str]:
@@ -25,8 +28,19 @@ def _triton_supports(device, dtype, features) -> Optional[str]:
     return _dispatch.kernel_dtype_supports(device, dtype, features)
 
 
+def _cuda_supports(device, dtype, features) -> Optional[str]:
+    if features.get("wide"):
+        return "the CUDA kernel computes in fp32; an fp64 input makes the convolution fp64 (the torch backend runs it)"
+    if features.get("length", 0) > MAX_CUDA_LENGTH:
+        return (f"the CUDA kernel takes L <= {MAX_CUDA_LENGTH} (one FFT of {2 * MAX_CUDA_LENGTH} points per "
+                "sequence in shared memory); longer sequences run on the torch backend")
+    return _dispatch.kernel_dtype_supports(device, dtype, features)
+
+
 _dispatch.register("fftconv", "torch", "ssm_kernels.fftconv.pytorch", "fftconv_torch")
 _dispatch.register("fftconv", "triton", "ssm_kernels.fftconv.triton", "fftconv_triton", supports=_triton_supports)
+_dispatch.register("fftconv", "cuda", "ssm_kernels.fftconv.cuda", "fftconv_cuda", supports=_cuda_supports,
+                   extension="fftconv")
 
 
 def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, bidirectional: bool = False,
@@ -45,9 +59,10 @@ def fftconv(u: torch.Tensor, k: torch.Tensor, D: Optional[torch.Tensor] = None, 
         D: (H,) skip connection, or None.
         bidirectional: add the anti-causal part k[1].
         pregate, postgate: (B, H, L) multiplicative gates, or None.
-        backend: None (automatic), "torch" (torch.fft, any device) or "triton" (CUDA tensors, or the CPU through
+        backend: None (automatic), "torch" (torch.fft, any device), "triton" (CUDA tensors, or the CPU through
             TRITON_INTERPRET=1; L <= 4096 for bf16 inputs, <= 2048 for fp32 / fp16; tensor-core DFTs fused with
-            the gates and D).
+            the gates and D) or "cuda" (csrc/fftconv; L <= 16384, any float dtype, fp32 shared-memory FFTs
+            fused with the gates and D).
     Math runs in fp32 (fp64 when any input is fp64); y and every gradient come back in the inputs' dtypes.
     Returns:
         y: (B, H, L) in u's dtype.

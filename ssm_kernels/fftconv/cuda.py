@@ -3,7 +3,7 @@
 One thread block per (batch, head) row at a time transforms the row in shared memory: N = 2M >= 2L real points
 (a power of two, at least 2 * 2^MIN_LOG_POINTS) as one M-point complex FFT of radix-16 passes, fp32 throughout
 for every input dtype (fp32, fp16, bf16), gates and D applied while loading and storing; nothing but the inputs
-is read or written in global memory, and nothing is saved for the backward but the inputs. L <= MAX_LENGTH
+is read or written in global memory, and nothing is saved for the backward but the inputs. L <= 2^MAX_LOG_POINTS
 (M <= 16384: 128 KB of shared memory per buffer). Per call, torch computes the kernel's spectrum (rfft of the
 circular kernel, (H, M + 1) complex) and the twiddles exp(-2 pi i j / N) are cached per size and device.
 """
@@ -20,8 +20,7 @@ from .._utils import new_output
 from ._common import absent, backward_fake, circular_kernel, forward_fake, gradients, save_for_backward
 
 MIN_LOG_POINTS = 5  # M >= 32 complex points: one warp's worth of work per pass
-MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints
-MAX_LENGTH = 1 << MAX_LOG_POINTS
+MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints: L <= 2^14 (fftconv.MAX_CUDA_LENGTH)
 _TWIDDLES: Dict[Tuple[int, torch.device], Tensor] = {}
 
 

@@ -133,7 +133,7 @@ def test_compile_fullgraph():
     (dict(postgate=torch.randn(1, 8, 16)), ValueError, r"postgate must have shape \(B, H, L\) = \(2, 8, 16\)"),
     (dict(u=torch.randn(2, 8, 16, dtype=torch.complex64)), TypeError, "u must have dtype"),
     (dict(k=[1.0]), TypeError, "k must be a torch.Tensor"),
-    (dict(backend="cuda"), RuntimeError, "no 'cuda' backend"),
+    (dict(backend="cpp"), RuntimeError, "no 'cpp' backend"),
 ])
 def test_validation(kwargs, error, match):
     args = dict(u=torch.randn(2, 8, 16), k=torch.randn(8, 16))

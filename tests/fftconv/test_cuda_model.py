@@ -1,0 +1,91 @@
+"""The CUDA fftconv's row code on the CPU (cuda_model.cpp: csrc/fftconv's headers compiled for the host, one
+thread per block) through ssm_kernels/fftconv/cuda.py, against the direct-sum reference: every output and
+gradient, dtypes, lengths around the transform sizes, bidirectional, gates of another dtype, strides. What the
+model cannot see (races, the launch) is for the native tests in test_fftconv.py."""
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssm_kernels import _build_lock, _cuda_ext
+from ssm_kernels.fftconv import MAX_CUDA_LENGTH
+from ssm_kernels.fftconv.reference import fftconv_ref
+from tests.fftconv.test_fftconv import make_inputs
+from tests.helpers import check_parity
+
+cuda_backend = importlib.import_module("ssm_kernels.fftconv.cuda")
+GRADS = ["u", "k", "D", "pregate", "postgate"]
+
+
+@pytest.fixture(scope="module")
+def model(monkeypatch_module):
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler to build the CPU model")
+    from torch.utils import cpp_extension
+    build_dir = _cuda_ext.cache_root() / f"fftconv-cpu-model-torch{torch.__version__}".replace("+", "_")
+    with _build_lock.exclusive_build(build_dir, _cuda_ext.BUILD_WAIT_S):
+        module = cpp_extension.load(
+            name="fftconv_cuda_model", sources=[str(Path(__file__).with_name("cuda_model.cpp"))],
+            build_directory=str(build_dir), extra_include_paths=[str(_cuda_ext.csrc_dir())],
+            extra_cflags=["-O2"])
+    monkeypatch_module.setattr(cuda_backend, "_kernels", lambda: module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def run(**inputs):
+    return cuda_backend.fftconv_cuda(inputs["u"], inputs["k"], inputs["D"], inputs["bidirectional"],
+                                     inputs["pregate"], inputs["postgate"])
+
+
+def reference(**inputs):
+    return fftconv_ref(**inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("length,taps", [(1, 1), (7, 5), (33, 33), (130, 64), (1025, 1025)])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_matches_reference(model, dtype, length, taps, bidirectional):
+    inputs = make_inputs(3, 2, length, taps, dtype, "cpu", bidirectional=bidirectional)
+    check_parity(run, reference, inputs, dtype, GRADS, bidirectional=bidirectional)
+
+
+@pytest.mark.parametrize("batch,length,taps,bidirectional", [
+    (1, 4095, 4095, False), (2, 4096, 300, True), (1, 8193, 8193, True), (1, MAX_CUDA_LENGTH, 1000, False)])
+def test_long(model, batch, length, taps, bidirectional):
+    """Up to the longest the kernel takes, through pass plans ending in radix 16, 2 and 4 (M = 4096, 8192,
+    16384) and odd lengths just past a transform size."""
+    inputs = make_inputs(batch, 1, length, taps, torch.float32, "cpu", bidirectional=bidirectional)
+    check_parity(run, reference, inputs, torch.float32, GRADS, bidirectional=bidirectional)
+
+
+@pytest.mark.parametrize("skip,gates", [(False, False), (True, False), (False, True)])
+def test_without_extras_and_strided(model, skip, gates):
+    inputs = make_inputs(2, 5, 100, 37, torch.float32, "cpu", skip=skip, gates=gates, transposed=True)
+    assert not inputs["u"].is_contiguous()
+    names = [n for n in GRADS if inputs[n] is not None]
+    check_parity(run, reference, inputs, torch.float32, names, bidirectional=False)
+
+
+def test_gates_of_another_dtype(model):
+    """bf16 u with fp32 gates and parameters: the kernels run fp32 copies; every gradient in its input's dtype."""
+    inputs = make_inputs(2, 3, 77, 77, torch.bfloat16, "cpu")
+    for name in ("k", "D", "pregate"):
+        inputs[name] = inputs[name].float()
+    check_parity(run, reference, inputs, torch.bfloat16, GRADS, bidirectional=False)
+
+
+def test_length_limit_matches_the_kernels():
+    header = (_cuda_ext.csrc_dir() / "fftconv" / "fft_block.cuh").read_text()
+    assert f"constexpr int kMaxLogPoints = {cuda_backend.MAX_LOG_POINTS};" in header
+    assert MAX_CUDA_LENGTH == 1 << cuda_backend.MAX_LOG_POINTS
+    assert cuda_backend.log_points(MAX_CUDA_LENGTH) == cuda_backend.MAX_LOG_POINTS
+    assert [cuda_backend.log_points(n) for n in (1, 32, 33, 4096, 4097)] == [5, 5, 6, 12, 13]
