@@ -110,24 +110,28 @@ SSM_HD constexpr int bit_reverse(int q) {
   return r;
 }
 
+// One radix-2 decimation-in-frequency stage over blocks of 2 HALF registers, then the next (template recursion
+// rather than loops with computed bounds: every index is a constant, so the arrays stay in registers).
+template <int HALF, bool INVERSE, int R>
+SSM_HD void dif_stages(cfloat (&x)[R]) {
+#pragma unroll
+  for (int start = 0; start < R; start += 2 * HALF) {
+#pragma unroll
+    for (int j = 0; j < HALF; ++j) {
+      const cfloat a = x[start + j], b = x[start + j + HALF];
+      x[start + j] = a + b;
+      x[start + j + HALF] = rotate16<INVERSE>(a - b, j * (8 / HALF));  // w_(2 HALF)^j
+    }
+  }
+  if constexpr (HALF > 1) dif_stages<HALF / 2, INVERSE, R>(x);
+}
+
 // x[q] <- sum_r x[r] exp(-+2 pi i r q / R) in registers, R = 2^LOG_R <= 16, natural order in and out
 // (radix-2 decimation in frequency, then the bit-reversal as a renaming of registers).
 template <int LOG_R, bool INVERSE>
 SSM_HD void small_dft(cfloat (&x)[1 << LOG_R]) {
   constexpr int R = 1 << LOG_R;
-#pragma unroll
-  for (int stage = 0; stage < LOG_R; ++stage) {
-    const int half = R >> (stage + 1);
-#pragma unroll
-    for (int start = 0; start < R; start += 2 * half) {
-#pragma unroll
-      for (int j = 0; j < half; ++j) {
-        const cfloat a = x[start + j], b = x[start + j + half];
-        x[start + j] = a + b;
-        x[start + j + half] = rotate16<INVERSE>(a - b, j * (8 / half));  // w_(2 half)^j
-      }
-    }
-  }
+  dif_stages<R / 2, INVERSE, R>(x);
   cfloat natural[R];
 #pragma unroll
   for (int q = 0; q < R; ++q) natural[q] = x[bit_reverse<LOG_R>(q)];
@@ -135,26 +139,42 @@ SSM_HD void small_dft(cfloat (&x)[1 << LOG_R]) {
   for (int q = 0; q < R; ++q) x[q] = natural[q];
 }
 
-// One pass over blocks of S = 2^log_block points of buf. twiddles: (N = 2M,) exp(-2 pi i j / N), so w_S^e is
-// entry e N / S.
+SSM_HD constexpr int highest_power_of_two(int q) {
+  int high = 1;
+  while (2 * high <= q) high *= 2;
+  return high;
+}
+
+// w[q] = w[1]^q for Q <= q < R, each a product of at most four rounded factors (powers of two first, then sums
+// of them), from a base the table holds exactly: one load per (block, offset) instead of R - 1.
+template <int Q, int R>
+SSM_HD void twiddle_powers(cfloat (&w)[R]) {
+  if constexpr (Q < R) {
+    constexpr int high = highest_power_of_two(Q);
+    w[Q] = Q == high ? w[Q / 2] * w[Q / 2] : w[high] * w[Q - high];
+    twiddle_powers<Q + 1, R>(w);
+  }
+}
+
+// One pass over blocks of S = 2^log_block points of buf. bases: this pass's twiddle bases exp(-2 pi i o / S)
+// for the offsets o < S / R (contiguous: a warp's threads load neighbouring entries).
 template <int LOG_R, bool INVERSE, class Block>
-SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfloat* twiddles, const Block& block) {
+SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfloat* bases, const Block& block) {
   constexpr int R = 1 << LOG_R;
   const int log_stride = log_block - LOG_R;
   const int groups = 1 << (t.log_points - LOG_R);
-  const int twiddle_shift = t.log_points + 1 - log_block;
   for (int g = block.thread; g < groups; g += block.threads) {
     const int offset = g & ((1 << log_stride) - 1);
     const int base = ((g >> log_stride) << log_block) + offset;
-    cfloat x[R];
+    cfloat x[R], w[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) x[r] = buf[padded(base + (r << log_stride))];
+    w[0] = {1.0f, 0.0f};
+    w[1] = table_entry(bases, offset);
+    twiddle_powers<2, R>(w);
     if (!INVERSE) small_dft<LOG_R, false>(x);
 #pragma unroll
-    for (int q = 1; q < R; ++q) {
-      const cfloat w = table_entry(twiddles, (q * offset) << twiddle_shift);
-      x[q] = INVERSE ? mul_conj(x[q], w) : x[q] * w;
-    }
+    for (int q = 1; q < R; ++q) x[q] = INVERSE ? mul_conj(x[q], w[q]) : x[q] * w[q];
     if (INVERSE) small_dft<LOG_R, true>(x);
 #pragma unroll
     for (int r = 0; r < R; ++r) buf[padded(base + (r << log_stride))] = x[r];
@@ -162,24 +182,37 @@ SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfl
 }
 
 template <bool INVERSE, class Block>
-SSM_HD void run_pass(int radix_log, cfloat* buf, int log_block, const Transform& t, const cfloat* twiddles,
+SSM_HD void run_pass(int radix_log, cfloat* buf, int log_block, const Transform& t, const cfloat* bases,
                      const Block& block) {
   switch (radix_log) {
-    case 4: radix_pass<4, INVERSE>(buf, log_block, t, twiddles, block); break;
-    case 3: radix_pass<3, INVERSE>(buf, log_block, t, twiddles, block); break;
-    case 2: radix_pass<2, INVERSE>(buf, log_block, t, twiddles, block); break;
-    default: radix_pass<1, INVERSE>(buf, log_block, t, twiddles, block); break;
+    case 4: radix_pass<4, INVERSE>(buf, log_block, t, bases, block); break;
+    case 3: radix_pass<3, INVERSE>(buf, log_block, t, bases, block); break;
+    case 2: radix_pass<2, INVERSE>(buf, log_block, t, bases, block); break;
+    default: radix_pass<1, INVERSE>(buf, log_block, t, bases, block); break;
   }
+}
+
+// The twiddle table (N = 2M): W^k = exp(-2 pi i k / N) for k in [0, M/2] (the real-FFT identities), then each
+// pass's bases exp(-2 pi i o / S_j), o < S_j / R_j, in pass order (ssm_kernels/fftconv/cuda.py builds it).
+SSM_HD int twiddle_table_size(const Transform& t) {
+  int size = (1 << (t.log_points - 1)) + 1, log_block = t.log_points;
+  for (int j = 0; j < t.passes; ++j) {
+    size += 1 << (log_block - t.radix_log(j));
+    log_block -= t.radix_log(j);
+  }
+  return size;
 }
 
 // Forward transforms of a (and of b unless null) in place, spectrum in slot order; synchronises after each pass.
 template <class Block>
 SSM_HD void forward_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
   int log_block = t.log_points;
+  const cfloat* bases = twiddles + (1 << (t.log_points - 1)) + 1;
   for (int j = 0; j < t.passes; ++j) {
-    run_pass<false>(t.radix_log(j), a, log_block, t, twiddles, block);
-    if (b != nullptr) run_pass<false>(t.radix_log(j), b, log_block, t, twiddles, block);
+    run_pass<false>(t.radix_log(j), a, log_block, t, bases, block);
+    if (b != nullptr) run_pass<false>(t.radix_log(j), b, log_block, t, bases, block);
     block.sync();
+    bases += 1 << (log_block - t.radix_log(j));
     log_block -= t.radix_log(j);
   }
 }
@@ -187,10 +220,12 @@ SSM_HD void forward_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* 
 // Unnormalised inverse transforms (exp(+2 pi i k n / M) summed) of slot-ordered spectra, back to natural order.
 template <class Block>
 SSM_HD void inverse_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+  const cfloat* bases = twiddles + twiddle_table_size(t);
   int log_block = t.radix_log(t.passes - 1);
   for (int j = t.passes - 1; j >= 0; --j) {
-    run_pass<true>(t.radix_log(j), a, log_block, t, twiddles, block);
-    if (b != nullptr) run_pass<true>(t.radix_log(j), b, log_block, t, twiddles, block);
+    bases -= 1 << (log_block - t.radix_log(j));
+    run_pass<true>(t.radix_log(j), a, log_block, t, bases, block);
+    if (b != nullptr) run_pass<true>(t.radix_log(j), b, log_block, t, bases, block);
     block.sync();
     if (j > 0) log_block += t.radix_log(j - 1);
   }

@@ -6,8 +6,8 @@
 namespace ssm_kernels {
 
 // y = (conv(u * pre, k) + D u * pre) * post for (B, H, L) u, pregate, postgate of one dtype (any strides; y
-// contiguous). spectrum: (H, M + 1, 2) fp32, FFT_N of the circular kernel divided by 2N; twiddles: (N, 2) fp32,
-// exp(-2 pi i j / N); N = 2M = 2^(log_points + 1) >= 2L.
+// contiguous). spectrum: (H, M + 1, 2) fp32, FFT_N of the circular kernel divided by 2N; twiddles: fp32 pairs laid
+// out as fft_block.cuh's twiddle_table_size says; N = 2M = 2^(log_points + 1) >= 2L.
 void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, at::Tensor& y);

@@ -25,7 +25,8 @@ Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pr
                         const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points) {
   TORCH_CHECK(log_points >= 1 && log_points <= kMaxLogPoints, "fftconv: log_points out of range");
   const int64_t points = int64_t(1) << log_points;
-  TORCH_CHECK(u.dim() == 3 && spectrum.size(-2) == points + 1 && twiddles.size(0) == 2 * points,
+  const Transform transform = make_transform(int(log_points));
+  TORCH_CHECK(u.dim() == 3 && spectrum.size(-2) == points + 1 && twiddles.size(0) == twiddle_table_size(transform),
               "fftconv: tables of the wrong size");
   TORCH_CHECK(spectrum.is_contiguous() && twiddles.is_contiguous() && spectrum.scalar_type() == at::kFloat &&
               twiddles.scalar_type() == at::kFloat, "fftconv: tables must be contiguous fp32");
@@ -33,7 +34,7 @@ Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pr
   return {strided<T>(u), strided<T>(pregate), strided<T>(postgate), optional_ptr<float>(skip),
           reinterpret_cast<const cfloat*>(spectrum.data_ptr<float>()),
           reinterpret_cast<const cfloat*>(twiddles.data_ptr<float>()),
-          int(u.size(0)), int(u.size(1)), int(u.size(2)), make_transform(int(log_points))};
+          int(u.size(0)), int(u.size(1)), int(u.size(2)), transform};
 }
 
 template <typename T>

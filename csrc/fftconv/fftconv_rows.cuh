@@ -45,7 +45,7 @@ struct Problem {
   Strided<T> u, pre, post;
   const float* skip;        // (H,) or nullptr
   const cfloat* spectrum;   // (H, M + 1): FFT_N of the circular kernel, frequencies 0..M, divided by 2N
-  const cfloat* twiddles;   // (N,): exp(-2 pi i j / N)
+  const cfloat* twiddles;   // twiddle_table_size entries (fft_block.cuh)
   int batch, heads, length;
   Transform transform;
 };

@@ -5,7 +5,7 @@ One thread block per (batch, head) row at a time transforms the row in shared me
 for every input dtype (fp32, fp16, bf16), gates and D applied while loading and storing; nothing but the inputs
 is read or written in global memory, and nothing is saved for the backward but the inputs. L <= 2^MAX_LOG_POINTS
 (M <= 16384: 128 KB of shared memory per buffer). Per call, torch computes the kernel's spectrum (rfft of the
-circular kernel, (H, M + 1) complex) and the twiddles exp(-2 pi i j / N) are cached per size and device.
+circular kernel, (H, M + 1) complex); the twiddle table is cached per size and device.
 """
 from __future__ import annotations
 
@@ -35,13 +35,29 @@ def log_points(length: int) -> int:
     return max(MIN_LOG_POINTS, (2 * length - 1).bit_length() - 1)
 
 
+def pass_radix_logs(log_m: int) -> List[int]:
+    """log2 of each pass's radix, as csrc/fftconv/fft_block.cuh's make_transform plans them: 16 first, the rest
+    last."""
+    return [4] * (log_m // 4) + ([log_m % 4] if log_m % 4 else [])
+
+
+def _unit_roots(exponents: Tensor, period: int) -> Tensor:
+    angle = exponents.to(torch.float64) * (-2 * math.pi / period)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
+
+
 def twiddles(log_m: int, device: torch.device) -> Tensor:
-    """(N, 2) fp32: exp(-2 pi i j / N), from exact integer phases in fp64; cached."""
+    """(entries, 2) fp32, the kernels' twiddle table: W^k = exp(-2 pi i k / N) for k in [0, M/2], then per pass
+    of block S and radix R the bases exp(-2 pi i o / S) for o < S / R (their powers are made in registers);
+    from exact integer phases in fp64; cached per size and device."""
     key = (log_m, device)
     if key not in _TWIDDLES:
-        points = 2 << log_m
-        angle = torch.arange(points, dtype=torch.float64) * (-2 * math.pi / points)
-        _TWIDDLES[key] = torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).to(device, torch.float32)
+        parts = [_unit_roots(torch.arange((1 << (log_m - 1)) + 1), 2 << log_m)]
+        log_block = log_m
+        for radix_log in pass_radix_logs(log_m):
+            parts.append(_unit_roots(torch.arange(1 << (log_block - radix_log)), 1 << log_block))
+            log_block -= radix_log
+        _TWIDDLES[key] = torch.cat(parts).to(device, torch.float32).contiguous()
     return _TWIDDLES[key]
 
 

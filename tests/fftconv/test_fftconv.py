@@ -55,6 +55,22 @@ def test_long_odd_lengths(backend, batch, length, taps, bidirectional, dtype):
                  bidirectional=bidirectional)
 
 
+@pytest.mark.parametrize("length,taps,bidirectional,dtype", [
+    (8193, 8193, True, torch.bfloat16), (16384, 5000, False, torch.float32), (12000, 12000, True, torch.float16)])
+def test_cuda_longest(length, taps, bidirectional, dtype):
+    """The CUDA kernel's longest sequences (from L 8193 the backward keeps its second buffer in a global scratch
+    slot), against the torch backend in fp64 (itself checked against the direct sum above; the direct sum at
+    these lengths takes minutes)."""
+    inputs = make_inputs(1, 3, length, taps, dtype, backend_device("cuda"), bidirectional=bidirectional)
+
+    def torch_fp64(**kw):
+        kw = {name: t.double() if isinstance(t, torch.Tensor) else t for name, t in kw.items()}
+        return fftconv(**kw, backend="torch")
+
+    check_parity(run("cuda"), torch_fp64, inputs, dtype, ["u", "k", "D", "pregate", "postgate"],
+                 bidirectional=bidirectional)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_triton_length_limit(dtype):
     """The automatic choice runs longer sequences on torch; asking Triton for one says why it cannot."""
