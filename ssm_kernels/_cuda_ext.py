@@ -34,7 +34,7 @@ NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo",
 CXX_FLAGS = ["-O3"]
 BUILD_WAIT_S = 1800.0  # longest wait for another process's nvcc build of the same extension
 # Typical first-build times (s), measured on a 16-core H200 machine; the announcement quotes them.
-TYPICAL_BUILD_S = {"causal_conv1d": 35, "selective_scan": 45, "linear_scan": 40, "cpu": 15}
+TYPICAL_BUILD_S = {"causal_conv1d": 35, "selective_scan": 45, "linear_scan": 40, "fftconv": 40, "cpu": 15}
 _log = logging.getLogger("ssm_kernels")
 
 

@@ -1,13 +1,13 @@
 """fftconv: the H3/Hyena long convolution with skip and both gates, causal and bidirectional. On the GPU the
 cases of FlashFFTConv's comparisons (B 8, H 768, bf16 and fp32, L 4096 and 16384); the torch backend is plain
 torch.fft (rfft / irfft in fp32, autograd through them), the yardstick the Triton backend is measured against.
-Backends that do not take a case (the Triton kernel's L limits) are left out of it."""
+Backends that do not take a case (the Triton and CUDA kernels' L limits) are left out of it."""
 from __future__ import annotations
 
 import torch
 
 from ssm_kernels import _dispatch
-from ssm_kernels.fftconv import MAX_TRITON_LENGTH, fftconv
+from ssm_kernels.fftconv import MAX_CUDA_LENGTH, MAX_TRITON_LENGTH, fftconv
 from ssm_kernels.fftconv.reference import fftconv_ref
 
 from ..core import Case, Variant
@@ -24,8 +24,8 @@ def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch
         leaves = (u, k, D, pre, post)
         variants = {}
         for backend in _dispatch.implemented_backends("fftconv"):
-            too_long = backend == "triton" and length > MAX_TRITON_LENGTH[dtype]
-            if _dispatch.backend_problem(backend, device) is None and not too_long:
+            longest = {"triton": MAX_TRITON_LENGTH[dtype], "cuda": MAX_CUDA_LENGTH}.get(backend, length)
+            if _dispatch.backend_problem(backend, device, "fftconv") is None and length <= longest:
                 variants[backend] = Variant(lambda backend=backend: fftconv(u, k, D, bidirectional, pre, post,
                                                                             backend=backend), leaves)
         if reference:
@@ -45,7 +45,10 @@ def cases(quick: bool):
         return [_case(2, 64, 1024, False, torch.float32, True), _case(2, 64, 1024, True, torch.float32, False)]
     cpu, gpu = ("cpu",), ("cuda",)
     return [_case(4, 256, 4096, False, torch.float32, True, cpu), _case(4, 256, 4096, True, torch.float32, False, cpu),
-            _case(8, 768, 4096, False, torch.bfloat16, False, gpu), _case(8, 768, 2048, False, torch.float32, False, gpu),
+            _case(8, 768, 4096, False, torch.bfloat16, False, gpu),
+            _case(8, 768, 2048, False, torch.float32, False, gpu),
             _case(8, 768, 2048, False, torch.float16, False, gpu),
-            _case(8, 768, 4096, True, torch.bfloat16, False, gpu), _case(8, 768, 1024, False, torch.bfloat16, False, gpu),
-            _case(8, 768, 16384, False, torch.bfloat16, False, gpu)]
+            _case(8, 768, 4096, True, torch.bfloat16, False, gpu),
+            _case(8, 768, 1024, False, torch.bfloat16, False, gpu),
+            _case(8, 768, 16384, False, torch.bfloat16, False, gpu),
+            _case(8, 768, 4096, False, torch.float32, False, gpu)]
