@@ -1,4 +1,4 @@
-"""python -m benchmarks tune OP [--quick] [--case TEXT]: sweeps of a Triton backend's launch settings.
+"""python -m benchmarks tune OP [--quick] [--case TEXT] [--backend NAME]: sweeps of a backend's launch settings.
 
 An op's tuner (benchmarks/tune/<op>.py) names the backend module, the benchmark cases to time (from
 benchmarks/cases/<op>.py) and the settings to try: module attributes the backend reads at each call (block
@@ -20,6 +20,7 @@ import torch
 from ..core import forward_backward, time_ms
 
 _defaults_only = False  # --defaults: time each case at the module's current settings only
+_backend_only = None  # --backend: sweep only this backend's settings (a tuner may sweep several)
 
 
 @contextlib.contextmanager
@@ -101,16 +102,22 @@ def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], qui
     return results
 
 
-def triton_variants(cases_module, device: torch.device, only) -> Iterator[tuple]:
-    """(case, its "triton" Variant) for the cases of benchmarks/cases/<op>.py worth running on `device` (GPU
+def backend_variants(cases_module, device: torch.device, only, backend: str) -> Iterator[tuple]:
+    """(case, its `backend` Variant) for the cases of benchmarks/cases/<op>.py worth running on `device` (GPU
     sizes on a GPU, the quick ones elsewhere) whose name contains one of `only` (all when None) and that the
-    Triton backend takes."""
+    backend takes; nothing when --backend names another backend."""
+    if _backend_only is not None and backend != _backend_only:
+        return
     for case in cases_module.cases(quick=device.type != "cuda"):
         if device.type not in case.device_types or (only and not any(text in case.name for text in only)):
             continue
-        variant = case.make(device, False).get("triton")
+        variant = case.make(device, False).get(backend)
         if variant is not None:
             yield case, variant
+
+
+def triton_variants(cases_module, device: torch.device, only) -> Iterator[tuple]:
+    return backend_variants(cases_module, device, only, "triton")
 
 
 def available_tuners() -> List[str]:
@@ -125,10 +132,11 @@ def main(argv=None) -> int:
     parser.add_argument("--case", action="append", help="only cases whose name contains this (repeatable)")
     parser.add_argument("--defaults", action="store_true",
                         help="time the module's current settings only (with their kernels' registers and spills)")
+    parser.add_argument("--backend", choices=["triton", "cuda"], help="only this backend's settings")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    global _defaults_only
-    _defaults_only = args.defaults
+    global _defaults_only, _backend_only
+    _defaults_only, _backend_only = args.defaults, args.backend
     tuner = importlib.import_module(f"{__name__}.{args.op}")
     device = torch.device(args.device)
     import triton

@@ -1,14 +1,16 @@
 """Spectrum rows per step (CHUNK) and warps of the Triton fftconv's forward and backward kernels
-(ssm_kernels/fftconv/triton.py), on the GPU cases of `python -m benchmarks --op fftconv` that the Triton
-backend takes (B8 H768: bf16 L4096 / L1024, fp32 / fp16 L2048)."""
+(ssm_kernels/fftconv/triton.py), and threads per block of the CUDA ones (ssm_kernels/fftconv/cuda.py), on the GPU
+cases of `python -m benchmarks --op fftconv` that each backend takes (B8 H768: bf16 L4096 / L1024, fp32 / fp16
+L2048; the CUDA backend also L16384 and fp32 L4096)."""
 from __future__ import annotations
 
 import importlib
 
 from ..cases import fftconv as fftconv_cases
-from . import sweep, triton_variants
+from . import backend_variants, sweep, triton_variants
 
 backend = importlib.import_module("ssm_kernels.fftconv.triton")
+cuda_backend = importlib.import_module("ssm_kernels.fftconv.cuda")
 
 
 def _warps(kernel: str, warps: int) -> dict:
@@ -31,3 +33,6 @@ def run(device, quick: bool, only):
         sweep(backend, variant, device, forward, quick, modes=("fwd",))
         print(f"{case.name}: forward+backward (the forward with the same CHUNK, its warps at the default)", flush=True)
         sweep(backend, variant, device, backward, quick, modes=("fwd+bwd",))
+    for case, variant in backend_variants(fftconv_cases, device, only, "cuda"):
+        print(f"{case.name}: CUDA threads per block", flush=True)
+        sweep(cuda_backend, variant, device, [{"BLOCK_THREADS": t} for t in (64, 128, 256, 512)], quick)

@@ -65,10 +65,9 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, 
   for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) backward_row(p, grads, row, a, b, block);
 }
 
-// Threads per block: one radix-16 group per thread and pass, 32 to kMaxThreads.
-int threads_for(int64_t log_points) {
-  const int groups = 1 << (log_points > 4 ? log_points - 4 : 0);
-  return groups < 32 ? 32 : (groups > kMaxThreads ? kMaxThreads : groups);
+void check_threads(int64_t threads) {
+  TORCH_CHECK(threads >= 32 && threads <= kMaxThreads && (threads & (threads - 1)) == 0,
+              "fftconv: threads must be a power of two from 32 to ", kMaxThreads, ", got ", threads);
 }
 
 int device_attribute(cudaDeviceAttr attribute) {
@@ -96,32 +95,33 @@ using namespace fftconv;
 
 void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, at::Tensor& y) {
+                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
+                      at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t rows = u.size(0) * u.size(1);
   if (rows == 0 || u.size(2) == 0) return;
   TORCH_CHECK(y.is_contiguous(), "fftconv: y must be contiguous");
-  const int threads = threads_for(log_points);
+  check_threads(threads);
   const size_t smem = padded_size(1 << log_points) * sizeof(cfloat);
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const auto kernel = fftconv_fwd_kernel<scalar_t>;
-    const int grid = persistent_grid(kernel, threads, smem, rows);
-    kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>());
+    const int grid = persistent_grid(kernel, int(threads), smem, rows);
+    kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points,
+                      const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                       bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
                       const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
                       at::Tensor& dk) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t rows = u.size(0) * u.size(1);
   if (rows == 0 || u.size(2) == 0) return;
-  const int threads = threads_for(log_points);
+  check_threads(threads);
   const size_t buffer = padded_size(1 << log_points) * sizeof(cfloat), sum_scratch = 32 * sizeof(float);
   const bool both_shared = 2 * buffer + sum_scratch <= size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
   const size_t smem = (both_shared ? 2 : 1) * buffer + sum_scratch;
@@ -129,10 +129,10 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::opti
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads = make_gradients<scalar_t>(dy, bidirectional, du, dpregate, dpostgate, dskip, dk);
     const auto kernel = fftconv_bwd_kernel<scalar_t>;
-    const int grid = persistent_grid(kernel, threads, smem, rows);
+    const int grid = persistent_grid(kernel, int(threads), smem, rows);
     at::Tensor scratch;
     if (!both_shared) scratch = at::empty({int64_t(grid) * int64_t(buffer / sizeof(float))}, u.options().dtype(at::kFloat));
-    kernel<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(
+    kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(
         p, grads, both_shared ? nullptr : reinterpret_cast<cfloat*>(scratch.data_ptr<float>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -6,9 +6,9 @@
 
 TORCH_LIBRARY_FRAGMENT(ssm_kernels_cuda, m) {
   m.def("fftconv_fwd(Tensor u, Tensor? pregate, Tensor? postgate, Tensor? skip, Tensor spectrum, Tensor twiddles, "
-        "int log_points, Tensor(a!) y) -> ()");
+        "int log_points, int threads, Tensor(a!) y) -> ()");
   m.def("fftconv_bwd(Tensor dy, Tensor u, Tensor? pregate, Tensor? postgate, Tensor? skip, Tensor spectrum, "
-        "Tensor twiddles, int log_points, bool bidirectional, Tensor(a!) du, Tensor(b!)? dpregate, "
+        "Tensor twiddles, int log_points, int threads, bool bidirectional, Tensor(a!) du, Tensor(b!)? dpregate, "
         "Tensor(c!)? dpostgate, Tensor(d!)? dskip, Tensor(e!) dk) -> ()");
 }
 

@@ -21,6 +21,9 @@ from ._common import absent, backward_fake, circular_kernel, forward_fake, gradi
 
 MIN_LOG_POINTS = 5  # M >= 32 complex points: one warp's worth of work per pass
 MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints: L <= 2^14 (fftconv.MAX_CUDA_LENGTH)
+# Threads per block (read at each call, so a tuning run may set it): None gives one radix-16 group per thread
+# and pass, M / 16 threads, within 32..512.
+BLOCK_THREADS: Optional[int] = None
 _TWIDDLES: Dict[Tuple[int, torch.device], Tensor] = {}
 
 
@@ -33,6 +36,12 @@ def _kernels():
 def log_points(length: int) -> int:
     """log2 M of the transform for sequences of `length`: N = 2M the power of two >= 2L."""
     return max(MIN_LOG_POINTS, (2 * length - 1).bit_length() - 1)
+
+
+def block_threads(log_m: int) -> int:
+    if BLOCK_THREADS is not None:
+        return BLOCK_THREADS
+    return min(512, max(32, 1 << max(0, log_m - 4)))
 
 
 def pass_radix_logs(log_m: int) -> List[int]:
@@ -89,7 +98,7 @@ def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pre
     dtype, (u_in, pre, post) = _one_dtype(u, pregate, postgate)
     y = new_output(u.shape, dtype, u.device)
     _kernels().fftconv_fwd(u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
-                           twiddles(log_m, u.device), log_m, y)
+                           twiddles(log_m, u.device), log_m, block_threads(log_m), y)
     return y.to(u.dtype)
 
 
@@ -105,7 +114,8 @@ def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirecti
     dskip = new_output((batch, heads), torch.float32, u.device) if D is not None else None
     dk = new_output((batch, 2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
     _kernels().fftconv_bwd(grad.to(dtype), u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
-                           twiddles(log_m, u.device), log_m, bidirectional, du, dpre, dpost, dskip, dk)
+                           twiddles(log_m, u.device), log_m, block_threads(log_m), bidirectional, du, dpre, dpost,
+                           dskip, dk)
     return [du.to(u.dtype), dk.sum(0).reshape(k.shape).to(k.dtype),
             dskip.sum(0).to(D.dtype) if D is not None else absent(u),
             dpre.to(pregate.dtype) if pregate is not None else absent(u),

@@ -22,7 +22,8 @@ struct SerialBlock {
 
 void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, at::Tensor& y) {
+                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t /*threads*/,
+                 at::Tensor& y) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd_model", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     std::vector<cfloat> buf(padded_size(1 << log_points));
@@ -34,7 +35,8 @@ void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
 
 void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, bool bidirectional,
+                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t /*threads*/,
+                 bool bidirectional,
                  at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
                  const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
                  at::Tensor& dk) {

@@ -71,6 +71,30 @@ def test_cuda_longest(length, taps, bidirectional, dtype):
                  bidirectional=bidirectional)
 
 
+@pytest.mark.parametrize("length", [100, 4096, 9000])
+def test_cuda_threads_agree(monkeypatch, length):
+    """Every thread count computes each value with the same operations: outputs and gradients are bitwise
+    equal across block sizes and repeated calls (dD up to its block sum's order). A missing barrier (a race
+    between threads of a block) shows here, which the CPU model of the row code cannot see."""
+    import importlib
+    cuda_backend = importlib.import_module("ssm_kernels.fftconv.cuda")
+    inputs = make_inputs(3, 4, length, length // 2, torch.bfloat16, backend_device("cuda"), bidirectional=True)
+    names = ["u", "k", "D", "pregate", "postgate"]
+    grad = torch.randn_like(inputs["u"])
+    results = []
+    for threads in (32, 128, 512, 512):
+        monkeypatch.setattr(cuda_backend, "BLOCK_THREADS", threads)
+        leaves = {n: inputs[n].detach().requires_grad_() for n in names}
+        y = fftconv(**leaves, bidirectional=True, backend="cuda")
+        results.append([y, *torch.autograd.grad(y, [leaves[n] for n in names], grad)])
+    for other in results[1:]:
+        for name, a, b in zip(["y"] + names, results[0], other):
+            if name == "D":
+                assert_close(b, a, torch.float32)
+            else:
+                assert torch.equal(a, b), f"{name} differs between block sizes"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_triton_length_limit(dtype):
     """The automatic choice runs longer sequences on torch; asking Triton for one says why it cannot."""
