@@ -163,12 +163,17 @@ SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfl
   constexpr int R = 1 << LOG_R;
   const int log_stride = log_block - LOG_R;
   const int groups = 1 << (t.log_points - LOG_R);
+  // A slot is (block << log_block) | (r << log_stride) | offset, fields of disjoint bits, so padded() of it is
+  // the sum of padded() of the fields: the r part once per pass.
+  int step[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) step[r] = padded(r << log_stride);
   for (int g = block.thread; g < groups; g += block.threads) {
     const int offset = g & ((1 << log_stride) - 1);
-    const int base = ((g >> log_stride) << log_block) + offset;
+    const int base = padded(((g >> log_stride) << log_block) + offset);
     cfloat x[R], w[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) x[r] = buf[padded(base + (r << log_stride))];
+    for (int r = 0; r < R; ++r) x[r] = buf[base + step[r]];
     w[0] = {1.0f, 0.0f};
     w[1] = table_entry(bases, offset);
     twiddle_powers<2, R>(w);
@@ -177,7 +182,7 @@ SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfl
     for (int q = 1; q < R; ++q) x[q] = INVERSE ? mul_conj(x[q], w[q]) : x[q] * w[q];
     if (INVERSE) small_dft<LOG_R, true>(x);
 #pragma unroll
-    for (int r = 0; r < R; ++r) buf[padded(base + (r << log_stride))] = x[r];
+    for (int r = 0; r < R; ++r) buf[base + step[r]] = x[r];
   }
 }
 
