@@ -1,8 +1,8 @@
 // FFT convolution, forward and backward, one thread block per (batch, head) row at a time: the row's N-point
 // real transform as an M = N / 2 point complex one in shared memory (fft_block.cuh), gates and skip fused into
 // its loads and stores (fftconv_rows.cuh). Grids are persistent (as many blocks as fit on the GPU at once, each
-// walking rows), so the backward's second buffer can live in a global scratch slot per block when two buffers
-// outgrow shared memory (M = 16384, L > 8192).
+// walking rows or units), so a buffer of the backward can live in a global scratch slot per block when its three
+// (a, b and the kernel gradient's spectrum, summed over a unit's rows) outgrow shared memory.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -54,15 +54,22 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_fwd_kernel(Problem<T> p, 
   for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) forward_row(p, y, row, buf, block);
 }
 
-// scratch: nullptr when both buffers fit in shared memory, else gridDim.x slots of padded_size(M) values.
+// The backward's buffers a, b, acc: the first `in_shared` in shared memory, the others in this block's slot of
+// scratch (3 - in_shared buffers of padded_size(M) values per block).
 template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, cfloat* scratch) {
+__global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units,
+                                                                  int in_shared, cfloat* scratch) {
   extern __shared__ float4 shared[];
   const int size = padded_size(1 << p.transform.log_points);
-  cfloat* a = reinterpret_cast<cfloat*>(shared);
-  cfloat* b = scratch != nullptr ? scratch + int64_t(blockIdx.x) * size : a + size;
-  const CudaBlock block = this_block(reinterpret_cast<float*>(scratch != nullptr ? a + size : b + size));
-  for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) backward_row(p, grads, row, a, b, block);
+  cfloat* buffers[3];
+  for (int i = 0; i < 3; ++i) {
+    buffers[i] = i < in_shared ? reinterpret_cast<cfloat*>(shared) + i * size
+                               : scratch + (int64_t(blockIdx.x) * (3 - in_shared) + (i - in_shared)) * size;
+  }
+  const CudaBlock block = this_block(reinterpret_cast<float*>(reinterpret_cast<cfloat*>(shared) + in_shared * size));
+  for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    backward_unit(p, grads, unit, buffers[0], buffers[1], buffers[2], block);
+  }
 }
 
 void check_threads(int64_t threads) {
@@ -77,7 +84,7 @@ int device_attribute(cudaDeviceAttr attribute) {
   return value;
 }
 
-// A persistent grid: as many blocks as are resident at once, at most one per row.
+// A persistent grid: as many blocks as are resident at once, at most one per row (or unit).
 template <typename Kernel>
 int persistent_grid(Kernel kernel, int threads, size_t smem, int64_t rows) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -119,22 +126,36 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::opti
                       const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
                       at::Tensor& dk) {
   const c10::cuda::CUDAGuard guard(u.device());
-  const int64_t rows = u.size(0) * u.size(1);
-  if (rows == 0 || u.size(2) == 0) return;
+  const int64_t batch = u.size(0), heads = u.size(1);
+  if (batch * heads == 0 || u.size(2) == 0) {
+    dk.zero_();
+    return;
+  }
   check_threads(threads);
   const size_t buffer = padded_size(1 << log_points) * sizeof(cfloat), sum_scratch = 32 * sizeof(float);
-  const bool both_shared = 2 * buffer + sum_scratch <= size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-  const size_t smem = (both_shared ? 2 : 1) * buffer + sum_scratch;
+  const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+  int in_shared = 3;
+  while (in_shared > 1 && in_shared * buffer + sum_scratch > limit) --in_shared;
+  const size_t smem = in_shared * buffer + sum_scratch;
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd", [&] {
-    const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
-    const Gradients<scalar_t> grads = make_gradients<scalar_t>(dy, bidirectional, du, dpregate, dpostgate, dskip, dk);
     const auto kernel = fftconv_bwd_kernel<scalar_t>;
-    const int grid = persistent_grid(kernel, int(threads), smem, rows);
+    const int resident = persistent_grid(kernel, int(threads), smem, int64_t(1) << 30);
+    const int per_group = rows_per_group(batch, heads, resident);
+    const int64_t units = heads * batch_groups(int(batch), per_group);
+    at::Tensor partial = at::empty({units / heads, dk.size(0), heads, dk.size(-1)}, dk.options());
+    const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
+    const Gradients<scalar_t> grads =
+        make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
+    const int grid = int(std::min<int64_t>(units, resident));
     at::Tensor scratch;
-    if (!both_shared) scratch = at::empty({int64_t(grid) * int64_t(buffer / sizeof(float))}, u.options().dtype(at::kFloat));
+    if (in_shared < 3) {
+      scratch = at::empty({int64_t(grid) * (3 - in_shared) * int64_t(buffer / sizeof(float))},
+                          u.options().dtype(at::kFloat));
+    }
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(
-        p, grads, both_shared ? nullptr : reinterpret_cast<cfloat*>(scratch.data_ptr<float>()));
+        p, grads, int(units), in_shared, in_shared < 3 ? reinterpret_cast<cfloat*>(scratch.data_ptr<float>()) : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dk.copy_(partial.sum(0));
   });
 }
 

@@ -14,8 +14,8 @@ void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& preg
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                       at::Tensor& y);
 
-// The backward: du, dpregate, dpostgate (contiguous, u's dtype) and per-row fp32 partials dskip (B, H) and
-// dk (B, 1 or 2, H, Lk) that the caller sums over the batch.
+// The backward: du, dpregate, dpostgate (contiguous, u's dtype), per-row fp32 partials dskip (B, H) that the
+// caller sums over the batch, and dk (1 or 2, H, Lk) fp32.
 void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,

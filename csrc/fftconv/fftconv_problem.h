@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "fftconv/fftconv_rows.cuh"
 
 namespace ssm_kernels {
@@ -37,13 +39,21 @@ Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pr
           int(u.size(0)), int(u.size(1)), int(u.size(2)), transform};
 }
 
+// dk: the (G, 1 or 2, H, Lk) per-unit partials for G = batch_groups(B, rows_per_group).
 template <typename T>
-Gradients<T> make_gradients(const at::Tensor& dy, bool bidirectional, at::Tensor& du,
+Gradients<T> make_gradients(const at::Tensor& dy, bool bidirectional, int rows_per_group, at::Tensor& du,
                             const c10::optional<at::Tensor>& dpregate, const c10::optional<at::Tensor>& dpostgate,
                             const c10::optional<at::Tensor>& dskip, at::Tensor& dk) {
   TORCH_CHECK(du.is_contiguous() && dk.is_contiguous(), "fftconv: outputs must be contiguous");
   return {strided<T>(dy), du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate),
-          optional_ptr<float>(dskip), dk.data_ptr<float>(), int(dk.size(-1)), bidirectional};
+          optional_ptr<float>(dskip), dk.data_ptr<float>(), int(dk.size(-1)), rows_per_group, bidirectional};
+}
+
+// Batch rows per unit of the backward for `units_wanted` units at least (the resident blocks), as few groups
+// as that allows (every group adds one inverse transform and one partial dk): B rows when the heads suffice.
+inline int rows_per_group(int64_t batch, int64_t heads, int64_t units_wanted) {
+  const int64_t groups = std::min<int64_t>(batch, std::max<int64_t>(1, (units_wanted + heads - 1) / heads));
+  return int((batch + groups - 1) / groups);
 }
 
 }  // namespace fftconv

@@ -50,8 +50,8 @@ struct Problem {
   Transform transform;
 };
 
-// The backward's inputs beyond Problem, and its outputs. Outputs are contiguous; dskip and dk are per row
-// (summed over the batch by the caller: reproducible, no atomics).
+// The backward's inputs beyond Problem, and its outputs. Outputs are contiguous; dskip is per row and dk per
+// unit of work (a head and a group of its batch rows), both summed by the caller: reproducible, no atomics.
 template <typename T>
 struct Gradients {
   Strided<T> dy;
@@ -59,12 +59,23 @@ struct Gradients {
   T* dpre;         // nullptr without a pregate
   T* dpost;        // nullptr without a postgate
   float* dskip;    // (B, H) or nullptr without D
-  float* dk;       // (B, 1 or 2, H, Lk): causal taps, then the anti-causal ones when bidirectional
+  float* dk;       // (G, 1 or 2, H, Lk): causal taps, then the anti-causal ones when bidirectional
   int taps;
+  int rows_per_group;  // the batch is split into G = ceil(B / rows_per_group) groups
   bool bidirectional;
 };
 
-// Row index -> (batch, head): consecutive rows share a head, so its spectrum stays in cache.
+// A unit of the backward: head h and the batch rows [begin, end) of group g; consecutive units share a head.
+struct Unit {
+  int h, group, begin, end;
+  SSM_HD Unit(int unit, int groups, int rows_per_group, int batch)
+      : h(unit / groups), group(unit % groups), begin(group * rows_per_group),
+        end(begin + rows_per_group < batch ? begin + rows_per_group : batch) {}
+};
+
+SSM_HD int batch_groups(int batch, int rows_per_group) { return (batch + rows_per_group - 1) / rows_per_group; }
+
+// Forward row index -> (batch, head): consecutive rows share a head, so its spectrum stays in cache.
 struct RowIndex {
   int b, h;
   SSM_HD RowIndex(int row, int batch) : b(row % batch), h(row / batch) {}
@@ -94,6 +105,13 @@ struct FrequencyPair {
     pack(yk, ymk, wk, zk, zmk);
     buf[slot_k] = zk;
     if (slot_mk != slot_k) buf[slot_mk] = zmk;
+  }
+  // buf += pack(yk, ymk): pack is linear, so a sum of spectra packed one by one is the packed sum.
+  SSM_HD void add_packed(cfloat* buf, cfloat yk, cfloat ymk) const {
+    cfloat zk, zmk;
+    pack(yk, ymk, wk, zk, zmk);
+    buf[slot_k] = buf[slot_k] + zk;
+    if (slot_mk != slot_k) buf[slot_mk] = buf[slot_mk] + zmk;
   }
 };
 
@@ -144,23 +162,23 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, int row, cfloat* buf, const B
   }
 }
 
-// The backward of one row. a, b: two buffers of padded_size(M) values. With g = dy * post and v = u * pre:
+// The backward of row (b, h), all but the kernel gradient, whose spectrum it adds to acc. a, b, acc: buffers
+// of padded_size(M) values. With g = dy * post and v = u * pre:
 //   conv = IFFT(V K)          (only with a postgate: dpost = dy (conv + D v))
 //   dv   = IFFT(G conj K)     the correlation of g with k, + D g; du = dv * pre, dpre = dv * u
-//   dk   = IFFT(G conj V)     the correlation of g with v at lag j (causal tap j), N - 1 - j (anti-causal tap j)
+//   acc += G conj V           the spectrum of the correlation of g with v (backward_unit turns it into dk)
 //   dD   = sum_t g v
 template <typename T, class Block>
-SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int row, cfloat* a, cfloat* b,
-                         const Block& block) {
-  const RowIndex at(row, p.batch);
+SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int batch_row, int h, cfloat* a,
+                         cfloat* b, cfloat* acc, const Block& block) {
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
-  const cfloat* kernel = p.spectrum + int64_t(at.h) * (points + 1);
-  const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
-  const GatedRow<T> g{grads.dy.row(at.b, at.h), p.post.row(at.b, at.h), p.length};
-  const RowIn<T> dy = grads.dy.row(at.b, at.h);
-  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
-  const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
+  const cfloat* kernel = p.spectrum + int64_t(h) * (points + 1);
+  const GatedRow<T> v{p.u.row(batch_row, h), p.pre.row(batch_row, h), p.length};
+  const GatedRow<T> g{grads.dy.row(batch_row, h), p.post.row(batch_row, h), p.length};
+  const RowIn<T> dy = grads.dy.row(batch_row, h);
+  const float skip = p.skip != nullptr ? p.skip[h] : 0.0f;
+  const int64_t out = (int64_t(batch_row) * p.heads + h) * p.length;
 
   fill(a, v, points, block);
   if (grads.dpost != nullptr) {  // conv first, in b, then g over it
@@ -191,26 +209,18 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int row
     cfloat vk, vmk, gk, gmk;
     pair.unpack_from(a, vk, vmk);
     pair.unpack_from(b, gk, gmk);
-    pair.pack_into(a, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
+    pair.add_packed(acc, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
     pair.pack_into(b, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
   }
   block.sync();
-  inverse_fft(a, b, t, p.twiddles, block);
+  inverse_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
 
-  const RowIn<T> u = p.u.row(at.b, at.h), pre = p.pre.row(at.b, at.h);
-  const int sides = grads.bidirectional ? 2 : 1;
-  float* dk_causal = grads.dk + ((int64_t(at.b) * sides) * p.heads + at.h) * grads.taps;
-  float* dk_anti = dk_causal + int64_t(p.heads) * grads.taps;
+  const RowIn<T> u = p.u.row(batch_row, h), pre = p.pre.row(batch_row, h);
   float dskip = 0.0f;
-  for (int n = block.thread; n < points; n += block.threads) {
-    const cfloat corr = b[padded(n)], lagged = a[padded(n)];
-    for (int j = 0; j < 2; ++j) {
-      const int pos = 2 * n + j;  // a position, and a lag of the correlation g * v
-      const float dk = j == 0 ? lagged.re : lagged.im;
-      if (pos < grads.taps) dk_causal[pos] = dk;
-      const int anti_tap = 2 * points - 1 - pos;
-      if (grads.bidirectional && anti_tap < grads.taps) dk_anti[anti_tap] = dk;
-      if (pos >= p.length) continue;
+  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
+    const cfloat corr = b[padded(n)];
+    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
+      const int pos = 2 * n + j;
       const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
       dskip += gt * v(pos);
       if (pre.data != nullptr) {
@@ -223,7 +233,35 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int row
   }
   if (grads.dskip != nullptr) {
     dskip = block.sum(dskip);
-    if (block.thread == 0) grads.dskip[int64_t(at.b) * p.heads + at.h] = dskip;
+    if (block.thread == 0) grads.dskip[int64_t(batch_row) * p.heads + h] = dskip;
+  }
+}
+
+// The backward of one unit (a head, a group of its batch rows): every row's gradients, and the unit's kernel
+// gradient from the spectra the rows added up: dk at lag j (causal tap j) and N - 1 - j (anti-causal tap j).
+template <typename T, class Block>
+SSM_HD void backward_unit(const Problem<T>& p, const Gradients<T>& grads, int unit_index, cfloat* a, cfloat* b,
+                          cfloat* acc, const Block& block) {
+  const int points = 1 << p.transform.log_points;
+  const int groups = batch_groups(p.batch, grads.rows_per_group);
+  const Unit unit(unit_index, groups, grads.rows_per_group, p.batch);
+  for (int n = block.thread; n < points; n += block.threads) acc[padded(n)] = {0.0f, 0.0f};
+  for (int row = unit.begin; row < unit.end; ++row) backward_row(p, grads, row, unit.h, a, b, acc, block);
+  block.sync();
+  inverse_fft(acc, static_cast<cfloat*>(nullptr), p.transform, p.twiddles, block);
+
+  const int sides = grads.bidirectional ? 2 : 1;
+  float* dk_causal = grads.dk + ((int64_t(unit.group) * sides) * p.heads + unit.h) * grads.taps;
+  float* dk_anti = dk_causal + int64_t(p.heads) * grads.taps;
+  for (int n = block.thread; n < points; n += block.threads) {
+    const cfloat lagged = acc[padded(n)];
+    for (int j = 0; j < 2; ++j) {
+      const int lag = 2 * n + j;
+      const float dk = j == 0 ? lagged.re : lagged.im;
+      if (lag < grads.taps) dk_causal[lag] = dk;
+      const int anti_tap = 2 * points - 1 - lag;
+      if (grads.bidirectional && anti_tap < grads.taps) dk_anti[anti_tap] = dk;
+    }
   }
 }
 

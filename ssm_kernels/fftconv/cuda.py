@@ -112,11 +112,11 @@ def _backward(grad: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor], bidirecti
     dpre = new_output(u.shape, dtype, u.device) if pregate is not None else None
     dpost = new_output(u.shape, dtype, u.device) if postgate is not None else None
     dskip = new_output((batch, heads), torch.float32, u.device) if D is not None else None
-    dk = new_output((batch, 2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
+    dk = new_output((2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
     _kernels().fftconv_bwd(grad.to(dtype), u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
                            twiddles(log_m, u.device), log_m, block_threads(log_m), bidirectional, du, dpre, dpost,
                            dskip, dk)
-    return [du.to(u.dtype), dk.sum(0).reshape(k.shape).to(k.dtype),
+    return [du.to(u.dtype), dk.reshape(k.shape).to(k.dtype),
             dskip.sum(0).to(D.dtype) if D is not None else absent(u),
             dpre.to(pregate.dtype) if pregate is not None else absent(u),
             dpost.to(postgate.dtype) if postgate is not None else absent(u)]

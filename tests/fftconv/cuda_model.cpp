@@ -41,14 +41,19 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
                  const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
                  at::Tensor& dk) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd_model", [&] {
+    // two units per head where the batch allows: the partial dk sums and a unit of several rows both run
+    const int per_group = rows_per_group(u.size(0), u.size(1), 2 * u.size(1));
+    const int groups = batch_groups(int(u.size(0)), per_group);
+    at::Tensor partial = at::empty({groups, dk.size(0), dk.size(1), dk.size(2)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
-        make_gradients<scalar_t>(dy, bidirectional, du, dpregate, dpostgate, dskip, dk);
+        make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int size = padded_size(1 << log_points);
-    std::vector<cfloat> buffers(2 * size);
-    for (int row = 0; row < p.batch * p.heads; ++row) {
-      backward_row(p, grads, row, buffers.data(), buffers.data() + size, SerialBlock{});
+    std::vector<cfloat> buffers(3 * size);
+    for (int unit = 0; unit < groups * p.heads; ++unit) {
+      backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, SerialBlock{});
     }
+    dk.copy_(partial.sum(0));
   });
 }
 
