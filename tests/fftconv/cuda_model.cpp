@@ -1,10 +1,16 @@
 // A CPU model of csrc/fftconv: the kernels' row code (fftconv_rows.cuh, fft_block.cuh) compiled for the host and
-// run as a block of one thread, row after row, with the launchers' signatures. test_cuda_model.py runs
-// ssm_kernels/fftconv/cuda.py on it against the reference, so a machine without a GPU checks the kernels' FFT
-// passes, real-FFT identities, tables, gates and gradients. It cannot see races between threads or anything
-// of the launch (grid, shared memory): the native tests do.
+// run by one block, row after row (unit after unit), with the launchers' signatures. The block is one thread, or
+// `threads` OS threads meeting at a barrier wherever the CUDA block does (__syncthreads), each taking its share
+// of every loop as a CUDA thread does. test_cuda_model.py runs ssm_kernels/fftconv/cuda.py on it against the
+// reference, so a machine without a GPU checks the kernels' FFT passes, real-FFT identities, tables, gates,
+// gradients and the division of work between a block's threads (a barrier missing there shows as results that
+// depend on the thread count, or under ThreadSanitizer). It does not see the launch (grid, shared memory
+// sizes, warp shuffles): the native tests do.
 #include <torch/extension.h>
 
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "_common/dispatch.h"
@@ -14,30 +20,77 @@ namespace {
 
 using namespace ssm_kernels::fftconv;
 
-struct SerialBlock {
-  int thread = 0, threads = 1;
-  void sync() const {}
-  float sum(float x) const { return x; }
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int generation = generation_;
+    if (++waiting_ == count_) {
+      waiting_ = 0;
+      ++generation_;
+      changed_.notify_all();
+    } else {
+      changed_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int count_, waiting_ = 0, generation_ = 0;
 };
+
+// One thread of the modelled block: what the row code needs of CudaBlock (fftconv.cu).
+struct ThreadOfBlock {
+  int thread, threads;
+  Barrier* barrier;
+  float* scratch;  // one float per thread, shared
+  void sync() const {
+    if (threads > 1) barrier->wait();
+  }
+  float sum(float x) const {
+    sync();
+    scratch[thread] = x;
+    sync();
+    float total = 0.0f;
+    for (int i = 0; i < threads; ++i) total += scratch[i];
+    return total;
+  }
+};
+
+// body(block) on every thread of a block of `threads`, the calling thread being thread 0.
+template <typename Body>
+void run_block(int64_t threads, const Body& body) {
+  TORCH_CHECK(threads >= 1 && threads <= 1024, "fftconv model: threads must be in [1, 1024]");
+  Barrier barrier{int(threads)};
+  std::vector<float> scratch(threads);
+  std::vector<std::thread> others;
+  for (int i = 1; i < threads; ++i) {
+    others.emplace_back([&, i] { body(ThreadOfBlock{i, int(threads), &barrier, scratch.data()}); });
+  }
+  body(ThreadOfBlock{0, int(threads), &barrier, scratch.data()});
+  for (auto& other : others) other.join();
+}
 
 void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t /*threads*/,
+                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                  at::Tensor& y) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd_model", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     std::vector<cfloat> buf(padded_size(1 << log_points));
-    for (int row = 0; row < p.batch * p.heads; ++row) {
-      forward_row(p, y.data_ptr<scalar_t>(), row, buf.data(), SerialBlock{});
-    }
+    scalar_t* out = y.data_ptr<scalar_t>();
+    run_block(threads, [&](const ThreadOfBlock& block) {
+      for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, row, buf.data(), block);
+    });
   });
 }
 
 void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
-                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t /*threads*/,
-                 bool bidirectional,
-                 at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
+                 const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
+                 bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
                  const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
                  at::Tensor& dk) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd_model", [&] {
@@ -50,9 +103,11 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
         make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int size = padded_size(1 << log_points);
     std::vector<cfloat> buffers(3 * size);
-    for (int unit = 0; unit < groups * p.heads; ++unit) {
-      backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, SerialBlock{});
-    }
+    run_block(threads, [&](const ThreadOfBlock& block) {
+      for (int unit = 0; unit < groups * p.heads; ++unit) {
+        backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
+      }
+    });
     dk.copy_(partial.sum(0));
   });
 }

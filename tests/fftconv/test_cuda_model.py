@@ -1,7 +1,8 @@
-"""The CUDA fftconv's row code on the CPU (cuda_model.cpp: csrc/fftconv's headers compiled for the host, one
-thread per block) through ssm_kernels/fftconv/cuda.py, against the direct-sum reference: every output and
-gradient, dtypes, lengths around the transform sizes, bidirectional, gates of another dtype, strides. What the
-model cannot see (races, the launch) is for the native tests in test_fftconv.py."""
+"""The CUDA fftconv's row code on the CPU (cuda_model.cpp: csrc/fftconv's headers compiled for the host, a
+block of one thread or of several OS threads at barriers) through ssm_kernels/fftconv/cuda.py, against the
+direct-sum reference: every output and gradient, dtypes, lengths around the transform sizes, bidirectional,
+gates of another dtype, strides; and blocks of several threads against one. What the model cannot see (the
+launch, warp shuffles) is for the native tests in test_fftconv.py."""
 import importlib
 import os
 import shutil
@@ -32,6 +33,7 @@ def model(monkeypatch_module):
             build_directory=str(build_dir), extra_include_paths=[str(_cuda_ext.csrc_dir())],
             extra_cflags=["-O2"])
     monkeypatch_module.setattr(cuda_backend, "_kernels", lambda: module)
+    monkeypatch_module.setattr(cuda_backend, "BLOCK_THREADS", 1)  # a block of one thread unless a test says
     return module
 
 
@@ -81,6 +83,28 @@ def test_gates_of_another_dtype(model):
     for name in ("k", "D", "pregate"):
         inputs[name] = inputs[name].float()
     check_parity(run, reference, inputs, torch.bfloat16, GRADS, bidirectional=False)
+
+
+@pytest.mark.parametrize("threads", [4, 32])
+@pytest.mark.parametrize("length,gates", [(100, True), (1000, False)])
+def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates):
+    """Several threads per block, each taking its share of every loop and meeting the others at the barriers,
+    compute what one thread computes, bitwise (dD up to the order of its block sum): the row code's barriers and
+    division of work are complete."""
+    inputs = make_inputs(3, 2, length, length // 3, torch.float32, "cpu", bidirectional=True, gates=gates)
+    names = [n for n in GRADS if inputs[n] is not None]
+    grad = torch.randn_like(inputs["u"])
+    results = []
+    for count in (1, threads):
+        monkeypatch.setattr(cuda_backend, "BLOCK_THREADS", count)
+        leaves = {n: t if t is None else t.detach().requires_grad_(n in names) for n, t in inputs.items()}
+        y = run(**leaves, bidirectional=True)
+        results.append([y, *torch.autograd.grad(y, [leaves[n] for n in names], grad)])
+    for name, one, many in zip(["y"] + names, *results):
+        if name == "D":
+            torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(one, many), f"{name}: {threads} threads differ from one"
 
 
 def test_length_limit_matches_the_kernels():
