@@ -55,16 +55,19 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_fwd_kernel(Problem<T> p, 
 }
 
 // The backward's buffers a, b, acc: the first `in_shared` in shared memory, the others in this block's slot of
-// scratch (3 - in_shared buffers of padded_size(M) values per block).
-template <typename T>
+// scratch (3 - in_shared buffers of padded_size(M) values per block). kAllShared (in_shared = 3) lets the compiler
+// see that every buffer is shared memory (shared-memory loads and stores instead of generic ones).
+template <typename T, bool kAllShared>
 __global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units,
                                                                   int in_shared, cfloat* scratch) {
   extern __shared__ float4 shared[];
   const int size = padded_size(1 << p.transform.log_points);
+  if (kAllShared) in_shared = 3;
   cfloat* buffers[3];
   for (int i = 0; i < 3; ++i) {
-    buffers[i] = i < in_shared ? reinterpret_cast<cfloat*>(shared) + i * size
-                               : scratch + (int64_t(blockIdx.x) * (3 - in_shared) + (i - in_shared)) * size;
+    buffers[i] = kAllShared || i < in_shared
+                     ? reinterpret_cast<cfloat*>(shared) + i * size
+                     : scratch + (int64_t(blockIdx.x) * (3 - in_shared) + (i - in_shared)) * size;
   }
   const CudaBlock block = this_block(reinterpret_cast<float*>(reinterpret_cast<cfloat*>(shared) + in_shared * size));
   for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
@@ -138,7 +141,7 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::opti
   while (in_shared > 1 && in_shared * buffer + sum_scratch > limit) --in_shared;
   const size_t smem = in_shared * buffer + sum_scratch;
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd", [&] {
-    const auto kernel = fftconv_bwd_kernel<scalar_t>;
+    const auto kernel = in_shared == 3 ? fftconv_bwd_kernel<scalar_t, true> : fftconv_bwd_kernel<scalar_t, false>;
     const int resident = persistent_grid(kernel, int(threads), smem, int64_t(1) << 30);
     const int per_group = rows_per_group(batch, heads, resident);
     const int64_t units = heads * batch_groups(int(batch), per_group);
