@@ -29,8 +29,9 @@ namespace {
 constexpr int kMaxAccSmem = 96 * 1024;    // bytes of shared memory for the variable dB / dC sums
 constexpr int kMaxDeferSmem = 32 * 1024;  // bytes for the per-thread partials of dA and fixed dB / dC
 
-template <typename T, typename V>
+template <typename T, typename V, bool kPlain>
 __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) {
+  if (kPlain) assume_plain_backward(p);
   constexpr int K = kSSBwdItems;
   constexpr int kChunk = kThreads * K;
   constexpr int W = vwidth<V>();
@@ -294,7 +295,7 @@ void launch_bwd(const Params& p, int n_dblocks) {
   const int nvar = int(!p.B_fixed) + int(!p.C_fixed);
   size_t smem = p.acc_smem ? size_t(nvar) * p.dstate * kSSCkptSpacing * vwidth<V>() * sizeof(float) : 0;
   if (p.defer_sums) smem += size_t(vwidth<V>()) * (1 + int(p.B_fixed) + int(p.C_fixed)) * p.dstate * kThreads * sizeof(float);
-  auto kernel = selective_scan_bwd_kernel<T, V>;
+  const auto kernel = is_plain_backward(p) ? selective_scan_bwd_kernel<T, V, true> : selective_scan_bwd_kernel<T, V, false>;
   // the opt-in counts static + dynamic shared memory: 48 KB of dynamic memory on top of the scan storage
   // already needs it (H100: complex A, one variable B / C, N 8 failed with "invalid argument" without)
   cudaFuncAttributes attr;

@@ -31,8 +31,9 @@ struct CarryPrefix {  // the state of one mode carried across chunks, in shared 
   }
 };
 
-template <typename T, typename V>
-__global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) selective_scan_fwd_kernel(Params p) {
+template <typename T, typename V, bool kPlain>
+__global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? (kPlain ? 4 : 3) : 2) selective_scan_fwd_kernel(Params p) {
+  if (kPlain) assume_plain_forward(p);
   constexpr int K = kSSFwdItems;
   constexpr int kChunk = kThreads * K;
   constexpr int W = vwidth<V>();
@@ -74,8 +75,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
   for (int c = 0; c < n_chunks; ++c) {
     const int t0 = c * kChunk + tid * K;
     const int valid = max(0, min(K, L - t0));
-    float u[K], dt[K], y[K];
-    load_row<T, K>(u_row, p.u_sl, t0, valid, u);
+    float dtu[K], dt[K], y[K];  // dtu: u, then Δ u (every mode's b is Δ u B)
+    load_row<T, K>(u_row, p.u_sl, t0, valid, dtu);
     load_row<T, K>(dt_row, p.dt_sl, t0, valid, dt);
     unsigned starts = 0, ends = 0;  // bit i: item i starts / ends a packed sequence
 #pragma unroll
@@ -83,7 +84,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
       float v = dt[i] + bias;
       if (p.softplus) v = softplus(v);
       dt[i] = i < valid ? v : 0.f;  // positions past L: a = 1, b = 0, the state passes through
-      y[i] = 0.f;
+      y[i] = Dv * dtu[i];           // the skip first: u is not kept
+      dtu[i] *= dt[i];
       if (p.varlen && i < valid) {
         if (p.seq_start[t0 + i] >= 0) starts |= 1u << i;
         if (p.seq_end[t0 + i] >= 0) ends |= 1u << i;
@@ -91,7 +93,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
     }
 
     for (int n = 0; n < N; ++n) {
-      const V An = vload<V>(p.A + d * p.A_sd + n * p.A_sn, 1);
+      const V An = log2e_scaled(vload<V>(p.A + d * p.A_sd + n * p.A_sn, 1));
       float Bv[K], Cv[K];
       if (p.B_fixed) {
         const float v = reinterpret_cast<const float*>(p.B)[B_base + n * p.B_sn];
@@ -113,10 +115,10 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
       Pair<V> e[K];
 #pragma unroll
       for (int i = 0; i < K; ++i) {
-        const V a = vexp_scaled(dt[i], An);
+        const V a = vexp2_scaled(dt[i], An);
         V bb;
-        if constexpr (kComplex) bb = make_float2(dt[i] * u[i] * Bv[i], dt[i] * u[i] * Bi[i]);
-        else bb = dt[i] * u[i] * Bv[i];
+        if constexpr (kComplex) bb = make_float2(dtu[i] * Bv[i], dtu[i] * Bi[i]);
+        else bb = dtu[i] * Bv[i];
         e[i] = Pair<V>{a, bb};
         if (starts & (1u << i)) {  // restart from the sequence's initial state
           if (p.has_h0) {
@@ -127,9 +129,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
           e[i].a = vzero<V>();
         }
       }
-      CarryPrefix<V> prefix{state + n * W};
-      BlockScanT(scan_tmp[scan_count++ & 1]).InclusiveScan(e, e, ScanOp(), prefix);
-
+      // C before the scan: its loads are in flight while the block scans
       if (p.C_fixed) {
         const float v = reinterpret_cast<const float*>(p.C)[C_base + n * p.C_sn];
 #pragma unroll
@@ -147,6 +147,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
           load_row_any<T, K>(C_bytes + (C_base + n * p.C_sn + p.C_im) * bc_elt_C, p.C_fp32, p.C_sl, t0, valid, Ci);
         }
       }
+      CarryPrefix<V> prefix{state + n * W};
+      BlockScanT(scan_tmp[scan_count++ & 1]).InclusiveScan(e, e, ScanOp(), prefix);
 #pragma unroll
       for (int i = 0; i < K; ++i) {
         const V h = e[i].b;  // the prefix (1, h_prev) makes the scanned b the state itself
@@ -163,9 +165,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(V) == sizeof(float) ? 3 : 2) 
     if (p.has_z) load_row<T, K>(z_row, p.z_sl, t0, valid, zv);
 #pragma unroll
     for (int i = 0; i < K; ++i) {
-      float v = y[i] + Dv * u[i];
-      if (p.has_z) v *= zv[i] * sigmoid(zv[i]);
-      y[i] = v;
+      if (p.has_z) y[i] *= zv[i] * sigmoid(zv[i]);
     }
     store_row<T, K>(y_row, t0, valid, y);
   }
@@ -180,7 +180,8 @@ template <typename T, typename V>
 void launch_fwd(const Params& p) {
   const dim3 grid(p.dim, p.batch);
   const size_t smem = size_t(p.dstate) * vwidth<V>() * sizeof(float);
-  selective_scan_fwd_kernel<T, V><<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(p);
+  const auto kernel = is_plain_forward(p) ? selective_scan_fwd_kernel<T, V, true> : selective_scan_fwd_kernel<T, V, false>;
+  kernel<<<grid, kThreads, smem, c10::cuda::getCurrentCUDAStream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -45,6 +45,36 @@ struct Params {
   bool defer_sums;  // backward: dA / fixed dB / fixed dC summed over the block per channel, not per mode
 };
 
+// ---- the plain case ----------------------------------------------------------------------------------------
+// The common call as facts the compiler can use: no packed sequences (no restarts, no per-position final
+// states); B and C varying with (batch, position), in u's dtype; u, Δ, z, B and C at unit stride along L; in the
+// backward also dout at unit stride, no final-state gradient, and the dB / dC accumulators and the deferred sums
+// in shared memory. A kernel instantiated for it overwrites those fields of its copy of Params with these
+// constants, so the code of the other cases leaves its loops: the general instantiation issues 3-4x the
+// instructions per (position, mode), most of them predicated off (benchmarks/results/
+// sm90_selective_scan_cuda_plain.txt).
+inline bool is_plain_forward(const Params& p) {
+  return !p.varlen && !p.B_fixed && !p.C_fixed && !p.B_fp32 && !p.C_fp32 && p.u_sl == 1 && p.dt_sl == 1 &&
+         (!p.has_z || p.z_sl == 1) && p.B_sl == 1 && p.C_sl == 1;
+}
+
+inline bool is_plain_backward(const Params& p) {
+  return is_plain_forward(p) && p.do_sl == 1 && !p.has_dfinal && p.acc_smem && p.defer_sums;
+}
+
+__device__ __forceinline__ void assume_plain_forward(Params& p) {
+  p.varlen = false;
+  p.B_fixed = p.C_fixed = p.B_fp32 = p.C_fp32 = false;
+  p.u_sl = p.dt_sl = p.z_sl = p.B_sl = p.C_sl = 1;
+}
+
+__device__ __forceinline__ void assume_plain_backward(Params& p) {
+  assume_plain_forward(p);
+  p.do_sl = 1;
+  p.has_dfinal = false;
+  p.acc_smem = p.defer_sums = true;
+}
+
 // ---- numerics --------------------------------------------------------------------------------------------
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
@@ -64,6 +94,16 @@ __device__ __forceinline__ float2 vexp_scaled(float dt, float2 A) {
   const float m = __expf(dt * A.x);
   float s, c;
   sincos_reduced(dt * A.y, &s, &c);
+  return make_float2(m * c, m * s);
+}
+// The same with log2(e) folded into A's real part once per mode (log2e_scaled): one multiply per position less
+__device__ __forceinline__ float log2e_scaled(float A) { return A * 1.4426950408889634f; }
+__device__ __forceinline__ float2 log2e_scaled(float2 A) { return make_float2(A.x * 1.4426950408889634f, A.y); }
+__device__ __forceinline__ float vexp2_scaled(float dt, float A2) { return exp2f(dt * A2); }
+__device__ __forceinline__ float2 vexp2_scaled(float dt, float2 A2) {
+  const float m = exp2f(dt * A2.x);
+  float s, c;
+  sincos_reduced(dt * A2.y, &s, &c);
   return make_float2(m * c, m * s);
 }
 // Re(x conj(y)) summed per component: the real inner product <x, y>
