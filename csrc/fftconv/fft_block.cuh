@@ -66,15 +66,23 @@ SSM_HD Transform make_transform(int log_points) {
 }
 
 // The slot of frequency k after a forward transform: pass j's output digit q_j (frequency bits starting at the
-// radices before it) lands at stride T_j = M / (R_0 ... R_j).
+// radices before it) lands at stride T_j = M / (R_0 ... R_j). With radix-16 passes first (make_transform), that is
+// the low 4a bits of k with their hex digits in reverse order, above the last digit k >> 4a (r bits):
+// a byte swap and a nibble swap instead of a loop over the passes.
+SSM_HD unsigned byte_swap(unsigned x) {
+#ifdef __CUDA_ARCH__
+  return __byte_perm(x, 0, 0x0123);
+#else
+  return __builtin_bswap32(x);
+#endif
+}
+
 SSM_HD int slot_of(int k, const Transform& t) {
-  int slot = 0, low = 0;
-  for (int j = 0; j < t.passes; ++j) {
-    const int bits = t.radix_log(j);
-    slot |= ((k >> low) & ((1 << bits) - 1)) << (t.log_points - low - bits);
-    low += bits;
-  }
-  return slot;
+  const int digit_bits = t.log_points & ~3, last_bits = t.log_points & 3;
+  if (digit_bits == 0) return k;  // one pass
+  unsigned reversed = byte_swap(unsigned(k) & ((1u << digit_bits) - 1u));
+  reversed = ((reversed >> 4) & 0x0F0F0F0Fu) | ((reversed & 0x0F0F0F0Fu) << 4);
+  return int(((reversed >> (32 - digit_bits)) << last_bits) | (unsigned(k) >> digit_bits));
 }
 
 // cos(2 pi e / 16) for a compile-time e (folds to a constant once loops are unrolled)

@@ -112,9 +112,18 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
   });
 }
 
+// slot_of(k) for every frequency k of an M-point transform: (M,) int32.
+at::Tensor slots(int64_t log_points) {
+  const Transform t = make_transform(int(log_points));
+  at::Tensor out = at::empty({int64_t(1) << log_points}, at::kInt);
+  for (int k = 0; k < out.size(0); ++k) out[k] = slot_of(k, t);
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fftconv_fwd", &fftconv_fwd);
   m.def("fftconv_bwd", &fftconv_bwd);
+  m.def("slots", &slots);
 }

@@ -107,6 +107,20 @@ def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates):
             assert torch.equal(one, many), f"{name}: {threads} threads differ from one"
 
 
+@pytest.mark.parametrize("log_m", range(1, cuda_backend.MAX_LOG_POINTS + 1))
+def test_spectrum_slots(model, log_m):
+    """Where the forward transform leaves frequency k: the kernels' bit-twiddling slot_of against the digit
+    reversal of the pass plan written out (pass j's digit, from the low bits of k, at stride M / (R_0 ... R_j))."""
+    slots = model.slots(log_m)
+    k = torch.arange(1 << log_m)
+    expected, low = torch.zeros_like(k), 0
+    for bits in cuda_backend.pass_radix_logs(log_m):
+        expected |= ((k >> low) & ((1 << bits) - 1)) << (log_m - low - bits)
+        low += bits
+    assert torch.equal(slots.long(), expected)
+    assert torch.equal(slots.sort().values.long(), k)
+
+
 def test_length_limit_matches_the_kernels():
     header = (_cuda_ext.csrc_dir() / "fftconv" / "fft_block.cuh").read_text()
     assert f"constexpr int kMaxLogPoints = {cuda_backend.MAX_LOG_POINTS};" in header
