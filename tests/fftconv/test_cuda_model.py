@@ -6,6 +6,7 @@ launch, warp shuffles) is for the native tests in test_fftconv.py."""
 import importlib
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,26 @@ def test_spectrum_slots(model, log_m):
         low += bits
     assert torch.equal(slots.long(), expected)
     assert torch.equal(slots.sort().values.long(), k)
+
+
+def test_row_code_has_no_data_races(tmp_path):
+    """race_check.cpp under ThreadSanitizer: threads of a block touch no buffer slot that another thread writes
+    between the same two barriers (the exact version of test_threads_of_a_block_agree's check)."""
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    binary = tmp_path / "race_check"
+    build = subprocess.run([compiler, "-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread",
+                            f"-I{_cuda_ext.csrc_dir()}", str(Path(__file__).with_name("race_check.cpp")),
+                            "-o", str(binary)], capture_output=True, text=True)
+    if build.returncode != 0:
+        if "sanitize" in build.stderr or "tsan" in build.stderr:
+            pytest.skip(f"no ThreadSanitizer here: {build.stderr.strip().splitlines()[-1]}")
+        raise AssertionError(build.stderr)
+    run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
+    assert "ThreadSanitizer: data race" not in run.stderr, run.stderr[:4000]
+    if run.returncode != 0 or run.stdout.count("done") != 12:
+        pytest.skip(f"the ThreadSanitizer binary does not run here (rc {run.returncode}): {run.stderr[-300:]}")
 
 
 def test_length_limit_matches_the_kernels():

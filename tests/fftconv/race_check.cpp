@@ -1,0 +1,101 @@
+// ThreadSanitizer check of csrc/fftconv's row code, without torch: a block of T std::threads meeting at a barrier
+// wherever the CUDA block calls __syncthreads, running forward rows and backward units on random data. Any two
+// threads touching the same buffer slot between barriers, one of them writing, is reported as a data race.
+// Built and run by test_cuda_model.py (g++ -fsanitize=thread); prints one line per configuration.
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "fftconv/fftconv_rows.cuh"
+
+using namespace ssm_kernels::fftconv;
+
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int generation = generation_;
+    if (++waiting_ == count_) {
+      waiting_ = 0;
+      ++generation_;
+      changed_.notify_all();
+    } else {
+      changed_.wait(lock, [&] { return generation != generation_; });
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int count_, waiting_ = 0, generation_ = 0;
+};
+
+struct ThreadOfBlock {
+  int thread, threads;
+  Barrier* barrier;
+  float* scratch;
+  void sync() const { barrier->wait(); }
+  float sum(float x) const {
+    sync();
+    scratch[thread] = x;
+    sync();
+    float total = 0.0f;
+    for (int i = 0; i < threads; ++i) total += scratch[i];
+    return total;
+  }
+};
+
+int main() {
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  for (int log_points : {5, 7, 9}) {
+    for (bool bidirectional : {false, true}) {
+      for (bool gated : {false, true}) {
+        const int batch = 3, heads = 2, points = 1 << log_points, length = points - 3, taps = length / 2;
+        const Transform t = make_transform(log_points);
+        std::vector<float> u(batch * heads * length), pre(u.size()), post(u.size()), dy(u.size()), skip(heads);
+        for (auto* values : {&u, &pre, &post, &dy, &skip}) {
+          for (auto& x : *values) x = normal(rng);
+        }
+        std::vector<cfloat> spectrum(heads * (points + 1)), twiddles(twiddle_table_size(t));
+        for (auto* values : {&spectrum, &twiddles}) {
+          for (auto& c : *values) c = {normal(rng), normal(rng)};
+        }
+        const Strided<float> no_gate{nullptr, 0, 0, 0};
+        const Problem<float> p{{u.data(), heads * length, length, 1},
+                               gated ? Strided<float>{pre.data(), heads * length, length, 1} : no_gate,
+                               gated ? Strided<float>{post.data(), heads * length, length, 1} : no_gate,
+                               skip.data(), spectrum.data(), twiddles.data(), batch, heads, length, t};
+        std::vector<float> y(u.size()), du(u.size()), dpre(u.size()), dpost(u.size()), dskip(batch * heads);
+        const int rows_per_group = 2, groups = batch_groups(batch, rows_per_group);
+        std::vector<float> dk(groups * (bidirectional ? 2 : 1) * heads * taps);
+        const Gradients<float> grads{{dy.data(), heads * length, length, 1}, du.data(),
+                                     gated ? dpre.data() : nullptr, gated ? dpost.data() : nullptr,
+                                     dskip.data(), dk.data(), taps, rows_per_group, bidirectional};
+        const int size = padded_size(points);
+        std::vector<cfloat> buffers(3 * size);
+        for (int threads : {4, 8}) {
+          Barrier barrier(threads);
+          std::vector<float> scratch(threads);
+          auto body = [&](int thread) {
+            const ThreadOfBlock block{thread, threads, &barrier, scratch.data()};
+            for (int row = 0; row < batch * heads; ++row) forward_row(p, y.data(), row, buffers.data(), block);
+            for (int unit = 0; unit < groups * heads; ++unit) {
+              backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
+            }
+          };
+          std::vector<std::thread> others;
+          for (int i = 1; i < threads; ++i) others.emplace_back(body, i);
+          body(0);
+          for (auto& other : others) other.join();
+        }
+        std::printf("log_points %d bidirectional %d gated %d: done\n", log_points, int(bidirectional), int(gated));
+      }
+    }
+  }
+  return 0;
+}
