@@ -100,18 +100,14 @@ struct FrequencyPair {
   SSM_HD void unpack_from(const cfloat* buf, cfloat& xk, cfloat& xmk) const {
     unpack(buf[slot_k], buf[slot_mk], wk, xk, xmk);
   }
+  // buf = pack(yk, ymk), or buf += it (ADD: pack is linear, so spectra packed one by one add up to the packed
+  // sum)
+  template <bool ADD = false>
   SSM_HD void pack_into(cfloat* buf, cfloat yk, cfloat ymk) const {
     cfloat zk, zmk;
     pack(yk, ymk, wk, zk, zmk);
-    buf[slot_k] = zk;
-    if (slot_mk != slot_k) buf[slot_mk] = zmk;
-  }
-  // buf += pack(yk, ymk): pack is linear, so a sum of spectra packed one by one is the packed sum.
-  SSM_HD void add_packed(cfloat* buf, cfloat yk, cfloat ymk) const {
-    cfloat zk, zmk;
-    pack(yk, ymk, wk, zk, zmk);
-    buf[slot_k] = buf[slot_k] + zk;
-    if (slot_mk != slot_k) buf[slot_mk] = buf[slot_mk] + zmk;
+    buf[slot_k] = ADD ? buf[slot_k] + zk : zk;
+    if (slot_mk != slot_k) buf[slot_mk] = ADD ? buf[slot_mk] + zmk : zmk;
   }
 };
 
@@ -209,7 +205,7 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
     cfloat vk, vmk, gk, gmk;
     pair.unpack_from(a, vk, vmk);
     pair.unpack_from(b, gk, gmk);
-    pair.add_packed(acc, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
+    pair.pack_into<true>(acc, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
     pair.pack_into(b, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
   }
   block.sync();

@@ -88,15 +88,8 @@ __device__ __forceinline__ void sincos_reduced(float x, float* s, float* c) {
   __sincosf(r, s, c);
 }
 
-// exp(Δ A) for a real or complex A
-__device__ __forceinline__ float vexp_scaled(float dt, float A) { return __expf(dt * A); }
-__device__ __forceinline__ float2 vexp_scaled(float dt, float2 A) {
-  const float m = __expf(dt * A.x);
-  float s, c;
-  sincos_reduced(dt * A.y, &s, &c);
-  return make_float2(m * c, m * s);
-}
-// The same with log2(e) folded into A's real part once per mode (log2e_scaled): one multiply per position less
+// exp(Δ A) for a real or complex A, as exp2 of Δ times A with log2(e) folded into its real part: a kernel that
+// scales A once per mode (log2e_scaled) calls vexp2_scaled, one multiply per position less
 __device__ __forceinline__ float log2e_scaled(float A) { return A * 1.4426950408889634f; }
 __device__ __forceinline__ float2 log2e_scaled(float2 A) { return make_float2(A.x * 1.4426950408889634f, A.y); }
 __device__ __forceinline__ float vexp2_scaled(float dt, float A2) { return exp2f(dt * A2); }
@@ -105,6 +98,10 @@ __device__ __forceinline__ float2 vexp2_scaled(float dt, float2 A2) {
   float s, c;
   sincos_reduced(dt * A2.y, &s, &c);
   return make_float2(m * c, m * s);
+}
+template <typename V>
+__device__ __forceinline__ V vexp_scaled(float dt, V A) {
+  return vexp2_scaled(dt, log2e_scaled(A));
 }
 // Re(x conj(y)) summed per component: the real inner product <x, y>
 __device__ __forceinline__ float vdot(float a, float b) { return a * b; }

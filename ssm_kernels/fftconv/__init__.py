@@ -13,8 +13,8 @@ from ._common import math_dtype
 # The Triton kernel's FFT of 2L points keeps its tiles in registers and shared memory: bf16 inputs (bf16 dot
 # operands) up to 8192 points; fp32 / fp16 inputs (fp32 operands, tf32x3) up to 4096.
 MAX_TRITON_LENGTH = {torch.bfloat16: 4096, torch.float32: 2048, torch.float16: 2048}
-# The CUDA kernel's transform of 2L points lives in shared memory (csrc/fftconv; cuda.MAX_LENGTH, not imported
-# here: nothing heavy at import).
+# The CUDA kernel's transform of 2L points lives in shared memory (csrc/fftconv: 2^cuda.MAX_LOG_POINTS; cuda.py is
+# not imported here: nothing heavy at import).
 MAX_CUDA_LENGTH = 16384
 
 

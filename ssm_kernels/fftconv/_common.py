@@ -3,6 +3,7 @@
 wiring (saved tensors, gradients, fakes) of the GPU backends."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -29,6 +30,13 @@ def finish(y, v, D, postgate, out_dtype):
     if postgate is not None:
         y = y * postgate.to(y.dtype)
     return y.to(out_dtype)
+
+
+def unit_roots(exponents: torch.Tensor, period: int) -> torch.Tensor:
+    """(..., 2) fp64: cos and sin of -2 pi e / period for integer exponents e, reduced modulo the period before
+    the fp64 angle is formed (exact phases: the DFT tables of the FFT backends)."""
+    angle = (exponents % period).to(torch.float64) * (-2 * math.pi / period)
+    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
 
 
 def circular_kernel(k: torch.Tensor, bidirectional: bool, points: int) -> torch.Tensor:

@@ -23,7 +23,6 @@ through three tf32 products (tf32x3, close to fp32); accumulation and the twiddl
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Tuple
 
 import torch
@@ -31,6 +30,7 @@ import triton
 import triton.language as tl
 
 from .._utils import next_power_of_2
+from ._common import unit_roots
 
 OPERANDS_TF32X3, OPERANDS_BF16, OPERANDS_BF16_EMULATED = 0, 1, 2  # the OPERANDS constexpr of the kernels
 _TABLES: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -38,9 +38,8 @@ _TABLES: Dict[tuple, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 def _phase_table(rows: int, cols: int, n: int) -> torch.Tensor:
     """(2, rows, cols) fp32: cos and sin of -2 pi (r c mod n) / n, from exact integer phases in fp64."""
-    phase = torch.outer(torch.arange(rows, dtype=torch.int64), torch.arange(cols, dtype=torch.int64)) % n
-    angle = phase.to(torch.float64) * (-2 * math.pi / n)
-    return torch.stack([torch.cos(angle), torch.sin(angle)]).to(torch.float32)
+    phase = torch.outer(torch.arange(rows, dtype=torch.int64), torch.arange(cols, dtype=torch.int64))
+    return unit_roots(phase, n).movedim(-1, 0).to(torch.float32).contiguous()  # planes: the kernels index them
 
 
 def dft_tables(n1: int, n2: int, device: torch.device, operands: int

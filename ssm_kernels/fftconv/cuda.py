@@ -9,7 +9,6 @@ circular kernel, (H, M + 1) complex); the twiddle table is cached per size and d
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -17,7 +16,8 @@ from torch import Tensor
 
 from .._autograd import define_custom_op
 from .._utils import new_output
-from ._common import absent, backward_fake, circular_kernel, forward_fake, gradients, save_for_backward
+from ._common import (absent, backward_fake, circular_kernel, forward_fake, gradients, save_for_backward,
+                      unit_roots)
 
 MIN_LOG_POINTS = 5  # M >= 32 complex points: one warp's worth of work per pass
 MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints: L <= 2^14 (fftconv.MAX_CUDA_LENGTH)
@@ -50,21 +50,16 @@ def pass_radix_logs(log_m: int) -> List[int]:
     return [4] * (log_m // 4) + ([log_m % 4] if log_m % 4 else [])
 
 
-def _unit_roots(exponents: Tensor, period: int) -> Tensor:
-    angle = exponents.to(torch.float64) * (-2 * math.pi / period)
-    return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1)
-
-
 def twiddles(log_m: int, device: torch.device) -> Tensor:
     """(entries, 2) fp32, the kernels' twiddle table: W^k = exp(-2 pi i k / N) for k in [0, M/2], then per pass
     of block S and radix R the bases exp(-2 pi i o / S) for o < S / R (their powers are made in registers);
     from exact integer phases in fp64; cached per size and device."""
     key = (log_m, device)
     if key not in _TWIDDLES:
-        parts = [_unit_roots(torch.arange((1 << (log_m - 1)) + 1), 2 << log_m)]
+        parts = [unit_roots(torch.arange((1 << (log_m - 1)) + 1), 2 << log_m)]
         log_block = log_m
         for radix_log in pass_radix_logs(log_m):
-            parts.append(_unit_roots(torch.arange(1 << (log_block - radix_log)), 1 << log_block))
+            parts.append(unit_roots(torch.arange(1 << (log_block - radix_log)), 1 << log_block))
             log_block -= radix_log
         _TWIDDLES[key] = torch.cat(parts).to(device, torch.float32).contiguous()
     return _TWIDDLES[key]

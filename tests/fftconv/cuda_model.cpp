@@ -8,69 +8,18 @@
 // sizes, warp shuffles): the native tests do.
 #include <torch/extension.h>
 
-#include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "_common/dispatch.h"
 #include "fftconv/fftconv_problem.h"
+#include "threaded_block.h"
 
 namespace {
 
 using namespace ssm_kernels::fftconv;
 
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      changed_.notify_all();
-    } else {
-      changed_.wait(lock, [&] { return generation != generation_; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  int count_, waiting_ = 0, generation_ = 0;
-};
-
-// One thread of the modelled block: what the row code needs of CudaBlock (fftconv.cu).
-struct ThreadOfBlock {
-  int thread, threads;
-  Barrier* barrier;
-  float* scratch;  // one float per thread, shared
-  void sync() const {
-    if (threads > 1) barrier->wait();
-  }
-  float sum(float x) const {
-    sync();
-    scratch[thread] = x;
-    sync();
-    float total = 0.0f;
-    for (int i = 0; i < threads; ++i) total += scratch[i];
-    return total;
-  }
-};
-
-// body(block) on every thread of a block of `threads`, the calling thread being thread 0.
-template <typename Body>
-void run_block(int64_t threads, const Body& body) {
+void check_threads(int64_t threads) {
   TORCH_CHECK(threads >= 1 && threads <= 1024, "fftconv model: threads must be in [1, 1024]");
-  Barrier barrier{int(threads)};
-  std::vector<float> scratch(threads);
-  std::vector<std::thread> others;
-  for (int i = 1; i < threads; ++i) {
-    others.emplace_back([&, i] { body(ThreadOfBlock{i, int(threads), &barrier, scratch.data()}); });
-  }
-  body(ThreadOfBlock{0, int(threads), &barrier, scratch.data()});
-  for (auto& other : others) other.join();
 }
 
 void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
@@ -81,7 +30,8 @@ void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     std::vector<cfloat> buf(padded_size(1 << log_points));
     scalar_t* out = y.data_ptr<scalar_t>();
-    run_block(threads, [&](const ThreadOfBlock& block) {
+    check_threads(threads);
+    run_block(int(threads), [&](const ThreadOfBlock& block) {
       for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, row, buf.data(), block);
     });
   });
@@ -103,7 +53,8 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
         make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int size = padded_size(1 << log_points);
     std::vector<cfloat> buffers(3 * size);
-    run_block(threads, [&](const ThreadOfBlock& block) {
+    check_threads(threads);
+    run_block(int(threads), [&](const ThreadOfBlock& block) {
       for (int unit = 0; unit < groups * p.heads; ++unit) {
         backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
       }

@@ -2,52 +2,14 @@
 // wherever the CUDA block calls __syncthreads, running forward rows and backward units on random data. Any two
 // threads touching the same buffer slot between barriers, one of them writing, is reported as a data race.
 // Built and run by test_cuda_model.py (g++ -fsanitize=thread); prints one line per configuration.
-#include <condition_variable>
 #include <cstdio>
-#include <mutex>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "fftconv/fftconv_rows.cuh"
+#include "threaded_block.h"
 
 using namespace ssm_kernels::fftconv;
-
-class Barrier {
- public:
-  explicit Barrier(int count) : count_(count) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const int generation = generation_;
-    if (++waiting_ == count_) {
-      waiting_ = 0;
-      ++generation_;
-      changed_.notify_all();
-    } else {
-      changed_.wait(lock, [&] { return generation != generation_; });
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  int count_, waiting_ = 0, generation_ = 0;
-};
-
-struct ThreadOfBlock {
-  int thread, threads;
-  Barrier* barrier;
-  float* scratch;
-  void sync() const { barrier->wait(); }
-  float sum(float x) const {
-    sync();
-    scratch[thread] = x;
-    sync();
-    float total = 0.0f;
-    for (int i = 0; i < threads; ++i) total += scratch[i];
-    return total;
-  }
-};
 
 int main() {
   std::mt19937 rng(0);
@@ -79,19 +41,12 @@ int main() {
         const int size = padded_size(points);
         std::vector<cfloat> buffers(3 * size);
         for (int threads : {4, 8}) {
-          Barrier barrier(threads);
-          std::vector<float> scratch(threads);
-          auto body = [&](int thread) {
-            const ThreadOfBlock block{thread, threads, &barrier, scratch.data()};
+          run_block(threads, [&](const ThreadOfBlock& block) {
             for (int row = 0; row < batch * heads; ++row) forward_row(p, y.data(), row, buffers.data(), block);
             for (int unit = 0; unit < groups * heads; ++unit) {
               backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
             }
-          };
-          std::vector<std::thread> others;
-          for (int i = 1; i < threads; ++i) others.emplace_back(body, i);
-          body(0);
-          for (auto& other : others) other.join();
+          });
         }
         std::printf("log_points %d bidirectional %d gated %d: done\n", log_points, int(bidirectional), int(gated));
       }

@@ -15,7 +15,7 @@ import torch
 from ssm_kernels import _build_lock, _cuda_ext
 from ssm_kernels.fftconv import MAX_CUDA_LENGTH
 from ssm_kernels.fftconv.reference import fftconv_ref
-from tests.fftconv.test_fftconv import make_inputs
+from tests.fftconv.test_fftconv import assert_block_sizes_agree, make_inputs
 from tests.helpers import check_parity
 
 cuda_backend = importlib.import_module("ssm_kernels.fftconv.cuda")
@@ -93,19 +93,7 @@ def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates):
     compute what one thread computes, bitwise (dD up to the order of its block sum): the row code's barriers and
     division of work are complete."""
     inputs = make_inputs(3, 2, length, length // 3, torch.float32, "cpu", bidirectional=True, gates=gates)
-    names = [n for n in GRADS if inputs[n] is not None]
-    grad = torch.randn_like(inputs["u"])
-    results = []
-    for count in (1, threads):
-        monkeypatch.setattr(cuda_backend, "BLOCK_THREADS", count)
-        leaves = {n: t if t is None else t.detach().requires_grad_(n in names) for n, t in inputs.items()}
-        y = run(**leaves, bidirectional=True)
-        results.append([y, *torch.autograd.grad(y, [leaves[n] for n in names], grad)])
-    for name, one, many in zip(["y"] + names, *results):
-        if name == "D":
-            torch.testing.assert_close(many, one, rtol=1e-5, atol=1e-6)
-        else:
-            assert torch.equal(one, many), f"{name}: {threads} threads differ from one"
+    assert_block_sizes_agree(monkeypatch, run, inputs, (1, threads))
 
 
 @pytest.mark.parametrize("log_m", range(1, cuda_backend.MAX_LOG_POINTS + 1))

@@ -71,28 +71,34 @@ def test_cuda_longest(length, taps, bidirectional, dtype):
                  bidirectional=bidirectional)
 
 
-@pytest.mark.parametrize("length", [100, 4096, 9000])
-def test_cuda_threads_agree(monkeypatch, length):
-    """Every thread count computes each value with the same operations: outputs and gradients are bitwise
-    equal across block sizes and repeated calls (dD up to its block sum's order). A missing barrier (a race
-    between threads of a block) shows here, which the CPU model of the row code cannot see."""
+def assert_block_sizes_agree(monkeypatch, run, inputs, thread_counts):
+    """run(**inputs, bidirectional=True) with the CUDA backend's BLOCK_THREADS at each count: y and every
+    gradient bitwise equal to the first count's (dD up to the order of its block sum). Every thread count
+    computes each value with the same operations, so a difference is a race between a block's threads."""
     import importlib
     cuda_backend = importlib.import_module("ssm_kernels.fftconv.cuda")
-    inputs = make_inputs(3, 4, length, length // 2, torch.bfloat16, backend_device("cuda"), bidirectional=True)
-    names = ["u", "k", "D", "pregate", "postgate"]
+    names = [n for n in ("u", "k", "D", "pregate", "postgate") if inputs[n] is not None]
     grad = torch.randn_like(inputs["u"])
     results = []
-    for threads in (32, 128, 512, 512):
+    for threads in thread_counts:
         monkeypatch.setattr(cuda_backend, "BLOCK_THREADS", threads)
-        leaves = {n: inputs[n].detach().requires_grad_() for n in names}
-        y = fftconv(**leaves, bidirectional=True, backend="cuda")
+        leaves = {n: t if t is None else t.detach().requires_grad_(n in names) for n, t in inputs.items()}
+        y = run(**leaves, bidirectional=True)
         results.append([y, *torch.autograd.grad(y, [leaves[n] for n in names], grad)])
-    for other in results[1:]:
-        for name, a, b in zip(["y"] + names, results[0], other):
+    for threads, other in zip(thread_counts[1:], results[1:]):
+        for name, first, this in zip(["y"] + names, results[0], other):
             if name == "D":
-                assert_close(b, a, torch.float32)
+                assert_close(this, first, torch.float32)
             else:
-                assert torch.equal(a, b), f"{name} differs between block sizes"
+                assert torch.equal(first, this), f"{name}: {threads} threads differ from {thread_counts[0]}"
+
+
+@pytest.mark.parametrize("length", [100, 4096, 9000])
+def test_cuda_threads_agree(monkeypatch, length):
+    """Block sizes and a repeated call agree bitwise on the GPU: the native race check (the CPU model's threads
+    run at barriers, not in the GPU's memory model)."""
+    inputs = make_inputs(3, 4, length, length // 2, torch.bfloat16, backend_device("cuda"), bidirectional=True)
+    assert_block_sizes_agree(monkeypatch, run("cuda"), inputs, (32, 128, 512, 512))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
