@@ -261,6 +261,8 @@ inline void bc_layout(const at::Tensor& X, at::IntArrayRef layout, const at::Ten
   sb = layout[2]; sg = layout[3]; sn = layout[4]; sl = layout[5]; im = layout[6];
   TORCH_CHECK(cpg >= 1 && u.size(1) % cpg == 0, "selective_scan: channels per group must divide D");
   TORCH_CHECK(!fixed || fp32, "selective_scan: fixed B / C must be fp32");
+  // variable fp32 B / C beside fp32 u are "in u's dtype" (the same loads), so fp32 calls take the plain kernels
+  if (!fixed && u.scalar_type() == at::kFloat) fp32 = false;
 }
 
 inline Params make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
