@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_fwd_kernel(Problem<T> p, 
 
 // The backward's buffers a, b, acc: the first `in_shared` in shared memory, the others in this block's slot of
 // scratch (3 - in_shared buffers of padded_size(M) values per block). kAllShared (in_shared = 3) lets the compiler
-// see that every buffer is shared memory (shared-memory loads and stores instead of generic ones).
+// see that every buffer is shared memory (shared-memory loads and stores instead of generic ones); otherwise every
+// transform runs in a (backward_row's one_fft_buffer), and b and acc are only touched slot by slot.
 template <typename T, bool kAllShared>
 __global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units,
                                                                   int in_shared, cfloat* scratch) {
@@ -71,7 +72,7 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, 
   }
   const CudaBlock block = this_block(reinterpret_cast<float*>(reinterpret_cast<cfloat*>(shared) + in_shared * size));
   for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    backward_unit(p, grads, unit, buffers[0], buffers[1], buffers[2], block);
+    backward_unit(p, grads, unit, buffers[0], buffers[1], buffers[2], !kAllShared, block);
   }
 }
 

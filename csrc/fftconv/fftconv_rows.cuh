@@ -88,6 +88,12 @@ SSM_HD void fill(cfloat* buf, const Values& x, int points, const Block& block) {
   for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = {x(2 * n), x(2 * n + 1)};
 }
 
+// to[slot n] = from[slot n] for the M slots, each thread the slots fill gives it.
+template <class Block>
+SSM_HD void copy(const cfloat* from, cfloat* to, int points, const Block& block) {
+  for (int n = block.thread; n < points; n += block.threads) to[padded(n)] = from[padded(n)];
+}
+
 // The pair of slots of frequencies k and M - k (one slot when they coincide: k = 0, where M - k is M = 0 mod M,
 // and k = M / 2), and the factor W^k of the real-FFT identities.
 struct FrequencyPair {
@@ -164,9 +170,11 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, int row, cfloat* buf, const B
 //   dv   = IFFT(G conj K)     the correlation of g with k, + D g; du = dv * pre, dpre = dv * u
 //   acc += G conj V           the spectrum of the correlation of g with v (backward_unit turns it into dk)
 //   dD   = sum_t g v
+// one_fft_buffer: every transform runs in a, and b and acc are only read and written slot by slot (a is then the
+// one buffer that must be in shared memory: M = 16384's three do not fit); else V transforms in b, beside G in a.
 template <typename T, class Block>
 SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int batch_row, int h, cfloat* a,
-                         cfloat* b, cfloat* acc, const Block& block) {
+                         cfloat* b, cfloat* acc, bool one_fft_buffer, const Block& block) {
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
   const cfloat* kernel = p.spectrum + int64_t(h) * (points + 1);
@@ -176,25 +184,38 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   const float skip = p.skip != nullptr ? p.skip[h] : 0.0f;
   const int64_t out = (int64_t(batch_row) * p.heads + h) * p.length;
 
-  fill(a, v, points, block);
-  if (grads.dpost != nullptr) {  // conv first, in b, then g over it
+  // G into a, V into b
+  cfloat* v_transform = one_fft_buffer ? a : b;
+  if (one_fft_buffer || grads.dpost != nullptr) {
+    fill(v_transform, v, points, block);
     block.sync();
-    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-    multiply_by_kernel(a, b, kernel, t, p.twiddles, block);
+    forward_fft(v_transform, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    if (one_fft_buffer) {
+      copy(a, b, points, block);
+      block.sync();
+    }
+  }
+  if (grads.dpost != nullptr) {  // conv in a (from V where it was transformed), then g over it
+    multiply_by_kernel(v_transform, a, kernel, t, p.twiddles, block);
     block.sync();
-    inverse_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
     for (int n = block.thread; n < points; n += block.threads) {
-      const cfloat conv = b[padded(n)];
+      const cfloat conv = a[padded(n)];
       for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
         const int pos = 2 * n + j;
         store(grads.dpost + out, pos, dy[pos] * ((j == 0 ? conv.re : conv.im) + skip * v(pos)));
       }
-      b[padded(n)] = {g(2 * n), g(2 * n + 1)};
+      a[padded(n)] = {g(2 * n), g(2 * n + 1)};
     }
     block.sync();
-    forward_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+  } else if (one_fft_buffer) {
+    fill(a, g, points, block);
+    block.sync();
+    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   } else {
-    fill(b, g, points, block);
+    fill(a, g, points, block);
+    fill(b, v, points, block);
     block.sync();
     forward_fft(a, b, t, p.twiddles, block);
   }
@@ -203,18 +224,18 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   for (int k = block.thread; k <= points / 2; k += block.threads) {
     const FrequencyPair pair(k, t, p.twiddles);
     cfloat vk, vmk, gk, gmk;
-    pair.unpack_from(a, vk, vmk);
-    pair.unpack_from(b, gk, gmk);
+    pair.unpack_from(b, vk, vmk);
+    pair.unpack_from(a, gk, gmk);
     pair.pack_into<true>(acc, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
-    pair.pack_into(b, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
+    pair.pack_into(a, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
   }
   block.sync();
-  inverse_fft(b, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+  inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
 
   const RowIn<T> u = p.u.row(batch_row, h), pre = p.pre.row(batch_row, h);
   float dskip = 0.0f;
   for (int n = block.thread; 2 * n < p.length; n += block.threads) {
-    const cfloat corr = b[padded(n)];
+    const cfloat corr = a[padded(n)];
     for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
       const int pos = 2 * n + j;
       const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
@@ -237,20 +258,29 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
 // gradient from the spectra the rows added up: dk at lag j (causal tap j) and N - 1 - j (anti-causal tap j).
 template <typename T, class Block>
 SSM_HD void backward_unit(const Problem<T>& p, const Gradients<T>& grads, int unit_index, cfloat* a, cfloat* b,
-                          cfloat* acc, const Block& block) {
+                          cfloat* acc, bool one_fft_buffer, const Block& block) {
   const int points = 1 << p.transform.log_points;
   const int groups = batch_groups(p.batch, grads.rows_per_group);
   const Unit unit(unit_index, groups, grads.rows_per_group, p.batch);
   for (int n = block.thread; n < points; n += block.threads) acc[padded(n)] = {0.0f, 0.0f};
-  for (int row = unit.begin; row < unit.end; ++row) backward_row(p, grads, row, unit.h, a, b, acc, block);
+  for (int row = unit.begin; row < unit.end; ++row) {
+    backward_row(p, grads, row, unit.h, a, b, acc, one_fft_buffer, block);
+  }
+  cfloat* lags = acc;
+  // acc's last additions precede the last row's inverse transform (its barriers), and that row's outputs read a in
+  // copy's own slots: no barrier before the copy
+  if (one_fft_buffer) {
+    copy(acc, a, points, block);
+    lags = a;
+  }
   block.sync();
-  inverse_fft(acc, static_cast<cfloat*>(nullptr), p.transform, p.twiddles, block);
+  inverse_fft(lags, static_cast<cfloat*>(nullptr), p.transform, p.twiddles, block);
 
   const int sides = grads.bidirectional ? 2 : 1;
   float* dk_causal = grads.dk + ((int64_t(unit.group) * sides) * p.heads + unit.h) * grads.taps;
   float* dk_anti = dk_causal + int64_t(p.heads) * grads.taps;
   for (int n = block.thread; n < points; n += block.threads) {
-    const cfloat lagged = acc[padded(n)];
+    const cfloat lagged = lags[padded(n)];
     for (int j = 0; j < 2; ++j) {
       const int lag = 2 * n + j;
       const float dk = j == 0 ? lagged.re : lagged.im;

@@ -18,6 +18,10 @@ namespace {
 
 using namespace ssm_kernels::fftconv;
 
+bool one_fft_buffer = false;  // the backward as the kernel runs it when its buffers outgrow shared memory
+
+void set_one_fft_buffer(bool value) { one_fft_buffer = value; }
+
 void check_threads(int64_t threads) {
   TORCH_CHECK(threads >= 1 && threads <= 1024, "fftconv model: threads must be in [1, 1024]");
 }
@@ -56,7 +60,8 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
     check_threads(threads);
     run_block(int(threads), [&](const ThreadOfBlock& block) {
       for (int unit = 0; unit < groups * p.heads; ++unit) {
-        backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
+        backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size,
+                      one_fft_buffer, block);
       }
     });
     dk.copy_(partial.sum(0));
@@ -77,4 +82,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fftconv_fwd", &fftconv_fwd);
   m.def("fftconv_bwd", &fftconv_bwd);
   m.def("slots", &slots);
+  m.def("set_one_fft_buffer", &set_one_fft_buffer);
 }

@@ -41,12 +41,15 @@ int main() {
         const int size = padded_size(points);
         std::vector<cfloat> buffers(3 * size);
         for (int threads : {4, 8}) {
-          run_block(threads, [&](const ThreadOfBlock& block) {
-            for (int row = 0; row < batch * heads; ++row) forward_row(p, y.data(), row, buffers.data(), block);
-            for (int unit = 0; unit < groups * heads; ++unit) {
-              backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size, block);
-            }
-          });
+          for (bool one_fft_buffer : {false, true}) {
+            run_block(threads, [&](const ThreadOfBlock& block) {
+              for (int row = 0; row < batch * heads; ++row) forward_row(p, y.data(), row, buffers.data(), block);
+              for (int unit = 0; unit < groups * heads; ++unit) {
+                backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size,
+                              one_fft_buffer, block);
+              }
+            });
+          }
         }
         std::printf("log_points %d bidirectional %d gated %d: done\n", log_points, int(bidirectional), int(gated));
       }

@@ -70,6 +70,24 @@ def test_long(model, batch, length, taps, bidirectional):
     check_parity(run, reference, inputs, torch.float32, GRADS, bidirectional=bidirectional)
 
 
+@pytest.fixture
+def one_fft_buffer(model):
+    """The model's backward as the kernel runs it when its three buffers outgrow shared memory (M = 16384)."""
+    model.set_one_fft_buffer(True)
+    yield
+    model.set_one_fft_buffer(False)
+
+
+@pytest.mark.parametrize("length,taps,bidirectional,gates", [
+    (7, 5, False, True), (130, 64, True, True), (1025, 1025, False, False), (4096, 300, True, True)])
+def test_one_fft_buffer_backward(model, one_fft_buffer, length, taps, bidirectional, gates):
+    """Every transform in buffer a, V kept in b and the kernel gradient's spectrum in acc, both touched slot by
+    slot only: the same gradients, with and without a postgate (its conv pass takes V from a then)."""
+    inputs = make_inputs(3, 2, length, taps, torch.float32, "cpu", bidirectional=bidirectional, gates=gates)
+    names = [n for n in GRADS if inputs[n] is not None]
+    check_parity(run, reference, inputs, torch.float32, names, bidirectional=bidirectional)
+
+
 @pytest.mark.parametrize("skip,gates", [(False, False), (True, False), (False, True)])
 def test_without_extras_and_strided(model, skip, gates):
     inputs = make_inputs(2, 5, 100, 37, torch.float32, "cpu", skip=skip, gates=gates, transposed=True)
@@ -88,12 +106,17 @@ def test_gates_of_another_dtype(model):
 
 @pytest.mark.parametrize("threads", [4, 32])
 @pytest.mark.parametrize("length,gates", [(100, True), (1000, False)])
-def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates):
+@pytest.mark.parametrize("one_buffer", [False, True])
+def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates, one_buffer):
     """Several threads per block, each taking its share of every loop and meeting the others at the barriers,
     compute what one thread computes, bitwise (dD up to the order of its block sum): the row code's barriers and
-    division of work are complete."""
+    division of work are complete (in both backward schemes: one_buffer, the one_fft_buffer fixture's)."""
     inputs = make_inputs(3, 2, length, length // 3, torch.float32, "cpu", bidirectional=True, gates=gates)
-    assert_block_sizes_agree(monkeypatch, run, inputs, (1, threads))
+    model.set_one_fft_buffer(one_buffer)
+    try:
+        assert_block_sizes_agree(monkeypatch, run, inputs, (1, threads))
+    finally:
+        model.set_one_fft_buffer(False)
 
 
 @pytest.mark.parametrize("log_m", range(1, cuda_backend.MAX_LOG_POINTS + 1))
