@@ -190,12 +190,10 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
     fill(v_transform, v, points, block);
     block.sync();
     forward_fft(v_transform, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-    if (one_fft_buffer) {
-      copy(a, b, points, block);
-      block.sync();
-    }
+    if (one_fft_buffer) copy(a, b, points, block);
   }
   if (grads.dpost != nullptr) {  // conv in a (from V where it was transformed), then g over it
+    if (one_fft_buffer) block.sync();  // the copy read a's slots that the pairs below overwrite
     multiply_by_kernel(v_transform, a, kernel, t, p.twiddles, block);
     block.sync();
     inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);

@@ -25,7 +25,7 @@ struct Params {
   int batch, dim, length, dstate;
   int n_ckpt;  // checkpoints per (batch, channel): ceil(L / kSSCkptSpacing)
   bool has_D, has_z, has_bias, softplus, varlen, has_h0, has_dfinal;
-  bool B_fixed, C_fixed, B_fp32, C_fp32;  // B / C data in fp32 (else in u's dtype)
+  bool B_fixed, C_fixed, B_fp32, C_fp32;  // variable B / C data in fp32 beside a u of another dtype (else u's)
   int cpg_B, cpg_C;                       // channels per group (1 for fixed: every channel its own row)
   int64_t u_sb, u_sd, u_sl, dt_sb, dt_sd, dt_sl, z_sb, z_sd, z_sl, do_sb, do_sd, do_sl;
   int64_t A_sd, A_sn;
@@ -254,15 +254,15 @@ inline void bc_layout(const at::Tensor& X, at::IntArrayRef layout, const at::Ten
                       int& cpg, int64_t& sb, int64_t& sg, int64_t& sn, int64_t& sl, int64_t& im) {
   TORCH_CHECK(layout.size() == 7, "selective_scan: B / C layout must have 7 entries");
   TORCH_CHECK(X.is_cuda() && X.device() == u.device(), "selective_scan: B / C must be on u's device");
-  fp32 = X.scalar_type() == at::kFloat;
-  TORCH_CHECK(fp32 || X.scalar_type() == u.scalar_type(), "selective_scan: B / C must be fp32 or in u's dtype");
+  const bool is_float = X.scalar_type() == at::kFloat;
+  TORCH_CHECK(is_float || X.scalar_type() == u.scalar_type(), "selective_scan: B / C must be fp32 or in u's dtype");
+  // fp32 data beside a u of another dtype; fp32 beside fp32 u is "u's dtype" (the same loads, the plain kernels)
+  fp32 = is_float && u.scalar_type() != at::kFloat;
   fixed = layout[0] != 0;
   cpg = static_cast<int>(layout[1]);
   sb = layout[2]; sg = layout[3]; sn = layout[4]; sl = layout[5]; im = layout[6];
   TORCH_CHECK(cpg >= 1 && u.size(1) % cpg == 0, "selective_scan: channels per group must divide D");
-  TORCH_CHECK(!fixed || fp32, "selective_scan: fixed B / C must be fp32");
-  // variable fp32 B / C beside fp32 u are "in u's dtype" (the same loads), so fp32 calls take the plain kernels
-  if (!fixed && u.scalar_type() == at::kFloat) fp32 = false;
+  TORCH_CHECK(!fixed || is_float, "selective_scan: fixed B / C must be fp32");
 }
 
 inline Params make_params(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
