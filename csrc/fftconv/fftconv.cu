@@ -16,6 +16,11 @@ namespace ssm_kernels {
 namespace fftconv {
 
 constexpr int kMaxThreads = 512;
+// Registers bound the kernels' occupancy (about 90 a thread: 2 blocks of 256 threads per SM). Blocks of up to 256
+// threads are compiled for 3 per SM (80 registers, no spills); the backward with a scratch buffer spills at 80.
+constexpr int kSmallBlock = 256;
+template <int kMaxBlock>
+constexpr int min_blocks() { return kMaxBlock <= kSmallBlock ? 3 : 1; }
 
 // The thread block as the row code sees it (its methods are host-device only so that the row templates, which
 // are, may call them; they run on the device alone).
@@ -46,8 +51,8 @@ struct CudaBlock {
 
 __device__ inline CudaBlock this_block(float* scratch) { return {int(threadIdx.x), int(blockDim.x), scratch}; }
 
-template <typename T>
-__global__ void __launch_bounds__(kMaxThreads) fftconv_fwd_kernel(Problem<T> p, T* y) {
+template <typename T, int kMaxBlock>
+__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>()) fftconv_fwd_kernel(Problem<T> p, T* y) {
   extern __shared__ float4 shared[];
   cfloat* buf = reinterpret_cast<cfloat*>(shared);
   const CudaBlock block = this_block(nullptr);
@@ -58,9 +63,9 @@ __global__ void __launch_bounds__(kMaxThreads) fftconv_fwd_kernel(Problem<T> p, 
 // scratch (3 - in_shared buffers of padded_size(M) values per block). kAllShared (in_shared = 3) lets the compiler
 // see that every buffer is shared memory (shared-memory loads and stores instead of generic ones); otherwise every
 // transform runs in a (backward_row's one_fft_buffer), and b and acc are only touched slot by slot.
-template <typename T, bool kAllShared>
-__global__ void __launch_bounds__(kMaxThreads) fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units,
-                                                                  int in_shared, cfloat* scratch) {
+template <typename T, bool kAllShared, int kMaxBlock>
+__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
+    fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units, int in_shared, cfloat* scratch) {
   extern __shared__ float4 shared[];
   const int size = padded_size(1 << p.transform.log_points);
   if (kAllShared) in_shared = 3;
@@ -116,7 +121,8 @@ void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& preg
   const size_t smem = padded_size(1 << log_points) * sizeof(cfloat);
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
-    const auto kernel = fftconv_fwd_kernel<scalar_t>;
+    const auto kernel = threads <= kSmallBlock ? fftconv_fwd_kernel<scalar_t, kSmallBlock>
+                                               : fftconv_fwd_kernel<scalar_t, kMaxThreads>;
     const int grid = persistent_grid(kernel, int(threads), smem, rows);
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -142,7 +148,9 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::opti
   while (in_shared > 1 && in_shared * buffer + sum_scratch > limit) --in_shared;
   const size_t smem = in_shared * buffer + sum_scratch;
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd", [&] {
-    const auto kernel = in_shared == 3 ? fftconv_bwd_kernel<scalar_t, true> : fftconv_bwd_kernel<scalar_t, false>;
+    const auto kernel = in_shared < 3            ? fftconv_bwd_kernel<scalar_t, false, kMaxThreads>
+                        : threads <= kSmallBlock ? fftconv_bwd_kernel<scalar_t, true, kSmallBlock>
+                                                 : fftconv_bwd_kernel<scalar_t, true, kMaxThreads>;
     const int resident = persistent_grid(kernel, int(threads), smem, int64_t(1) << 30);
     const int per_group = rows_per_group(batch, heads, resident);
     const int64_t units = heads * batch_groups(int(batch), per_group);
