@@ -10,7 +10,8 @@ TORCH_LIBRARY_FRAGMENT(ssm_kernels_cuda, m) {
         "Tensor? seq_end, Tensor(a!) y, Tensor(b!) final_state, Tensor(c!) ckpt) -> ()");
   m.def("selective_scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, int[] B_layout, Tensor C, int[] C_layout, "
         "Tensor? D, Tensor? z, Tensor? delta_bias, bool delta_softplus, Tensor? initial_state, Tensor? seq_start, "
-        "Tensor? seq_end, Tensor dout, Tensor? dfinal, Tensor ckpt, int channels_per_block, Tensor(a!) du, "
+        "Tensor? seq_end, Tensor dout, Tensor? dfinal, Tensor ckpt, int channels_per_block, bool atomic_bc, "
+        "Tensor(a!) du, "
         "Tensor(b!) ddelta, Tensor(c!) dz, Tensor(d!) dA, Tensor(e!) dD, Tensor(f!) dbias, Tensor(g!) dB, "
         "Tensor(h!) dC, Tensor(i!) dh0, Tensor(j!) workspace) -> ()");
 }

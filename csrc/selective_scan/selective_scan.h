@@ -30,7 +30,7 @@ void selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::
                         const c10::optional<at::Tensor>& initial_state, const c10::optional<at::Tensor>& seq_start,
                         const c10::optional<at::Tensor>& seq_end, const at::Tensor& dout,
                         const c10::optional<at::Tensor>& dfinal, const at::Tensor& ckpt, int64_t channels_per_block,
-                        at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA, at::Tensor& dD,
+                        bool atomic_bc, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA, at::Tensor& dD,
                         at::Tensor& dbias, at::Tensor& dB, at::Tensor& dC, at::Tensor& dh0, at::Tensor& workspace);
 
 }  // namespace ssm_kernels

@@ -27,11 +27,41 @@ namespace ss {
 namespace {
 
 constexpr int kMaxAccSmem = 96 * 1024;    // bytes of shared memory for the variable dB / dC sums
+
+// row[0 .. valid) += v[0 .. valid) with fp32 atomics: real values as 16-byte vector atomics (sm_90) where the
+// thread's K positions are whole and aligned (t0 is a multiple of K; rows of L floats, L a multiple of 4), so a
+// warp's atomics cover 512 contiguous bytes.
+template <int K>
+__device__ __forceinline__ void atomic_add_row(float* row, const float (&v)[K], int valid, int L) {
+#if __CUDA_ARCH__ >= 900
+  if (K % 4 == 0 && valid == K && L % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < K; i += 4) {
+      atomicAdd(reinterpret_cast<float4*>(row + i), make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
+    }
+    return;
+  }
+#endif
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    if (i < valid) atomicAdd(row + i, v[i]);
+  }
+}
+
+template <int K>
+__device__ __forceinline__ void atomic_add_row(float* row, const float2 (&v)[K], int valid, int) {
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    if (i < valid) vatomic_add(row + 2 * i, v[i]);
+  }
+}
 constexpr int kMaxDeferSmem = 32 * 1024;  // bytes for the per-thread partials of dA and fixed dB / dC
 
-template <typename T, typename V, bool kPlain>
+// kPlain: the plain case (ss_common.cuh), with variable dB / dC summed in shared memory or, kAtomicBC, added
+// with atomics; the general instantiation reads both choices from Params.
+template <typename T, typename V, bool kPlain, bool kAtomicBC>
 __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) {
-  if (kPlain) assume_plain_backward(p);
+  if (kPlain) assume_plain_backward<kAtomicBC>(p);
   constexpr int K = kSSBwdItems;
   constexpr int kChunk = kThreads * K;
   constexpr int W = vwidth<V>();
@@ -76,6 +106,9 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) 
       const int64_t bd = int64_t(b) * p.dim + d;
       const int64_t B_base = (p.B_fixed ? 0 : b * p.B_sb) + int64_t(d / p.cpg_B) * p.B_sg;
       const int64_t C_base = (p.C_fixed ? 0 : b * p.C_sb) + int64_t(d / p.cpg_C) * p.C_sg;
+      // atomic_bc: this channel's group rows of dB / dC (B, groups, N, L)
+      const int64_t atomic_row_B = (int64_t(b) * (p.dim / p.cpg_B) + d / p.cpg_B) * N;
+      const int64_t atomic_row_C = (int64_t(b) * (p.dim / p.cpg_C) + d / p.cpg_C) * N;
       const float Dv = p.has_D ? p.D[d] : 0.f;
       const float bias = p.has_bias ? p.bias[d] : 0.f;
       float u[K], dt_raw[K], dt[K], dout[K], zv[K], dy[K];
@@ -174,6 +207,7 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) 
         }
 
         float sums[3 * W];  // dA, fixed dB, fixed dC of mode n
+        V dB_row[K], dC_row[K];  // this thread's positions' dB / dC of mode n (atomic_bc)
 #pragma unroll
         for (int j = 0; j < 3 * W; ++j) sums[j] = 0.f;
 #pragma unroll
@@ -199,7 +233,9 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) 
             if (p.B_fixed) sums[1] += dB_i;
             if (p.C_fixed) sums[2] += dC_i;
           }
-          if (i < valid) {
+          dB_row[i] = dB_i;
+          dC_row[i] = dC_i;
+          if (i < valid && !p.atomic_bc) {
             if (varB) {
               float* q = p.acc_smem ? accB + (size_t(n) * kChunk + tid * K + i) * W
                                     : p.dB + ((part_row + n) * L + t0 + i) * W;
@@ -211,6 +247,10 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(Params p) 
               vstore(q, k == 0 ? dC_i : vadd(vload<V>(q, 1), dC_i));
             }
           }
+        }
+        if (p.atomic_bc) {
+          if (varB) atomic_add_row<K>(p.dB + ((atomic_row_B + n) * L + t0) * W, dB_row, valid, L);
+          if (varC) atomic_add_row<K>(p.dC + ((atomic_row_C + n) * L + t0) * W, dC_row, valid, L);
         }
         if (p.defer_sums) {  // packed (dA, [dB], [dC]) into this thread's slots, summed after the modes
 #pragma unroll
@@ -295,7 +335,9 @@ void launch_bwd(const Params& p, int n_dblocks) {
   const int nvar = int(!p.B_fixed) + int(!p.C_fixed);
   size_t smem = p.acc_smem ? size_t(nvar) * p.dstate * kSSCkptSpacing * vwidth<V>() * sizeof(float) : 0;
   if (p.defer_sums) smem += size_t(vwidth<V>()) * (1 + int(p.B_fixed) + int(p.C_fixed)) * p.dstate * kThreads * sizeof(float);
-  const auto kernel = is_plain_backward(p) ? selective_scan_bwd_kernel<T, V, true> : selective_scan_bwd_kernel<T, V, false>;
+  const auto kernel = !is_plain_backward(p) ? selective_scan_bwd_kernel<T, V, false, false>
+                      : p.atomic_bc          ? selective_scan_bwd_kernel<T, V, true, true>
+                                             : selective_scan_bwd_kernel<T, V, true, false>;
   // the opt-in counts static + dynamic shared memory: 48 KB of dynamic memory on top of the scan storage
   // already needs it (H100: complex A, one variable B / C, N 8 failed with "invalid argument" without)
   cudaFuncAttributes attr;
@@ -317,7 +359,7 @@ void selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::
                         const c10::optional<at::Tensor>& initial_state, const c10::optional<at::Tensor>& seq_start,
                         const c10::optional<at::Tensor>& seq_end, const at::Tensor& dout,
                         const c10::optional<at::Tensor>& dfinal, const at::Tensor& ckpt, int64_t channels_per_block,
-                        at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA, at::Tensor& dD,
+                        bool atomic_bc, at::Tensor& du, at::Tensor& ddelta, at::Tensor& dz, at::Tensor& dA, at::Tensor& dD,
                         at::Tensor& dbias, at::Tensor& dB, at::Tensor& dC, at::Tensor& dh0, at::Tensor& workspace) {
   bool is_complex = false;
   ss::Params p = ss::make_params(u, delta, A, B, B_layout, C, C_layout, D, z, delta_bias, delta_softplus,
@@ -351,8 +393,10 @@ void selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::
   check_out(dA, at::kFloat, BD * N * W, "dA");
   check_out(dD, at::kFloat, BD, "dD");
   check_out(dbias, at::kFloat, BD, "dbias");
-  check_out(dB, at::kFloat, p.B_fixed ? BD * N * W : p.batch * n_dblocks * N * L * W, "dB");
-  check_out(dC, at::kFloat, p.C_fixed ? BD * N * W : p.batch * n_dblocks * N * L * W, "dC");
+  // variable dB / dC: per-block partials (B, D / kch, N, L), or with atomic_bc zeroed sums (B, groups, N, L)
+  const int64_t rows_B = atomic_bc ? p.dim / p.cpg_B : n_dblocks, rows_C = atomic_bc ? p.dim / p.cpg_C : n_dblocks;
+  check_out(dB, at::kFloat, p.B_fixed ? BD * N * W : p.batch * rows_B * N * L * W, "dB");
+  check_out(dC, at::kFloat, p.C_fixed ? BD * N * W : p.batch * rows_C * N * L * W, "dC");
   check_out(workspace, at::kFloat, BD * N * W, "workspace");
   if (p.has_h0) {
     TORCH_CHECK(dh0.is_contiguous() && dh0.scalar_type() == at::kFloat && dh0.numel() == initial_state->size(0) * p.dim * N * W,
@@ -372,7 +416,8 @@ void selective_scan_bwd(const at::Tensor& u, const at::Tensor& delta, const at::
   p.work = workspace.data_ptr<float>();
   p.kch = kch;
   const int64_t nvar = int64_t(!p.B_fixed) + int64_t(!p.C_fixed);
-  p.acc_smem = nvar > 0 && nvar * N * kSSCkptSpacing * W * int64_t(sizeof(float)) <= ss::kMaxAccSmem;
+  p.atomic_bc = atomic_bc && nvar > 0;
+  p.acc_smem = !p.atomic_bc && nvar > 0 && nvar * N * kSSCkptSpacing * W * int64_t(sizeof(float)) <= ss::kMaxAccSmem;
   // dA (and fixed dB / dC) summed over the block once per channel and chunk instead of once per mode
   p.defer_sums = W * (1 + int64_t(p.B_fixed) + int64_t(p.C_fixed)) * N * ss::kThreads * int64_t(sizeof(float)) <= ss::kMaxDeferSmem;
   const c10::cuda::CUDAGuard guard(u.device());

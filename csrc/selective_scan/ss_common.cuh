@@ -42,6 +42,7 @@ struct Params {
   float *dA, *dD, *dbias, *dB, *dC, *dh0, *work;
   int kch;        // backward: channels per block
   bool acc_smem;    // backward: variable dB / dC accumulated in shared memory (else in the global partials)
+  bool atomic_bc;   // backward (plain case only): variable dB / dC added with fp32 atomics into (B, groups, N, L)
   bool defer_sums;  // backward: dA / fixed dB / fixed dC summed over the block per channel, not per mode
 };
 
@@ -59,7 +60,7 @@ inline bool is_plain_forward(const Params& p) {
 }
 
 inline bool is_plain_backward(const Params& p) {
-  return is_plain_forward(p) && p.do_sl == 1 && !p.has_dfinal && p.acc_smem && p.defer_sums;
+  return is_plain_forward(p) && p.do_sl == 1 && !p.has_dfinal && (p.acc_smem || p.atomic_bc) && p.defer_sums;
 }
 
 __device__ __forceinline__ void assume_plain_forward(Params& p) {
@@ -68,11 +69,14 @@ __device__ __forceinline__ void assume_plain_forward(Params& p) {
   p.u_sl = p.dt_sl = p.z_sl = p.B_sl = p.C_sl = 1;
 }
 
+template <bool kAtomicBC>
 __device__ __forceinline__ void assume_plain_backward(Params& p) {
   assume_plain_forward(p);
   p.do_sl = 1;
   p.has_dfinal = false;
-  p.acc_smem = p.defer_sums = true;
+  p.defer_sums = true;
+  p.acc_smem = !kAtomicBC;
+  p.atomic_bc = kAtomicBC;
 }
 
 // ---- numerics --------------------------------------------------------------------------------------------
@@ -118,6 +122,15 @@ template <> __device__ __forceinline__ float2 vload<float2>(const float* p, int6
 }
 __device__ __forceinline__ void vstore(float* p, float v) { *p = v; }
 __device__ __forceinline__ void vstore(float* p, float2 v) { p[0] = v.x; p[1] = v.y; }
+__device__ __forceinline__ void vatomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void vatomic_add(float* p, float2 v) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), v);  // one 8-byte vector atomic (sm_90, global memory)
+#else
+  atomicAdd(p, v.x);
+  atomicAdd(p + 1, v.y);
+#endif
+}
 template <typename V> __host__ __device__ constexpr int vwidth() { return sizeof(V) / sizeof(float); }
 
 

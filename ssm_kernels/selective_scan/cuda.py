@@ -12,10 +12,11 @@ A fp32 / complex64 and the states fp32 / complex64; D, delta_bias fp32 contiguou
 (fixed ones fp32 / complex64; complex ones complex64, or real in u's dtype with interleaved (re, im) along 2L).
 Complex tensors reach the kernels as their real views.
 
-Memory of the backward beyond its outputs: with variable or grouped B / C, one partial sum of dB (and dC) per
-block of kch channels, (B, D / kch, N, L) fp32 ((.., 2) complex), kch = the largest power of two <= 16 that
-divides the channels per group; summed with torch (deterministic, no atomics). For the (4, 4096, 4096) N=16
-case: 2 x 4 x 256 x 16 x 4096 x 4 bytes = 537 MB. Plus a (B, D, N) fp32 workspace.
+Memory of the backward beyond its outputs: variable or grouped dB / dC are added with fp32 atomics into (B, groups,
+N, L) fp32 sums ((.., 2) complex), one channel per block, as mamba_ssm does. In torch's deterministic mode (or with
+ATOMIC_BC off), one partial sum per block of kch channels instead, (B, D / kch, N, L), kch = the largest power of
+two <= 16 that divides the channels per group, summed with torch (bitwise reproducible). For the (4, 4096, 4096)
+N=16 case: 2 x 4 x 256 x 16 x 4096 x 4 bytes = 537 MB. Plus a (B, D, N) fp32 workspace.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ._op_wiring import define_ops
 
 CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
 MAX_CHANNELS_PER_BLOCK = 16
+ATOMIC_BC = True  # read at each call (see _atomic_bc)
 
 
 def _bc_arg(X: Tensor, dim: int, cplx: bool) -> Tuple[Tensor, List[int]]:
@@ -62,6 +64,20 @@ def _channels_per_block(dim: int, lay_B: List[int], lay_C: List[int]) -> int:
         for cpg in cpgs:
             kch = min(kch, cpg & -cpg)
     return kch
+
+
+def _atomic_bc(fixed_B: bool, fixed_C: bool) -> bool:
+    """Variable dB / dC added with fp32 atomics into (B, groups, N, L) sums, as mamba_ssm does, one channel per
+    block (no shared-memory accumulators, so more blocks per SM, and no partials for torch to sum); in torch's
+    deterministic mode (and with ATOMIC_BC off) per-block partials instead."""
+    return ATOMIC_BC and not (fixed_B and fixed_C) and not torch.are_deterministic_algorithms_enabled()
+
+
+def _bc_sums(shape, atomic: bool, device) -> Tensor:
+    """The variable dB / dC buffer: zeros for the atomics to add into, else per-block partials the kernel writes."""
+    if atomic:
+        return torch.zeros(shape, dtype=torch.float32, device=device)
+    return new_output(shape, torch.float32, device)
 
 
 def _n_ckpt(L: int) -> int:
@@ -107,16 +123,20 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     B_arg, lay_B = _bc_arg(B, dim, cplx)
     C_arg, lay_C = _bc_arg(C, dim, cplx)
     fixed_B, fixed_C = bool(lay_B[0]), bool(lay_C[0])
-    kch = _channels_per_block(dim, lay_B, lay_C)
+    atomic = _atomic_bc(fixed_B, fixed_C)
+    kch = 1 if atomic else _channels_per_block(dim, lay_B, lay_C)
     n_dblocks = dim // kch
+    rows_B, rows_C = (dim // lay_B[1], dim // lay_C[1]) if atomic else (n_dblocks, n_dblocks)
     du = new_output((batch, dim, L), u.dtype, dev)
     ddelta = new_output((batch, dim, L), delta.dtype, dev)
     dz = new_output((batch, dim, L), z.dtype, dev) if z is not None else u.new_empty((0,))
     dA = new_output((batch, dim, N, *pair), torch.float32, dev)
     dD = new_output((batch, dim), torch.float32, dev)
     dbias = new_output((batch, dim), torch.float32, dev)
-    dB = new_output(((batch, dim, N) if fixed_B else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
-    dC = new_output(((batch, dim, N) if fixed_C else (batch, n_dblocks, N, L)) + pair, torch.float32, dev)
+    dB = (new_output((batch, dim, N) + pair, torch.float32, dev) if fixed_B
+          else _bc_sums((batch, rows_B, N, L) + pair, atomic, dev))
+    dC = (new_output((batch, dim, N) + pair, torch.float32, dev) if fixed_C
+          else _bc_sums((batch, rows_C, N, L) + pair, atomic, dev))
     dh0 = (new_output((rows, dim, N, *pair), torch.float32, dev) if initial_state is not None
            else u.new_empty((0,), dtype=torch.float32))
     workspace = torch.empty((batch, dim, N, *pair), dtype=torch.float32, device=dev)
@@ -128,7 +148,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if L > 0:
         torch.ops.ssm_kernels_cuda.selective_scan_bwd(
             u, delta, real_view(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus,
-            real_view(initial_state), start, end, dout, real_view(dfinal), ckpt, kch,
+            real_view(initial_state), start, end, dout, real_view(dfinal), ckpt, kch, atomic,
             du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, workspace)
     else:
         for t in (dA, dD, dbias, dB, dC):

@@ -376,7 +376,9 @@ def test_cuda_mixed_dtypes_and_misaligned_rows():
                  return_final_state=True)
 
 
-def test_cuda_backward_is_bitwise_reproducible():
+def test_cuda_backward_is_bitwise_reproducible(deterministic_mode):
+    """In torch's deterministic mode the CUDA backward sums dB / dC as per-block partials with torch: bitwise
+    reproducible (outside it, fp32 atomics as mamba_ssm's)."""
     device = backend_device("cuda")
     inputs = make_inputs(2, 64, 1500, 16, torch.float32, device, bc="grouped")
     grads = []
@@ -387,3 +389,31 @@ def test_cuda_backward_is_bitwise_reproducible():
         cotangents = (torch.randn_like(y), torch.randn_like(state))
         grads.append(torch.autograd.grad((y, state), list(leaves.values()), cotangents))
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("bc,dtype,transposed,complex_A", [
+    ("variable", torch.bfloat16, False, False), ("grouped", torch.float32, False, False),
+    ("variable", torch.float32, True, False), ("grouped", torch.bfloat16, True, False),
+    ("variable", torch.float32, False, True)])
+def test_cuda_dB_dC_atomic_equals_deterministic(bc, dtype, transposed, complex_A):
+    """dB / dC added with atomics into (B, groups, N, L) (outside deterministic mode) equal the deterministic
+    mode's per-block partials summed by torch: on the plain kernels (unit strides, L a multiple of 4: 16-byte
+    vector atomics), the general ones (strided inputs, odd L: scalar atomics, a ragged last thread) and complex A
+    (8-byte atomics)."""
+    device = backend_device("cuda")
+    length = 1203 if transposed else 1500
+    inputs = make_inputs(2, 64, length, 16, dtype, device, bc=bc, groups=2, transposed=transposed,
+                         complex_A=complex_A)
+    grads = {}
+    for deterministic in (False, True):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        try:
+            y, state = selective_scan(**leaves, delta_softplus=True, return_final_state=True, backend="cuda")
+            loss = y.float().square().sum() + torch.view_as_real(state).sum() if complex_A else \
+                y.float().square().sum() + state.sum()
+            grads[deterministic] = torch.autograd.grad(loss, list(leaves.values()))
+        finally:
+            torch.use_deterministic_algorithms(False)
+    for name, atomic, partials in zip(inputs, grads[False], grads[True]):
+        assert_close(atomic, partials, dtype, f"d{name}")
