@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import importlib
 import json
 import os
@@ -33,7 +34,8 @@ from .core import copy_bandwidth_gbps, format_table, run_case
 
 def environment(device: torch.device) -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "device": str(device), "cpu_threads": torch.get_num_threads()}
+           "device": str(device), "cpu_threads": torch.get_num_threads(),
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")}
     try:
         import triton
         env["triton"] = triton.__version__

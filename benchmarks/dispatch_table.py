@@ -5,6 +5,8 @@ Writes ssm_kernels/_dispatch_table.py, the measured backend order for CUDA tenso
 compute capability. `--check` writes nothing and fails when the file differs from what the results give.
 
 How results become rules, per compute capability, op and dtype:
+* Results files are read oldest first, by the date their environment records (files from before dates were
+  recorded count as oldest, in name order): a later run of a backend on a case replaces its earlier times.
 * Only this package's backends count (torch / triton / cuda variants; peers and references do not).
 * Cases are ordered by their dispatch size (the `size` the op passes to _dispatch.select(), recorded with
   each result). A case governs the sizes up to the middle between it and the next larger case (their
@@ -88,8 +90,9 @@ def merge_equal_sizes(measurements: List[Measurement]) -> List[Measurement]:
 def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str, str], List[Measurement]]]:
     """{capability: {(op, dtype): [Measurement, ...]}} from the results files that name a capability."""
     table: Dict[Tuple[int, int], Dict[Tuple[str, str], Dict[str, Measurement]]] = defaultdict(dict)
-    for path in sorted(paths):
-        data = json.loads(path.read_text())
+    files = [(path, json.loads(path.read_text())) for path in sorted(paths)]
+    files.sort(key=lambda file: (file[1].get("environment") or {}).get("date") or "")  # stable: undated by name
+    for path, data in files:
         env = data.get("environment", {})
         capability = env.get("compute_capability")
         if not capability or not isinstance(data.get("results"), list):  # not an op benchmark (layers, models)

@@ -72,21 +72,38 @@ def test_cases_of_one_size_count_as_one(tmp_path):
     assert rules[0]["source"].startswith("G wide + long: fwd summed triton 0.240 ms, cuda 0.510; G large: ")
 
 
+def _write_results(path, commit, date, results):
+    env = {"compute_capability": [8, 0], "gpu": "G", "commit": commit}
+    if date:
+        env["date"] = date
+    path.write_text(json.dumps({"environment": env, "results": results}))
+    return path
+
+
 def test_a_later_run_of_one_backend_replaces_its_times_and_is_cited(tmp_path):
     """A second results file (read after the first, by name) that re-times one backend: the rule orders by its
     times and cites both files and both commits."""
-    def write(name, commit, results):
-        path = tmp_path / name
-        path.write_text(json.dumps({"environment": {"compute_capability": [8, 0], "gpu": "G", "commit": commit},
-                                    "results": results}))
-        return path
+    first = _write_results(tmp_path / "a_backends.json", "abc", None,
+                           [_result("big", 2 ** 26, "triton", "fwd", 3.0), _result("big", 2 ** 26, "cuda", "fwd", 2.0)])
+    later = _write_results(tmp_path / "b_triton_again.json", "def", None,
+                           [_result("big", 2 ** 26, "triton", "fwd", 1.0), _result("big", 2 ** 26, "peer:x", "fwd", 0.5)])
 
-    first = write("a_backends.json", "abc", [_result("big", 2 ** 26, "triton", "fwd", 3.0),
-                                             _result("big", 2 ** 26, "cuda", "fwd", 2.0)])
-    later = write("b_triton_again.json", "def", [_result("big", 2 ** 26, "triton", "fwd", 1.0),
-                                                 _result("big", 2 ** 26, "peer:x", "fwd", 0.5)])
     namespace = {}
     exec(dispatch_table.generate([later, first]), namespace)
     (rule,) = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
     assert rule["order"][:2] == ("triton", "cuda") and "triton 1.000 ms, cuda 2.000" in rule["source"]
     assert rule["results"] == ["a_backends.json", "b_triton_again.json"] and rule["commit"] == ["abc", "def"]
+
+
+def test_dated_results_are_read_by_date_after_undated_ones(tmp_path):
+    """The run recorded later wins whatever its file is called; files without a date count as the oldest."""
+    def timing(ms):
+        return [_result("big", 2 ** 26, "triton", "fwd", ms), _result("big", 2 ** 26, "cuda", "fwd", 2.0)]
+
+    newest = _write_results(tmp_path / "a_newest.json", "c", "2026-12-05T05:00Z", timing(1.0))
+    dated = _write_results(tmp_path / "b_dated.json", "b", "2026-12-04T05:00Z", timing(3.0))
+    undated = _write_results(tmp_path / "c_undated.json", "a", None, timing(4.0))
+    namespace = {}
+    exec(dispatch_table.generate([undated, dated, newest]), namespace)
+    (rule,) = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    assert rule["order"][:2] == ("triton", "cuda") and "triton 1.000 ms, cuda 2.000" in rule["source"]
