@@ -83,10 +83,11 @@ def _write_results(path, commit, date, results):
 def test_a_later_run_of_one_backend_replaces_its_times_and_is_cited(tmp_path):
     """A second results file (read after the first, by name) that re-times one backend: the rule orders by its
     times and cites both files and both commits."""
+    big = 2 ** 26
     first = _write_results(tmp_path / "a_backends.json", "abc", None,
-                           [_result("big", 2 ** 26, "triton", "fwd", 3.0), _result("big", 2 ** 26, "cuda", "fwd", 2.0)])
+                           [_result("big", big, "triton", "fwd", 3.0), _result("big", big, "cuda", "fwd", 2.0)])
     later = _write_results(tmp_path / "b_triton_again.json", "def", None,
-                           [_result("big", 2 ** 26, "triton", "fwd", 1.0), _result("big", 2 ** 26, "peer:x", "fwd", 0.5)])
+                           [_result("big", big, "triton", "fwd", 1.0), _result("big", big, "peer:x", "fwd", 0.5)])
 
     namespace = {}
     exec(dispatch_table.generate([later, first]), namespace)
