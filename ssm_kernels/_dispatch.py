@@ -410,9 +410,12 @@ def _resolve_uncached(op: str, device: torch.device, dtype, order: Tuple[str, ..
                                   f"(implemented: {list(impls)})")
 
 
-# torch.compile calls _resolve at trace time instead of tracing it (what torch.compiler.assume_constant_result
-# does; set directly because calling that helper imports Dynamo, too heavy for `import ssm_kernels`).
+# torch.compile calls these at trace time instead of tracing them (what torch.compiler.assume_constant_result
+# does; set directly because calling that helper imports Dynamo, too heavy for `import ssm_kernels`). Traced,
+# _capability's cache fill would fail the guard Dynamo had just made on the cache (torch 2.11: "Guard failed on
+# the same frame it was created").
 _resolve._dynamo_marked_constant = True
+_capability._dynamo_marked_constant = True
 
 
 @contextlib.contextmanager
