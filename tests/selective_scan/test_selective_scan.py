@@ -391,6 +391,33 @@ def test_cuda_backward_is_bitwise_reproducible(deterministic_mode):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+def test_cuda_atomic_bc_rule(monkeypatch):
+    """Where the CUDA backward adds dB / dC with atomics: variable B or C, the partials' grid under one wave
+    (ATOMIC_BC_BELOW_BLOCKS_PER_SM blocks per SM), outside deterministic mode, ATOMIC_BC on (no GPU needed)."""
+    import importlib
+    cuda_backend = importlib.import_module("ssm_kernels.selective_scan.cuda")
+
+    class Properties:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties())
+    wave = cuda_backend.ATOMIC_BC_BELOW_BLOCKS_PER_SM * 132
+    device = torch.device("cuda", 0)
+    assert cuda_backend._atomic_bc(False, False, 64, device)  # (1, 1024, 2048): 64 blocks of 16 channels
+    assert cuda_backend._atomic_bc(True, False, wave - 1, device)
+    assert not cuda_backend._atomic_bc(False, False, wave, device)
+    assert not cuda_backend._atomic_bc(False, False, 1024, device)  # (4, 4096, 4096)
+    assert not cuda_backend._atomic_bc(True, True, 64, device)  # both fixed: no (B, groups, N, L) sums
+    monkeypatch.setattr(cuda_backend, "ATOMIC_BC", False)
+    assert not cuda_backend._atomic_bc(False, False, 64, device)
+    monkeypatch.setattr(cuda_backend, "ATOMIC_BC", True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        assert not cuda_backend._atomic_bc(False, False, 64, device)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("bc,dtype,transposed,complex_A", [
     ("variable", torch.bfloat16, False, False), ("grouped", torch.float32, False, False),
     ("variable", torch.float32, True, False), ("grouped", torch.bfloat16, True, False),
