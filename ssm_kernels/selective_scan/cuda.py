@@ -131,9 +131,9 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     B_arg, lay_B = _bc_arg(B, dim, cplx)
     C_arg, lay_C = _bc_arg(C, dim, cplx)
     fixed_B, fixed_C = bool(lay_B[0]), bool(lay_C[0])
-    kch = _channels_per_block(dim, lay_B, lay_C)
-    atomic = _atomic_bc(fixed_B, fixed_C, batch * (dim // kch), dev)
-    kch = 1 if atomic else kch
+    partials_kch = _channels_per_block(dim, lay_B, lay_C)
+    atomic = _atomic_bc(fixed_B, fixed_C, batch * (dim // partials_kch), dev)
+    kch = 1 if atomic else partials_kch
     n_dblocks = dim // kch
     rows_B, rows_C = (dim // lay_B[1], dim // lay_C[1]) if atomic else (n_dblocks, n_dblocks)
     du = new_output((batch, dim, L), u.dtype, dev)
