@@ -7,8 +7,14 @@ output). mamba_ssm's fused mixer (mamba_inner_fn, checkpoint_lvl=1) recomputes t
 module does the same for any composition of ops, whatever backend each op runs:
 
     with recomputed_activations(enabled, device) as keep_out:
-        u = keep_out(lambda: conv(x))   # runs conv(x) now; ops in the block that save u save the recipe instead
-        y = scan(u, proj(u))            # (other saved tensors as usual)
+        u = keep_out(conv, x)   # runs conv(x) now; ops in the block that save u save the recipe instead
+        y = scan(u, proj(u))    # (other saved tensors as usual)
+
+A recipe is a function and its inputs. The tensors of the graph it reads are passed as inputs, not captured
+in a closure: the recipe is kept for the backward by the saved tensors of the ops in the block, so a tensor
+it held with its grad_fn would reference those ops' nodes, and a graph dropped without a backward (a forward
+under grad mode whose loss is never used) would form a cycle through autograd's nodes that nothing frees.
+Inputs are kept detached (requiring grad as they did); a closure holding a tensor with a grad_fn is refused.
 
 A recipe's result must own its storage (a fresh op output, dense); every tensor an op inside the block saves
 that views that storage is then saved as a token (its shape, strides and offset), and unpacked as the same
@@ -39,17 +45,21 @@ class _Recipes:
         self.kept: List[Tensor] = []  # held until the block ends: no other tensor takes their addresses in it
         self._keys: List[Tuple[int, torch.dtype]] = []              # (storage address, dtype) per kept tensor
         self._layouts: List[Tuple[torch.Size, Tuple[int, ...]]] = []
-        self._recipes: List[Callable[[], Tensor]] = []
+        self._recipes: List[Tuple[Callable[..., Tensor], tuple]] = []   # (recipe, its inputs off the graph)
         self._tokens: Dict[int, int] = {}                           # kept index -> tokens not yet unpacked
         self._values: Dict[int, Tensor] = {}                        # kept index -> recomputed tensor
 
-    def keep_out(self, recipe: Callable[[], Tensor]) -> Tensor:
-        tensor = recipe()
+    def keep_out(self, recipe: Callable[..., Tensor], *inputs) -> Tensor:
+        for value in inputs:
+            if isinstance(value, Tensor) and (value.untyped_storage().data_ptr(), value.dtype) in self._keys:
+                raise ValueError("keep_out: a recipe's input is another recipe's result, which its input would "
+                                 "keep in memory; recompute both in one recipe")
+        tensor = _keep(recipe, *inputs)
         if _owns_storage(tensor):
             self.kept.append(tensor)
             self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
             self._layouts.append((tensor.shape, tensor.stride()))
-            self._recipes.append(recipe)
+            self._recipes.append((recipe, tuple(_off_the_graph(value) for value in inputs)))
         return tensor
 
     def pack(self, tensor: Tensor):
@@ -79,7 +89,8 @@ class _Recipes:
         shape, stride = self._layouts[index]
         enabled, dtype = self._autocast
         with torch.enable_grad(), torch.autocast(self._device_type, dtype=dtype, enabled=enabled):
-            value = self._recipes[index]().detach()
+            recipe, inputs = self._recipes[index]
+            value = recipe(*inputs).detach()
         if value.shape != shape or value.dtype != self._keys[index][1]:
             raise RuntimeError(f"a recomputed activation is {value.dtype} {tuple(value.shape)}, the forward's "
                                f"was {self._keys[index][1]} {tuple(shape)}")
@@ -110,8 +121,25 @@ def _owns_storage(tensor: Tensor) -> bool:
     return True
 
 
-def _keep(recipe: Callable[[], Tensor]) -> Tensor:
-    return recipe()
+def _keep(recipe: Callable[..., Tensor], *inputs) -> Tensor:
+    for cell in getattr(recipe, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # a cell not yet bound
+            continue
+        if isinstance(value, Tensor) and value.grad_fn is not None:
+            raise TypeError("keep_out: the recipe reads a tensor of the graph (one with a grad_fn) from its "
+                            "closure; pass it as an input: keep_out(recipe, *inputs)")
+    return recipe(*inputs)
+
+
+def _off_the_graph(value):
+    """An input kept for a recipe's recomputation: a tensor detached from the forward's graph (its grad_fn would
+    tie the graph into a cycle with the recipe), requiring grad as the forward's did, so that ops dispatch as
+    they did for a call autograd recorded."""
+    if not isinstance(value, Tensor):
+        return value
+    return value.detach().requires_grad_(value.requires_grad)
 
 
 def _hooks_free() -> bool:
@@ -127,9 +155,9 @@ def _hooks_free() -> bool:
 
 @contextlib.contextmanager
 def recomputed_activations(enabled: bool, device: torch.device
-                           ) -> Iterator[Callable[[Callable[[], Tensor]], Tensor]]:
-    """A block whose ops save tokens instead of the results of the yielded keep_out(recipe), which runs the
-    recipe and returns its result (see the module docstring). enabled: whether to do so (e.g. only when
+                           ) -> Iterator[Callable[..., Tensor]]:
+    """A block whose ops save tokens instead of the results of the yielded keep_out(recipe, *inputs), which
+    runs recipe(*inputs) and returns its result (see the module docstring). enabled: whether to do so (e.g. only when
     autograd records the block); device: the block's tensors' (whose autocast state the recipes run under)."""
     if not enabled or torch.compiler.is_compiling() or not _hooks_free():
         yield _keep

@@ -114,6 +114,10 @@ def _normalised_given(X: torch.Tensor, rms_weight, eps: float) -> torch.Tensor:
     return gated_rmsnorm(X.transpose(-1, -2), rms_weight, eps=eps).transpose(-1, -2)
 
 
+def _conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return causal_conv1d(x, weight, bias, activation="silu")
+
+
 def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight,
                    out_proj_weight, out_proj_bias,
                    A, B=None, C=None, D=None, delta_bias=None, B_proj_bias=None,
@@ -210,16 +214,16 @@ def mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_wei
     conv_in, z = xz.chunk(2, dim=1)
     conv_weight = conv1d_weight[:, 0]
 
-    def projected_delta(x_dbl):  # (B, L, D)
+    def projected_delta(x_dbl, delta_proj_weight, dt_rms_weight):  # (B, L, D)
         delta = F.linear(x_dbl[..., :rank], delta_proj_weight)
         return delta if dt_rms_weight is None else gated_rmsnorm(delta, dt_rms_weight, eps=eps)
 
     # checkpoint_lvl=1: the conv output and delta are recomputed in the backward instead of kept
     recompute = checkpoint_lvl == 1 and needs_grad(xz, conv1d_weight, x_proj_weight, delta_proj_weight)
     with recomputed_activations(recompute, xz.device) as keep_out:
-        x = keep_out(lambda: causal_conv1d(conv_in, conv_weight, conv1d_bias, activation="silu"))  # (B, D, L)
+        x = keep_out(_conv_silu, conv_in, conv_weight, conv1d_bias)  # (B, D, L)
         x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, E)
-        delta = keep_out(lambda: projected_delta(x_dbl))
+        delta = keep_out(projected_delta, x_dbl, delta_proj_weight, dt_rms_weight)
         if B is None:
             B = _projected_bc(x_dbl[..., rank:rank + d_state], B_proj_bias, b_rms_weight, eps, complex_A)
         elif b_rms_weight is not None:

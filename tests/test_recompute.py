@@ -93,8 +93,8 @@ def _kept_out_refs(monkeypatch):
     refs = []
     keep_out = recompute_module._Recipes.keep_out
 
-    def spy(self, recipe):
-        tensor = keep_out(self, recipe)
+    def spy(self, recipe, *inputs):
+        tensor = keep_out(self, recipe, *inputs)
         refs.append(weakref.ref(tensor.untyped_storage()))  # the memory, not the tensor object
         return tensor
     monkeypatch.setattr(recompute_module._Recipes, "keep_out", spy)
@@ -167,6 +167,47 @@ def test_a_graph_without_backward_is_freed_at_once():
         assert ref() is None
     finally:
         gc.enable()
+
+
+def _live_tensors() -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+
+@pytest.mark.parametrize("user", ["Mamba", "mamba_inner_fn"])
+def test_a_block_graph_dropped_without_backward_is_freed_at_once(user):
+    """A forward under grad mode whose output is dropped without a backward (an evaluation without no_grad)
+    frees its whole graph at once: the recipes kept for the backward hold their inputs detached, so no cycle
+    through autograd's nodes (which the garbage collector cannot see into) keeps it alive."""
+    torch.manual_seed(0)
+    if user == "Mamba":
+        block = Mamba(16, d_state=4)
+        block.recompute_in_backward = True
+        x = torch.randn(2, 24, 16, requires_grad=True)
+        run = lambda: block(x)  # noqa: E731
+    else:
+        inputs = _inner_fn_inputs("cpu", dt_rms=True)
+        run = lambda: mamba_inner_fn(**inputs, checkpoint_lvl=1)  # noqa: E731
+    run()  # first-call caches
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_tensors()
+        for _ in range(3):
+            run()
+        assert _live_tensors() == before
+    finally:
+        gc.enable()
+
+
+def test_a_recipe_reading_the_graph_from_its_closure_is_refused():
+    a = torch.randn(4, requires_grad=True)
+    b = a * 2  # a tensor of the graph: it must be an input
+    with recomputed_activations(True, a.device) as keep_out:
+        with pytest.raises(TypeError, match="pass it as an input"):
+            keep_out(lambda: b.exp())
+        kept = keep_out(torch.exp, b)
+        with pytest.raises(ValueError, match="another recipe's result"):
+            keep_out(torch.sin, kept)
 
 
 def test_saved_views_are_recomputed_as_the_same_views():

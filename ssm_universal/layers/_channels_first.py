@@ -10,21 +10,13 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ._split_linear import split_linear
+
 
 def is_plain_linear(module: nn.Module) -> bool:
     """Whether `module` is exactly an nn.Linear without forward hooks, so that a GEMM on its weight and bias
     computes what calling it would (not a subclass or a wrapper such as a LoRA layer)."""
     return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-
-
-def channels_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """nn.Linear's x (B, L, K) @ weight.T + bias as (B, O, L) with L contiguous, one GEMM (weight @ x^T)
-    writing it: strides (L, B L, 1)."""
-    batch, seqlen, width = x.shape
-    out = weight @ x.reshape(batch * seqlen, width).t()  # (O, B L)
-    if bias is not None:
-        out = out + bias.to(out.dtype)[:, None]
-    return out.view(-1, batch, seqlen).transpose(0, 1)
 
 
 def split_channels(xz: torch.Tensor):
@@ -64,61 +56,8 @@ def channels_first_linear_halves(x: torch.Tensor, weight: torch.Tensor, bias: Op
     order (the conv's and the selective scan's backward write their input gradients in their inputs' layout),
     the weight's gradient and the input's are GEMMs reading them in place, without split_channels' copy of
     both into one (2C, B L) gradient; a gradient in another layout is copied into that order first."""
-    dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
-        return _LinearHalves.apply(x, weight, bias, dtype)
-    return _halves_forward(x.to(dtype), weight.to(dtype), bias)
-
-
-def _halves_forward(x, w, bias):
-    return channels_first_linear(x, w, bias).chunk(2, dim=1)
-
-
-def _channel_rows(grad: torch.Tensor) -> torch.Tensor:
-    """grad (B, C, L) as the (C, B L) matrix of the GEMM output's memory order: a view where it lies so."""
-    return grad.transpose(0, 1).reshape(grad.shape[1], -1)
-
-
-class _LinearHalves(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, dtype):
-        ctx.set_materialize_grads(False)  # a half without a gradient arrives as None, not zeros to multiply
-        xc, w = x.to(dtype), weight.to(dtype)
-        ctx.save_for_backward(xc, w)
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        return _halves_forward(xc, w, bias)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        x, w = ctx.saved_tensors
-        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        batch, seqlen, width = x.shape
-        half = w.shape[0] // 2
-        rows = x.reshape(batch * seqlen, width)  # (B L, K)
-        dx = None
-        dweight = torch.empty_like(w) if ctx.needs_input_grad[1] else None
-        dbias = torch.empty(w.shape[0], dtype=w.dtype, device=w.device) if ctx.needs_input_grad[2] else None
-        for part, grad in enumerate(grads):
-            span = slice(part * half, (part + 1) * half)
-            if grad is None:  # this half reached no loss
-                for t in (dweight, dbias):
-                    if t is not None:
-                        t[span] = 0
-                continue
-            g = _channel_rows(grad.to(w.dtype))  # (C, B L)
-            if ctx.needs_input_grad[0]:
-                dx = g.t() @ w[span] if dx is None else dx.addmm_(g.t(), w[span])  # (B L, K)
-            if dweight is not None:
-                torch.mm(g, rows, out=dweight[span])
-            if dbias is not None:
-                dbias[span] = g.sum(1)
-        if dx is None and ctx.needs_input_grad[0]:
-            dx = torch.zeros_like(rows)
-        return (None if dx is None else dx.view(batch, seqlen, width).to(x_dtype),
-                None if dweight is None else dweight.to(weight_dtype),
-                None if dbias is None else dbias.to(bias_dtype), None)
+    half = weight.shape[0] // 2
+    return split_linear(x, weight, bias, (half, half), channels_first=True)
 
 
 def batched_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -136,17 +136,14 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         recompute = (x.is_cuda if recompute is None else recompute) and state is None and self.cp_group is None
         recompute = recompute and needs_grad(hidden_states, weight, self.dt_proj.weight, self.A_log, self.D)
         with recomputed_activations(recompute, x.device) as keep_out:
-            conv_in = x
-            x = keep_out(lambda: causal_conv1d(conv_in, weight, conv_bias, activation=self.activation,
-                                               initial_states=conv_init, cp_group=self.cp_group))  # (B, d_inner, L)
+            x = keep_out(self._conv, x, weight, conv_bias, conv_init)  # (B, d_inner, L)
 
             if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
                 x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
             else:
                 x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
             dt_low, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)
-            dt_weight = self.dt_proj.weight
-            dt = keep_out(lambda: batched_linear(dt_weight, dt_low))  # (B, d_inner, L); bias added in the scan
+            dt = keep_out(batched_linear, self.dt_proj.weight, dt_low)  # (B, d_inner, L); bias added in the scan
             (A,) = self.constants_for_forward()  # (d_inner, d_state) fp32
             y = selective_scan(x, dt, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(),
                                delta_softplus=True, return_final_state=state is not None,
@@ -179,6 +176,11 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
         y = selective_state_update(ssm_state, x, dt_low, A, B, C, D=self.D, z=z, dt_bias=self.dt_proj.bias,
                                    dt_softplus=True, dt_proj_weight=self.dt_proj.weight)
         return self.out_proj(y), state
+
+    def _conv(self, x, weight, bias, initial_states):
+        """The block's causal conv and SiLU: x (B, d_inner, L) -> (B, d_inner, L)."""
+        return causal_conv1d(x, weight, bias, activation=self.activation, initial_states=initial_states,
+                             cp_group=self.cp_group)
 
     def _dt_b_c(self, x_dbl: torch.Tensor, dim: int):
         """x_proj's output -> dt (dt_rank), B, C (d_state each), split along `dim` (FalconMamba: each

@@ -205,8 +205,8 @@ def test_step_equals_forward(config):
 def test_channels_first_linears_equal_nn_linear(bias, dtype):
     """The layout GEMMs the block runs instead of its nn.Linear modules compute what those modules compute on
     (B, L, K), outputs and every gradient (a non-contiguous y included)."""
-    from ssm_universal.layers._channels_first import (batched_linear, channels_first_linear,
-                                                      linear_from_channels_first)
+    from ssm_universal.layers._channels_first import batched_linear, linear_from_channels_first
+    from ssm_universal.layers._split_linear import channels_first_linear
     torch.manual_seed(0)
     weight, b = torch.randn(6, 5).to(dtype), (torch.randn(6).to(dtype) if bias else None)
     x_blk = torch.randn(3, 7, 5).to(dtype)  # (B, L, K)
@@ -275,7 +275,8 @@ def test_channels_first_linear_halves_equal_nn_linear(bias, dtype):
 def test_split_channels_gradient_in_the_layout_of_its_input():
     """split_channels is chunk(2, dim=1) with the gradient written in the input's memory layout (a missing half's
     gradient zero), so that the in_proj GEMM's backward reads it without a copy."""
-    from ssm_universal.layers._channels_first import channels_first_linear, split_channels
+    from ssm_universal.layers._channels_first import split_channels
+    from ssm_universal.layers._split_linear import channels_first_linear
     torch.manual_seed(0)
     weight = torch.randn(8, 5, dtype=torch.float64)
     x_blk = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
