@@ -29,7 +29,8 @@ those must see every saved tensor.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, Iterator, List, Tuple
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -50,25 +51,38 @@ class _Recipes:
         self._values: Dict[int, Tensor] = {}                        # kept index -> recomputed tensor
 
     def keep_out(self, recipe: Callable[..., Tensor], *inputs) -> Tensor:
-        for value in inputs:
-            if isinstance(value, Tensor) and (value.untyped_storage().data_ptr(), value.dtype) in self._keys:
-                raise ValueError("keep_out: a recipe's input is another recipe's result, which its input would "
-                                 "keep in memory; recompute both in one recipe")
         tensor = _keep(recipe, *inputs)
-        if _owns_storage(tensor):
-            self.kept.append(tensor)
-            self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
-            self._layouts.append((tensor.shape, tensor.stride()))
-            self._recipes.append((recipe, tuple(_off_the_graph(value) for value in inputs)))
+        self.register(tensor, recipe, inputs)
         return tensor
 
+    def register(self, tensor: Tensor, recipe: Callable[..., Tensor], inputs: tuple) -> bool:
+        """Keep `tensor` out of the saved tensors, recomputed as recipe(*inputs), where it owns its storage."""
+        if not _owns_storage(tensor):
+            return False
+        # an input that is itself kept out is held as a token, recomputed in turn when this recipe runs
+        held = tuple(self.pack(value) if self._index(value) is not None else _off_the_graph(value)
+                     for value in inputs)
+        self.kept.append(tensor)
+        self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
+        self._layouts.append((tensor.shape, tensor.stride()))
+        self._recipes.append((recipe, held))
+        return True
+
+    def _index(self, value) -> Optional[int]:
+        """Which kept tensor's storage `value` views, if any."""
+        if not self._keys or not isinstance(value, Tensor) or value.layout != torch.strided or value.is_meta:
+            return None
+        key = (value.untyped_storage().data_ptr(), value.dtype)
+        for index, kept in enumerate(self._keys):
+            if key == kept:
+                return index
+        return None
+
     def pack(self, tensor: Tensor):
-        if self._keys and tensor.layout == torch.strided and tensor.device.type != "meta":
-            key = (tensor.untyped_storage().data_ptr(), tensor.dtype)
-            for index, kept in enumerate(self._keys):
-                if key == kept:
-                    self._tokens[index] = self._tokens.get(index, 0) + 1
-                    return _Token(index, tensor.shape, tensor.stride(), tensor.storage_offset())
+        index = self._index(tensor)
+        if index is not None:
+            self._tokens[index] = self._tokens.get(index, 0) + 1
+            return _Token(index, tensor.shape, tensor.stride(), tensor.storage_offset())
         # detached: a saved output returned as itself would reference its own grad_fn (a cycle that keeps
         # the graph alive until the garbage collector runs, when no backward frees it)
         return tensor.detach()
@@ -89,8 +103,8 @@ class _Recipes:
         shape, stride = self._layouts[index]
         enabled, dtype = self._autocast
         with torch.enable_grad(), torch.autocast(self._device_type, dtype=dtype, enabled=enabled):
-            recipe, inputs = self._recipes[index]
-            value = recipe(*inputs).detach()
+            recipe, held = self._recipes[index]
+            value = recipe(*(self.unpack(value) for value in held)).detach()
         if value.shape != shape or value.dtype != self._keys[index][1]:
             raise RuntimeError(f"a recomputed activation is {value.dtype} {tuple(value.shape)}, the forward's "
                                f"was {self._keys[index][1]} {tuple(shape)}")
@@ -163,8 +177,24 @@ def recomputed_activations(enabled: bool, device: torch.device
         yield _keep
         return
     recipes = _Recipes(device.type)
+    _ACTIVE.blocks = getattr(_ACTIVE, "blocks", []) + [recipes]
     try:
         with torch.autograd.graph.saved_tensors_hooks(recipes.pack, recipes.unpack):
             yield recipes.keep_out
     finally:
+        _ACTIVE.blocks = _ACTIVE.blocks[:-1]
         recipes.kept.clear()
+
+
+def recomputable(tensor: Tensor, recipe: Callable[..., Tensor], *inputs) -> bool:
+    """For an op's autograd setup, before it saves `tensor` for its backward: inside a recomputed_activations
+    block, the op saves recipe(*inputs) instead, recomputed in the backward (the op's own intermediate, such as
+    the SSD's boundary states). Returns whether that is so; the caller then holds no other reference to
+    `tensor`'s storage past the forward (a view it returns would keep the memory)."""
+    blocks = getattr(_ACTIVE, "blocks", None)
+    if not blocks or torch.compiler.is_compiling():
+        return False
+    return blocks[-1].register(tensor, recipe, inputs)
+
+
+_ACTIVE = threading.local()  # .blocks: the recomputed_activations blocks open in this thread, innermost last

@@ -1,4 +1,4 @@
-"""ssm_kernels._recompute (activations recomputed in the backward) and its users: the Mamba block's training path
+"""ssm_kernels._recompute (activations recomputed in the backward) and its users: the Mamba / Mamba2 training paths
 and compat.mamba_inner_fn's checkpoint_lvl=1, against the same computations that keep everything."""
 import functools
 import gc
@@ -12,6 +12,7 @@ import ssm_kernels._recompute as recompute_module
 from ssm_kernels._recompute import recomputed_activations
 from ssm_kernels.compat import mamba_inner_fn
 from ssm_universal.layers.mamba import Mamba
+from ssm_universal.layers.mamba2 import Mamba2
 
 from .helpers import HAS_CUDA, backend_device
 
@@ -67,6 +68,72 @@ def test_mamba_recompute_equals_keeping(device, dtype, variant):
     _assert_same(_mamba_run(block, x, False), _mamba_run(block, x, True))
 
 
+def _mamba2(variant, device, dtype=torch.float32):
+    options = dict(d_state=8, headdim=8, chunk_size=16, device=device, dtype=dtype)
+    if variant == "gated_mlp":  # z0 / x0 channels in front of the SSD's: out_proj's input is a concatenation
+        options.update(d_ssm=32)
+    elif variant == "no_rmsnorm":  # z gates the scan's output: out_proj reads it directly
+        options.update(rmsnorm=False)
+    elif variant == "groups":
+        options.update(ngroups=2, D_has_hdim=True, norm_before_gate=True)
+    block = Mamba2(32, **options)
+    if variant == "wrapped_in_proj":
+        block.in_proj = _Halved(block.in_proj)
+    return block
+
+
+MAMBA2_VARIANTS = ["mamba2", "gated_mlp", "no_rmsnorm", "groups", "wrapped_in_proj"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", MAMBA2_VARIANTS)
+def test_mamba2_recompute_equals_keeping(device, dtype, variant):
+    torch.manual_seed(0)
+    block = _mamba2(variant, device, dtype)
+    x = torch.randn(2, 37, 32, device=device, dtype=dtype)
+    _assert_same(_mamba_run(block, x, False), _mamba_run(block, x, True))
+
+
+def test_mamba2_recompute_with_packed_sequences():
+    torch.manual_seed(0)
+    block = _mamba2("mamba2", "cpu")
+    x = torch.randn(1, 40, 32)
+    cu_seqlens = torch.tensor([0, 13, 29, 40])
+    runs = []
+    for recompute in (False, True):
+        block.recompute_in_backward = recompute
+        block.zero_grad(set_to_none=True)
+        xc = x.clone().requires_grad_()
+        y = block(xc, cu_seqlens=cu_seqlens)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        runs.append([y.detach(), xc.grad] + [p.grad for p in block.parameters()])
+    _assert_same(*runs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mamba2_recompute_under_autocast(device):
+    torch.manual_seed(0)
+    block = _mamba2("mamba2", device)
+    x = torch.randn(2, 40, 32, device=device)
+    _assert_same(_mamba_run(block, x, False, autocast=torch.bfloat16),
+                 _mamba_run(block, x, True, autocast=torch.bfloat16))
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_mamba2_recompute_with_the_kernel_backends(backend):
+    device = backend_device(backend)
+    torch.manual_seed(0)
+    block = _mamba2("mamba2", device)
+    x = torch.randn(2, 21, 32, device=device)
+    chosen = {"causal_conv1d": backend, "ssd_chunk_scan": "triton", "gated_rmsnorm": "triton"}
+    with ssm_kernels._dispatch.record_backends() as used:
+        recomputed = _mamba_run(block, x, True, backend=chosen)
+    # the conv and the norm ran again in the backward, the scan once
+    assert used == {"causal_conv1d": {backend: 2}, "ssd_chunk_scan": {"triton": 1}, "gated_rmsnorm": {"triton": 2}}
+    _assert_same(_mamba_run(block, x, False, backend=chosen), recomputed)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_mamba_recompute_under_autocast(device):
     # the recipes run in the backward, outside the forward's autocast block: they re-enter it
@@ -116,6 +183,22 @@ def test_mamba_frees_the_conv_output_and_dt_after_the_forward(monkeypatch, devic
     assert len(refs) == 2 and all(ref() is None for ref in refs)  # the conv output's and dt's memory is free
     y.sum().backward()
     assert block.x_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("recompute", [True, False, None])
+def test_mamba2_frees_the_conv_output_and_out_proj_input_after_the_forward(monkeypatch, device, recompute):
+    refs = _kept_out_refs(monkeypatch)
+    torch.manual_seed(0)
+    block = _mamba2("mamba2", device)
+    block.recompute_in_backward = recompute  # None (the default): on GPUs only
+    y = block(torch.randn(2, 40, 32, device=device))
+    if not (recompute or (recompute is None and device == "cuda")):
+        assert refs == []
+        return
+    assert len(refs) == 2 and all(ref() is None for ref in refs)
+    y.sum().backward()
+    assert block.in_proj.weight.grad.abs().sum() > 0
 
 
 def test_no_recompute_without_grad_or_in_other_hooks(monkeypatch):
@@ -174,7 +257,7 @@ def _live_tensors() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
 
 
-@pytest.mark.parametrize("user", ["Mamba", "mamba_inner_fn"])
+@pytest.mark.parametrize("user", ["Mamba", "Mamba2", "mamba_inner_fn"])
 def test_a_block_graph_dropped_without_backward_is_freed_at_once(user):
     """A forward under grad mode whose output is dropped without a backward (an evaluation without no_grad)
     frees its whole graph at once: the recipes kept for the backward hold their inputs detached, so no cycle
@@ -185,6 +268,10 @@ def test_a_block_graph_dropped_without_backward_is_freed_at_once(user):
         block.recompute_in_backward = True
         x = torch.randn(2, 24, 16, requires_grad=True)
         run = functools.partial(block, x)
+    elif user == "Mamba2":
+        block = _mamba2("gated_mlp", "cpu")
+        block.recompute_in_backward = True
+        run = functools.partial(block, torch.randn(2, 24, 32, requires_grad=True))
     else:
         inputs = _inner_fn_inputs("cpu", dt_rms=True)
         run = functools.partial(mamba_inner_fn, **inputs, checkpoint_lvl=1)
@@ -206,9 +293,62 @@ def test_a_recipe_reading_the_graph_from_its_closure_is_refused():
     with recomputed_activations(True, a.device) as keep_out:
         with pytest.raises(TypeError, match="pass it as an input"):
             keep_out(lambda: b.exp())
-        kept = keep_out(torch.exp, b)
-        with pytest.raises(ValueError, match="another recipe's result"):
-            keep_out(torch.sin, kept)
+
+
+def test_a_recipe_may_read_another_recipes_result():
+    """The second recipe holds the first's result as a token (not its memory): both are freed after the
+    forward and recomputed in turn in the backward."""
+    a = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    def first(t):
+        calls.append("first")
+        return t * 3.0  # saves nothing (an op saving its own result inside a recipe would keep it)
+
+    def second(t):
+        calls.append("second")
+        return t.sin()
+    with recomputed_activations(True, a.device) as keep_out:
+        e = keep_out(first, a)
+        s = keep_out(second, e)
+        out = (s * s).sum()  # saves s only (mul saves both operands: s twice)
+        refs = [weakref.ref(t.untyped_storage()) for t in (e, s)]
+    del e, s
+    assert all(ref() is None for ref in refs)
+    (grad,) = torch.autograd.grad(out, a)
+    torch.testing.assert_close(grad, (6 * (3 * a).sin() * (3 * a).cos()).detach(), rtol=0, atol=1e-12)
+    assert calls == ["first", "second", "first", "second"]
+
+
+def test_an_op_declares_its_own_intermediate_recomputable():
+    """recomputable(): inside a block, a tensor an op saves is recomputed from the op's recipe; outside one,
+    nothing changes."""
+    from ssm_kernels._recompute import recomputable
+    a = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    calls = []
+
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            twice = x * 2  # the op's own intermediate, saved for its backward
+            ctx.declared = recomputable(twice, lambda x: calls.append(1) or x * 2, x.detach())
+            ctx.save_for_backward(twice)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            (twice,) = ctx.saved_tensors
+            return grad * twice
+    with recomputed_activations(True, a.device):
+        y = Square.apply(a)
+    assert calls == []
+    (grad,) = torch.autograd.grad(y.sum(), a)
+    assert calls == [1]
+    torch.testing.assert_close(grad, 2 * a.detach(), rtol=0, atol=0)
+    calls.clear()
+    y = Square.apply(a)
+    torch.autograd.grad(y.sum(), a)
+    assert calls == []
 
 
 def test_saved_views_are_recomputed_as_the_same_views():

@@ -19,12 +19,16 @@ import torch.nn.functional as F
 
 from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, selective_state_update,
                          ssd_chunk_scan)
+from ssm_kernels._autograd import needs_grad
+from ssm_kernels._recompute import recomputed_activations
 from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
 from ._args import positive
+from ._channels_first import is_plain_linear
+from ._split_linear import split_linear
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 from ._step_constants import MambaStepConstants
 
@@ -84,6 +88,11 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """
 
     context_parallel = True  # ssm_universal.context_parallel
+    # Training recomputes the conv output and out_proj's input (the gated norm's output) in the backward
+    # instead of keeping them, as mamba_ssm's mamba_split_conv1d_scan_combined does: (B, L, conv_dim + d_inner)
+    # less per block for a conv and a norm more. None: on GPUs only; True / False: always / never (on an
+    # instance or the class).
+    recompute_in_backward: Optional[bool] = None
 
     def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None,
                  ngroups=1, A_init_range=(1, 16), D_has_hdim=False, rmsnorm=True, norm_before_gate=False,
@@ -144,10 +153,21 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory_kwargs)
 
     # ------------------------------------------------------------------ helpers
-    def _split(self, zxbcdt):
+    def _in_proj_sizes(self):
+        """in_proj's output channels: [z0, x0, z, xBC, dt]."""
         d_mlp = self.d_inner - self.d_ssm
-        return torch.split(zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state,
-                                    self.nheads], dim=-1)
+        return [d_mlp, d_mlp, self.d_ssm, self.d_ssm + 2 * self.ngroups * self.d_state, self.nheads]
+
+    def _split(self, zxbcdt):
+        return torch.split(zxbcdt, self._in_proj_sizes(), dim=-1)
+
+    def _projected(self, u):
+        """in_proj(u) (B, L, d_model) split into z0, x0, z, xBC, dt (B, L, channels each). A plain nn.Linear runs
+        as one GEMM whose backward reads the parts' gradients where their ops wrote them (no in_proj-sized
+        concatenation); anything else (a subclass, a LoRA-style wrapper, hooks) is called as a module."""
+        if is_plain_linear(self.in_proj):
+            return split_linear(u, self.in_proj.weight, self.in_proj.bias, self._in_proj_sizes())
+        return self._split(self.in_proj(u))
 
     def _D(self):
         """D as ssd_chunk_scan takes it: (H,) or (H, P) with D_has_hdim."""
@@ -165,13 +185,18 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
                               z=None if self.rmsnorm else z.reshape(heads), dt_bias=self.dt_bias, dt_softplus=True,
                               dt_limit=self.dt_limit, **options)
 
-    def _output(self, y, z, z0, x0):
-        """y, z (..., d_ssm) -> out_proj input: norm / gate, then the gated-MLP channels in front."""
+    def _out_proj_input(self, y, z, z0, x0):
+        """y, z (..., d_ssm) -> out_proj's input: norm / gate, then the gated-MLP channels in front."""
         if self.rmsnorm:
             y = self.norm(y, z)
         if z0.shape[-1] > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        return y
+
+    def _conv(self, xBC, weight, bias, seq_idx, initial_states):
+        """The block's causal conv and SiLU: xBC (B, conv_dim, L) -> (B, conv_dim, L)."""
+        return causal_conv1d(xBC, weight, bias, activation=self.activation, seq_idx=seq_idx,
+                             initial_states=initial_states, cp_group=self.cp_group)
 
     def _conv_tail(self, prev, xBC, seq_idx):
         """The last d_conv conv inputs (B, conv_dim, d_conv) after xBC (B, conv_dim, L), preceded by prev
@@ -252,7 +277,7 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
             out = self.step(u[:, 0], state)[0].unsqueeze(1)
             return out.reshape(batch, -1) if seqlen_og is not None else out
 
-        z0, x0, z, xBC, dt = self._split(self.in_proj(u))
+        z0, x0, z, xBC, dt = self._projected(u)
         xBC = xBC.transpose(1, 2)  # (B, conv_dim, L)
         conv_init = None
         if state is not None and not varlen_cache:
@@ -263,18 +288,25 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         elif varlen_cache:
             with torch.no_grad():
                 new_conv = self._varlen_conv_states(xBC, cu_seqlens, seq_idx)
-        xBC = causal_conv1d(xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, activation=self.activation,
-                            seq_idx=seq_idx, initial_states=conv_init, cp_group=self.cp_group).transpose(1, 2)
-        x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y = self._scan(x, dt, B, C, z, seq_idx=seq_idx,
-                       initial_states=None if state is None or varlen_cache else ssm_state.float(),
-                       cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
-                       return_varlen_states=varlen_cache, cp_group=self.cp_group)
-        if state is not None:
-            y, last_state = y
-            state[0].copy_(new_conv)
-            state[1].copy_(last_state.detach())
-        out = self._output(y.reshape(batch, seqlen, self.d_ssm), z, z0, x0)
+        # Training keeps neither the conv output nor out_proj's input for the backward ((B, L, conv_dim) and
+        # (B, L, d_inner)): they are recomputed from in_proj's output and the scan's, which stay saved anyway
+        recompute = self.recompute_in_backward
+        recompute = (u.is_cuda if recompute is None else recompute) and state is None and self.cp_group is None
+        recompute = recompute and needs_grad(u, *self.parameters())
+        with recomputed_activations(recompute, u.device) as keep_out:
+            xBC = keep_out(self._conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx,
+                           conv_init).transpose(1, 2)
+            x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state],
+                                  dim=-1)
+            y = self._scan(x, dt, B, C, z, seq_idx=seq_idx,
+                           initial_states=None if state is None or varlen_cache else ssm_state.float(),
+                           cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,
+                           return_varlen_states=varlen_cache, cp_group=self.cp_group)
+            if state is not None:
+                y, last_state = y
+                state[0].copy_(new_conv)
+                state[1].copy_(last_state.detach())
+            out = self.out_proj(keep_out(self._out_proj_input, y.reshape(batch, seqlen, self.d_ssm), z, z0, x0))
         return out.reshape(batch * seqlen, -1) if seqlen_og is not None else out
 
     # ------------------------------------------------------------------ recurrent
@@ -297,7 +329,7 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         y = ssd_step(ssm_state, x.reshape(-1, H, P), dt, A, B.reshape(-1, self.ngroups, N),
                      C.reshape(-1, self.ngroups, N), self._D(), self.dt_bias, self.dt_limit,
                      z=None if self.rmsnorm else z.reshape(-1, H, P).to(x.dtype))
-        return self._output(y.reshape(-1, self.d_ssm), z, z0, x0), state
+        return self.out_proj(self._out_proj_input(y.reshape(-1, self.d_ssm), z, z0, x0)), state
 
     def default_state(self, batch_size: int, device=None, dtype=None) -> State:
         """Zero state: conv_state (B, conv_dim, d_conv) in `dtype` (default: the conv weight's);
