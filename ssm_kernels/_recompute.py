@@ -197,4 +197,11 @@ def recomputable(tensor: Tensor, recipe: Callable[..., Tensor], *inputs) -> bool
     return blocks[-1].register(tensor, recipe, inputs)
 
 
+def is_kept_out(tensor: Tensor) -> bool:
+    """Whether `tensor`'s storage is kept out of the saved tensors by the innermost open block (its memory is
+    freed after the block's forward unless something else holds it)."""
+    blocks = getattr(_ACTIVE, "blocks", None)
+    return bool(blocks) and blocks[-1]._index(tensor) is not None
+
+
 _ACTIVE = threading.local()  # .blocks: the recomputed_activations blocks open in this thread, innermost last

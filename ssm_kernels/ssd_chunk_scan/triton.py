@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
+from .._recompute import is_kept_out, recomputable
 from .._triton_launch import launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
@@ -98,6 +99,43 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     return dtp, cs, g
 
 
+def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
+    """The boundary states (B, nc + 1, H, P, N) fp32 (the state entering each chunk, then the final one):
+    each chunk's own state, then the pass that carries them across chunks."""
+    batch, length, heads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
+    nc = cdiv(length, T)
+    lp = nc * T
+    states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, x.device)
+    dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
+    emulate = x.device.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
+    has_seg = seg is not None
+    st_strides = states.stride()
+    if nc > 0:
+        block_p = min(_pow2(headdim), 64)
+        block_n = min(_pow2(dstate), 64)
+        block_k = min(_pow2(T), 64)
+        _chunk_state_kernel[(nc, batch * heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
+            x, B, dtp, cs, seg if has_seg else dtp, states, length, heads, heads // groups, headdim, dstate, T, lp,
+            *x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)), *st_strides,
+            HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
+            BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+    block = min(next_power_of_2(headdim * dstate), 1024)
+    init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
+    _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
+        states, states if initial_states is None else initial_states, g, heads, headdim * dstate, nc,
+        *init_strides, dstate, *st_strides, HAS_INIT=initial_states is not None, BLOCK=block, num_warps=4)
+    return states
+
+
+def _boundary_states(x, dt, A, B, dt_bias, initial_states, seg, T, dt_softplus, dt_lo, dt_hi):
+    """The forward's boundary states from its inputs, as the backward recomputes them where they were not kept
+    (inside a recomputed_activations block: (B, nc + 1, H, P, N) fp32 less per call)."""
+    nc = cdiv(x.shape[1], T)
+    dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, x.shape[2], T, nc, dt_softplus, dt_lo, dt_hi)
+    return _states_launch(x, B, dtp, cs, g, initial_states, seg, T)
+
+
 def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, T, dt_softplus, dt_lo, dt_hi,
                     store_pre):
     batch, length, heads, headdim = x.shape
@@ -106,7 +144,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     lp = nc * T
     dev = x.device
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
-    states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, dev)
+    states = _states_launch(x, B, dtp, cs, g, initial_states, seg, T)
     out = new_output(x.shape, x.dtype, dev)
     pre = new_output(x.shape, x.dtype, dev) if store_pre else x.new_empty(0)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -118,21 +156,6 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     seg_strides = seg.stride() if has_seg else (0, 0)
     st_strides = states.stride()
     hpg = heads // groups
-
-    if nc > 0:
-        block_p = min(_pow2(headdim), 64)
-        block_n = min(_pow2(dstate), 64)
-        block_k = min(_pow2(T), 64)
-        _chunk_state_kernel[(nc, batch * heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
-            x, B, dtp, cs, seg_arg, states, length, heads, hpg, headdim, dstate, T, lp,
-            *x.stride(), *B.stride(), *seg_strides, *st_strides,
-            HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
-    block = min(next_power_of_2(headdim * dstate), 1024)
-    init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
-    _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
-        states, states if initial_states is None else initial_states, g, heads, headdim * dstate, nc,
-        *init_strides, dstate, *st_strides, HAS_INIT=initial_states is not None, BLOCK=block, num_warps=4)
     if nc > 0:
         block_m = min(_pow2(T), 64)
         block_p = min(_pow2(headdim), 64)
@@ -332,6 +355,9 @@ def _setup_context(ctx, inputs, output):
     (x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
      store_pre) = inputs
     _, pre, states, _ = output
+    # inside a recomputed_activations block the backward recomputes the boundary states from the inputs
+    recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
+                 dt_lo, dt_hi)
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states)
     ctx.args = (chunk_size, dt_softplus, dt_lo, dt_hi, store_pre)
     ctx.mark_non_differentiable(pre)
@@ -386,4 +412,7 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
                                   int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
                                   store_pre)
-    return out, states[:, -1], (varlen if cu_seqlens is not None else None)
+    final = states[:, -1]
+    if is_kept_out(states):  # a view would keep every boundary state in memory
+        final = final.clone()
+    return out, final, (varlen if cu_seqlens is not None else None)

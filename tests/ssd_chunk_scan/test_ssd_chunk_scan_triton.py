@@ -127,3 +127,48 @@ def test_dt_limit_math_inf_default():
     inputs["dt"] = inputs["dt"] + 3.0  # large dt': softplus near linear
     check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=8,
                  dt_softplus=True, dt_limit=(0.0, math.inf), return_final_states=True)
+
+
+@pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "varlen"])
+def test_boundary_states_recomputed_inside_a_recompute_block(options):
+    """Inside a recomputed_activations block the op keeps no boundary states (B, nc + 1, H, P, N) for its
+    backward: it recomputes them there from its inputs, and every output and gradient is bitwise the same."""
+    import gc
+    import importlib
+    import weakref
+    from ssm_kernels import _recompute
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 45, 4, 8, 2, 8, torch.float32, device, D_shape="HP")
+    kwargs = dict(chunk_size=16, dt_softplus=True)
+    if options == "seq_idx_final_state":
+        kwargs.update(seq_idx=random_seq_idx(2, 45, device), return_final_states=True)
+    elif options == "varlen":
+        inputs = {k: (v[:1] if k != "A" and v is not None and v.dim() > 1 and v.shape[0] == 2 else v)
+                  for k, v in inputs.items()}
+        inputs["initial_states"] = None
+        kwargs.update(cu_seqlens=torch.tensor([0, 7, 30, 45], device=device), return_varlen_states=True)
+    names = grads_of(inputs)
+    runs, states = [], []
+    real = _recompute.recomputable
+
+    def spy(tensor, recipe, *args):
+        declared = real(tensor, recipe, *args)
+        states.append((declared, weakref.ref(tensor.untyped_storage())))
+        return declared
+    for recompute in (False, True):
+        leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(importlib.import_module("ssm_kernels.ssd_chunk_scan.triton"), "recomputable", spy)
+            with _recompute.recomputed_activations(recompute, device):
+                outs = triton_scan(**leaves, **kwargs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        assert states[-1][0] == recompute
+        if recompute:  # nothing holds the boundary states between the forward and the backward
+            gc.collect()  # (the Triton interpreter's argument copies form cycles that hold storages)
+            assert states[-1][1]() is None
+        cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o) for o in outs]
+        grads = torch.autograd.grad(outs, [leaves[k] for k in names], cotangents)
+        runs.append([o.detach() for o in outs] + list(grads))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
