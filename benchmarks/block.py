@@ -10,8 +10,10 @@ max |peer| of the output and of the input's gradient (the peer row shows them).
 Sizes: d_model 2048, batch 4, length 4096 (Mamba: d_state 16; Mamba2: headdim 64, d_state 128), the modules
 in --dtype (default bf16 on a GPU, fp32 on a CPU); --quick: d_model 64, batch 2, length 128.
 Timed: the forward without autograd and forward+backward (the input and every parameter), do_bench medians on
-a GPU; "peak MB" is what forward+backward allocates beyond what is live before it. "ours:keep" is our Mamba
-with recompute_in_backward=False (the conv output and dt kept for the backward instead of recomputed).
+a GPU; "peak MB" is what forward+backward allocates beyond what is live before it; "kept MB" what the forward
+leaves allocated for its backward (output included: what each layer of a deep model holds at once). "ours:keep"
+is our block with recompute_in_backward=False (the activations it recomputes in the backward on a GPU kept
+instead); on a CPU, where the default keeps them, "ours:recompute" is the block with it True.
 --profile adds each variant's kernels per call (torch.profiler, GPU only).
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Dict, List, Optional
 import torch
 
 from . import peers
-from .core import Variant, forward_backward, peak_memory_mb, time_ms
+from .core import Variant, forward_backward, kept_memory_mb, peak_memory_mb, time_ms
 
 # layer -> (our class in ssm_universal.layers, options, mamba_ssm module, class)
 LAYERS = {
@@ -61,13 +63,17 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
-def timed_variants(modules: Dict[str, torch.nn.Module]):
-    """(label, module, keep) to time: every module as built, and ours once more keeping the activations it
-    recomputes in the backward by default ("ours:keep", where the block has recompute_in_backward)."""
+def timed_variants(modules: Dict[str, torch.nn.Module], device: torch.device):
+    """(label, module, recompute_in_backward to set or None) to time: every module as built, and ours once more
+    with the other setting of its recompute_in_backward: "ours:keep" keeping the activations it recomputes in
+    the backward by default on a GPU, "ours:recompute" recomputing them where the default keeps them (CPU)."""
     for label, module in modules.items():
-        yield label, module, False
+        yield label, module, None
         if label == "ours" and hasattr(module, "recompute_in_backward"):
-            yield "ours:keep", module, True
+            if device.type == "cuda":
+                yield "ours:keep", module, False
+            else:
+                yield "ours:recompute", module, True
 
 
 def print_kernels(label: str, fn, iters: int = 5) -> None:
@@ -94,17 +100,17 @@ def run(layer: str, device: torch.device, dtype: torch.dtype, with_peers: bool, 
         outputs[label] = (y.detach(), dx)
     case = f"{layer} d_model {d_model} B{batch} L{length} {str(dtype).replace('torch.', '')}"
     rows = []
-    for label, module, keep in timed_variants(modules):
-        if keep:
-            module.recompute_in_backward = False
+    for label, module, recompute in timed_variants(modules, device):
+        if recompute is not None:
+            module.recompute_in_backward = recompute
         variant = Variant(lambda module=module: module(x), [x, *module.parameters()])
         with torch.no_grad():
             fwd = time_ms(variant.fn, device, quick)
         train = forward_backward(variant)
         fwd_bwd = time_ms(train, device, quick)
         row = dict(case=case, layer=layer, variant=label, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd,
-                   peak_mb=peak_memory_mb(train, device))
-        if keep:
+                   peak_mb=peak_memory_mb(train, device), kept_mb=kept_memory_mb(variant.fn, device))
+        if recompute is not None:
             del module.recompute_in_backward  # back to the class default
         if label.startswith("peer"):
             row["rel_diff_out"] = relative_difference(outputs["ours"][0], outputs[label][0])
@@ -119,11 +125,13 @@ def run(layer: str, device: torch.device, dtype: torch.dtype, with_peers: bool, 
 
 
 def format_rows(rows: List[dict]) -> str:
-    lines = [f"{'case':<34} {'variant':<15} {'fwd ms':>8} {'fwd+bwd ms':>10} {'peak MB':>8} {'rel diff out / dx':>18}"]
+    lines = [f"{'case':<34} {'variant':<15} {'fwd ms':>8} {'fwd+bwd ms':>10} {'peak MB':>8} {'kept MB':>8} "
+             f"{'rel diff out / dx':>18}"]
     for r in rows:
         diff = f"{r['rel_diff_out']:.1e} / {r['rel_diff_dx']:.1e}" if "rel_diff_out" in r else ""
         peak = f"{r['peak_mb']:8.0f}" if r["peak_mb"] is not None else f"{'-':>8}"
-        lines.append(f"{r['case']:<34} {r['variant']:<15} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} {peak} "
+        kept = f"{r['kept_mb']:8.1f}" if r.get("kept_mb") is not None else f"{'-':>8}"
+        lines.append(f"{r['case']:<34} {r['variant']:<15} {r['fwd_ms']:8.3f} {r['fwd_bwd_ms']:10.3f} {peak} {kept} "
                      f"{diff:>18}")
     return "\n".join(lines)
 

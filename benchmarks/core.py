@@ -155,6 +155,25 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> Optional[floa
     return peak / 2**20
 
 
+def kept_memory_mb(forward: Callable[[], Any], device: torch.device) -> float:
+    """Memory a forward under grad mode leaves allocated until its backward: its output and every tensor saved
+    for the backward (what each layer of a deep model holds at once), beyond what is live before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        out = forward()
+        torch.cuda.synchronize()
+        kept = torch.cuda.memory_allocated() - base
+        del out
+        return kept / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = forward()
+    kept = sum(event.self_cpu_memory_usage for event in prof.events())
+    del out
+    return kept / 2**20
+
+
 def copy_bandwidth_gbps(device: torch.device) -> Optional[float]:
     """Measured device-to-device copy bandwidth (bytes read + written), the floor's denominator."""
     if device.type != "cuda":

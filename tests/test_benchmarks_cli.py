@@ -80,10 +80,13 @@ def test_block_times_ours_and_a_peer_loaded_with_our_weights(tmp_path, monkeypat
     path = tmp_path / "block.json"
     assert main(["block", "--quick", "--peers", "--device", "cpu", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["results"]
-    assert [(r["layer"], r["variant"]) for r in rows] == [("mamba", "ours"), ("mamba", "ours:keep"),
-                                                          ("mamba", "peer:mamba_ssm"), ("mamba2", "ours"),
-                                                          ("mamba2", "peer:mamba_ssm")]
+    assert [(r["layer"], r["variant"]) for r in rows] == [
+        ("mamba", "ours"), ("mamba", "ours:recompute"), ("mamba", "peer:mamba_ssm"),
+        ("mamba2", "ours"), ("mamba2", "ours:recompute"), ("mamba2", "peer:mamba_ssm")]
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    kept = {(r["layer"], r["variant"]): r["kept_mb"] for r in rows}
+    for layer in ("mamba", "mamba2"):  # the recomputed activations are not held between forward and backward
+        assert 0 < kept[layer, "ours:recompute"] < kept[layer, "ours"]
     assert all(r["rel_diff_out"] == 0 and r["rel_diff_dx"] == 0 for r in rows if r["variant"].startswith("peer"))
 
 
