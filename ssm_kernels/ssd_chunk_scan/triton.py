@@ -397,8 +397,11 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
             None, None, None, None, None, None, None)
 
 
+# Outputs that reach no loss (the boundary states, unless the final state is used; the pre-gate output, which
+# only the backward reads) arrive as None: materialised, they were zeros of (B, nc + 1, H, P, N) fp32 and
+# (B, L, H, P) that the backward's first kernel then read.
 _run = define_custom_op("ssd_chunk_scan_triton", _forward, _forward_fake, _backward, _backward_fake, _setup_context,
-                        _gradients)
+                        _gradients, materialize_grads=False)
 
 
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------

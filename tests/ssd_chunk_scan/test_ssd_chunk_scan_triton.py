@@ -172,3 +172,25 @@ def test_boundary_states_recomputed_inside_a_recompute_block(options):
         runs.append([o.detach() for o in outs] + list(grads))
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("final_state_used", [False, True])
+def test_outputs_without_a_gradient_reach_the_backward_as_none(monkeypatch, final_state_used):
+    """The boundary states reach the backward's kernels only when the final state reached the loss: no zeros
+    of (B, nc + 1, H, P, N) are made and read otherwise (nor of the pre-gate output)."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    seen = []
+    real = module._backward_launch
+
+    def spy(dout, dstates, *args):
+        seen.append(dstates)
+        return real(dout, dstates, *args)
+    monkeypatch.setattr(module, "_backward_launch", spy)
+    device = backend_device("triton")
+    inputs = make_inputs(1, 40, 2, 8, 1, 8, torch.float32, device)
+    leaves = {k: (v.requires_grad_() if k in grads_of(inputs) else v) for k, v in inputs.items()}
+    out, final = triton_scan(**leaves, chunk_size=16, return_final_states=True)
+    loss = out.square().sum() + (final.sum() if final_state_used else 0)
+    loss.backward()
+    assert len(seen) == 1 and (seen[0] is not None) == final_state_used
