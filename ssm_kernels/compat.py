@@ -87,6 +87,12 @@ def _same_dtype(check: ArgCheck, names_and_tensors, dtype: torch.dtype, why: str
                        f"got {str(t.dtype).replace('torch.', '')}", TypeError)
 
 
+def _recomputes_on(device: torch.device) -> bool:
+    """Whether mamba_split_conv1d_scan_combined recomputes activations in its backward on `device` (as mamba_ssm
+    does, on GPUs; on a CPU memory is rarely short and the extra calls' host time is not hidden)."""
+    return device.type == "cuda"
+
+
 def _zero_padding(y: torch.Tensor, seq_idx: Optional[torch.Tensor]) -> torch.Tensor:
     """causal-conv1d's padding tokens: y (B, D, L) is 0 wherever seq_idx (B, L) < 0."""
     if seq_idx is None:
@@ -341,30 +347,45 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
         _same_dtype(check, (("outproj_weight", outproj_weight), ("outproj_bias", outproj_bias)), zxbcdt.dtype,
                     "zxbcdt")
 
-    zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, conv_dim, nheads], dim=-1)
-    xBC = causal_conv1d(xBC.transpose(1, 2), conv1d_weight, conv1d_bias, activation=activation, seq_idx=seq_idx)
-    xBC = _zero_padding(xBC, seq_idx).transpose(1, 2)  # (B, L, conv_dim)
-    x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
-    x = x.unflatten(-1, (nheads, headdim))
-    B, C = B.unflatten(-1, (ngroups, dstate)), C.unflatten(-1, (ngroups, dstate))
-    gate = z.unflatten(-1, (nheads, headdim)) if rmsnorm_weight is None else None
-    y, final_states = ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=gate, dt_bias=dt_bias, dt_softplus=True,
-                                     dt_limit=tuple(dt_limit), initial_states=initial_states, seq_idx=seq_idx,
-                                     return_final_states=True)
-    out = y.flatten(-2)  # (B, L, dim)
-    if rmsnorm_weight is not None:
-        out = gated_rmsnorm(out, rmsnorm_weight, z, eps=rmsnorm_eps, group_size=dim // ngroups,
-                            norm_before_gate=norm_before_gate)
-    if d_nonssm > 0:
-        gate0, value0 = zx0.chunk(2, dim=-1)
-        acc = compute_dtype(zx0.dtype)
-        out = torch.cat([(F.silu(gate0.to(acc)) * value0.to(acc)).to(out.dtype), out], dim=-1)
-    if outproj_weight is not None:
+    def padded_conv(xBC, weight, bias):  # (B, conv_dim, L), padding tokens zero
+        return _zero_padding(causal_conv1d(xBC, weight, bias, activation=activation, seq_idx=seq_idx), seq_idx)
+
+    def mixed(y, z, zx0, rmsnorm_weight):  # the scan's output (B, L, dim) -> out_proj's input
+        out = y
+        if rmsnorm_weight is not None:
+            out = gated_rmsnorm(out, rmsnorm_weight, z, eps=rmsnorm_eps, group_size=dim // ngroups,
+                                norm_before_gate=norm_before_gate)
+        if d_nonssm > 0:
+            gate0, value0 = zx0.chunk(2, dim=-1)
+            acc = compute_dtype(zx0.dtype)
+            out = torch.cat([(F.silu(gate0.to(acc)) * value0.to(acc)).to(out.dtype), out], dim=-1)
         if cast is not None:  # as mamba_ssm: the projection in autocast's dtype
-            out, outproj_weight = out.to(cast), outproj_weight.to(cast)
-            outproj_bias = None if outproj_bias is None else outproj_bias.to(cast)
-        out = F.linear(out, outproj_weight, outproj_bias)
-    return (out, final_states) if return_final_states else out
+            out = out.to(cast)
+        return out
+
+    # As mamba_ssm's backward, on a GPU: the conv output, the SSD's boundary states and out_proj's input are
+    # recomputed in the backward instead of kept
+    recompute = _recomputes_on(zxbcdt.device) and needs_grad(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, initial_states,
+                                              rmsnorm_weight, outproj_weight, outproj_bias)
+    zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, conv_dim, nheads], dim=-1)
+    with recomputed_activations(recompute, zxbcdt.device) as keep_out:
+        xBC = keep_out(padded_conv, xBC.transpose(1, 2), conv1d_weight, conv1d_bias).transpose(1, 2)
+        x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+        x = x.unflatten(-1, (nheads, headdim))
+        B, C = B.unflatten(-1, (ngroups, dstate)), C.unflatten(-1, (ngroups, dstate))
+        gate = z.unflatten(-1, (nheads, headdim)) if rmsnorm_weight is None else None
+        y, final_states = ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=D, z=gate, dt_bias=dt_bias,
+                                         dt_softplus=True, dt_limit=tuple(dt_limit), initial_states=initial_states,
+                                         seq_idx=seq_idx, return_final_states=True)
+        if outproj_weight is None:
+            return_value = mixed(y.flatten(-2), z, zx0, rmsnorm_weight)  # (B, L, d_nonssm + dim)
+        else:
+            out = keep_out(mixed, y.flatten(-2), z, zx0, rmsnorm_weight)
+            if cast is not None:
+                outproj_weight = outproj_weight.to(cast)
+                outproj_bias = None if outproj_bias is None else outproj_bias.to(cast)
+            return_value = F.linear(out, outproj_weight, outproj_bias)
+    return (return_value, final_states) if return_final_states else return_value
 
 
 # --- mamba_ssm.ops.triton.layernorm_gated ------------------------------------------------------------------

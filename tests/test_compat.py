@@ -29,7 +29,7 @@ from ssm_kernels.gated_rmsnorm.reference import gated_rmsnorm_ref
 from ssm_kernels.selective_scan.reference import selective_scan_ref
 from ssm_kernels.ssd_chunk_scan.reference import ssd_chunk_scan_ref
 from ssm_kernels.testing import assert_close
-from tests.helpers import check_parity
+from tests.helpers import backend_device, check_parity
 
 FP32 = torch.float32
 INF = float("inf")
@@ -221,6 +221,32 @@ def test_mamba_split_conv1d_scan_combined_matches_composition(case):
     inputs, extra = split_inputs(**sizes)
     check_parity(compat.mamba_split_conv1d_scan_combined, split_reference, inputs, FP32, floating(inputs),
                  **kwargs, **extra)
+
+
+@pytest.mark.parametrize("case", list(SPLIT_CASES))
+def test_mamba_split_conv1d_scan_combined_recomputing_equals_keeping(monkeypatch, case):
+    """As mamba_ssm's on a GPU, the function recomputes the conv output, the SSD's boundary states and out_proj's
+    input in its backward (here forced on the CPU, with the Triton SSD): outputs and gradients bitwise the same."""
+    sizes, kwargs = SPLIT_CASES[case]
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs, extra = split_inputs(**sizes)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    runs = []
+    for recompute in (False, True):
+        monkeypatch.setattr(compat, "_recomputes_on", lambda device, on=recompute: on)
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items() if v.is_floating_point()}
+        leaves.update({k: v for k, v in inputs.items() if not v.is_floating_point()})
+        with ssm_kernels.use_backend({"ssd_chunk_scan": "triton"}), ssm_kernels._dispatch.record_backends() as used:
+            result = compat.mamba_split_conv1d_scan_combined(**leaves, **kwargs, **extra)
+            outs = result if isinstance(result, tuple) else (result,)
+            cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o) for o in outs]
+            names = [k for k, v in leaves.items() if v.requires_grad]
+            runs.append([o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names],
+                                                                              cotangents)))
+        assert sum(used["causal_conv1d"].values()) == (2 if recompute else 1)  # the conv ran again
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # --- rmsnorm_fn --------------------------------------------------------------------------------------------
