@@ -66,6 +66,51 @@ def batched_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
 
 
+def batched_linear_and_input(weight: torch.Tensor, x: torch.Tensor):
+    """(x, batched_linear(weight, x)) for a block that reads x (B, K, L) twice: through this GEMM and through
+    another op (the Mamba block's scan reads the conv output x_proj projects), under autocast in its dtype.
+
+    Autograd would sum the two gradients of x in a separate kernel (a (B, K, L) tensor read twice and written);
+    here x's other use takes the first output (x's values, a view), and the backward adds the GEMM's input
+    gradient into that use's gradient inside the GEMM (baddbmm), as mamba_ssm's mamba_inner_fn does."""
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        return x, batched_linear(weight.to(_gemm_dtype(x)), x)
+    return _LinearAndInput.apply(x, weight, _gemm_dtype(x))
+
+
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+class _LinearAndInput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, dtype):
+        ctx.set_materialize_grads(False)
+        xc, w = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(xc, w)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return x.view_as(x), batched_linear(w, xc)
+
+    @staticmethod
+    def backward(ctx, dx_other, dout):
+        x, w = ctx.saved_tensors
+        x_dtype, weight_dtype = ctx.dtypes
+        dx = dweight = None
+        if dout is not None:
+            dout = dout.to(w.dtype)
+            wt = w.t().expand(x.shape[0], -1, -1)  # (B, K, O)
+            if ctx.needs_input_grad[0]:
+                dx = (torch.bmm(wt, dout) if dx_other is None
+                      else torch.baddbmm(dx_other.to(w.dtype), wt, dout))  # (B, K, L)
+            if ctx.needs_input_grad[1]:
+                dweight = torch.bmm(dout, x.transpose(1, 2)).sum(0).to(weight_dtype)  # (O, K)
+        elif ctx.needs_input_grad[0] and dx_other is not None:
+            dx = dx_other
+        return None if dx is None else dx.to(x_dtype), dweight, None
+
+
 def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """nn.Linear applied to y (B, K, L) read as (B, L, K): -> (B, L, O), under autocast in its dtype.
 

@@ -22,7 +22,7 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
-from ._channels_first import (batched_linear, channels_first_linear_halves, is_plain_linear,
+from ._channels_first import (batched_linear, batched_linear_and_input, channels_first_linear_halves, is_plain_linear,
                               linear_from_channels_first, split_channels)
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
 from ._step_constants import MambaStepConstants
@@ -139,7 +139,9 @@ class Mamba(MambaStepConstants, InferenceCacheMixin, nn.Module):
             x = keep_out(self._conv, x, weight, conv_bias, conv_init)  # (B, d_inner, L)
 
             if is_plain_linear(self.x_proj) and self.x_proj.bias is None:
-                x_dbl = batched_linear(self.x_proj.weight, x)  # (B, dt_rank + 2 d_state, L)
+                # x (the scan's input: its gradient and x_proj's are summed inside the backward's GEMM) and
+                # x_dbl (B, dt_rank + 2 d_state, L)
+                x, x_dbl = batched_linear_and_input(self.x_proj.weight, x)
             else:
                 x_dbl = self.x_proj(x.transpose(1, 2)).transpose(1, 2)
             dt_low, B, C = self._dt_b_c(x_dbl, dim=1)  # (B, dt_rank | d_state, L)

@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import ssm_kernels
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers import Mamba
 from tests.ssm_universal.layer_checks import (check_in_place_steps_equal_forward,
                                               check_prefill_and_decode_match_reference,
                                               check_reference_checkpoint_loads, check_same_initialisation)
-from tests.helpers import check_parity
+from tests.helpers import backend_device, check_parity
 from tests.ssm_universal.peer_sources import PEER_MAMBA, peer_mamba_ssm
 
 FP32 = torch.float32
@@ -270,6 +271,56 @@ def test_channels_first_linear_halves_equal_nn_linear(bias, dtype):
         z.backward(g)
         for name in grads:
             assert_close(ours[name].grad.double(), ref[name].grad, dtype, f"d{name} ({layout}, x half unused)")
+
+
+@pytest.mark.parametrize("used", ["both", "gemm", "input"])
+def test_batched_linear_and_input_equals_reading_x_twice(used):
+    """x_proj's GEMM and the scan's read of the same x as one step: the same values, and x's gradient the sum of
+    both uses' (added inside the backward's GEMM), whichever of them reach the loss."""
+    from ssm_universal.layers._channels_first import batched_linear, batched_linear_and_input
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    x_again, out = batched_linear_and_input(weight, x)
+    assert torch.equal(x_again, x) and torch.equal(out, batched_linear(weight, x))
+    g_x, g_out = torch.randn_like(x), torch.randn_like(out)
+    outputs, cotangents = {"both": ([x_again, out], [g_x, g_out]), "gemm": ([out], [g_out]),
+                           "input": ([x_again], [g_x])}[used]
+    got = torch.autograd.grad(outputs, [x, weight], cotangents, allow_unused=True)
+    ref_out = batched_linear(weight, x)
+    ref_outputs = {"both": [x * 1, ref_out], "gemm": [ref_out], "input": [x * 1]}[used]
+    expected = torch.autograd.grad(ref_outputs, [x, weight], cotangents, allow_unused=True)
+    for name, a, b in zip(("x", "weight"), got, expected):
+        if b is None:
+            assert a is None or not a.any(), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.autograd.gradcheck(lambda x, w: batched_linear_and_input(w, x), (x, weight))
+
+
+def test_mamba_backward_sums_no_conv_output_gradients_apart():
+    """The conv output's two gradients (the scan's and x_proj's) are summed inside x_proj's backward GEMM, not
+    by a separate (B, d_inner, L) add."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Adds(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket.__name__ in ("add", "add_") and isinstance(out, torch.Tensor):
+                self.sizes.append(out.numel())
+            return out
+    device = backend_device("triton")  # a scan reading x once (the torch backend adds D x outside its op)
+    torch.manual_seed(0)
+    layer = Mamba(d_model=16, d_state=4, device=device)
+    with ssm_kernels.use_backend({"selective_scan": "triton"}):
+        y = layer(torch.randn(2, 40, 16, device=device, requires_grad=True))
+        with Adds() as adds:
+            y.backward(torch.randn_like(y))
+    assert 2 * layer.d_inner * 40 not in adds.sizes
 
 
 def test_split_channels_gradient_in_the_layout_of_its_input():
