@@ -22,6 +22,10 @@ view of the recomputed tensor. The recipe runs again once per backward (its resu
 token and freed after the last one is unpacked) with grad mode on, so that ops dispatch exactly as they did
 in the forward (the dispatch table may order backends differently for calls autograd records).
 
+A recipe's input may be another recipe's result (it is then held as a token and recomputed first). An op may
+also declare an intermediate it saves for its own backward recomputable (`recomputable(tensor, recipe, *inputs)`
+in its autograd setup): inside a block, that tensor is kept out like a keep_out result (the SSD's boundary states).
+
 The block keeps everything (keep_out only runs the recipe) when disabled, under torch.compile (Inductor decides
 what to recompute), and inside other saved-tensor hooks (activation checkpointing, offloading to the CPU):
 those must see every saved tensor.
@@ -171,8 +175,9 @@ def _hooks_free() -> bool:
 def recomputed_activations(enabled: bool, device: torch.device
                            ) -> Iterator[Callable[..., Tensor]]:
     """A block whose ops save tokens instead of the results of the yielded keep_out(recipe, *inputs), which
-    runs recipe(*inputs) and returns its result (see the module docstring). enabled: whether to do so (e.g. only when
-    autograd records the block); device: the block's tensors' (whose autocast state the recipes run under)."""
+    runs recipe(*inputs) and returns its result (see the module docstring). enabled: whether to do so (e.g.
+    only when autograd records the block); device: the block's tensors' (whose autocast state the recipes run
+    under)."""
     if not enabled or torch.compiler.is_compiling() or not _hooks_free():
         yield _keep
         return

@@ -88,10 +88,11 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
     """
 
     context_parallel = True  # ssm_universal.context_parallel
-    # Training recomputes the conv output and out_proj's input (the gated norm's output) in the backward
-    # instead of keeping them, as mamba_ssm's mamba_split_conv1d_scan_combined does: (B, L, conv_dim + d_inner)
-    # less per block for a conv and a norm more. None: on GPUs only; True / False: always / never (on an
-    # instance or the class).
+    # Training recomputes the conv output, the SSD's chunk boundary states (Triton backend) and out_proj's input
+    # (the gated norm's output) in the backward instead of keeping them, as mamba_ssm's
+    # mamba_split_conv1d_scan_combined does: about half the activations per block (benchmarks/results/
+    # cpu_mamba2_activations_kept.txt) for a conv, a chunk-state pass and a norm more. None: on GPUs only;
+    # True / False: always / never (on an instance or the class).
     recompute_in_backward: Optional[bool] = None
 
     def __init__(self, d_model, d_state=128, d_conv=4, conv_init=None, expand=2, headdim=64, d_ssm=None,
