@@ -8,15 +8,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 
 from ._split_linear import split_linear
-
-
-def is_plain_linear(module: nn.Module) -> bool:
-    """Whether `module` is exactly an nn.Linear without forward hooks, so that a GEMM on its weight and bias
-    computes what calling it would (not a subclass or a wrapper such as a LoRA layer)."""
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 def split_channels(xz: torch.Tensor):

@@ -12,6 +12,13 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether `module` is exactly an nn.Linear without forward hooks, so that a GEMM on its weight and bias
+    computes what calling it would (not a subclass or a wrapper such as a LoRA layer)."""
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], sizes: Sequence[int],

@@ -22,9 +22,10 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import dt_init_range, inner_width
 from ._args import positive
-from ._channels_first import (batched_linear, batched_linear_and_input, channels_first_linear_halves, is_plain_linear,
+from ._channels_first import (batched_linear, batched_linear_and_input, channels_first_linear_halves,
                               linear_from_channels_first, split_channels)
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, s4d_real_A_log
+from ._split_linear import is_plain_linear
 from ._step_constants import MambaStepConstants
 
 State = Tuple[torch.Tensor, torch.Tensor]

@@ -27,8 +27,7 @@ from ..context_parallel import check_no_state
 from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
 from ._args import positive
-from ._channels_first import is_plain_linear
-from ._split_linear import split_linear
+from ._split_linear import is_plain_linear, split_linear
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
 from ._step_constants import MambaStepConstants
 

@@ -25,6 +25,7 @@ from ._inference_cache import InferenceCacheMixin
 from ._mamba_args import A_init_range_of, dt_init_range, dt_limit_of, inner_width
 from ._args import positive
 from ._mamba_init import depthwise_conv1d, dt_bias_init, no_weight_decay, ones_D, uniform_A_log
+from ._split_linear import is_plain_linear, split_linear
 from ._step_constants import MambaStepConstants
 from .mamba2 import NO_DT_LIMIT, Mamba2, RMSNormGated
 
@@ -143,7 +144,10 @@ class Mamba2Sequential(MambaStepConstants, InferenceCacheMixin, nn.Module):
         if continuing and seqlen == 1:
             return self.step(u[:, 0], state)[0].unsqueeze(1)
 
-        x, z = self.in_proj(u).chunk(2, dim=-1)
+        if is_plain_linear(self.in_proj):  # one GEMM whose backward reads both halves' gradients in place
+            x, z = split_linear(u, self.in_proj.weight, self.in_proj.bias, (self.d_inner, self.d_inner))
+        else:
+            x, z = self.in_proj(u).chunk(2, dim=-1)
         x = x.transpose(1, 2)  # (B, d_inner, L)
         conv_init = None
         if state is not None:
