@@ -196,15 +196,17 @@ def recomputable(tensor: Tensor, recipe: Callable[..., Tensor], *inputs) -> bool
     block, the op saves recipe(*inputs) instead, recomputed in the backward (the op's own intermediate, such as
     the SSD's boundary states). Returns whether that is so; the caller then holds no other reference to
     `tensor`'s storage past the forward (a view it returns would keep the memory)."""
-    blocks = getattr(_ACTIVE, "blocks", None)
-    if not blocks or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # no block is open under torch.compile
         return False
-    return blocks[-1].register(tensor, recipe, inputs)
+    blocks = getattr(_ACTIVE, "blocks", None)
+    return bool(blocks) and blocks[-1].register(tensor, recipe, inputs)
 
 
 def is_kept_out(tensor: Tensor) -> bool:
     """Whether `tensor`'s storage is kept out of the saved tensors by the innermost open block (its memory is
     freed after the block's forward unless something else holds it)."""
+    if torch.compiler.is_compiling():
+        return False
     blocks = getattr(_ACTIVE, "blocks", None)
     return bool(blocks) and blocks[-1]._index(tensor) is not None
 
