@@ -5,6 +5,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssm_kernels import _cpu_ext, _dispatch
 from ssm_kernels.testing import relative_error, tolerance
@@ -97,3 +98,18 @@ def parity_errors(fn: Callable, ref: Callable, inputs: Dict[str, Optional[torch.
             assert g.shape == rg.shape, f"gradient of {name}: shape {tuple(g.shape)} != {tuple(rg.shape)}"
             errors[f"d{name}"] = relative_error(g, rg)
     return errors
+
+
+class OutputSizes(TorchDispatchMode):
+    """Records (aten op name, output elements) of every op run under it that writes its output (no views):
+    what a block's backward materialises, e.g. a concatenation or a sum of gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and not func.is_view:
+            self.calls.append((func.overloadpacket.__name__, out.numel()))
+        return out

@@ -111,15 +111,6 @@ def test_mamba2_recompute_with_packed_sequences():
     _assert_same(*runs)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_mamba2_recompute_under_autocast(device):
-    torch.manual_seed(0)
-    block = _mamba2("mamba2", device)
-    x = torch.randn(2, 40, 32, device=device)
-    _assert_same(_mamba_run(block, x, False, autocast=torch.bfloat16),
-                 _mamba_run(block, x, True, autocast=torch.bfloat16))
-
-
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_mamba2_recompute_with_the_kernel_backends(backend):
     device = backend_device(backend)
@@ -135,10 +126,11 @@ def test_mamba2_recompute_with_the_kernel_backends(backend):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_mamba_recompute_under_autocast(device):
+@pytest.mark.parametrize("layer", ["mamba", "mamba2"])
+def test_recompute_under_autocast(device, layer):
     # the recipes run in the backward, outside the forward's autocast block: they re-enter it
     torch.manual_seed(0)
-    block = Mamba(32, d_state=8, device=device)
+    block = Mamba(32, d_state=8, device=device) if layer == "mamba" else _mamba2("mamba2", device)
     x = torch.randn(2, 40, 32, device=device)
     _assert_same(_mamba_run(block, x, False, autocast=torch.bfloat16),
                  _mamba_run(block, x, True, autocast=torch.bfloat16))

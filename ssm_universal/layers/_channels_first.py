@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from ._split_linear import split_linear
+from ._split_linear import gemm_dtype, split_linear
 
 
 def split_channels(xz: torch.Tensor):
@@ -67,14 +67,8 @@ def batched_linear_and_input(weight: torch.Tensor, x: torch.Tensor):
     here x's other use takes the first output (x's values, a view), and the backward adds the GEMM's input
     gradient into that use's gradient inside the GEMM (baddbmm), as mamba_ssm's mamba_inner_fn does."""
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        return x, batched_linear(weight.to(_gemm_dtype(x)), x)
-    return _LinearAndInput.apply(x, weight, _gemm_dtype(x))
-
-
-def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
+        return x, batched_linear(weight, x)  # inference: no autograd.Function to go through
+    return _LinearAndInput.apply(x, weight, gemm_dtype(x))
 
 
 class _LinearAndInput(torch.autograd.Function):
@@ -110,9 +104,7 @@ def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Opti
     F.linear(y.transpose(1, 2), ...) copies y into (B L, K) rows before its GEMM whenever the weight needs a
     gradient; here the forward reads y transposed in a batched GEMM, and the backward writes dy as (B, K, L)
     (the layout the scan's backward reads) and takes the weight's gradient in one GEMM over B L."""
-    dtype = y.dtype
-    if torch.is_autocast_enabled(y.device.type):
-        dtype = torch.get_autocast_dtype(y.device.type)
+    dtype = gemm_dtype(y)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, weight, bias)):
         return _LinearFromChannelsFirst.apply(y, weight, bias, dtype)
     return _forward(y, weight.to(dtype), bias, dtype)  # inference: no autograd.Function to go through

@@ -32,12 +32,17 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     (B L, C_p) rows for channels-last parts, (C_p, B, L) order for channels-first ones), else copied into one."""
     if sum(sizes) != weight.shape[0]:
         raise ValueError(f"split_linear: sizes {list(sizes)} must sum to the weight's {weight.shape[0]} rows")
-    dtype = x.dtype
-    if torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
+    dtype = gemm_dtype(x)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _SplitLinear.apply(x, weight, bias, dtype, tuple(sizes), channels_first)
     return _forward(x.to(dtype), weight.to(dtype), bias, tuple(sizes), channels_first)
+
+
+def gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a layer's GEMM on activations x runs in: autocast's where it is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def channels_first_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -2,12 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssm_kernels.testing import assert_close
 from ssm_universal.layers._split_linear import split_linear
 from ssm_universal.layers.mamba2 import Mamba2
-from tests.helpers import check_parity
+from tests.helpers import OutputSizes, check_parity
 
 SIZES = (0, 0, 6, 9, 3)  # Mamba2's [z0, x0, z, xBC, dt] without gated-MLP channels
 
@@ -68,20 +67,6 @@ def test_split_linear_sizes_must_cover_the_weight():
         split_linear(torch.randn(1, 2, 3), torch.randn(5, 3), None, (2, 2))
 
 
-class _OutputSizes(TorchDispatchMode):
-    """Records (aten op, output elements) of every op run under it that writes its output (no views)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if isinstance(out, torch.Tensor) and not func.is_view:
-            self.calls.append((func.overloadpacket.__name__, out.numel()))
-        return out
-
-
 @pytest.mark.parametrize("plain", [True, False])
 def test_mamba2_backward_concatenates_no_in_proj_sized_gradient(plain):
     """The block's backward hands the in_proj parts' gradients to its GEMMs as written; torch.split's backward
@@ -93,7 +78,7 @@ def test_mamba2_backward_concatenates_no_in_proj_sized_gradient(plain):
         layer.in_proj.register_forward_hook(lambda module, inputs, output: None)
     x = torch.randn(2, 40, 32, requires_grad=True)
     y = layer(x)
-    with _OutputSizes() as sizes:
+    with OutputSizes() as sizes:
         y.backward(torch.randn_like(y))
     in_proj_sized = [name for name, numel in sizes.calls if numel == 2 * 40 * layer.in_proj.out_features]
     assert in_proj_sized == ([] if plain else ["cat"])
