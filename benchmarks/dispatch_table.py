@@ -47,11 +47,12 @@ MEASURED = '''
 
 
 class Measurement:
-    """The timings of one case on one GPU: {mode: {backend: ms}}, and where they come from (every results file
-    and commit that timed a backend of it: a later run of one backend replaces that backend's times)."""
+    """The timings of one case on the GPUs of one compute capability: {mode: {backend: ms}}, and where they come
+    from (every GPU, results file and commit that timed a backend of it: a later run of one backend replaces
+    that backend's times, on whichever GPU of the capability it ran)."""
 
-    def __init__(self, case: str, size: int, gpu: str, results: Set[str], commit: Set[str]):
-        self.case, self.size, self.gpu, self.results, self.commit = case, size, gpu, set(results), set(commit)
+    def __init__(self, case: str, size: int, gpus: Set[str], results: Set[str], commit: Set[str]):
+        self.case, self.size, self.gpus, self.results, self.commit = case, size, set(gpus), set(results), set(commit)
         self.ms: Dict[str, Dict[str, float]] = defaultdict(dict)
 
     def order(self, mode: str, implemented: Sequence[str]) -> Optional[Tuple[str, ...]]:
@@ -78,7 +79,7 @@ def merge_equal_sizes(measurements: List[Measurement]) -> List[Measurement]:
             merged.append(m)
             continue
         last = merged[-1]
-        joined = Measurement(f"{last.case} + {m.case}", m.size, last.gpu, last.results | m.results,
+        joined = Measurement(f"{last.case} + {m.case}", m.size, last.gpus | m.gpus, last.results | m.results,
                              last.commit | m.commit)
         for mode in set(last.ms) | set(m.ms):
             both = set(last.ms.get(mode, {})) & set(m.ms.get(mode, {}))
@@ -104,8 +105,9 @@ def read_results(paths: Sequence[Path]) -> Dict[Tuple[int, int], Dict[Tuple[str,
             cases = per_op.setdefault((r["op"], r["dtype"]), {})
             m = cases.get(r["case"])
             if m is None:
-                m = cases[r["case"]] = Measurement(r["case"], r["dispatch_size"], env.get("gpu", "GPU"), set(), set())
+                m = cases[r["case"]] = Measurement(r["case"], r["dispatch_size"], set(), set(), set())
             m.ms[r["mode"]][r["variant"]] = r["ms"]
+            m.gpus.add(env.get("gpu", "GPU"))
             m.results.add(path.name)
             m.commit.add(env.get("commit") or "unknown")
     return {cap: {key: merge_equal_sizes(sorted(cases.values(), key=lambda m: m.size))
@@ -137,7 +139,8 @@ def rules_for(op: str, dtype: str, measurements: List[Measurement]) -> List[dict
             grads = {True: orders[True], False: orders[False]}
         for grad, order in grads.items():
             modes = [MODES[g] for g in orders] if grad is None else [MODES[grad]]
-            source = "; ".join(f"{m.gpu} {m.case}: " + ", ".join(m.describe(mode) for mode in modes) for m in ms)
+            source = "; ".join(f"{' / '.join(sorted(m.gpus))} {m.case}: "
+                               + ", ".join(m.describe(mode) for mode in modes) for m in ms)
             rules.append(dict(order=order, dtype=dtype, max_size=max_size, grad=grad, source=source,
                               results=sorted(set().union(*(m.results for m in ms))),
                               commit=sorted(set().union(*(m.commit for m in ms)))))

@@ -72,8 +72,8 @@ def test_cases_of_one_size_count_as_one(tmp_path):
     assert rules[0]["source"].startswith("G wide + long: fwd summed triton 0.240 ms, cuda 0.510; G large: ")
 
 
-def _write_results(path, commit, date, results):
-    env = {"compute_capability": [8, 0], "gpu": "G", "commit": commit}
+def _write_results(path, commit, date, results, gpu="G"):
+    env = {"compute_capability": [8, 0], "gpu": gpu, "commit": commit}
     if date:
         env["date"] = date
     path.write_text(json.dumps({"environment": env, "results": results}))
@@ -94,6 +94,21 @@ def test_a_later_run_of_one_backend_replaces_its_times_and_is_cited(tmp_path):
     (rule,) = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
     assert rule["order"][:2] == ("triton", "cuda") and "triton 1.000 ms, cuda 2.000" in rule["source"]
     assert rule["results"] == ["a_backends.json", "b_triton_again.json"] and rule["commit"] == ["abc", "def"]
+
+
+def test_a_case_timed_on_two_gpus_of_one_capability_names_both(tmp_path):
+    """One backend re-timed on another GPU of the same compute capability (an H100 run after H200 runs): the
+    rule's source names both GPUs rather than the first file's alone."""
+    big = 2 ** 26
+    first = _write_results(tmp_path / "a.json", "abc", None,
+                           [_result("big", big, "triton", "fwd", 3.0), _result("big", big, "cuda", "fwd", 2.0)],
+                           gpu="NVIDIA H200")
+    later = _write_results(tmp_path / "b.json", "def", None, [_result("big", big, "triton", "fwd", 1.0)],
+                           gpu="NVIDIA H100 80GB HBM3")
+    namespace = {}
+    exec(dispatch_table.generate([first, later]), namespace)
+    (rule,) = namespace["MEASURED"][(8, 0)]["causal_conv1d"]
+    assert rule["source"].startswith("NVIDIA H100 80GB HBM3 / NVIDIA H200 big: fwd triton 1.000 ms, cuda 2.000")
 
 
 def test_dated_results_are_read_by_date_after_undated_ones(tmp_path):
