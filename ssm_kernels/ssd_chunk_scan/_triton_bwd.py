@@ -9,9 +9,11 @@ chunk c of T positions, rows i and columns j inside it:
 
 dy_i = dout_i * silu(z_i) (the gradient on y, recomputed in every kernel that reads it), dHP[c] the total
 gradient on hp_c (c = 0 .. nc; dHP[0] is the initial states' gradient), dss[i, j] the gradient on
-ss[i, j] = cs_i - cs_j. The gradient on cs is assembled in triton.py from the row sums of dss (kernel 3 for the intra-chunk terms,
-per column block, plus dq_i q_i; kernel 2 for the state term on row T - 1 and the varlen terms on rows e),
-minus its column sums (kernel 2), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1).
+ss[i, j] = cs_i - cs_j. The gradient on cs is assembled in triton.py from the row sums of dss (kernel 3 for the
+intra-chunk terms, per column block, plus dq_i q_i; kernel 2 for the state term on row T - 1 and the varlen terms
+on rows e), minus its column sums (kernel 3 for the intra-chunk terms, per row block; kernel 2 for the state and
+varlen terms), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1). Gm[i, j] is read
+from the cb buffer (_chunk_cb_kernel) that the forward's chunk scan reads too.
 Row and column sums of a term come from the same recomputed values, so that they cancel as they should
 in da_k = sum_{i >= k > j} dss[i, j] (with the forward's states instead, their rounding would not).
 Every program writes its own slots of the partial-sum buffers; torch sums them (deterministic, no atomics).
@@ -21,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import _batch_head, _chunk_rows, _dot, _state_tile
+from ._triton_fwd import _batch_head, _cb_tile, _chunk_rows, _dot, _state_tile
 
 
 @triton.jit
@@ -120,11 +122,11 @@ def _bwd_state_kernel(dout_ptr, z_ptr, C_ptr, cs_ptr, g_ptr, seg_ptr, st_ptr, ds
 
 
 @triton.jit
-def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr,
+def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr,
                    dv_ptr, vlo_ptr, cu_ptr, dx_ptr, dz_ptr, dux_ptr, col_ptr, dD_ptr, srow_ptr, vrow_ptr,
-                   L, H, HPG, P, N, T, LP, BH,
+                   L, H, G, HPG, P, N, T, NC, LP, BH,
                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
-                   scb, scl, scg, scn, sdh, sdp, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
+                   sdh, sdp, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
                    sob, sol, soh, sop,
                    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_DV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
@@ -132,7 +134,7 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr
     """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head:
         du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
         dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
-        col_j = sum over i of dss[i, j] (i > j in the chunk; the state and varlen rows include i = j);
+        col_j = the column sums of the state and varlen terms of dss (the intra-chunk ones: _bwd_dc_kernel);
         the row sums of this block's state and varlen terms of dss (rows T - 1 and e): srow[bh, jb, c],
         vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p]."""
     n_jb = tl.cdiv(T, BLOCK_T)
@@ -186,15 +188,11 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr
                 tl.store(vrow_ptr + (s * H + h) * n_jb + j0 // BLOCK_T, tl.sum(cv))
 
     # within the chunk: rows i >= j
-    BT_J = tl.trans(B_J)
-    xT_J = tl.trans(x_J)
     for i0 in range(j0, T, BLOCK_T):
         i = i0 + tl.arange(0, BLOCK_T)
         pos_i = c * T + i
         valid_i = (i < T) & (pos_i < L)
         cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
-        C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
-                      mask=valid_i[:, None] & n_mask[None, :], other=0.0)
         ip_mask = valid_i[:, None] & p_mask[None, :]
         dy_I = _load_dy(dout_ptr, z_ptr, b * sgb + pos_i[:, None] * sgl + h * sgh + pp[None, :] * sgp,
                         b * szb + pos_i[:, None] * szl + h * szh + pp[None, :] * szp, ip_mask, HAS_Z)
@@ -203,11 +201,8 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr
             seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
             keep = keep & (seg_i[:, None] == seg_j[None, :])
         M = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)), 0.0)
-        CB = _dot(C_I, BT_J, DOT_DTYPE, PRECISION, EMULATE)
+        CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         du += _dot_split(tl.trans(CB * M), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
-        # dss as kernel 3 forms it (same operands, same order of the products: their sums cancel in da)
-        dG = _dot_split(dy_I, xT_J, True, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
-        col += tl.sum(tl.where(j[None, :] < i[:, None], dG * CB, 0.0).to(tl.float64), axis=0)
 
     # this block's own rows: skip connection, gate, outputs
     offs_g = b * sgb + pos_j[:, None] * sgl + h * sgh + pp[None, :] * sgp
@@ -255,8 +250,8 @@ def _group_block(L, G, HPG, HPS, P, N, T, BLOCK_T: tl.constexpr, BLOCK_P: tl.con
 
 
 @triton.jit
-def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
-                   dgm_ptr, rowp_ptr, dC_ptr,
+def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
+                   dgm_ptr, rowp_ptr, colp_ptr, dC_ptr,
                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                    scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn,
@@ -267,7 +262,9 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_pt
     h of split `split` (HPS heads each):
         dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j] (j blocks <= i block)
         dC_i = sum_j dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc   -> dC[split, b, pos, g, :] (fp32 partial)
-        rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi."""
+        rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi;
+        colp[bh, ib, j] = sum_{i in block ib, i > j} dss_h[i, j]  (ib this program's row block; from the same
+        products as the row sums, so that the two cancel in da; blocks above the diagonal stay 0)."""
     c, i0, b, g, split, h_lo, h_hi, i, pos_i, valid_i, pp, nn, p_mask, n_mask = _group_block(
         L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
     ip_mask = valid_i[:, None] & p_mask[None, :]
@@ -304,7 +301,7 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_pt
         valid_j = (j < T) & (pos_j < L)
         B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
                       mask=valid_j[:, None] & n_mask[None, :], other=0.0)
-        CB = _dot(C_I, tl.trans(B_J), DOT_DTYPE, PRECISION, EMULATE)
+        CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         keep = (j[None, :] <= i[:, None]) & valid_i[:, None] & valid_j[None, :]
         if HAS_SEG:
             seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
@@ -323,8 +320,9 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_pt
                          mask=p_mask[:, None] & valid_j[None, :], other=0.0)
             dG = _dot_split(dy_I, xT, True, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
             acc += dG
-            tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i,
-                     tl.sum(tl.where(strict, dG * CB, 0.0).to(tl.float64), axis=1), mask=i < T)
+            dss = tl.where(strict, dG * CB, 0.0).to(tl.float64)
+            tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=1), mask=i < T)
+            tl.store(colp_ptr + (bh * n_jb + i0 // BLOCK_T) * LP + c * T + j, tl.sum(dss, axis=0), mask=j < T)
         dC += _dot(acc, B_J, DOT_DTYPE, PRECISION, EMULATE)
         tl.store(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], acc, mask=(i < T)[:, None] & (j < T)[None, :])
     dC_off = ((split * BZ + b) * L + pos_i[:, None]) * G * N + g * N + nn[None, :]

@@ -56,6 +56,40 @@ def _state_tile(tile, P, N, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _chunk_cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, N, T, NC, sbb, sbl, sbg, sbn, scb, scl, scg, scn,
+                     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * G): cb[b, c, g, i, j] = C_i . B_j (fp32) for one row block i of chunk c
+    and every column block j up to the diagonal, into the (B, nc, G, T, T) buffer that the chunk scan and the
+    backward read for every head of the group (blocks above the diagonal are never written or read).
+    Positions past the sequence load zeros, so their rows and columns of cb are 0."""
+    c, i0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
+    bg = tl.program_id(1)
+    b = bg // G
+    g = bg % G
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    Ci = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + n[None, :] * scn,
+                 mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+    base = cb_ptr + ((b * NC + c) * G + g).to(tl.int64) * T * T
+    for j0 in range(0, i0 + 1, BLOCK_T):
+        j = j0 + tl.arange(0, BLOCK_T)
+        pos_j = c * T + j
+        valid_j = (j < T) & (pos_j < L)
+        BjT = tl.load(B_ptr + b * sbb + pos_j[None, :] * sbl + g * sbg + n[:, None] * sbn,
+                      mask=n_mask[:, None] & valid_j[None, :], other=0.0)
+        cb = _dot(Ci, BjT, DOT_DTYPE, PRECISION, EMULATE)
+        tl.store(base + i[:, None] * T + j[None, :], cb, mask=(i < T)[:, None] & (j < T)[None, :])
+
+
+@triton.jit
+def _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j):
+    """The (len(i), len(j)) tile of cb[b, c, g] (fp32; 0 outside the chunk)."""
+    base = cb_ptr + ((b * NC + c) * G + g).to(tl.int64) * T * T
+    return tl.load(base + i[:, None] * T + j[None, :], mask=(i < T)[:, None] & (j < T)[None, :], other=0.0)
+
+
+@triton.jit
 def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
                       L, H, T, NC, LP, dt_lo, dt_hi, sdb, sdl, sdh, ssb, ssl,
                       HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_SEG: tl.constexpr,
@@ -158,9 +192,9 @@ def _state_passing_kernel(st_ptr, init_ptr, g_ptr, H, PN, NC, sib, sih, sip, sin
 
 
 @triton.jit
-def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
-                       L, H, HPG, P, N, T, LP, sxb, sxl, sxh, sxp, szb, szl, szh, szp,
-                       sbb, sbl, sbg, sbn, scb, scl, scg, scn, sdh, sdp, ssb, ssl,
+def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
+                       L, H, G, HPG, P, N, T, NC, LP, sxb, sxl, sxh, sxp, szb, szl, szh, szp,
+                       scb, scl, scg, scn, sdh, sdp, ssb, ssl,
                        stb, stc, sth, stp, stn, sob, sol, soh, sop,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -168,7 +202,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_p
                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk,
-        y_i = sum_{j <= i, seg_j == seg_i} (C_i . B_j) exp(cs_i - cs_j) dt'_j x_j
+        y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
     c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
@@ -199,9 +233,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, B_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_p
         j = k0 + tl.arange(0, BLOCK_K)
         pos_j = c * T + j
         valid_j = (j < T) & (pos_j < L)
-        BjT = tl.load(B_ptr + b * sbb + pos_j[None, :] * sbl + g * sbg + n[:, None] * sbn,
-                      mask=n_mask[:, None] & valid_j[None, :], other=0.0)
-        cb = _dot(Ci, BjT, DOT_DTYPE, PRECISION, EMULATE)
+        cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
         dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
         keep = (j[None, :] <= i[:, None]) & valid_j[None, :] & valid_i[:, None]

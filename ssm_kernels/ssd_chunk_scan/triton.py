@@ -1,5 +1,5 @@
-"""Triton backend of ssd_chunk_scan: the chunked SSD forward in four kernels (+ one for varlen states) and
-the backward in four kernels plus small torch reductions; dt preprocessing, D and the z gate are folded in.
+"""Triton backend of ssd_chunk_scan: the chunked SSD forward in five kernels (+ one for varlen states) and
+the backward in five kernels plus small torch reductions; dt preprocessing, D and the z gate are folded in.
 
 Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cdiv(L, T):
 1. _dt_cumsum_kernel, grid (nc, B, cdiv(H, BLOCK_H)): dt' = clamp(softplus?(dt + dt_bias)) and the in-chunk
@@ -9,27 +9,30 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    written into slot c + 1 of the (B, nc + 1, H, P, N) fp32 boundary-states buffer.
 3. _state_passing_kernel, grid (B*H, cdiv(P*N, BLOCK)): states[c + 1] = g_c states[c] + S_c in place,
    states[0] = initial state; states[nc] is the final state.
-4. _chunk_scan_kernel, grid (nc * T/BLOCK_M, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
-   plus the causal intra-chunk (C B^T * decay * dt') x over column blocks up to the diagonal (both tl.dot),
+4. _chunk_cb_kernel, grid (nc * T/BLOCK_T, B*G): cb = C B^T per chunk and group (fp32, (B, nc, G, T, T),
+   blocks at and below the diagonal), once for all the group's heads.
+5. _chunk_scan_kernel, grid (nc * T/BLOCK_T, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
+   plus the causal intra-chunk (cb * decay * dt') x over column blocks up to the diagonal (both tl.dot),
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
-5. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
+6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
 Matmul operands are in the input dtype (bf16 / fp16 tensor cores) or fp32 with input_precision="ieee" for
 fp32 inputs (tf32 would miss the fp32 tolerance); accumulation is fp32 throughout.
 
 Stored for backward: the inputs, the segment ids, the (B, nc + 1, H, P, N) fp32 boundary states and the
-pre-gate output (only with z). dt' / cs / g are recomputed by _dt_cumsum_kernel.
+pre-gate output (only with z). dt' / cs / g and cb are recomputed by their kernels.
 
 Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows / columns per block):
 1. _bwd_state_kernel, grid (B*H, P/N tiles of 64): reverse state passing, sequential over chunks, with the
    chunk's (dy q)^T C on tensor cores: dHP[c] (the gradient on the state entering chunk c; dHP[0] is the
    initial states' gradient) into a (B, nc + 1, H, P, N) fp32 buffer; partials of dg_c g_c.
-2. _bwd_dx_kernel, grid (nc * T/BLOCK_T, B*H), per head and column block: du from the intra-chunk
-   (C B^T * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes dx (x's dtype), dz, du . x
-   and the column sums of dss (the gradient on cs_i - cs_j), dD partials.
+2. _bwd_dx_kernel, grid (nc * T/BLOCK_T, B*H), per head and column block (cb from _chunk_cb_kernel, run
+   again): du from the intra-chunk (cb * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes
+   dx (x's dtype), dz, du . x and the column sums of the state and varlen terms of dss (the gradient on
+   cs_i - cs_j), dD partials.
 3. _bwd_dc_kernel, grid (nc * T/BLOCK_T, B*G, splits), per group and row block, looping the heads of a split:
    dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)), dC partials (dGm B + q dy states),
-   and the row sums of dss per head.
+   and the row and column sums of the intra-chunk dss = dGm_h * cb per head.
 4. _bwd_db_kernel, grid (nc * T/BLOCK_T, B*G, splits): dB partials (dGm^T C + the state and varlen terms).
 Then torch: dB, dC = sums over the splits; dcs = row sums - column sums (fp64); da = its reverse cumsum per
 chunk; ddt' = da A + du . x; dA = sum da dt'; dD = sum of partials; the dt_limit / softplus / dt_bias chain.
@@ -52,7 +55,7 @@ from .._triton_launch import launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
-from ._triton_fwd import (_chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
+from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
                           _varlen_state_kernel)
 from ._common import segment_ids
 
@@ -74,6 +77,32 @@ def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
 
 def _pow2(n: int, low: int = 16) -> int:
     return max(low, next_power_of_2(n))
+
+
+def _block_t(T: int) -> int:
+    """Rows (and columns) of a chunk per block in the chunk scan and the backward: the tiles of cb they share."""
+    return min(_pow2(T), 64)
+
+
+def _cb_launch(x, B, C, T):
+    """cb (B, nc, G, T, T) fp32: C_i . B_j of every chunk and group, blocks at and below the diagonal (the rest
+    unwritten); the heads of a group read it instead of each forming it again."""
+    batch, length, groups, dstate = B.shape
+    nc = cdiv(length, T)
+    cb = torch.empty((batch, nc, groups, T, T), dtype=torch.float32, device=B.device)
+    if nc > 0:
+        dot_dtype, precision = _dot_config(x.dtype, x.shape[-1], dstate)
+        block_t = _block_t(T)
+        _chunk_cb_kernel[(nc * cdiv(T, block_t), batch * groups)](
+            B, C, cb, length, groups, dstate, T, nc, *B.stride(), *C.stride(),
+            DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
+            BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4)
+    return cb
+
+
+def _emulate(x) -> bool:
+    """The CPU interpreter's bf16 tl.dot is broken: emulate it (_triton_fwd._dot)."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16
 
 
 def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
@@ -108,7 +137,7 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     lp = nc * T
     states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, x.device)
     dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
-    emulate = x.device.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
+    emulate = _emulate(x)
     has_seg = seg is not None
     st_strides = states.stride()
     if nc > 0:
@@ -150,23 +179,24 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     varlen = new_output((sequences, heads, headdim, dstate), torch.float32, dev)
     dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
-    emulate = dev.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
+    emulate = _emulate(x)
     has_seg = seg is not None
     seg_arg = seg if has_seg else dtp
     seg_strides = seg.stride() if has_seg else (0, 0)
     st_strides = states.stride()
     hpg = heads // groups
     if nc > 0:
-        block_m = min(_pow2(T), 64)
+        cb = _cb_launch(x, B, C, T)
+        block_m = _block_t(T)
         block_p = min(_pow2(headdim), 64)
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
         grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
         launch_fitting_shared_memory(_chunk_scan_kernel, grid,
-            x, x if z is None else z, B, C, x if D is None else D, dtp, cs, seg_arg, states, out,
+            x, x if z is None else z, cb, C, x if D is None else D, dtp, cs, seg_arg, states, out,
             pre if store_pre else out,
-            length, heads, hpg, headdim, dstate, T, lp, *x.stride(), *z_strides, *B.stride(), *C.stride(),
+            length, heads, groups, hpg, headdim, dstate, T, nc, lp, *x.stride(), *z_strides, *C.stride(),
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
@@ -206,7 +236,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     f32, f64 = torch.float32, torch.float64
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
     dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
-    emulate = dev.type == "cpu" and x.dtype == torch.bfloat16  # the interpreter's bf16 tl.dot is broken
+    emulate = _emulate(x)
     has_seg = seg is not None
     seg_arg = seg if has_seg else dtp
     seg_strides = seg.stride() if has_seg else (0, 0)
@@ -241,8 +271,9 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         HAS_Z=has_z, HAS_SEG=has_seg, HAS_DST=has_dst, HAS_DV=has_dv, **common,
         BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
 
-    # 2. per head and column block: dx, dz, du . x, column sums of dss, dD partials
-    block_t = min(_pow2(T), 64)
+    # 2. per head and column block: dx, dz, du . x, column sums of the state / varlen terms of dss, dD partials
+    cb = _cb_launch(x, B, C, T)
+    block_t = _block_t(T)
     n_jb = cdiv(T, block_t)
     block_p = _pow2(headdim)
     block_n = _pow2(dstate)
@@ -258,21 +289,22 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     vrow = torch.zeros((dvarlen.shape[0], heads, n_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
     D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
     launch_fitting_shared_memory(_bwd_dx_kernel, (nc * n_jb, bh_count),
-        x, dout, z_arg, pre if has_z else x, B, C, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
+        x, dout, z_arg, pre if has_z else x, B, cb, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
         cu_arg, dx, dz, dux, col, dD_part, srow, vrow,
-        length, heads, hpg, headdim, dstate, T, lp, bh_count,
-        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *D_strides, *seg_strides,
+        length, heads, groups, hpg, headdim, dstate, T, nc, lp, bh_count,
+        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
         HAS_DV=has_dv, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
 
-    # 3. per group and row block, over the heads of a split: dGm, dC partials, row sums of dss
+    # 3. per group and row block, over the heads of a split: dGm, dC partials, row and column sums of dss
     splits, per_split = _split_heads(hpg, nc * n_jb * batch * groups)
     dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
     rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
+    colp = torch.zeros((bh_count, n_jb, lp), dtype=f64, device=dev)
     dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
     launch_fitting_shared_memory(_bwd_dc_kernel, (nc * n_jb, batch * groups, splits),
-        x, dout, z_arg, B, C, dtp, cs, seg_arg, states, dgm, rowp, dC_part,
+        x, dout, z_arg, B, C, cb, dtp, cs, seg_arg, states, dgm, rowp, colp, dC_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
         HAS_Z=has_z, HAS_SEG=has_seg, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
@@ -289,7 +321,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
 
     # the log-decay gradient: dcs = row sums - column sums of dss (+ the state and varlen rows), in fp64;
     # da = its reverse cumsum within each chunk; ddt' = da A + du . x, dA = sum da dt'
-    dcs = (rowp.sum(1) - col).view(bh_count, nc, T)
+    dcs = (rowp.sum(1) - colp.sum(1) - col).view(bh_count, nc, T)
     dcs[:, :, T - 1] += part.sum(1, dtype=f64) + srow.sum(1)
     if has_dv:
         dcs = dcs.view(bh_count, lp)  # batch 1: rows are heads
