@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_fwd import _batch_head, _cb_tile, _chunk_rows, _dot, _state_tile
+from ._triton_fwd import _batch_head, _cb_tile, _chunk_rows, _decays, _dot, _log_decays, _state_tile
 
 
 @triton.jit
@@ -187,20 +187,20 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
                 col += cv
                 tl.store(vrow_ptr + (s * H + h) * n_jb + j0 // BLOCK_T, tl.sum(cv))
 
-    # within the chunk: rows i >= j
+    # within the chunk: rows i >= j (past the sequence: cb and dy are 0, so no mask is needed there)
+    ex_j = _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)
     for i0 in range(j0, T, BLOCK_T):
         i = i0 + tl.arange(0, BLOCK_T)
         pos_i = c * T + i
         valid_i = (i < T) & (pos_i < L)
-        cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
         ip_mask = valid_i[:, None] & p_mask[None, :]
         dy_I = _load_dy(dout_ptr, z_ptr, b * sgb + pos_i[:, None] * sgl + h * sgh + pp[None, :] * sgp,
                         b * szb + pos_i[:, None] * szl + h * szh + pp[None, :] * szp, ip_mask, HAS_Z)
-        keep = (j[None, :] <= i[:, None]) & valid_i[:, None] & valid_j[None, :]
+        keep = j[None, :] <= i[:, None]
         if HAS_SEG:
             seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
             keep = keep & (seg_i[:, None] == seg_j[None, :])
-        M = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)), 0.0)
+        M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE), ex_j, keep)
         CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         du += _dot_split(tl.trans(CB * M), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
 
@@ -302,7 +302,7 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
         B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
                       mask=valid_j[:, None] & n_mask[None, :], other=0.0)
         CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
-        keep = (j[None, :] <= i[:, None]) & valid_i[:, None] & valid_j[None, :]
+        keep = j[None, :] <= i[:, None]  # past the sequence: dy, x and dt' are 0, so no mask is needed there
         if HAS_SEG:
             seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
             keep = keep & (seg_i[:, None] == seg_j[None, :])
@@ -311,10 +311,9 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
         for h in range(h_lo, h_hi):
             bh = b * H + h
             row = bh * LP + c * T
-            cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
-            cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
+            M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE),
+                        _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep)
             dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
-            M = tl.where(keep, tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32)), 0.0)
             dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
             xT = tl.load(x_ptr + b * sxb + pos_j[None, :] * sxl + h * sxh + pp[:, None] * sxp,
                          mask=p_mask[:, None] & valid_j[None, :], other=0.0)

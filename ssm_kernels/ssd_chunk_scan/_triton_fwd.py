@@ -26,6 +26,24 @@ def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.con
 
 
 @triton.jit
+def _log_decays(cs_ptr, t, T, ROWS: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """cs at in-chunk positions t (cs_ptr: the chunk's first) as the exponents of the intra-chunk decays
+    exp(cs_i - cs_j): -inf past the chunk for rows i, +inf for columns j, so that those decays are 0 without a
+    mask. fp64 beside exact fp32 dots; fp32 beside bf16 / fp16 operands (an error of 2^-24 of the chunk's total
+    log-decay in each exponent, below their rounding)."""
+    cs = tl.load(cs_ptr + t, mask=t < T, other=-float("inf") if ROWS else float("inf"))
+    if DOT_DTYPE != tl.float32:
+        cs = cs.to(tl.float32)
+    return cs
+
+
+@triton.jit
+def _decays(ex_i, ex_j, keep):
+    """M[i, j] = exp(ex_i - ex_j) where keep, else 0 (fp32; an exp that overflows where not kept is dropped)."""
+    return tl.where(keep, tl.exp((ex_i[:, None] - ex_j[None, :]).to(tl.float32)), 0.0)
+
+
+@triton.jit
 def _chunk_rows(program, T, L, BLOCK: tl.constexpr):
     """Program `program` of nc * cdiv(T, BLOCK) as (chunk, block of its rows): (c, r0, r, pos, valid), chunk c,
     the block's first row r0, its rows r (BLOCK,), their positions in the sequence and whether they lie inside
@@ -199,9 +217,9 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                         EMULATE: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk,
+                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_M columns
+    per step: the cb buffer's blocks),
         y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
@@ -227,21 +245,19 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
         q = tl.where(seg_i == entering, q, 0.0)
     acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
 
-    # within the chunk, up to the diagonal
-    k_end = tl.minimum(m0 + BLOCK_M, T)
-    for k0 in range(0, k_end, BLOCK_K):
-        j = k0 + tl.arange(0, BLOCK_K)
+    # within the chunk, up to the diagonal (past the sequence: cb, dt' and x are 0, so no mask is needed there)
+    ex_i = _log_decays(cs_ptr + row, i, T, True, DOT_DTYPE)
+    for k0 in range(0, m0 + BLOCK_M, BLOCK_M):
+        j = k0 + tl.arange(0, BLOCK_M)
         pos_j = c * T + j
         valid_j = (j < T) & (pos_j < L)
-        cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
-        cs_j = tl.load(cs_ptr + row + j, mask=j < T, other=0.0)
-        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
-        keep = (j[None, :] <= i[:, None]) & valid_j[None, :] & valid_i[:, None]
+        keep = j[None, :] <= i[:, None]
         if HAS_SEG:
             seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
             keep = keep & (seg_j[None, :] == seg_i[:, None])
-        decay = tl.exp(tl.where(keep, cs_i[:, None] - cs_j[None, :], 0.0).to(tl.float32))
-        w = tl.where(keep, cb * decay * dt_j[None, :], 0.0)
+        M = _decays(ex_i, _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep)
+        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+        w = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j) * M * dt_j[None, :]
         xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,
                      mask=valid_j[:, None] & p_mask[None, :], other=0.0)
         acc += _dot(w, xj, DOT_DTYPE, PRECISION, EMULATE)

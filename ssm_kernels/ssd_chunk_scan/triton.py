@@ -200,7 +200,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_m, num_warps=4)
+            BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
