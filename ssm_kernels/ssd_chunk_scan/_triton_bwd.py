@@ -255,11 +255,12 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                    scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn,
-                   HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
+                   HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, SPLIT_DY: tl.constexpr,
                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one row block i of one chunk and group, over the heads
-    h of split `split` (HPS heads each):
+    h of split `split` (HPS heads each); SPLIT_DY: dy has digits beyond the dot's dtype (dout * silu(z), or a
+    dout of another dtype), so that its dot with x takes the remainder too (_dot_split):
         dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j] (j blocks <= i block)
         dC_i = sum_j dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc   -> dC[split, b, pos, g, :] (fp32 partial)
         rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi;
@@ -317,7 +318,7 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
             dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
             xT = tl.load(x_ptr + b * sxb + pos_j[None, :] * sxl + h * sxh + pp[:, None] * sxp,
                          mask=p_mask[:, None] & valid_j[None, :], other=0.0)
-            dG = _dot_split(dy_I, xT, True, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
+            dG = _dot_split(dy_I, xT, SPLIT_DY, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
             acc += dG
             dss = tl.where(strict, dG * CB, 0.0).to(tl.float64)
             tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=1), mask=i < T)

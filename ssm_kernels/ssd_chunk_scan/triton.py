@@ -62,16 +62,20 @@ from ._common import segment_ids
 
 # --- launchers -----------------------------------------------------------------------------------------
 def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
-    """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores, exact fp32 for fp32.
+    """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores; fp32 as three tf32
+    tensor-core products ("tf32x3": each operand split into a tf32 value and its tf32 remainder, about fp32's
+    precision; one tf32 product would miss the fp32 tolerance, and the exact FMA dot ran the issue's large
+    case 130x slower than bf16 on an H100, its (64, 128) fp32 operand tiles spilling).
 
     Measured on the H100 with Triton 3.6 (the native parity sweep, tests/native): fp16 / bf16 operands
     give wrong outputs and illegal memory accesses when neither headdim nor d_state is a power of two
     (P 24 with N 40 failed; P 32 with N 40 and P 24 with N 64 were right). Those shapes take the exact fp32
-    dot instead: correct, slower, and at least as accurate."""
+    dot instead, off the tensor cores: correct, slower, and at least as accurate."""
     import triton.language as tl
-    odd = headdim & (headdim - 1) and dstate & (dstate - 1)
-    if dtype == torch.float32 or odd:
+    if headdim & (headdim - 1) and dstate & (dstate - 1):
         return tl.float32, "ieee"
+    if dtype == torch.float32:
+        return tl.float32, "tf32x3"
     return (tl.bfloat16 if dtype == torch.bfloat16 else tl.float16), "tf32"
 
 
@@ -307,8 +311,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         x, dout, z_arg, B, C, cb, dtp, cs, seg_arg, states, dgm, rowp, colp, dC_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
-        HAS_Z=has_z, HAS_SEG=has_seg, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=warps)
+        HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=has_z or dout.dtype != x.dtype, **common, BLOCK_T=block_t,
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
 
     # 4. per group and column block: dB partials
     dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
