@@ -1,6 +1,7 @@
 """Triton launches that fit the GPU's shared memory (imported by the Triton backends only)."""
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 from triton.runtime.errors import OutOfResources
@@ -25,3 +26,9 @@ def launch_fitting_shared_memory(kernel, grid, *args, **kwargs):
             continue
         _fitting_stages[key] = stages
         return result
+
+
+def fast_math(x) -> bool:
+    """The FAST constexpr of kernels using _triton_math.exp2: native GPU runs take the approximate
+    ex2.approx.ftz through inline PTX; the interpreter cannot run PTX, so it takes tl.exp2."""
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")

@@ -15,13 +15,13 @@ inputs, and fp64 / complex128 A (the latter once the public function passes that
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .._autograd import needs_grad
+from .._triton_launch import fast_math
 from .._utils import cdiv, new_output, next_power_of_2
 from ._kernel_io import gate_grad_buffer, gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
@@ -156,12 +156,6 @@ def _shared_args(u, delta, A, z, lay_B, lay_C, h0):
     return (*u.stride(), *delta.stride(), *zs), (*real_view(A).stride()[:2], *s_B, *s_C, *s_h0)
 
 
-def _fast_math(u: Tensor) -> bool:
-    """Native GPU runs use the approximate ex2.approx.ftz through inline PTX (_triton_math.exp2); the
-    interpreter cannot run PTX, so it takes tl.exp2."""
-    return u.is_cuda and os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true", "True")
-
-
 def _atomic_bc(A: Tensor) -> bool:
     """Whether the real backward adds dB / dC of a variable B / C with atomics (see _triton_bwd.py): not in
     torch's deterministic mode, where it writes per-program partials for torch to sum (268 MB more at
@@ -212,7 +206,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         VARLEN=cu_seqlens is not None, B_FIXED=lay_B[1], C_FIXED=lay_C[1], SAVE_CKPT=save_checkpoints,
-        FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_register_cap(FWD_MAXNREG),
+        FAST=fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_register_cap(FWD_MAXNREG),
     )
     if empty is not None:  # an empty sequence's final state is its initial state
         final = torch.where(empty[:, None, None], init, final)
@@ -258,7 +252,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
             BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
             HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
             HAS_DFINAL=dfinal is not None, VARLEN=cu_seqlens is not None, B_FIXED=fixed_B, C_FIXED=fixed_C,
-            FAST=_fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_atomic_arg(A, atomic),
+            FAST=fast_math(u), num_warps=warps, **_run_args(u, A, lay_B, BL), **_atomic_arg(A, atomic),
             **_register_cap(BWD_MAXNREG),
         )
     else:

@@ -130,7 +130,7 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
                    sob, sol, soh, sop,
                    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_DV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                   FAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head:
         du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
         dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
@@ -200,7 +200,7 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
         if HAS_SEG:
             seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
             keep = keep & (seg_i[:, None] == seg_j[None, :])
-        M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE), ex_j, keep)
+        M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE), ex_j, keep, FAST)
         CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         du += _dot_split(tl.trans(CB * M), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
 
@@ -256,7 +256,7 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                    scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn,
                    HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, SPLIT_DY: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one row block i of one chunk and group, over the heads
     h of split `split` (HPS heads each); SPLIT_DY: dy has digits beyond the dot's dtype (dout * silu(z), or a
@@ -313,7 +313,7 @@ def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr
             bh = b * H + h
             row = bh * LP + c * T
             M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE),
-                        _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep)
+                        _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
             dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
             dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
             xT = tl.load(x_ptr + b * sxb + pos_j[None, :] * sxl + h * sxh + pp[:, None] * sxp,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_math import softplus
+from .._triton_math import LOG2E, exp2, softplus
 
 
 @triton.jit
@@ -27,20 +27,22 @@ def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.con
 
 @triton.jit
 def _log_decays(cs_ptr, t, T, ROWS: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """cs at in-chunk positions t (cs_ptr: the chunk's first) as the exponents of the intra-chunk decays
-    exp(cs_i - cs_j): -inf past the chunk for rows i, +inf for columns j, so that those decays are 0 without a
-    mask. fp64 beside exact fp32 dots; fp32 beside bf16 / fp16 operands (an error of 2^-24 of the chunk's total
-    log-decay in each exponent, below their rounding)."""
-    cs = tl.load(cs_ptr + t, mask=t < T, other=-float("inf") if ROWS else float("inf"))
+    """cs log2(e) at in-chunk positions t (cs_ptr: the chunk's first), the base-2 exponents of the intra-chunk
+    decays exp(cs_i - cs_j): -inf past the chunk for rows i, +inf for columns j, so that those decays are 0
+    without a mask. fp64 beside fp32 dots; fp32 beside bf16 / fp16 operands (an error of 2^-24 of the chunk's
+    total log-decay in each exponent, below their rounding)."""
+    cs = tl.load(cs_ptr + t, mask=t < T, other=-float("inf") if ROWS else float("inf")) * LOG2E
     if DOT_DTYPE != tl.float32:
         cs = cs.to(tl.float32)
     return cs
 
 
 @triton.jit
-def _decays(ex_i, ex_j, keep):
-    """M[i, j] = exp(ex_i - ex_j) where keep, else 0 (fp32; an exp that overflows where not kept is dropped)."""
-    return tl.where(keep, tl.exp((ex_i[:, None] - ex_j[None, :]).to(tl.float32)), 0.0)
+def _decays(ex_i, ex_j, keep, FAST: tl.constexpr):
+    """M[i, j] = exp(cs_i - cs_j) = 2^(ex_i - ex_j) where keep, else 0 (fp32; a power that overflows where not
+    kept is dropped). FAST: one ex2.approx.ftz per element (relative error ~2^-22; tl.exp adds a scaling and a
+    denormal-range fix-up around it, five instructions where the element's other work is about as many)."""
+    return tl.where(keep, exp2((ex_i[:, None] - ex_j[None, :]).to(tl.float32), FAST), 0.0)
 
 
 @triton.jit
@@ -216,7 +218,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
                        stb, stc, sth, stp, stn, sob, sol, soh, sop,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                        EMULATE: tl.constexpr,
+                       EMULATE: tl.constexpr, FAST: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_M columns
     per step: the cb buffer's blocks),
@@ -255,7 +257,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
         if HAS_SEG:
             seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
             keep = keep & (seg_j[None, :] == seg_i[:, None])
-        M = _decays(ex_i, _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep)
+        M = _decays(ex_i, _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
         dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
         w = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j) * M * dt_j[None, :]
         xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,

@@ -51,12 +51,12 @@ from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
 from .._recompute import is_kept_out, recomputable
-from .._triton_launch import launch_fitting_shared_memory
+from .._triton_launch import fast_math, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
-from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel, _state_passing_kernel,
-                          _varlen_state_kernel)
+from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel,
+                          _state_passing_kernel, _varlen_state_kernel)
 from ._common import segment_ids
 
 
@@ -204,7 +204,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
@@ -299,7 +299,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
+        num_warps=warps)
 
     # 3. per group and row block, over the heads of a split: dGm, dC partials, row and column sums of dss
     splits, per_split = _split_heads(hpg, nc * n_jb * batch * groups)
@@ -311,8 +312,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         x, dout, z_arg, B, C, cb, dtp, cs, seg_arg, states, dgm, rowp, colp, dC_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
-        HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=has_z or dout.dtype != x.dtype, **common, BLOCK_T=block_t,
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+        HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=has_z or dout.dtype != x.dtype, **common, FAST=fast_math(x),
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
 
     # 4. per group and column block: dB partials
     dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
