@@ -148,20 +148,12 @@ def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
 
 
 @triton.jit
-def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
-                        L, H, HPG, P, N, T, LP, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                        stb, stc, sth, stp, stn,
-                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                        EMULATE: tl.constexpr,
-                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Grid (nc, B * H, cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N)): the state a chunk adds from a zero start,
-    S_c = sum_j exp(cs_{T-1} - cs_j) [seg_j == seg_end] dt'_j x_j B_j^T, written to slot c + 1 of the
-    (B, nc + 1, H, P, N) fp32 states buffer (the state passing kernel completes it in place)."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b, h, g = _batch_head(bh, H, HPG)
-    p, n, p_mask, n_mask = _state_tile(tl.program_id(2), P, N, BLOCK_P, BLOCK_N)
-    row = bh * LP + c * T
+def _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, row, p, n, p_mask, n_mask, L, T,
+                 sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                 HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The (p, n) tile of the state chunk c adds from a zero start (fp32; row = bh * LP + c * T):
+    S_c = sum_j exp(cs_{T-1} - cs_j) [seg_j == seg_end] dt'_j x_j B_j^T."""
     cs_end = tl.load(cs_ptr + row + T - 1)
     if HAS_SEG:
         seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
@@ -182,8 +174,57 @@ def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
         Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
                      mask=valid[:, None] & n_mask[None, :], other=0.0)
         acc += _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
+    return acc
+
+
+@triton.jit
+def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
+                        L, H, HPG, P, N, T, LP, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                        stb, stc, sth, stp, stn,
+                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                        EMULATE: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Grid (nc, B * H, cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N)): S_c (_chunk_state) written to slot c + 1 of the
+    (B, nc + 1, H, P, N) fp32 states buffer (the state passing kernel completes it in place)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b, h, g = _batch_head(bh, H, HPG)
+    p, n, p_mask, n_mask = _state_tile(tl.program_id(2), P, N, BLOCK_P, BLOCK_N)
+    acc = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
+                       L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                       HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
     tl.store(st_ptr + b * stb + (c + 1) * stc + h * sth + p[:, None] * stp + n[None, :] * stn, acc,
              mask=p_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, init_ptr, st_ptr,
+                                L, H, HPG, P, N, T, LP, NC, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                                sib, sih, sip, sin, stb, stc, sth, stp, stn,
+                                HAS_SEG: tl.constexpr, HAS_INIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                                PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                                BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), B * H): the chunk state and state passing kernels in one pass
+    over the chunks, the state in registers: states[:, 0] = the initial state (or 0), then in chunk order
+    states[:, c + 1] = g_c states[:, c] + S_c (the same operations, so the same bits); the chunk states S_c are
+    never written to memory and read back."""
+    bh = tl.program_id(1)
+    b, h, g = _batch_head(bh, H, HPG)
+    p, n, p_mask, n_mask = _state_tile(tl.program_id(0), P, N, BLOCK_P, BLOCK_N)
+    pn_mask = p_mask[:, None] & n_mask[None, :]
+    out = st_ptr + b * stb + h * sth + p[:, None] * stp + n[None, :] * stn
+    if HAS_INIT:
+        state = tl.load(init_ptr + b * sib + h * sih + p[:, None] * sip + n[None, :] * sin, mask=pn_mask,
+                        other=0.0).to(tl.float32)
+    else:
+        state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    tl.store(out, state, mask=pn_mask)
+    for c in range(0, NC):
+        S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
+                         L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                         HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
+        state = tl.load(g_ptr + bh * NC + c) * state + S
+        tl.store(out + (c + 1) * stc, state, mask=pn_mask)
 
 
 @triton.jit

@@ -9,6 +9,8 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    written into slot c + 1 of the (B, nc + 1, H, P, N) fp32 boundary-states buffer.
 3. _state_passing_kernel, grid (B*H, cdiv(P*N, BLOCK)): states[c + 1] = g_c states[c] + S_c in place,
    states[0] = initial state; states[nc] is the final state.
+   Where B*H and the state tiles alone give PASSED_STATES_PROGRAMS programs, _chunk_states_passed_kernel does
+   2 and 3 in one pass over the chunks, grid (P/N tiles, B*H): the S_c are never written and read back.
 4. _chunk_cb_kernel, grid (nc * T/BLOCK_T, B*G): cb = C B^T per chunk and group (fp32, (B, nc, G, T, T),
    blocks at and below the diagonal), once for all the group's heads.
 5. _chunk_scan_kernel, grid (nc * T/BLOCK_T, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
@@ -55,9 +57,14 @@ from .._triton_launch import fast_math, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
-from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _dt_cumsum_kernel,
-                          _state_passing_kernel, _varlen_state_kernel)
+from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _chunk_states_passed_kernel,
+                          _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
 from ._common import segment_ids
+
+
+# The boundary states in one kernel (parallel over B * H and state tiles, sequential over chunks) where that grid
+# has at least this many programs (two per H100 SM); below it, two kernels (the first parallel over chunks too).
+PASSED_STATES_PROGRAMS = 264
 
 
 # --- launchers -----------------------------------------------------------------------------------------
@@ -133,31 +140,38 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
 
 
 def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
-    """The boundary states (B, nc + 1, H, P, N) fp32 (the state entering each chunk, then the final one):
-    each chunk's own state, then the pass that carries them across chunks."""
+    """The boundary states (B, nc + 1, H, P, N) fp32 (the state entering each chunk, then the final one): each
+    chunk's own state, then the pass that carries them across chunks; in one kernel where its grid, without the
+    chunks, has at least PASSED_STATES_PROGRAMS programs."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = cdiv(length, T)
     lp = nc * T
     states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, x.device)
     dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
-    emulate = _emulate(x)
-    has_seg = seg is not None
+    has_seg, has_init = seg is not None, initial_states is not None
     st_strides = states.stride()
+    init_strides = initial_states.stride() if has_init else (0, 0, 0, 0)
+    block_p = min(_pow2(headdim), 64)
+    block_n = min(_pow2(dstate), 64)
+    tiles = cdiv(headdim, block_p) * cdiv(dstate, block_n)
+    inputs = (x, B, dtp, cs, seg if has_seg else dtp)
+    sizes = (length, heads, heads // groups, headdim, dstate, T, lp)
+    input_strides = (*x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)))
+    options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
+                   BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
+    if nc > 0 and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
+        _chunk_states_passed_kernel[(tiles, batch * heads)](
+            *inputs, g, initial_states if has_init else states, states, *sizes, nc, *input_strides,
+            *init_strides, *st_strides, HAS_INIT=has_init, **options)
+        return states
     if nc > 0:
-        block_p = min(_pow2(headdim), 64)
-        block_n = min(_pow2(dstate), 64)
-        block_k = min(_pow2(T), 64)
-        _chunk_state_kernel[(nc, batch * heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
-            x, B, dtp, cs, seg if has_seg else dtp, states, length, heads, heads // groups, headdim, dstate, T, lp,
-            *x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)), *st_strides,
-            HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
+        _chunk_state_kernel[(nc, batch * heads, tiles)](*inputs, states, *sizes, *input_strides, *st_strides,
+                                                       **options)
     block = min(next_power_of_2(headdim * dstate), 1024)
-    init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
     _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
-        states, states if initial_states is None else initial_states, g, heads, headdim * dstate, nc,
-        *init_strides, dstate, *st_strides, HAS_INIT=initial_states is not None, BLOCK=block, num_warps=4)
+        states, initial_states if has_init else states, g, heads, headdim * dstate, nc,
+        *init_strides, dstate, *st_strides, HAS_INIT=has_init, BLOCK=block, num_warps=4)
     return states
 
 

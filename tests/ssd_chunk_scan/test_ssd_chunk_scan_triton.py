@@ -129,6 +129,60 @@ def test_dt_limit_math_inf_default():
                  dt_softplus=True, dt_limit=(0.0, math.inf), return_final_states=True)
 
 
+def _states_case(options, device, dtype=torch.float32):
+    """(inputs, kwargs) of a call whose boundary states matter: "plain", "seq_idx_final_state" (segments, the
+    initial and the final state) or "varlen" (cu_seqlens and the varlen states; batch 1)."""
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 45, 4, 8, 2, 8, dtype, device, D_shape="HP")
+    kwargs = dict(chunk_size=16, dt_softplus=True)
+    if options == "seq_idx_final_state":
+        kwargs.update(seq_idx=random_seq_idx(2, 45, device), return_final_states=True)
+    elif options == "varlen":
+        inputs = {k: (v[:1] if k != "A" and v is not None and v.dim() > 1 and v.shape[0] == 2 else v)
+                  for k, v in inputs.items()}
+        inputs["initial_states"] = None
+        kwargs.update(cu_seqlens=torch.tensor([0, 7, 30, 45], device=device), return_varlen_states=True)
+    return inputs, kwargs
+
+
+def _outputs_and_gradients(inputs, kwargs, names):
+    """The call's outputs and the gradients of `names` for fixed cotangents, detached."""
+    leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
+    outs = triton_scan(**leaves, **kwargs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    cotangents = [torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o).to(o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, [leaves[k] for k in names], cotangents)
+    return [o.detach() for o in outs] + list(grads)
+
+
+@pytest.mark.parametrize("options,dtype", [("plain", torch.float32), ("plain", torch.bfloat16),
+                                           ("seq_idx_final_state", torch.float32), ("varlen", torch.float32)])
+def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options, dtype):
+    """The chunk states and their passing in one kernel (grids of at least PASSED_STATES_PROGRAMS programs) or
+    in two give the same bits: outputs, final and varlen states, every gradient (the backward recomputes nothing
+    here, but reads the boundary states)."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    fused = module._chunk_states_passed_kernel
+    launches = []
+
+    class Counted:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return fused[grid]
+    monkeypatch.setattr(module, "_chunk_states_passed_kernel", Counted())
+    inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
+    names = grads_of(inputs)
+    runs = []
+    for threshold in (0, 10 ** 9):
+        monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", threshold)
+        launches.clear()
+        runs.append(_outputs_and_gradients(inputs, kwargs, names))
+        assert bool(launches) == (threshold == 0)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "varlen"])
 def test_boundary_states_recomputed_inside_a_recompute_block(options):
     """Inside a recomputed_activations block the op keeps no boundary states (B, nc + 1, H, P, N) for its
@@ -138,16 +192,7 @@ def test_boundary_states_recomputed_inside_a_recompute_block(options):
     import weakref
     from ssm_kernels import _recompute
     device = backend_device("triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(2, 45, 4, 8, 2, 8, torch.float32, device, D_shape="HP")
-    kwargs = dict(chunk_size=16, dt_softplus=True)
-    if options == "seq_idx_final_state":
-        kwargs.update(seq_idx=random_seq_idx(2, 45, device), return_final_states=True)
-    elif options == "varlen":
-        inputs = {k: (v[:1] if k != "A" and v is not None and v.dim() > 1 and v.shape[0] == 2 else v)
-                  for k, v in inputs.items()}
-        inputs["initial_states"] = None
-        kwargs.update(cu_seqlens=torch.tensor([0, 7, 30, 45], device=device), return_varlen_states=True)
+    inputs, kwargs = _states_case(options, device)
     names = grads_of(inputs)
     runs, states = [], []
     real = _recompute.recomputable
