@@ -44,7 +44,7 @@ def test_subcommands_parse(subcommand):
     assert exit_.value.code == 0
 
 
-@pytest.mark.parametrize("op", ["cauchy_kernel", "vandermonde_kernel"])
+@pytest.mark.parametrize("op", ["cauchy_kernel", "vandermonde_kernel", "ssd_chunk_scan"])
 def test_tuner_settings_name_backend_attributes(op):
     """A misspelt setting would be set on the module, never read, and time the defaults under its name."""
     tuner = importlib.import_module(f"benchmarks.tune.{op}")

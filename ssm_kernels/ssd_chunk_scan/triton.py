@@ -9,8 +9,9 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    written into slot c + 1 of the (B, nc + 1, H, P, N) fp32 boundary-states buffer.
 3. _state_passing_kernel, grid (B*H, cdiv(P*N, BLOCK)): states[c + 1] = g_c states[c] + S_c in place,
    states[0] = initial state; states[nc] is the final state.
-   Where B*H and the state tiles alone give PASSED_STATES_PROGRAMS programs, _chunk_states_passed_kernel does
-   2 and 3 in one pass over the chunks, grid (P/N tiles, B*H): the S_c are never written and read back.
+   Where B*H and the state tiles alone give PASSED_STATES_PROGRAMS programs (when set), the
+   _chunk_states_passed_kernel does 2 and 3 in one pass over the chunks, grid (P/N tiles, B*H): the S_c are never
+   written and read back.
 4. _chunk_cb_kernel, grid (nc * T/BLOCK_T, B*G): cb = C B^T per chunk and group (fp32, (B, nc, G, T, T),
    blocks at and below the diagonal), once for all the group's heads.
 5. _chunk_scan_kernel, grid (nc * T/BLOCK_T, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
@@ -63,8 +64,9 @@ from ._common import segment_ids
 
 
 # The boundary states in one kernel (parallel over B * H and state tiles, sequential over chunks) where that grid
-# has at least this many programs (two per H100 SM); below it, two kernels (the first parallel over chunks too).
-PASSED_STATES_PROGRAMS = 264
+# has at least this many programs; below it, two kernels (the first parallel over chunks too). None: two kernels
+# always, until the one kernel is timed against them on a GPU (it gives the same bits, tested).
+PASSED_STATES_PROGRAMS: Optional[int] = None
 
 
 # --- launchers -----------------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
 def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     """The boundary states (B, nc + 1, H, P, N) fp32 (the state entering each chunk, then the final one): each
     chunk's own state, then the pass that carries them across chunks; in one kernel where its grid, without the
-    chunks, has at least PASSED_STATES_PROGRAMS programs."""
+    chunks, has at least PASSED_STATES_PROGRAMS programs (when set)."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = cdiv(length, T)
@@ -160,7 +162,7 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     input_strides = (*x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)))
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
                    BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
-    if nc > 0 and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
+    if nc > 0 and PASSED_STATES_PROGRAMS is not None and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
         _chunk_states_passed_kernel[(tiles, batch * heads)](
             *inputs, g, initial_states if has_init else states, states, *sizes, nc, *input_strides,
             *init_strides, *st_strides, HAS_INIT=has_init, **options)
