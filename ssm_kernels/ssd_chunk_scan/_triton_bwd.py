@@ -10,9 +10,9 @@ chunk c of T positions, rows i and columns j inside it:
 dy_i = dout_i * silu(z_i) (the gradient on y, recomputed in every kernel that reads it), dHP[c] the total
 gradient on hp_c (c = 0 .. nc; dHP[0] is the initial states' gradient), dss[i, j] the gradient on
 ss[i, j] = cs_i - cs_j. The gradient on cs is assembled in triton.py from the row sums of dss (kernel 3 for the
-intra-chunk terms, per column block, plus dq_i q_i; kernel 2 for the state term on row T - 1 and the varlen terms
-on rows e), minus its column sums (kernel 3 for the intra-chunk terms, per row block; kernel 2 for the state and
-varlen terms), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1). Gm[i, j] is read
+intra-chunk terms, per column block; kernel 4 for dq_i q_i; kernel 2 for the state term on row T - 1 and the
+varlen terms on rows e), minus its column sums (kernel 3 for the intra-chunk terms, per row block; kernel 2 for
+the state and varlen terms), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1). Gm[i, j] is read
 from the cb buffer (_chunk_cb_kernel) that the forward's chunk scan reads too.
 Row and column sums of a term come from the same recomputed values, so that they cancel as they should
 in da_k = sum_{i >= k > j} dss[i, j] (with the forward's states instead, their rounding would not).
@@ -134,7 +134,7 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
     """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head:
         du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
         dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
-        col_j = the column sums of the state and varlen terms of dss (the intra-chunk ones: _bwd_dc_kernel);
+        col_j = the column sums of the state and varlen terms of dss (the intra-chunk ones: _bwd_dgm_kernel);
         the row sums of this block's state and varlen terms of dss (rows T - 1 and e): srow[bh, jb, c],
         vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p]."""
     n_jb = tl.cdiv(T, BLOCK_T)
@@ -232,118 +232,123 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
 
 
 @triton.jit
-def _group_block(L, G, HPG, HPS, P, N, T, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The block of the dC / dB kernels' grid (nc * cdiv(T, BLOCK_T), B * G, splits): (c, r0, b, g, split,
-    h_lo, h_hi, r, pos, valid, pp, nn, p_mask, n_mask): chunk c, the block's first row r0 of it, batch row b,
-    group g, the split's heads [h_lo, h_hi), the rows r of the block, their positions in the sequence and
-    whether they are inside the chunk and the sequence, the aranges of P and N and their masks."""
-    c, r0, r, pos, valid = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
+def _group_split(G, HPG, HPS):
+    """Program ids 1 and 2 of the per-group kernels' grids (.., B * G, splits) as (b, g, split, h_lo, h_hi):
+    batch row b, group g, the split's heads [h_lo, h_hi)."""
     bg = tl.program_id(1)
     b = bg // G
     g = bg % G
     split = tl.program_id(2)
     h_lo = g * HPG + split * HPS
-    h_hi = tl.minimum(h_lo + HPS, (g + 1) * HPG)
+    return b, g, split, h_lo, tl.minimum(h_lo + HPS, (g + 1) * HPG)
+
+
+@triton.jit
+def _group_block(L, G, HPG, HPS, P, N, T, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The block of the dB / dC kernel's grid (nc * cdiv(T, BLOCK_T), B * G, splits): (c, r0, b, g, split,
+    h_lo, h_hi, r, pos, valid, pp, nn, p_mask, n_mask): chunk c, the block's first row r0 of it, _group_split's
+    values, the rows r of the block, their positions in the sequence and whether they are inside the chunk and
+    the sequence, the aranges of P and N and their masks."""
+    c, r0, r, pos, valid = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
+    b, g, split, h_lo, h_hi = _group_split(G, HPG, HPS)
     pp = tl.arange(0, BLOCK_P)
     nn = tl.arange(0, BLOCK_N)
     return c, r0, b, g, split, h_lo, h_hi, r, pos, valid, pp, nn, pp < P, nn < N
 
 
 @triton.jit
-def _bwd_dc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
-                   dgm_ptr, rowp_ptr, colp_ptr, dC_ptr,
-                   L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
-                   sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
-                   scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn,
-                   HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, SPLIT_DY: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one row block i of one chunk and group, over the heads
-    h of split `split` (HPS heads each); SPLIT_DY: dy has digits beyond the dot's dtype (dout * silu(z), or a
-    dout of another dtype), so that its dot with x takes the remainder too (_dot_split):
-        dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j] (j blocks <= i block)
-        dC_i = sum_j dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc   -> dC[split, b, pos, g, :] (fp32 partial)
-        rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j];  rowp[bh, NJB, i] = q_hi dq_hi;
-        colp[bh, ib, j] = sum_{i in block ib, i > j} dss_h[i, j]  (ib this program's row block; from the same
-        products as the row sums, so that the two cancel in da; blocks above the diagonal stay 0)."""
-    c, i0, b, g, split, h_lo, h_hi, i, pos_i, valid_i, pp, nn, p_mask, n_mask = _group_block(
-        L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
-    ip_mask = valid_i[:, None] & p_mask[None, :]
-    C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
-                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
-    keep_q = valid_i
-    if HAS_SEG:
-        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
-        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
-        keep_q = keep_q & (seg_i == entering)
+def _tile_pair(program, T, L, BLOCK_T: tl.constexpr):
+    """Program `program` of nc * n_pairs (n_pairs = n_jb (n_jb + 1) / 2 blocks at or below the diagonal of a
+    chunk's (T, T) tile grid, n_jb = cdiv(T, BLOCK_T)) as (c, i0, j0, i, j, pos_i, pos_j, valid_i, valid_j):
+    chunk c, the first row i0 and column j0 <= i0 of the tile, its rows and columns, their positions in the
+    sequence and whether they lie inside the chunk and the sequence. Pairs run (0, 0), (1, 0), (1, 1), (2, 0)..."""
     n_jb = tl.cdiv(T, BLOCK_T)
-    offs_g = b * sgb + pos_i[:, None] * sgl + pp[None, :] * sgp
-    offs_z = b * szb + pos_i[:, None] * szl + pp[None, :] * szp
-
-    # the entering states' part
-    dC = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
-    for h in range(h_lo, h_hi):
-        bh = b * H + h
-        cs_i = tl.load(cs_ptr + bh * LP + c * T + i, mask=i < T, other=0.0)
-        q = tl.where(keep_q, tl.exp(tl.where(keep_q, cs_i, 0.0).to(tl.float32)), 0.0)
-        dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
-        hp = tl.load(st_ptr + b * stb + c * stc + h * sth + pp[:, None] * stp + nn[None, :] * stn,
-                     mask=p_mask[:, None] & n_mask[None, :], other=0.0)
-        Z = _dot_split(dy_I, hp, True, True, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
-        dC += Z
-        tl.store(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + c * T + i,
-                 tl.sum(Z * C_I.to(tl.float32), axis=1), mask=i < T)
-
-    # within the chunk: column blocks up to the diagonal
-    dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
-    for j0 in range(0, i0 + 1, BLOCK_T):
-        j = j0 + tl.arange(0, BLOCK_T)
-        pos_j = c * T + j
-        valid_j = (j < T) & (pos_j < L)
-        B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
-                      mask=valid_j[:, None] & n_mask[None, :], other=0.0)
-        CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
-        keep = j[None, :] <= i[:, None]  # past the sequence: dy, x and dt' are 0, so no mask is needed there
-        if HAS_SEG:
-            seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
-            keep = keep & (seg_i[:, None] == seg_j[None, :])
-        strict = j[None, :] < i[:, None]
-        acc = tl.zeros([BLOCK_T, BLOCK_T], dtype=tl.float32)
-        for h in range(h_lo, h_hi):
-            bh = b * H + h
-            row = bh * LP + c * T
-            M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE),
-                        _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
-            dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
-            dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
-            xT = tl.load(x_ptr + b * sxb + pos_j[None, :] * sxl + h * sxh + pp[:, None] * sxp,
-                         mask=p_mask[:, None] & valid_j[None, :], other=0.0)
-            dG = _dot_split(dy_I, xT, SPLIT_DY, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
-            acc += dG
-            dss = tl.where(strict, dG * CB, 0.0).to(tl.float64)
-            tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=1), mask=i < T)
-            tl.store(colp_ptr + (bh * n_jb + i0 // BLOCK_T) * LP + c * T + j, tl.sum(dss, axis=0), mask=j < T)
-        dC += _dot(acc, B_J, DOT_DTYPE, PRECISION, EMULATE)
-        tl.store(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], acc, mask=(i < T)[:, None] & (j < T)[None, :])
-    dC_off = ((split * BZ + b) * L + pos_i[:, None]) * G * N + g * N + nn[None, :]
-    tl.store(dC_ptr + dC_off, dC, mask=valid_i[:, None] & n_mask[None, :])
+    n_pairs = n_jb * (n_jb + 1) // 2
+    c = program // n_pairs
+    k = program % n_pairs
+    ib = ((tl.sqrt((8 * k + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
+    ib = tl.where((ib + 1) * (ib + 2) // 2 <= k, ib + 1, ib)  # the float root is exact for these small k; kept
+    ib = tl.where(ib * (ib + 1) // 2 > k, ib - 1, ib)  # exact whatever the root's rounding
+    i0 = ib * BLOCK_T
+    j0 = (k - ib * (ib + 1) // 2) * BLOCK_T
+    i = i0 + tl.arange(0, BLOCK_T)
+    j = j0 + tl.arange(0, BLOCK_T)
+    pos_i = c * T + i
+    pos_j = c * T + j
+    return c, i0, j0, i, j, pos_i, pos_j, (i < T) & (pos_i < L), (j < T) & (pos_j < L)
 
 
 @triton.jit
-def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_ptr, cu_ptr, dgm_ptr, dB_ptr,
-                   L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
-                   sxb, sxl, sxh, sxp, scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
-                   HAS_SEG: tl.constexpr, HAS_DV: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), one column block j of one chunk and group:
+def _bwd_dgm_kernel(x_ptr, dout_ptr, z_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, dgm_ptr, rowp_ptr, colp_ptr,
+                    L, H, G, HPG, HPS, P, T, LP, NC, BZ,
+                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, ssb, ssl,
+                    HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, SPLIT_DY: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Grid (nc * n_pairs, B * G, splits), one tile (i, j) at or below the diagonal of one chunk and group
+    (_tile_pair), over the heads h of split `split` (HPS heads each); SPLIT_DY: dy has digits beyond the dot's
+    dtype (dout * silu(z), or a dout of another dtype), so that its dot with x takes the remainder too:
+        dGm[i, j] = sum_h M_h[i, j] (dy_hi . u_hj)          -> dgm[split, b, g, c, i, j]
+        rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j]
+        colp[bh, ib, j] = sum_{i in block ib, i > j} dss_h[i, j]
+    (jb, ib the tile's column and row blocks; row and column sums from the same products, so that the two
+    cancel in da; the slots of blocks above the diagonal stay 0). Every tile does the same work."""
+    c, i0, j0, i, j, pos_i, pos_j, valid_i, valid_j = _tile_pair(tl.program_id(0), T, L, BLOCK_T)
+    b, g, split, h_lo, h_hi = _group_split(G, HPG, HPS)
+    pp = tl.arange(0, BLOCK_P)
+    p_mask = pp < P
+    ip_mask = valid_i[:, None] & p_mask[None, :]
+    n_jb = tl.cdiv(T, BLOCK_T)
+    offs_g = b * sgb + pos_i[:, None] * sgl + pp[None, :] * sgp
+    offs_z = b * szb + pos_i[:, None] * szl + pp[None, :] * szp
+    offs_x = b * sxb + pos_j[None, :] * sxl + pp[:, None] * sxp
+    CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
+    keep = j[None, :] <= i[:, None]  # past the sequence: dy, x and dt' are 0, so no mask is needed there
+    if HAS_SEG:
+        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+        seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
+        keep = keep & (seg_i[:, None] == seg_j[None, :])
+    strict = j[None, :] < i[:, None]
+    acc = tl.zeros([BLOCK_T, BLOCK_T], dtype=tl.float32)
+    for h in range(h_lo, h_hi):
+        bh = b * H + h
+        row = bh * LP + c * T
+        M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE),
+                    _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
+        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
+        dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
+        xT = tl.load(x_ptr + offs_x + h * sxh, mask=p_mask[:, None] & valid_j[None, :], other=0.0)
+        dG = _dot_split(dy_I, xT, SPLIT_DY, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
+        acc += dG
+        dss = tl.where(strict, dG * CB, 0.0).to(tl.float64)
+        tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=1), mask=i < T)
+        tl.store(colp_ptr + (bh * n_jb + i0 // BLOCK_T) * LP + c * T + j, tl.sum(dss, axis=0), mask=j < T)
+    dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
+    tl.store(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], acc, mask=(i < T)[:, None] & (j < T)[None, :])
+
+
+@triton.jit
+def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, dhp_ptr, dv_ptr, vlo_ptr,
+                    cu_ptr, dgm_ptr, rowp_ptr, dB_ptr, dC_ptr,
+                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
+                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
+                    scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
+                    HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, HAS_DV: tl.constexpr, SPLIT_DY: tl.constexpr,
+                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), block k of one chunk and group, over the heads of split
+    `split`: dB for the block's columns j and dC for its rows i (n_jb + 1 tiles of dgm each way, whichever k);
+    SPLIT_DY as in _bwd_dgm_kernel:
         dB_j = sum_{i >= j} dGm[i, j] C_i + sum_h r_hj u_hj^T dHP_h[c + 1] + sum_{h, s} w_h[e, j] u_hj^T dvarlen_hs
-    -> dB[split, b, pos, g, :] (fp32 partial)."""
+        dC_i = sum_{j <= i} dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc;  rowp[bh, n_jb, i] = q_hi dq_hi
+    -> dB[split, b, pos, g, :], dC[split, b, pos, g, :] (fp32 partials)."""
     c, j0, b, g, split, h_lo, h_hi, j, pos_j, valid_j, pp, nn, p_mask, n_mask = _group_block(
         L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
     pn_mask = p_mask[:, None] & n_mask[None, :]
-    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
     dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
+
+    # dB: column block j
+    acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
     for i0 in range(j0, T, BLOCK_T):
         i = i0 + tl.arange(0, BLOCK_T)
         pos_i = c * T + i
@@ -353,7 +358,6 @@ def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_
         C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
                       mask=valid_i[:, None] & n_mask[None, :], other=0.0)
         acc += _dot(tl.trans(dG), C_I, DOT_DTYPE, PRECISION, EMULATE)
-
     keep_r = valid_j
     if HAS_SEG:
         seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
@@ -373,7 +377,8 @@ def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_
         r = tl.where(keep_r, tl.exp(tl.where(keep_r, cs_end - cs_j, 0.0).to(tl.float32)), 0.0)
         ds = tl.load(dhp_ptr + b * stb + (c + 1) * stc + h * sth + pp[:, None] * stp + nn[None, :] * stn,
                      mask=pn_mask, other=0.0)
-        acc += _dot_split(x_J, ds, False, True, DOT_DTYPE, PRECISION, EMULATE) * (dt_j * r)[:, None]  # x exact, scales after
+        # x exact in the dot, the scales after it
+        acc += _dot_split(x_J, ds, False, True, DOT_DTYPE, PRECISION, EMULATE) * (dt_j * r)[:, None]
         if HAS_DV:
             for s in range(s_lo, s_hi):
                 e = tl.load(cu_ptr + s + 1).to(tl.int32) - 1
@@ -387,5 +392,42 @@ def _bwd_db_kernel(x_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr, dv_ptr, vlo_
                     dv = tl.load(dv_ptr + s * svs + h * svh + pp[:, None] * svp + nn[None, :] * svn,
                                  mask=pn_mask, other=0.0)
                     acc += _dot_split(x_J, dv, False, True, DOT_DTYPE, PRECISION, EMULATE) * (dt_j * w)[:, None]
-    dB_off = ((split * BZ + b) * L + pos_j[:, None]) * G * N + g * N + nn[None, :]
-    tl.store(dB_ptr + dB_off, acc, mask=valid_j[:, None] & n_mask[None, :])
+    out_off = ((split * BZ + b) * L + pos_j[:, None]) * G * N + g * N + nn[None, :]
+    tl.store(dB_ptr + out_off, acc, mask=valid_j[:, None] & n_mask[None, :])
+
+    # dC: the same block as rows i; the entering states' part first, then the column blocks up to the diagonal
+    i0 = j0
+    i = j
+    pos_i = pos_j
+    valid_i = valid_j
+    ip_mask = valid_i[:, None] & p_mask[None, :]
+    C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
+                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+    keep_q = valid_i
+    if HAS_SEG:
+        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+        keep_q = keep_q & (seg_j == entering)
+    n_jb = tl.cdiv(T, BLOCK_T)
+    offs_g = b * sgb + pos_i[:, None] * sgl + pp[None, :] * sgp
+    offs_z = b * szb + pos_i[:, None] * szl + pp[None, :] * szp
+    dC = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
+    for h in range(h_lo, h_hi):
+        bh = b * H + h
+        cs_i = tl.load(cs_ptr + bh * LP + c * T + i, mask=i < T, other=0.0)
+        q = tl.where(keep_q, tl.exp(tl.where(keep_q, cs_i, 0.0).to(tl.float32)), 0.0)
+        dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
+        hp = tl.load(st_ptr + b * stb + c * stc + h * sth + pp[:, None] * stp + nn[None, :] * stn,
+                     mask=pn_mask, other=0.0)
+        Z = _dot_split(dy_I, hp, SPLIT_DY, True, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
+        dC += Z
+        tl.store(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + c * T + i,
+                 tl.sum(Z * C_I.to(tl.float32), axis=1), mask=i < T)
+    for jj0 in range(0, i0 + 1, BLOCK_T):
+        jj = jj0 + tl.arange(0, BLOCK_T)
+        pos_jj = c * T + jj
+        B_J = tl.load(B_ptr + b * sbb + pos_jj[:, None] * sbl + g * sbg + nn[None, :] * sbn,
+                      mask=((jj < T) & (pos_jj < L))[:, None] & n_mask[None, :], other=0.0)
+        dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + jj[None, :], mask=(i < T)[:, None] & (jj < T)[None, :],
+                     other=0.0)
+        dC += _dot(dG, B_J, DOT_DTYPE, PRECISION, EMULATE)
+    tl.store(dC_ptr + out_off, dC, mask=valid_i[:, None] & n_mask[None, :])

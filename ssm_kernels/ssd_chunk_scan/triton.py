@@ -33,10 +33,12 @@ Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows /
    again): du from the intra-chunk (cb * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes
    dx (x's dtype), dz, du . x and the column sums of the state and varlen terms of dss (the gradient on
    cs_i - cs_j), dD partials.
-3. _bwd_dc_kernel, grid (nc * T/BLOCK_T, B*G, splits), per group and row block, looping the heads of a split:
-   dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)), dC partials (dGm B + q dy states),
-   and the row and column sums of the intra-chunk dss = dGm_h * cb per head.
-4. _bwd_db_kernel, grid (nc * T/BLOCK_T, B*G, splits): dB partials (dGm^T C + the state and varlen terms).
+3. _bwd_dgm_kernel, grid (nc * n_pairs, B*G, splits), per group and tile at or below a chunk's diagonal (n_pairs
+   = n_jb (n_jb + 1) / 2 of them, n_jb = T/BLOCK_T; every program does the same work), looping the heads of a
+   split: dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)) and the row and column sums of the
+   intra-chunk dss = dGm_h * cb per head.
+4. _bwd_dbc_kernel, grid (nc * T/BLOCK_T, B*G, splits), per group and block of a chunk: the dB partials of its
+   columns (dGm^T C + the state and varlen terms) and the dC partials of its rows (dGm B + q dy states).
 Then torch: dB, dC = sums over the splits; dcs = row sums - column sums (fp64); da = its reverse cumsum per
 chunk; ddt' = da A + du . x; dA = sum da dt'; dD = sum of partials; the dt_limit / softplus / dt_bias chain.
 All partial sums are written per program and reduced by torch: no atomics, bitwise reproducible.
@@ -57,16 +59,18 @@ from .._recompute import is_kept_out, recomputable
 from .._triton_launch import fast_math, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
-from ._triton_bwd import _bwd_db_kernel, _bwd_dc_kernel, _bwd_dx_kernel, _bwd_state_kernel
+from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _chunk_states_passed_kernel,
                           _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
 from ._common import segment_ids
 
 
 # The boundary states in one kernel (parallel over B * H and state tiles, sequential over chunks) where that grid
-# has at least this many programs; below it, two kernels (the first parallel over chunks too). None: two kernels
-# always, until the one kernel is timed against them on a GPU (it gives the same bits, tested).
-PASSED_STATES_PROGRAMS: Optional[int] = None
+# has at least this many programs; below it, two kernels (the first parallel over chunks too); None: two kernels
+# always (both give the same bits, tested). 0, one kernel always: on an H100 it took the forward of every GPU case
+# of `python -m benchmarks tune ssd_chunk_scan` 3-17% less time than two (large case 0.767 -> 0.687 ms), even
+# the smallest grid (B1 H16 P64 N64 fp32: 0.244 -> 0.203 ms).
+PASSED_STATES_PROGRAMS: Optional[int] = 0
 
 
 # --- launchers -----------------------------------------------------------------------------------------
@@ -111,6 +115,15 @@ def _cb_launch(x, B, C, T):
             DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
             BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4)
     return cb
+
+
+def _register_cap(x, warps: int) -> Optional[int]:
+    """The registers per thread the backward's dx and dGm kernels may use: 128 with 16-bit inputs at 8 warps, so
+    that two programs share an SM (65536 registers) and hide each other's latency; each alone at 8 warps took
+    about 180 registers and ran one per SM. On an H100 at B4 L4096 H64 P64 N128 bf16: dx 1282 -> 983 us,
+    dGm 700 -> 508 us, for 116 and 28 bytes of spills, the same bits. fp32 inputs and 4-warp launches keep
+    ptxas's own choice (not measured with a cap; their tiles need more registers)."""
+    return 128 if warps == 8 and x.element_size() == 2 else None
 
 
 def _emulate(x) -> bool:
@@ -316,29 +329,31 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
         HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=warps)
+        num_warps=warps, maxnreg=_register_cap(x, warps))
 
-    # 3. per group and row block, over the heads of a split: dGm, dC partials, row and column sums of dss
-    splits, per_split = _split_heads(hpg, nc * n_jb * batch * groups)
+    # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
+    n_pairs = n_jb * (n_jb + 1) // 2
+    split_dy = has_z or dout.dtype != x.dtype  # dy has digits beyond x's dtype: dout * silu(z), or another dtype
+    splits, per_split = _split_heads(hpg, nc * n_pairs * batch * groups)
     dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
     rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
     colp = torch.zeros((bh_count, n_jb, lp), dtype=f64, device=dev)
-    dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
-    launch_fitting_shared_memory(_bwd_dc_kernel, (nc * n_jb, batch * groups, splits),
-        x, dout, z_arg, B, C, cb, dtp, cs, seg_arg, states, dgm, rowp, colp, dC_part,
-        length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
-        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides,
-        HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=has_z or dout.dtype != x.dtype, **common, FAST=fast_math(x),
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+    launch_fitting_shared_memory(_bwd_dgm_kernel, (nc * n_pairs, batch * groups, splits),
+        x, dout, z_arg, cb, dtp, cs, seg_arg, dgm, rowp, colp,
+        length, heads, groups, hpg, per_split, headdim, T, lp, nc, batch,
+        *x.stride(), *dout.stride(), *z_strides, *seg_strides,
+        HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=split_dy, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_P=block_p,
+        num_warps=warps, maxnreg=_register_cap(x, warps))
 
-    # 4. per group and column block: dB partials
+    # 4. per group and block: dB partials (its columns) and dC partials (its rows)
     dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
-    launch_fitting_shared_memory(_bwd_db_kernel, (nc * n_jb, batch * groups, splits),
-        x, C, dtp, cs, seg_arg, dhp, dv_arg, vlo, cu_arg, dgm, dB_part,
+    dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
+    launch_fitting_shared_memory(_bwd_dbc_kernel, (nc * n_jb, batch * groups, splits),
+        x, dout, z_arg, B, C, dtp, cs, seg_arg, states, dhp, dv_arg, vlo, cu_arg, dgm, rowp, dB_part, dC_part,
         length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
-        *x.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,
-        HAS_SEG=has_seg, HAS_DV=has_dv, **common, BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=warps)
+        *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,
+        HAS_Z=has_z, HAS_SEG=has_seg, HAS_DV=has_dv, SPLIT_DY=split_dy, **common, BLOCK_T=block_t, BLOCK_P=block_p,
+        BLOCK_N=block_n, num_warps=warps)
 
     # the log-decay gradient: dcs = row sums - column sums of dss (+ the state and varlen rows), in fp64;
     # da = its reverse cumsum within each chunk; ddt' = da A + du . x, dA = sum da dt'
