@@ -1,5 +1,6 @@
-"""The Triton ssd_chunk_scan's boundary states in one kernel or two (ssm_kernels/ssd_chunk_scan/triton.py,
-PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches the setting),
+"""The Triton ssd_chunk_scan's launch settings (ssm_kernels/ssd_chunk_scan/triton.py): the boundary states in one
+kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
+the setting) and the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32),
 on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the forward and the backward both compute them:
 the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
@@ -13,12 +14,18 @@ backend = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
 
 
 def grid(quick: bool):
-    """Two kernels always (None), one kernel from two programs per H100 SM, from eight (the default, 0: always)."""
-    return [{"PASSED_STATES_PROGRAMS": programs} for programs in ((None,) if quick else (None, 264, 1056))]
+    """The boundary states: two kernels always (None), one kernel from two programs per H100 SM, from eight (the
+    default, 0: one kernel always). The backward's register caps (REGISTER_CAP for 16-bit inputs, default 128;
+    REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32."""
+    if quick:
+        return [{"PASSED_STATES_PROGRAMS": None}]
+    return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
+            + [{"REGISTER_CAP": cap} for cap in (None, 168)]
+            + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: boundary states in one kernel from PASSED_STATES_PROGRAMS programs", flush=True)
+        print(f"{case.name}: boundary states (PASSED_STATES_PROGRAMS), register caps (REGISTER_CAP*)", flush=True)
         sweep(backend, variant, device, settings, quick)

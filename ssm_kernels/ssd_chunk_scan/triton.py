@@ -72,6 +72,14 @@ from ._common import segment_ids
 # the smallest grid (B1 H16 P64 N64 fp32: 0.244 -> 0.203 ms).
 PASSED_STATES_PROGRAMS: Optional[int] = 0
 
+# 128 registers per thread let two 8-warp programs of the backward's dx and dGm kernels share an SM (65536
+# registers), hiding each other's latency; each alone took about 180 and ran one per SM. On an H100 at
+# B4 L4096 H64 P64 N128 bf16: dx 1282 -> 983 us, dGm 700 -> 508 us, for 116 and 28 bytes of spills, the same
+# bits (capping the dB / dC kernel too spilled 708 bytes and was slower). fp32 inputs, whose tiles need more
+# registers, keep ptxas's choice until timed (`python -m benchmarks tune ssd_chunk_scan` sweeps both).
+REGISTER_CAP: Optional[int] = 128
+REGISTER_CAP_FP32: Optional[int] = None
+
 
 # --- launchers -----------------------------------------------------------------------------------------
 def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
@@ -118,12 +126,11 @@ def _cb_launch(x, B, C, T):
 
 
 def _register_cap(x, warps: int) -> Optional[int]:
-    """The registers per thread the backward's dx and dGm kernels may use: 128 with 16-bit inputs at 8 warps, so
-    that two programs share an SM (65536 registers) and hide each other's latency; each alone at 8 warps took
-    about 180 registers and ran one per SM. On an H100 at B4 L4096 H64 P64 N128 bf16: dx 1282 -> 983 us,
-    dGm 700 -> 508 us, for 116 and 28 bytes of spills, the same bits. fp32 inputs and 4-warp launches keep
-    ptxas's own choice (not measured with a cap; their tiles need more registers)."""
-    return 128 if warps == 8 and x.element_size() == 2 else None
+    """The registers per thread the backward's dx and dGm kernels may use at 8 warps: REGISTER_CAP with 16-bit
+    inputs, REGISTER_CAP_FP32 with fp32 inputs (None: ptxas's own choice)."""
+    if warps != 8:
+        return None
+    return REGISTER_CAP if x.element_size() == 2 else REGISTER_CAP_FP32
 
 
 def _emulate(x) -> bool:
