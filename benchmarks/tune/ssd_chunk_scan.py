@@ -1,8 +1,8 @@
 """The Triton ssd_chunk_scan's launch settings (ssm_kernels/ssd_chunk_scan/triton.py): the boundary states in one
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
-the setting) and the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32),
-on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the forward and the backward both compute them:
-the backward inside a recomputed_activations block only)."""
+the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32) and head splits (SPLIT_PROGRAMS),
+on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward,
+and by the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
 
 import importlib
@@ -16,12 +16,15 @@ backend = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
 def grid(quick: bool):
     """The boundary states: two kernels always (None), one kernel from two programs per H100 SM, from eight (the
     default, 0: one kernel always). The backward's register caps (REGISTER_CAP for 16-bit inputs, default 128;
-    REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32."""
+    REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32.
+    The backward's head splits per group (SPLIT_PROGRAMS, default 264: splits until the dGm kernel's grid has
+    that many programs; the dB / dC kernel has the same splits over n_jb of the n_jb (n_jb + 1) / 2 tiles)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
             + [{"REGISTER_CAP": cap} for cap in (None, 168)]
-            + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)])
+            + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
+            + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)])
 
 
 def run(device, quick: bool, only):
