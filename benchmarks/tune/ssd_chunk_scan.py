@@ -30,5 +30,5 @@ def grid(quick: bool):
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: boundary states (PASSED_STATES_PROGRAMS), register caps (REGISTER_CAP*)", flush=True)
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS", flush=True)
         sweep(backend, variant, device, settings, quick)

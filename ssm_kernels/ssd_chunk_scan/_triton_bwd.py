@@ -266,9 +266,11 @@ def _tile_pair(program, T, L, BLOCK_T: tl.constexpr):
     n_pairs = n_jb * (n_jb + 1) // 2
     c = program // n_pairs
     k = program % n_pairs
+    # the row block ib with ib (ib + 1) / 2 <= k < (ib + 1) (ib + 2) / 2, from the float root, then corrected
+    # by one either way so that a rounded root cannot pick a neighbouring block
     ib = ((tl.sqrt((8 * k + 1).to(tl.float32)) - 1.0) * 0.5).to(tl.int32)
-    ib = tl.where((ib + 1) * (ib + 2) // 2 <= k, ib + 1, ib)  # the float root is exact for these small k; kept
-    ib = tl.where(ib * (ib + 1) // 2 > k, ib - 1, ib)  # exact whatever the root's rounding
+    ib = tl.where((ib + 1) * (ib + 2) // 2 <= k, ib + 1, ib)
+    ib = tl.where(ib * (ib + 1) // 2 > k, ib - 1, ib)
     i0 = ib * BLOCK_T
     j0 = (k - ib * (ib + 1) // 2) * BLOCK_T
     i = i0 + tl.arange(0, BLOCK_T)

@@ -19,8 +19,8 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
 6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
-Matmul operands are in the input dtype (bf16 / fp16 tensor cores) or fp32 with input_precision="ieee" for
-fp32 inputs (tf32 would miss the fp32 tolerance); accumulation is fp32 throughout.
+Matmul operands are in the input dtype (bf16 / fp16 tensor cores), or fp32 as three tf32 products for fp32
+inputs (_dot_config); accumulation is fp32 throughout.
 
 Stored for backward: the inputs, the segment ids, the (B, nc + 1, H, P, N) fp32 boundary states and the
 pre-gate output (only with z). dt' / cs / g and cb are recomputed by their kernels.
