@@ -1,6 +1,7 @@
 """The Triton ssd_chunk_scan's launch settings (ssm_kernels/ssd_chunk_scan/triton.py): the boundary states in one
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
-the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32) and head splits (SPLIT_PROGRAMS),
+the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32) and head splits (SPLIT_PROGRAMS,
+SPLIT_PROGRAMS_DBC),
 on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward,
 and by the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
@@ -17,18 +18,19 @@ def grid(quick: bool):
     """The boundary states: two kernels always (None), one kernel from two programs per H100 SM, from eight (the
     default, 0: one kernel always). The backward's register caps (REGISTER_CAP for 16-bit inputs, default 128;
     REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32.
-    The backward's head splits per group (SPLIT_PROGRAMS, default 264: splits until the dGm kernel's grid has
-    that many programs; the dB / dC kernel has the same splits over n_jb of the n_jb (n_jb + 1) / 2 tiles)."""
+    The backward's head splits per group: SPLIT_PROGRAMS (default 264) until the dGm kernel's grid has that many
+    programs, SPLIT_PROGRAMS_DBC (default 1056) until the dB / dC kernel's has (its programs run one per SM)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
             + [{"REGISTER_CAP": cap} for cap in (None, 168)]
             + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
-            + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)])
+            + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
+            + [{"SPLIT_PROGRAMS_DBC": programs} for programs in (264, 528, 2112)])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS", flush=True)
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS*", flush=True)
         sweep(backend, variant, device, settings, quick)
