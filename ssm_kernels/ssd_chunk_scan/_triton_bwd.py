@@ -130,8 +130,10 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
                    sob, sol, soh, sop,
                    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_DV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                   FAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head:
+                   FAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head (its rows i >= j in steps
+    of BLOCK_I, which divides BLOCK_T):
         du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
         dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
         col_j = the column sums of the state and varlen terms of dss (the intra-chunk ones: _bwd_dgm_kernel);
@@ -189,8 +191,8 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
 
     # within the chunk: rows i >= j (past the sequence: cb and dy are 0, so no mask is needed there)
     ex_j = _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)
-    for i0 in range(j0, T, BLOCK_T):
-        i = i0 + tl.arange(0, BLOCK_T)
+    for i0 in range(j0, T, BLOCK_I):
+        i = i0 + tl.arange(0, BLOCK_I)
         pos_i = c * T + i
         valid_i = (i < T) & (pos_i < L)
         ip_mask = valid_i[:, None] & p_mask[None, :]

@@ -82,6 +82,9 @@ PASSED_STATES_PROGRAMS: Optional[int] = 0
 REGISTER_CAP: Optional[int] = 128
 REGISTER_CAP_FP32: Optional[int] = None
 
+# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64).
+DX_ROWS = 64
+
 
 # --- launchers -----------------------------------------------------------------------------------------
 def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
@@ -344,8 +347,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n,
-        num_warps=warps, maxnreg=_register_cap(x, warps))
+        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_I=min(block_t, DX_ROWS),
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps))
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
     n_pairs = n_jb * (n_jb + 1) // 2
