@@ -19,14 +19,15 @@ def grid(quick: bool):
     default, 0: one kernel always). The backward's register caps (REGISTER_CAP for 16-bit inputs, default 128;
     REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32.
     The backward's head splits per group: SPLIT_PROGRAMS (default 264) until the dGm kernel's grid has that many
-    programs, SPLIT_PROGRAMS_DBC (default 1056) until the dB / dC kernel's has (its programs run one per SM)."""
+    programs; SPLIT_PROGRAMS_DBC until the dB / dC kernel's has (default None: the dGm kernel's splits; its
+    programs, 255 registers at 8 warps, run one per SM)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
             + [{"REGISTER_CAP": cap} for cap in (None, 168)]
             + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
-            + [{"SPLIT_PROGRAMS_DBC": programs} for programs in (264, 528, 2112)])
+            + [{"SPLIT_PROGRAMS_DBC": programs} for programs in (264, 528, 1056, 2112)])
 
 
 def run(device, quick: bool, only):

@@ -38,9 +38,8 @@ Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows /
    split: dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)) and the row and column sums of the
    intra-chunk dss = dGm_h * cb per head.
 4. _bwd_dbc_kernel, grid (nc * T/BLOCK_T, B*G, splits'), per group and block of a chunk: the dB partials of its
-   columns (dGm^T C + the state and varlen terms) and the dC partials of its rows (dGm B + q dy states); its own
-   head splits (more than kernel 3's: its programs run one per SM and loop over the heads of their split), each
-   also taking its share of kernel 3's dGm partials.
+   columns (dGm^T C + the state and varlen terms) and the dC partials of its rows (dGm B + q dy states); kernel
+   3's head splits, or its own (SPLIT_PROGRAMS_DBC), each split also taking its share of kernel 3's partials.
 Then torch: dB, dC = sums over the splits; dcs = row sums - column sums (fp64); da = its reverse cumsum per
 chunk; ddt' = da A + du . x; dA = sum da dt'; dD = sum of partials; the dt_limit / softplus / dt_bias chain.
 All partial sums are written per program and reduced by torch: no atomics, bitwise reproducible.
@@ -267,11 +266,12 @@ def _split_heads(hpg: int, programs: int, target: int) -> Tuple[int, int]:
 
 
 def _backward_splits(hpg: int, dgm_programs: int, dbc_programs: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """(splits, heads per split) of the per-group kernels 3 (dGm, grid of dgm_programs per split: SPLIT_PROGRAMS
-    in all, two per H100 SM) and 4 (dB / dC, dbc_programs per split: SPLIT_PROGRAMS_DBC, whose programs run
-    one per SM). Each split of kernel 3 writes its own dGm partial, each of kernel 4 its own fp32 partials of
-    dB / dC (summed by torch); kernel 4's splits share out kernel 3's partials."""
-    return (_split_heads(hpg, dgm_programs, SPLIT_PROGRAMS), _split_heads(hpg, dbc_programs, SPLIT_PROGRAMS_DBC))
+    """(splits, heads per split) of the per-group kernels 3 (dGm, grid of dgm_programs per split: about
+    SPLIT_PROGRAMS in all) and 4 (dB / dC, dbc_programs per split: about SPLIT_PROGRAMS_DBC in all, or kernel
+    3's splits where it is None). Each split of kernel 3 writes its own dGm partial, each of kernel 4 its own
+    fp32 partials of dB / dC (summed by torch); kernel 4's splits share out kernel 3's partials."""
+    dgm = _split_heads(hpg, dgm_programs, SPLIT_PROGRAMS)
+    return dgm, dgm if SPLIT_PROGRAMS_DBC is None else _split_heads(hpg, dbc_programs, SPLIT_PROGRAMS_DBC)
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
