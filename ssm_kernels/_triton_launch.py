@@ -10,14 +10,14 @@ DEFAULT_STAGES = 3  # Triton's software-pipelining depth on NVIDIA GPUs when num
 _fitting_stages: Dict[tuple, int] = {}  # (kernel, constexprs and options) -> most stages that fitted
 
 
-def launch_fitting_shared_memory(kernel, grid, *args, **kwargs):
-    """kernel[grid](*args, **kwargs) with Triton's default pipelining, or with fewer stages where the compiled
-    kernel needs more shared memory than the GPU has. Pipelining buffers grow with the tiles: Triton 3.6 asks
-    313 KB for the SSD backward's (128, 128) fp32 state tiles at 3 stages (an H100 / H200 block has 227 KB),
-    214 KB at 2. OutOfResources is raised when the compiled kernel is loaded, before it runs, so a retry is safe.
-    kwargs: the kernel's constexprs and launch options (hashable)."""
-    key = (kernel, tuple(sorted(kwargs.items())))
-    for stages in range(_fitting_stages.get(key, DEFAULT_STAGES), 0, -1):
+def launch_fitting_shared_memory(kernel, grid, *args, num_stages=DEFAULT_STAGES, **kwargs):
+    """kernel[grid](*args, **kwargs) with num_stages of pipelining (Triton's default unless given), or with
+    fewer where the compiled kernel needs more shared memory than the GPU has. Pipelining buffers grow with the
+    tiles: Triton 3.6 asks 313 KB for the SSD backward's (128, 128) fp32 state tiles at 3 stages (an H100 / H200
+    block has 227 KB), 214 KB at 2. OutOfResources is raised when the compiled kernel is loaded, before it runs,
+    so a retry is safe. kwargs: the kernel's constexprs and launch options (hashable)."""
+    key = (kernel, num_stages, tuple(sorted(kwargs.items())))
+    for stages in range(_fitting_stages.get(key, num_stages), 0, -1):
         try:
             result = kernel[grid](*args, num_stages=stages, **kwargs)
         except OutOfResources:

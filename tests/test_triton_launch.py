@@ -41,6 +41,17 @@ def test_fewer_stages_remembered_per_constexprs(monkeypatch):
     assert _triton_launch.launch_fitting_shared_memory(kernel, (1,), BLOCK=32)[2] == 3  # other tiles: default
 
 
+def test_given_stages_are_the_most_tried(monkeypatch):
+    """num_stages=2: launched at 2 where it fits, at fewer where not, and remembered apart from the default's."""
+    monkeypatch.setattr(_triton_launch, "_fitting_stages", {})
+    kernel = FakeKernel(fits=3)
+    assert _triton_launch.launch_fitting_shared_memory(kernel, (1,), BLOCK=64, num_stages=2)[2] == 2
+    assert _triton_launch.launch_fitting_shared_memory(kernel, (1,), BLOCK=64)[2] == 3
+    kernel.fits = 1
+    assert _triton_launch.launch_fitting_shared_memory(kernel, (1,), BLOCK=32, num_stages=2)[2] == 1
+    assert kernel.tries == [2, 3, 2, 1]
+
+
 def test_nothing_fits_raises(monkeypatch):
     monkeypatch.setattr(_triton_launch, "_fitting_stages", {})
     with pytest.raises(OutOfResources):

@@ -81,8 +81,19 @@ PASSED_STATES_PROGRAMS: Optional[int] = 0
 REGISTER_CAP: Optional[int] = 128
 REGISTER_CAP_FP32: Optional[int] = None
 
-# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64).
+# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64), and its
+# pipelining depth. On an H100 at B4 L4096 H64 P64 N128 bf16 (the A/B in benchmarks/results/
+# h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits, and
+# 32 rows per step 958 us (16: 1108); 2 stages become the default once the native suite has run them for
+# every option.
 DX_ROWS = 64
+DX_STAGES = 3
+
+# Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
+# warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
+# at 4 the same H100 case ran it in 368 us instead of 724 (forward+backward 3.503 -> 3.185 ms; gradients within
+# 7.7e-6 of 8 warps'). The default once the native suite has run it for every option.
+DBC_WARPS: Optional[int] = None
 
 
 # --- launchers -----------------------------------------------------------------------------------------
@@ -348,7 +359,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
         HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_I=min(block_t, DX_ROWS),
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps))
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps), num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
     n_pairs = n_jb * (n_jb + 1) // 2
@@ -373,7 +384,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         length, heads, groups, hpg, dbc_per_split, splits, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,
         HAS_Z=has_z, HAS_SEG=has_seg, HAS_DV=has_dv, SPLIT_DY=split_dy, **common, BLOCK_T=block_t, BLOCK_P=block_p,
-        BLOCK_N=block_n, num_warps=warps)
+        BLOCK_N=block_n, num_warps=DBC_WARPS if DBC_WARPS and x.element_size() == 2 else warps)
 
     # the log-decay gradient: dcs = row sums - column sums of dss (+ the state and varlen rows), in fp64;
     # da = its reverse cumsum within each chunk; ddt' = da A + du . x, dA = sum da dt'
