@@ -23,7 +23,8 @@ def grid(quick: bool):
     programs; SPLIT_PROGRAMS_DBC until the dB / dC kernel's has (default None: the dGm kernel's splits; its
     programs, 255 registers at 8 warps, run one per SM). The dx kernel's rows per step of its loop (DX_ROWS,
     default 64, one block): 32 or 16, twice or four times the steps for its pipelining to overlap; its stages
-    (DX_STAGES, default 3): 2. The dB / dC kernel at 4 warps with 16-bit inputs (DBC_WARPS, default None: 8)."""
+    (DX_STAGES, default 3): 2, also with 32 rows (no spills at the large case, offline). The dB / dC kernel at
+    4 warps with 16-bit inputs (DBC_WARPS, default None: 8), also with the dx kernel at 2 stages."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -32,7 +33,7 @@ def grid(quick: bool):
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
             + [{"SPLIT_PROGRAMS_DBC": programs} for programs in (264, 528, 1056, 2112)]
             + [{"DX_ROWS": rows} for rows in (32, 16)]
-            + [{"DX_STAGES": 2}, {"DBC_WARPS": 4}])
+            + [{"DX_STAGES": 2}, {"DX_ROWS": 32, "DX_STAGES": 2}, {"DBC_WARPS": 4}, {"DX_STAGES": 2, "DBC_WARPS": 4}])
 
 
 def run(device, quick: bool, only):
