@@ -1,8 +1,7 @@
 """The Triton ssd_chunk_scan's launch settings (ssm_kernels/ssd_chunk_scan/triton.py): the boundary states in one
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
-the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS,
-SPLIT_PROGRAMS_DBC), the dx kernel's rows per step and pipelining depth (DX_ROWS, DX_STAGES) and the dB / dC
-kernel's warps (DBC_WARPS),
+the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
+dx kernel's rows per step and pipelining depth (DX_ROWS, DX_STAGES) and the dB / dC kernel's warps (DBC_WARPS),
 on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward,
 and by the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
@@ -19,19 +18,18 @@ def grid(quick: bool):
     """The boundary states: two kernels always (None), one kernel from two programs per H100 SM, from eight (the
     default, 0: one kernel always). The backward's register caps (REGISTER_CAP for 16-bit inputs, default 128;
     REGISTER_CAP_FP32, default None): none, or 168 (one 8-warp program per SM, fewer spills), or 128 for fp32.
-    The backward's head splits per group: SPLIT_PROGRAMS (default 264) until the dGm kernel's grid has that many
-    programs; SPLIT_PROGRAMS_DBC until the dB / dC kernel's has (default None: the dGm kernel's splits; its
-    programs, 255 registers at 8 warps, run one per SM). The dx kernel's rows per step of its loop (DX_ROWS,
-    default 64, one block): 32 or 16, twice or four times the steps for its pipelining to overlap; its stages
-    (DX_STAGES, default 3): 2, also with 32 rows (no spills at the large case, offline). The dB / dC kernel at
-    4 warps with 16-bit inputs (DBC_WARPS, default None: 8), also with the dx kernel at 2 stages."""
+    The backward's head splits per group (SPLIT_PROGRAMS, default 264: splits until the dGm kernel's grid has
+    that many programs; the dB / dC kernel has the same splits over n_jb of the n_jb (n_jb + 1) / 2 tiles).
+    The dx kernel's rows per step of its loop (DX_ROWS, default 64, one block): 32 or 16, twice or four times the
+    steps for its pipelining to overlap; its stages (DX_STAGES, default 3): 2, also with 32 rows (no spills at
+    the large case, offline). The dB / dC kernel at 4 warps with 16-bit inputs (DBC_WARPS, default None: 8), also
+    with the dx kernel at 2 stages."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
             + [{"REGISTER_CAP": cap} for cap in (None, 168)]
             + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
-            + [{"SPLIT_PROGRAMS_DBC": programs} for programs in (264, 528, 1056, 2112)]
             + [{"DX_ROWS": rows} for rows in (32, 16)]
             + [{"DX_STAGES": 2}, {"DX_ROWS": 32, "DX_STAGES": 2}, {"DBC_WARPS": 4}, {"DX_STAGES": 2, "DBC_WARPS": 4}])
 
@@ -39,5 +37,5 @@ def grid(quick: bool):
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS*, DX_*, DBC_WARPS", flush=True)
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS", flush=True)
         sweep(backend, variant, device, settings, quick)

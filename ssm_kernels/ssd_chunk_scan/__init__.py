@@ -17,11 +17,9 @@ _dispatch.register("ssd_chunk_scan", "triton", "ssm_kernels.ssd_chunk_scan.trito
                    supports=_dispatch.triton_int32_supports)
 
 DEFAULT_DT_LIMIT = (0.0, float("inf"))
-# the Triton backward splits a group's heads until its per-group kernels have about this many programs (two
-# per H100 SM): the dGm kernel's, and the dB / dC kernel's where SPLIT_PROGRAMS_DBC is set (None: the dGm
-# kernel's splits); each split of the latter writes its own dB / dC partial
+# the Triton backward splits a group's heads until its per-group kernels have about this many programs
+# (two per H100 SM); each split writes its own dB / dC partial
 SPLIT_PROGRAMS = 264
-SPLIT_PROGRAMS_DBC: Optional[int] = None
 
 
 def _beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size: int) -> bool:
@@ -31,8 +29,7 @@ def _beyond_int32(x, dt, B, C, z, initial_states, seq_idx, chunk_size: int) -> b
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[-2:]
     chunks = math.ceil(length / chunk_size)
-    most = max(SPLIT_PROGRAMS, SPLIT_PROGRAMS_DBC or 0)
-    splits = min(heads // groups, math.ceil(most / max(chunks * batch * groups, 1)))
+    splits = min(heads // groups, math.ceil(SPLIT_PROGRAMS / max(chunks * batch * groups, 1)))
     buffers = (batch * length * heads * headdim,
                batch * (chunks + 1) * heads * headdim * dstate,
                batch * heads * chunks * chunk_size * (chunk_size // 64 + 2),

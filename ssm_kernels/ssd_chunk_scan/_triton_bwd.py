@@ -334,36 +334,34 @@ def _bwd_dgm_kernel(x_ptr, dout_ptr, z_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, dg
 @triton.jit
 def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, dhp_ptr, dv_ptr, vlo_ptr,
                     cu_ptr, dgm_ptr, rowp_ptr, dB_ptr, dC_ptr,
-                    L, H, G, HPG, HPS, NS_DGM, P, N, T, LP, NC, BZ,
+                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
                     sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                     scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
                     HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, HAS_DV: tl.constexpr, SPLIT_DY: tl.constexpr,
                     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_T), B * G, splits), block k of one chunk and group, over the heads of split
-    `split` (HPS heads each) and the dGm partials split, split + splits, .. < NS_DGM: dB for the block's columns j
-    and dC for its rows i (n_jb + 1 tiles of a dGm partial each way, whichever k); SPLIT_DY as in _bwd_dgm_kernel:
+    `split`: dB for the block's columns j and dC for its rows i (n_jb + 1 tiles of dgm each way, whichever k);
+    SPLIT_DY as in _bwd_dgm_kernel:
         dB_j = sum_{i >= j} dGm[i, j] C_i + sum_h r_hj u_hj^T dHP_h[c + 1] + sum_{h, s} w_h[e, j] u_hj^T dvarlen_hs
         dC_i = sum_{j <= i} dGm[i, j] B_j + sum_h q_hi dy_hi hp_hc;  rowp[bh, n_jb, i] = q_hi dq_hi
     -> dB[split, b, pos, g, :], dC[split, b, pos, g, :] (fp32 partials)."""
     c, j0, b, g, split, h_lo, h_hi, j, pos_j, valid_j, pp, nn, p_mask, n_mask = _group_block(
         L, G, HPG, HPS, P, N, T, BLOCK_T, BLOCK_P, BLOCK_N)
     pn_mask = p_mask[:, None] & n_mask[None, :]
-    splits = tl.num_programs(2)
+    dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
 
     # dB: column block j
     acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
-    for sp in range(split, NS_DGM, splits):
-        dgm_base = (((sp * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
-        for i0 in range(j0, T, BLOCK_T):
-            i = i0 + tl.arange(0, BLOCK_T)
-            pos_i = c * T + i
-            valid_i = (i < T) & (pos_i < L)
-            dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + j[None, :],
-                         mask=(i < T)[:, None] & (j < T)[None, :], other=0.0)
-            C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
-                          mask=valid_i[:, None] & n_mask[None, :], other=0.0)
-            acc += _dot(tl.trans(dG), C_I, DOT_DTYPE, PRECISION, EMULATE)
+    for i0 in range(j0, T, BLOCK_T):
+        i = i0 + tl.arange(0, BLOCK_T)
+        pos_i = c * T + i
+        valid_i = (i < T) & (pos_i < L)
+        dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], mask=(i < T)[:, None] & (j < T)[None, :],
+                     other=0.0)
+        C_I = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + nn[None, :] * scn,
+                      mask=valid_i[:, None] & n_mask[None, :], other=0.0)
+        acc += _dot(tl.trans(dG), C_I, DOT_DTYPE, PRECISION, EMULATE)
     keep_r = valid_j
     if HAS_SEG:
         seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
@@ -428,14 +426,12 @@ def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_p
         dC += Z
         tl.store(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + c * T + i,
                  tl.sum(Z * C_I.to(tl.float32), axis=1), mask=i < T)
-    for sp in range(split, NS_DGM, splits):
-        dgm_base = (((sp * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
-        for jj0 in range(0, i0 + 1, BLOCK_T):
-            jj = jj0 + tl.arange(0, BLOCK_T)
-            pos_jj = c * T + jj
-            B_J = tl.load(B_ptr + b * sbb + pos_jj[:, None] * sbl + g * sbg + nn[None, :] * sbn,
-                          mask=((jj < T) & (pos_jj < L))[:, None] & n_mask[None, :], other=0.0)
-            dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + jj[None, :],
-                         mask=(i < T)[:, None] & (jj < T)[None, :], other=0.0)
-            dC += _dot(dG, B_J, DOT_DTYPE, PRECISION, EMULATE)
+    for jj0 in range(0, i0 + 1, BLOCK_T):
+        jj = jj0 + tl.arange(0, BLOCK_T)
+        pos_jj = c * T + jj
+        B_J = tl.load(B_ptr + b * sbb + pos_jj[:, None] * sbl + g * sbg + nn[None, :] * sbn,
+                      mask=((jj < T) & (pos_jj < L))[:, None] & n_mask[None, :], other=0.0)
+        dG = tl.load(dgm_ptr + dgm_base + i[:, None] * T + jj[None, :], mask=(i < T)[:, None] & (jj < T)[None, :],
+                     other=0.0)
+        dC += _dot(dG, B_J, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(dC_ptr + out_off, dC, mask=valid_i[:, None] & n_mask[None, :])

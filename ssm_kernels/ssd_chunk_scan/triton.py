@@ -37,9 +37,8 @@ Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows /
    = n_jb (n_jb + 1) / 2 of them, n_jb = T/BLOCK_T; every program does the same work), looping the heads of a
    split: dGm = sum_h (dy x^T dt') * decay (fp32, (splits, B, G, nc, T, T)) and the row and column sums of the
    intra-chunk dss = dGm_h * cb per head.
-4. _bwd_dbc_kernel, grid (nc * T/BLOCK_T, B*G, splits'), per group and block of a chunk: the dB partials of its
-   columns (dGm^T C + the state and varlen terms) and the dC partials of its rows (dGm B + q dy states); kernel
-   3's head splits, or its own (SPLIT_PROGRAMS_DBC), each split also taking its share of kernel 3's partials.
+4. _bwd_dbc_kernel, grid (nc * T/BLOCK_T, B*G, splits), per group and block of a chunk: the dB partials of its
+   columns (dGm^T C + the state and varlen terms) and the dC partials of its rows (dGm B + q dy states).
 Then torch: dB, dC = sums over the splits; dcs = row sums - column sums (fp64); da = its reverse cumsum per
 chunk; ddt' = da A + du . x; dA = sum da dt'; dD = sum of partials; the dt_limit / softplus / dt_bias chain.
 All partial sums are written per program and reduced by torch: no atomics, bitwise reproducible.
@@ -59,7 +58,7 @@ from .._autograd import define_custom_op, needs_grad
 from .._recompute import is_kept_out, recomputable
 from .._triton_launch import fast_math, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
-from . import SPLIT_PROGRAMS, SPLIT_PROGRAMS_DBC
+from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _chunk_states_passed_kernel,
                           _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
@@ -268,21 +267,13 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     return out, pre, states, varlen
 
 
-def _split_heads(hpg: int, programs: int, target: int) -> Tuple[int, int]:
-    """(splits, heads per split) of a group's hpg heads: enough splits that a grid of `programs` programs per
-    split has about `target` programs."""
-    splits = min(hpg, max(1, cdiv(target, max(programs, 1))))
+def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
+    """(splits, heads per split) for the per-group kernels 3 and 4, which loop over the heads of a group:
+    enough splits that the grid has about SPLIT_PROGRAMS programs (two per H100 SM), each split writing its own
+    fp32 partial of dB / dC (summed by torch)."""
+    splits = min(hpg, max(1, cdiv(SPLIT_PROGRAMS, max(programs, 1))))
     per_split = cdiv(hpg, splits)
     return cdiv(hpg, per_split), per_split
-
-
-def _backward_splits(hpg: int, dgm_programs: int, dbc_programs: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """(splits, heads per split) of the per-group kernels 3 (dGm, grid of dgm_programs per split: about
-    SPLIT_PROGRAMS in all) and 4 (dB / dC, dbc_programs per split: about SPLIT_PROGRAMS_DBC in all, or kernel
-    3's splits where it is None). Each split of kernel 3 writes its own dGm partial, each of kernel 4 its own
-    fp32 partials of dB / dC (summed by torch); kernel 4's splits share out kernel 3's partials."""
-    dgm = _split_heads(hpg, dgm_programs, SPLIT_PROGRAMS)
-    return dgm, dgm if SPLIT_PROGRAMS_DBC is None else _split_heads(hpg, dbc_programs, SPLIT_PROGRAMS_DBC)
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
@@ -364,8 +355,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
     n_pairs = n_jb * (n_jb + 1) // 2
     split_dy = has_z or dout.dtype != x.dtype  # dy has digits beyond x's dtype: dout * silu(z), or another dtype
-    (splits, per_split), (dbc_splits, dbc_per_split) = _backward_splits(hpg, nc * n_pairs * batch * groups,
-                                                                        nc * n_jb * batch * groups)
+    splits, per_split = _split_heads(hpg, nc * n_pairs * batch * groups)
     dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
     rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
     colp = torch.zeros((bh_count, n_jb, lp), dtype=f64, device=dev)
@@ -377,11 +367,11 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         num_warps=warps, maxnreg=_register_cap(x, warps))
 
     # 4. per group and block: dB partials (its columns) and dC partials (its rows)
-    dB_part = new_output((dbc_splits, batch, length, groups, dstate), f32, dev)
-    dC_part = new_output((dbc_splits, batch, length, groups, dstate), f32, dev)
-    launch_fitting_shared_memory(_bwd_dbc_kernel, (nc * n_jb, batch * groups, dbc_splits),
+    dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
+    dC_part = new_output((splits, batch, length, groups, dstate), f32, dev)
+    launch_fitting_shared_memory(_bwd_dbc_kernel, (nc * n_jb, batch * groups, splits),
         x, dout, z_arg, B, C, dtp, cs, seg_arg, states, dhp, dv_arg, vlo, cu_arg, dgm, rowp, dB_part, dC_part,
-        length, heads, groups, hpg, dbc_per_split, splits, headdim, dstate, T, lp, nc, batch,
+        length, heads, groups, hpg, per_split, headdim, dstate, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *C.stride(), *seg_strides, *st_strides, *dv_strides,
         HAS_Z=has_z, HAS_SEG=has_seg, HAS_DV=has_dv, SPLIT_DY=split_dy, **common, BLOCK_T=block_t, BLOCK_P=block_p,
         BLOCK_N=block_n, num_warps=DBC_WARPS if DBC_WARPS and x.element_size() == 2 else warps)

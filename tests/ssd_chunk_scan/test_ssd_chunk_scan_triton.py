@@ -31,16 +31,13 @@ def test_chunk_edges(length, chunk_size):
                  dt_softplus=True, return_final_states=True)
 
 
-@pytest.mark.parametrize("splits", [((1, 4), (1, 4)), ((2, 2), (2, 2)), ((1, 4), (4, 1)), ((2, 2), (1, 4)),
-                                    ((4, 1), (2, 2)), None])
-def test_ngroups_heads_per_program(monkeypatch, splits):
-    """8 heads in 2 groups: dGm and dB / dC sum the 4 heads of a group, looped inside one program ((1, 4): one
-    split of 4 heads), over programs with partials summed by torch ((2, 2), (4, 1)), with as many splits in both
-    kernels or more / fewer dB / dC splits than dGm partials (each pair: the dGm kernel's, the dB / dC kernel's),
-    or as the launch heuristic picks (None)."""
+@pytest.mark.parametrize("split", [(1, 4), (2, 2), None])
+def test_ngroups_heads_per_program(monkeypatch, split):
+    """8 heads in 2 groups: dB / dC sum the 4 heads of a group, looped inside one program (split (1, 4)), over
+    two programs with partials summed by torch (2, 2), or as the launch heuristic picks (None)."""
     from ssm_kernels.ssd_chunk_scan import triton as backend
-    if splits is not None:
-        monkeypatch.setattr(backend, "_backward_splits", lambda hpg, dgm_programs, dbc_programs: splits)
+    if split is not None:
+        monkeypatch.setattr(backend, "_split_heads", lambda hpg, programs: split)
     device = backend_device("triton")
     inputs = make_inputs(2, 45, 8, 8, 2, 6, torch.float32, device, D_shape="HP")
     check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=16,
