@@ -82,17 +82,16 @@ REGISTER_CAP_FP32: Optional[int] = None
 
 # Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64), and its
 # pipelining depth. On an H100 at B4 L4096 H64 P64 N128 bf16 (the A/B in benchmarks/results/
-# h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits, and
-# 32 rows per step 958 us (16: 1108); 2 stages become the default once the native suite has run them for
-# every option.
+# h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits as 3,
+# and 32 rows per step 958 us (16: 1108).
 DX_ROWS = 64
-DX_STAGES = 3
+DX_STAGES = 2
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
 # at 4 the same H100 case ran it in 368 us instead of 724 (forward+backward 3.503 -> 3.185 ms; gradients within
-# 7.7e-6 of 8 warps'). The default once the native suite has run it for every option.
-DBC_WARPS: Optional[int] = None
+# 7.7e-6 of 8 warps').
+DBC_WARPS: Optional[int] = 4
 
 
 # --- launchers -----------------------------------------------------------------------------------------
