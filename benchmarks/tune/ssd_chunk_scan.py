@@ -21,9 +21,9 @@ def grid(quick: bool):
     The backward's head splits per group (SPLIT_PROGRAMS, default 264: splits until the dGm kernel's grid has
     that many programs; the dB / dC kernel has the same splits over n_jb of the n_jb (n_jb + 1) / 2 tiles).
     The dx kernel's rows per step of its loop (DX_ROWS, default 64, one block): 32 or 16, twice or four times the
-    steps for its pipelining to overlap; its stages (DX_STAGES, default 3): 2, also with 32 rows (no spills at
-    the large case, offline). The dB / dC kernel at 4 warps with 16-bit inputs (DBC_WARPS, default None: 8), also
-    with the dx kernel at 2 stages."""
+    steps for its pipelining to overlap (32 rows at 2 stages has no spills at the large case, offline); its stages
+    (DX_STAGES, default 2): 3, also with 32 rows. The dB / dC kernel with 16-bit inputs at the backward's 8 warps
+    (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the defaults before 4cd324e)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -31,7 +31,8 @@ def grid(quick: bool):
             + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
             + [{"DX_ROWS": rows} for rows in (32, 16)]
-            + [{"DX_STAGES": 2}, {"DX_ROWS": 32, "DX_STAGES": 2}, {"DBC_WARPS": 4}, {"DX_STAGES": 2, "DBC_WARPS": 4}])
+            + [{"DX_STAGES": 3}, {"DX_ROWS": 32, "DX_STAGES": 3}, {"DBC_WARPS": None},
+               {"DX_STAGES": 3, "DBC_WARPS": None}])
 
 
 def run(device, quick: bool, only):
