@@ -51,6 +51,8 @@ def cases(quick: bool):
     return [_case(4, 4096, 4096, 4, torch.bfloat16, reference=False),
             *(_case(4, 4096, 4096, width, torch.bfloat16, reference=False) for width in (2, 3, 8)),
             *(_case(4, 4096, 4096, width, torch.bfloat16, reference=False, channel_last=True) for width in (2, 4, 8)),
+            # the Mamba2 block's conv (d_model 2048: d_inner 4096 + B and C of one group of 128 states)
+            _case(4, 4352, 4096, 4, torch.bfloat16, reference=False, channel_last=True),
             _case(4, 4096, 4096, 4, torch.float32, reference=False),
             _case(4, 4096, 4096, 4, torch.float16, reference=False),
             _case(1, 1024, 2048, 4, torch.float32, reference=True)]

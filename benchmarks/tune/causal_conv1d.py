@@ -2,7 +2,8 @@
 the GPU cases of `python -m benchmarks --op causal_conv1d` ((4, 4096, 4096), widths 2-8, SiLU, bias, both
 layouts). The forward's settings are timed without grad; the backward's as the backward launch alone replayed
 from a CUDA graph ("bwd kernel"): forward+backward calls of these sizes are host-bound on some hosts, which
-would hide the kernels' differences. Channel-last cases sweep the channel-last backward's own settings."""
+would hide the kernels' differences. Channel-last cases sweep the channel-last tiles of both (and the
+backward's row parts) instead."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,11 +41,29 @@ def backward_grid(quick: bool):
                     bwd_programs_per_sm=(2, 4), bwd_packed=(True, False))
 
 
+def channel_last_forward_grid(quick: bool):
+    """Channel-last forward tiles: cl_block_d channels (the contiguous axis) by fwd_tile // cl_block_d rows."""
+    if quick:
+        return _configs(cl_block_d=(64, 128), fwd_tile=(2048, 4096))
+    return _configs(cl_block_d=(64, 128, 256), fwd_tile=(2048, 4096, 8192), fwd_num_warps=(4, 8),
+                    fwd_tiles_per_program=(1, 2))
+
+
+# Row-part backward tiles (cl_bwd_rows E, cl_bwd_block_d, cl_bwd_tile, bwd_num_warps) without spills and with
+# two or more programs per SM, Triton 3.6 for sm_90 offline, bf16 W4 (sm90_causal_conv1d_rows_registers.txt):
+# E = BLOCK_L (one group per tile: a part per row, shifts between parts are register references) and E < BLOCK_L.
+_CL_ROW_TILES = [(16, 64, 1024, 2), (16, 128, 2048, 2), (16, 128, 2048, 4), (16, 256, 4096, 4), (16, 256, 4096, 8),
+                 (8, 64, 512, 2), (8, 128, 1024, 4), (8, 256, 2048, 2), (8, 256, 2048, 4), (8, 512, 4096, 4),
+                 (8, 512, 4096, 8), (4, 256, 1024, 4), (8, 64, 4096, 8), (4, 64, 2048, 8)]
+
+
 def channel_last_backward_grid(quick: bool):
     if quick:
         return _configs(cl_bwd_rows=(0, 8), cl_bwd_block_d=(32, 64), cl_bwd_tile=(2048, 4096))
-    return _configs(cl_bwd_rows=(0, 8, 4), cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096),
-                    bwd_programs_per_sm=(4, 8), bwd_num_warps=(4, 8))
+    rows = [config for e, block_d, tile, warps in _CL_ROW_TILES
+            for config in _configs(cl_bwd_rows=(e,), cl_bwd_block_d=(block_d,), cl_bwd_tile=(tile,),
+                                   bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
+    return _configs(cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096), bwd_programs_per_sm=(4, 8)) + rows
 
 
 def backward_kernel_ms(variant, device, quick: bool, modes) -> dict:
@@ -70,8 +89,10 @@ def _label(settings: dict) -> dict:
 
 def run(device, quick: bool, only):
     for case, variant in triton_variants(causal_conv1d_cases, device, only):
+        channel_last = "channel-last" in case.name
         print(f"{case.name}: forward", flush=True)
-        sweep(backend, variant, device, forward_grid(quick), quick, modes=("fwd",), label=_label)
+        grid = channel_last_forward_grid(quick) if channel_last else forward_grid(quick)
+        sweep(backend, variant, device, grid, quick, modes=("fwd",), label=_label)
         print(f"{case.name}: backward kernel", flush=True)
-        grid = channel_last_backward_grid(quick) if "channel-last" in case.name else backward_grid(quick)
+        grid = channel_last_backward_grid(quick) if channel_last else backward_grid(quick)
         sweep(backend, variant, device, grid, quick, modes=("bwd kernel",), label=_label, timer=backward_kernel_ms)

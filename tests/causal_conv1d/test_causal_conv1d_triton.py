@@ -114,6 +114,7 @@ def test_backward_packed_edges(triton_device, conv_module, small_tiles, dtype, d
     (8, 2, torch.float32), (8, 4, torch.float32), (8, 8, torch.float32), (8, 4, torch.bfloat16),
     (4, 5, torch.float32), (4, 8, torch.float32),  # W - 1 = E: one group back; W - 1 > E: two
     (2, 3, torch.float32), (2, 4, torch.float32),
+    (16, 4, torch.bfloat16), (16, 8, torch.float32),  # E = BLOCK_L: one group per tile, a part per row
 ])
 def test_backward_channel_last_rows_match_per_tap(triton_device, conv_module, small_tiles, rows, width, dtype):
     """The channel-last backward on row parts (g once on the tile and on the rows after it, shifted windows in
