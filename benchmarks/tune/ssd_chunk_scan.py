@@ -1,9 +1,10 @@
 """The Triton ssd_chunk_scan's launch settings (ssm_kernels/ssd_chunk_scan/triton.py): the boundary states in one
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
 the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
-dx kernel's rows per step and pipelining depth (DX_ROWS, DX_STAGES) and the dB / dC kernel's warps (DBC_WARPS),
-on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward,
-and by the backward inside a recomputed_activations block only)."""
+dx kernel's rows per step and pipelining depth (DX_ROWS, DX_STAGES), the dB / dC kernel's warps (DBC_WARPS) and
+the forward output kernel's warps and stages (SCAN_WARPS, SCAN_STAGES), on the GPU cases of
+`python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward, and by the backward
+inside a recomputed_activations block only)."""
 from __future__ import annotations
 
 import importlib
@@ -23,7 +24,8 @@ def grid(quick: bool):
     The dx kernel's rows per step of its loop (DX_ROWS, default 64, one block): 32 or 16, twice or four times the
     steps for its pipelining to overlap (32 rows at 2 stages has no spills at the large case, offline); its stages
     (DX_STAGES, default 2): 3, also with 32 rows. The dB / dC kernel with 16-bit inputs at the backward's 8 warps
-    (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the defaults before 4cd324e)."""
+    (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the defaults before 4cd324e). The
+    forward's output kernel at 8 warps (SCAN_WARPS, default 4) and 2 or 4 stages (SCAN_STAGES, default 3)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -32,11 +34,13 @@ def grid(quick: bool):
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
             + [{"DX_ROWS": rows} for rows in (32, 16)]
             + [{"DX_STAGES": 3}, {"DX_ROWS": 32, "DX_STAGES": 3}, {"DBC_WARPS": None},
-               {"DX_STAGES": 3, "DBC_WARPS": None}])
+               {"DX_STAGES": 3, "DBC_WARPS": None}]
+            + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 2}, {"SCAN_STAGES": 4}, {"SCAN_WARPS": 8, "SCAN_STAGES": 2}])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS", flush=True)
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, SCAN_*",
+              flush=True)
         sweep(backend, variant, device, settings, quick)

@@ -87,6 +87,12 @@ REGISTER_CAP_FP32: Optional[int] = None
 DX_ROWS = 64
 DX_STAGES = 2
 
+# Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
+# L4096 H64 P64 N128 bf16): 4 warps at 3 stages 166 registers and 98 KB of shared memory (two programs per SM);
+# 8 warps 121 registers (two); 2 stages 74 KB (4 warps: three programs per SM). Measured by the tuner.
+SCAN_WARPS = 4
+SCAN_STAGES = 3
+
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
 # at 4 the same H100 case ran it in 368 us instead of 724 (forward+backward 3.503 -> 3.185 ms; gradients within
@@ -253,7 +259,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=SCAN_WARPS,
+            num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
