@@ -42,11 +42,12 @@ def backward_grid(quick: bool):
 
 
 def channel_last_forward_grid(quick: bool):
-    """Channel-last forward tiles: cl_block_d channels (the contiguous axis) by fwd_tile // cl_block_d rows."""
+    """Channel-last forward tiles: cl_block_d channels (the contiguous axis) by fwd_tile // cl_block_d rows,
+    per-tap or packed (cl_fwd_packed: groups of E rows moved into threads by the compiler)."""
     if quick:
         return _configs(cl_block_d=(64, 128), fwd_tile=(2048, 4096))
     return _configs(cl_block_d=(64, 128, 256), fwd_tile=(2048, 4096, 8192), fwd_num_warps=(4, 8),
-                    fwd_tiles_per_program=(1, 2))
+                    cl_fwd_packed=(False, True))
 
 
 # Row-part backward tiles (cl_bwd_rows E, cl_bwd_block_d, cl_bwd_tile, bwd_num_warps) without spills and with
@@ -57,13 +58,23 @@ _CL_ROW_TILES = [(16, 64, 1024, 2), (16, 128, 2048, 2), (16, 128, 2048, 4), (16,
                  (8, 512, 4096, 8), (4, 256, 1024, 4), (8, 64, 4096, 8), (4, 64, 2048, 8)]
 
 
+# Packed channel-last backward tiles (cl_bwd_packed; cl_bwd_block_d, cl_bwd_tile, bwd_num_warps) without spills,
+# offline as above: 128 x 16 at 4 warps 96 registers, 128 x 32 at 4 warps 128, at 8 warps 180, 256 x 16 at 8 warps
+# 100, 64 x 32 at 4 warps 168 (64 x 64: 255 with spills at 4 warps, 255 at 8).
+_CL_PACKED_TILES = [(128, 2048, 4), (128, 4096, 4), (128, 4096, 8), (256, 4096, 8), (64, 2048, 4)]
+
+
 def channel_last_backward_grid(quick: bool):
     if quick:
         return _configs(cl_bwd_rows=(0, 8), cl_bwd_block_d=(32, 64), cl_bwd_tile=(2048, 4096))
     rows = [config for e, block_d, tile, warps in _CL_ROW_TILES
             for config in _configs(cl_bwd_rows=(e,), cl_bwd_block_d=(block_d,), cl_bwd_tile=(tile,),
                                    bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
-    return _configs(cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096), bwd_programs_per_sm=(4, 8)) + rows
+    packed = [config for block_d, tile, warps in _CL_PACKED_TILES
+              for config in _configs(cl_bwd_packed=(True,), cl_bwd_block_d=(block_d,), cl_bwd_tile=(tile,),
+                                     bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
+    return (_configs(cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096), bwd_programs_per_sm=(4, 8)) + rows
+            + packed)
 
 
 def backward_kernel_ms(variant, device, quick: bool, modes) -> dict:

@@ -45,7 +45,12 @@ class LaunchConfig:
     # tile one vector ahead (no scratch slot, no barriers), the shifted g windows picked in registers; the
     # channel-last backward without seq_idx does the same on cl_bwd_rows row parts per group (rows loaded apart).
     bwd_packed: bool = True
-    cl_bwd_rows: int = 0  # 0: the channel-last backward takes the scratch path
+    cl_bwd_rows: int = 0  # 0: the channel-last backward takes the scratch path (or the packed one, below)
+    # Channel-last tiles through the packed paths too (no seq_idx): the loads stay coalesced along D, and the
+    # compiler moves each tile's E-row groups into threads (a layout conversion through shared memory) for the
+    # packed arithmetic, then back for the store: what causal-conv1d's channel-last kernels do by hand.
+    cl_fwd_packed: bool = False
+    cl_bwd_packed: bool = False
     bwd_block_l: int = 256
     bwd_tile: int = 2048
     # Channel-last backward tiles: cl_bwd_block_d channels, cl_bwd_tile elements (H200, (4, 4096, 4096) bf16 W4,
@@ -121,11 +126,14 @@ def _strides3(t: Optional[Tensor]) -> Tuple[int, int, int]:
     return (0, 0, 0) if t is None else t.stride()
 
 
-def _pack_e(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, enabled: bool) -> int:
-    """E, the elements of one 16-byte vector (8 bf16 / fp16, 4 fp32), when the packed taps apply: channel-first
-    (L contiguous), no seq_idx, BLOCK_L a multiple of E; else 0 (the per-tap path)."""
+def _pack_e(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, enabled: bool,
+            channel_last_enabled: bool = False) -> int:
+    """E, the elements of one 16-byte vector (8 bf16 / fp16, 4 fp32), when the packed taps apply: no seq_idx,
+    BLOCK_L a multiple of E, and channel-first (L contiguous: the groups are vectors) or channel-last with
+    `channel_last_enabled` (groups of E rows); else 0 (the per-tap path)."""
     pack_e = 16 // x.element_size()
-    if enabled and width > 1 and seq_idx is None and x.stride(2) == 1 and block_l % pack_e == 0:
+    layout_ok = x.stride(2) == 1 or (channel_last_enabled and _channel_last(x))
+    if enabled and layout_ok and width > 1 and seq_idx is None and block_l % pack_e == 0:
         return pack_e
     return 0
 
@@ -160,7 +168,7 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
     y = _like_layout(x, x.dtype)
     block_d, block_l = forward_blocks(x, config)
     tiles = max(1, min(config.fwd_tiles_per_program, cdiv(length, block_l)))
-    pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed)
+    pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed, config.cl_fwd_packed)
     reach = width - 1 if pack_e == 0 else pack_e * cdiv(width - 1, pack_e)
     grid = (cdiv(length, block_l * tiles), cdiv(dim, block_d), batch)
     _fwd_kernel[grid](
@@ -196,7 +204,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
     db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
     rows = _row_parts(x, width, seq_idx, block_l, config)
-    pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed)
+    pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed, config.cl_bwd_packed)
     # BACK / AHEAD: how far before / after a tile its loads reach (the unmasked path needs both inside [0, L))
     if pack_e:
         back = ahead = pack_e * cdiv(width - 1, pack_e)

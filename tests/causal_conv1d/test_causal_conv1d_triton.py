@@ -61,21 +61,38 @@ def test_forward_packed_taps(triton_device, small_tiles, packed, dtype, width):
     parity(inputs, dtype)
 
 
+@pytest.mark.parametrize("dtype,width,dim", [  # D a multiple of the 16-channel tiles (unmasked interior) or not
+    (torch.float32, 2, 21), (torch.bfloat16, 4, 32), (torch.float32, 8, 32), (torch.bfloat16, 8, 21),
+])  # W - 1 within one group of rows, or (fp32, W > 5) reaching two groups back
+def test_channel_last_packed(triton_device, conv_module, small_tiles, dtype, width, dim):
+    """Channel-last tiles through the packed paths (cl_fwd_packed, cl_bwd_packed: groups of E rows): forward
+    and every gradient against the reference, and the backward against the scratch path, L = 103 over
+    16-position tiles (first tile with initial states, interior, a partial last tile)."""
+    small_tiles(cl_fwd_packed=True)
+    inputs = make_inputs(2, dim, 103, width, dtype, triton_device, init=True, transposed=True)
+    _, block_l = conv_module.forward_blocks(inputs["x"], conv_module.CONFIG)
+    assert conv_module._pack_e(inputs["x"], width, None, block_l, True, True) == 16 // dtype.itemsize
+    backward_both_paths(conv_module, inputs)
+    with conv_module.configured(cl_bwd_packed=True):
+        parity(inputs, dtype)
+
+
 def backward_both_paths(module, inputs, activation="silu", rows=0):
     """The backward op's four gradients (dx, dweight, dbias, dinitial_states) through the packed path and
     through the per-tap scratch path, on the same inputs and cotangent; asserts the packed path is taken
-    (channel-last inputs: the row-parts path with `rows` parts per group)."""
+    (channel-last inputs: the row-parts path with `rows` parts per group, else the packed path on groups of
+    rows, cl_bwd_packed)."""
     x, weight = inputs["x"], inputs["weight"]
     dout = torch.randn_like(x)
     grads = {}
     for packed in (True, False):
-        with module.configured(bwd_packed=packed, cl_bwd_rows=rows) as config:
+        with module.configured(bwd_packed=packed, cl_bwd_rows=rows, cl_bwd_packed=packed) as config:
             if packed:
                 _, block_l = module.backward_blocks(x, config)
                 if rows:
                     assert module._row_parts(x, weight.shape[1], None, block_l, config) == rows
                 else:
-                    assert module._pack_e(x, weight.shape[1], None, block_l, True) == 16 // x.element_size()
+                    assert module._pack_e(x, weight.shape[1], None, block_l, True, True) == 16 // x.element_size()
             grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
                                              activation == "silu")
     for name, a, b in zip(("dx", "dweight", "dbias", "dinitial_states"), grads[True], grads[False]):
@@ -114,7 +131,7 @@ def test_backward_packed_edges(triton_device, conv_module, small_tiles, dtype, d
     (8, 2, torch.float32), (8, 4, torch.float32), (8, 8, torch.float32), (8, 4, torch.bfloat16),
     (4, 5, torch.float32), (4, 8, torch.float32),  # W - 1 = E: one group back; W - 1 > E: two
     (2, 3, torch.float32), (2, 4, torch.float32),
-    (16, 4, torch.bfloat16), (16, 8, torch.float32),  # E = BLOCK_L: one group per tile, a part per row
+    (16, 4, torch.bfloat16),  # E = BLOCK_L: one group per tile, a part per row
 ])
 def test_backward_channel_last_rows_match_per_tap(triton_device, conv_module, small_tiles, rows, width, dtype):
     """The channel-last backward on row parts (g once on the tile and on the rows after it, shifted windows in
