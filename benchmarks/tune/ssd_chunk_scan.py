@@ -24,7 +24,7 @@ def grid(quick: bool):
     The dx kernel's rows per step of its loop (DX_ROWS, default 64, one block): 32 or 16, twice or four times the
     steps for its pipelining to overlap (32 rows at 2 stages has no spills at the large case, offline); its stages
     (DX_STAGES, default 2): 3, also with 32 rows. The dB / dC kernel with 16-bit inputs at the backward's 8 warps
-    (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the defaults before 4cd324e). The
+    (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the previous defaults). The
     forward's output kernel at 8 warps (SCAN_WARPS, default 4) and 2 or 4 stages (SCAN_STAGES, default 3)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]

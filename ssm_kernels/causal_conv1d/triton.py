@@ -127,7 +127,7 @@ def _strides3(t: Optional[Tensor]) -> Tuple[int, int, int]:
 
 
 def _pack_e(x: Tensor, width: int, seq_idx: Optional[Tensor], block_l: int, enabled: bool,
-            channel_last_enabled: bool = False) -> int:
+            channel_last_enabled: bool) -> int:
     """E, the elements of one 16-byte vector (8 bf16 / fp16, 4 fp32), when the packed taps apply: no seq_idx,
     BLOCK_L a multiple of E, and channel-first (L contiguous: the groups are vectors) or channel-last with
     `channel_last_enabled` (groups of E rows); else 0 (the per-tap path)."""

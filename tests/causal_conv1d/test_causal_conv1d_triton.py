@@ -68,13 +68,12 @@ def test_channel_last_packed(triton_device, conv_module, small_tiles, dtype, wid
     """Channel-last tiles through the packed paths (cl_fwd_packed, cl_bwd_packed: groups of E rows): forward
     and every gradient against the reference, and the backward against the scratch path, L = 103 over
     16-position tiles (first tile with initial states, interior, a partial last tile)."""
-    small_tiles(cl_fwd_packed=True)
+    small_tiles(cl_fwd_packed=True, cl_bwd_packed=True)
     inputs = make_inputs(2, dim, 103, width, dtype, triton_device, init=True, transposed=True)
     _, block_l = conv_module.forward_blocks(inputs["x"], conv_module.CONFIG)
     assert conv_module._pack_e(inputs["x"], width, None, block_l, True, True) == 16 // dtype.itemsize
     backward_both_paths(conv_module, inputs)
-    with conv_module.configured(cl_bwd_packed=True):
-        parity(inputs, dtype)
+    parity(inputs, dtype)
 
 
 def backward_both_paths(module, inputs, activation="silu", rows=0):
