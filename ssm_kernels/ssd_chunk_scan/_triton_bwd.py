@@ -12,11 +12,13 @@ gradient on hp_c (c = 0 .. nc; dHP[0] is the initial states' gradient), dss[i, j
 ss[i, j] = cs_i - cs_j. The gradient on cs is assembled in triton.py from the row sums of dss (kernel 3 for the
 intra-chunk terms, per column block; kernel 4 for dq_i q_i; kernel 2 for the state term on row T - 1 and the
 varlen terms on rows e), minus its column sums (kernel 3 for the intra-chunk terms, per row block; kernel 2 for
-the state and varlen terms), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1). Gm[i, j] is read
-from the cb buffer (_chunk_cb_kernel) that the forward's chunk scan reads too.
+the state and varlen terms), plus dg_c g_c on row T - 1 and q_e <dvarlen_s, hp_c> on row e (kernel 1); kernel 5
+sums those partials, scans them into da and forms ddt' and dA's partials. Gm[i, j] is read from the cb buffer
+(_chunk_cb_kernel) that the forward's chunk scan reads too.
 Row and column sums of a term come from the same recomputed values, so that they cancel as they should
 in da_k = sum_{i >= k > j} dss[i, j] (with the forward's states instead, their rounding would not).
-Every program writes its own slots of the partial-sum buffers; torch sums them (deterministic, no atomics).
+Every program writes its own slots of the partial-sum buffers; kernel 5 and torch sum them (deterministic, no
+atomics).
 """
 from __future__ import annotations
 
@@ -296,7 +298,8 @@ def _bwd_dgm_kernel(x_ptr, dout_ptr, z_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, dg
         rowp[bh, jb, i] = sum_{j in block jb, j < i} dss_h[i, j]
         colp[bh, ib, j] = sum_{i in block ib, i > j} dss_h[i, j]
     (jb, ib the tile's column and row blocks; row and column sums from the same products, so that the two
-    cancel in da; the slots of blocks above the diagonal stay 0). Every tile does the same work."""
+    cancel in da; the slots of blocks above the diagonal are never written nor read). Every tile does the same
+    work."""
     c, i0, j0, i, j, pos_i, pos_j, valid_i, valid_j = _tile_pair(tl.program_id(0), T, L, BLOCK_T)
     b, g, split, h_lo, h_hi = _group_split(G, HPG, HPS)
     pp = tl.arange(0, BLOCK_P)
@@ -435,3 +438,46 @@ def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_p
                      other=0.0)
         dC += _dot(dG, B_J, DOT_DTYPE, PRECISION, EMULATE)
     tl.store(dC_ptr + out_off, dC, mask=valid_i[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, dux_ptr, dtp_ptr, A_ptr, ddt_ptr,
+                   dA_ptr, L, H, T, LP, NC, NT, sah, sdb, sdl, sdh,
+                   HAS_EXTRA: tl.constexpr, BLOCK_T: tl.constexpr, T_PAD: tl.constexpr, NT_PAD: tl.constexpr,
+                   JB_PAD: tl.constexpr):
+    """Grid (nc, B * H): the gradient on the log-decays of one chunk and head (fp64), and from it ddt' and a
+    partial of dA. With ib(t) / jb(t) the row / column block of position t (BLOCK_T rows each):
+        dcs_t = sum_{jb <= ib(t)} rowp[bh, jb, t] + rowp[bh, n_jb, t] - sum_{ib >= jb(t)} colp[bh, ib, t]
+                - col[bh, t]  (+ sum part[bh, :, c] + sum srow[bh, :, c] on row T - 1; + extra[bh, t]: varlen rows)
+        da_t = sum_{k >= t in the chunk} dcs_k,   ddt'[b, t, h] = da_t A_h + dux[bh, t]   (stored fp32)
+        dA_part[bh, c] = sum_t da_t dt'_t
+    Only the slots of rowp / colp that kernels 3 and 4 write are read (blocks at or below the diagonal)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n_jb = tl.cdiv(T, BLOCK_T)
+    t = tl.arange(0, T_PAD)
+    valid = t < T
+    block = t // BLOCK_T
+    offs = c * T + t
+    rows = tl.zeros([T_PAD], dtype=tl.float64)
+    cols = tl.zeros([T_PAD], dtype=tl.float64)
+    for k in range(0, n_jb):
+        rows += tl.load(rowp_ptr + (bh * (n_jb + 1) + k) * LP + offs, mask=valid & (k <= block), other=0.0)
+        cols += tl.load(colp_ptr + (bh * n_jb + k) * LP + offs, mask=valid & (k >= block), other=0.0)
+    rows += tl.load(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + offs, mask=valid, other=0.0)
+    dcs = rows - cols - tl.load(col_ptr + bh * LP + offs, mask=valid, other=0.0)
+    tiles = tl.arange(0, NT_PAD)
+    blocks = tl.arange(0, JB_PAD)
+    last = tl.sum(tl.load(part_ptr + (bh * NT + tiles) * NC + c, mask=tiles < NT, other=0.0).to(tl.float64))
+    last += tl.sum(tl.load(srow_ptr + (bh * n_jb + blocks) * NC + c, mask=blocks < n_jb, other=0.0))
+    dcs += tl.where(t == T - 1, last, 0.0)
+    if HAS_EXTRA:
+        dcs += tl.load(extra_ptr + bh * LP + offs, mask=valid, other=0.0)
+    da = tl.cumsum(dcs, axis=0, reverse=True)
+    dux = tl.load(dux_ptr + bh * LP + offs, mask=valid, other=0.0).to(tl.float64)
+    ddt = da * tl.load(A_ptr + h * sah).to(tl.float64) + dux
+    tl.store(ddt_ptr + b * sdb + offs * sdl + h * sdh, ddt.to(tl.float32), mask=valid & (offs < L))
+    dtp = tl.load(dtp_ptr + bh * LP + offs, mask=valid, other=0.0).to(tl.float64)
+    tl.store(dA_ptr + bh * NC + c, tl.sum(da * dtp))

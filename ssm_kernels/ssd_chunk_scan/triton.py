@@ -59,7 +59,7 @@ from .._recompute import is_kept_out, recomputable
 from .._triton_launch import fast_math, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
-from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dx_kernel, _bwd_state_kernel
+from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dt_kernel, _bwd_dx_kernel, _bwd_state_kernel
 from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _chunk_states_passed_kernel,
                           _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
 from ._common import segment_ids
@@ -364,8 +364,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     split_dy = has_z or dout.dtype != x.dtype  # dy has digits beyond x's dtype: dout * silu(z), or another dtype
     splits, per_split = _split_heads(hpg, nc * n_pairs * batch * groups)
     dgm = torch.empty((splits, batch, groups, nc, T, T), dtype=f32, device=dev)  # blocks at/below the diagonal
-    rowp = torch.zeros((bh_count, n_jb + 1, lp), dtype=f64, device=dev)  # blocks above the diagonal stay 0
-    colp = torch.zeros((bh_count, n_jb, lp), dtype=f64, device=dev)
+    rowp = new_output((bh_count, n_jb + 1, lp), f64, dev)  # blocks above the diagonal: never written nor read
+    colp = new_output((bh_count, n_jb, lp), f64, dev)
     launch_fitting_shared_memory(_bwd_dgm_kernel, (nc * n_pairs, batch * groups, splits),
         x, dout, z_arg, cb, dtp, cs, seg_arg, dgm, rowp, colp,
         length, heads, groups, hpg, per_split, headdim, T, lp, nc, batch,
@@ -383,18 +383,19 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         HAS_Z=has_z, HAS_SEG=has_seg, HAS_DV=has_dv, SPLIT_DY=split_dy, **common, BLOCK_T=block_t, BLOCK_P=block_p,
         BLOCK_N=block_n, num_warps=DBC_WARPS if DBC_WARPS and x.element_size() == 2 else warps)
 
-    # the log-decay gradient: dcs = row sums - column sums of dss (+ the state and varlen rows), in fp64;
-    # da = its reverse cumsum within each chunk; ddt' = da A + du . x, dA = sum da dt'
-    dcs = (rowp.sum(1) - colp.sum(1) - col).view(bh_count, nc, T)
-    dcs[:, :, T - 1] += part.sum(1, dtype=f64) + srow.sum(1)
-    if has_dv:
-        dcs = dcs.view(bh_count, lp)  # batch 1: rows are heads
-        vals = vrow.sum(-1) + vq.sum(-1, dtype=f64)  # (S, H)
-        dcs[:, ends] = dcs[:, ends] + vals.t()  # one sequence ends per position: no clash
-    da = dcs.view(batch, heads, nc, T).flip(-1).cumsum(-1).flip(-1).reshape(batch, heads, lp)
-    ddtp = (da * A.to(f64)[None, :, None] + dux.view(batch, heads, lp)).to(f32)[:, :, :length].transpose(1, 2)
-    ddtp = ddtp.contiguous()
-    dA = (da * dtp).sum((0, 2)).to(f32)
+    # 5. the log-decay gradient dcs (row sums - column sums of dss, + the state and varlen rows) in fp64, its
+    # reverse cumsum da within each chunk, ddt' = da A + du . x and dA's partials sum da dt' per chunk and head
+    extra = dux
+    if has_dv:  # one sequence ends per position: no clash
+        extra = torch.zeros((bh_count, lp), dtype=f64, device=dev)  # batch 1: rows are heads
+        extra[:, ends] = (vrow.sum(-1) + vq.sum(-1, dtype=f64)).t()
+    ddtp = new_output((batch, length, heads), f32, dev)
+    dA_part = new_output((bh_count, nc), f64, dev)
+    _bwd_dt_kernel[(nc, bh_count)](
+        rowp, colp, col, part, srow, extra, dux, dtp, A, ddtp, dA_part, length, heads, T, lp, nc, n_tiles,
+        A.stride(0), *ddtp.stride(), HAS_EXTRA=has_dv, BLOCK_T=block_t, T_PAD=_pow2(T), NT_PAD=_pow2(n_tiles),
+        JB_PAD=_pow2(n_jb), num_warps=4)
+    dA = dA_part.view(batch, heads, nc).sum((0, 2)).to(f32)
     dD = None
     if D is not None:
         dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
