@@ -25,6 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._triton_math import softplus_and_sigmoid
 from ._triton_fwd import _batch_head, _cb_tile, _chunk_rows, _decays, _dot, _log_decays, _state_tile
 
 
@@ -441,16 +442,20 @@ def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_p
 
 
 @triton.jit
-def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, dux_ptr, dtp_ptr, A_ptr, ddt_ptr,
-                   dA_ptr, L, H, T, LP, NC, NT, sah, sdb, sdl, sdh,
-                   HAS_EXTRA: tl.constexpr, BLOCK_T: tl.constexpr, T_PAD: tl.constexpr, NT_PAD: tl.constexpr,
-                   JB_PAD: tl.constexpr):
-    """Grid (nc, B * H): the gradient on the log-decays of one chunk and head (fp64), and from it ddt' and a
-    partial of dA. With ib(t) / jb(t) the row / column block of position t (BLOCK_T rows each):
+def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, dux_ptr, dtp_ptr, A_ptr, dt_ptr,
+                   bias_ptr, ddt_ptr, dA_ptr, dbias_ptr, L, H, T, LP, NC, NT, dt_lo, dt_hi, sah, sdb, sdl, sdh,
+                   sgb, sgl, sgh,
+                   HAS_EXTRA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
+                   T_PAD: tl.constexpr, NT_PAD: tl.constexpr, JB_PAD: tl.constexpr):
+    """Grid (nc, B * H): the gradient on the log-decays of one chunk and head (fp64), and from it the gradients
+    on dt, dt_bias and A. With ib(t) / jb(t) the row / column block of position t (BLOCK_T rows each):
         dcs_t = sum_{jb <= ib(t)} rowp[bh, jb, t] + rowp[bh, n_jb, t] - sum_{ib >= jb(t)} colp[bh, ib, t]
                 - col[bh, t]  (+ sum part[bh, :, c] + sum srow[bh, :, c] on row T - 1; + extra[bh, t]: varlen rows)
-        da_t = sum_{k >= t in the chunk} dcs_k,   ddt'[b, t, h] = da_t A_h + dux[bh, t]   (stored fp32)
+        da_t = sum_{k >= t in the chunk} dcs_k,   ddt'_t = da_t A_h + dux[bh, t]
         dA_part[bh, c] = sum_t da_t dt'_t
+    then back through dt' = clamp(softplus(dt + dt_bias), dt_lo, dt_hi) (torch's rules: the clamp passes the
+    gradient where dt_lo <= v <= dt_hi; softplus's derivative is the sigmoid, from the forward's helper):
+        ddt[b, t, h] (dt's dtype, (B, L, H)),   dbias_part[bh, c] = sum_t ddt_t (fp32)
     Only the slots of rowp / colp that kernels 3 and 4 write are read (blocks at or below the diagonal)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
@@ -476,8 +481,21 @@ def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, d
     if HAS_EXTRA:
         dcs += tl.load(extra_ptr + bh * LP + offs, mask=valid, other=0.0)
     da = tl.cumsum(dcs, axis=0, reverse=True)
-    dux = tl.load(dux_ptr + bh * LP + offs, mask=valid, other=0.0).to(tl.float64)
-    ddt = da * tl.load(A_ptr + h * sah).to(tl.float64) + dux
-    tl.store(ddt_ptr + b * sdb + offs * sdl + h * sdh, ddt.to(tl.float32), mask=valid & (offs < L))
     dtp = tl.load(dtp_ptr + bh * LP + offs, mask=valid, other=0.0).to(tl.float64)
     tl.store(dA_ptr + bh * NC + c, tl.sum(da * dtp))
+    dux = tl.load(dux_ptr + bh * LP + offs, mask=valid, other=0.0).to(tl.float64)
+    ddtp = (da * tl.load(A_ptr + h * sah).to(tl.float64) + dux).to(tl.float32)
+
+    inside = valid & (offs < L)
+    raw = tl.load(dt_ptr + b * sdb + offs * sdl + h * sdh, mask=inside, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += tl.load(bias_ptr + h).to(tl.float32)
+    if SOFTPLUS:
+        soft, sig = softplus_and_sigmoid(raw, False)
+    else:
+        soft = raw
+    ddt = ddtp * ((soft >= dt_lo) & (soft <= dt_hi)).to(tl.float32)
+    if SOFTPLUS:
+        ddt = ddt * sig
+    tl.store(ddt_ptr + b * sgb + offs * sgl + h * sgh, ddt.to(ddt_ptr.dtype.element_ty), mask=inside)
+    tl.store(dbias_ptr + bh * NC + c, tl.sum(tl.where(inside, ddt, 0.0)))

@@ -51,7 +51,6 @@ import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
@@ -285,8 +284,8 @@ def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
                      T, dt_softplus, dt_lo, dt_hi):
-    """Gradients (dx, ddt', dA, dB, dC, dD, dz, dinit) of the SSD part; ddt' (B, L, H) fp32 is the gradient on dt'
-    (the caller applies the clamp / softplus / bias chain). Requires L > 0."""
+    """Gradients (dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias): ddt in dt's dtype and layout (B, L, H) contiguous,
+    dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
@@ -384,23 +383,27 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         BLOCK_N=block_n, num_warps=DBC_WARPS if DBC_WARPS and x.element_size() == 2 else warps)
 
     # 5. the log-decay gradient dcs (row sums - column sums of dss, + the state and varlen rows) in fp64, its
-    # reverse cumsum da within each chunk, ddt' = da A + du . x and dA's partials sum da dt' per chunk and head
+    # reverse cumsum da within each chunk, ddt' = da A + du . x, and back through the clamp and the softplus to dt
+    # and dt_bias; dA's and ddt_bias's partials per chunk and head
     extra = dux
     if has_dv:  # one sequence ends per position: no clash
         extra = torch.zeros((bh_count, lp), dtype=f64, device=dev)  # batch 1: rows are heads
         extra[:, ends] = (vrow.sum(-1) + vq.sum(-1, dtype=f64)).t()
-    ddtp = new_output((batch, length, heads), f32, dev)
+    ddt = new_output(dt.shape, dt.dtype, dev)
     dA_part = new_output((bh_count, nc), f64, dev)
+    dbias_part = new_output((bh_count, nc), f32, dev)
     _bwd_dt_kernel[(nc, bh_count)](
-        rowp, colp, col, part, srow, extra, dux, dtp, A, ddtp, dA_part, length, heads, T, lp, nc, n_tiles,
-        A.stride(0), *ddtp.stride(), HAS_EXTRA=has_dv, BLOCK_T=block_t, T_PAD=_pow2(T), NT_PAD=_pow2(n_tiles),
-        JB_PAD=_pow2(n_jb), num_warps=4)
+        rowp, colp, col, part, srow, extra, dux, dtp, A, dt, dt if dt_bias is None else dt_bias, ddt, dA_part,
+        dbias_part, length, heads, T, lp, nc, n_tiles, dt_lo, dt_hi, A.stride(0), *dt.stride(), *ddt.stride(),
+        HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t, T_PAD=_pow2(T),
+        NT_PAD=_pow2(n_tiles), JB_PAD=_pow2(n_jb), num_warps=4)
     dA = dA_part.view(batch, heads, nc).sum((0, 2)).to(f32)
+    ddt_bias = None if dt_bias is None else dbias_part.view(batch, heads, nc).sum((0, 2))
     dD = None
     if D is not None:
         dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
         dD = dD.sum(-1) if D.dim() == 1 else dD
-    return (dx, ddtp, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dhp[:, 0].contiguous())
+    return (dx, ddt, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dhp[:, 0].contiguous(), ddt_bias)
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -428,24 +431,26 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
               seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
               dt_softplus: bool, dt_lo: float, dt_hi: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                      Tensor, Tensor, Tensor]:
-    """(dx x's dtype, ddt' (B, L, H), dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
-    (B, H, P, N)), all but dx and dz fp32. L > 0."""
-    dx, ddtp, dA, dB, dC, dD, dz, dinit = _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias,
-                                                           seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
-                                                           dt_lo, dt_hi)
+                                                                      Tensor, Tensor, Tensor, Tensor]:
+    """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
+    (B, H, P, N), ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0."""
+    dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
+        dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
+        dt_lo, dt_hi)
     empty = x.new_empty(0, dtype=torch.float32)
-    return dx, ddtp, dA, dB, dC, empty if dD is None else dD, x.new_empty(0) if dz is None else dz, dinit
+    return (dx, ddt, dA, dB, dC, empty if dD is None else dD, x.new_empty(0) if dz is None else dz, dinit,
+            empty if ddt_bias is None else ddt_bias)
 
 
 def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
                    dt_softplus, dt_lo, dt_hi):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
-    return (x.new_empty(x.shape), x.new_empty(dt.shape, dtype=f32), x.new_empty(A.shape, dtype=f32),
+    return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
             x.new_empty(B.shape, dtype=f32), x.new_empty(C.shape, dtype=f32),
             x.new_empty(0 if D is None else D.shape, dtype=f32), x.new_empty(0) if z is None else z.new_empty(z.shape),
-            x.new_empty((batch, heads, headdim, B.shape[-1]), dtype=f32))
+            x.new_empty((batch, heads, headdim, B.shape[-1]), dtype=f32),
+            x.new_empty(0 if dt_bias is None else dt_bias.shape, dtype=f32))
 
 
 def _setup_context(ctx, inputs, output):
@@ -463,35 +468,29 @@ def _setup_context(ctx, inputs, output):
 def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states = ctx.saved_tensors
     chunk_size, dt_softplus, dt_lo, dt_hi, store_pre = ctx.args
-    f32 = torch.float32
     if z is not None and not store_pre:
         raise RuntimeError("ssd_chunk_scan (triton): backward through z needs the forward's pre-gate output; "
                            "the forward ran without a gradient to take")
     if dout is None:
         dout = torch.zeros_like(x)
     if x.shape[1] == 0:
-        dx, ddtp = torch.zeros_like(x), torch.zeros(dt.shape, dtype=f32, device=x.device)
+        dx, ddt = torch.zeros_like(x), torch.zeros_like(dt)
         dA, dB, dC = torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(C)
         dD = None if D is None else torch.zeros_like(D)
         dz = None if z is None else torch.zeros_like(z)
         dinit = dstates[:, 0] if dstates is not None else torch.zeros_like(states[:, 0])
+        ddt_bias = None if dt_bias is None else torch.zeros_like(dt_bias)
     else:
-        dx, ddtp, dA, dB, dC, dD, dz, dinit = backward_op(
+        dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
             dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
             cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi)
         dD = None if D is None else dD
         dz = None if z is None else dz
-    # back through the clamp (torch's rule: the gradient passes where lo <= v <= hi) and softplus
-    raw = dt.to(f32) + (dt_bias.to(f32) if dt_bias is not None else 0.0)
-    soft = F.softplus(raw) if dt_softplus else raw
-    ddt = ddtp * ((soft >= dt_lo) & (soft <= dt_hi)).to(f32)
-    if dt_softplus:
-        ddt = ddt * torch.where(raw > 20.0, torch.ones_like(raw), torch.sigmoid(raw))
-    ddt_bias = ddt.sum((0, 1)).to(dt_bias.dtype) if dt_bias is not None else None
+        ddt_bias = None if dt_bias is None else ddt_bias
     dinit = dinit.to(initial_states.dtype) if initial_states is not None else None
-    return (dx, ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
-            None if dD is None else dD.to(D.dtype), dz, ddt_bias, dinit,
-            None, None, None, None, None, None, None)
+    return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+            None if dD is None else dD.to(D.dtype), dz, None if ddt_bias is None else ddt_bias.to(dt_bias.dtype),
+            dinit, None, None, None, None, None, None, None)
 
 
 # Outputs that reach no loss (the boundary states, unless the final state is used; the pre-gate output, which
