@@ -25,17 +25,17 @@ def grid(quick: bool):
     steps for its pipelining to overlap (32 rows at 2 stages has no spills at the large case, offline); its stages
     (DX_STAGES, default 2): 3, also with 32 rows. The dB / dC kernel with 16-bit inputs at the backward's 8 warps
     (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages (the previous defaults). The
-    forward's output kernel at 8 warps (SCAN_WARPS, default 4) and 2 or 4 stages (SCAN_STAGES, default 3)."""
+    forward's output kernel at 8 warps (SCAN_WARPS, default 4) and 3 or 4 stages (SCAN_STAGES, default 2)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
             + [{"REGISTER_CAP": cap} for cap in (None, 168)]
             + [{"REGISTER_CAP_FP32": cap} for cap in (128, 168)]
-            + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056)]
+            + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056, 2112)]
             + [{"DX_ROWS": rows} for rows in (32, 16)]
             + [{"DX_STAGES": 3}, {"DX_ROWS": 32, "DX_STAGES": 3}, {"DBC_WARPS": None},
                {"DX_STAGES": 3, "DBC_WARPS": None}]
-            + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 2}, {"SCAN_STAGES": 4}, {"SCAN_WARPS": 8, "SCAN_STAGES": 2}])
+            + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}, {"SCAN_STAGES": 4}, {"SCAN_WARPS": 8, "SCAN_STAGES": 3}])
 
 
 def run(device, quick: bool, only):
