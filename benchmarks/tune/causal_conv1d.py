@@ -50,7 +50,7 @@ def channel_last_forward_grid(quick: bool):
                     cl_fwd_packed=(False, True))
 
 
-# Row-part backward tiles (cl_bwd_rows E, cl_bwd_block_d, cl_bwd_tile, bwd_num_warps) without spills and with
+# Row-part backward tiles (cl_bwd_rows E, cl_rows_block_d, cl_bwd_tile, bwd_num_warps) without spills and with
 # two or more programs per SM, Triton 3.6 for sm_90 offline, bf16 W4 (sm90_causal_conv1d_rows_registers.txt):
 # E = BLOCK_L (one group per tile: a part per row, shifts between parts are register references) and E < BLOCK_L.
 _CL_ROW_TILES = [(16, 64, 1024, 2), (16, 128, 2048, 2), (16, 128, 2048, 4), (16, 256, 4096, 4), (16, 256, 4096, 8),
@@ -68,13 +68,13 @@ def channel_last_backward_grid(quick: bool):
     if quick:
         return _configs(cl_bwd_rows=(0, 8), cl_bwd_block_d=(32, 64), cl_bwd_tile=(2048, 4096))
     rows = [config for e, block_d, tile, warps in _CL_ROW_TILES
-            for config in _configs(cl_bwd_rows=(e,), cl_bwd_block_d=(block_d,), cl_bwd_tile=(tile,),
+            for config in _configs(cl_bwd_rows=(e,), cl_rows_block_d=(block_d,), cl_bwd_tile=(tile,),
                                    bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
     packed = [config for block_d, tile, warps in _CL_PACKED_TILES
-              for config in _configs(cl_bwd_packed=(True,), cl_bwd_block_d=(block_d,), cl_bwd_tile=(tile,),
-                                     bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
-    return (_configs(cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096), bwd_programs_per_sm=(4, 8)) + rows
-            + packed)
+              for config in _configs(cl_bwd_rows=(0,), cl_bwd_packed=(True,), cl_bwd_block_d=(block_d,),
+                                     cl_bwd_tile=(tile,), bwd_num_warps=(warps,), bwd_programs_per_sm=(8, 16))]
+    return (_configs(cl_bwd_rows=(0,), cl_bwd_block_d=(32, 64, 128), cl_bwd_tile=(2048, 4096),
+                     bwd_programs_per_sm=(4, 8)) + rows + packed)
 
 
 def backward_kernel_ms(variant, device, quick: bool, modes) -> dict:

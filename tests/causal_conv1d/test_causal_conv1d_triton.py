@@ -26,7 +26,8 @@ def small_tiles(conv_module):
         def shrink(block_l=16, tile=256, cl_block_d=16, **changes):
             stack.enter_context(conv_module.configured(fwd_block_l=block_l, bwd_block_l=block_l, fwd_tile=tile,
                                                        bwd_tile=tile, cl_block_d=cl_block_d, cl_bwd_tile=tile,
-                                                       cl_bwd_block_d=cl_block_d, **changes))
+                                                       cl_bwd_block_d=cl_block_d, cl_rows_block_d=cl_block_d,
+                                                       **changes))
         yield shrink
 
 
@@ -87,10 +88,9 @@ def backward_both_paths(module, inputs, activation="silu", rows=0):
     for packed in (True, False):
         with module.configured(bwd_packed=packed, cl_bwd_rows=rows, cl_bwd_packed=packed) as config:
             if packed:
-                _, block_l = module.backward_blocks(x, config)
-                if rows:
-                    assert module._row_parts(x, weight.shape[1], None, block_l, config) == rows
-                else:
+                assert module._row_parts(x, weight.shape[1], None, config) == rows
+                _, block_l = module.backward_blocks(x, config, rows)
+                if not rows:
                     assert module._pack_e(x, weight.shape[1], None, block_l, True, True) == 16 // x.element_size()
             grads[packed] = module._backward(x, weight, inputs["bias"], None, inputs["initial_states"], dout,
                                              activation == "silu")
@@ -202,6 +202,10 @@ def test_default_blocks_and_grid(triton_device, conv_module):
     assert conv_module.forward_blocks(x, config) == (config.fwd_tile // config.fwd_block_l, config.fwd_block_l)
     block_d, block_l = conv_module.backward_blocks(x.transpose(1, 2), config)
     assert block_d == config.cl_bwd_block_d and block_d * block_l == config.cl_bwd_tile
+    rows = conv_module._row_parts(x.transpose(1, 2), 4, None, config)
+    assert rows == config.cl_bwd_rows > 0
+    block_d, block_l = conv_module.backward_blocks(x.transpose(1, 2), config, rows)
+    assert block_d == config.cl_rows_block_d and block_d * block_l == config.cl_bwd_tile and block_l % rows == 0
     programs = conv_module._bwd_programs(torch.device(triton_device), config)
     if triton_device.type == "cpu":
         assert programs == config.interpret_programs
