@@ -283,7 +283,7 @@ def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
-                     T, dt_softplus, dt_lo, dt_hi):
+                     T, dt_softplus, dt_lo, dt_hi, need_dinit):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias): ddt in dt's dtype and layout (B, L, H) contiguous,
     dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0."""
     batch, length, heads, headdim = x.shape
@@ -403,7 +403,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     if D is not None:
         dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
         dD = dD.sum(-1) if D.dim() == 1 else dD
-    return (dx, ddt, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dhp[:, 0].contiguous(), ddt_bias)
+    dinit = dhp[:, 0].contiguous() if need_dinit else None
+    return dx, ddt, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dinit, ddt_bias
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -430,27 +431,27 @@ def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
               seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
-              dt_softplus: bool, dt_lo: float, dt_hi: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor,
-                                                                      Tensor, Tensor, Tensor, Tensor]:
+              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
-    (B, H, P, N), ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0."""
+    (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0."""
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
-        dt_lo, dt_hi)
+        dt_lo, dt_hi, need_dinit)
     def empty(dtype=torch.float32):  # one per absent gradient: a custom op's outputs may not alias each other
         return x.new_empty(0, dtype=dtype)
-    return (dx, ddt, dA, dB, dC, empty() if dD is None else dD, empty(x.dtype) if dz is None else dz, dinit,
-            empty() if ddt_bias is None else ddt_bias)
+    return (dx, ddt, dA, dB, dC, empty() if dD is None else dD, empty(x.dtype) if dz is None else dz,
+            empty() if dinit is None else dinit, empty() if ddt_bias is None else ddt_bias)
 
 
 def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
-                   dt_softplus, dt_lo, dt_hi):
+                   dt_softplus, dt_lo, dt_hi, need_dinit):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
             x.new_empty(B.shape, dtype=f32), x.new_empty(C.shape, dtype=f32),
             x.new_empty(0 if D is None else D.shape, dtype=f32), x.new_empty(0) if z is None else z.new_empty(z.shape),
-            x.new_empty((batch, heads, headdim, B.shape[-1]), dtype=f32),
+            x.new_empty((batch, heads, headdim, B.shape[-1]) if need_dinit else 0, dtype=f32),
             x.new_empty(0 if dt_bias is None else dt_bias.shape, dtype=f32))
 
 
@@ -484,7 +485,8 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
     else:
         dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
             dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
-            cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi)
+            cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi,
+            initial_states is not None)
         dD = None if D is None else dD
         dz = None if z is None else dz
         ddt_bias = None if dt_bias is None else ddt_bias

@@ -239,3 +239,25 @@ def test_outputs_without_a_gradient_reach_the_backward_as_none(monkeypatch, fina
     loss = out.square().sum() + (final.sum() if final_state_used else 0)
     loss.backward()
     assert len(seen) == 1 and (seen[0] is not None) == final_state_used
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_initial_state_gradient_only_with_initial_states(monkeypatch, init):
+    """The backward returns the initial states' gradient (B, H, P, N) only when there are initial states: no
+    copy of it out of the boundary states' gradients otherwise."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    returned = []
+    real = module._backward_launch
+
+    def spy(*args):
+        grads = real(*args)
+        returned.append(grads[7])
+        return grads
+    monkeypatch.setattr(module, "_backward_launch", spy)
+    inputs = make_inputs(1, 40, 2, 8, 1, 8, torch.float32, backend_device("triton"), init=init)
+    leaves = {k: (v.requires_grad_() if k in grads_of(inputs) else v) for k, v in inputs.items()}
+    triton_scan(**leaves, chunk_size=16).square().sum().backward()
+    assert len(returned) == 1 and (returned[0] is not None) == init
+    if init:
+        assert leaves["initial_states"].grad.shape == leaves["initial_states"].shape
