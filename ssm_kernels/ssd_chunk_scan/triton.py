@@ -438,6 +438,7 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
         dt_lo, dt_hi, need_dinit)
+
     def empty(dtype=torch.float32):  # one per absent gradient: a custom op's outputs may not alias each other
         return x.new_empty(0, dtype=dtype)
     return (dx, ddt, dA, dB, dC, empty() if dD is None else dD, empty(x.dtype) if dz is None else dz,
