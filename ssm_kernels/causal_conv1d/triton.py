@@ -46,7 +46,7 @@ class LaunchConfig:
     # channel-last backward without seq_idx does the same on cl_bwd_rows row parts per group (rows loaded apart).
     bwd_packed: bool = True
     # E of the row parts (0: the channel-last backward takes the scratch path, or the packed one below), on tiles
-    # of cl_rows_block_d channels and cl_bwd_tile elements. H100, (4, 4096, 4352) bf16 W4, the kernel alone:
+    # of cl_rows_block_d channels and cl_bwd_tile elements. H100, B4 D4352 L4096 bf16 W4, the kernel alone:
     # E 16 on 256 x 16 tiles 252 us, 128 x 16 at 2 warps 248-262; the scratch path's best (32 x 64) 703 us.
     cl_bwd_rows: int = 16
     cl_rows_block_d: int = 256
