@@ -84,6 +84,11 @@ REGISTER_CAP_FP32: Optional[int] = None
 # h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits as 3,
 # and 32 rows per step 958 us (16: 1108).
 DX_ROWS = 64
+# Columns per program of the dx kernel (a power of two from 16; at most the chunk): 128 halves its programs (each
+# with a larger state product before the loop) at the cost of more masked rows on the diagonal. Offline (Triton
+# 3.6, sm_90, P64 N128 bf16, 8 warps capped at 128 registers): 64 x 64 rows spill 28 B, 128 columns by 32 rows
+# 20 B, by 64 rows 108 B.
+DX_COLS = 64
 DX_STAGES = 2
 
 # Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
@@ -344,18 +349,20 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         assert pre.stride() == dx.stride() == dz.stride()
     dux = new_output((bh_count, lp), f32, dev)
     col = new_output((bh_count, lp), f64, dev)
-    dD_part = new_output((nc * n_jb, bh_count, block_p), f32, dev) if D is not None else dux
-    srow = new_output((bh_count, n_jb, nc), f64, dev)
-    vrow = torch.zeros((dvarlen.shape[0], heads, n_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
+    dx_cols = min(_pow2(T), DX_COLS)
+    dx_jb = cdiv(T, dx_cols)
+    dD_part = new_output((nc * dx_jb, bh_count, block_p), f32, dev) if D is not None else dux
+    srow = new_output((bh_count, dx_jb, nc), f64, dev)
+    vrow = torch.zeros((dvarlen.shape[0], heads, dx_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
     D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
-    launch_fitting_shared_memory(_bwd_dx_kernel, (nc * n_jb, bh_count),
+    launch_fitting_shared_memory(_bwd_dx_kernel, (nc * dx_jb, bh_count),
         x, dout, z_arg, pre if has_z else x, B, cb, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
         cu_arg, dx, dz, dux, col, dD_part, srow, vrow,
         length, heads, groups, hpg, headdim, dstate, T, nc, lp, bh_count,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_I=min(block_t, DX_ROWS),
+        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=dx_cols, BLOCK_I=min(dx_cols, DX_ROWS),
         BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps), num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
@@ -394,9 +401,9 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     dbias_part = new_output((bh_count, nc), f32, dev)
     _bwd_dt_kernel[(nc, bh_count)](
         rowp, colp, col, part, srow, extra, dux, dtp, A, dt, dt if dt_bias is None else dt_bias, ddt, dA_part,
-        dbias_part, length, heads, T, lp, nc, n_tiles, dt_lo, dt_hi, A.stride(0), *dt.stride(), *ddt.stride(),
-        HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t, T_PAD=_pow2(T),
-        NT_PAD=_pow2(n_tiles), JB_PAD=_pow2(n_jb), num_warps=4)
+        dbias_part, length, heads, T, lp, nc, n_tiles, dx_jb, dt_lo, dt_hi, A.stride(0), *dt.stride(),
+        *ddt.stride(), HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t,
+        T_PAD=_pow2(T), NT_PAD=_pow2(n_tiles), SJB_PAD=_pow2(dx_jb), num_warps=4)
     dA = dA_part.view(batch, heads, nc).sum((0, 2)).to(f32)
     ddt_bias = None if dt_bias is None else dbias_part.view(batch, heads, nc).sum((0, 2))
     dD = None
