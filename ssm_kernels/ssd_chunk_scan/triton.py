@@ -84,11 +84,13 @@ REGISTER_CAP_FP32: Optional[int] = None
 # h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits as 3,
 # and 32 rows per step 958 us (16: 1108).
 DX_ROWS = 64
-# Columns per program of the dx kernel (a power of two from 16; at most the chunk): 128 halves its programs (each
-# with a larger state product before the loop) at the cost of more masked rows on the diagonal. Offline (Triton
-# 3.6, sm_90, P64 N128 bf16, 8 warps capped at 128 registers): 64 x 64 rows spill 28 B, 128 columns by 32 rows
-# 20 B, by 64 rows 108 B.
+# Columns per program of the dx kernel (a power of two from 16; at most the chunk) and its warps (None: the
+# backward's, 8 for full (64, 128) state tiles): 128 columns halve its programs (each with a larger state product
+# before the loop) at the cost of more masked rows on the diagonal. Offline (Triton 3.6, sm_90, P64 N128 bf16): at
+# 8 warps capped at 128 registers, 64 columns by 64 rows spill 28 B, 128 by 32 rows 20 B, by 64 rows 108 B; at 4
+# warps (no cap, 254-255 registers) 64 by 64 and 128 by 16 rows do not spill, 128 by 32 spill 36 B.
 DX_COLS = 64
+DX_WARPS: Optional[int] = None
 DX_STAGES = 2
 
 # Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
@@ -363,7 +365,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
         HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=dx_cols, BLOCK_I=min(dx_cols, DX_ROWS),
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps), num_stages=DX_STAGES)
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
+        num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
     n_pairs = n_jb * (n_jb + 1) // 2
