@@ -2,7 +2,7 @@
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
 the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
 dx kernel's rows per step, pipelining depth, columns and warps (DX_ROWS, DX_STAGES, DX_COLS, DX_WARPS), the dB / dC
-kernel's warps (DBC_WARPS) and the forward output kernel's warps and stages (SCAN_WARPS, SCAN_STAGES), on the GPU
+kernel's warps (DBC_WARPS) and the forward output kernel's warps, stages and tiles (SCAN_*), on the GPU
 cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward, and by the
 backward inside a recomputed_activations block only)."""
 from __future__ import annotations
@@ -27,7 +27,8 @@ def grid(quick: bool):
     rows, or by 16 rows at 4 warps (DX_WARPS, default None: the backward's 8; 4 alone too). The dB / dC kernel with
     16-bit inputs at the backward's 8 warps (DBC_WARPS None; default 4), alone and with the dx kernel at 3 stages
     (the previous defaults). The forward's output kernel at 8 warps (SCAN_WARPS, default 4) and 3 or 4 stages
-    (SCAN_STAGES, default 2)."""
+    (SCAN_STAGES, default 2); its loop in steps of 32 columns (SCAN_COLS, default 64: 124 registers and 53 KB,
+    four programs per SM, offline) and 128 rows per program at 8 warps (SCAN_ROWS, default 64), by 32 or 64."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -39,7 +40,9 @@ def grid(quick: bool):
                {"DX_WARPS": 4}]
             + [{"DX_STAGES": 3}, {"DX_ROWS": 32, "DX_STAGES": 3}, {"DBC_WARPS": None},
                {"DX_STAGES": 3, "DBC_WARPS": None}]
-            + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}, {"SCAN_STAGES": 4}, {"SCAN_WARPS": 8, "SCAN_STAGES": 3}])
+            + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}, {"SCAN_STAGES": 4}, {"SCAN_WARPS": 8, "SCAN_STAGES": 3}]
+            + [{"SCAN_COLS": 32}, {"SCAN_ROWS": 128, "SCAN_COLS": 32, "SCAN_WARPS": 8},
+               {"SCAN_ROWS": 128, "SCAN_WARPS": 8}])
 
 
 def run(device, quick: bool, only):

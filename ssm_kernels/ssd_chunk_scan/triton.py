@@ -14,8 +14,8 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    written and read back.
 4. _chunk_cb_kernel, grid (nc * T/BLOCK_T, B*G): cb = C B^T per chunk and group (fp32, (B, nc, G, T, T),
    blocks at and below the diagonal), once for all the group's heads.
-5. _chunk_scan_kernel, grid (nc * T/BLOCK_T, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
-   plus the causal intra-chunk (cb * decay * dt') x over column blocks up to the diagonal (both tl.dot),
+5. _chunk_scan_kernel, grid (nc * T/SCAN_ROWS, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
+   plus the causal intra-chunk (cb * decay * dt') x over column steps up to the diagonal (both tl.dot),
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
 6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
@@ -29,7 +29,7 @@ Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows /
 1. _bwd_state_kernel, grid (B*H, P/N tiles of 64): reverse state passing, sequential over chunks, with the
    chunk's (dy q)^T C on tensor cores: dHP[c] (the gradient on the state entering chunk c; dHP[0] is the
    initial states' gradient) into a (B, nc + 1, H, P, N) fp32 buffer; partials of dg_c g_c.
-2. _bwd_dx_kernel, grid (nc * T/BLOCK_T, B*H), per head and column block (cb from _chunk_cb_kernel, run
+2. _bwd_dx_kernel, grid (nc * T/DX_COLS, B*H), per head and column block (cb from _chunk_cb_kernel, run
    again): du from the intra-chunk (cb * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes
    dx (x's dtype), dz, du . x and the column sums of the state and varlen terms of dss (the gradient on
    cs_i - cs_j), dD partials.
@@ -99,6 +99,13 @@ DX_STAGES = 2
 # stages 0.653 ms forward against 0.688 at 3, 0.939 at 4; 8 warps 0.789.
 SCAN_WARPS = 4
 SCAN_STAGES = 2
+# Rows per program of the forward's output kernel and columns per step of its loop over the rows' past (powers of
+# two from 16; at most the chunk): 128 rows halve its programs, each with a larger entering-state product; 32
+# columns per step fit four 4-warp programs per SM. Offline (Triton 3.6, sm_90, the case above, 2 stages): 64 x 64
+# 129 registers and 74 KB; 64 x 32 124 and 53 KB; 128 x 32 at 8 warps 124 and 82 KB; 128 x 64 at 8 warps 137 and
+# 115 KB; none spill.
+SCAN_ROWS = 64
+SCAN_COLS = 64
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
@@ -253,7 +260,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     hpg = heads // groups
     if nc > 0:
         cb = _cb_launch(x, B, C, T)
-        block_m = _block_t(T)
+        block_m = min(_pow2(T), SCAN_ROWS)
         block_p = min(_pow2(headdim), 64)
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
@@ -266,7 +273,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=SCAN_WARPS,
+            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
+            num_warps=SCAN_WARPS,
             num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
