@@ -79,17 +79,15 @@ PASSED_STATES_PROGRAMS: Optional[int] = 0
 REGISTER_CAP: Optional[int] = 128
 REGISTER_CAP_FP32: Optional[int] = None
 
-# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64), and its
-# pipelining depth. On an H100 at B4 L4096 H64 P64 N128 bf16 (the A/B in benchmarks/results/
-# h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits as 3,
-# and 32 rows per step 958 us (16: 1108).
-DX_ROWS = 64
-# Columns per program of the dx kernel (a power of two from 16; at most the chunk) and its warps (None: the
-# backward's, 8 for full (64, 128) state tiles): 128 columns halve its programs (each with a larger state product
-# before the loop) at the cost of more masked rows on the diagonal. Offline (Triton 3.6, sm_90, P64 N128 bf16): at
-# 8 warps capped at 128 registers, 64 columns by 64 rows spill 28 B, 128 by 32 rows 20 B, by 64 rows 108 B; at 4
-# warps (no cap, 254-255 registers) 64 by 64 and 128 by 16 rows do not spill, 128 by 32 spill 36 B.
-DX_COLS = 64
+# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16; at most its columns),
+# its columns per program (a power of two from 16; at most the chunk), its warps (None: the backward's, 8 for full
+# (64, 128) state tiles) and its pipelining depth. 128 columns halve its programs, each with a larger state product
+# before the loop, at the cost of more masked rows on the diagonal. Natively (H100, B4 L4096 H64 P64 N128 bf16, the
+# tuner in benchmarks/results/h100_ssd_chunk_scan_launch_settings.txt): forward+backward 2.900 ms at 64 columns by
+# 64 rows, 2.588 at 128 by 32 (2.618 by 64; 2.692 by 16 at 4 warps; 64 by 64 at 4 warps 2.652). Offline (Triton
+# 3.6, sm_90): at 8 warps capped at 128 registers 128 by 32 spills 20 B, 64 by 64 28 B.
+DX_ROWS = 32
+DX_COLS = 128
 DX_WARPS: Optional[int] = None
 DX_STAGES = 2
 
@@ -103,9 +101,9 @@ SCAN_STAGES = 2
 # two from 16; at most the chunk): 128 rows halve its programs, each with a larger entering-state product; 32
 # columns per step fit four 4-warp programs per SM. Offline (Triton 3.6, sm_90, the case above, 2 stages): 64 x 64
 # 129 registers and 74 KB; 64 x 32 124 and 53 KB; 128 x 32 at 8 warps 124 and 82 KB; 128 x 64 at 8 warps 137 and
-# 115 KB; none spill.
+# 115 KB; none spill. Natively (H100, same case): forward 0.656 ms at 64 x 64, 0.571 at 64 x 32, 0.623 at 128 x 32.
 SCAN_ROWS = 64
-SCAN_COLS = 64
+SCAN_COLS = 32
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);

@@ -186,14 +186,15 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
 @pytest.mark.parametrize("options", ["seq_idx_final_state", "varlen"])
 def test_dx_column_blocks_wider_than_the_shared_tiles(monkeypatch, options):
     """The dx kernel on column blocks of its own width (DX_COLS) beside the 16-wide tiles of the other kernels,
-    rows in steps of 8: against the reference at every gradient, with segments, initial, final and varlen
-    states (the log-decay gradient sums the dx kernel's per-block rows by its own block count)."""
+    rows in steps of 16 (the fewest a tensor-core dot takes): against the reference at every gradient, with
+    segments, initial, final and varlen states (the log-decay gradient sums the dx kernel's per-block rows by its
+    own block count)."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     inputs, kwargs = _states_case(options, backend_device("triton"))
     kwargs["chunk_size"] = 32
     monkeypatch.setattr(module, "DX_COLS", 32)
-    monkeypatch.setattr(module, "DX_ROWS", 8)
+    monkeypatch.setattr(module, "DX_ROWS", 16)
     monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
     check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
 
