@@ -75,16 +75,22 @@ class ArgCheck:
 
     def _check_shape(self, name: str, t: torch.Tensor, shape: Sequence[Dim]):
         # the message is built only on failure: this runs on every call of every op (decoding steps included)
-        if t.dim() != len(shape):
-            self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(t.shape)}")
-        bound = {}
-        for dim, size in zip(shape, t.shape):
-            want = self.dims.get(dim, bound.get(dim)) if isinstance(dim, str) else dim
-            if want is not None and want != size:
-                self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(t.shape)}")
-            if isinstance(dim, str):
-                bound[dim] = size
-        self.dims.update(bound)
+        sizes = t.shape
+        if len(sizes) != len(shape):
+            self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(sizes)}")
+        dims, bound = self.dims, []
+        for dim, size in zip(shape, sizes):
+            if dim.__class__ is str:
+                want = dims.get(dim)
+                if want is None:
+                    dims[dim] = want = size
+                    bound.append(dim)
+            else:
+                want = dim
+            if want != size:
+                for dim in bound:  # the message names the sizes bound before this tensor
+                    del dims[dim]
+                self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(sizes)}")
 
     def cu_seqlens(self, cu_seqlens: torch.Tensor, length: int, batch: int, allow_empty: bool) -> int:
         """Check packed-sequence boundaries (S + 1,) int: batch size 1, S >= 1 sequences, from 0 to L,
