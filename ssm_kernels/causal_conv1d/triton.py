@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
+from .._triton_launch import launch
 from .._utils import cdiv, is_dense, multiprocessor_count, new_output, new_output_like, next_power_of_2
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
@@ -179,7 +180,8 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
     pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed, config.cl_fwd_packed)
     reach = width - 1 if pack_e == 0 else pack_e * cdiv(width - 1, pack_e)
     grid = (cdiv(length, block_l * tiles), cdiv(dim, block_d), batch)
-    _fwd_kernel[grid](
+    launch(
+        _fwd_kernel, grid,
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
         x if initial_states is None else initial_states, y,
         dim, length, *x.stride(), *weight.stride(), *_strides3(initial_states),
@@ -224,7 +226,8 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     scratch = torch.empty((scr_numel,), dtype=torch.float32, device=x.device)
     scr_d, scr_l = (1, block_d) if channel_last else (block_l + w_pad, 1)
     has_init = initial_states is not None and width > 1
-    _bwd_kernel[(programs,)](
+    launch(
+        _bwd_kernel, (programs,),
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
         x if initial_states is None else initial_states, dout, dx, dinit, dw_part, db_part, scratch,
         dim, length, n_dblk, n_ltiles, n_lchunks, tiles_per_chunk, n_units, programs,

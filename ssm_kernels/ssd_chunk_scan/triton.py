@@ -55,7 +55,7 @@ from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
 from .._recompute import is_kept_out, recomputable
-from .._triton_launch import fast_math, launch_fitting_shared_memory
+from .._triton_launch import fast_math, launch, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dt_kernel, _bwd_dx_kernel, _bwd_state_kernel
@@ -149,7 +149,8 @@ def _cb_launch(x, B, C, T):
     if nc > 0:
         dot_dtype, precision = _dot_config(x.dtype, x.shape[-1], dstate)
         block_t = _block_t(T)
-        _chunk_cb_kernel[(nc * cdiv(T, block_t), batch * groups)](
+        launch(
+            _chunk_cb_kernel, (nc * cdiv(T, block_t), batch * groups),
             B, C, cb, length, groups, dstate, T, nc, *B.stride(), *C.stride(),
             DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
             BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4)
@@ -184,7 +185,8 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
         # No more warps than the tile has groups of 32 elements: Triton 3.6's layout passes fail on the fp64
         # cumsum of a (block_t, block_h) tile of 32 or 64 elements spread over 4 warps.
         warps = max(1, min(4, block_t * block_h // 32))
-        _dt_cumsum_kernel[(nc, batch, cdiv(heads, block_h))](
+        launch(
+            _dt_cumsum_kernel, (nc, batch, cdiv(heads, block_h)),
             dt, A, dt if dt_bias is None else dt_bias, dtp if seg is None else seg, dtp, cs, g,
             length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *(seg.stride() if seg is not None else (0, 0)),
             HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
@@ -214,15 +216,17 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
                    BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
     if nc > 0 and PASSED_STATES_PROGRAMS is not None and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
-        _chunk_states_passed_kernel[(tiles, batch * heads)](
+        launch(
+            _chunk_states_passed_kernel, (tiles, batch * heads),
             *inputs, g, initial_states if has_init else states, states, *sizes, nc, *input_strides,
             *init_strides, *st_strides, HAS_INIT=has_init, **options)
         return states
     if nc > 0:
-        _chunk_state_kernel[(nc, batch * heads, tiles)](*inputs, states, *sizes, *input_strides, *st_strides,
-                                                       **options)
+        launch(_chunk_state_kernel, (nc, batch * heads, tiles),
+               *inputs, states, *sizes, *input_strides, *st_strides, **options)
     block = min(next_power_of_2(headdim * dstate), 1024)
-    _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
+    launch(
+        _state_passing_kernel, (batch * heads, cdiv(headdim * dstate, block)),
         states, initial_states if has_init else states, g, heads, headdim * dstate, nc,
         *init_strides, dstate, *st_strides, HAS_INIT=has_init, BLOCK=block, num_warps=4)
     return states
@@ -278,7 +282,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
         block_k = min(_pow2(T), 64)
-        _varlen_state_kernel[(sequences, heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
+        launch(
+            _varlen_state_kernel, (sequences, heads, cdiv(headdim, block_p) * cdiv(dstate, block_n)),
             x, B, dtp, cs, seg_arg, states, cu_seqlens, varlen, length, heads, hpg, headdim, dstate, T, lp,
             *x.stride()[1:], *B.stride()[1:], seg_strides[1], *st_strides[1:], *varlen.stride(),
             HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
@@ -336,7 +341,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     part = new_output((bh_count, n_tiles, nc), f32, dev)
     vq = new_output((dvarlen.shape[0], heads, n_tiles), f32, dev) if has_dv else part
     has_dst = dstates is not None
-    _bwd_state_kernel[(bh_count, n_tiles)](
+    launch(
+        _bwd_state_kernel, (bh_count, n_tiles),
         dout, z_arg, C, cs, g, seg_arg, states, dstates if has_dst else states, dv_arg, vlo, cu_arg, dhp, part, vq,
         length, heads, hpg, headdim, dstate, T, lp, nc, n_tiles,
         *dout.stride(), *z_strides, *C.stride(), *seg_strides, *st_strides,
@@ -408,7 +414,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     ddt = new_output(dt.shape, dt.dtype, dev)
     dA_part = new_output((bh_count, nc), f64, dev)
     dbias_part = new_output((bh_count, nc), f32, dev)
-    _bwd_dt_kernel[(nc, bh_count)](
+    launch(
+        _bwd_dt_kernel, (nc, bh_count),
         rowp, colp, col, part, srow, extra, dux, dtp, A, dt, dt if dt_bias is None else dt_bias, ddt, dA_part,
         dbias_part, length, heads, T, lp, nc, n_tiles, dx_jb, dt_lo, dt_hi, A.stride(0), *dt.stride(),
         *ddt.stride(), HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t,
