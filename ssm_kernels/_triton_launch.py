@@ -46,8 +46,7 @@ def _arg_key(arg):
 
 def _hooks_set() -> bool:
     """Whether a profiler (proton, ...) watches launches: those launches take kernel[grid], which calls it."""
-    from triton import knobs
-    runtime = knobs.runtime
+    runtime = triton.knobs.runtime
     return any(getattr(hook, "calls", hook) for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
