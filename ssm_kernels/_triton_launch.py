@@ -7,6 +7,7 @@ from typing import Dict, Tuple
 
 import torch
 import triton
+from torch import Tensor
 from triton.runtime.errors import OutOfResources
 from triton.runtime.jit import JITFunction
 
@@ -35,12 +36,12 @@ def _arg_key(arg):
     cls = arg.__class__
     if cls is int or arg is None:
         return arg
+    if cls is Tensor or isinstance(arg, Tensor):
+        return arg.dtype, not arg.data_ptr() & 15
     if cls is bool:
-        return (bool, arg)  # True == 1 as a key, but Triton types it i1
+        return bool, arg  # True == 1 as a key, but Triton types it i1
     if cls is float:
         return float
-    if isinstance(arg, torch.Tensor):
-        return (arg.dtype, not arg.data_ptr() & 15)
     raise _Uncached
 
 
