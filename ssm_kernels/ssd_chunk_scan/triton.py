@@ -140,12 +140,16 @@ def _block_t(T: int) -> int:
     return min(_pow2(T), 64)
 
 
-def _cb_launch(x, B, C, T):
-    """cb (B, nc, G, T, T) fp32: C_i . B_j of every chunk and group, blocks at and below the diagonal (the rest
-    unwritten); the heads of a group read it instead of each forming it again."""
+def _cb_launch(x, B, C, T, reader_block):
+    """cb (B, nc, G, T, T) fp32: C_i . B_j of every chunk and group, _block_t(T) blocks at and below the diagonal;
+    the heads of a group read it instead of each forming it again. The rest is unwritten, or zeros where the
+    reader's rows or columns per block (reader_block) span more than one of those blocks: its tiles on the
+    diagonal then take in unwritten ones, which its decay mask zeroes (an unwritten NaN times 0 would not)."""
     batch, length, groups, dstate = B.shape
     nc = cdiv(length, T)
-    cb = torch.empty((batch, nc, groups, T, T), dtype=torch.float32, device=B.device)
+    shape = (batch, nc, groups, T, T)
+    cb = (torch.zeros(shape, dtype=torch.float32, device=B.device) if reader_block > _block_t(T)
+          else new_output(shape, torch.float32, B.device))
     if nc > 0:
         dot_dtype, precision = _dot_config(x.dtype, x.shape[-1], dstate)
         block_t = _block_t(T)
@@ -261,8 +265,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     st_strides = states.stride()
     hpg = heads // groups
     if nc > 0:
-        cb = _cb_launch(x, B, C, T)
         block_m = min(_pow2(T), SCAN_ROWS)
+        cb = _cb_launch(x, B, C, T, block_m)
         block_p = min(_pow2(headdim), 64)
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
@@ -351,7 +355,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
 
     # 2. per head and column block: dx, dz, du . x, column sums of the state / varlen terms of dss, dD partials
-    cb = _cb_launch(x, B, C, T)
+    dx_cols = min(_pow2(T), DX_COLS)
+    cb = _cb_launch(x, B, C, T, dx_cols)
     block_t = _block_t(T)
     n_jb = cdiv(T, block_t)
     block_p = _pow2(headdim)
@@ -363,7 +368,6 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         assert pre.stride() == dx.stride() == dz.stride()
     dux = new_output((bh_count, lp), f32, dev)
     col = new_output((bh_count, lp), f64, dev)
-    dx_cols = min(_pow2(T), DX_COLS)
     dx_jb = cdiv(T, dx_cols)
     dD_part = new_output((nc * dx_jb, bh_count, block_p), f32, dev) if D is not None else dux
     srow = new_output((bh_count, dx_jb, nc), f64, dev)

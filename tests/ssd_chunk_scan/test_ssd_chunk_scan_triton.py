@@ -202,13 +202,15 @@ def test_dx_column_blocks_wider_than_the_shared_tiles(monkeypatch, options):
 @pytest.mark.parametrize("rows,cols", [(32, 16), (16, 16)])
 def test_output_kernel_rows_and_column_steps(monkeypatch, rows, cols):
     """The forward's output kernel with its own row blocks (SCAN_ROWS) and column steps (SCAN_COLS) on 32-long
-    chunks: against the reference, forward and every gradient, with segments and states."""
+    chunks, over 16-wide shared tiles of cb (32 rows: its diagonal tiles take in cb tiles above the shared
+    diagonal): against the reference, forward and every gradient, with segments and states."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     inputs, kwargs = _states_case("seq_idx_final_state", backend_device("triton"))
     kwargs["chunk_size"] = 32
     monkeypatch.setattr(module, "SCAN_ROWS", rows)
     monkeypatch.setattr(module, "SCAN_COLS", cols)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
     check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
 
 
