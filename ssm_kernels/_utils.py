@@ -80,7 +80,7 @@ class ArgCheck:
             self.fail(f"{name} must have shape {self._expected(shape)}, got {tuple(sizes)}")
         dims, bound = self.dims, []
         for dim, size in zip(shape, sizes):
-            if dim.__class__ is str:
+            if isinstance(dim, str):  # (not dim.__class__ is str: Dynamo in torch 2.11 traces that as False)
                 want = dims.get(dim)
                 if want is None:
                     dims[dim] = want = size
