@@ -55,6 +55,7 @@ from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
 from .._recompute import is_kept_out, recomputable
+from .._side_by_side import gradient_buffers
 from .._triton_launch import fast_math, launch, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
@@ -305,9 +306,12 @@ def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
-                     T, dt_softplus, dt_lo, dt_hi, need_dinit):
+                     T, dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias): ddt in dt's dtype and layout (B, L, H) contiguous,
-    dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0."""
+    dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0.
+    side_by_side: where x, B and C are consecutive channel slices of one tensor (the Mamba2 block's conv output)
+    and there is no z, dx, dB and dC are written side by side into one buffer laid out like it (dB, dC then in
+    their inputs' dtype), which the block's split passes on without concatenating them."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
@@ -362,7 +366,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     block_p = _pow2(headdim)
     block_n = _pow2(dstate)
     warps = 8 if block_p * block_n >= 8192 else 4  # full (P, N) state tiles in registers: more warps share them
-    dx = new_output(x.shape, x.dtype, dev)
+    into = gradient_buffers((x, B, C), 2) if side_by_side and not has_z else None
+    dx = into[0] if into else new_output(x.shape, x.dtype, dev)
     dz = new_output(x.shape, z.dtype, dev) if has_z else dx
     if has_z:
         assert pre.stride() == dx.stride() == dz.stride()
@@ -431,7 +436,15 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
         dD = dD.sum(-1) if D.dim() == 1 else dD
     dinit = dhp[:, 0].contiguous() if need_dinit else None
-    return dx, ddt, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dinit, ddt_bias
+    dB, dC = (_sum_splits(dB_part, into[1] if into else None), _sum_splits(dC_part, into[2] if into else None))
+    return dx, ddt, dA, dB, dC, dD, dz if has_z else None, dinit, ddt_bias
+
+
+def _sum_splits(part: Tensor, out: Optional[Tensor]) -> Tensor:
+    """The sum of per-split partials part (splits, ...) fp32, or that sum written into out (its dtype)."""
+    if out is None:
+        return part.sum(0)
+    return out.copy_(part[0] if part.shape[0] == 1 else part.sum(0))
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -458,13 +471,14 @@ def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
               seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
-              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool
+              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool, side_by_side: bool = False
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
-    (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0."""
+    (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0.
+    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch."""
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
-        dt_lo, dt_hi, need_dinit)
+        dt_lo, dt_hi, need_dinit, side_by_side)
 
     def empty(dtype=torch.float32):  # one per absent gradient: a custom op's outputs may not alias each other
         return x.new_empty(0, dtype=dtype)
@@ -473,7 +487,7 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
 
 
 def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
-                   dt_softplus, dt_lo, dt_hi, need_dinit):
+                   dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
@@ -514,7 +528,7 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
         dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
             dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
             cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi,
-            initial_states is not None)
+            initial_states is not None, backward_op is _backward)
         dD = None if D is None else dD
         dz = None if z is None else dz
         ddt_bias = None if dt_bias is None else ddt_bias

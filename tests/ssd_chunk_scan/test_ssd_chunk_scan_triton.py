@@ -292,3 +292,46 @@ def test_initial_state_gradient_only_with_initial_states(monkeypatch, init):
     assert len(returned) == 1 and (returned[0] is not None) == init
     if init:
         assert leaves["initial_states"].grad.shape == leaves["initial_states"].shape
+
+
+@pytest.mark.parametrize("dtype,gate,splits", [(torch.float32, False, None), (torch.bfloat16, False, None),
+                                               (torch.float32, False, (1, 4)), (torch.float32, True, None)])
+def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate, splits):
+    """x, B and C as consecutive channel slices of one xBC (B, L, channels), split by ssm_kernels' split as the
+    Mamba2 block does: every gradient matches the reference's; without z, xBC's gradient is the one buffer the
+    backward wrote dx, dB and dC into (no concatenation), dB / dC from one split or summed over two; with z (its
+    gradient shares dx's layout) the three are concatenated instead."""
+    import importlib
+    from ssm_kernels import _side_by_side
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    if splits is not None:
+        monkeypatch.setattr(module, "_split_heads", lambda hpg, programs: splits)
+    buffers = []
+    real = module.gradient_buffers
+
+    def spy(*args):
+        views = real(*args)
+        buffers.append(views)
+        return views
+    monkeypatch.setattr(module, "gradient_buffers", spy)
+    device = backend_device("triton")
+    batch, length, heads, headdim, groups, dstate = 2, 45, 8, 8, 2, 6
+    inputs = make_inputs(batch, length, heads, headdim, groups, dstate, dtype, device, z=gate)
+    del inputs["x"], inputs["B"], inputs["C"]
+    inputs["xBC"] = torch.randn(batch, length, heads * headdim + 2 * groups * dstate, device=device).to(dtype)
+    sizes = [heads * headdim, groups * dstate, groups * dstate]
+
+    def parts(xBC, split):
+        x, B, C = split(xBC, sizes)
+        return dict(x=x.unflatten(-1, (heads, headdim)), B=B.unflatten(-1, (groups, dstate)),
+                    C=C.unflatten(-1, (groups, dstate)))
+    check_parity(lambda xBC, **kw: triton_scan(**parts(xBC, _side_by_side.split), **kw),
+                 lambda xBC, **kw: reference(**parts(xBC, lambda t, s: torch.split(t, s, -1)), **kw),
+                 inputs, dtype, ["xBC"] + grads_of(inputs), chunk_size=16, dt_softplus=True)
+    assert bool(buffers) != gate and all(views is not None for views in buffers)
+
+    xBC = inputs["xBC"].detach().requires_grad_()
+    out = triton_scan(**parts(xBC, _side_by_side.split), **{k: v for k, v in inputs.items() if k != "xBC"},
+                      chunk_size=16, dt_softplus=True)
+    grad, = torch.autograd.grad(out, xBC, torch.randn_like(out))
+    assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
