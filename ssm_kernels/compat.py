@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from ._autograd import needs_grad
 from ._recompute import recomputed_activations
+from ._side_by_side import split
 from ._utils import COMPLEX_DTYPES, INDEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks, compute_dtype
 from .causal_conv1d import causal_conv1d
 from .causal_conv1d._common import check_conv_inputs
@@ -370,7 +371,7 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
     zx0, z, xBC, dt = torch.split(zxbcdt, [2 * d_nonssm, dim, conv_dim, nheads], dim=-1)
     with recomputed_activations(recompute, zxbcdt.device) as keep_out:
         xBC = keep_out(padded_conv, xBC.transpose(1, 2), conv1d_weight, conv1d_bias).transpose(1, 2)
-        x, B, C = torch.split(xBC, [dim, ngroups * dstate, ngroups * dstate], dim=-1)
+        x, B, C = split(xBC, [dim, ngroups * dstate, ngroups * dstate])  # gradients passed on in one buffer
         x = x.unflatten(-1, (nheads, headdim))
         B, C = B.unflatten(-1, (ngroups, dstate)), C.unflatten(-1, (ngroups, dstate))
         gate = z.unflatten(-1, (nheads, headdim)) if rmsnorm_weight is None else None

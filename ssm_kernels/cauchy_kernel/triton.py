@@ -22,6 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_complex import load_complex, store_complex
+from .._triton_launch import launch
 from .._utils import cdiv, new_output, next_power_of_2, segments_for, sum_segments
 from ._common import define_cauchy_op
 
@@ -130,9 +131,9 @@ def _forward(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
     K = new_output((H, L), v.dtype, v.device)
     if L == 0 or N == 0 or H == 0:  # N == 0: an empty sum
         return K.zero_()
-    _fwd_kernel[(H, cdiv(L, BLOCK_L))](torch.view_as_real(v), torch.view_as_real(z), torch.view_as_real(w),
-                                       torch.view_as_real(K), N, L, BLOCK_N=_block_n(N), BLOCK_L=BLOCK_L,
-                                       num_warps=NUM_WARPS)
+    launch(_fwd_kernel, (H, cdiv(L, BLOCK_L)), torch.view_as_real(v), torch.view_as_real(z), torch.view_as_real(w),
+           torch.view_as_real(K), N, L, BLOCK_N=_block_n(N), BLOCK_L=BLOCK_L,
+           num_warps=NUM_WARPS)
     return K
 
 
@@ -145,9 +146,9 @@ def _backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, need_z: bool) -> Tu
     blocks_per_segment, segments = segments_for(cdiv(L, BLOCK_L), H * mode_blocks, BACKWARD_PROGRAMS)
     dv, dw = (new_output((H, segments, N), v.dtype, v.device) for _ in range(2))
     real = [torch.view_as_real(t) for t in (grad, v, z, w)]
-    _bwd_vw_kernel[(H, mode_blocks, segments)](*real, torch.view_as_real(dv), torch.view_as_real(dw), N, L,
-                                               segments, blocks_per_segment * BLOCK_L, BLOCK_N=block_n,
-                                               BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
+    launch(_bwd_vw_kernel, (H, mode_blocks, segments), *real, torch.view_as_real(dv), torch.view_as_real(dw), N, L,
+           segments, blocks_per_segment * BLOCK_L, BLOCK_N=block_n,
+           BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
     dv, dw = sum_segments(dv), sum_segments(dw)
     if not need_z:
         return dv, dw, z.new_empty(0)  # custom ops cannot return None
@@ -155,8 +156,8 @@ def _backward(grad: Tensor, v: Tensor, z: Tensor, w: Tensor, need_z: bool) -> Tu
     heads_per_group = cdiv(H, groups)
     groups = cdiv(H, heads_per_group)
     partial = new_output((groups, L), z.dtype, z.device)
-    _bwd_z_kernel[(cdiv(L, BLOCK_L), groups)](*real, torch.view_as_real(partial), H, N, L, heads_per_group,
-                                              BLOCK_N=block_n, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
+    launch(_bwd_z_kernel, (cdiv(L, BLOCK_L), groups), *real, torch.view_as_real(partial), H, N, L, heads_per_group,
+           BLOCK_N=block_n, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS)
     return dv, dw, partial.sum(0)
 
 

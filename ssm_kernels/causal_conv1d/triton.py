@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
+from .._triton_launch import launch
 from .._utils import cdiv, is_dense, multiprocessor_count, new_output, new_output_like, next_power_of_2
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
@@ -179,7 +180,8 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
     pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed, config.cl_fwd_packed)
     reach = width - 1 if pack_e == 0 else pack_e * cdiv(width - 1, pack_e)
     grid = (cdiv(length, block_l * tiles), cdiv(dim, block_d), batch)
-    _fwd_kernel[grid](
+    launch(
+        _fwd_kernel, grid,
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
         x if initial_states is None else initial_states, y,
         dim, length, *x.stride(), *weight.stride(), *_strides3(initial_states),
@@ -208,8 +210,9 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     n_units = batch * n_dblk * n_lchunks
     programs = max(1, min(programs, n_units))
     dx = _input_grad_buffer(x)
-    dinit = new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
-                       x.device)
+    # dinit only where the initial states take a gradient (else empty: no buffer, no memset per backward)
+    dinit = (new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
+                        x.device) if need_dinit else x.new_empty((0,)))
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
     db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
     pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed, config.cl_bwd_packed)
@@ -220,16 +223,19 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         back, ahead = width - 1, w_pad
     # g scratch of the per-tap path, one slot per program, laid out like x's tiles (the contiguous axis stays
     # contiguous); the packed path has none
-    scr_numel = 1 if pack_e else programs * block_d * (block_l + w_pad)
-    scratch = torch.empty((scr_numel,), dtype=torch.float32, device=x.device)
+    scratch = db_part if pack_e else torch.empty((programs * block_d * (block_l + w_pad),), dtype=torch.float32,
+                                                 device=x.device)
     scr_d, scr_l = (1, block_d) if channel_last else (block_l + w_pad, 1)
     has_init = initial_states is not None and width > 1
-    _bwd_kernel[(programs,)](
+    launch(
+        _bwd_kernel, (programs,),
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
-        x if initial_states is None else initial_states, dout, dx, dinit, dw_part, db_part, scratch,
+        x if initial_states is None else initial_states, dout, dx, dinit if need_dinit else x, dw_part, db_part,
+        scratch,
         dim, length, n_dblk, n_ltiles, n_lchunks, tiles_per_chunk, n_units, programs,
         *x.stride(), *weight.stride(), *_strides3(initial_states),
-        *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(), *dinit.stride(),
+        *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(),
+        *_strides3(dinit if need_dinit else None),
         scr_d, scr_l,
         W=width, W_PAD=w_pad, INIT_PAD=next_power_of_2(max(width - 1, 1)),
         HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=has_init, SILU=silu,
@@ -255,7 +261,8 @@ def _forward_fake(x, weight, bias, seq_idx, initial_states, silu):
 
 def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
               initial_states: Optional[Tensor], dout: Tensor, silu: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dw, db, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, True, CONFIG)
+    dx, dw, db, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu,
+                                         initial_states is not None, CONFIG)
     return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype), dinit
 
 
@@ -263,7 +270,8 @@ def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
     batch, dim, length = x.shape
     dx = _input_grad_buffer(x)
     return (dx, weight.new_empty(weight.shape), (weight if bias is None else bias).new_empty((dim,)),
-            (x if initial_states is None else initial_states).new_empty((batch, dim, weight.shape[1] - 1)))
+            x.new_empty((0,)) if initial_states is None
+            else initial_states.new_empty((batch, dim, weight.shape[1] - 1)))
 
 
 _run = define_custom_op("causal_conv1d_triton", _forward, _forward_fake, _backward, _backward_fake,

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._triton_launch import launch
 from .._utils import cdiv, new_output, next_power_of_2
 
 
@@ -89,7 +90,8 @@ def _launch(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor
     block_d, block_t, block_s, d_blocks = _config(dim, steps, state_len)
     y = new_output(x.shape, x.dtype, x.device)
     pad = () if x.dim() == 3 else (0,)
-    _update_kernel[(batch, d_blocks)](
+    launch(
+        _update_kernel, (batch, d_blocks),
         x, conv_state, weight, x if bias is None else bias, y, steps, dim, state_len,
         *x.stride(), *pad, *conv_state.stride(), *weight.stride(), *y.stride(), *pad,
         W=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu,

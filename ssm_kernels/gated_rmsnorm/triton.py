@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._autograd import define_custom_op
+from .._triton_launch import launch
 from .._utils import cdiv, new_output, next_power_of_2
 
 # The backward uses about this many row programs per group (fewer partial dweight rows to sum).
@@ -174,11 +175,11 @@ def _forward_launch(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, 
         return y
     block_m, block_g, num_warps = _blocks(group_size)
     grid = (cdiv(m, block_m), dim // group_size)
-    _fwd_kernel[grid](x_r, z_r, weight, y, m, n1, group_size, eps,
-                      sx0, sx1, x_r.stride(-1), sz0, sz1, z_r.stride(-1), weight.stride(0),
-                      dim * n1 if m else 0, dim, 1,
-                      HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-                      BLOCK_M=block_m, BLOCK_G=block_g, num_warps=num_warps)
+    launch(_fwd_kernel, grid, x_r, z_r, weight, y, m, n1, group_size, eps,
+           sx0, sx1, x_r.stride(-1), sz0, sz1, z_r.stride(-1), weight.stride(0),
+           dim * n1 if m else 0, dim, 1,
+           HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
+           BLOCK_M=block_m, BLOCK_G=block_g, num_warps=num_warps)
     return y
 
 
@@ -207,7 +208,8 @@ def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
     rows_per_program = cdiv(row_blocks, programs) * block_m
     programs = cdiv(m, rows_per_program)
     dw_part = new_output((programs, dim), torch.float32, x.device)
-    _bwd_kernel[(programs, groups)](
+    launch(
+        _bwd_kernel, (programs, groups),
         x_r, z_r, weight, dy_r, dx, dz, dw_part, m, n1, group_size, eps, rows_per_program,
         sx0, sx1, x_r.stride(-1), sz0, sz1, z_r.stride(-1), weight.stride(0), sdy0, sdy1, dy_r.stride(-1),
         dim * n1, dim, 1, dim * n1, dim, 1, dw_part.stride(0),

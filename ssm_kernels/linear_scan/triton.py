@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_affine import combine, combine_complex, combine_folded, combine_folded_complex
+from .._triton_launch import launch
 from .._utils import cdiv, multiprocessor_count, next_power_of_2
 from ._common import define_scan_ops, kernel_functions, kernel_view, packed_rows, segments
 
@@ -366,19 +367,19 @@ def _launch(gates: Tensor, inputs: Tensor, outputs: Tensor, h0: Optional[Tensor]
                  num_warps=NUM_WARPS)
     dummy = u
 
-    def launch(mode: int, block_s: int):
-        _linear_scan_kernel[(row_tiles, n_segments)](
-            a, *sa, u, *su, o, *so, s if backward else dummy, *ss, g if backward else dummy, *sg,
-            h if h0 is not None else dummy, *sh[:2], dh if dh is not None else dummy, summaries,
-            cu_seqlens, dim, length, seg_tiles, n_segments, MODE=mode, BLOCK_S=block_s, **flags)
+    def run_mode(mode: int, block_s: int):
+        launch(_linear_scan_kernel, (row_tiles, n_segments),
+               a, *sa, u, *su, o, *so, s if backward else dummy, *ss, g if backward else dummy, *sg,
+               h if h0 is not None else dummy, *sh[:2], dh if dh is not None else dummy, summaries,
+               cu_seqlens, dim, length, seg_tiles, n_segments, MODE=mode, BLOCK_S=block_s, **flags)
 
     if length == 0:
         return
     if n_segments == 1:
-        launch(MODE_WHOLE, 1)
+        run_mode(MODE_WHOLE, 1)
     else:
-        launch(MODE_SUMMARY, 1)
-        launch(MODE_APPLY, max(MIN_BLOCK_S, next_power_of_2(n_segments)))
+        run_mode(MODE_SUMMARY, 1)
+        run_mode(MODE_APPLY, max(MIN_BLOCK_S, next_power_of_2(n_segments)))
 
 
 linear_scan_triton = define_scan_ops("triton", *kernel_functions(_launch))

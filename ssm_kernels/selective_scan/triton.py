@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import needs_grad
-from .._triton_launch import fast_math
+from .._triton_launch import fast_math, launch
 from .._utils import cdiv, new_output, next_power_of_2
 from ._kernel_io import gate_grad_buffer, gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
@@ -199,7 +199,8 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
             return y, init.clone(), ckpt
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
     kernel = _selective_scan_fwd_complex_kernel if cplx else _selective_scan_fwd_kernel
-    kernel[(batch, cdiv(dim, BD))](
+    launch(
+        kernel, (batch, cdiv(dim, BD)),
         u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
         y, real_view(final), ckpt,
         L, dim, N, n_chunks, lay_B[2], lay_C[2], *data_strides, *param_strides,
@@ -243,7 +244,8 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if L > 0:
         data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
         kernel = _selective_scan_bwd_complex_kernel if cplx else _selective_scan_bwd_kernel
-        kernel[(batch, n_dblocks)](
+        launch(
+            kernel, (batch, n_dblocks),
             u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
             dout, real_view(dfinal), ckpt,
             du, ddelta, dz, dA, dD, dbias, dB, dC, dh0,

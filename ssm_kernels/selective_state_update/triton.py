@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._triton_launch import launch
 from .._triton_math import softplus
 from .._utils import cdiv, new_output, next_power_of_2
 
@@ -154,7 +155,8 @@ def _launch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indic
     dstate = state.shape[-1]
     rows = heads * headdim
     block_r, block_n, row_blocks, warps = _config(rows, dstate)
-    _step_kernel[(row_blocks, batch)](
+    launch(
+        _step_kernel, (row_blocks, batch),
         state, x, dt, A, B, C, x if D is None else D, x if z is None else z, x if dt_bias is None else dt_bias,
         x if state_batch_indices is None else state_batch_indices, x if dt_proj_weight is None else dt_proj_weight,
         out, headdim, dstate, rows, heads // groups_b, heads // groups_c, *strides, *proj_strides, rank,

@@ -161,9 +161,8 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
     jp_mask = valid_j[:, None] & p_mask[None, :]
     B_J = tl.load(B_ptr + b * sbb + pos_j[:, None] * sbl + g * sbg + nn[None, :] * sbn,
                   mask=valid_j[:, None] & n_mask[None, :], other=0.0)
-    x_J = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + pp[None, :] * sxp, mask=jp_mask,
-                  other=0.0).to(tl.float32)
-    u_J = x_J * dt_j[:, None]
+    x_offs = b * sxb + pos_j[:, None] * sxl + h * sxh + pp[None, :] * sxp
+    u_J = tl.load(x_ptr + x_offs, mask=jp_mask, other=0.0).to(tl.float32) * dt_j[:, None]
 
     # the chunk's contribution to the state leaving it
     cs_end = tl.load(cs_ptr + row + T - 1)
@@ -209,7 +208,8 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
         CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         du += _dot_split(tl.trans(CB * M), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
 
-    # this block's own rows: skip connection, gate, outputs
+    # this block's own rows: skip connection, gate, outputs (x loaded again: not live across the loop)
+    x_J = tl.load(x_ptr + x_offs, mask=jp_mask, other=0.0).to(tl.float32)
     offs_g = b * sgb + pos_j[:, None] * sgl + h * sgh + pp[None, :] * sgp
     offs_z = b * szb + pos_j[:, None] * szl + h * szh + pp[None, :] * szp
     dx = du * dt_j[:, None]
@@ -443,14 +443,15 @@ def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_p
 
 @triton.jit
 def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, dux_ptr, dtp_ptr, A_ptr, dt_ptr,
-                   bias_ptr, ddt_ptr, dA_ptr, dbias_ptr, L, H, T, LP, NC, NT, dt_lo, dt_hi, sah, sdb, sdl, sdh,
+                   bias_ptr, ddt_ptr, dA_ptr, dbias_ptr, L, H, T, LP, NC, NT, SJB, dt_lo, dt_hi, sah, sdb, sdl, sdh,
                    sgb, sgl, sgh,
                    HAS_EXTRA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
-                   T_PAD: tl.constexpr, NT_PAD: tl.constexpr, JB_PAD: tl.constexpr):
+                   T_PAD: tl.constexpr, NT_PAD: tl.constexpr, SJB_PAD: tl.constexpr):
     """Grid (nc, B * H): the gradient on the log-decays of one chunk and head (fp64), and from it the gradients
     on dt, dt_bias and A. With ib(t) / jb(t) the row / column block of position t (BLOCK_T rows each):
         dcs_t = sum_{jb <= ib(t)} rowp[bh, jb, t] + rowp[bh, n_jb, t] - sum_{ib >= jb(t)} colp[bh, ib, t]
                 - col[bh, t]  (+ sum part[bh, :, c] + sum srow[bh, :, c] on row T - 1; + extra[bh, t]: varlen rows)
+    (srow: (B H, SJB, nc), SJB the dx kernel's column blocks)
         da_t = sum_{k >= t in the chunk} dcs_k,   ddt'_t = da_t A_h + dux[bh, t]
         dA_part[bh, c] = sum_t da_t dt'_t
     then back through dt' = clamp(softplus(dt + dt_bias), dt_lo, dt_hi) (torch's rules: the clamp passes the
@@ -474,9 +475,9 @@ def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, d
     rows += tl.load(rowp_ptr + (bh * (n_jb + 1) + n_jb) * LP + offs, mask=valid, other=0.0)
     dcs = rows - cols - tl.load(col_ptr + bh * LP + offs, mask=valid, other=0.0)
     tiles = tl.arange(0, NT_PAD)
-    blocks = tl.arange(0, JB_PAD)
+    blocks = tl.arange(0, SJB_PAD)
     last = tl.sum(tl.load(part_ptr + (bh * NT + tiles) * NC + c, mask=tiles < NT, other=0.0).to(tl.float64))
-    last += tl.sum(tl.load(srow_ptr + (bh * n_jb + blocks) * NC + c, mask=blocks < n_jb, other=0.0))
+    last += tl.sum(tl.load(srow_ptr + (bh * SJB + blocks) * NC + c, mask=blocks < SJB, other=0.0))
     dcs += tl.where(t == T - 1, last, 0.0)
     if HAS_EXTRA:
         dcs += tl.load(extra_ptr + bh * LP + offs, mask=valid, other=0.0)

@@ -260,9 +260,10 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
                        EMULATE: tl.constexpr, FAST: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_M columns
-    per step: the cb buffer's blocks),
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_K columns
+    per step, BLOCK_K dividing BLOCK_M),
         y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
@@ -290,8 +291,8 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
 
     # within the chunk, up to the diagonal (past the sequence: cb, dt' and x are 0, so no mask is needed there)
     ex_i = _log_decays(cs_ptr + row, i, T, True, DOT_DTYPE)
-    for k0 in range(0, m0 + BLOCK_M, BLOCK_M):
-        j = k0 + tl.arange(0, BLOCK_M)
+    for k0 in range(0, m0 + BLOCK_M, BLOCK_K):
+        j = k0 + tl.arange(0, BLOCK_K)
         pos_j = c * T + j
         valid_j = (j < T) & (pos_j < L)
         keep = j[None, :] <= i[:, None]

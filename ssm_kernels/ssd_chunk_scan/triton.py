@@ -14,8 +14,8 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    written and read back.
 4. _chunk_cb_kernel, grid (nc * T/BLOCK_T, B*G): cb = C B^T per chunk and group (fp32, (B, nc, G, T, T),
    blocks at and below the diagonal), once for all the group's heads.
-5. _chunk_scan_kernel, grid (nc * T/BLOCK_T, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
-   plus the causal intra-chunk (cb * decay * dt') x over column blocks up to the diagonal (both tl.dot),
+5. _chunk_scan_kernel, grid (nc * T/SCAN_ROWS, B*H, P tiles): per row block, C states[c]^T scaled by exp(cs_i)
+   plus the causal intra-chunk (cb * decay * dt') x over column steps up to the diagonal (both tl.dot),
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
 6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
@@ -29,7 +29,7 @@ Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows /
 1. _bwd_state_kernel, grid (B*H, P/N tiles of 64): reverse state passing, sequential over chunks, with the
    chunk's (dy q)^T C on tensor cores: dHP[c] (the gradient on the state entering chunk c; dHP[0] is the
    initial states' gradient) into a (B, nc + 1, H, P, N) fp32 buffer; partials of dg_c g_c.
-2. _bwd_dx_kernel, grid (nc * T/BLOCK_T, B*H), per head and column block (cb from _chunk_cb_kernel, run
+2. _bwd_dx_kernel, grid (nc * T/DX_COLS, B*H), per head and column block (cb from _chunk_cb_kernel, run
    again): du from the intra-chunk (cb * decay)^T dy, the state term B dHP[c+1]^T and the varlen terms; writes
    dx (x's dtype), dz, du . x and the column sums of the state and varlen terms of dss (the gradient on
    cs_i - cs_j), dD partials.
@@ -55,7 +55,8 @@ from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
 from .._recompute import is_kept_out, recomputable
-from .._triton_launch import fast_math, launch_fitting_shared_memory
+from .._side_by_side import gradient_buffers
+from .._triton_launch import fast_math, launch, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dt_kernel, _bwd_dx_kernel, _bwd_state_kernel
@@ -79,11 +80,16 @@ PASSED_STATES_PROGRAMS: Optional[int] = 0
 REGISTER_CAP: Optional[int] = 128
 REGISTER_CAP_FP32: Optional[int] = None
 
-# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16 to 64), and its
-# pipelining depth. On an H100 at B4 L4096 H64 P64 N128 bf16 (the A/B in benchmarks/results/
-# h100_ssd_chunk_scan_launch_settings.txt), 2 stages took the dx kernel 996 -> 929 us with the same bits as 3,
-# and 32 rows per step 958 us (16: 1108).
-DX_ROWS = 64
+# Rows per step of the dx kernel's loop over a column block's rows (a power of two from 16; at most its columns),
+# its columns per program (a power of two from 16; at most the chunk), its warps (None: the backward's, 8 for full
+# (64, 128) state tiles) and its pipelining depth. 128 columns halve its programs, each with a larger state product
+# before the loop, at the cost of more masked rows on the diagonal. Natively (H100, B4 L4096 H64 P64 N128 bf16, the
+# tuner in benchmarks/results/h100_ssd_chunk_scan_launch_settings.txt): forward+backward 2.900 ms at 64 columns by
+# 64 rows, 2.588 at 128 by 32 (2.618 by 64; 2.692 by 16 at 4 warps; 64 by 64 at 4 warps 2.652). Offline (Triton
+# 3.6, sm_90): at 8 warps capped at 128 registers 128 by 32 spills 20 B, 64 by 64 28 B.
+DX_ROWS = 32
+DX_COLS = 128
+DX_WARPS: Optional[int] = None
 DX_STAGES = 2
 
 # Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
@@ -92,6 +98,13 @@ DX_STAGES = 2
 # stages 0.653 ms forward against 0.688 at 3, 0.939 at 4; 8 warps 0.789.
 SCAN_WARPS = 4
 SCAN_STAGES = 2
+# Rows per program of the forward's output kernel and columns per step of its loop over the rows' past (powers of
+# two from 16; at most the chunk): 128 rows halve its programs, each with a larger entering-state product; 32
+# columns per step fit four 4-warp programs per SM. Offline (Triton 3.6, sm_90, the case above, 2 stages): 64 x 64
+# 129 registers and 74 KB; 64 x 32 124 and 53 KB; 128 x 32 at 8 warps 124 and 82 KB; 128 x 64 at 8 warps 137 and
+# 115 KB; none spill. Natively (H100, same case): forward 0.656 ms at 64 x 64, 0.571 at 64 x 32, 0.623 at 128 x 32.
+SCAN_ROWS = 64
+SCAN_COLS = 32
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
@@ -128,16 +141,21 @@ def _block_t(T: int) -> int:
     return min(_pow2(T), 64)
 
 
-def _cb_launch(x, B, C, T):
-    """cb (B, nc, G, T, T) fp32: C_i . B_j of every chunk and group, blocks at and below the diagonal (the rest
-    unwritten); the heads of a group read it instead of each forming it again."""
+def _cb_launch(x, B, C, T, reader_block):
+    """cb (B, nc, G, T, T) fp32: C_i . B_j of every chunk and group, _block_t(T) blocks at and below the diagonal;
+    the heads of a group read it instead of each forming it again. The rest is unwritten, or zeros where the
+    reader's rows or columns per block (reader_block) span more than one of those blocks: its tiles on the
+    diagonal then take in unwritten ones, which its decay mask zeroes (an unwritten NaN times 0 would not)."""
     batch, length, groups, dstate = B.shape
     nc = cdiv(length, T)
-    cb = torch.empty((batch, nc, groups, T, T), dtype=torch.float32, device=B.device)
+    shape = (batch, nc, groups, T, T)
+    cb = (torch.zeros(shape, dtype=torch.float32, device=B.device) if reader_block > _block_t(T)
+          else new_output(shape, torch.float32, B.device))
     if nc > 0:
         dot_dtype, precision = _dot_config(x.dtype, x.shape[-1], dstate)
         block_t = _block_t(T)
-        _chunk_cb_kernel[(nc * cdiv(T, block_t), batch * groups)](
+        launch(
+            _chunk_cb_kernel, (nc * cdiv(T, block_t), batch * groups),
             B, C, cb, length, groups, dstate, T, nc, *B.stride(), *C.stride(),
             DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
             BLOCK_T=block_t, BLOCK_N=_pow2(dstate), num_warps=4)
@@ -172,7 +190,8 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
         # No more warps than the tile has groups of 32 elements: Triton 3.6's layout passes fail on the fp64
         # cumsum of a (block_t, block_h) tile of 32 or 64 elements spread over 4 warps.
         warps = max(1, min(4, block_t * block_h // 32))
-        _dt_cumsum_kernel[(nc, batch, cdiv(heads, block_h))](
+        launch(
+            _dt_cumsum_kernel, (nc, batch, cdiv(heads, block_h)),
             dt, A, dt if dt_bias is None else dt_bias, dtp if seg is None else seg, dtp, cs, g,
             length, heads, T, nc, lp, dt_lo, dt_hi, *dt.stride(), *(seg.stride() if seg is not None else (0, 0)),
             HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, HAS_SEG=seg is not None,
@@ -202,15 +221,17 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
                    BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
     if nc > 0 and PASSED_STATES_PROGRAMS is not None and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
-        _chunk_states_passed_kernel[(tiles, batch * heads)](
+        launch(
+            _chunk_states_passed_kernel, (tiles, batch * heads),
             *inputs, g, initial_states if has_init else states, states, *sizes, nc, *input_strides,
             *init_strides, *st_strides, HAS_INIT=has_init, **options)
         return states
     if nc > 0:
-        _chunk_state_kernel[(nc, batch * heads, tiles)](*inputs, states, *sizes, *input_strides, *st_strides,
-                                                       **options)
+        launch(_chunk_state_kernel, (nc, batch * heads, tiles),
+               *inputs, states, *sizes, *input_strides, *st_strides, **options)
     block = min(next_power_of_2(headdim * dstate), 1024)
-    _state_passing_kernel[(batch * heads, cdiv(headdim * dstate, block))](
+    launch(
+        _state_passing_kernel, (batch * heads, cdiv(headdim * dstate, block)),
         states, initial_states if has_init else states, g, heads, headdim * dstate, nc,
         *init_strides, dstate, *st_strides, HAS_INIT=has_init, BLOCK=block, num_warps=4)
     return states
@@ -245,8 +266,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     st_strides = states.stride()
     hpg = heads // groups
     if nc > 0:
-        cb = _cb_launch(x, B, C, T)
-        block_m = _block_t(T)
+        block_m = min(_pow2(T), SCAN_ROWS)
+        cb = _cb_launch(x, B, C, T, block_m)
         block_p = min(_pow2(headdim), 64)
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
@@ -259,13 +280,15 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=SCAN_WARPS,
+            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
+            num_warps=SCAN_WARPS,
             num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
         block_k = min(_pow2(T), 64)
-        _varlen_state_kernel[(sequences, heads, cdiv(headdim, block_p) * cdiv(dstate, block_n))](
+        launch(
+            _varlen_state_kernel, (sequences, heads, cdiv(headdim, block_p) * cdiv(dstate, block_n)),
             x, B, dtp, cs, seg_arg, states, cu_seqlens, varlen, length, heads, hpg, headdim, dstate, T, lp,
             *x.stride()[1:], *B.stride()[1:], seg_strides[1], *st_strides[1:], *varlen.stride(),
             HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
@@ -283,9 +306,12 @@ def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
 
 
 def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states,
-                     T, dt_softplus, dt_lo, dt_hi, need_dinit):
+                     T, dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias): ddt in dt's dtype and layout (B, L, H) contiguous,
-    dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0."""
+    dA, dB, dC, dD, dinit, ddt_bias fp32 (dD / dz / ddt_bias None without D / z / dt_bias). Requires L > 0.
+    side_by_side: where x, B and C are consecutive channel slices of one tensor (the Mamba2 block's conv output)
+    and there is no z, dx, dB and dC are written side by side into one buffer laid out like it (dB, dC then in
+    their inputs' dtype), which the block's split passes on without concatenating them."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     hpg = heads // groups
@@ -323,7 +349,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     part = new_output((bh_count, n_tiles, nc), f32, dev)
     vq = new_output((dvarlen.shape[0], heads, n_tiles), f32, dev) if has_dv else part
     has_dst = dstates is not None
-    _bwd_state_kernel[(bh_count, n_tiles)](
+    launch(
+        _bwd_state_kernel, (bh_count, n_tiles),
         dout, z_arg, C, cs, g, seg_arg, states, dstates if has_dst else states, dv_arg, vlo, cu_arg, dhp, part, vq,
         length, heads, hpg, headdim, dstate, T, lp, nc, n_tiles,
         *dout.stride(), *z_strides, *C.stride(), *seg_strides, *st_strides,
@@ -332,31 +359,35 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
 
     # 2. per head and column block: dx, dz, du . x, column sums of the state / varlen terms of dss, dD partials
-    cb = _cb_launch(x, B, C, T)
+    dx_cols = min(_pow2(T), DX_COLS)
+    cb = _cb_launch(x, B, C, T, dx_cols)
     block_t = _block_t(T)
     n_jb = cdiv(T, block_t)
     block_p = _pow2(headdim)
     block_n = _pow2(dstate)
     warps = 8 if block_p * block_n >= 8192 else 4  # full (P, N) state tiles in registers: more warps share them
-    dx = new_output(x.shape, x.dtype, dev)
+    into = gradient_buffers((x, B, C), 2) if side_by_side and not has_z else None
+    dx = into[0] if into else new_output(x.shape, x.dtype, dev)
     dz = new_output(x.shape, z.dtype, dev) if has_z else dx
     if has_z:
         assert pre.stride() == dx.stride() == dz.stride()
     dux = new_output((bh_count, lp), f32, dev)
     col = new_output((bh_count, lp), f64, dev)
-    dD_part = new_output((nc * n_jb, bh_count, block_p), f32, dev) if D is not None else dux
-    srow = new_output((bh_count, n_jb, nc), f64, dev)
-    vrow = torch.zeros((dvarlen.shape[0], heads, n_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
+    dx_jb = cdiv(T, dx_cols)
+    dD_part = new_output((nc * dx_jb, bh_count, block_p), f32, dev) if D is not None else dux
+    srow = new_output((bh_count, dx_jb, nc), f64, dev)
+    vrow = torch.zeros((dvarlen.shape[0], heads, dx_jb), dtype=f64, device=dev) if has_dv else srow  # skipped: 0
     D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
-    launch_fitting_shared_memory(_bwd_dx_kernel, (nc * n_jb, bh_count),
+    launch_fitting_shared_memory(_bwd_dx_kernel, (nc * dx_jb, bh_count),
         x, dout, z_arg, pre if has_z else x, B, cb, x if D is None else D, dtp, cs, seg_arg, dhp, dv_arg, vlo,
         cu_arg, dx, dz, dux, col, dD_part, srow, vrow,
         length, heads, groups, hpg, headdim, dstate, T, nc, lp, bh_count,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_I=min(block_t, DX_ROWS),
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps, maxnreg=_register_cap(x, warps), num_stages=DX_STAGES)
+        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=dx_cols, BLOCK_I=min(dx_cols, DX_ROWS),
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
+        num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
     n_pairs = n_jb * (n_jb + 1) // 2
@@ -392,11 +423,12 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
     ddt = new_output(dt.shape, dt.dtype, dev)
     dA_part = new_output((bh_count, nc), f64, dev)
     dbias_part = new_output((bh_count, nc), f32, dev)
-    _bwd_dt_kernel[(nc, bh_count)](
+    launch(
+        _bwd_dt_kernel, (nc, bh_count),
         rowp, colp, col, part, srow, extra, dux, dtp, A, dt, dt if dt_bias is None else dt_bias, ddt, dA_part,
-        dbias_part, length, heads, T, lp, nc, n_tiles, dt_lo, dt_hi, A.stride(0), *dt.stride(), *ddt.stride(),
-        HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t, T_PAD=_pow2(T),
-        NT_PAD=_pow2(n_tiles), JB_PAD=_pow2(n_jb), num_warps=4)
+        dbias_part, length, heads, T, lp, nc, n_tiles, dx_jb, dt_lo, dt_hi, A.stride(0), *dt.stride(),
+        *ddt.stride(), HAS_EXTRA=has_dv, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, BLOCK_T=block_t,
+        T_PAD=_pow2(T), NT_PAD=_pow2(n_tiles), SJB_PAD=_pow2(dx_jb), num_warps=4)
     dA = dA_part.view(batch, heads, nc).sum((0, 2)).to(f32)
     ddt_bias = None if dt_bias is None else dbias_part.view(batch, heads, nc).sum((0, 2))
     dD = None
@@ -404,7 +436,15 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         dD = dD_part[..., :headdim].sum(0).view(batch, heads, headdim).sum(0)
         dD = dD.sum(-1) if D.dim() == 1 else dD
     dinit = dhp[:, 0].contiguous() if need_dinit else None
-    return dx, ddt, dA, dB_part.sum(0), dC_part.sum(0), dD, dz if has_z else None, dinit, ddt_bias
+    dB, dC = (_sum_splits(dB_part, into[1] if into else None), _sum_splits(dC_part, into[2] if into else None))
+    return dx, ddt, dA, dB, dC, dD, dz if has_z else None, dinit, ddt_bias
+
+
+def _sum_splits(part: Tensor, out: Optional[Tensor]) -> Tensor:
+    """The sum of per-split partials part (splits, ...) fp32, or that sum written into out (its dtype)."""
+    if out is None:
+        return part.sum(0)
+    return out.copy_(part[0] if part.shape[0] == 1 else part.sum(0))
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -431,13 +471,14 @@ def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
               seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
-              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool
+              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool, side_by_side: bool = False
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
-    (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0."""
+    (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0.
+    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch."""
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
-        dt_lo, dt_hi, need_dinit)
+        dt_lo, dt_hi, need_dinit, side_by_side)
 
     def empty(dtype=torch.float32):  # one per absent gradient: a custom op's outputs may not alias each other
         return x.new_empty(0, dtype=dtype)
@@ -446,7 +487,7 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
 
 
 def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
-                   dt_softplus, dt_lo, dt_hi, need_dinit):
+                   dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
@@ -487,7 +528,7 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
         dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
             dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
             cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi,
-            initial_states is not None)
+            initial_states is not None, backward_op is _backward)
         dD = None if D is None else dD
         dz = None if z is None else dz
         ddt_bias = None if dt_bias is None else ddt_bias

@@ -30,6 +30,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._triton_complex import exp_complex_scaled, load_complex, store_complex
+from .._triton_launch import launch
 from .._utils import cdiv, new_output, next_power_of_2, segments_for, sum_segments
 from ._common import define_vandermonde_op
 
@@ -163,9 +164,9 @@ def _forward(C: Tensor, log_z: Tensor, L: int) -> Tensor:
     K = new_output((H, L), torch.float32, C.device)
     block_n, block_l = _blocks(N, L, ROWS, MAX_BLOCK_L)
     tiles_per_segment, segments = segments_for(cdiv(L, ROWS * block_l), H, FORWARD_PROGRAMS)
-    _fwd_kernel[(H, segments)](torch.view_as_real(C), torch.view_as_real(log_z), K, N, L, tiles_per_segment,
-                               BLOCK_N=block_n, BLOCK_L=block_l, ROWS=ROWS, ONE_MODE_BLOCK=N <= block_n,
-                               PRECISION=DOT_PRECISION, num_warps=NUM_WARPS)
+    launch(_fwd_kernel, (H, segments), torch.view_as_real(C), torch.view_as_real(log_z), K, N, L, tiles_per_segment,
+           BLOCK_N=block_n, BLOCK_L=block_l, ROWS=ROWS, ONE_MODE_BLOCK=N <= block_n,
+           PRECISION=DOT_PRECISION, num_warps=NUM_WARPS)
     return K
 
 
@@ -174,10 +175,10 @@ def _backward(grad: Tensor, C: Tensor, log_z: Tensor) -> Tuple[Tensor, Tensor]:
     block_n, block_l = _blocks(N, L, BACKWARD_ROWS, MAX_BACKWARD_BLOCK_L)
     tiles_per_segment, segments = segments_for(cdiv(L, BACKWARD_ROWS * block_l), H, BACKWARD_PROGRAMS)
     dC, dlog_z = (new_output((H, segments, N), C.dtype, C.device) for _ in range(2))
-    _bwd_kernel[(H, segments)](grad, torch.view_as_real(C), torch.view_as_real(log_z), torch.view_as_real(dC),
-                               torch.view_as_real(dlog_z), N, L, segments, tiles_per_segment, BLOCK_N=block_n,
-                               BLOCK_L=block_l, ROWS=BACKWARD_ROWS, PRECISION=BACKWARD_DOT_PRECISION,
-                               num_warps=BACKWARD_WARPS)
+    launch(_bwd_kernel, (H, segments), grad, torch.view_as_real(C), torch.view_as_real(log_z), torch.view_as_real(dC),
+           torch.view_as_real(dlog_z), N, L, segments, tiles_per_segment, BLOCK_N=block_n,
+           BLOCK_L=block_l, ROWS=BACKWARD_ROWS, PRECISION=BACKWARD_DOT_PRECISION,
+           num_warps=BACKWARD_WARPS)
     return sum_segments(dC), sum_segments(dlog_z)
 
 

@@ -21,6 +21,7 @@ from ssm_kernels import (causal_conv1d, causal_conv1d_update, gated_rmsnorm, sel
                          ssd_chunk_scan)
 from ssm_kernels._autograd import needs_grad
 from ssm_kernels._recompute import recomputed_activations
+from ssm_kernels._side_by_side import split
 from ssm_kernels.validation import ArgCheck
 
 from ..context_parallel import check_no_state
@@ -296,8 +297,8 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
         with recomputed_activations(recompute, u.device) as keep_out:
             xBC = keep_out(self._conv, xBC, self.conv1d.weight.squeeze(1), self.conv1d.bias, seq_idx,
                            conv_init).transpose(1, 2)
-            x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state],
-                                  dim=-1)
+            # x, B and C's gradients come back side by side in one buffer from the SSD's backward (no copy)
+            x, B, C = split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state])
             y = self._scan(x, dt, B, C, z, seq_idx=seq_idx,
                            initial_states=None if state is None or varlen_cache else ssm_state.float(),
                            cu_seqlens=cu_seqlens, return_final_states=state is not None and not varlen_cache,

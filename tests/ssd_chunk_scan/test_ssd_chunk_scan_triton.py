@@ -183,6 +183,37 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("options", ["seq_idx_final_state", "varlen"])
+def test_dx_column_blocks_wider_than_the_shared_tiles(monkeypatch, options):
+    """The dx kernel on column blocks of its own width (DX_COLS) beside the 16-wide tiles of the other kernels,
+    rows in steps of 16 (the fewest a tensor-core dot takes): against the reference at every gradient, with
+    segments, initial, final and varlen states (the log-decay gradient sums the dx kernel's per-block rows by its
+    own block count)."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    inputs, kwargs = _states_case(options, backend_device("triton"))
+    kwargs["chunk_size"] = 32
+    monkeypatch.setattr(module, "DX_COLS", 32)
+    monkeypatch.setattr(module, "DX_ROWS", 16)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
+
+
+@pytest.mark.parametrize("rows,cols", [(32, 16), (16, 16)])
+def test_output_kernel_rows_and_column_steps(monkeypatch, rows, cols):
+    """The forward's output kernel with its own row blocks (SCAN_ROWS) and column steps (SCAN_COLS) on 32-long
+    chunks, over 16-wide shared tiles of cb (32 rows: its diagonal tiles take in cb tiles above the shared
+    diagonal): against the reference, forward and every gradient, with segments and states."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    inputs, kwargs = _states_case("seq_idx_final_state", backend_device("triton"))
+    kwargs["chunk_size"] = 32
+    monkeypatch.setattr(module, "SCAN_ROWS", rows)
+    monkeypatch.setattr(module, "SCAN_COLS", cols)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
+
+
 @pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "varlen"])
 def test_boundary_states_recomputed_inside_a_recompute_block(options):
     """Inside a recomputed_activations block the op keeps no boundary states (B, nc + 1, H, P, N) for its
@@ -261,3 +292,46 @@ def test_initial_state_gradient_only_with_initial_states(monkeypatch, init):
     assert len(returned) == 1 and (returned[0] is not None) == init
     if init:
         assert leaves["initial_states"].grad.shape == leaves["initial_states"].shape
+
+
+@pytest.mark.parametrize("dtype,gate,splits", [(torch.float32, False, None), (torch.bfloat16, False, None),
+                                               (torch.float32, False, (1, 4)), (torch.float32, True, None)])
+def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate, splits):
+    """x, B and C as consecutive channel slices of one xBC (B, L, channels), split by ssm_kernels' split as the
+    Mamba2 block does: every gradient matches the reference's; without z, xBC's gradient is the one buffer the
+    backward wrote dx, dB and dC into (no concatenation), dB / dC from one split or summed over two; with z (its
+    gradient shares dx's layout) the three are concatenated instead."""
+    import importlib
+    from ssm_kernels import _side_by_side
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    if splits is not None:
+        monkeypatch.setattr(module, "_split_heads", lambda hpg, programs: splits)
+    buffers = []
+    real = module.gradient_buffers
+
+    def spy(*args):
+        views = real(*args)
+        buffers.append(views)
+        return views
+    monkeypatch.setattr(module, "gradient_buffers", spy)
+    device = backend_device("triton")
+    batch, length, heads, headdim, groups, dstate = 2, 45, 8, 8, 2, 6
+    inputs = make_inputs(batch, length, heads, headdim, groups, dstate, dtype, device, z=gate)
+    del inputs["x"], inputs["B"], inputs["C"]
+    inputs["xBC"] = torch.randn(batch, length, heads * headdim + 2 * groups * dstate, device=device).to(dtype)
+    sizes = [heads * headdim, groups * dstate, groups * dstate]
+
+    def parts(xBC, split):
+        x, B, C = split(xBC, sizes)
+        return dict(x=x.unflatten(-1, (heads, headdim)), B=B.unflatten(-1, (groups, dstate)),
+                    C=C.unflatten(-1, (groups, dstate)))
+    check_parity(lambda xBC, **kw: triton_scan(**parts(xBC, _side_by_side.split), **kw),
+                 lambda xBC, **kw: reference(**parts(xBC, lambda t, s: torch.split(t, s, -1)), **kw),
+                 inputs, dtype, ["xBC"] + grads_of(inputs), chunk_size=16, dt_softplus=True)
+    assert bool(buffers) != gate and all(views is not None for views in buffers)
+
+    xBC = inputs["xBC"].detach().requires_grad_()
+    out = triton_scan(**parts(xBC, _side_by_side.split), **{k: v for k, v in inputs.items() if k != "xBC"},
+                      chunk_size=16, dt_softplus=True)
+    grad, = torch.autograd.grad(out, xBC, torch.randn_like(out))
+    assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
