@@ -335,3 +335,47 @@ def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate
                       chunk_size=16, dt_softplus=True)
     grad, = torch.autograd.grad(out, xBC, torch.randn_like(out))
     assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "varlen"])
+@pytest.mark.parametrize("mode", ["no_grad", "recompute_block", "grad"])
+def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, options, mode):
+    """Where nothing but the output kernel reads the states entering the chunks (no gradient, or one taken inside
+    a recompute block, whose backward recomputes them in fp32; no varlen states) and that kernel rounds them to the
+    16-bit input dtype for its product anyway, the forward keeps them in that dtype: every output (the final state
+    in fp32 included) and gradient has the same bits as with fp32 states. Elsewhere (fp32 inputs, varlen states,
+    a gradient without a recompute block) the states stay fp32."""
+    import importlib
+    from ssm_kernels import _recompute
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    device = backend_device("triton")
+    inputs, kwargs = _states_case(options, device, dtype)
+    names = grads_of(inputs) if mode != "no_grad" else []
+    taken = []
+    real_launch = module._states_launch
+
+    def spy(*args, lean=False):
+        taken.append(lean)
+        return real_launch(*args, lean=lean)
+    monkeypatch.setattr(module, "_states_launch", spy)
+
+    def run():
+        leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
+        with torch.set_grad_enabled(mode != "no_grad"), \
+                _recompute.recomputed_activations(mode == "recompute_block", device):
+            outs = triton_scan(**leaves, **kwargs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if not names:
+            return list(outs)
+        cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o).to(o.dtype) for o in outs]
+        return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
+    lean = run()
+    expected_lean = dtype != torch.float32 and options != "varlen" and mode != "grad"
+    assert taken[0] == expected_lean
+    monkeypatch.setattr(module, "_lean_states", lambda *args, **kw: False)
+    taken.clear()
+    fp32 = run()
+    assert not any(taken)
+    for a, b in zip(lean, fp32):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
