@@ -131,12 +131,16 @@ def test_dt_limit_math_inf_default():
 
 def _states_case(options, device, dtype=torch.float32):
     """(inputs, kwargs) of a call whose boundary states matter: "plain", "seq_idx_final_state" (segments, the
-    initial and the final state) or "varlen" (cu_seqlens and the varlen states; batch 1)."""
+    initial and the final state), "one_chunk" (10 steps, the final state) or "varlen" (cu_seqlens and the varlen
+    states; batch 1)."""
     torch.manual_seed(0)
     inputs = make_inputs(2, 45, 4, 8, 2, 8, dtype, device, D_shape="HP")
     kwargs = dict(chunk_size=16, dt_softplus=True)
     if options == "seq_idx_final_state":
         kwargs.update(seq_idx=random_seq_idx(2, 45, device), return_final_states=True)
+    elif options == "one_chunk":  # the whole sequence in one chunk: its final state is the only one passed
+        inputs = make_inputs(2, 10, 4, 8, 2, 8, dtype, device, D_shape="HP")
+        kwargs.update(return_final_states=True)
     elif options == "varlen":
         inputs = {k: (v[:1] if k != "A" and v is not None and v.dim() > 1 and v.shape[0] == 2 else v)
                   for k, v in inputs.items()}
@@ -338,7 +342,7 @@ def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "varlen"])
+@pytest.mark.parametrize("options", ["plain", "seq_idx_final_state", "one_chunk", "varlen"])
 @pytest.mark.parametrize("mode", ["no_grad", "recompute_block", "grad"])
 def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, options, mode):
     """Where nothing but the output kernel reads the states entering the chunks (no gradient, or one taken inside
