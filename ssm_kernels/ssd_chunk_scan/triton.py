@@ -203,7 +203,7 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     return dtp, cs, g
 
 
-def _states_in_one_kernel(x: Tensor, dstate: int, T: int) -> bool:
+def _states_in_one_kernel(x: Tensor, dstate: int) -> bool:
     """Whether the boundary states are formed in one kernel: its grid, without the chunks, has at least
     PASSED_STATES_PROGRAMS programs (when set), and there is a chunk."""
     batch, length, heads, headdim = x.shape
@@ -212,7 +212,7 @@ def _states_in_one_kernel(x: Tensor, dstate: int, T: int) -> bool:
             and batch * heads * tiles >= PASSED_STATES_PROGRAMS)
 
 
-def _lean_states(x: Tensor, dstate: int, T: int, cu_seqlens: Optional[Tensor], backward_reads: bool) -> bool:
+def _lean_states(x: Tensor, dstate: int, cu_seqlens: Optional[Tensor], backward_reads: bool) -> bool:
     """Whether the forward may keep the states entering its chunks in x's dtype (bf16 / fp16) instead of fp32:
     where its output kernel rounds them to that dtype anyway for its tensor-core product (so the output has the
     same bits), nothing else reads them (no backward that reads the forward's states, no varlen states), and
@@ -220,7 +220,7 @@ def _lean_states(x: Tensor, dstate: int, T: int, cu_seqlens: Optional[Tensor], b
     write and read: 2 x 71 MB at B4 L4096 H64 P64 N128, chunk 256."""
     import triton.language as tl
     return (x.element_size() == 2 and _dot_config(x.dtype, x.shape[-1], dstate)[0] != tl.float32
-            and cu_seqlens is None and not backward_reads and _states_in_one_kernel(x, dstate, T))
+            and cu_seqlens is None and not backward_reads and _states_in_one_kernel(x, dstate))
 
 
 def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False):
@@ -249,7 +249,7 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False)
     input_strides = (*x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)))
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
                    BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
-    if _states_in_one_kernel(x, dstate, T):
+    if _states_in_one_kernel(x, dstate):
         launch(
             _chunk_states_passed_kernel, (tiles, batch * heads),
             *inputs, g, initial_states if has_init else final, entering, final, *sizes, nc, *input_strides,
@@ -537,7 +537,9 @@ def _setup_context(ctx, inputs, output):
     _, pre, states, _ = output
     # inside a recomputed_activations block the backward recomputes the boundary states from the inputs (lean
     # forwards, which run there, kept only the final state: their backward recomputes them itself)
-    if not lean:
+    if lean:
+        states = states.new_empty(0)  # (the final state: the backward recomputes it with the others)
+    else:
         recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
                      dt_lo, dt_hi)
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states)
@@ -596,7 +598,7 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     seg = segment_ids(seq_idx, cu_seqlens, batch, length, x.device)
     grad = needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
     store_pre = z is not None and grad
-    lean = _lean_states(x, B.shape[-1], int(chunk_size), cu_seqlens, backward_reads=grad and not recomputing())
+    lean = _lean_states(x, B.shape[-1], cu_seqlens, backward_reads=grad and not recomputing())
     out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
                                   int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
                                   store_pre, lean)
