@@ -504,12 +504,21 @@ def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens
 
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
-              seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
-              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool, side_by_side: bool = False
+              initial_states: Optional[Tensor], seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor,
+              states: Tensor, chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool,
+              side_by_side: bool = False
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
     (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0.
-    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch."""
+    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch.
+    states: the forward's boundary states, or an empty placeholder where a lean forward (_lean_states) kept none:
+    they are formed again here (fp32), and dstates, the final state's (B, 1, H, P, N) gradient then, becomes the
+    last of theirs (as autograd's select backward gives it where the forward returns them all)."""
+    if states.dim() != 5:
+        states = _boundary_states(x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_lo, dt_hi)
+        if dstates is not None:
+            final_grad, dstates = dstates, dstates.new_zeros(states.shape)
+            dstates[:, -1:] = final_grad
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
         dt_lo, dt_hi, need_dinit, side_by_side)
@@ -520,8 +529,8 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
             empty() if dinit is None else dinit, empty() if ddt_bias is None else ddt_bias)
 
 
-def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
-                   dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
+def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states,
+                   chunk_size, dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
@@ -538,24 +547,18 @@ def _setup_context(ctx, inputs, output):
     # inside a recomputed_activations block the backward recomputes the boundary states from the inputs (lean
     # forwards, which run there, kept only the final state: their backward recomputes them itself)
     if lean:
-        states = states.new_empty(0)  # (the final state: the backward recomputes it with the others)
+        states = states.new_empty(0)  # (not the final state either: the backward recomputes them all)
     else:
         recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
                      dt_lo, dt_hi)
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states)
-    ctx.args = (chunk_size, dt_softplus, dt_lo, dt_hi, store_pre, lean)
+    ctx.args = (chunk_size, dt_softplus, dt_lo, dt_hi, store_pre)
     ctx.mark_non_differentiable(pre)
 
 
 def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
     x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states = ctx.saved_tensors
-    chunk_size, dt_softplus, dt_lo, dt_hi, store_pre, lean = ctx.args
-    if lean:  # the forward kept the final state alone: the boundary states (fp32) again, and the final one's
-        # gradient as the last of theirs (as autograd's select backward gives it where the op returns them all)
-        states = _boundary_states(x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_lo, dt_hi)
-        if dstates is not None:
-            final_grad, dstates = dstates, dstates.new_zeros(states.shape)
-            dstates[:, -1:] = final_grad
+    chunk_size, dt_softplus, dt_lo, dt_hi, store_pre = ctx.args
     if z is not None and not store_pre:
         raise RuntimeError("ssd_chunk_scan (triton): backward through z needs the forward's pre-gate output; "
                            "the forward ran without a gradient to take")
@@ -570,9 +573,9 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
         ddt_bias = None if dt_bias is None else torch.zeros_like(dt_bias)
     else:
         dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
-            dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
-            cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi,
-            initial_states is not None, backward_op is _backward)
+            dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias,
+            initial_states, seg, cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo,
+            dt_hi, initial_states is not None, backward_op is _backward)
         dD = None if D is None else dD
         dz = None if z is None else dz
         ddt_bias = None if dt_bias is None else ddt_bias
