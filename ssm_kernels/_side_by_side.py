@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._utils import new_output_like
+from ._utils import is_dense, new_output_like
 
 
 def _channel_run(part: Tensor, lead: int) -> Optional[Tuple[int, Optional[int]]]:
@@ -36,22 +36,12 @@ def _channel_run(part: Tensor, lead: int) -> Optional[Tuple[int, Optional[int]]]
     return (channels, stride) if channels > 0 else None
 
 
-def _non_overlapping(shape: Sequence[int], strides: Sequence[int]) -> bool:
-    """Whether no two indices of a tensor of this shape and these strides address the same element."""
-    extent = 1
-    for size, stride in sorted(((s, abs(st)) for s, st in zip(shape, strides) if s != 1), key=lambda p: p[1]):
-        if stride < extent:
-            return False
-        extent = stride * (size - 1) + 1
-    return True
-
-
 def side_by_side(parts: Sequence[Tensor], lead: int) -> Optional[Tensor]:
     """The tensor (*lead sizes, channels) whose consecutive channel slices `parts` are, if they are: views of one
     storage in one dtype, with equal sizes and strides on their first `lead` axes, the other axes of each one
     strided run of channels (as a reshape of a (*lead, channels_p) slice makes them), one channel stride, each
-    part's channels starting where the previous part's end; and that tensor's elements all distinct. Else None.
-    The result is a view of the parts' storage."""
+    part's channels starting where the previous part's end; and that tensor dense (is_dense: no gaps, no element
+    twice). Else None. The result is a view of the parts' storage."""
     if not parts or any(not isinstance(p, Tensor) or p.dim() <= lead for p in parts):
         return None
     first = parts[0]
@@ -78,16 +68,14 @@ def side_by_side(parts: Sequence[Tensor], lead: int) -> Optional[Tensor]:
             return None
         offset += channels * channel_stride
     shape = (*first.shape[:lead], sum(channels for channels, _ in runs))
-    strides_all = (*first.stride()[:lead], channel_stride)
-    if not _non_overlapping(shape, strides_all):
-        return None
-    return first.as_strided(shape, strides_all, first.storage_offset())
+    parent = first.as_strided(shape, (*first.stride()[:lead], channel_stride), first.storage_offset())
+    return parent if is_dense(parent) else None
 
 
 def gradient_buffers(parts: Sequence[Tensor], lead: int) -> Optional[List[Tensor]]:
-    """Where `parts` lie side by side (side_by_side), one new buffer in their parent's memory order (contiguous
-    where the parent is not dense; NaN-filled while outputs are poisoned) and its slices shaped like the parts,
-    for an op to write their gradients into; else None."""
+    """Where `parts` lie side by side (side_by_side), one new buffer in their parent's memory order (NaN-filled
+    while outputs are poisoned) and its slices shaped like the parts, for an op to write their gradients into;
+    else None."""
     parent = side_by_side(parts, lead)
     if parent is None:
         return None

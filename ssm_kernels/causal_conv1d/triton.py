@@ -210,9 +210,9 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     n_units = batch * n_dblk * n_lchunks
     programs = max(1, min(programs, n_units))
     dx = _input_grad_buffer(x)
-    # dinit only where the initial states take a gradient (else empty: no buffer, no memset per backward)
+    # dinit only where the initial states take a gradient (else no buffer, no memset per backward)
     dinit = (new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
-                        x.device) if need_dinit else x.new_empty((0,)))
+                        x.device) if need_dinit else None)
     dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
     db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
     pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed, config.cl_bwd_packed)
@@ -230,18 +230,17 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     launch(
         _bwd_kernel, (programs,),
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
-        x if initial_states is None else initial_states, dout, dx, dinit if need_dinit else x, dw_part, db_part,
+        x if initial_states is None else initial_states, dout, dx, x if dinit is None else dinit, dw_part, db_part,
         scratch,
         dim, length, n_dblk, n_ltiles, n_lchunks, tiles_per_chunk, n_units, programs,
         *x.stride(), *weight.stride(), *_strides3(initial_states),
-        *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(),
-        *_strides3(dinit if need_dinit else None),
+        *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(), *_strides3(dinit),
         scr_d, scr_l,
         W=width, W_PAD=w_pad, INIT_PAD=next_power_of_2(max(width - 1, 1)),
         HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, HAS_INIT=has_init, SILU=silu,
         EVEN_D=dim % block_d == 0, PACK_E=pack_e, ROWS=rows > 0, BACK=back, AHEAD=ahead, BLOCK_D=block_d,
         BLOCK_L=block_l, num_warps=config.bwd_num_warps)
-    if not has_init and need_dinit:
+    if dinit is not None and not has_init:
         dinit.zero_()  # W == 1: an empty state, nothing to write
     return dx, dw_part.sum(0), db_part.sum(0), dinit
 
@@ -263,7 +262,8 @@ def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
               initial_states: Optional[Tensor], dout: Tensor, silu: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     dx, dw, db, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu,
                                          initial_states is not None, CONFIG)
-    return dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype), dinit
+    return (dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype),
+            x.new_empty((0,)) if dinit is None else dinit)  # (a custom op returns a tensor)
 
 
 def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
