@@ -202,6 +202,12 @@ def recomputable(tensor: Tensor, recipe: Callable[..., Tensor], *inputs) -> bool
     return bool(blocks) and blocks[-1].register(tensor, recipe, inputs)
 
 
+def recomputing() -> bool:
+    """Whether a recomputed_activations block is open here (not under torch.compile): an op whose backward
+    would read an intermediate may then recompute it there instead of keeping it (see recomputable)."""
+    return not torch.compiler.is_compiling() and bool(getattr(_ACTIVE, "blocks", None))
+
+
 def is_kept_out(tensor: Tensor) -> bool:
     """Whether `tensor`'s storage is kept out of the saved tensors by the innermost open block (its memory is
     freed after the block's forward unless something else holds it)."""

@@ -48,14 +48,15 @@ def _selective_scan_public(device):  # the Triton / CUDA ops take the public arg
             _leaf(8, device=device), True, _leaf(2, 8, 4, device=device), None, True)
 
 
-def _ssd_chunk_scan_public(device):
+def _ssd_chunk_scan_public(device, lean=False):
     """(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
-    store_pre), as the Triton backend passes them."""
+    store_pre, lean), as the Triton backend passes them (lean: the states entering the chunks in x's dtype, the
+    final one returned alone, the boundary states recomputed by the backward)."""
     return (_leaf(2, 21, 4, 8, device=device), _leaf(2, 21, 4, device=device, scale=0.5),
             _leaf(4, device=device, scale=0.1, shift=-1.0), _leaf(2, 21, 2, 16, device=device),
             _leaf(2, 21, 2, 16, device=device), _leaf(4, device=device), _leaf(2, 21, 4, 8, device=device),
             _leaf(4, device=device), _leaf(2, 4, 8, 16, device=device), None, None, 16, True, 0.0, float("inf"),
-            True)
+            True, lean)
 
 
 def _complex(*shape, device):
@@ -89,6 +90,7 @@ CASES = {
     "selective_scan_triton": ("selective_scan", "triton", _selective_scan_public),
     "selective_scan_cuda": ("selective_scan", "cuda", _selective_scan_public),
     "ssd_chunk_scan_triton": ("ssd_chunk_scan", "triton", _ssd_chunk_scan_public),
+    "ssd_chunk_scan_triton lean": ("ssd_chunk_scan", "triton", lambda device: _ssd_chunk_scan_public(device, True)),
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),

@@ -198,16 +198,18 @@ def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
 
 
 @triton.jit
-def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, init_ptr, st_ptr,
+def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, init_ptr, st_ptr, fin_ptr,
                                 L, H, HPG, P, N, T, LP, NC, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                                sib, sih, sip, sin, stb, stc, sth, stp, stn,
+                                sib, sih, sip, sin, stb, stc, sth, stp, stn, sfb, sfh, sfp, sfn,
                                 HAS_SEG: tl.constexpr, HAS_INIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
                                 PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), B * H): the chunk state and state passing kernels in one pass
-    over the chunks, the state in registers: states[:, 0] = the initial state (or 0), then in chunk order
-    states[:, c + 1] = g_c states[:, c] + S_c (the same operations, so the same bits); the chunk states S_c are
-    never written to memory and read back."""
+    over the chunks, the state in registers (fp32): entering[:, 0] = the initial state (or 0), then in chunk order
+    state_{c + 1} = g_c state_c + S_c (the same operations, so the same bits), stored as entering[:, c + 1] for
+    c + 1 < NC (in st_ptr's dtype) and as the final state (fin_ptr, fp32) for c + 1 = NC; the chunk states S_c
+    are never written to memory and read back. (B, nc + 1, H, P, N) fp32 states: entering = its first nc slots,
+    final its last."""
     bh = tl.program_id(1)
     b, h, g = _batch_head(bh, H, HPG)
     p, n, p_mask, n_mask = _state_tile(tl.program_id(0), P, N, BLOCK_P, BLOCK_N)
@@ -218,13 +220,15 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
                         other=0.0).to(tl.float32)
     else:
         state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    tl.store(out, state, mask=pn_mask)
+    tl.store(out, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
     for c in range(0, NC):
         S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
                          L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                          HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
         state = tl.load(g_ptr + bh * NC + c) * state + S
-        tl.store(out + (c + 1) * stc, state, mask=pn_mask)
+        if c + 1 < NC:
+            tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
+    tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
 
 
 @triton.jit

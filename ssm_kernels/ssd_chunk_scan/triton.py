@@ -23,7 +23,11 @@ Matmul operands are in the input dtype (bf16 / fp16 tensor cores), or fp32 as th
 inputs (_dot_config); accumulation is fp32 throughout.
 
 Stored for backward: the inputs, the segment ids, the (B, nc + 1, H, P, N) fp32 boundary states and the
-pre-gate output (only with z). dt' / cs / g and cb are recomputed by their kernels.
+pre-gate output (only with z). dt' / cs / g and cb are recomputed by their kernels. Where no backward reads the
+forward's boundary states (no gradient, or one taken inside a recomputed_activations block) and the output
+kernel's product rounds them to the 16-bit input dtype anyway, the forward keeps the states entering its chunks
+in that dtype (half their bytes, the same output bits) and the final state in fp32 (_lean_states); the backward
+of such a forward recomputes the boundary states in fp32.
 
 Backward (kernels in _triton_bwd.py, notation there; BLOCK_T = min(64, T) rows / columns per block):
 1. _bwd_state_kernel, grid (B*H, P/N tiles of 64): reverse state passing, sequential over chunks, with the
@@ -54,7 +58,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op, needs_grad
-from .._recompute import is_kept_out, recomputable
+from .._recompute import is_kept_out, recomputable, recomputing
 from .._side_by_side import gradient_buffers
 from .._triton_launch import fast_math, launch, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
@@ -199,18 +203,43 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     return dtp, cs, g
 
 
-def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
+def _states_in_one_kernel(x: Tensor, dstate: int) -> bool:
+    """Whether the boundary states are formed in one kernel: its grid, without the chunks, has at least
+    PASSED_STATES_PROGRAMS programs (when set), and there is a chunk."""
+    batch, length, heads, headdim = x.shape
+    tiles = cdiv(headdim, min(_pow2(headdim), 64)) * cdiv(dstate, min(_pow2(dstate), 64))
+    return (length > 0 and PASSED_STATES_PROGRAMS is not None
+            and batch * heads * tiles >= PASSED_STATES_PROGRAMS)
+
+
+def _lean_states(x: Tensor, dstate: int, cu_seqlens: Optional[Tensor], backward_reads: bool) -> bool:
+    """Whether the forward may keep the states entering its chunks in x's dtype (bf16 / fp16) instead of fp32:
+    where its output kernel rounds them to that dtype anyway for its tensor-core product (so the output has the
+    same bits), nothing else reads them (no backward that reads the forward's states, no varlen states), and
+    they are formed in one kernel (which also writes the final state in fp32). Half the bytes of the states'
+    write and read: 2 x 71 MB at B4 L4096 H64 P64 N128, chunk 256."""
+    import triton.language as tl
+    return (x.element_size() == 2 and _dot_config(x.dtype, x.shape[-1], dstate)[0] != tl.float32
+            and cu_seqlens is None and not backward_reads and _states_in_one_kernel(x, dstate))
+
+
+def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False):
     """The boundary states (B, nc + 1, H, P, N) fp32 (the state entering each chunk, then the final one): each
-    chunk's own state, then the pass that carries them across chunks; in one kernel where its grid, without the
-    chunks, has at least PASSED_STATES_PROGRAMS programs (when set)."""
+    chunk's own state, then the pass that carries them across chunks; in one kernel where _states_in_one_kernel.
+    lean (one kernel only): (entering (B, nc, H, P, N) in x's dtype, final (B, 1, H, P, N) fp32) instead."""
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = cdiv(length, T)
     lp = nc * T
-    states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, x.device)
+    if lean:
+        entering = new_output((batch, nc, heads, headdim, dstate), x.dtype, x.device)
+        final = new_output((batch, 1, heads, headdim, dstate), torch.float32, x.device)
+    else:
+        states = new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, x.device)
+        entering, final = states[:, :nc], states[:, nc:]
     dot_dtype, precision = _dot_config(x.dtype, headdim, dstate)
     has_seg, has_init = seg is not None, initial_states is not None
-    st_strides = states.stride()
+    st_strides = entering.stride()
     init_strides = initial_states.stride() if has_init else (0, 0, 0, 0)
     block_p = min(_pow2(headdim), 64)
     block_n = min(_pow2(dstate), 64)
@@ -220,12 +249,14 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T):
     input_strides = (*x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)))
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
                    BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
-    if nc > 0 and PASSED_STATES_PROGRAMS is not None and batch * heads * tiles >= PASSED_STATES_PROGRAMS:
+    if _states_in_one_kernel(x, dstate):
         launch(
             _chunk_states_passed_kernel, (tiles, batch * heads),
-            *inputs, g, initial_states if has_init else states, states, *sizes, nc, *input_strides,
-            *init_strides, *st_strides, HAS_INIT=has_init, **options)
-        return states
+            *inputs, g, initial_states if has_init else final, entering, final, *sizes, nc, *input_strides,
+            *init_strides, *st_strides, final.stride(0), *final.stride()[2:], HAS_INIT=has_init, **options)
+        return (entering, final) if lean else states
+    if lean:
+        raise ValueError("lean boundary states need the one-kernel path (_lean_states)")
     if nc > 0:
         launch(_chunk_state_kernel, (nc, batch * heads, tiles),
                *inputs, states, *sizes, *input_strides, *st_strides, **options)
@@ -246,14 +277,17 @@ def _boundary_states(x, dt, A, B, dt_bias, initial_states, seg, T, dt_softplus, 
 
 
 def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, T, dt_softplus, dt_lo, dt_hi,
-                    store_pre):
+                    store_pre, lean=False):
     batch, length, heads, headdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = cdiv(length, T)
     lp = nc * T
     dev = x.device
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
-    states = _states_launch(x, B, dtp, cs, g, initial_states, seg, T)
+    if lean:  # the entering states in x's dtype for the output kernel alone; the op returns the final one
+        states, returned = _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean=True)
+    else:
+        states = returned = _states_launch(x, B, dtp, cs, g, initial_states, seg, T)
     out = new_output(x.shape, x.dtype, dev)
     pre = new_output(x.shape, x.dtype, dev) if store_pre else x.new_empty(0)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -293,7 +327,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *x.stride()[1:], *B.stride()[1:], seg_strides[1], *st_strides[1:], *varlen.stride(),
             HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
             BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4)
-    return out, pre, states, varlen
+    return out, pre, returned, varlen
 
 
 def _split_heads(hpg: int, programs: int) -> Tuple[int, int]:
@@ -451,31 +485,40 @@ def _sum_splits(part: Tensor, out: Optional[Tensor]) -> Tensor:
 def _forward(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
              dt_bias: Optional[Tensor], initial_states: Optional[Tensor], seg: Optional[Tensor],
              cu_seqlens: Optional[Tensor], chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float,
-             store_pre: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(out (B, L, H, P) x's dtype, pre-gate output (or empty), boundary states (B, nc + 1, H, P, N) fp32,
-    varlen states (S, H, P, N) fp32)."""
+             store_pre: bool, lean: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out (B, L, H, P) x's dtype, pre-gate output (or empty), boundary states (B, nc + 1, H, P, N) fp32 (lean:
+    only the final one, (B, 1, H, P, N); see _lean_states), varlen states (S, H, P, N) fp32)."""
     return _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size,
-                           dt_softplus, dt_lo, dt_hi, store_pre)
+                           dt_softplus, dt_lo, dt_hi, store_pre, lean)
 
 
 def _forward_fake(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo,
-                  dt_hi, store_pre):
+                  dt_hi, store_pre, lean):
     batch, length, heads, headdim = x.shape
     nc = cdiv(length, chunk_size)
     sequences = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
     return (x.new_empty(x.shape), x.new_empty(x.shape) if store_pre else x.new_empty(0),
-            x.new_empty((batch, nc + 1, heads, headdim, B.shape[-1]), dtype=torch.float32),
+            x.new_empty((batch, 1 if lean else nc + 1, heads, headdim, B.shape[-1]), dtype=torch.float32),
             x.new_empty((sequences, heads, headdim, B.shape[-1]), dtype=torch.float32))
 
 
 def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor,
               B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor],
-              seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor, states: Tensor, chunk_size: int,
-              dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool, side_by_side: bool = False
+              initial_states: Optional[Tensor], seg: Optional[Tensor], cu_seqlens: Optional[Tensor], pre: Tensor,
+              states: Tensor, chunk_size: int, dt_softplus: bool, dt_lo: float, dt_hi: float, need_dinit: bool,
+              side_by_side: bool = False
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx x's dtype, ddt dt's dtype, dA, dB, dC, dD (D's shape, or empty), dz (z's dtype, or empty), dinit
     (B, H, P, N), or empty without need_dinit, ddt_bias (H,) or empty), all but dx, ddt and dz fp32. L > 0.
-    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch."""
+    side_by_side (eager calls only: the op's outputs may not alias each other): see _backward_launch.
+    states: the forward's boundary states, or an empty placeholder where a lean forward (_lean_states) kept none:
+    they are formed again here (fp32), and dstates, the final state's (B, 1, H, P, N) gradient then, becomes the
+    last of theirs (as autograd's select backward gives it where the forward returns them all)."""
+    if states.dim() != 5:
+        states = _boundary_states(x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus, dt_lo, dt_hi)
+        if dstates is not None:
+            final_grad, dstates = dstates, dstates.new_zeros(states.shape)
+            dstates[:, -1:] = final_grad
     dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = _backward_launch(
         dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size, dt_softplus,
         dt_lo, dt_hi, need_dinit, side_by_side)
@@ -486,8 +529,8 @@ def _backward(dout: Tensor, dstates: Optional[Tensor], dvarlen: Optional[Tensor]
             empty() if dinit is None else dinit, empty() if ddt_bias is None else ddt_bias)
 
 
-def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, cu_seqlens, pre, states, chunk_size,
-                   dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
+def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states,
+                   chunk_size, dt_softplus, dt_lo, dt_hi, need_dinit, side_by_side=False):
     f32 = torch.float32
     batch, length, heads, headdim = x.shape
     return (x.new_empty(x.shape), dt.new_empty(dt.shape), x.new_empty(A.shape, dtype=f32),
@@ -499,11 +542,15 @@ def _backward_fake(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg, c
 
 def _setup_context(ctx, inputs, output):
     (x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
-     store_pre) = inputs
+     store_pre, lean) = inputs
     _, pre, states, _ = output
-    # inside a recomputed_activations block the backward recomputes the boundary states from the inputs
-    recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
-                 dt_lo, dt_hi)
+    # inside a recomputed_activations block the backward recomputes the boundary states from the inputs (lean
+    # forwards, which run there, kept only the final state: their backward recomputes them itself)
+    if lean:
+        states = states.new_empty(0)  # (not the final state either: the backward recomputes them all)
+    else:
+        recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
+                     dt_lo, dt_hi)
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, pre, states)
     ctx.args = (chunk_size, dt_softplus, dt_lo, dt_hi, store_pre)
     ctx.mark_non_differentiable(pre)
@@ -526,16 +573,16 @@ def _gradients(backward_op, ctx, dout, dpre, dstates, dvarlen):
         ddt_bias = None if dt_bias is None else torch.zeros_like(dt_bias)
     else:
         dx, ddt, dA, dB, dC, dD, dz, dinit, ddt_bias = backward_op(
-            dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias, seg,
-            cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo, dt_hi,
-            initial_states is not None, backward_op is _backward)
+            dout, dstates, dvarlen if cu_seqlens is not None else None, x, dt, A, B, C, D, z, dt_bias,
+            initial_states, seg, cu_seqlens, pre if z is not None else x, states, chunk_size, dt_softplus, dt_lo,
+            dt_hi, initial_states is not None, backward_op is _backward)
         dD = None if D is None else dD
         dz = None if z is None else dz
         ddt_bias = None if dt_bias is None else ddt_bias
     dinit = dinit.to(initial_states.dtype) if initial_states is not None else None
     return (dx, ddt, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             None if dD is None else dD.to(D.dtype), dz, None if ddt_bias is None else ddt_bias.to(dt_bias.dtype),
-            dinit, None, None, None, None, None, None, None)
+            dinit, None, None, None, None, None, None, None, None)
 
 
 # Outputs that reach no loss (the boundary states, unless the final state is used; the pre-gate output, which
@@ -552,10 +599,12 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     Returns (out, final_states, varlen_states or None), states fp32."""
     batch, length = x.shape[:2]
     seg = segment_ids(seq_idx, cu_seqlens, batch, length, x.device)
-    store_pre = z is not None and needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    grad = needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    store_pre = z is not None and grad
+    lean = _lean_states(x, B.shape[-1], cu_seqlens, backward_reads=grad and not recomputing())
     out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
                                   int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
-                                  store_pre)
+                                  store_pre, lean)
     final = states[:, -1]
     if is_kept_out(states):  # a view would keep every boundary state in memory
         final = final.clone()

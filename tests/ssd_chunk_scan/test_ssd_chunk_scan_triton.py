@@ -131,12 +131,16 @@ def test_dt_limit_math_inf_default():
 
 def _states_case(options, device, dtype=torch.float32):
     """(inputs, kwargs) of a call whose boundary states matter: "plain", "seq_idx_final_state" (segments, the
-    initial and the final state) or "varlen" (cu_seqlens and the varlen states; batch 1)."""
+    initial and the final state), "one_chunk" (10 steps, the final state) or "varlen" (cu_seqlens and the varlen
+    states; batch 1)."""
     torch.manual_seed(0)
     inputs = make_inputs(2, 45, 4, 8, 2, 8, dtype, device, D_shape="HP")
     kwargs = dict(chunk_size=16, dt_softplus=True)
     if options == "seq_idx_final_state":
         kwargs.update(seq_idx=random_seq_idx(2, 45, device), return_final_states=True)
+    elif options == "one_chunk":  # the whole sequence in one chunk: its final state is the only one passed
+        inputs = make_inputs(2, 10, 4, 8, 2, 8, dtype, device, D_shape="HP")
+        kwargs.update(return_final_states=True)
     elif options == "varlen":
         inputs = {k: (v[:1] if k != "A" and v is not None and v.dim() > 1 and v.shape[0] == 2 else v)
                   for k, v in inputs.items()}
@@ -335,3 +339,54 @@ def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate
                       chunk_size=16, dt_softplus=True)
     grad, = torch.autograd.grad(out, xBC, torch.randn_like(out))
     assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
+
+
+@pytest.mark.parametrize("dtype,options,mode", [
+    (torch.bfloat16, "plain", "no_grad"),
+    (torch.bfloat16, "seq_idx_final_state", "no_grad"),
+    (torch.bfloat16, "seq_idx_final_state", "recompute_block"),
+    (torch.bfloat16, "one_chunk", "recompute_block"),
+    (torch.float16, "plain", "recompute_block"),
+    (torch.bfloat16, "plain", "grad"),             # the backward reads the forward's states: fp32
+    (torch.bfloat16, "varlen", "recompute_block"),  # the varlen states read them: fp32
+    (torch.float32, "seq_idx_final_state", "no_grad"),
+])
+def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, options, mode):
+    """Where nothing but the output kernel reads the states entering the chunks (no gradient, or one taken inside
+    a recompute block, whose backward recomputes them in fp32; no varlen states) and that kernel rounds them to the
+    16-bit input dtype for its product anyway, the forward keeps them in that dtype: every output (the final state
+    in fp32 included) and gradient has the same bits as with fp32 states. Elsewhere (fp32 inputs, varlen states,
+    a gradient without a recompute block) the states stay fp32."""
+    import importlib
+    from ssm_kernels import _recompute
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    device = backend_device("triton")
+    inputs, kwargs = _states_case(options, device, dtype)
+    names = grads_of(inputs) if mode != "no_grad" else []
+    taken = []
+    real_launch = module._states_launch
+
+    def spy(*args, lean=False):
+        taken.append(lean)
+        return real_launch(*args, lean=lean)
+    monkeypatch.setattr(module, "_states_launch", spy)
+
+    def run():
+        leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
+        with torch.set_grad_enabled(mode != "no_grad"), \
+                _recompute.recomputed_activations(mode == "recompute_block", device):
+            outs = triton_scan(**leaves, **kwargs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        if not names:
+            return list(outs)
+        cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o).to(o.dtype) for o in outs]
+        return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
+    lean = run()
+    expected_lean = dtype != torch.float32 and options != "varlen" and mode != "grad"
+    assert taken[0] == expected_lean
+    monkeypatch.setattr(module, "_lean_states", lambda *args, **kw: False)
+    taken.clear()
+    fp32 = run()
+    assert not any(taken)
+    for a, b in zip(lean, fp32):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
