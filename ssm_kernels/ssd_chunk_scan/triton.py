@@ -544,10 +544,10 @@ def _setup_context(ctx, inputs, output):
     (x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens, chunk_size, dt_softplus, dt_lo, dt_hi,
      store_pre, lean) = inputs
     _, pre, states, _ = output
-    # inside a recomputed_activations block the backward recomputes the boundary states from the inputs (lean
-    # forwards, which run there, kept only the final state: their backward recomputes them itself)
+    # inside a recomputed_activations block the backward recomputes the boundary states from the inputs; a lean
+    # forward (which returned the final state alone) saves none of them: its backward op forms them all again
     if lean:
-        states = states.new_empty(0)  # (not the final state either: the backward recomputes them all)
+        states = states.new_empty(0)
     else:
         recomputable(states, _boundary_states, x, dt, A, B, dt_bias, initial_states, seg, chunk_size, dt_softplus,
                      dt_lo, dt_hi)
