@@ -26,7 +26,9 @@ def grid(quick: bool):
     the backward's 8); its stages (DX_STAGES, default 2): 3. The dB / dC kernel with 16-bit inputs at the
     backward's 8 warps (DBC_WARPS None; default 4). The forward's output kernel at 8 warps (SCAN_WARPS, default 4)
     and 3 stages (SCAN_STAGES, default 2); its loop in steps of 64 or 16 columns (SCAN_COLS, default 32) and 128
-    rows per program at 8 warps (SCAN_ROWS, default 64)."""
+    rows per program at 8 warps (SCAN_ROWS, default 64); its steps left of the row block in 64 columns
+    (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows. The decays off the diagonal per element
+    (FACTORED_DECAYS False; default True), also with the dx kernel's previous 64 columns."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -38,12 +40,15 @@ def grid(quick: bool):
                {"DBC_WARPS": None}]
             + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}]
             + [{"SCAN_COLS": cols} for cols in (64, 16)]
-            + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}])
+            + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}]
+            + [{"SCAN_LEFT_COLS": 64}, {"SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}]
+            + [{"FACTORED_DECAYS": False}, {"FACTORED_DECAYS": False, "DX_COLS": 64, "DX_ROWS": 64}])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, SCAN_*",
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, SCAN_*, "
+              "FACTORED_DECAYS",
               flush=True)
         sweep(backend, variant, device, settings, quick)

@@ -263,14 +263,19 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
                        stb, stc, sth, stp, stn, sob, sol, soh, sop,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                       EMULATE: tl.constexpr, FAST: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_K columns
     per step, BLOCK_K dividing BLOCK_M),
         y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
-        out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient)."""
+        out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient).
+    FACTORED (no segments, dt' >= 0: cs monotone in the chunk): the columns left of the row block (BLOCK_KL per
+    step, dividing BLOCK_M) and the state term take their decays through the block's first row f,
+    exp(cs_i - cs_j) = exp(cs_i - cs_f) exp(cs_f - cs_j) (each factor between 1 and the product, so neither
+    overflows or underflows where the product does not): one exp per column and one per row instead of one per
+    element, and no causal mask."""
     c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
     bh = tl.program_id(1)
     b, h, g = _batch_head(bh, H, HPG)
@@ -286,16 +291,37 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
     # the state entering the chunk, decayed to each row
     hp = tl.load(st_ptr + b * stb + c * stc + h * sth + p[None, :] * stp + n[:, None] * stn,
                  mask=n_mask[:, None] & p_mask[None, :], other=0.0)
-    q = tl.exp(cs_i.to(tl.float32))
-    if HAS_SEG:
-        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
-        entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
-        q = tl.where(seg_i == entering, q, 0.0)
-    acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE) * q[:, None]
+    tl.static_assert(not (FACTORED and HAS_SEG), "factored decays need cs monotone across the rows")
+    acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE)
+    ex_i = _log_decays(cs_ptr + row, i, T, True, DOT_DTYPE)
+    if FACTORED:
+        # through f = m0: exp(cs_f) on the state term, exp(cs_f - cs_j) per column left of the block, then
+        # exp(cs_i - cs_f) per row on both
+        ex_f = _log_decays(cs_ptr + row, m0, T, True, DOT_DTYPE)
+        acc = acc * exp2(ex_f.to(tl.float32), FAST)
+        for k0 in range(0, m0, BLOCK_KL):
+            j = k0 + tl.arange(0, BLOCK_KL)
+            pos_j = c * T + j
+            valid_j = pos_j < L
+            dt_j = tl.load(dtp_ptr + row + j)
+            col = exp2((ex_f - _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)).to(tl.float32), FAST) * dt_j
+            w = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j) * col[None, :]
+            xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,
+                         mask=valid_j[:, None] & p_mask[None, :], other=0.0)
+            acc += _dot(w, xj, DOT_DTYPE, PRECISION, EMULATE)
+        acc = acc * exp2((ex_i - ex_f).to(tl.float32), FAST)[:, None]
+        k_start = m0
+    else:
+        q = tl.exp(cs_i.to(tl.float32))
+        if HAS_SEG:
+            seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+            entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+            q = tl.where(seg_i == entering, q, 0.0)
+        acc = acc * q[:, None]
+        k_start = 0
 
     # within the chunk, up to the diagonal (past the sequence: cb, dt' and x are 0, so no mask is needed there)
-    ex_i = _log_decays(cs_ptr + row, i, T, True, DOT_DTYPE)
-    for k0 in range(0, m0 + BLOCK_M, BLOCK_K):
+    for k0 in range(k_start, m0 + BLOCK_M, BLOCK_K):
         j = k0 + tl.arange(0, BLOCK_K)
         pos_j = c * T + j
         valid_j = (j < T) & (pos_j < L)

@@ -109,6 +109,16 @@ SCAN_STAGES = 2
 # 115 KB; none spill. Natively (H100, same case): forward 0.656 ms at 64 x 64, 0.571 at 64 x 32, 0.623 at 128 x 32.
 SCAN_ROWS = 64
 SCAN_COLS = 32
+# Columns per step of the output kernel's steps left of its row block where those take factored decays (None:
+# SCAN_COLS; a power of two from 16, at most SCAN_ROWS): without the per-element exp and mask a step holds fewer
+# live tiles, so it may take wider ones.
+SCAN_LEFT_COLS: Optional[int] = None
+
+# Where dt' >= 0 (dt_limit's low end >= 0, the default and mamba_ssm's) and there is no seq_idx, cs is monotone
+# in a chunk and a decay between positions i > j factors through any f between them: exp(cs_i - cs_j) =
+# exp(cs_i - cs_f) exp(cs_f - cs_j), each factor between 1 and the product. The kernels then take one exp per row
+# and one per column instead of one per element, and no causal mask, in their tiles off the diagonal.
+FACTORED_DECAYS = True
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
@@ -172,6 +182,12 @@ def _register_cap(x, warps: int) -> Optional[int]:
     if warps != 8:
         return None
     return REGISTER_CAP if x.element_size() == 2 else REGISTER_CAP_FP32
+
+
+def _factored(seg: Optional[Tensor], dt_lo: float) -> bool:
+    """Whether the kernels take the decays off their diagonal tiles factored (FACTORED_DECAYS): cs is monotone
+    in each chunk (dt' >= dt_lo >= 0) and no segment boundary lies inside one."""
+    return FACTORED_DECAYS and seg is None and dt_lo >= 0
 
 
 def _emulate(x) -> bool:
@@ -314,9 +330,9 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
-            num_warps=SCAN_WARPS,
-            num_stages=SCAN_STAGES)
+            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS),
+            BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
+            num_warps=SCAN_WARPS, num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
@@ -419,8 +435,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=dx_cols, BLOCK_I=min(dx_cols, DX_ROWS),
-        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
+        HAS_DV=has_dv, **common, FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_T=dx_cols,
+        BLOCK_I=min(dx_cols, DX_ROWS), BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
         num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss

@@ -390,3 +390,44 @@ def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, option
     assert not any(taken)
     for a, b in zip(lean, fp32):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,dt_limit,seq_idx,factored", [
+    (torch.float32, (0.0, math.inf), False, True),
+    (torch.float32, (0.02, 0.4), False, True),
+    (torch.float16, (0.0, math.inf), False, True),
+    (torch.float32, (-0.1, math.inf), False, False),  # dt' may be negative: cs need not be monotone
+    (torch.float32, (0.0, math.inf), True, False),    # segments: decays are cut inside a chunk
+])
+def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
+    """Where cs is monotone in each chunk (dt' >= 0, no segments), the output kernel's column steps left of its
+    row block and the dx kernel's rows below its column block take the decays factored through one position
+    between rows and columns (one exp per row and per column): on 61-long chunks in 16-row blocks with 16-column
+    steps, 32-column dx blocks in 16-row steps, so that most tiles are off the diagonal, heads of fast and of
+    slow decay (fp32; 16-bit inputs with decays of Mamba-2's range, whose gradients the operand rounding leaves
+    well inside the tolerance: bf16's sit within 10-20% of it here with and without the factored path, fp16 shares
+    bf16's kernels), initial and final states: against the reference, forward and every gradient. Asserted per
+    kernel: the factored path is taken exactly where it may be."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 150, 4, 16, 2, 16, dtype, device, D_shape="HP")
+    inputs["A"] = torch.tensor([-8.0, -1.0, -0.1, -0.01] if dtype == torch.float32 else [-8.0, -2.0, -1.0, -0.5],
+                               device=device)
+    kwargs = dict(chunk_size=61, dt_softplus=True, dt_limit=dt_limit, return_final_states=True)
+    if seq_idx:
+        kwargs["seq_idx"] = random_seq_idx(2, 150, device)
+    for name, value in dict(SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16, DX_COLS=32, DX_ROWS=16).items():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
+    taken = {}
+    real_launch = module.launch_fitting_shared_memory
+
+    def spy(kernel, grid, *args, **options):
+        if "FACTORED" in options:
+            taken[kernel.__name__] = options["FACTORED"]
+        return real_launch(kernel, grid, *args, **options)
+    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
+    check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
+    assert taken == {"_chunk_scan_kernel": factored, "_bwd_dx_kernel": factored}
