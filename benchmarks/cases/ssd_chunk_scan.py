@@ -2,7 +2,8 @@
 
 Peers on the GPU: "peer:mamba_ssm" (mamba_ssm 2.3.2's mamba_chunk_scan_combined) and, for reference,
 "peer:fla" (flash-linear-attention 0.6's chunk_simple_gla on the same problem: q = C, k = B (groups expanded
-to heads beforehand, outside the timing), v = dt * x, log-decay g = dt * A; without D and dt_bias's softplus).
+to heads beforehand, outside the timing), v = dt * x, log-decay g = dt * A; without D and dt_bias's softplus;
+forward only on Hopper under Triton < 3.7.1, where fla refuses its backward).
 """
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def _fla(gla, x, dt, A, B, C, heads):
     def run():
         return gla(q, k, x * dt.unsqueeze(-1), dt.float() * A, scale=1.0)[0]
     return run, (q, k)
+
+
+def _fla_backward_runs(device) -> bool:
+    """fla 0.6 refuses its chunk backward on Hopper under Triton < 3.7.1 (which miscompiles some of its backward
+    kernels there): its variant is then timed forward only."""
+    import re
+    import triton
+    version = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:3])
+    return torch.cuda.get_device_capability(device)[0] != 9 or version >= (3, 7, 1)
 
 
 def _case(batch: int, length: int, heads: int, headdim: int, dstate: int, groups: int, chunk: int,
@@ -51,7 +61,7 @@ def _case(batch: int, length: int, heads: int, headdim: int, dstate: int, groups
         gla = peers.load("fla.ops.simple_gla", "chunk_simple_gla") if with_peers else None
         if gla is not None and device.type == "cuda":
             run, qk = _fla(gla, x, dt, A, B, C, heads)
-            variants["peer:fla"] = Variant(run, (x, dt, A) + qk)
+            variants["peer:fla"] = Variant(run, (x, dt, A) + qk if _fla_backward_runs(device) else ())
         return variants
 
     size = dtype.itemsize

@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton_math import exp2, softplus_and_sigmoid
+from .._triton_math import softplus_and_sigmoid
 from ._triton_fwd import _batch_head, _cb_tile, _chunk_rows, _decays, _dot, _log_decays, _state_tile
 
 
@@ -133,18 +133,15 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
                    sob, sol, soh, sop,
                    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_DV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                   FAST: tl.constexpr, FACTORED: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
-                   BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                   FAST: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     """Grid (nc * cdiv(T, BLOCK_T), B * H), one column block j of one chunk and head (its rows i >= j in steps
     of BLOCK_I, which divides BLOCK_T):
         du_j = r_j B_j dHP[c+1]^T + sum_s w[e, j] B_j dvarlen_s^T + sum_{i >= j} M[i, j] Gm[i, j] dy_i
         dx_j = du_j dt'_j + D dy_j;  dux_j = du_j . x_j;  dz_j from the stored pre-gate output;
         col_j = the column sums of the state and varlen terms of dss (the intra-chunk ones: _bwd_dgm_kernel);
         the row sums of this block's state and varlen terms of dss (rows T - 1 and e): srow[bh, jb, c],
-        vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p].
-    FACTORED (no segments, dt' >= 0, as in _chunk_scan_kernel): the rows below the column block take their
-    decays through its first row below, f = j0 + BLOCK_T: M[i, j] = exp(cs_i - cs_f) exp(cs_f - cs_j), one exp
-    per row and per column; they run first, so that their accumulator is not live beside the state term's."""
+        vrow[s, h, jb];  dD partial sum_j dy_j x_j into dD[program, p]."""
     n_jb = tl.cdiv(T, BLOCK_T)
     c, j0, j, pos_j, valid_j = _chunk_rows(tl.program_id(0), T, L, BLOCK_T)
     bh = tl.program_id(1)
@@ -167,35 +164,13 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
     x_offs = b * sxb + pos_j[:, None] * sxl + h * sxh + pp[None, :] * sxp
     u_J = tl.load(x_ptr + x_offs, mask=jp_mask, other=0.0).to(tl.float32) * dt_j[:, None]
 
-    ex_j = _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)
-    if FACTORED:
-        tl.static_assert(not HAS_SEG, "factored decays need cs monotone across the rows")
-        # the rows below the block, through f (ex_f = -inf where there are none: every factor 0)
-        f = j0 + BLOCK_T
-        ex_f = _log_decays(cs_ptr + row, f, T, True, DOT_DTYPE)
-        du = tl.zeros([BLOCK_T, BLOCK_P], dtype=tl.float32)
-        for i0 in range(f, T, BLOCK_I):
-            i = i0 + tl.arange(0, BLOCK_I)
-            pos_i = c * T + i
-            ip_mask = ((i < T) & (pos_i < L))[:, None] & p_mask[None, :]
-            dy_I = _load_dy(dout_ptr, z_ptr, b * sgb + pos_i[:, None] * sgl + h * sgh + pp[None, :] * sgp,
-                            b * szb + pos_i[:, None] * szl + h * szh + pp[None, :] * szp, ip_mask, HAS_Z)
-            rows = exp2((_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE) - ex_f).to(tl.float32), FAST)
-            CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
-            du += _dot_split(tl.trans(CB * rows[:, None]), dy_I, True, False, DOT_DTYPE, PRECISION, EMULATE)
-        du = du * exp2((ex_f - ex_j).to(tl.float32), FAST)[:, None]
-        i_end = tl.minimum(f, T)
-    else:
-        du = tl.zeros([BLOCK_T, BLOCK_P], dtype=tl.float32)
-        i_end = T
-
     # the chunk's contribution to the state leaving it
     cs_end = tl.load(cs_ptr + row + T - 1)
     r = tl.where(keep_r, tl.exp(tl.where(keep_r, cs_end - cs_j, 0.0).to(tl.float32)), 0.0)
     dsT = tl.load(dhp_ptr + b * stb + (c + 1) * stc + h * sth + nn[:, None] * stn + pp[None, :] * stp,
                   mask=n_mask[:, None] & p_mask[None, :], other=0.0)
     K = _dot_split(B_J, dsT, False, True, DOT_DTYPE, PRECISION, EMULATE)
-    du += K * r[:, None]
+    du = K * r[:, None]
     col = (tl.sum(u_J * K, axis=1) * r).to(tl.float64)  # fp64 sums: rows and columns of dss must cancel
     tl.store(srow_ptr + (bh * n_jb + j0 // BLOCK_T) * (LP // T) + c, tl.sum(col))
     if HAS_DV:
@@ -217,7 +192,8 @@ def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_pt
                 tl.store(vrow_ptr + (s * H + h) * n_jb + j0 // BLOCK_T, tl.sum(cv))
 
     # within the chunk: rows i >= j (past the sequence: cb and dy are 0, so no mask is needed there)
-    for i0 in range(j0, i_end, BLOCK_I):
+    ex_j = _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)
+    for i0 in range(j0, T, BLOCK_I):
         i = i0 + tl.arange(0, BLOCK_I)
         pos_i = c * T + i
         valid_i = (i < T) & (pos_i < L)

@@ -435,8 +435,8 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         *x.stride(), *dout.stride(), *z_strides, *B.stride(), *D_strides, *seg_strides,
         *st_strides, *dv_strides, *dx.stride(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=has_z, HAS_SEG=has_seg,
-        HAS_DV=has_dv, **common, FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_T=dx_cols,
-        BLOCK_I=min(dx_cols, DX_ROWS), BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
+        HAS_DV=has_dv, **common, FAST=fast_math(x), BLOCK_T=dx_cols, BLOCK_I=min(dx_cols, DX_ROWS),
+        BLOCK_P=block_p, BLOCK_N=block_n, num_warps=DX_WARPS or warps, maxnreg=_register_cap(x, DX_WARPS or warps),
         num_stages=DX_STAGES)
 
     # 3. per group and tile at or below the diagonal, over the heads of a split: dGm, row and column sums of dss
