@@ -28,7 +28,7 @@ def grid(quick: bool):
     and 3 stages (SCAN_STAGES, default 2); its loop in steps of 64 or 16 columns (SCAN_COLS, default 32) and 128
     rows per program at 8 warps (SCAN_ROWS, default 64); its steps left of the row block in 64 columns
     (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows. The decays off the diagonal per element
-    (FACTORED_DECAYS False; default True), also with the dx kernel's previous 64 columns."""
+    (FACTORED_DECAYS False; default True)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -42,7 +42,7 @@ def grid(quick: bool):
             + [{"SCAN_COLS": cols} for cols in (64, 16)]
             + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}]
             + [{"SCAN_LEFT_COLS": 64}, {"SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}]
-            + [{"FACTORED_DECAYS": False}, {"FACTORED_DECAYS": False, "DX_COLS": 64, "DX_ROWS": 64}])
+            + [{"FACTORED_DECAYS": False}])
 
 
 def run(device, quick: bool, only):

@@ -116,8 +116,11 @@ SCAN_LEFT_COLS: Optional[int] = None
 
 # Where dt' >= 0 (dt_limit's low end >= 0, the default and mamba_ssm's) and there is no seq_idx, cs is monotone
 # in a chunk and a decay between positions i > j factors through any f between them: exp(cs_i - cs_j) =
-# exp(cs_i - cs_f) exp(cs_f - cs_j), each factor between 1 and the product. The kernels then take one exp per row
-# and one per column instead of one per element, and no causal mask, in their tiles off the diagonal.
+# exp(cs_i - cs_f) exp(cs_f - cs_j), each factor between 1 and the product. The output kernel then takes one exp
+# per row and one per column instead of one per element, and no causal mask, in its steps left of the row block
+# (offline, Triton 3.6 sm_90: 21% fewer instructions per chunk, benchmarks/results/
+# sm90_ssd_chunk_scan_factored_decays.txt). The dx kernel's rows below its column block, factored the same way,
+# ran slower on an H100 (two accumulating loops: spills and shared memory) and take the decays per element.
 FACTORED_DECAYS = True
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
@@ -185,7 +188,7 @@ def _register_cap(x, warps: int) -> Optional[int]:
 
 
 def _factored(seg: Optional[Tensor], dt_lo: float) -> bool:
-    """Whether the kernels take the decays off their diagonal tiles factored (FACTORED_DECAYS): cs is monotone
+    """Whether the output kernel takes the decays left of its row blocks factored (FACTORED_DECAYS): cs is monotone
     in each chunk (dt' >= dt_lo >= 0) and no segment boundary lies inside one."""
     return FACTORED_DECAYS and seg is None and dt_lo >= 0
 
