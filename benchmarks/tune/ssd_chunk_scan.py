@@ -27,8 +27,8 @@ def grid(quick: bool):
     backward's 8 warps (DBC_WARPS None; default 4). The forward's output kernel at 8 warps (SCAN_WARPS, default 4)
     and 3 stages (SCAN_STAGES, default 2); its loop in steps of 64 or 16 columns (SCAN_COLS, default 32) and 128
     rows per program at 8 warps (SCAN_ROWS, default 64); its steps left of the row block in 64 columns
-    (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows. The decays off the diagonal per element
-    (FACTORED_DECAYS False; default True)."""
+    (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows, and without them. Its decays left of the row
+    block factored (FACTORED_DECAYS True; default False)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -41,8 +41,8 @@ def grid(quick: bool):
             + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}]
             + [{"SCAN_COLS": cols} for cols in (64, 16)]
             + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}]
-            + [{"SCAN_LEFT_COLS": 64}, {"SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}]
-            + [{"FACTORED_DECAYS": False}])
+            + [{"FACTORED_DECAYS": True}, {"FACTORED_DECAYS": True, "SCAN_LEFT_COLS": 64},
+               {"FACTORED_DECAYS": True, "SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}])
 
 
 def run(device, quick: bool, only):

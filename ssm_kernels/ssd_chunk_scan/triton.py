@@ -121,7 +121,10 @@ SCAN_LEFT_COLS: Optional[int] = None
 # (offline, Triton 3.6 sm_90: 21% fewer instructions per chunk, benchmarks/results/
 # sm90_ssd_chunk_scan_factored_decays.txt). The dx kernel's rows below its column block, factored the same way,
 # ran slower on an H100 (two accumulating loops: spills and shared memory) and take the decays per element.
-FACTORED_DECAYS = True
+# Natively (H100, benchmarks/results/h100_ssd_chunk_scan_factored_decays.txt) the output kernel is no faster for
+# it at B4 L4096 H64 P64 N128 (348 us against 338: not issue-bound there), the forward of B8 L2048 H32 P64 N64
+# 8% faster (0.255 ms against 0.276): off by default, for Mamba-2's usual d_state 128.
+FACTORED_DECAYS = False
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);

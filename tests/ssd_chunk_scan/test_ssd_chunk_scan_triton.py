@@ -418,7 +418,7 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     kwargs = dict(chunk_size=61, dt_softplus=True, dt_limit=dt_limit, return_final_states=True)
     if seq_idx:
         kwargs["seq_idx"] = random_seq_idx(2, 150, device)
-    for name, value in dict(SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16).items():
+    for name, value in dict(FACTORED_DECAYS=True, SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16).items():
         monkeypatch.setattr(module, name, value)
     monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
     taken = {}
