@@ -76,6 +76,17 @@ from ._common import segment_ids
 # the smallest grid (B1 H16 P64 N64 fp32: 0.244 -> 0.203 ms).
 PASSED_STATES_PROGRAMS: Optional[int] = 0
 
+# Tiles of the forward's boundary-states kernels (_chunk_states_passed_kernel, _chunk_state_kernel): the state's
+# columns per program (STATES_COLS, a power of two from 16, at most d_state: whole-N tiles read x once per head
+# instead of once per N tile, with half the programs to hide the chunk loop's latency), positions per step of
+# the loop over a chunk (STATES_STEP, a power of two from 16), warps, and pipelining stages (None: Triton's
+# default). At the defaults (the kernels' fixed tiles until these settings) the one-kernel path took 175 us of
+# the large case's 533 us forward (H100, h100_ssd_chunk_scan_factored_decays.txt); the tuner sweeps the others.
+STATES_COLS = 64
+STATES_STEP = 64
+STATES_WARPS = 4
+STATES_STAGES: Optional[int] = None
+
 # 128 registers per thread let two 8-warp programs of the backward's dx and dGm kernels share an SM (65536
 # registers), hiding each other's latency; each alone took about 180 and ran one per SM. On an H100 at
 # B4 L4096 H64 P64 N128 bf16: dx 1282 -> 983 us, dGm 700 -> 508 us, for 116 and 28 bytes of spills, the same
@@ -225,11 +236,18 @@ def _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi):
     return dtp, cs, g
 
 
+def _states_tiles(headdim: int, dstate: int) -> Tuple[int, int, int]:
+    """(BLOCK_P, BLOCK_N, tiles) of the boundary-states kernels' (P, N) state tiles (STATES_COLS)."""
+    block_p = min(_pow2(headdim), 64)
+    block_n = min(_pow2(dstate), STATES_COLS)
+    return block_p, block_n, cdiv(headdim, block_p) * cdiv(dstate, block_n)
+
+
 def _states_in_one_kernel(x: Tensor, dstate: int) -> bool:
     """Whether the boundary states are formed in one kernel: its grid, without the chunks, has at least
     PASSED_STATES_PROGRAMS programs (when set), and there is a chunk."""
     batch, length, heads, headdim = x.shape
-    tiles = cdiv(headdim, min(_pow2(headdim), 64)) * cdiv(dstate, min(_pow2(dstate), 64))
+    tiles = _states_tiles(headdim, dstate)[2]
     return (length > 0 and PASSED_STATES_PROGRAMS is not None
             and batch * heads * tiles >= PASSED_STATES_PROGRAMS)
 
@@ -263,14 +281,13 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False)
     has_seg, has_init = seg is not None, initial_states is not None
     st_strides = entering.stride()
     init_strides = initial_states.stride() if has_init else (0, 0, 0, 0)
-    block_p = min(_pow2(headdim), 64)
-    block_n = min(_pow2(dstate), 64)
-    tiles = cdiv(headdim, block_p) * cdiv(dstate, block_n)
+    block_p, block_n, tiles = _states_tiles(headdim, dstate)
     inputs = (x, B, dtp, cs, seg if has_seg else dtp)
     sizes = (length, heads, heads // groups, headdim, dstate, T, lp)
     input_strides = (*x.stride(), *B.stride(), *(seg.stride() if has_seg else (0, 0)))
     options = dict(HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=_emulate(x),
-                   BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), 64), num_warps=4)
+                   BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=min(_pow2(T), STATES_STEP), num_warps=STATES_WARPS,
+                   **({} if STATES_STAGES is None else dict(num_stages=STATES_STAGES)))
     if _states_in_one_kernel(x, dstate):
         launch(
             _chunk_states_passed_kernel, (tiles, batch * heads),

@@ -431,3 +431,22 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
     check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
     assert taken == {"_chunk_scan_kernel": factored}
+
+
+@pytest.mark.parametrize("one_kernel", [True, False])
+@pytest.mark.parametrize("cols,step", [(16, 16), (64, 32)])
+def test_boundary_states_tiles(monkeypatch, one_kernel, cols, step):
+    """The boundary-states kernels with their own state tiles (STATES_COLS: three 16-column tiles of d_state 40,
+    or one of 64) and steps over a chunk (STATES_STEP: four of 16 in a 61-long chunk, or two of 32), in one kernel
+    or two (PASSED_STATES_PROGRAMS None), with segments, the initial and the final state: against the reference,
+    forward and every gradient."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    monkeypatch.setattr(module, "STATES_COLS", cols)
+    monkeypatch.setattr(module, "STATES_STEP", step)
+    monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", 0 if one_kernel else None)
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 130, 4, 8, 2, 40, torch.float32, device, D_shape="HP")
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=61, dt_softplus=True,
+                 seq_idx=random_seq_idx(2, 130, device), return_final_states=True)
