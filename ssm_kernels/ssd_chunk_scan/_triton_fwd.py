@@ -257,68 +257,134 @@ def _state_passing_kernel(st_ptr, init_ptr, g_ptr, H, PN, NC, sib, sih, sip, sin
 
 
 @triton.jit
+def _x_rows(x_ptr, pos, valid, p, p_mask, sxl, sxp):
+    """The (len(pos), len(p)) tile of one head's x (x_ptr: its batch row and head) at sequence positions pos."""
+    return tl.load(x_ptr + pos[:, None] * sxl + p[None, :] * sxp, mask=valid[:, None] & p_mask[None, :], other=0.0)
+
+
+@triton.jit
+def _entering_term(Ci, st_ptr, cs_ptr, i, f, p, n, p_mask, n_mask, stp, stn, T, entering_i,
+                   HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                   EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr):
+    """One head's C_i states[c]^T decayed to row i (st_ptr: the head's entering state; cs_ptr: its chunk's first
+    cs): by exp(cs_i) where entering_i (with segments: the row continues the entering sequence), or, FACTORED, by
+    exp(cs_f) only (the rows' exp(cs_i - cs_f) comes after the steps left of row f). Returns it with the log2
+    decays of the rows and of row f."""
+    hp = tl.load(st_ptr + p[None, :] * stp + n[:, None] * stn, mask=n_mask[:, None] & p_mask[None, :], other=0.0)
+    acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE)
+    ex_i = _log_decays(cs_ptr, i, T, True, DOT_DTYPE)
+    ex_f = _log_decays(cs_ptr, f, T, True, DOT_DTYPE)
+    if FACTORED:
+        acc = acc * exp2(ex_f.to(tl.float32), FAST)
+    else:
+        q = tl.exp(tl.load(cs_ptr + i, mask=i < T, other=0.0).to(tl.float32))
+        if HAS_SEG:
+            q = tl.where(entering_i, q, 0.0)
+        acc = acc * q[:, None]
+    return acc, ex_i, ex_f
+
+
+@triton.jit
+def _factored_step(cb, x_ptr, dtp_ptr, cs_ptr, ex_f, j, pos_j, valid_j, p, p_mask, sxl, sxp, T,
+                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr):
+    """One head's sum over columns j left of the row block of cb[i, j] exp(cs_f - cs_j) dt'_j x_j (dtp_ptr,
+    cs_ptr: the head's chunk's first; ex_f: cs_f log2(e))."""
+    col = exp2((ex_f - _log_decays(cs_ptr, j, T, False, DOT_DTYPE)).to(tl.float32), FAST) * tl.load(dtp_ptr + j)
+    return _dot(cb * col[None, :], _x_rows(x_ptr, pos_j, valid_j, p, p_mask, sxl, sxp), DOT_DTYPE, PRECISION,
+                EMULATE)
+
+
+@triton.jit
+def _step(cb, x_ptr, dtp_ptr, cs_ptr, ex_i, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp, T,
+          DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr):
+    """One head's sum over columns j of cb[i, j] exp(cs_i - cs_j) dt'_j x_j where keep (dtp_ptr, cs_ptr: the
+    head's chunk's first)."""
+    M = _decays(ex_i, _log_decays(cs_ptr, j, T, False, DOT_DTYPE), keep, FAST)
+    dt_j = tl.load(dtp_ptr + j, mask=j < T, other=0.0)
+    return _dot(cb * M * dt_j[None, :], _x_rows(x_ptr, pos_j, valid_j, p, p_mask, sxl, sxp), DOT_DTYPE, PRECISION,
+                EMULATE)
+
+
+@triton.jit
+def _finish(acc, x_ptr, z_ptr, D_ptr, out_ptr, pre_ptr, pos_i, valid_i, p, p_mask, sxl, sxp, szl, szp, sdp, sol,
+            sop, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr):
+    """One head's rows: out = (y + D x) * silu(z), pre = y + D x (pointers at the head's batch row and head)."""
+    mask = valid_i[:, None] & p_mask[None, :]
+    if HAS_D:
+        xi = _x_rows(x_ptr, pos_i, valid_i, p, p_mask, sxl, sxp).to(tl.float32)
+        if D_PER_P:
+            acc += xi * tl.load(D_ptr + p * sdp, mask=p_mask, other=0.0).to(tl.float32)[None, :]
+        else:
+            acc += xi * tl.load(D_ptr).to(tl.float32)
+    o_offs = pos_i[:, None] * sol + p[None, :] * sop
+    if HAS_Z:
+        if STORE_PRE:
+            tl.store(pre_ptr + o_offs, acc.to(pre_ptr.dtype.element_ty), mask=mask)
+        zi = tl.load(z_ptr + pos_i[:, None] * szl + p[None, :] * szp, mask=mask, other=0.0).to(tl.float32)
+        acc = acc * zi / (1.0 + tl.exp(-zi))
+    tl.store(out_ptr + o_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
                        L, H, G, HPG, P, N, T, NC, LP, sxb, sxl, sxh, sxp, szb, szl, szh, szp,
                        scb, scl, scg, scn, sdh, sdp, ssb, ssl,
                        stb, stc, sth, stp, stn, sob, sol, soh, sop,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
+                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr, PAIRED: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk (and BLOCK_K columns
-    per step, BLOCK_K dividing BLOCK_M),
+    """Grid (nc * cdiv(T, BLOCK_M), B * H / (2 if PAIRED else 1), cdiv(P, BLOCK_P)): output rows i of one chunk
+    (and BLOCK_K columns per step, BLOCK_K dividing BLOCK_M),
         y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient).
+    PAIRED (heads per group even): heads h and h + 1 of one group in one program, each C_i and cb tile loaded
+    once for both.
     FACTORED (no segments, dt' >= 0: cs monotone in the chunk): the columns left of the row block (BLOCK_KL per
     step, dividing BLOCK_M) and the state term take their decays through the block's first row f,
     exp(cs_i - cs_j) = exp(cs_i - cs_f) exp(cs_f - cs_j) (each factor between 1 and the product, so neither
     overflows or underflows where the product does not): one exp per column and one per row instead of one per
     element, and no causal mask."""
     c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1) * (2 if PAIRED else 1)
     b, h, g = _batch_head(bh, H, HPG)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < P
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
-    row = bh * LP + c * T
-    cs_i = tl.load(cs_ptr + row + i, mask=i < T, other=0.0)
+    cs_c = cs_ptr + bh * LP + c * T  # the head's chunk's first cs (and dt' at the same offsets): head h + 1's LP on
+    dt_c = dtp_ptr + bh * LP + c * T
+    x_h = x_ptr + b * sxb + h * sxh
+    st_h = st_ptr + b * stb + c * stc + h * sth
     Ci = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + n[None, :] * scn,
                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
-
-    # the state entering the chunk, decayed to each row
-    hp = tl.load(st_ptr + b * stb + c * stc + h * sth + p[None, :] * stp + n[:, None] * stn,
-                 mask=n_mask[:, None] & p_mask[None, :], other=0.0)
     tl.static_assert(not (FACTORED and HAS_SEG), "factored decays need cs monotone across the rows")
-    acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE)
-    ex_i = _log_decays(cs_ptr + row, i, T, True, DOT_DTYPE)
+    entering_i = valid_i
+    if HAS_SEG:
+        seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
+        entering_i = seg_i == tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
+    acc, ex_i, ex_f = _entering_term(Ci, st_h, cs_c, i, m0, p, n, p_mask, n_mask, stp, stn, T, entering_i,
+                                     HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED)
+    if PAIRED:
+        acc2, ex_i2, ex_f2 = _entering_term(Ci, st_h + sth, cs_c + LP, i, m0, p, n, p_mask, n_mask, stp, stn, T,
+                                            entering_i, HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED)
+    k_start = 0
     if FACTORED:
-        # through f = m0: exp(cs_f) on the state term, exp(cs_f - cs_j) per column left of the block, then
-        # exp(cs_i - cs_f) per row on both
-        ex_f = _log_decays(cs_ptr + row, m0, T, True, DOT_DTYPE)
-        acc = acc * exp2(ex_f.to(tl.float32), FAST)
         for k0 in range(0, m0, BLOCK_KL):
             j = k0 + tl.arange(0, BLOCK_KL)
             pos_j = c * T + j
-            valid_j = pos_j < L
-            dt_j = tl.load(dtp_ptr + row + j)
-            col = exp2((ex_f - _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE)).to(tl.float32), FAST) * dt_j
-            w = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j) * col[None, :]
-            xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,
-                         mask=valid_j[:, None] & p_mask[None, :], other=0.0)
-            acc += _dot(w, xj, DOT_DTYPE, PRECISION, EMULATE)
+            cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
+            acc += _factored_step(cb, x_h, dt_c, cs_c, ex_f, j, pos_j, pos_j < L, p, p_mask, sxl, sxp, T,
+                                  DOT_DTYPE, PRECISION, EMULATE, FAST)
+            if PAIRED:
+                acc2 += _factored_step(cb, x_h + sxh, dt_c + LP, cs_c + LP, ex_f2, j, pos_j, pos_j < L, p, p_mask,
+                                       sxl, sxp, T, DOT_DTYPE, PRECISION, EMULATE, FAST)
         acc = acc * exp2((ex_i - ex_f).to(tl.float32), FAST)[:, None]
+        if PAIRED:
+            acc2 = acc2 * exp2((ex_i2 - ex_f2).to(tl.float32), FAST)[:, None]
         k_start = m0
-    else:
-        q = tl.exp(cs_i.to(tl.float32))
-        if HAS_SEG:
-            seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
-            entering = tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
-            q = tl.where(seg_i == entering, q, 0.0)
-        acc = acc * q[:, None]
-        k_start = 0
 
     # within the chunk, up to the diagonal (past the sequence: cb, dt' and x are 0, so no mask is needed there)
     for k0 in range(k_start, m0 + BLOCK_M, BLOCK_K):
@@ -329,30 +395,21 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
         if HAS_SEG:
             seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
             keep = keep & (seg_j[None, :] == seg_i[:, None])
-        M = _decays(ex_i, _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
-        dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
-        w = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j) * M * dt_j[None, :]
-        xj = tl.load(x_ptr + b * sxb + pos_j[:, None] * sxl + h * sxh + p[None, :] * sxp,
-                     mask=valid_j[:, None] & p_mask[None, :], other=0.0)
-        acc += _dot(w, xj, DOT_DTYPE, PRECISION, EMULATE)
+        cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
+        acc += _step(cb, x_h, dt_c, cs_c, ex_i, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp, T,
+                     DOT_DTYPE, PRECISION, EMULATE, FAST)
+        if PAIRED:
+            acc2 += _step(cb, x_h + sxh, dt_c + LP, cs_c + LP, ex_i2, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp,
+                          T, DOT_DTYPE, PRECISION, EMULATE, FAST)
 
-    mask = valid_i[:, None] & p_mask[None, :]
-    if HAS_D:
-        xi = tl.load(x_ptr + b * sxb + pos_i[:, None] * sxl + h * sxh + p[None, :] * sxp, mask=mask,
-                     other=0.0).to(tl.float32)
-        if D_PER_P:
-            Dv = tl.load(D_ptr + h * sdh + p * sdp, mask=p_mask, other=0.0).to(tl.float32)
-            acc += xi * Dv[None, :]
-        else:
-            acc += xi * tl.load(D_ptr + h * sdh).to(tl.float32)
-    o_offs = b * sob + pos_i[:, None] * sol + h * soh + p[None, :] * sop
-    if HAS_Z:
-        if STORE_PRE:
-            tl.store(pre_ptr + o_offs, acc.to(pre_ptr.dtype.element_ty), mask=mask)
-        zi = tl.load(z_ptr + b * szb + pos_i[:, None] * szl + h * szh + p[None, :] * szp, mask=mask,
-                     other=0.0).to(tl.float32)
-        acc = acc * zi / (1.0 + tl.exp(-zi))
-    tl.store(out_ptr + o_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    D_h = D_ptr + h * sdh
+    z_h = z_ptr + b * szb + h * szh
+    out_h = b * sob + h * soh
+    _finish(acc, x_h, z_h, D_h, out_ptr + out_h, pre_ptr + out_h, pos_i, valid_i, p, p_mask, sxl, sxp, szl, szp,
+            sdp, sol, sop, HAS_D, D_PER_P, HAS_Z, STORE_PRE)
+    if PAIRED:
+        _finish(acc2, x_h + sxh, z_h + szh, D_h + sdh, out_ptr + out_h + soh, pre_ptr + out_h + soh, pos_i, valid_i,
+                p, p_mask, sxl, sxp, szl, szp, sdp, sol, sop, HAS_D, D_PER_P, HAS_Z, STORE_PRE)
 
 
 @triton.jit

@@ -137,6 +137,11 @@ SCAN_LEFT_COLS: Optional[int] = None
 # 8% faster (0.255 ms against 0.276): off by default, for Mamba-2's usual d_state 128.
 FACTORED_DECAYS = False
 
+# Two heads of a group in one program of the output kernel (where the heads per group are even): its C rows and
+# each C B^T tile, read once per head otherwise, are read once per pair. On the large case above those fp32 tiles
+# are most of the kernel's traffic from L2 (about 655 of 1000 MB).
+SCAN_PAIRED_HEADS = False
+
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
 # at 4 the same H100 case ran it in 368 us instead of 724 (forward+backward 3.503 -> 3.185 ms; gradients within
@@ -345,7 +350,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
-        grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
+        paired = SCAN_PAIRED_HEADS and hpg % 2 == 0
+        grid = (nc * cdiv(T, block_m), batch * heads // (2 if paired else 1), cdiv(headdim, block_p))
         launch_fitting_shared_memory(_chunk_scan_kernel, grid,
             x, x if z is None else z, cb, C, x if D is None else D, dtp, cs, seg_arg, states, out,
             pre if store_pre else out,
@@ -353,8 +359,9 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS),
-            BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
+            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), PAIRED=paired, BLOCK_M=block_m,
+            BLOCK_K=min(block_m, SCAN_COLS), BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p,
+            BLOCK_N=block_n,
             num_warps=SCAN_WARPS, num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)

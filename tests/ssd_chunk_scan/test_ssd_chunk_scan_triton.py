@@ -431,6 +431,39 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     assert taken == {"_chunk_scan_kernel": factored}
 
 
+@pytest.mark.parametrize("heads,factored,options", [
+    (4, False, "seq_idx_final_state"),  # segments: the pair's rows continue the entering sequence or not alike
+    (4, True, "D_per_head_no_z"),  # the factored steps left of the row block, D (H,), no gate
+    (6, False, "plain"),  # three heads per group: one per program
+])
+def test_paired_heads(monkeypatch, heads, factored, options):
+    """The output kernel with two heads of a group per program (SCAN_PAIRED_HEADS), on 61-long chunks in 16-row
+    blocks with 16-column steps, heads of different decays in each pair, initial states: against the reference,
+    forward and every gradient. Asserted per launch: heads are paired exactly where the heads per group are even."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 150, heads, 16, 2, 16, torch.float32, device,
+                         D_shape="H" if options == "D_per_head_no_z" else "HP", z=options != "D_per_head_no_z")
+    kwargs = dict(chunk_size=61, dt_softplus=True)
+    if options == "seq_idx_final_state":
+        kwargs.update(seq_idx=random_seq_idx(2, 150, device), return_final_states=True)
+    for name, value in dict(SCAN_PAIRED_HEADS=True, FACTORED_DECAYS=factored, SCAN_ROWS=16, SCAN_COLS=16).items():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
+    taken = []
+    real_launch = module.launch_fitting_shared_memory
+
+    def spy(kernel, grid, *args, **options):
+        if "PAIRED" in options:
+            taken.append((options["PAIRED"], options["FACTORED"]))
+        return real_launch(kernel, grid, *args, **options)
+    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
+    assert taken == [(heads // 2 % 2 == 0, factored)]
+
+
 @pytest.mark.parametrize("one_kernel", [True, False])
 @pytest.mark.parametrize("cols,step", [(16, 16), (64, 32)])
 def test_boundary_states_tiles(monkeypatch, one_kernel, cols, step):
