@@ -52,11 +52,12 @@ struct CudaBlock {
 __device__ inline CudaBlock this_block(float* scratch) { return {int(threadIdx.x), int(blockDim.x), scratch}; }
 
 template <typename T, int kMaxBlock>
-__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>()) fftconv_fwd_kernel(Problem<T> p, T* y) {
+__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
+    fftconv_fwd_kernel(Problem<T> p, T* y, T* ungated) {
   extern __shared__ float4 shared[];
   cfloat* buf = reinterpret_cast<cfloat*>(shared);
   const CudaBlock block = this_block(nullptr);
-  for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) forward_row(p, y, row, buf, block);
+  for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) forward_row(p, y, ungated, row, buf, block);
 }
 
 // The backward's buffers a, b, acc: the first `in_shared` in shared memory, the others in this block's slot of
@@ -112,11 +113,12 @@ using namespace fftconv;
 void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
-                      at::Tensor& y) {
+                      at::Tensor& y, const c10::optional<at::Tensor>& ungated) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t rows = u.size(0) * u.size(1);
   if (rows == 0 || u.size(2) == 0) return;
-  TORCH_CHECK(y.is_contiguous(), "fftconv: y must be contiguous");
+  TORCH_CHECK(y.is_contiguous() && (!ungated.has_value() || ungated->is_contiguous()),
+              "fftconv: y and ungated must be contiguous");
   check_threads(threads);
   const size_t smem = padded_size(1 << log_points) * sizeof(cfloat);
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd", [&] {
@@ -124,12 +126,14 @@ void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& preg
     const auto kernel = threads <= kSmallBlock ? fftconv_fwd_kernel<scalar_t, kSmallBlock>
                                                : fftconv_fwd_kernel<scalar_t, kMaxThreads>;
     const int grid = persistent_grid(kernel, int(threads), smem, rows);
-    kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>());
+    kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>(),
+                                                                           optional_ptr<scalar_t>(ungated));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
+void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
+                      const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                       bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
@@ -157,7 +161,7 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const at::Tensor& u, const c10::opti
     at::Tensor partial = at::empty({units / heads, dk.size(0), heads, dk.size(-1)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
-        make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
+        make_gradients<scalar_t>(dy, ungated, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int grid = int(std::min<int64_t>(units, resident));
     at::Tensor scratch;
     if (in_shared < 3) {

@@ -39,13 +39,15 @@ Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pr
           int(u.size(0)), int(u.size(1)), int(u.size(2)), transform};
 }
 
-// dk: the (G, 1 or 2, H, Lk) per-unit partials for G = batch_groups(B, rows_per_group).
+// dk: the (G, 1 or 2, H, Lk) per-unit partials for G = batch_groups(B, rows_per_group). ungated: the forward's
+// output before its postgate (B, H, L), or absent.
 template <typename T>
-Gradients<T> make_gradients(const at::Tensor& dy, bool bidirectional, int rows_per_group, at::Tensor& du,
-                            const c10::optional<at::Tensor>& dpregate, const c10::optional<at::Tensor>& dpostgate,
-                            const c10::optional<at::Tensor>& dskip, at::Tensor& dk) {
+Gradients<T> make_gradients(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, bool bidirectional,
+                            int rows_per_group, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
+                            const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
+                            at::Tensor& dk) {
   TORCH_CHECK(du.is_contiguous() && dk.is_contiguous(), "fftconv: outputs must be contiguous");
-  return {strided<T>(dy), du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate),
+  return {strided<T>(dy), strided<T>(ungated), du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate),
           optional_ptr<float>(dskip), dk.data_ptr<float>(), int(dk.size(-1)), rows_per_group, bidirectional};
 }
 

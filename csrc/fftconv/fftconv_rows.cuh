@@ -55,6 +55,7 @@ struct Problem {
 template <typename T>
 struct Gradients {
   Strided<T> dy;
+  Strided<T> ungated;  // the forward's conv + D v (before the postgate), or absent: then recomputed for dpost
   T* du;
   T* dpre;         // nullptr without a pregate
   T* dpost;        // nullptr without a postgate
@@ -136,9 +137,10 @@ SSM_HD void store(T* out, int t, float value) {
   out[t] = static_cast<T>(value);
 }
 
-// y = (conv(v, k) + D v) * post, v = u * pre, for one row. buf: padded_size(M) values.
+// y = (conv(v, k) + D v) * post, v = u * pre, for one row; also conv + D v into `ungated` (contiguous, like y)
+// unless it is nullptr. buf: padded_size(M) values.
 template <typename T, class Block>
-SSM_HD void forward_row(const Problem<T>& p, T* y, int row, cfloat* buf, const Block& block) {
+SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* buf, const Block& block) {
   const RowIndex at(row, p.batch);
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
@@ -152,21 +154,23 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, int row, cfloat* buf, const B
 
   const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
   const RowIn<T> post = p.post.row(at.b, at.h);
-  T* out = y + (int64_t(at.b) * p.heads + at.h) * p.length;
+  const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
   for (int n = block.thread; 2 * n < p.length; n += block.threads) {
     const cfloat conv = buf[padded(n)];
     for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
       const int pos = 2 * n + j;
       float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
+      if (ungated != nullptr) store(ungated + out, pos, value);
       if (post.data != nullptr) value *= post[pos];
-      store(out, pos, value);
+      store(y + out, pos, value);
     }
   }
 }
 
 // The backward of row (b, h), all but the kernel gradient, whose spectrum it adds to acc. a, b, acc: buffers
 // of padded_size(M) values. With g = dy * post and v = u * pre:
-//   conv = IFFT(V K)          (only with a postgate: dpost = dy (conv + D v))
+//   conv = IFFT(V K)          (only with a postgate and no saved ungated output: dpost = dy (conv + D v); with
+//                              one, dpost = dy ungated)
 //   dv   = IFFT(G conj K)     the correlation of g with k, + D g; du = dv * pre, dpre = dv * u
 //   acc += G conj V           the spectrum of the correlation of g with v (backward_unit turns it into dk)
 //   dD   = sum_t g v
@@ -183,16 +187,17 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   const RowIn<T> dy = grads.dy.row(batch_row, h);
   const float skip = p.skip != nullptr ? p.skip[h] : 0.0f;
   const int64_t out = (int64_t(batch_row) * p.heads + h) * p.length;
+  const bool recompute_conv = grads.dpost != nullptr && grads.ungated.data == nullptr;
 
   // G into a, V into b
   cfloat* v_transform = one_fft_buffer ? a : b;
-  if (one_fft_buffer || grads.dpost != nullptr) {
+  if (one_fft_buffer || recompute_conv) {
     fill(v_transform, v, points, block);
     block.sync();
     forward_fft(v_transform, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
     if (one_fft_buffer) copy(a, b, points, block);
   }
-  if (grads.dpost != nullptr) {  // conv in a (from V where it was transformed), then g over it
+  if (recompute_conv) {  // conv in a (from V where it was transformed), then g over it
     if (one_fft_buffer) block.sync();  // the copy read a's slots that the pairs below overwrite
     multiply_by_kernel(v_transform, a, kernel, t, p.twiddles, block);
     block.sync();
@@ -231,6 +236,7 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
 
   const RowIn<T> u = p.u.row(batch_row, h), pre = p.pre.row(batch_row, h);
+  const RowIn<T> ungated = grads.ungated.row(batch_row, h);
   float dskip = 0.0f;
   for (int n = block.thread; 2 * n < p.length; n += block.threads) {
     const cfloat corr = a[padded(n)];
@@ -238,6 +244,7 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
       const int pos = 2 * n + j;
       const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
       dskip += gt * v(pos);
+      if (grads.dpost != nullptr && !recompute_conv) store(grads.dpost + out, pos, dy[pos] * ungated[pos]);
       if (pre.data != nullptr) {
         store(grads.dpre + out, pos, dv * u[pos]);
         store(grads.du + out, pos, dv * pre[pos]);

@@ -67,17 +67,18 @@ def backward_fake(grad, u, k, D, bidirectional, pregate, postgate):
             postgate.new_empty(u.shape) if postgate is not None else absent(u)]
 
 
-def save_for_backward(ctx, inputs, output):
-    u, k, D, bidirectional, pregate, postgate = inputs
+def save_for_backward(ctx, inputs, output, *outputs_to_save):
+    """Saves the tensor inputs, then outputs_to_save (a backend's own, after them in ctx.saved_tensors)."""
+    u, k, D, bidirectional, pregate, postgate = inputs[:6]
     ctx.bidirectional = bidirectional
     ctx.present = [t is not None for t in (u, k, D, pregate, postgate)]
-    ctx.save_for_backward(u, k, D, pregate, postgate)
+    ctx.save_for_backward(u, k, D, pregate, postgate, *outputs_to_save)
 
 
 def gradients(backward_op, ctx, grad):
     """The custom op's backward rule: backward_op returns [du, dk, dD, dpregate, dpostgate] (placeholders for
     absent inputs)."""
-    u, k, D, pregate, postgate = ctx.saved_tensors
+    u, k, D, pregate, postgate = ctx.saved_tensors[:5]
     grads = backward_op(grad, u, k, D, ctx.bidirectional, pregate, postgate)
     du, dk, dD, dpre, dpost = (g if present else None for g, present in zip(grads, ctx.present))
     return du, dk, dD, None, dpre, dpost

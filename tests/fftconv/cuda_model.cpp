@@ -29,19 +29,21 @@ void check_threads(int64_t threads) {
 void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                  const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
-                 at::Tensor& y) {
+                 at::Tensor& y, const c10::optional<at::Tensor>& ungated) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd_model", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     std::vector<cfloat> buf(padded_size(1 << log_points));
     scalar_t* out = y.data_ptr<scalar_t>();
+    scalar_t* saved = optional_ptr<scalar_t>(ungated);
     check_threads(threads);
     run_block(int(threads), [&](const ThreadOfBlock& block) {
-      for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, row, buf.data(), block);
+      for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, saved, row, buf.data(), block);
     });
   });
 }
 
-void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
+void fftconv_bwd(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
+                 const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                  const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                  bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
@@ -54,7 +56,7 @@ void fftconv_bwd(const at::Tensor& dy, const at::Tensor& u, const c10::optional<
     at::Tensor partial = at::empty({groups, dk.size(0), dk.size(1), dk.size(2)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
-        make_gradients<scalar_t>(dy, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
+        make_gradients<scalar_t>(dy, ungated, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int size = padded_size(1 << log_points);
     std::vector<cfloat> buffers(3 * size);
     check_threads(threads);

@@ -32,18 +32,24 @@ int main() {
                                gated ? Strided<float>{pre.data(), heads * length, length, 1} : no_gate,
                                gated ? Strided<float>{post.data(), heads * length, length, 1} : no_gate,
                                skip.data(), spectrum.data(), twiddles.data(), batch, heads, length, t};
-        std::vector<float> y(u.size()), du(u.size()), dpre(u.size()), dpost(u.size()), dskip(batch * heads);
+        std::vector<float> y(u.size()), ungated(u.size()), du(u.size()), dpre(u.size()), dpost(u.size());
+        std::vector<float> dskip(batch * heads);
         const int rows_per_group = 2, groups = batch_groups(batch, rows_per_group);
         std::vector<float> dk(groups * (bidirectional ? 2 : 1) * heads * taps);
-        const Gradients<float> grads{{dy.data(), heads * length, length, 1}, du.data(),
-                                     gated ? dpre.data() : nullptr, gated ? dpost.data() : nullptr,
-                                     dskip.data(), dk.data(), taps, rows_per_group, bidirectional};
         const int size = padded_size(points);
         std::vector<cfloat> buffers(3 * size);
         for (int threads : {4, 8}) {
           for (bool one_fft_buffer : {false, true}) {
+            // gated: the backward with the forward's ungated output (4 threads) and recomputing it (8)
+            const bool saved = gated && threads == 4;
+            const Gradients<float> grads{{dy.data(), heads * length, length, 1},
+                                         saved ? Strided<float>{ungated.data(), heads * length, length, 1} : no_gate,
+                                         du.data(), gated ? dpre.data() : nullptr, gated ? dpost.data() : nullptr,
+                                         dskip.data(), dk.data(), taps, rows_per_group, bidirectional};
             run_block(threads, [&](const ThreadOfBlock& block) {
-              for (int row = 0; row < batch * heads; ++row) forward_row(p, y.data(), row, buffers.data(), block);
+              for (int row = 0; row < batch * heads; ++row) {
+                forward_row(p, y.data(), saved ? ungated.data() : nullptr, row, buffers.data(), block);
+              }
               for (int unit = 0; unit < groups * heads; ++unit) {
                 backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size,
                               one_fft_buffer, block);

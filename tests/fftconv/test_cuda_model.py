@@ -88,6 +88,40 @@ def test_one_fft_buffer_backward(model, one_fft_buffer, length, taps, bidirectio
     check_parity(run, reference, inputs, torch.float32, names, bidirectional=bidirectional)
 
 
+@pytest.mark.parametrize("dtype,length,bidirectional,one_buffer", [
+    (torch.float32, 130, True, False), (torch.bfloat16, 1025, False, False), (torch.float32, 1025, False, True)])
+def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, length, bidirectional, one_buffer):
+    """A forward that records a gradient with a postgate from SAVE_UNGATED_FROM positions on saves its output
+    before the postgate, and the backward takes dpostgate from it instead of recomputing the convolution (in both
+    backward schemes): every output and gradient against the reference. Asserted per call: saved exactly there
+    (not without a gradient, not without a postgate, not below the length)."""
+    monkeypatch.setattr(cuda_backend, "SAVE_UNGATED_FROM", length)
+    saved = []
+    real = model.fftconv_fwd
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def fftconv_fwd(self, *args):
+            saved.append(args[-1] is not None)
+            return real(*args)
+    monkeypatch.setattr(cuda_backend, "_kernels", lambda: Spy())
+    model.set_one_fft_buffer(one_buffer)
+    try:
+        inputs = make_inputs(2, 3, length, length // 2, dtype, "cpu", bidirectional=bidirectional)
+        check_parity(run, reference, inputs, dtype, GRADS, bidirectional=bidirectional)
+        assert saved[0] and not any(saved[1:])  # check_parity's first call records the gradients
+        saved.clear()
+        run(**dict(inputs, bidirectional=bidirectional, u=inputs["u"].requires_grad_()))
+        run(**dict(inputs, bidirectional=bidirectional, postgate=None, u=inputs["u"].requires_grad_()))
+        run(**dict(inputs, bidirectional=bidirectional, u=inputs["u"][..., :-1].detach().requires_grad_(),
+                   pregate=inputs["pregate"][..., :-1], postgate=inputs["postgate"][..., :-1]))
+        assert saved == [True, False, False]
+    finally:
+        model.set_one_fft_buffer(False)
+
+
 @pytest.mark.parametrize("skip,gates", [(False, False), (True, False), (False, True)])
 def test_without_extras_and_strided(model, skip, gates):
     inputs = make_inputs(2, 5, 100, 37, torch.float32, "cpu", skip=skip, gates=gates, transposed=True)
