@@ -1,5 +1,6 @@
 """Spectrum rows per step (CHUNK) and warps of the Triton fftconv's forward and backward kernels
-(ssm_kernels/fftconv/triton.py), and threads per block of the CUDA ones (ssm_kernels/fftconv/cuda.py), on the GPU
+(ssm_kernels/fftconv/triton.py), and threads per block of the CUDA ones and the length from which their forward
+saves its output before the postgate for the backward (ssm_kernels/fftconv/cuda.py), on the GPU
 cases of `python -m benchmarks --op fftconv` that each backend takes (B8 H768: bf16 L4096 / L1024, fp32 / fp16
 L2048; the CUDA backend also L16384 and fp32 L4096)."""
 from __future__ import annotations
@@ -36,3 +37,5 @@ def run(device, quick: bool, only):
     for case, variant in backend_variants(fftconv_cases, device, only, "cuda"):
         print(f"{case.name}: CUDA threads per block", flush=True)
         sweep(cuda_backend, variant, device, [{"BLOCK_THREADS": t} for t in (64, 128, 256, 512)], quick)
+        print(f"{case.name}: CUDA forward saving its ungated output (1: always; 2^30: never)", flush=True)
+        sweep(cuda_backend, variant, device, [{"SAVE_UNGATED_FROM": n} for n in (1, 1 << 30)], quick)
