@@ -32,7 +32,8 @@ def grid(quick: bool):
     default False), at 4 and 8 warps, with and without factored decays. The boundary-states kernels' tiles: whole
     128-column state tiles (STATES_COLS, default 64), also at 8 warps (STATES_WARPS, default 4), 32 or 128
     positions per step (STATES_STEP, default 64), 3 or 1 pipelining stages (STATES_STAGES, default None:
-    Triton's)."""
+    Triton's), the one-kernel path's steps in one loop over every chunk (STATES_FLAT True; default False), also with
+    128-column tiles."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -51,7 +52,8 @@ def grid(quick: bool):
                {"SCAN_PAIRED_HEADS": True, "FACTORED_DECAYS": True},
                {"SCAN_PAIRED_HEADS": True, "FACTORED_DECAYS": True, "SCAN_WARPS": 8}]
             + [{"STATES_COLS": 128}, {"STATES_COLS": 128, "STATES_WARPS": 8}, {"STATES_WARPS": 8},
-               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1}])
+               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1},
+               {"STATES_FLAT": True}, {"STATES_FLAT": True, "STATES_COLS": 128}])
 
 
 def run(device, quick: bool, only):

@@ -148,32 +148,53 @@ def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
 
 
 @triton.jit
+def _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n, p_mask, n_mask,
+                L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """The (p, n) tile of what positions t = k0 .. k0 + BLOCK_K of chunk c add to its state (fp32; row =
+    bh * LP + c * T; cs_end, seg_end: the chunk's last cs and segment id):
+    sum_t exp(cs_end - cs_t) [seg_t == seg_end] dt'_t x_t B_t^T."""
+    t = k0 + tl.arange(0, BLOCK_K)
+    pos = c * T + t
+    valid = (t < T) & (pos < L)
+    cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
+    dtp = tl.load(dtp_ptr + row + t, mask=t < T, other=0.0)
+    keep = valid
+    if HAS_SEG:
+        seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
+        keep = keep & (seg == seg_end)
+    w = tl.where(keep, tl.exp(tl.where(keep, cs_end - cs, 0.0).to(tl.float32)) * dtp, 0.0)
+    xt = tl.load(x_ptr + b * sxb + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
+                 mask=p_mask[:, None] & valid[None, :], other=0.0).to(tl.float32)
+    Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
+                 mask=valid[:, None] & n_mask[None, :], other=0.0)
+    return _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
+
+
+@triton.jit
+def _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG: tl.constexpr):
+    """(cs_end, seg_end) of chunk c: its last position's cs and segment id (0 without segments)."""
+    cs_end = tl.load(cs_ptr + row + T - 1)
+    seg_end = 0
+    if HAS_SEG:
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+    return cs_end, seg_end
+
+
+@triton.jit
 def _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, row, p, n, p_mask, n_mask, L, T,
                  sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                  HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The (p, n) tile of the state chunk c adds from a zero start (fp32; row = bh * LP + c * T):
     S_c = sum_j exp(cs_{T-1} - cs_j) [seg_j == seg_end] dt'_j x_j B_j^T."""
-    cs_end = tl.load(cs_ptr + row + T - 1)
-    if HAS_SEG:
-        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
+    cs_end, seg_end = _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, T, BLOCK_K):
-        t = k0 + tl.arange(0, BLOCK_K)
-        pos = c * T + t
-        valid = (t < T) & (pos < L)
-        cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
-        dtp = tl.load(dtp_ptr + row + t, mask=t < T, other=0.0)
-        keep = valid
-        if HAS_SEG:
-            seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
-            keep = keep & (seg == seg_end)
-        w = tl.where(keep, tl.exp(tl.where(keep, cs_end - cs, 0.0).to(tl.float32)) * dtp, 0.0)
-        xt = tl.load(x_ptr + b * sxb + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
-                     mask=p_mask[:, None] & valid[None, :], other=0.0).to(tl.float32)
-        Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
-                     mask=valid[:, None] & n_mask[None, :], other=0.0)
-        acc += _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
+        acc += _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n,
+                           p_mask, n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                           HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_K)
     return acc
 
 
@@ -202,14 +223,16 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
                                 L, H, HPG, P, N, T, LP, NC, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                                 sib, sih, sip, sin, stb, stc, sth, stp, stn, sfb, sfh, sfp, sfn,
                                 HAS_SEG: tl.constexpr, HAS_INIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                                PRECISION: tl.constexpr, EMULATE: tl.constexpr,
+                                PRECISION: tl.constexpr, EMULATE: tl.constexpr, FLAT: tl.constexpr,
                                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), B * H): the chunk state and state passing kernels in one pass
     over the chunks, the state in registers (fp32): entering[:, 0] = the initial state (or 0), then in chunk order
     state_{c + 1} = g_c state_c + S_c (the same operations, so the same bits), stored as entering[:, c + 1] for
     c + 1 < NC (in st_ptr's dtype) and as the final state (fin_ptr, fp32) for c + 1 = NC; the chunk states S_c
     are never written to memory and read back. (B, nc + 1, H, P, N) fp32 states: entering = its first nc slots,
-    final its last."""
+    final its last. FLAT: one loop over every step of every chunk (the same operations in the same order, so the
+    same bits), which the compiler may pipeline across chunk boundaries, where the loop over a chunk's steps starts
+    its loads again at each chunk."""
     bh = tl.program_id(1)
     b, h, g = _batch_head(bh, H, HPG)
     p, n, p_mask, n_mask = _state_tile(tl.program_id(0), P, N, BLOCK_P, BLOCK_N)
@@ -221,13 +244,30 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
     else:
         state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     tl.store(out, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
-    for c in range(0, NC):
-        S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
-                         L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                         HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
-        state = tl.load(g_ptr + bh * NC + c) * state + S
-        if c + 1 < NC:
-            tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
+    if FLAT:
+        steps = tl.cdiv(T, BLOCK_K)
+        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+        for step in range(0, NC * steps):
+            c = step // steps
+            k0 = (step - c * steps) * BLOCK_K
+            row = bh * LP + c * T
+            cs_end, seg_end = _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG)
+            S += _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n,
+                             p_mask, n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                             HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_K)
+            if k0 + BLOCK_K >= T:
+                state = tl.load(g_ptr + bh * NC + c) * state + S
+                S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+                if c + 1 < NC:
+                    tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
+    else:
+        for c in range(0, NC):
+            S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask,
+                             n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                             HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
+            state = tl.load(g_ptr + bh * NC + c) * state + S
+            if c + 1 < NC:
+                tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
     tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
 
 

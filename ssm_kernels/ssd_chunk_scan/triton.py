@@ -86,6 +86,9 @@ STATES_COLS = 64
 STATES_STEP = 64
 STATES_WARPS = 4
 STATES_STAGES: Optional[int] = None
+# The one-kernel path's steps as one loop over every chunk (True) instead of a loop over chunks around a loop over
+# each chunk's steps: the same bits; the compiler's pipelining then runs across chunk boundaries.
+STATES_FLAT = False
 
 # 128 registers per thread let two 8-warp programs of the backward's dx and dGm kernels share an SM (65536
 # registers), hiding each other's latency; each alone took about 180 and ran one per SM. On an H100 at
@@ -297,7 +300,8 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False)
         launch(
             _chunk_states_passed_kernel, (tiles, batch * heads),
             *inputs, g, initial_states if has_init else final, entering, final, *sizes, nc, *input_strides,
-            *init_strides, *st_strides, final.stride(0), *final.stride()[2:], HAS_INIT=has_init, **options)
+            *init_strides, *st_strides, final.stride(0), *final.stride()[2:], HAS_INIT=has_init, FLAT=STATES_FLAT,
+            **options)
         return (entering, final) if lean else states
     if lean:
         raise ValueError("lean boundary states need the one-kernel path (_lean_states)")

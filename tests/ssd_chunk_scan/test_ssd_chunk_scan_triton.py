@@ -159,12 +159,14 @@ def _outputs_and_gradients(inputs, kwargs, names):
     return [o.detach() for o in outs] + list(grads)
 
 
-@pytest.mark.parametrize("options,dtype", [("plain", torch.float32), ("plain", torch.bfloat16),
-                                           ("seq_idx_final_state", torch.float32), ("varlen", torch.float32)])
-def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options, dtype):
-    """The chunk states and their passing in one kernel (grids of at least PASSED_STATES_PROGRAMS programs) or
-    in two give the same bits: outputs, final and varlen states, every gradient (the backward recomputes nothing
-    here, but reads the boundary states)."""
+@pytest.mark.parametrize("options,dtype,chunk", [("plain", torch.float32, 32), ("plain", torch.bfloat16, 40),
+                                                 ("seq_idx_final_state", torch.float32, 40),
+                                                 ("varlen", torch.float32, 32)])
+def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options, dtype, chunk):
+    """The chunk states and their passing in one kernel (grids of at least PASSED_STATES_PROGRAMS programs), its
+    steps in one loop over every chunk (STATES_FLAT) or in a loop per chunk, or in two kernels give the same bits:
+    outputs, final and varlen states, every gradient (the backward recomputes nothing here, but reads the boundary
+    states). Chunks in 16-position steps: two per 32-long chunk, three per 40-long one (the last one partial)."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     fused = module._chunk_states_passed_kernel
@@ -176,15 +178,19 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
             return fused[grid]
     monkeypatch.setattr(module, "_chunk_states_passed_kernel", Counted())
     inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
+    kwargs["chunk_size"] = chunk
+    monkeypatch.setattr(module, "STATES_STEP", 16)
     names = grads_of(inputs)
     runs = []
-    for threshold in (0, None):
+    for threshold, flat in ((0, False), (0, True), (None, False)):
         monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", threshold)
+        monkeypatch.setattr(module, "STATES_FLAT", flat)
         launches.clear()
         runs.append(_outputs_and_gradients(inputs, kwargs, names))
         assert bool(launches) == (threshold == 0)
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("options", ["seq_idx_final_state", "varlen"])
