@@ -71,6 +71,18 @@ def test_cuda_longest(length, taps, bidirectional, dtype):
                  bidirectional=bidirectional)
 
 
+@pytest.mark.parametrize("length,bidirectional,dtype", [(1000, False, torch.bfloat16), (4095, True, torch.float32)])
+def test_cuda_backward_with_the_saved_ungated_output(monkeypatch, length, bidirectional, dtype):
+    """The CUDA forward saving its output before the postgate at every length (SAVE_UNGATED_FROM 1) and the
+    backward reading it: against the direct sum, every gradient (tests/fftconv/test_cuda_model.py checks the
+    same row code on the CPU; this, the launch)."""
+    import importlib
+    monkeypatch.setattr(importlib.import_module("ssm_kernels.fftconv.cuda"), "SAVE_UNGATED_FROM", 1)
+    inputs = make_inputs(2, 3, length, length // 3, dtype, backend_device("cuda"), bidirectional=bidirectional)
+    check_parity(run("cuda"), fftconv_ref, inputs, dtype, ["u", "k", "D", "pregate", "postgate"],
+                 bidirectional=bidirectional)
+
+
 def assert_block_sizes_agree(monkeypatch, run, inputs, thread_counts):
     """run(**inputs, bidirectional=True) with the CUDA backend's BLOCK_THREADS at each count: y and every
     gradient bitwise equal to the first count's (dD up to the order of its block sum). Every thread count
