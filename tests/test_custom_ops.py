@@ -68,6 +68,10 @@ def _fftconv(device):  # (u, k, D, bidirectional, pregate, postgate)
             _leaf(2, 4, 24, device=device), _leaf(2, 4, 24, device=device))
 
 
+def fftconv_cuda_args(device, save_ungated: bool):  # the CUDA op also takes whether to save the ungated output
+    return (*_fftconv(device), save_ungated)
+
+
 # forward op name (then a case name) -> (op, backend, arguments on the backend's test device)
 CASES = {
     "linear_scan_torch": ("linear_scan", "torch", _linear_scan),
@@ -95,7 +99,8 @@ CASES = {
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
     "fftconv_triton": ("fftconv", "triton", _fftconv),
-    "fftconv_cuda": ("fftconv", "cuda", _fftconv),
+    "fftconv_cuda": ("fftconv", "cuda", lambda device: fftconv_cuda_args(device, False)),
+    "fftconv_cuda saved": ("fftconv", "cuda", lambda device: fftconv_cuda_args(device, True)),
 }
 
 

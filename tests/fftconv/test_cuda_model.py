@@ -122,6 +122,14 @@ def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, lengt
         model.set_one_fft_buffer(False)
 
 
+@pytest.mark.parametrize("save_ungated", [False, True])
+def test_opcheck_on_the_model(model, save_ungated):
+    """torch.library.opcheck of the CUDA backend's custom op (schema, fakes, autograd registration, AOT dispatch)
+    with the CPU model under it, the ungated output saved or not (test_custom_ops.py runs it on the GPU)."""
+    from tests.test_custom_ops import fftconv_cuda_args
+    torch.library.opcheck(torch.ops.ssm_kernels.fftconv_cuda_fwd.default, fftconv_cuda_args("cpu", save_ungated))
+
+
 @pytest.mark.parametrize("skip,gates", [(False, False), (True, False), (False, True)])
 def test_without_extras_and_strided(model, skip, gates):
     inputs = make_inputs(2, 5, 100, 37, torch.float32, "cpu", skip=skip, gates=gates, transposed=True)
