@@ -36,6 +36,20 @@ def test_sweep_times_each_setting_and_restores(triton_device, capsys):
     assert "best fwd" in capsys.readouterr().out
 
 
+@pytest.mark.triton
+def test_sweep_keeps_only_the_named_settings(triton_device, monkeypatch, capsys):
+    """--setting NAME: only the grid's settings that set NAME run (after the defaults)."""
+    if triton_device.type != "cpu":
+        pytest.skip("the sweep's timing on a GPU is the tuner's own business")
+    import benchmarks.tune as tune
+    backend = importlib.import_module("ssm_kernels.fftconv.triton")
+    monkeypatch.setattr(tune, "_setting_names", {"CHUNK"})
+    variant = _case(1, 2, 40, False, torch.float32, False).make(torch.device("cpu"), False)["triton"]
+    grid = [{"CHUNK": 16}, {"NUM_WARPS": backend.NUM_WARPS}]
+    results = sweep(backend, variant, torch.device("cpu"), grid, quick=True, modes=("fwd",))
+    assert [settings for _, settings in results] == [{}, {"CHUNK": 16}]
+
+
 @pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers", "step-kernels",
                                         "block"])
 def test_subcommands_parse(subcommand):

@@ -1,4 +1,5 @@
-"""python -m benchmarks tune OP [--quick] [--case TEXT] [--backend NAME]: sweeps of a backend's launch settings.
+"""python -m benchmarks tune OP [--quick] [--case TEXT] [--backend NAME] [--setting NAME]: sweeps of a backend's
+launch settings.
 
 An op's tuner (benchmarks/tune/<op>.py) names the backend module, the benchmark cases to time (from
 benchmarks/cases/<op>.py) and the settings to try: module attributes the backend reads at each call (block
@@ -21,6 +22,7 @@ from ..core import forward_backward, time_ms
 
 _defaults_only = False  # --defaults: time each case at the module's current settings only
 _backend_only = None  # --backend: sweep only this backend's settings (a tuner may sweep several)
+_setting_names = None  # --setting: sweep only the settings that set one of these names (the defaults always run)
 
 
 @contextlib.contextmanager
@@ -80,6 +82,8 @@ def sweep(module, variant, device: torch.device, grid: List[Dict[str, Any]], qui
     launch is printed and skipped. label(settings): what of a setting the printed line shows; timer(variant,
     device, quick, modes): {mode: ms} (default: time_settings)."""
     results = []
+    if _setting_names:
+        grid = [settings for settings in grid if _setting_names & set(settings)]
     for settings in [{}] + ([] if _defaults_only else grid):
         shown = label(settings) if settings else {}
         text = " ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
@@ -133,10 +137,13 @@ def main(argv=None) -> int:
     parser.add_argument("--defaults", action="store_true",
                         help="time the module's current settings only (with their kernels' registers and spills)")
     parser.add_argument("--backend", choices=["triton", "cuda"], help="only this backend's settings")
+    parser.add_argument("--setting", action="append",
+                        help="only the settings that set this module attribute, e.g. STATES_FLAT (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    global _defaults_only, _backend_only
+    global _defaults_only, _backend_only, _setting_names
     _defaults_only, _backend_only = args.defaults, args.backend
+    _setting_names = set(args.setting) if args.setting else None
     tuner = importlib.import_module(f"{__name__}.{args.op}")
     device = torch.device(args.device)
     import triton
