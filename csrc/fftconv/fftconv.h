@@ -18,8 +18,8 @@ void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& preg
 // caller sums over the batch, and dk (1 or 2, H, Lk) fp32. ungated: the forward's, or absent (then dpostgate
 // recomputes the convolution).
 void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
-                      const c10::optional<at::Tensor>& pregate,
-                      const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
+                      const c10::optional<at::Tensor>& pregate, const c10::optional<at::Tensor>& postgate,
+                      const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                       bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
                       const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,

@@ -219,6 +219,15 @@ def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
 
 
 @triton.jit
+def _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask):
+    """state_{c + 1} = g_c state_c + S_c, stored as entering[:, c + 1] (out: slot 0) unless c + 1 = NC."""
+    state = tl.load(g_ptr + bh * NC + c) * state + S
+    if c + 1 < NC:
+        tl.store(out + (c + 1) * stc, state.to(out.dtype.element_ty), mask=pn_mask)
+    return state
+
+
+@triton.jit
 def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, init_ptr, st_ptr, fin_ptr,
                                 L, H, HPG, P, N, T, LP, NC, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                                 sib, sih, sip, sin, stb, stc, sth, stp, stn, sfb, sfh, sfp, sfn,
@@ -256,18 +265,14 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
                              p_mask, n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                              HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_K)
             if k0 + BLOCK_K >= T:
-                state = tl.load(g_ptr + bh * NC + c) * state + S
+                state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
                 S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-                if c + 1 < NC:
-                    tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
     else:
         for c in range(0, NC):
             S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask,
                              n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                              HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
-            state = tl.load(g_ptr + bh * NC + c) * state + S
-            if c + 1 < NC:
-                tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
+            state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
     tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
 
 

@@ -43,8 +43,8 @@ void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
 }
 
 void fftconv_bwd(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
-                 const c10::optional<at::Tensor>& pregate,
-                 const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
+                 const c10::optional<at::Tensor>& pregate, const c10::optional<at::Tensor>& postgate,
+                 const c10::optional<at::Tensor>& skip,
                  const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
                  bool bidirectional, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
                  const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
