@@ -444,8 +444,9 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
 ])
 def test_paired_heads(monkeypatch, heads, factored, options):
     """The output kernel with two heads of a group per program (SCAN_PAIRED_HEADS), on 61-long chunks in 16-row
-    blocks with 16-column steps, heads of different decays in each pair, initial states: against the reference,
-    forward and every gradient. Asserted per launch: heads are paired exactly where the heads per group are even."""
+    blocks with 16-column steps, heads of different decays in each pair: against the reference, the forward only
+    (the backward never runs this kernel). Asserted per launch: heads are paired exactly where the heads per group
+    are even."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     device = backend_device("triton")
@@ -466,7 +467,8 @@ def test_paired_heads(monkeypatch, heads, factored, options):
             taken.append((options["PAIRED"], options["FACTORED"]))
         return real_launch(kernel, grid, *args, **options)
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
-    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
+    with torch.no_grad():
+        check_parity(triton_scan, reference, inputs, torch.float32, (), **kwargs)
     assert taken == [(heads // 2 % 2 == 0, factored)]
 
 
