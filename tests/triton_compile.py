@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912, 89: 101376, 86: 101376}  # bytes per block, opt-in maximum
 
 _TORCH_TO_TRITON = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int64": "i64",
@@ -83,7 +84,7 @@ def recorded_launches() -> Iterator[set]:
     def recording_run(self, *args, grid, warmup, **kwargs):
         import triton.language as tl
         params = list(inspect.signature(self.fn).parameters.values())
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "num_ctas", "maxnreg") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in LAUNCH_OPTIONS if k in kwargs}
         bound = dict(zip((p.name for p in params), args))
         bound.update(kwargs)
         signature, constexprs, divisible = {}, {}, []
@@ -170,10 +171,16 @@ def resource_usage(ptx: str, arch: int) -> str:
 
 def with_settings(launch, settings: dict):
     """The launch with NAME=VALUE settings applied: VALUE i32 / i64 makes NAME a runtime integer argument,
-    anything else is a Python literal for the constexpr NAME. Names the kernel does not take are skipped."""
+    anything else is a Python literal for the constexpr NAME, or for a launch option (num_warps, num_stages,
+    maxnreg; None removes it) of every launch. Names the kernel does not take are skipped."""
     module, name, signature, constexprs, divisible, options = launch
-    signature, constexprs = dict(signature), dict(constexprs)
+    signature, constexprs, options = dict(signature), dict(constexprs), dict(options)
     for key, value in settings.items():
+        if key in LAUNCH_OPTIONS:
+            options[key] = ast.literal_eval(value)
+            if options[key] is None:
+                del options[key]
+            continue
         if key not in signature:
             continue
         if value in ("i32", "i64"):
@@ -182,7 +189,7 @@ def with_settings(launch, settings: dict):
         else:
             signature[key] = "constexpr"
             constexprs[key] = ast.literal_eval(value)
-    return module, name, tuple(signature.items()), tuple(sorted(constexprs.items())), divisible, options
+    return module, name, tuple(signature.items()), tuple(sorted(constexprs.items())), divisible, tuple(sorted(options.items()))
 
 
 def sass_of(cubin: bytes) -> str:

@@ -2,7 +2,7 @@
 kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where B * H times the state tiles reaches
 the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
 dx kernel's rows per step, pipelining depth, columns and warps (DX_ROWS, DX_STAGES, DX_COLS, DX_WARPS), the dB / dC
-kernel's warps (DBC_WARPS) and the forward output kernel's warps, stages and tiles (SCAN_*), on the GPU
+kernel's warps (DBC_WARPS), the dGm kernel's (DGM_WARPS) and the forward output kernel's warps, stages and tiles (SCAN_*), on the GPU
 cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward, and by the
 backward inside a recomputed_activations block only)."""
 from __future__ import annotations
@@ -24,7 +24,8 @@ def grid(quick: bool):
     The dx kernel's rows per step of its loop (DX_ROWS, default 32): 64 or 16; its columns per program (DX_COLS,
     default 128): 64, by 32 or 64 rows (the previous default), and by 16 rows at 4 warps (DX_WARPS, default None:
     the backward's 8); its stages (DX_STAGES, default 2): 3. The dB / dC kernel with 16-bit inputs at the
-    backward's 8 warps (DBC_WARPS None; default 4). The forward's output kernel at 8 warps (SCAN_WARPS, default 4)
+    backward's 8 warps (DBC_WARPS None; default 4). The dGm kernel at 4 warps (DGM_WARPS, default None: the
+    backward's 8). The forward's output kernel at 8 warps (SCAN_WARPS, default 4)
     and 3 stages (SCAN_STAGES, default 2); its loop in steps of 64 or 16 columns (SCAN_COLS, default 32) and 128
     rows per program at 8 warps (SCAN_ROWS, default 64); its steps left of the row block in 64 columns
     (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows, and without them. Its decays left of the row
@@ -42,7 +43,7 @@ def grid(quick: bool):
             + [{"SPLIT_PROGRAMS": programs} for programs in (528, 1056, 2112)]
             + [{"DX_ROWS": rows} for rows in (64, 16)]
             + [{"DX_COLS": 64}, {"DX_COLS": 64, "DX_ROWS": 64}, {"DX_ROWS": 16, "DX_WARPS": 4}, {"DX_STAGES": 3},
-               {"DBC_WARPS": None}]
+               {"DBC_WARPS": None}, {"DGM_WARPS": 4}]
             + [{"SCAN_WARPS": 8}, {"SCAN_STAGES": 3}]
             + [{"SCAN_COLS": cols} for cols in (64, 16)]
             + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}]
@@ -59,7 +60,7 @@ def grid(quick: bool):
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
-        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, SCAN_*, "
+        print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, DGM_WARPS, SCAN_*, "
               "FACTORED_DECAYS, SCAN_PAIRED_HEADS, STATES_*",
               flush=True)
         sweep(backend, variant, device, settings, quick)

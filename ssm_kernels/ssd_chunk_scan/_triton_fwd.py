@@ -38,11 +38,16 @@ def _log_decays(cs_ptr, t, T, ROWS: tl.constexpr, DOT_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _decays(ex_i, ex_j, keep, FAST: tl.constexpr):
+def _decays(ex_i, ex_j, keep, FAST: tl.constexpr, TRANSPOSED: tl.constexpr = False):
     """M[i, j] = exp(cs_i - cs_j) = 2^(ex_i - ex_j) where keep, else 0 (fp32; a power that overflows where not
-    kept is dropped). FAST: one ex2.approx.ftz per element (relative error ~2^-22; tl.exp adds a scaling and a
-    denormal-range fix-up around it, five instructions where the element's other work is about as many)."""
-    return tl.where(keep, exp2((ex_i[:, None] - ex_j[None, :]).to(tl.float32), FAST), 0.0)
+    kept is dropped); TRANSPOSED: M^T, a (len(ex_j), len(ex_i)) tile. FAST: one ex2.approx.ftz per element
+    (relative error ~2^-22; tl.exp adds a scaling and a denormal-range fix-up around it, five instructions where
+    the element's other work is about as many)."""
+    if TRANSPOSED:
+        ex = ex_i[None, :] - ex_j[:, None]
+    else:
+        ex = ex_i[:, None] - ex_j[None, :]
+    return tl.where(keep, exp2(ex.to(tl.float32), FAST), 0.0)
 
 
 @triton.jit
@@ -103,9 +108,11 @@ def _chunk_cb_kernel(B_ptr, C_ptr, cb_ptr, L, G, N, T, NC, sbb, sbl, sbg, sbn, s
 
 
 @triton.jit
-def _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j):
-    """The (len(i), len(j)) tile of cb[b, c, g] (fp32; 0 outside the chunk)."""
+def _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j, TRANSPOSED: tl.constexpr = False):
+    """The (len(i), len(j)) tile of cb[b, c, g] (fp32; 0 outside the chunk); TRANSPOSED: its transpose."""
     base = cb_ptr + ((b * NC + c) * G + g).to(tl.int64) * T * T
+    if TRANSPOSED:
+        return tl.load(base + i[None, :] * T + j[:, None], mask=(i < T)[None, :] & (j < T)[:, None], other=0.0)
     return tl.load(base + i[:, None] * T + j[None, :], mask=(i < T)[:, None] & (j < T)[None, :], other=0.0)
 
 

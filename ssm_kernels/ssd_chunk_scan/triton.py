@@ -152,6 +152,14 @@ SCAN_PAIRED_HEADS = False
 DBC_WARPS: Optional[int] = 4
 
 
+# Warps of the dGm kernel (None: the backward's, 8 for full (64, 128) state tiles, which it does not hold). At 8
+# warps its (64, 64) tile's product is split between two warpgroups along its columns and each forms the whole
+# dy operand (dout * silu(z) and its split), half the loop's instructions. Offline (Triton 3.6, sm_90, B4 L4096
+# H64 P64 N128 bf16 with z): 8 warps at the 128-register cap 1312 instructions per head and tile per thread (10.5k
+# per tile), 4 warps 1626 (6.5k per tile) at 255 registers with 44 B of spills (two programs per SM either way).
+DGM_WARPS: Optional[int] = None
+
+
 # --- launchers -----------------------------------------------------------------------------------------
 def _dot_config(dtype: torch.dtype, headdim: int, dstate: int):
     """(operand dtype of tl.dot, input_precision): the input dtype on tensor cores; fp32 as three tf32
@@ -485,7 +493,7 @@ def _backward_launch(dout, dstates, dvarlen, x, dt, A, B, C, D, z, dt_bias, seg,
         length, heads, groups, hpg, per_split, headdim, T, lp, nc, batch,
         *x.stride(), *dout.stride(), *z_strides, *seg_strides,
         HAS_Z=has_z, HAS_SEG=has_seg, SPLIT_DY=split_dy, **common, FAST=fast_math(x), BLOCK_T=block_t, BLOCK_P=block_p,
-        num_warps=warps, maxnreg=_register_cap(x, warps))
+        num_warps=DGM_WARPS or warps, maxnreg=_register_cap(x, DGM_WARPS or warps))
 
     # 4. per group and block: dB partials (its columns) and dC partials (its rows)
     dB_part = new_output((splits, batch, length, groups, dstate), f32, dev)
