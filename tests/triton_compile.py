@@ -189,7 +189,8 @@ def with_settings(launch, settings: dict):
         else:
             signature[key] = "constexpr"
             constexprs[key] = ast.literal_eval(value)
-    return module, name, tuple(signature.items()), tuple(sorted(constexprs.items())), divisible, tuple(sorted(options.items()))
+    return (module, name, tuple(signature.items()), tuple(sorted(constexprs.items())), divisible,
+            tuple(sorted(options.items())))
 
 
 def sass_of(cubin: bytes) -> str:
