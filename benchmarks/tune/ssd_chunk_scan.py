@@ -3,8 +3,8 @@ kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where 
 the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
 dx kernel's rows per step, pipelining depth, columns and warps (DX_ROWS, DX_STAGES, DX_COLS, DX_WARPS), the dB / dC
 kernel's warps (DBC_WARPS), the dGm kernel's (DGM_WARPS) and the forward output kernel's warps, stages and tiles
-(SCAN_*), on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the forward, and by the
-backward inside a recomputed_activations block only)."""
+(SCAN_*), on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the
+forward, and by the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
 
 import importlib
