@@ -416,12 +416,12 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     device = backend_device("triton")
     torch.manual_seed(0)
-    inputs = make_inputs(2, 150, 4, 16, 2, 16, dtype, device, D_shape="HP")
+    inputs = make_inputs(1, 150, 4, 16, 2, 16, dtype, device, D_shape="HP")
     inputs["A"] = torch.tensor([-8.0, -1.0, -0.1, -0.01] if dtype == torch.float32 else [-8.0, -2.0, -1.0, -0.5],
                                device=device)
     kwargs = dict(chunk_size=61, dt_softplus=True, dt_limit=dt_limit, return_final_states=True)
     if seq_idx:
-        kwargs["seq_idx"] = random_seq_idx(2, 150, device)
+        kwargs["seq_idx"] = random_seq_idx(1, 150, device)
     for name, value in dict(FACTORED_DECAYS=True, SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16).items():
         monkeypatch.setattr(module, name, value)
     monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
@@ -444,18 +444,17 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
 ])
 def test_paired_heads(monkeypatch, heads, factored, options):
     """The output kernel with two heads of a group per program (SCAN_PAIRED_HEADS), on 61-long chunks in 16-row
-    blocks with 16-column steps, heads of different decays in each pair: against the reference, the forward only
-    (the backward never runs this kernel). Asserted per launch: heads are paired exactly where the heads per group
-    are even."""
+    blocks with 16-column steps, heads of different decays in each pair, initial states: against the reference,
+    forward and every gradient. Asserted per launch: heads are paired exactly where the heads per group are even."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     device = backend_device("triton")
     torch.manual_seed(0)
-    inputs = make_inputs(2, 150, heads, 16, 2, 16, torch.float32, device,
+    inputs = make_inputs(1, 150, heads, 16, 2, 16, torch.float32, device,
                          D_shape="H" if options == "D_per_head_no_z" else "HP", z=options != "D_per_head_no_z")
     kwargs = dict(chunk_size=61, dt_softplus=True)
     if options == "seq_idx_final_state":
-        kwargs.update(seq_idx=random_seq_idx(2, 150, device), return_final_states=True)
+        kwargs.update(seq_idx=random_seq_idx(1, 150, device), return_final_states=True)
     for name, value in dict(SCAN_PAIRED_HEADS=True, FACTORED_DECAYS=factored, SCAN_ROWS=16, SCAN_COLS=16).items():
         monkeypatch.setattr(module, name, value)
     monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
@@ -467,8 +466,7 @@ def test_paired_heads(monkeypatch, heads, factored, options):
             taken.append((options["PAIRED"], options["FACTORED"]))
         return real_launch(kernel, grid, *args, **options)
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
-    with torch.no_grad():
-        check_parity(triton_scan, reference, inputs, torch.float32, (), **kwargs)
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
     assert taken == [(heads // 2 % 2 == 0, factored)]
 
 
