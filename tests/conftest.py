@@ -59,6 +59,15 @@ def pytest_addoption(parser):
                      help="order tests by their recorded native durations for xdist workers (tests/durations.py)")
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes its share of the cores for torch's CPU threads (unless OMP_NUM_THREADS
+    says otherwise): workers that each run one thread per core oversubscribe the cores, and ops that spin-wait
+    then run many times slower."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_slow = pytest.mark.skip(reason="slow on a CPU: runs natively on a GPU, or here with --run-slow")
