@@ -60,7 +60,7 @@ def _dot_split(a, b, SPLIT_A: tl.constexpr, SPLIT_B: tl.constexpr, DOT_DTYPE: tl
 @triton.jit
 def _bwd_state_kernel(dout_ptr, z_ptr, C_ptr, cs_ptr, g_ptr, seg_ptr, st_ptr, dst_ptr, dv_ptr, vlo_ptr, cu_ptr,
                       dhp_ptr, part_ptr, vq_ptr,
-                      L, H, HPG, P, N, T, LP, NC, NT,
+                      L, H, HPG, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, LP, NC, NT,
                       sgb, sgl, sgh, sgp, szb, szl, szh, szp, scb, scl, scg, scn, ssb, ssl,
                       stb, stc, sth, stp, stn, sdb, sdc, sdh, sdp, sdn, svs, svh, svp, svn,
                       HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, HAS_DST: tl.constexpr, HAS_DV: tl.constexpr,
@@ -127,7 +127,7 @@ def _bwd_state_kernel(dout_ptr, z_ptr, C_ptr, cs_ptr, g_ptr, seg_ptr, st_ptr, ds
 @triton.jit
 def _bwd_dx_kernel(x_ptr, dout_ptr, z_ptr, pre_ptr, B_ptr, cb_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, dhp_ptr,
                    dv_ptr, vlo_ptr, cu_ptr, dx_ptr, dz_ptr, dux_ptr, col_ptr, dD_ptr, srow_ptr, vrow_ptr,
-                   L, H, G, HPG, P, N, T, NC, LP, BH,
+                   L, H, G, HPG, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NC, LP, BH,
                    sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                    sdh, sdp, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
                    sob, sol, soh, sop,
@@ -287,7 +287,7 @@ def _tile_pair(program, T, L, BLOCK_T: tl.constexpr):
 
 @triton.jit
 def _bwd_dgm_kernel(x_ptr, dout_ptr, z_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, dgm_ptr, rowp_ptr, colp_ptr,
-                    L, H, G, HPG, HPS, P, T, LP, NC, BZ,
+                    L, H, G, HPG, HPS, P: tl.constexpr, T: tl.constexpr, LP, NC, BZ,
                     sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, ssb, ssl,
                     HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, SPLIT_DY: tl.constexpr,
                     DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr,
@@ -300,47 +300,45 @@ def _bwd_dgm_kernel(x_ptr, dout_ptr, z_ptr, cb_ptr, dtp_ptr, cs_ptr, seg_ptr, dg
         colp[bh, ib, j] = sum_{i in block ib, i > j} dss_h[i, j]
     (jb, ib the tile's column and row blocks; row and column sums from the same products, so that the two
     cancel in da; the slots of blocks above the diagonal are never written nor read). Every tile does the same
-    work. The tile is held transposed, (j, i): dy is then the product's second operand, formed once into shared
-    memory for every warp (as the first, each warpgroup of an 8-warp program formed the whole dy tile, its silu
-    and its split, in registers: offline, Triton 3.6 sm_90, 1312 instructions per head and tile against 994)."""
+    work."""
     c, i0, j0, i, j, pos_i, pos_j, valid_i, valid_j = _tile_pair(tl.program_id(0), T, L, BLOCK_T)
     b, g, split, h_lo, h_hi = _group_split(G, HPG, HPS)
     pp = tl.arange(0, BLOCK_P)
     p_mask = pp < P
-    pi_mask = p_mask[:, None] & valid_i[None, :]
+    ip_mask = valid_i[:, None] & p_mask[None, :]
     n_jb = tl.cdiv(T, BLOCK_T)
-    offs_g = b * sgb + pos_i[None, :] * sgl + pp[:, None] * sgp
-    offs_z = b * szb + pos_i[None, :] * szl + pp[:, None] * szp
-    offs_x = b * sxb + pos_j[:, None] * sxl + pp[None, :] * sxp
-    CBT = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j, TRANSPOSED=True)
-    keep = j[:, None] <= i[None, :]  # past the sequence: dy, x and dt' are 0, so no mask is needed there
+    offs_g = b * sgb + pos_i[:, None] * sgl + pp[None, :] * sgp
+    offs_z = b * szb + pos_i[:, None] * szl + pp[None, :] * szp
+    offs_x = b * sxb + pos_j[None, :] * sxl + pp[:, None] * sxp
+    CB = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
+    keep = j[None, :] <= i[:, None]  # past the sequence: dy, x and dt' are 0, so no mask is needed there
     if HAS_SEG:
         seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
         seg_j = tl.load(seg_ptr + b * ssb + tl.minimum(pos_j, L - 1) * ssl)
-        keep = keep & (seg_i[None, :] == seg_j[:, None])
-    strict = j[:, None] < i[None, :]
+        keep = keep & (seg_i[:, None] == seg_j[None, :])
+    strict = j[None, :] < i[:, None]
     acc = tl.zeros([BLOCK_T, BLOCK_T], dtype=tl.float32)
     for h in range(h_lo, h_hi):
         bh = b * H + h
         row = bh * LP + c * T
         M = _decays(_log_decays(cs_ptr + row, i, T, True, DOT_DTYPE),
-                    _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST, TRANSPOSED=True)
+                    _log_decays(cs_ptr + row, j, T, False, DOT_DTYPE), keep, FAST)
         dt_j = tl.load(dtp_ptr + row + j, mask=j < T, other=0.0)
-        dyT = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, pi_mask, HAS_Z)
-        x_J = tl.load(x_ptr + offs_x + h * sxh, mask=valid_j[:, None] & p_mask[None, :], other=0.0)
-        dG = _dot_split(x_J, dyT, False, SPLIT_DY, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[:, None])
+        dy_I = _load_dy(dout_ptr, z_ptr, offs_g + h * sgh, offs_z + h * szh, ip_mask, HAS_Z)
+        xT = tl.load(x_ptr + offs_x + h * sxh, mask=p_mask[:, None] & valid_j[None, :], other=0.0)
+        dG = _dot_split(dy_I, xT, SPLIT_DY, False, DOT_DTYPE, PRECISION, EMULATE) * (M * dt_j[None, :])
         acc += dG
-        dss = tl.where(strict, dG * CBT, 0.0).to(tl.float64)
-        tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=0), mask=i < T)
-        tl.store(colp_ptr + (bh * n_jb + i0 // BLOCK_T) * LP + c * T + j, tl.sum(dss, axis=1), mask=j < T)
+        dss = tl.where(strict, dG * CB, 0.0).to(tl.float64)
+        tl.store(rowp_ptr + (bh * (n_jb + 1) + j0 // BLOCK_T) * LP + c * T + i, tl.sum(dss, axis=1), mask=i < T)
+        tl.store(colp_ptr + (bh * n_jb + i0 // BLOCK_T) * LP + c * T + j, tl.sum(dss, axis=0), mask=j < T)
     dgm_base = (((split * BZ + b) * G + g) * NC + c).to(tl.int64) * T * T
-    tl.store(dgm_ptr + dgm_base + i[None, :] * T + j[:, None], acc, mask=(i < T)[None, :] & (j < T)[:, None])
+    tl.store(dgm_ptr + dgm_base + i[:, None] * T + j[None, :], acc, mask=(i < T)[:, None] & (j < T)[None, :])
 
 
 @triton.jit
 def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, dhp_ptr, dv_ptr, vlo_ptr,
                     cu_ptr, dgm_ptr, rowp_ptr, dB_ptr, dC_ptr,
-                    L, H, G, HPG, HPS, P, N, T, LP, NC, BZ,
+                    L, H, G, HPG, HPS, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, LP, NC, BZ,
                     sxb, sxl, sxh, sxp, sgb, sgl, sgh, sgp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
                     scb, scl, scg, scn, ssb, ssl, stb, stc, sth, stp, stn, svs, svh, svp, svn,
                     HAS_Z: tl.constexpr, HAS_SEG: tl.constexpr, HAS_DV: tl.constexpr, SPLIT_DY: tl.constexpr,
@@ -445,8 +443,8 @@ def _bwd_dbc_kernel(x_ptr, dout_ptr, z_ptr, B_ptr, C_ptr, dtp_ptr, cs_ptr, seg_p
 
 @triton.jit
 def _bwd_dt_kernel(rowp_ptr, colp_ptr, col_ptr, part_ptr, srow_ptr, extra_ptr, dux_ptr, dtp_ptr, A_ptr, dt_ptr,
-                   bias_ptr, ddt_ptr, dA_ptr, dbias_ptr, L, H, T, LP, NC, NT, SJB, dt_lo, dt_hi, sah, sdb, sdl, sdh,
-                   sgb, sgl, sgh,
+                   bias_ptr, ddt_ptr, dA_ptr, dbias_ptr, L, H, T: tl.constexpr, LP, NC, NT, SJB, dt_lo, dt_hi, sah,
+                   sdb, sdl, sdh, sgb, sgl, sgh,
                    HAS_EXTRA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
                    T_PAD: tl.constexpr, NT_PAD: tl.constexpr, SJB_PAD: tl.constexpr):
     """Grid (nc, B * H): the gradient on the log-decays of one chunk and head (fp64), and from it the gradients
