@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                         help="time the module's current settings only (with their kernels' registers and spills)")
     parser.add_argument("--backend", choices=["triton", "cuda"], help="only this backend's settings")
     parser.add_argument("--setting", action="append",
-                        help="only the settings that set this module attribute, e.g. STATES_FLAT (repeatable)")
+                        help="only the settings that set this module attribute, e.g. STATES_COLS (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     global _defaults_only, _backend_only, _setting_names

@@ -29,12 +29,10 @@ def grid(quick: bool):
     and 3 stages (SCAN_STAGES, default 2); its loop in steps of 64 or 16 columns (SCAN_COLS, default 32) and 128
     rows per program at 8 warps (SCAN_ROWS, default 64); its steps left of the row block in 64 columns
     (SCAN_LEFT_COLS, default None: SCAN_COLS), also with 128 rows, and without them. Its decays left of the row
-    block factored (FACTORED_DECAYS True; default False). Two heads of a group per program (SCAN_PAIRED_HEADS True;
-    default False), at 4 and 8 warps, with and without factored decays. The boundary-states kernels' tiles: whole
+    block factored (FACTORED_DECAYS True; default False). The boundary-states kernels' tiles: whole
     128-column state tiles (STATES_COLS, default 64), also at 8 warps (STATES_WARPS, default 4), 32 or 128
     positions per step (STATES_STEP, default 64), 3 or 1 pipelining stages (STATES_STAGES, default None:
-    Triton's), the one-kernel path's steps in one loop over every chunk (STATES_FLAT True; default False), also with
-    128-column tiles."""
+    Triton's)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -49,17 +47,13 @@ def grid(quick: bool):
             + [{"SCAN_ROWS": 128, "SCAN_WARPS": 8}]
             + [{"FACTORED_DECAYS": True}, {"FACTORED_DECAYS": True, "SCAN_LEFT_COLS": 64},
                {"FACTORED_DECAYS": True, "SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}]
-            + [{"SCAN_PAIRED_HEADS": True}, {"SCAN_PAIRED_HEADS": True, "SCAN_WARPS": 8},
-               {"SCAN_PAIRED_HEADS": True, "FACTORED_DECAYS": True},
-               {"SCAN_PAIRED_HEADS": True, "FACTORED_DECAYS": True, "SCAN_WARPS": 8}]
             + [{"STATES_COLS": 128}, {"STATES_COLS": 128, "STATES_WARPS": 8}, {"STATES_WARPS": 8},
-               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1},
-               {"STATES_FLAT": True}, {"STATES_FLAT": True, "STATES_COLS": 128}])
+               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1}])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
         print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, DGM_WARPS, "
-              "SCAN_*, FACTORED_DECAYS, SCAN_PAIRED_HEADS, STATES_*", flush=True)
+              "SCAN_*, FACTORED_DECAYS, STATES_*", flush=True)
         sweep(backend, variant, device, settings, quick)

@@ -26,9 +26,11 @@ MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints: L <= 2^14 (fft
 # and pass, M / 16 threads, within 32..512.
 BLOCK_THREADS: Optional[int] = None
 # Sequence length from which a forward that records a gradient saves its output before the postgate (read at each
-# call). Natively (H100, B8 H768 bf16, both gates; an earlier version of this path): forward+backward 7-14% faster
-# at L 4096 and 16384, while the extra write made the forward 14-19% slower at L <= 2048.
-SAVE_UNGATED_FROM = 4096
+# call). Natively (H100, B8 H768, both gates, this path: benchmarks/results/h100_fftconv_saved_ungated.txt):
+# forward+backward 9% faster at L 4096 bf16 (1.584 ms against 1.745), 7% at 16384, 4% at 2048 fp32, 9% at 4096
+# fp32, the forward unchanged (0.509 / 0.253 ms). An earlier version of this path made the forward 14-19% slower
+# at L <= 2048, and shorter lengths are not measured: from 2048.
+SAVE_UNGATED_FROM = 2048
 _TWIDDLES: Dict[Tuple[int, torch.device], Tensor] = {}
 
 

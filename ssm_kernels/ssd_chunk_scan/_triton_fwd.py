@@ -239,16 +239,14 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
                                 sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl, sib, sih, sip, sin,
                                 stb, stc, sth, stp, stn, sfb, sfh, sfp, sfn,
                                 HAS_SEG: tl.constexpr, HAS_INIT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                                PRECISION: tl.constexpr, EMULATE: tl.constexpr, FLAT: tl.constexpr,
+                                PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                                 BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), B * H): the chunk state and state passing kernels in one pass
     over the chunks, the state in registers (fp32): entering[:, 0] = the initial state (or 0), then in chunk order
     state_{c + 1} = g_c state_c + S_c (the same operations, so the same bits), stored as entering[:, c + 1] for
     c + 1 < NC (in st_ptr's dtype) and as the final state (fin_ptr, fp32) for c + 1 = NC; the chunk states S_c
     are never written to memory and read back. (B, nc + 1, H, P, N) fp32 states: entering = its first nc slots,
-    final its last. FLAT: one loop over every step of every chunk (the same operations in the same order, so the
-    same bits), which the compiler may pipeline across chunk boundaries, where the loop over a chunk's steps starts
-    its loads again at each chunk."""
+    final its last."""
     bh = tl.program_id(1)
     b, h, g = _batch_head(bh, H, HPG)
     p, n, p_mask, n_mask = _state_tile(tl.program_id(0), P, N, BLOCK_P, BLOCK_N)
@@ -260,26 +258,11 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
     else:
         state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     tl.store(out, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
-    if FLAT:
-        steps = tl.cdiv(T, BLOCK_K)
-        S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-        for step in range(0, NC * steps):
-            c = step // steps
-            k0 = (step - c * steps) * BLOCK_K
-            row = bh * LP + c * T
-            cs_end, seg_end = _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG)
-            S += _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n,
-                             p_mask, n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                             HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_K)
-            if k0 + BLOCK_K >= T:
-                state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
-                S = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    else:
-        for c in range(0, NC):
-            S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask,
-                             n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                             HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
-            state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
+    for c in range(0, NC):
+        S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
+                         L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
+                         HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
+        state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
     tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
 
 
@@ -385,29 +368,27 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
                        stb, stc, sth, stp, stn, sob, sol, soh, sop,
                        HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
                        HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr, PAIRED: tl.constexpr,
+                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
                        BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_M), B * H / (2 if PAIRED else 1), cdiv(P, BLOCK_P)): output rows i of one chunk
+    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk
     (and BLOCK_K columns per step, BLOCK_K dividing BLOCK_M),
         y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
               + exp(cs_i) [seg_i == entering] C_i states[c]^T,
         out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient).
-    PAIRED (heads per group even): heads h and h + 1 of one group in one program, each C_i and cb tile loaded
-    once for both.
     FACTORED (no segments, dt' >= 0: cs monotone in the chunk): the columns left of the row block (BLOCK_KL per
     step, dividing BLOCK_M) and the state term take their decays through the block's first row f,
     exp(cs_i - cs_j) = exp(cs_i - cs_f) exp(cs_f - cs_j) (each factor between 1 and the product, so neither
     overflows or underflows where the product does not): one exp per column and one per row instead of one per
     element, and no causal mask."""
     c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
-    bh = tl.program_id(1) * (2 if PAIRED else 1)
+    bh = tl.program_id(1)
     b, h, g = _batch_head(bh, H, HPG)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < P
     n = tl.arange(0, BLOCK_N)
     n_mask = n < N
-    cs_c = cs_ptr + bh * LP + c * T  # the head's chunk's first cs (and dt' at the same offsets): head h + 1's LP on
+    cs_c = cs_ptr + bh * LP + c * T  # the head's chunk's first cs (and dt' at the same offsets)
     dt_c = dtp_ptr + bh * LP + c * T
     x_h = x_ptr + b * sxb + h * sxh
     st_h = st_ptr + b * stb + c * stc + h * sth
@@ -420,9 +401,6 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
         entering_i = seg_i == tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
     acc, ex_i, ex_f = _entering_term(Ci, st_h, cs_c, i, m0, p, n, p_mask, n_mask, stp, stn, T, entering_i,
                                      HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED)
-    if PAIRED:
-        acc2, ex_i2, ex_f2 = _entering_term(Ci, st_h + sth, cs_c + LP, i, m0, p, n, p_mask, n_mask, stp, stn, T,
-                                            entering_i, HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED)
     k_start = 0
     if FACTORED:
         for k0 in range(0, m0, BLOCK_KL):
@@ -431,12 +409,7 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
             cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
             acc += _factored_step(cb, x_h, dt_c, cs_c, ex_f, j, pos_j, pos_j < L, p, p_mask, sxl, sxp, T,
                                   DOT_DTYPE, PRECISION, EMULATE, FAST)
-            if PAIRED:
-                acc2 += _factored_step(cb, x_h + sxh, dt_c + LP, cs_c + LP, ex_f2, j, pos_j, pos_j < L, p, p_mask,
-                                       sxl, sxp, T, DOT_DTYPE, PRECISION, EMULATE, FAST)
         acc = acc * exp2((ex_i - ex_f).to(tl.float32), FAST)[:, None]
-        if PAIRED:
-            acc2 = acc2 * exp2((ex_i2 - ex_f2).to(tl.float32), FAST)[:, None]
         k_start = m0
 
     # within the chunk, up to the diagonal (past the sequence: cb, dt' and x are 0, so no mask is needed there)
@@ -451,18 +424,12 @@ def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_
         cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         acc += _step(cb, x_h, dt_c, cs_c, ex_i, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp, T,
                      DOT_DTYPE, PRECISION, EMULATE, FAST)
-        if PAIRED:
-            acc2 += _step(cb, x_h + sxh, dt_c + LP, cs_c + LP, ex_i2, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp,
-                          T, DOT_DTYPE, PRECISION, EMULATE, FAST)
 
     D_h = D_ptr + h * sdh
     z_h = z_ptr + b * szb + h * szh
     out_h = b * sob + h * soh
     _finish(acc, x_h, z_h, D_h, out_ptr + out_h, pre_ptr + out_h, pos_i, valid_i, p, p_mask, sxl, sxp, szl, szp,
             sdp, sol, sop, HAS_D, D_PER_P, HAS_Z, STORE_PRE)
-    if PAIRED:
-        _finish(acc2, x_h + sxh, z_h + szh, D_h + sdh, out_ptr + out_h + soh, pre_ptr + out_h + soh, pos_i, valid_i,
-                p, p_mask, sxl, sxp, szl, szp, sdp, sol, sop, HAS_D, D_PER_P, HAS_Z, STORE_PRE)
 
 
 @triton.jit

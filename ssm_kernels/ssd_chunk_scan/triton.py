@@ -86,9 +86,6 @@ STATES_COLS = 64
 STATES_STEP = 64
 STATES_WARPS = 4
 STATES_STAGES: Optional[int] = None
-# The one-kernel path's steps as one loop over every chunk (True) instead of a loop over chunks around a loop over
-# each chunk's steps: the same bits; the compiler's pipelining then runs across chunk boundaries.
-STATES_FLAT = False
 
 # 128 registers per thread let two 8-warp programs of the backward's dx and dGm kernels share an SM (65536
 # registers), hiding each other's latency; each alone took about 180 and ran one per SM. On an H100 at
@@ -139,11 +136,6 @@ SCAN_LEFT_COLS: Optional[int] = None
 # it at B4 L4096 H64 P64 N128 (348 us against 338: not issue-bound there), the forward of B8 L2048 H32 P64 N64
 # 8% faster (0.255 ms against 0.276): off by default, for Mamba-2's usual d_state 128.
 FACTORED_DECAYS = False
-
-# Two heads of a group in one program of the output kernel (where the heads per group are even): its C rows and
-# each C B^T tile, read once per head otherwise, are read once per pair. On the large case above those fp32 tiles
-# are most of the kernel's traffic from L2 (about 655 of 1000 MB).
-SCAN_PAIRED_HEADS = False
 
 # Warps of the dB / dC kernel with 16-bit inputs (None: the backward's 8, or 4 for small state tiles). At 8
 # warps it takes 255 registers and runs one program per SM, with no warp ready to issue 80% of the cycles (ncu);
@@ -308,7 +300,7 @@ def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False)
         launch(
             _chunk_states_passed_kernel, (tiles, batch * heads),
             *inputs, g, initial_states if has_init else final, entering, final, *sizes, nc, *input_strides,
-            *init_strides, *st_strides, final.stride(0), *final.stride()[2:], HAS_INIT=has_init, FLAT=STATES_FLAT,
+            *init_strides, *st_strides, final.stride(0), *final.stride()[2:], HAS_INIT=has_init,
             **options)
         return (entering, final) if lean else states
     if lean:
@@ -362,8 +354,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
-        paired = SCAN_PAIRED_HEADS and hpg % 2 == 0
-        grid = (nc * cdiv(T, block_m), batch * heads // (2 if paired else 1), cdiv(headdim, block_p))
+        grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
         launch_fitting_shared_memory(_chunk_scan_kernel, grid,
             x, x if z is None else z, cb, C, x if D is None else D, dtp, cs, seg_arg, states, out,
             pre if store_pre else out,
@@ -371,9 +362,8 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
             STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
-            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), PAIRED=paired, BLOCK_M=block_m,
-            BLOCK_K=min(block_m, SCAN_COLS), BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p,
-            BLOCK_N=block_n,
+            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS),
+            BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
             num_warps=SCAN_WARPS, num_stages=SCAN_STAGES)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)

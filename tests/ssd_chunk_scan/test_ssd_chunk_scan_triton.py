@@ -163,10 +163,10 @@ def _outputs_and_gradients(inputs, kwargs, names):
                                                  ("seq_idx_final_state", torch.float32, 40),
                                                  ("varlen", torch.float32, 32)])
 def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options, dtype, chunk):
-    """The chunk states and their passing in one kernel (grids of at least PASSED_STATES_PROGRAMS programs), its
-    steps in one loop over every chunk (STATES_FLAT) or in a loop per chunk, or in two kernels give the same bits:
-    outputs, final and varlen states, every gradient (the backward recomputes nothing here, but reads the boundary
-    states). Chunks in 16-position steps: two per 32-long chunk, three per 40-long one (the last one partial)."""
+    """The chunk states and their passing in one kernel (grids of at least PASSED_STATES_PROGRAMS programs) or in
+    two give the same bits: outputs, final and varlen states, every gradient (the backward recomputes nothing
+    here, but reads the boundary states). Chunks in 16-position steps: two per 32-long chunk, three per 40-long
+    one (the last one partial)."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     fused = module._chunk_states_passed_kernel
@@ -182,15 +182,13 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
     monkeypatch.setattr(module, "STATES_STEP", 16)
     names = grads_of(inputs)
     runs = []
-    for threshold, flat in ((0, False), (0, True), (None, False)):
+    for threshold in (0, None):
         monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", threshold)
-        monkeypatch.setattr(module, "STATES_FLAT", flat)
         launches.clear()
         runs.append(_outputs_and_gradients(inputs, kwargs, names))
         assert bool(launches) == (threshold == 0)
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("options", ["seq_idx_final_state", "varlen"])
@@ -435,39 +433,6 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
     check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
     assert taken == {"_chunk_scan_kernel": factored}
-
-
-@pytest.mark.parametrize("heads,factored,options", [
-    (4, False, "seq_idx_final_state"),  # segments: the pair's rows continue the entering sequence or not alike
-    (4, True, "D_per_head_no_z"),  # the factored steps left of the row block, D (H,), no gate
-    (6, False, "plain"),  # three heads per group: one per program
-])
-def test_paired_heads(monkeypatch, heads, factored, options):
-    """The output kernel with two heads of a group per program (SCAN_PAIRED_HEADS), on 61-long chunks in 16-row
-    blocks with 16-column steps, heads of different decays in each pair, initial states: against the reference,
-    forward and every gradient. Asserted per launch: heads are paired exactly where the heads per group are even."""
-    import importlib
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    device = backend_device("triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(1, 150, heads, 16, 2, 16, torch.float32, device,
-                         D_shape="H" if options == "D_per_head_no_z" else "HP", z=options != "D_per_head_no_z")
-    kwargs = dict(chunk_size=61, dt_softplus=True)
-    if options == "seq_idx_final_state":
-        kwargs.update(seq_idx=random_seq_idx(1, 150, device), return_final_states=True)
-    for name, value in dict(SCAN_PAIRED_HEADS=True, FACTORED_DECAYS=factored, SCAN_ROWS=16, SCAN_COLS=16).items():
-        monkeypatch.setattr(module, name, value)
-    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
-    taken = []
-    real_launch = module.launch_fitting_shared_memory
-
-    def spy(kernel, grid, *args, **options):
-        if "PAIRED" in options:
-            taken.append((options["PAIRED"], options["FACTORED"]))
-        return real_launch(kernel, grid, *args, **options)
-    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
-    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), **kwargs)
-    assert taken == [(heads // 2 % 2 == 0, factored)]
 
 
 @pytest.mark.parametrize("one_kernel", [True, False])
