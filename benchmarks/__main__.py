@@ -11,6 +11,7 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
               (benchmarks/block.py)
   transformers  transformers' Mamba / Mamba2 / FalconMamba models with and without patch()
               (benchmarks/transformers_patch.py)
+  ncu         Nsight Compute's view of one case's kernels: occupancy, issue, memory (benchmarks/ncu.py)
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def available_ops() -> list:
 
 SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
                "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch",
-               "step-kernels": "benchmarks.step_kernels", "block": "benchmarks.block"}
+               "step-kernels": "benchmarks.step_kernels", "block": "benchmarks.block", "ncu": "benchmarks.ncu"}
 
 
 def main(argv=None) -> int:

@@ -142,3 +142,54 @@ def test_host_time_column(tmp_path, capsys):
     assert header.index("peak MB") < header.index("host ms") < header.index("x vs best ours")
     rows = json.loads(out.read_text())["results"]
     assert rows and all(r["host_ms"] > 0 for r in rows)
+
+
+NCU_HEADER = ("ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
+              "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value")
+NCU_ROWS = [  # (launch, kernel, section, metric, unit, value)
+    ("0", "_bwd_dx_kernel", "GPU Speed Of Light Throughput", "Duration", "us", "610.50"),
+    ("0", "_bwd_dx_kernel", "Occupancy", "Achieved Occupancy", "%", "23.10"),
+    ("0", "_bwd_dx_kernel", "Launch Statistics", "Registers Per Thread", "register/thread", "128"),
+    ("1", "_bwd_dgm_kernel", "GPU Speed Of Light Throughput", "Duration", "us", "1,020.00"),
+    ("1", "_bwd_dgm_kernel", "GPU Speed Of Light Throughput", "Elapsed Cycles", "cycle", "999"),
+    ("2", "_bwd_dx_kernel", "GPU Speed Of Light Throughput", "Duration", "us", "620.50"),
+]
+
+
+def ncu_details_output() -> str:
+    """What ncu --csv --page details prints: its own messages, then one quoted CSV row per launch and metric."""
+    lines = ["==PROF== Connected to process 123", '==PROF== Profiling "_bwd_dx_kernel": 0%....100% - 9 passes',
+             ",".join(f'"{h}"' for h in NCU_HEADER)]
+    for launch, kernel, section, metric, unit, value in NCU_ROWS:
+        fields = (launch, "123", "python3", "h", kernel, "1", "7", "(256, 1, 1)", "(512, 1, 1)", "0", "9.0",
+                  section, metric, unit, value)
+        lines.append(",".join(f'"{f}"' for f in fields))
+    return "\n".join(lines) + "\n"
+
+
+def test_ncu_summary_means_each_metric_per_kernel_in_launch_order():
+    from benchmarks.ncu import format_summary, summarize
+    summary = summarize(ncu_details_output())
+    assert list(summary) == ["_bwd_dx_kernel", "_bwd_dgm_kernel"]
+    assert summary["_bwd_dx_kernel"]["Duration"] == (615.5, "us", 2)
+    assert summary["_bwd_dx_kernel"]["Achieved Occupancy"] == (23.1, "%", 1)
+    assert list(summary["_bwd_dx_kernel"]) == ["Duration", "Registers Per Thread", "Achieved Occupancy"]
+    assert summary["_bwd_dgm_kernel"] == {"Duration": (1020.0, "us", 1)}  # thousands separator; unlisted metric out
+    text = format_summary(summary)
+    assert "## _bwd_dx_kernel (2 launches)" in text and "615.5 us" in text
+    with pytest.raises(ValueError, match="no ncu CSV"):
+        summarize("==PROF== nothing profiled\n")
+
+
+def test_ncu_command_profiles_the_child_run_only():
+    import argparse
+
+    from benchmarks.ncu import ncu_command
+    args = argparse.Namespace(op="ssd_chunk_scan", case_index=0, variant="triton", mode="fwd+bwd",
+                              kernels="_bwd_(dx|dgm)", calls=2)
+    command = ncu_command(args, "/usr/bin/ncu")
+    assert command[:3] == ["/usr/bin/ncu", "--clock-control", "none"]
+    assert "--profile-from-start" in command and command[command.index("--profile-from-start") + 1] == "off"
+    assert command[command.index("-k") + 1] == "regex:_bwd_(dx|dgm)"
+    child = command[command.index("-m"):]
+    assert child[:3] == ["-m", "benchmarks.ncu", "--child"] and child[child.index("--calls") + 1] == "2"
