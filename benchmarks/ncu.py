@@ -76,7 +76,10 @@ def _run_child(args: argparse.Namespace) -> int:
 
     from .core import forward_backward
     device = torch.device("cuda")
-    case = importlib.import_module(f"benchmarks.cases.{args.op}").cases(quick=False)[args.case_index]
+    cases = importlib.import_module(f"benchmarks.cases.{args.op}").cases(quick=False)
+    if not 0 <= args.case_index < len(cases):
+        raise SystemExit(f"--case-index: {args.case_index} is not within the {len(cases)} cases of {args.op}")
+    case = cases[args.case_index]
     variants = case.make(device, True)
     if args.variant not in variants:
         raise SystemExit(f"--variant: {args.variant!r} is not one of {sorted(variants)} for {case.name}")

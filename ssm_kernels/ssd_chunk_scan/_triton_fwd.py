@@ -153,53 +153,32 @@ def _dt_cumsum_kernel(dt_ptr, A_ptr, bias_ptr, seg_ptr, dtp_ptr, cs_ptr, g_ptr,
 
 
 @triton.jit
-def _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n, p_mask, n_mask,
-                L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """The (p, n) tile of what positions t = k0 .. k0 + BLOCK_K of chunk c add to its state (fp32; row =
-    bh * LP + c * T; cs_end, seg_end: the chunk's last cs and segment id):
-    sum_t exp(cs_end - cs_t) [seg_t == seg_end] dt'_t x_t B_t^T."""
-    t = k0 + tl.arange(0, BLOCK_K)
-    pos = c * T + t
-    valid = (t < T) & (pos < L)
-    cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
-    dtp = tl.load(dtp_ptr + row + t, mask=t < T, other=0.0)
-    keep = valid
-    if HAS_SEG:
-        seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
-        keep = keep & (seg == seg_end)
-    w = tl.where(keep, tl.exp(tl.where(keep, cs_end - cs, 0.0).to(tl.float32)) * dtp, 0.0)
-    xt = tl.load(x_ptr + b * sxb + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
-                 mask=p_mask[:, None] & valid[None, :], other=0.0).to(tl.float32)
-    Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
-                 mask=valid[:, None] & n_mask[None, :], other=0.0)
-    return _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
-
-
-@triton.jit
-def _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG: tl.constexpr):
-    """(cs_end, seg_end) of chunk c: its last position's cs and segment id (0 without segments)."""
-    cs_end = tl.load(cs_ptr + row + T - 1)
-    seg_end = 0
-    if HAS_SEG:
-        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
-    return cs_end, seg_end
-
-
-@triton.jit
 def _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, row, p, n, p_mask, n_mask, L, T,
                  sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                  HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, EMULATE: tl.constexpr,
                  BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """The (p, n) tile of the state chunk c adds from a zero start (fp32; row = bh * LP + c * T):
     S_c = sum_j exp(cs_{T-1} - cs_j) [seg_j == seg_end] dt'_j x_j B_j^T."""
-    cs_end, seg_end = _chunk_end(cs_ptr, seg_ptr, b, c, row, L, T, ssb, ssl, HAS_SEG)
+    cs_end = tl.load(cs_ptr + row + T - 1)
+    if HAS_SEG:
+        seg_end = tl.load(seg_ptr + b * ssb + tl.minimum(c * T + T - 1, L - 1) * ssl)
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, T, BLOCK_K):
-        acc += _state_step(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, k0, row, cs_end, seg_end, p, n,
-                           p_mask, n_mask, L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
-                           HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_K)
+        t = k0 + tl.arange(0, BLOCK_K)
+        pos = c * T + t
+        valid = (t < T) & (pos < L)
+        cs = tl.load(cs_ptr + row + t, mask=t < T, other=0.0)
+        dtp = tl.load(dtp_ptr + row + t, mask=t < T, other=0.0)
+        keep = valid
+        if HAS_SEG:
+            seg = tl.load(seg_ptr + b * ssb + tl.minimum(pos, L - 1) * ssl)
+            keep = keep & (seg == seg_end)
+        w = tl.where(keep, tl.exp(tl.where(keep, cs_end - cs, 0.0).to(tl.float32)) * dtp, 0.0)
+        xt = tl.load(x_ptr + b * sxb + pos[None, :] * sxl + h * sxh + p[:, None] * sxp,
+                     mask=p_mask[:, None] & valid[None, :], other=0.0).to(tl.float32)
+        Bj = tl.load(B_ptr + b * sbb + pos[:, None] * sbl + g * sbg + n[None, :] * sbn,
+                     mask=valid[:, None] & n_mask[None, :], other=0.0)
+        acc += _dot(xt * w[None, :], Bj, DOT_DTYPE, PRECISION, EMULATE)
     return acc
 
 
@@ -222,15 +201,6 @@ def _chunk_state_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr,
                        HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
     tl.store(st_ptr + b * stb + (c + 1) * stc + h * sth + p[:, None] * stp + n[None, :] * stn, acc,
              mask=p_mask[:, None] & n_mask[None, :])
-
-
-@triton.jit
-def _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask):
-    """state_{c + 1} = g_c state_c + S_c, stored as entering[:, c + 1] (out: slot 0) unless c + 1 = NC."""
-    state = tl.load(g_ptr + bh * NC + c) * state + S
-    if c + 1 < NC:
-        tl.store(out + (c + 1) * stc, state.to(out.dtype.element_ty), mask=pn_mask)
-    return state
 
 
 @triton.jit
@@ -262,7 +232,9 @@ def _chunk_states_passed_kernel(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, g_ptr, i
         S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, seg_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
                          L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, ssb, ssl,
                          HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_K)
-        state = _pass_state(state, S, g_ptr, out, bh, c, NC, stc, pn_mask)
+        state = tl.load(g_ptr + bh * NC + c) * state + S
+        if c + 1 < NC:
+            tl.store(out + (c + 1) * stc, state.to(st_ptr.dtype.element_ty), mask=pn_mask)
     tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
 
 
