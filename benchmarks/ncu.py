@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd+bwd")
     parser.add_argument("--kernels", default="", help="profile only kernels whose name matches this regex")
     parser.add_argument("--calls", type=int, default=1, help="profiled calls (after three warm-up calls)")
+    parser.add_argument("--raw", default="", help="also write ncu's whole output (its CSV) to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.calls < 1:
@@ -117,6 +118,9 @@ def main(argv=None) -> int:
     if ncu is None:
         raise SystemExit("ncu (Nsight Compute) is not on PATH")
     done = subprocess.run(ncu_command(args, ncu), capture_output=True, text=True)
+    if args.raw:
+        with open(args.raw, "w") as raw:
+            raw.write(done.stdout)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         return done.returncode
