@@ -19,7 +19,7 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
 6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
-Without segments (no seq_idx / cu_seqlens; _fused_forward), 2, 3 and 5 are one kernel, _chunk_scan_fused_kernel,
+Optionally (FUSED_FORWARD; no seq_idx / cu_seqlens, 16-bit inputs), 2, 3 and 5 are one kernel, _chunk_scan_fused_kernel,
 grid (nc * B*H * P tiles,): work items (chunk, head, P tile) taken in chunk order from a ticket counter, each
 forming its chunk's S_c, waiting for the state entering its chunk from the item before it, passing its own on
 (through memory, acquire / release flags) and then computing its chunk's output with that state in registers.
@@ -114,16 +114,20 @@ DX_STAGES = 2
 # The forward's boundary states and output in one kernel (_chunk_scan_fused_kernel: each work item forms its
 # chunk's own state, takes the state entering its chunk from the item before it, passes its own on, then computes
 # its chunk's output) where there are no segments (seq_idx, cu_seqlens), d_state is at most FUSED_MAX_DSTATE (an
-# item holds a (64, d_state) fp32 state tile) and the products take 16-bit operands: the states kernel's second
-# read of x and its write and the output kernel's read of the (B, nc, H, P, N) entering states are gone. False:
-# the two kernels always.
-FUSED_FORWARD = True
+# item holds a (FUSED_COLS, d_state) fp32 state tile) and the products take 16-bit operands: the states kernel's
+# second read of x and its write and the output kernel's read of the (B, nc, H, P, N) entering states are gone.
+# Off by default: natively (H100, B4 L4096 H64 P64 N128 bf16) the fused kernel took 644 us where the two take
+# 333 + 172 (forward 0.673 ms against 0.537; B8 L2048 H32 P64 N64: 290 us against 157 + 50) at 64 columns and 8
+# warps capped at 128 registers (two programs, 16 warps per SM); 4 warps uncapped (252 registers, two programs):
+# 0.605 ms. Its warps, register cap (None: ptxas's choice) and head-dim columns per item (a power of two from 16,
+# at most 64) below: offline (Triton 3.6, sm_90, that case) 32 columns at 4 warps capped at 128 take 122-127
+# registers without spills and 41 KB of shared memory (four programs per SM, as the output kernel): not yet
+# timed natively.
+FUSED_FORWARD = False
 FUSED_MAX_DSTATE = 128
-# Its warps and register cap (None: ptxas's choice). Offline (Triton 3.6, sm_90, B4 L4096 H64 P64 N128 bf16, 64-row
-# blocks, 32-column steps, 2 stages): 4 warps take 252 registers (two programs, 8 warps per SM); 8 warps 135
-# (one program), capped at 128 with 8-12 B of spills (two programs, 16 warps per SM).
-FUSED_WARPS = 8
+FUSED_WARPS = 4
 FUSED_MAXNREG: Optional[int] = 128
+FUSED_COLS = 32
 
 # Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
 # L4096 H64 P64 N128 bf16): 4 warps at 3 stages 166 registers and 98 KB of shared memory (two programs per SM);
@@ -398,6 +402,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
             BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
             num_warps=SCAN_WARPS, num_stages=SCAN_STAGES)
         if fused:
+            block_p = min(block_p, FUSED_COLS)
             p_tiles = cdiv(headdim, block_p)
             final = returned[:, -1]
             init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
@@ -409,7 +414,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
                 length, heads, groups, hpg, headdim, dstate, T, nc, lp, *x.stride(), *z_strides, *B.stride(),
                 *C.stride(), *D_strides, *init_strides, *states.stride(), *final.stride(), *out.stride(),
                 HAS_INIT=initial_states is not None, KEEP_ALL=not lean, BLOCK_S=min(_pow2(T), STATES_STEP),
-                **{**scan_options, "num_warps": FUSED_WARPS}, maxnreg=FUSED_MAXNREG)
+                **{**scan_options, "num_warps": FUSED_WARPS, "BLOCK_P": block_p}, maxnreg=FUSED_MAXNREG)
         else:
             grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
             launch_fitting_shared_memory(_chunk_scan_kernel, grid,

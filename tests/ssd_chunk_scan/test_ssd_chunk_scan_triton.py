@@ -346,119 +346,6 @@ def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate
     assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
 
 
-@pytest.mark.parametrize("dtype,options,mode", [
-    (torch.bfloat16, "plain", "no_grad"),
-    (torch.bfloat16, "seq_idx_final_state", "no_grad"),
-    (torch.bfloat16, "seq_idx_final_state", "recompute_block"),
-    (torch.bfloat16, "one_chunk", "recompute_block"),
-    (torch.float16, "plain", "recompute_block"),
-    (torch.bfloat16, "plain", "grad"),             # the backward reads the forward's states: fp32
-    (torch.bfloat16, "varlen", "recompute_block"),  # the varlen states read them: fp32
-    (torch.float32, "seq_idx_final_state", "no_grad"),
-])
-def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, options, mode):
-    """Where nothing but the output kernel reads the states entering the chunks (no gradient, or one taken inside
-    a recompute block, whose backward recomputes them in fp32; no varlen states) and that kernel rounds them to the
-    16-bit input dtype for its product anyway, the forward keeps them in that dtype: every output (the final state
-    in fp32 included) and gradient has the same bits as with fp32 states. Elsewhere (fp32 inputs, varlen states,
-    a gradient without a recompute block) the states stay fp32. (The two-kernel forward: the fused one keeps no
-    entering states at all there.)"""
-    import importlib
-    from ssm_kernels import _recompute
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    monkeypatch.setattr(module, "FUSED_FORWARD", False)
-    device = backend_device("triton")
-    inputs, kwargs = _states_case(options, device, dtype)
-    names = grads_of(inputs) if mode != "no_grad" else []
-    taken = []
-    real_launch = module._states_launch
-
-    def spy(*args, lean=False):
-        taken.append(lean)
-        return real_launch(*args, lean=lean)
-    monkeypatch.setattr(module, "_states_launch", spy)
-
-    def run():
-        leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
-        with torch.set_grad_enabled(mode != "no_grad"), \
-                _recompute.recomputed_activations(mode == "recompute_block", device):
-            outs = triton_scan(**leaves, **kwargs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        if not names:
-            return list(outs)
-        cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o).to(o.dtype) for o in outs]
-        return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
-    lean = run()
-    expected_lean = dtype != torch.float32 and options != "varlen" and mode != "grad"
-    assert taken[0] == expected_lean
-    monkeypatch.setattr(module, "_lean_states", lambda *args, **kw: False)
-    taken.clear()
-    fp32 = run()
-    assert not any(taken)
-    for a, b in zip(lean, fp32):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("dtype,dt_limit,seq_idx,factored", [
-    (torch.float32, (0.02, 0.4), False, True),
-    (torch.float16, (0.0, math.inf), False, True),
-    (torch.float32, (-0.1, math.inf), False, False),  # dt' may be negative: cs need not be monotone
-    (torch.float32, (0.0, math.inf), True, False),    # segments: decays are cut inside a chunk
-])
-def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
-    """Where cs is monotone in each chunk (dt' >= 0, no segments), the output kernel's column steps left of its
-    row block take the decays factored through the block's first row (one exp per row and per column): on
-    61-long chunks in 16-row blocks with 16-column steps, so that most steps are left of the block, heads of fast
-    and of slow decay (fp32; fp16 with decays of Mamba-2's range, whose gradients the operand rounding leaves well
-    inside the tolerance: bf16's reach 80-100% of it here with and without the factored path, and fp16 takes
-    bf16's kernel code), initial and final states: against the reference, forward and every gradient. Asserted
-    per launch: the factored path is taken exactly where it may be (in the fused forward at 16 bits without
-    segments)."""
-    import importlib
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    device = backend_device("triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(1, 150, 4, 16, 2, 16, dtype, device, D_shape="HP")
-    inputs["A"] = torch.tensor([-8.0, -1.0, -0.1, -0.01] if dtype == torch.float32 else [-8.0, -2.0, -1.0, -0.5],
-                               device=device)
-    kwargs = dict(chunk_size=61, dt_softplus=True, dt_limit=dt_limit, return_final_states=True)
-    if seq_idx:
-        kwargs["seq_idx"] = random_seq_idx(1, 150, device)
-    for name, value in dict(FACTORED_DECAYS=True, SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16).items():
-        monkeypatch.setattr(module, name, value)
-    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
-    taken = {}
-    real_launch = module.launch_fitting_shared_memory
-
-    def spy(kernel, grid, *args, **options):
-        if "FACTORED" in options:
-            taken[kernel.__name__] = options["FACTORED"]
-        return real_launch(kernel, grid, *args, **options)
-    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
-    check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
-    fused = not seq_idx and dtype != torch.float32
-    assert taken == {"_chunk_scan_fused_kernel" if fused else "_chunk_scan_kernel": factored}
-
-
-@pytest.mark.parametrize("one_kernel", [True, False])
-@pytest.mark.parametrize("cols,step", [(16, 16), (64, 32)])
-def test_boundary_states_tiles(monkeypatch, one_kernel, cols, step):
-    """The boundary-states kernels with their own state tiles (STATES_COLS: three 16-column tiles of d_state 40,
-    or one of 64) and steps over a chunk (STATES_STEP: four of 16 in a 61-long chunk, or two of 32), in one kernel
-    or two (PASSED_STATES_PROGRAMS None), with segments, the initial and the final state: against the reference,
-    forward and every gradient."""
-    import importlib
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    monkeypatch.setattr(module, "STATES_COLS", cols)
-    monkeypatch.setattr(module, "STATES_STEP", step)
-    monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", 0 if one_kernel else None)
-    device = backend_device("triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(2, 130, 4, 8, 2, 40, torch.float32, device, D_shape="HP")
-    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=61, dt_softplus=True,
-                 seq_idx=random_seq_idx(2, 130, device), return_final_states=True)
-
-
 def _launched_kernels(monkeypatch, module):
     """The names of the output kernels the op launches from here on (a list the caller may clear)."""
     names = []
@@ -488,11 +375,111 @@ def _run_mode(inputs, kwargs, mode):
     return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
 
 
-def test_fused_forward_where_it_applies():
-    """The fused forward takes 16-bit inputs without segments and d_state up to FUSED_MAX_DSTATE; fp32 inputs (their
-    three-tf32 products spill there), segments and larger states keep the two kernels."""
+@pytest.mark.parametrize("dtype,options,mode", [
+    (torch.bfloat16, "plain", "no_grad"),
+    (torch.bfloat16, "seq_idx_final_state", "no_grad"),
+    (torch.bfloat16, "seq_idx_final_state", "recompute_block"),
+    (torch.bfloat16, "one_chunk", "recompute_block"),
+    (torch.float16, "plain", "recompute_block"),
+    (torch.bfloat16, "plain", "grad"),             # the backward reads the forward's states: fp32
+    (torch.bfloat16, "varlen", "recompute_block"),  # the varlen states read them: fp32
+    (torch.float32, "seq_idx_final_state", "no_grad"),
+])
+def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, options, mode):
+    """Where nothing but the output kernel reads the states entering the chunks (no gradient, or one taken inside
+    a recompute block, whose backward recomputes them in fp32; no varlen states) and that kernel rounds them to the
+    16-bit input dtype for its product anyway, the forward keeps them in that dtype: every output (the final state
+    in fp32 included) and gradient has the same bits as with fp32 states. Elsewhere (fp32 inputs, varlen states,
+    a gradient without a recompute block) the states stay fp32. (The two-kernel forward: the fused one keeps no
+    entering states at all there.)"""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    monkeypatch.setattr(module, "FUSED_FORWARD", False)
+    inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
+    taken = []
+    real_launch = module._states_launch
+
+    def spy(*args, lean=False):
+        taken.append(lean)
+        return real_launch(*args, lean=lean)
+    monkeypatch.setattr(module, "_states_launch", spy)
+    lean = _run_mode(inputs, kwargs, mode)
+    expected_lean = dtype != torch.float32 and options != "varlen" and mode != "grad"
+    assert taken[0] == expected_lean
+    monkeypatch.setattr(module, "_lean_states", lambda *args, **kw: False)
+    taken.clear()
+    fp32 = _run_mode(inputs, kwargs, mode)
+    assert not any(taken)
+    for a, b in zip(lean, fp32):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype,dt_limit,seq_idx,factored", [
+    (torch.float32, (0.02, 0.4), False, True),
+    (torch.float16, (0.0, math.inf), False, True),
+    (torch.float32, (-0.1, math.inf), False, False),  # dt' may be negative: cs need not be monotone
+    (torch.float32, (0.0, math.inf), True, False),    # segments: decays are cut inside a chunk
+])
+def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
+    """Where cs is monotone in each chunk (dt' >= 0, no segments), the output kernel's column steps left of its
+    row block take the decays factored through the block's first row (one exp per row and per column): on
+    61-long chunks in 16-row blocks with 16-column steps, so that most steps are left of the block, heads of fast
+    and of slow decay (fp32; fp16 with decays of Mamba-2's range, whose gradients the operand rounding leaves well
+    inside the tolerance: bf16's reach 80-100% of it here with and without the factored path, and fp16 takes
+    bf16's kernel code), initial and final states: against the reference, forward and every gradient. Asserted
+    per launch: the factored path is taken exactly where it may be (in the fused forward where that runs)."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(1, 150, 4, 16, 2, 16, dtype, device, D_shape="HP")
+    inputs["A"] = torch.tensor([-8.0, -1.0, -0.1, -0.01] if dtype == torch.float32 else [-8.0, -2.0, -1.0, -0.5],
+                               device=device)
+    kwargs = dict(chunk_size=61, dt_softplus=True, dt_limit=dt_limit, return_final_states=True)
+    if seq_idx:
+        kwargs["seq_idx"] = random_seq_idx(1, 150, device)
+    for name, value in dict(FACTORED_DECAYS=True, SCAN_ROWS=16, SCAN_COLS=16, SCAN_LEFT_COLS=16).items():
+        monkeypatch.setattr(module, name, value)
+    monkeypatch.setattr(module, "_block_t", lambda T: min(module._pow2(T), 16))
+    taken = {}
+    real_launch = module.launch_fitting_shared_memory
+
+    def spy(kernel, grid, *args, **options):
+        if "FACTORED" in options:
+            taken[kernel.__name__] = options["FACTORED"]
+        return real_launch(kernel, grid, *args, **options)
+    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
+    check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
+    fused = module._fused_forward(inputs["x"], inputs["B"].shape[-1], kwargs.get("seq_idx"))
+    assert taken == {"_chunk_scan_fused_kernel" if fused else "_chunk_scan_kernel": factored}
+
+
+@pytest.mark.parametrize("one_kernel", [True, False])
+@pytest.mark.parametrize("cols,step", [(16, 16), (64, 32)])
+def test_boundary_states_tiles(monkeypatch, one_kernel, cols, step):
+    """The boundary-states kernels with their own state tiles (STATES_COLS: three 16-column tiles of d_state 40,
+    or one of 64) and steps over a chunk (STATES_STEP: four of 16 in a 61-long chunk, or two of 32), in one kernel
+    or two (PASSED_STATES_PROGRAMS None), with segments, the initial and the final state: against the reference,
+    forward and every gradient."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    monkeypatch.setattr(module, "STATES_COLS", cols)
+    monkeypatch.setattr(module, "STATES_STEP", step)
+    monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", 0 if one_kernel else None)
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    inputs = make_inputs(2, 130, 4, 8, 2, 40, torch.float32, device, D_shape="HP")
+    check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=61, dt_softplus=True,
+                 seq_idx=random_seq_idx(2, 130, device), return_final_states=True)
+
+
+def test_fused_forward_where_it_applies(monkeypatch):
+    """The fused forward (where FUSED_FORWARD) takes 16-bit inputs without segments and d_state up to
+    FUSED_MAX_DSTATE; fp32 inputs (their three-tf32 products spill there), segments and larger states keep the two
+    kernels."""
+    import importlib
+    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
+    monkeypatch.setattr(module, "FUSED_FORWARD", True)
     x = torch.empty(1, 8, 2, 64, dtype=torch.bfloat16)
     seg = torch.zeros(1, 8, dtype=torch.int32)
     assert module._fused_forward(x, 128, None)
@@ -501,6 +488,8 @@ def test_fused_forward_where_it_applies():
     assert not module._fused_forward(x, 128, seg)
     assert not module._fused_forward(x, module.FUSED_MAX_DSTATE + 1, None)
     assert not module._fused_forward(x[:, :0], 128, None)
+    monkeypatch.setattr(module, "FUSED_FORWARD", False)
+    assert not module._fused_forward(x, 128, None)
 
 
 @pytest.mark.parametrize("dtype,mode,headdim,init,factored", [
