@@ -439,7 +439,8 @@ def _chunk_scan_fused_kernel(x_ptr, z_ptr, B_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr,
     (release) and only then computes its chunk's output (_output_rows, every row block), state_c in registers.
     The states go through ring slots (c % R of ring, fp32): R = 2 (each slot is rewritten only after its reader
     has published, so has read it) or, KEEP_ALL, R = nc + 1: the (B, nc + 1, H, P, N) boundary states the
-    backward reads (slot 0 the initial state, slot nc the final one). The final state also goes to fin (fp32)."""
+    backward reads (slot 0 the initial state, slot nc the final one); without KEEP_ALL the final state goes to
+    fin (fp32)."""
     PT: tl.constexpr = (P + BLOCK_P - 1) // BLOCK_P
     ticket = tl.atomic_add(sync_ptr, 1)
     per_chunk = tl.num_programs(0) // NC
