@@ -50,16 +50,23 @@ def _decays(ex_i, ex_j, keep, FAST: tl.constexpr):
 
 
 @triton.jit
+def _block_rows(c, r0, T, L, BLOCK: tl.constexpr):
+    """Rows r0 .. r0 + BLOCK of chunk c: (r, pos, valid), the rows (BLOCK,), their positions in the sequence and
+    whether they lie inside the chunk and the sequence."""
+    r = r0 + tl.arange(0, BLOCK)
+    pos = c * T + r
+    return r, pos, (r < T) & (pos < L)
+
+
+@triton.jit
 def _chunk_rows(program, T, L, BLOCK: tl.constexpr):
     """Program `program` of nc * cdiv(T, BLOCK) as (chunk, block of its rows): (c, r0, r, pos, valid), chunk c,
-    the block's first row r0, its rows r (BLOCK,), their positions in the sequence and whether they lie inside
-    the chunk and the sequence."""
+    the block's first row r0 and _block_rows."""
     n_blocks = tl.cdiv(T, BLOCK)
     c = program // n_blocks
     r0 = (program % n_blocks) * BLOCK
-    r = r0 + tl.arange(0, BLOCK)
-    pos = c * T + r
-    return c, r0, r, pos, (r < T) & (pos < L)
+    r, pos, valid = _block_rows(c, r0, T, L, BLOCK)
+    return c, r0, r, pos, valid
 
 
 @triton.jit
@@ -340,9 +347,7 @@ def _output_rows(hp, x_h, z_h, D_h, out_h, pre_h, cb_ptr, C_ptr, dt_c, cs_c, seg
     """Rows m0 .. m0 + BLOCK_M of chunk c of one head (x_h, z_h, D_h, out_h, pre_h: pointers at its batch row and
     head; dt_c, cs_c: at its chunk's first dt' and cs; g its group), columns p of P: out (and pre) as
     _chunk_scan_kernel says, from hp, the (N, P) tile of the state entering the chunk."""
-    i = m0 + tl.arange(0, BLOCK_M)
-    pos_i = c * T + i
-    valid_i = (i < T) & (pos_i < L)
+    i, pos_i, valid_i = _block_rows(c, m0, T, L, BLOCK_M)
     Ci = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + n[None, :] * scn,
                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
     tl.static_assert(not (FACTORED and HAS_SEG), "factored decays need cs monotone across the rows")

@@ -370,8 +370,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
     fused = _fused_forward(x, dstate, seg)
     if fused:  # the states pass through a two-slot ring, or lie in the boundary states the backward reads
-        ring = new_output((batch, 2, heads, headdim, dstate), torch.float32, dev) if lean else None
-        states = ring if lean else new_output((batch, nc + 1, heads, headdim, dstate), torch.float32, dev)
+        states = new_output((batch, 2 if lean else nc + 1, heads, headdim, dstate), torch.float32, dev)
         returned = new_output((batch, 1, heads, headdim, dstate), torch.float32, dev) if lean else states
     elif lean:  # the entering states in x's dtype for the output kernel alone; the op returns the final one
         states, returned = _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean=True)

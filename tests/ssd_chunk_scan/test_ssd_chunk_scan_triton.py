@@ -149,14 +149,21 @@ def _states_case(options, device, dtype=torch.float32):
     return inputs, kwargs
 
 
-def _outputs_and_gradients(inputs, kwargs, names):
-    """The call's outputs and the gradients of `names` for fixed cotangents, detached."""
+def _run_mode(inputs, kwargs, mode):
+    """Outputs (and, unless mode is "no_grad", the gradients of every input for fixed cotangents; inside a
+    recompute block for "recompute_block"), detached."""
+    from ssm_kernels import _recompute
+    names = grads_of(inputs) if mode != "no_grad" else []
     leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
-    outs = triton_scan(**leaves, **kwargs)
+    device = inputs["x"].device
+    with torch.set_grad_enabled(mode != "no_grad"), \
+            _recompute.recomputed_activations(mode == "recompute_block", device):
+        outs = triton_scan(**leaves, **kwargs)
     outs = outs if isinstance(outs, tuple) else (outs,)
-    cotangents = [torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o).to(o.dtype) for o in outs]
-    grads = torch.autograd.grad(outs, [leaves[k] for k in names], cotangents)
-    return [o.detach() for o in outs] + list(grads)
+    if not names:
+        return list(outs)
+    cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o).to(o.dtype) for o in outs]
+    return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
 
 
 @pytest.mark.parametrize("options,dtype,chunk", [("plain", torch.float32, 32), ("plain", torch.bfloat16, 40),
@@ -181,12 +188,11 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
     inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
     kwargs["chunk_size"] = chunk
     monkeypatch.setattr(module, "STATES_STEP", 16)
-    names = grads_of(inputs)
     runs = []
     for threshold in (0, None):
         monkeypatch.setattr(module, "PASSED_STATES_PROGRAMS", threshold)
         launches.clear()
-        runs.append(_outputs_and_gradients(inputs, kwargs, names))
+        runs.append(_run_mode(inputs, kwargs, "grad"))
         assert bool(launches) == (threshold == 0)
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -356,23 +362,6 @@ def _launched_kernels(monkeypatch, module):
         return real_launch(kernel, grid, *args, **options)
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
     return names
-
-
-def _run_mode(inputs, kwargs, mode):
-    """Outputs (and, unless mode is "no_grad", the gradients of every input for fixed cotangents; inside a
-    recompute block for "recompute_block"), detached."""
-    from ssm_kernels import _recompute
-    names = grads_of(inputs) if mode != "no_grad" else []
-    leaves = {k: (v.detach().clone().requires_grad_() if k in names else v) for k, v in inputs.items()}
-    device = inputs["x"].device
-    with torch.set_grad_enabled(mode != "no_grad"), \
-            _recompute.recomputed_activations(mode == "recompute_block", device):
-        outs = triton_scan(**leaves, **kwargs)
-    outs = outs if isinstance(outs, tuple) else (outs,)
-    if not names:
-        return list(outs)
-    cotangents = [torch.linspace(-1, 1, o.numel(), device=device).view_as(o).to(o.dtype) for o in outs]
-    return [o.detach() for o in outs] + list(torch.autograd.grad(outs, [leaves[k] for k in names], cotangents))
 
 
 @pytest.mark.parametrize("dtype,options,mode", [
