@@ -3,7 +3,7 @@ kernel or two (PASSED_STATES_PROGRAMS: None keeps two kernels; one kernel where 
 the setting), the backward's register caps (REGISTER_CAP, REGISTER_CAP_FP32), head splits (SPLIT_PROGRAMS), the
 dx kernel's rows per step, pipelining depth, columns and warps (DX_ROWS, DX_STAGES, DX_COLS, DX_WARPS), the dB / dC
 kernel's warps (DBC_WARPS), the dGm kernel's (DGM_WARPS) and the forward output kernel's warps, stages and tiles
-(SCAN_*) and the fused forward (FUSED_*), on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the
+(SCAN_*), on the GPU cases of `python -m benchmarks --op ssd_chunk_scan` (the boundary states are computed by the
 forward, and by the backward inside a recomputed_activations block only)."""
 from __future__ import annotations
 
@@ -32,8 +32,7 @@ def grid(quick: bool):
     block factored (FACTORED_DECAYS True; default False). The boundary-states kernels' tiles: whole
     128-column state tiles (STATES_COLS, default 64), also at 8 warps (STATES_WARPS, default 4), 32 or 128
     positions per step (STATES_STEP, default 64), 3 or 1 pipelining stages (STATES_STAGES, default None:
-    Triton's). The fused forward (FUSED_FORWARD True; default False) at its defaults (FUSED_COLS 32, FUSED_WARPS
-    4, FUSED_MAXNREG 128), uncapped, at 16 or 64 columns, at 8 warps, and with factored decays."""
+    Triton's)."""
     if quick:
         return [{"PASSED_STATES_PROGRAMS": None}]
     return ([{"PASSED_STATES_PROGRAMS": programs} for programs in (None, 264, 1056)]
@@ -49,15 +48,12 @@ def grid(quick: bool):
             + [{"FACTORED_DECAYS": True}, {"FACTORED_DECAYS": True, "SCAN_LEFT_COLS": 64},
                {"FACTORED_DECAYS": True, "SCAN_ROWS": 128, "SCAN_WARPS": 8, "SCAN_LEFT_COLS": 64}]
             + [{"STATES_COLS": 128}, {"STATES_COLS": 128, "STATES_WARPS": 8}, {"STATES_WARPS": 8},
-               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1}]
-            + [dict(FUSED_FORWARD=True, **fused) for fused in (
-                {}, {"FUSED_MAXNREG": None}, {"FUSED_COLS": 16}, {"FUSED_COLS": 64, "FUSED_WARPS": 8},
-                {"FUSED_WARPS": 8, "FUSED_MAXNREG": None}, {"FACTORED_DECAYS": True})])
+               {"STATES_STEP": 32}, {"STATES_STEP": 128}, {"STATES_STAGES": 3}, {"STATES_STAGES": 1}])
 
 
 def run(device, quick: bool, only):
     settings = grid(quick)
     for case, variant in triton_variants(ssd_cases, device, only):
         print(f"{case.name}: PASSED_STATES_PROGRAMS, REGISTER_CAP*, SPLIT_PROGRAMS, DX_*, DBC_WARPS, DGM_WARPS, "
-              "SCAN_*, FACTORED_DECAYS, STATES_*, FUSED_*", flush=True)
+              "SCAN_*, FACTORED_DECAYS, STATES_*", flush=True)
         sweep(backend, variant, device, settings, quick)

@@ -50,23 +50,16 @@ def _decays(ex_i, ex_j, keep, FAST: tl.constexpr):
 
 
 @triton.jit
-def _block_rows(c, r0, T, L, BLOCK: tl.constexpr):
-    """Rows r0 .. r0 + BLOCK of chunk c: (r, pos, valid), the rows (BLOCK,), their positions in the sequence and
-    whether they lie inside the chunk and the sequence."""
-    r = r0 + tl.arange(0, BLOCK)
-    pos = c * T + r
-    return r, pos, (r < T) & (pos < L)
-
-
-@triton.jit
 def _chunk_rows(program, T, L, BLOCK: tl.constexpr):
     """Program `program` of nc * cdiv(T, BLOCK) as (chunk, block of its rows): (c, r0, r, pos, valid), chunk c,
-    the block's first row r0 and _block_rows."""
+    the block's first row r0, its rows r (BLOCK,), their positions in the sequence and whether they lie inside
+    the chunk and the sequence."""
     n_blocks = tl.cdiv(T, BLOCK)
     c = program // n_blocks
     r0 = (program % n_blocks) * BLOCK
-    r, pos, valid = _block_rows(c, r0, T, L, BLOCK)
-    return c, r0, r, pos, valid
+    r = r0 + tl.arange(0, BLOCK)
+    pos = c * T + r
+    return c, r0, r, pos, (r < T) & (pos < L)
 
 
 @triton.jit
@@ -277,12 +270,14 @@ def _x_rows(x_ptr, pos, valid, p, p_mask, sxl, sxp):
 
 
 @triton.jit
-def _entering_term(Ci, hp, cs_ptr, i, f, T, entering_i, HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                   PRECISION: tl.constexpr, EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr):
-    """One head's C_i states[c]^T decayed to row i (hp: the (N, P) tile of the head's entering state; cs_ptr: its
-    chunk's first cs): by exp(cs_i) where entering_i (with segments: the row continues the entering sequence), or,
-    FACTORED, by exp(cs_f) only (the rows' exp(cs_i - cs_f) comes after the steps left of row f). Returns it with
-    the log2 decays of the rows and of row f."""
+def _entering_term(Ci, st_ptr, cs_ptr, i, f, p, n, p_mask, n_mask, stp, stn, T, entering_i,
+                   HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                   EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr):
+    """One head's C_i states[c]^T decayed to row i (st_ptr: the head's entering state; cs_ptr: its chunk's first
+    cs): by exp(cs_i) where entering_i (with segments: the row continues the entering sequence), or, FACTORED, by
+    exp(cs_f) only (the rows' exp(cs_i - cs_f) comes after the steps left of row f). Returns it with the log2
+    decays of the rows and of row f."""
+    hp = tl.load(st_ptr + p[None, :] * stp + n[:, None] * stn, mask=n_mask[:, None] & p_mask[None, :], other=0.0)
     acc = _dot(Ci, hp, DOT_DTYPE, PRECISION, EMULATE)
     ex_i = _log_decays(cs_ptr, i, T, True, DOT_DTYPE)
     ex_f = _log_decays(cs_ptr, f, T, True, DOT_DTYPE)
@@ -338,16 +333,37 @@ def _finish(acc, x_ptr, z_ptr, D_ptr, out_ptr, pre_ptr, pos_i, valid_i, p, p_mas
 
 
 @triton.jit
-def _output_rows(hp, x_h, z_h, D_h, out_h, pre_h, cb_ptr, C_ptr, dt_c, cs_c, seg_ptr, b, g, c, m0, L, G, NC,
-                 T: tl.constexpr, p, p_mask, n, n_mask, sxl, sxp, szl, szp, scb, scl, scg, scn, sdp, ssb, ssl,
-                 sol, sop, HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
-                 STORE_PRE: tl.constexpr, HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                 EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr):
-    """Rows m0 .. m0 + BLOCK_M of chunk c of one head (x_h, z_h, D_h, out_h, pre_h: pointers at its batch row and
-    head; dt_c, cs_c: at its chunk's first dt' and cs; g its group), columns p of P: out (and pre) as
-    _chunk_scan_kernel says, from hp, the (N, P) tile of the state entering the chunk."""
-    i, pos_i, valid_i = _block_rows(c, m0, T, L, BLOCK_M)
+def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
+                       L, H, G, HPG, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NC, LP,
+                       sxb, sxl, sxh, sxp, szb, szl, szh, szp,
+                       scb, scl, scg, scn, sdh, sdp, ssb, ssl,
+                       stb, stc, sth, stp, stn, sob, sol, soh, sop,
+                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
+                       HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
+                       BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk
+    (and BLOCK_K columns per step, BLOCK_K dividing BLOCK_M),
+        y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
+              + exp(cs_i) [seg_i == entering] C_i states[c]^T,
+        out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient).
+    FACTORED (no segments, dt' >= 0: cs monotone in the chunk): the columns left of the row block (BLOCK_KL per
+    step, dividing BLOCK_M) and the state term take their decays through the block's first row f,
+    exp(cs_i - cs_j) = exp(cs_i - cs_f) exp(cs_f - cs_j) (each factor between 1 and the product, so neither
+    overflows or underflows where the product does not): one exp per column and one per row instead of one per
+    element, and no causal mask."""
+    c, m0, i, pos_i, valid_i = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
+    bh = tl.program_id(1)
+    b, h, g = _batch_head(bh, H, HPG)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < P
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    cs_c = cs_ptr + bh * LP + c * T  # the head's chunk's first cs (and dt' at the same offsets)
+    dt_c = dtp_ptr + bh * LP + c * T
+    x_h = x_ptr + b * sxb + h * sxh
+    st_h = st_ptr + b * stb + c * stc + h * sth
     Ci = tl.load(C_ptr + b * scb + pos_i[:, None] * scl + g * scg + n[None, :] * scn,
                  mask=valid_i[:, None] & n_mask[None, :], other=0.0)
     tl.static_assert(not (FACTORED and HAS_SEG), "factored decays need cs monotone across the rows")
@@ -355,8 +371,8 @@ def _output_rows(hp, x_h, z_h, D_h, out_h, pre_h, cb_ptr, C_ptr, dt_c, cs_c, seg
     if HAS_SEG:
         seg_i = tl.load(seg_ptr + b * ssb + tl.minimum(pos_i, L - 1) * ssl)
         entering_i = seg_i == tl.load(seg_ptr + b * ssb + tl.maximum(c * T - 1, 0) * ssl)
-    acc, ex_i, ex_f = _entering_term(Ci, hp, cs_c, i, m0, T, entering_i, HAS_SEG, DOT_DTYPE, PRECISION, EMULATE,
-                                     FAST, FACTORED)
+    acc, ex_i, ex_f = _entering_term(Ci, st_h, cs_c, i, m0, p, n, p_mask, n_mask, stp, stn, T, entering_i,
+                                     HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED)
     k_start = 0
     if FACTORED:
         for k0 in range(0, m0, BLOCK_KL):
@@ -380,123 +396,12 @@ def _output_rows(hp, x_h, z_h, D_h, out_h, pre_h, cb_ptr, C_ptr, dt_c, cs_c, seg
         cb = _cb_tile(cb_ptr, b, c, g, G, T, NC, i, j)
         acc += _step(cb, x_h, dt_c, cs_c, ex_i, keep, j, pos_j, valid_j, p, p_mask, sxl, sxp, T,
                      DOT_DTYPE, PRECISION, EMULATE, FAST)
-    _finish(acc, x_h, z_h, D_h, out_h, pre_h, pos_i, valid_i, p, p_mask, sxl, sxp, szl, szp, sdp, sol, sop,
-            HAS_D, D_PER_P, HAS_Z, STORE_PRE)
 
-
-@triton.jit
-def _chunk_scan_kernel(x_ptr, z_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, seg_ptr, st_ptr, out_ptr, pre_ptr,
-                       L, H, G, HPG, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NC, LP,
-                       sxb, sxl, sxh, sxp, szb, szl, szh, szp,
-                       scb, scl, scg, scn, sdh, sdp, ssb, ssl,
-                       stb, stc, sth, stp, stn, sob, sol, soh, sop,
-                       HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr,
-                       HAS_SEG: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                       EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
-                       BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Grid (nc * cdiv(T, BLOCK_M), B * H, cdiv(P, BLOCK_P)): output rows i of one chunk
-    (and BLOCK_K columns per step, BLOCK_K dividing BLOCK_M),
-        y_i = sum_{j <= i, seg_j == seg_i} cb[i, j] exp(cs_i - cs_j) dt'_j x_j   (cb[i, j] = C_i . B_j)
-              + exp(cs_i) [seg_i == entering] C_i states[c]^T,
-        out_i = (y_i + D x_i) * silu(z_i); pre_i = y_i + D x_i when STORE_PRE (saved for the z gradient).
-    FACTORED (no segments, dt' >= 0: cs monotone in the chunk): the columns left of the row block (BLOCK_KL per
-    step, dividing BLOCK_M) and the state term take their decays through the block's first row f,
-    exp(cs_i - cs_j) = exp(cs_i - cs_f) exp(cs_f - cs_j) (each factor between 1 and the product, so neither
-    overflows or underflows where the product does not): one exp per column and one per row instead of one per
-    element, and no causal mask."""
-    c, m0, _, _, _ = _chunk_rows(tl.program_id(0), T, L, BLOCK_M)
-    bh = tl.program_id(1)
-    b, h, g = _batch_head(bh, H, HPG)
-    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < P
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    hp = tl.load(st_ptr + b * stb + c * stc + h * sth + p[None, :] * stp + n[:, None] * stn,
-                 mask=n_mask[:, None] & p_mask[None, :], other=0.0)
-    _output_rows(hp, x_ptr + b * sxb + h * sxh, z_ptr + b * szb + h * szh, D_ptr + h * sdh,
-                 out_ptr + b * sob + h * soh, pre_ptr + b * sob + h * soh, cb_ptr, C_ptr,
-                 dtp_ptr + bh * LP + c * T, cs_ptr + bh * LP + c * T, seg_ptr, b, g, c, m0, L, G, NC, T,
-                 p, p_mask, n, n_mask, sxl, sxp, szl, szp, scb, scl, scg, scn, sdp, ssb, ssl, sol, sop,
-                 HAS_D, D_PER_P, HAS_Z, STORE_PRE, HAS_SEG, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED,
-                 BLOCK_M, BLOCK_K, BLOCK_KL)
-
-
-@triton.jit
-def _chunk_scan_fused_kernel(x_ptr, z_ptr, B_ptr, cb_ptr, C_ptr, D_ptr, dtp_ptr, cs_ptr, g_ptr, init_ptr,
-                             ring_ptr, fin_ptr, sync_ptr, out_ptr, pre_ptr,
-                             L, H, G, HPG, P: tl.constexpr, N: tl.constexpr, T: tl.constexpr, NC, LP,
-                             sxb, sxl, sxh, sxp, szb, szl, szh, szp, sbb, sbl, sbg, sbn,
-                             scb, scl, scg, scn, sdh, sdp, sib, sih, sip, sin,
-                             srb, src, srh, srp, srn, sfb, sfh, sfp, sfn, sob, sol, soh, sop,
-                             HAS_INIT: tl.constexpr, KEEP_ALL: tl.constexpr,
-                             HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr,
-                             STORE_PRE: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
-                             EMULATE: tl.constexpr, FAST: tl.constexpr, FACTORED: tl.constexpr,
-                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_KL: tl.constexpr,
-                             BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Grid (nc * B * H * cdiv(P, BLOCK_P),), no segments, BLOCK_N >= N: the boundary states and the output
-    kernel in one, the states passed from chunk to chunk through memory. Each program takes the next work item
-    (chunk c, head, P tile) from a ticket counter (sync[0]), chunks in order, so every item it waits for belongs
-    to a program already running (no deadlock, whatever order the hardware starts programs in). An item forms its
-    chunk's own state S_c (_chunk_state, BLOCK_S positions per step), waits until the item of chunk c - 1 has
-    published the state entering c (sync[1 + tile] = c; acquire), publishes state_{c + 1} = g_c state_c + S_c
-    (release) and only then computes its chunk's output (_output_rows, every row block), state_c in registers.
-    The states go through ring slots (c % R of ring, fp32): R = 2 (each slot is rewritten only after its reader
-    has published, so has read it) or, KEEP_ALL, R = nc + 1: the (B, nc + 1, H, P, N) boundary states the
-    backward reads (slot 0 the initial state, slot nc the final one); without KEEP_ALL the final state goes to
-    fin (fp32)."""
-    PT: tl.constexpr = (P + BLOCK_P - 1) // BLOCK_P
-    ticket = tl.atomic_add(sync_ptr, 1)
-    per_chunk = tl.num_programs(0) // NC
-    c = ticket // per_chunk
-    tile = ticket % per_chunk
-    bh = tile // PT
-    b, h, g = _batch_head(bh, H, HPG)
-    p = (tile % PT) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < P
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    pn_mask = p_mask[:, None] & n_mask[None, :]
-    S = _chunk_state(x_ptr, B_ptr, dtp_ptr, cs_ptr, cs_ptr, b, h, g, c, bh * LP + c * T, p, n, p_mask, n_mask,
-                     L, T, sxb, sxl, sxh, sxp, sbb, sbl, sbg, sbn, 0, 0,
-                     False, DOT_DTYPE, PRECISION, EMULATE, BLOCK_P, BLOCK_N, BLOCK_S)
-    if KEEP_ALL:
-        R = NC + 1
-    else:
-        R = 2
-    slots = ring_ptr + b * srb + h * srh + p[:, None] * srp + n[None, :] * srn
-    flag = sync_ptr + 1 + tile
-    if c == 0:
-        if HAS_INIT:
-            entering = tl.load(init_ptr + b * sib + h * sih + p[:, None] * sip + n[None, :] * sin, mask=pn_mask,
-                               other=0.0).to(tl.float32)
-        else:
-            entering = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-        if KEEP_ALL:
-            tl.store(slots, entering, mask=pn_mask)
-    else:
-        while tl.atomic_add(flag, 0, sem="acquire") < c:
-            pass
-        # .cg: from L2, never a line an earlier item left in this SM's (incoherent) L1
-        entering = tl.load(slots + (c % R) * src, mask=pn_mask, other=0.0, cache_modifier=".cg")
-    state = tl.load(g_ptr + bh * NC + c) * entering + S
-    tl.store(slots + ((c + 1) % R) * src, state, mask=pn_mask)
-    if not KEEP_ALL:
-        if c + 1 == NC:
-            tl.store(fin_ptr + b * sfb + h * sfh + p[:, None] * sfp + n[None, :] * sfn, state, mask=pn_mask)
-    tl.debug_barrier()
-    tl.atomic_xchg(flag, c + 1, sem="release")
-
-    hp = tl.trans(entering.to(DOT_DTYPE))
-    x_h = x_ptr + b * sxb + h * sxh
+    D_h = D_ptr + h * sdh
     z_h = z_ptr + b * szb + h * szh
-    for m0 in range(0, T, BLOCK_M):
-        _output_rows(hp, x_h, z_h, D_ptr + h * sdh, out_ptr + b * sob + h * soh, pre_ptr + b * sob + h * soh,
-                     cb_ptr, C_ptr, dtp_ptr + bh * LP + c * T, cs_ptr + bh * LP + c * T, cs_ptr, b, g, c, m0, L,
-                     G, NC, T, p, p_mask, n, n_mask, sxl, sxp, szl, szp, scb, scl, scg, scn, sdp, 0, 0, sol, sop,
-                     HAS_D, D_PER_P, HAS_Z, STORE_PRE, False, DOT_DTYPE, PRECISION, EMULATE, FAST, FACTORED,
-                     BLOCK_M, BLOCK_K, BLOCK_KL)
+    out_h = b * sob + h * soh
+    _finish(acc, x_h, z_h, D_h, out_ptr + out_h, pre_ptr + out_h, pos_i, valid_i, p, p_mask, sxl, sxp, szl, szp,
+            sdp, sol, sop, HAS_D, D_PER_P, HAS_Z, STORE_PRE)
 
 
 @triton.jit

@@ -19,10 +19,6 @@ Forward (kernels in _triton_fwd.py), chunks of T = chunk_size positions, nc = cd
    then + D x and * silu(z) fused; writes out (x's dtype) and, when z has a gradient to take, the pre-gate
    value (y + D x) for dz.
 6. _varlen_state_kernel (cu_seqlens only), grid (S, H, P/N tiles): the state at each sequence's last step.
-Optionally (FUSED_FORWARD; no seq_idx / cu_seqlens, 16-bit inputs), 2, 3 and 5 are one kernel, _chunk_scan_fused_kernel,
-grid (nc * B*H * P tiles,): work items (chunk, head, P tile) taken in chunk order from a ticket counter, each
-forming its chunk's S_c, waiting for the state entering its chunk from the item before it, passing its own on
-(through memory, acquire / release flags) and then computing its chunk's output with that state in registers.
 Matmul operands are in the input dtype (bf16 / fp16 tensor cores), or fp32 as three tf32 products for fp32
 inputs (_dot_config); accumulation is fp32 throughout.
 
@@ -68,8 +64,8 @@ from .._triton_launch import fast_math, launch, launch_fitting_shared_memory
 from .._utils import cdiv, new_output, next_power_of_2
 from . import SPLIT_PROGRAMS
 from ._triton_bwd import _bwd_dbc_kernel, _bwd_dgm_kernel, _bwd_dt_kernel, _bwd_dx_kernel, _bwd_state_kernel
-from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_fused_kernel, _chunk_scan_kernel, _chunk_state_kernel,
-                          _chunk_states_passed_kernel, _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
+from ._triton_fwd import (_chunk_cb_kernel, _chunk_scan_kernel, _chunk_state_kernel, _chunk_states_passed_kernel,
+                          _dt_cumsum_kernel, _state_passing_kernel, _varlen_state_kernel)
 from ._common import segment_ids
 
 
@@ -110,24 +106,6 @@ DX_ROWS = 32
 DX_COLS = 128
 DX_WARPS: Optional[int] = None
 DX_STAGES = 2
-
-# The forward's boundary states and output in one kernel (_chunk_scan_fused_kernel: each work item forms its
-# chunk's own state, takes the state entering its chunk from the item before it, passes its own on, then computes
-# its chunk's output) where there are no segments (seq_idx, cu_seqlens), d_state is at most FUSED_MAX_DSTATE (an
-# item holds a (FUSED_COLS, d_state) fp32 state tile) and the products take 16-bit operands: the states kernel's
-# second read of x and its write and the output kernel's read of the (B, nc, H, P, N) entering states are gone.
-# Off by default: natively (H100, B4 L4096 H64 P64 N128 bf16) the fused kernel took 644 us where the two take
-# 333 + 172 (forward 0.673 ms against 0.537; B8 L2048 H32 P64 N64: 290 us against 157 + 50) at 64 columns and 8
-# warps capped at 128 registers (two programs, 16 warps per SM); 4 warps uncapped (252 registers, two programs):
-# 0.605 ms. Its warps, register cap (None: ptxas's choice) and head-dim columns per item (a power of two from 16,
-# at most 64) below: offline (Triton 3.6, sm_90, that case) 32 columns at 4 warps capped at 128 take 122-127
-# registers without spills and 41 KB of shared memory (four programs per SM, as the output kernel): not yet
-# timed natively.
-FUSED_FORWARD = False
-FUSED_MAX_DSTATE = 128
-FUSED_WARPS = 4
-FUSED_MAXNREG: Optional[int] = 128
-FUSED_COLS = 32
 
 # Warps and pipelining depth of the forward's output kernel (_chunk_scan_kernel). Offline (Triton 3.6, sm_90, B4
 # L4096 H64 P64 N128 bf16): 4 warps at 3 stages 166 registers and 98 KB of shared memory (two programs per SM);
@@ -282,29 +260,15 @@ def _states_in_one_kernel(x: Tensor, dstate: int) -> bool:
             and batch * heads * tiles >= PASSED_STATES_PROGRAMS)
 
 
-def _fused_forward(x: Tensor, dstate: int, seg: Optional[Tensor]) -> bool:
-    """Whether the forward forms its boundary states and output in one kernel (FUSED_FORWARD): no segments,
-    d_state <= FUSED_MAX_DSTATE, 16-bit tensor-core operands (fp32's three-tf32 products spill 1.3-1.8 KB per
-    thread there, offline at d_state 64 and 128)."""
-    import triton.language as tl
-    return (FUSED_FORWARD and seg is None and x.shape[1] > 0 and dstate <= FUSED_MAX_DSTATE
-            and _dot_config(x.dtype, x.shape[-1], dstate)[0] != tl.float32)
-
-
-def _lean_states(x: Tensor, dstate: int, seg: Optional[Tensor], cu_seqlens: Optional[Tensor],
-                 backward_reads: bool) -> bool:
-    """Whether the forward keeps no fp32 states entering its chunks (only the final state, fp32), where nothing
-    else reads them (no backward that reads the forward's states, no varlen states): a fused forward
-    (_fused_forward) passes them through a two-slot ring; the two-kernel one keeps them in x's dtype (bf16 / fp16)
+def _lean_states(x: Tensor, dstate: int, cu_seqlens: Optional[Tensor], backward_reads: bool) -> bool:
+    """Whether the forward may keep the states entering its chunks in x's dtype (bf16 / fp16) instead of fp32:
     where its output kernel rounds them to that dtype anyway for its tensor-core product (so the output has the
-    same bits) and they are formed in one kernel: half the bytes of the states' write and read, 2 x 71 MB at B4
-    L4096 H64 P64 N128, chunk 256."""
+    same bits), nothing else reads them (no backward that reads the forward's states, no varlen states), and
+    they are formed in one kernel (which also writes the final state in fp32). Half the bytes of the states'
+    write and read: 2 x 71 MB at B4 L4096 H64 P64 N128, chunk 256."""
     import triton.language as tl
-    if cu_seqlens is not None or backward_reads:
-        return False
-    return _fused_forward(x, dstate, seg) or (
-        x.element_size() == 2 and _dot_config(x.dtype, x.shape[-1], dstate)[0] != tl.float32
-        and _states_in_one_kernel(x, dstate))
+    return (x.element_size() == 2 and _dot_config(x.dtype, x.shape[-1], dstate)[0] != tl.float32
+            and cu_seqlens is None and not backward_reads and _states_in_one_kernel(x, dstate))
 
 
 def _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean: bool = False):
@@ -368,11 +332,7 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
     lp = nc * T
     dev = x.device
     dtp, cs, g = _dt_launch(dt, A, dt_bias, seg, heads, T, nc, dt_softplus, dt_lo, dt_hi)
-    fused = _fused_forward(x, dstate, seg)
-    if fused:  # the states pass through a two-slot ring, or lie in the boundary states the backward reads
-        states = new_output((batch, 2 if lean else nc + 1, heads, headdim, dstate), torch.float32, dev)
-        returned = new_output((batch, 1, heads, headdim, dstate), torch.float32, dev) if lean else states
-    elif lean:  # the entering states in x's dtype for the output kernel alone; the op returns the final one
+    if lean:  # the entering states in x's dtype for the output kernel alone; the op returns the final one
         states, returned = _states_launch(x, B, dtp, cs, g, initial_states, seg, T, lean=True)
     else:
         states = returned = _states_launch(x, B, dtp, cs, g, initial_states, seg, T)
@@ -394,33 +354,17 @@ def _forward_launch(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqle
         block_n = _pow2(dstate)
         D_strides = (0, 0) if D is None else ((D.stride(0), 0) if D.dim() == 1 else D.stride())
         z_strides = z.stride() if z is not None else (0, 0, 0, 0)
-        scan_options = dict(
+        grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
+        launch_fitting_shared_memory(_chunk_scan_kernel, grid,
+            x, x if z is None else z, cb, C, x if D is None else D, dtp, cs, seg_arg, states, out,
+            pre if store_pre else out,
+            length, heads, groups, hpg, headdim, dstate, T, nc, lp, *x.stride(), *z_strides, *C.stride(),
+            *D_strides, *seg_strides, *st_strides, *out.stride(),
             HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-            STORE_PRE=store_pre, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate, FAST=fast_math(x),
-            FACTORED=_factored(seg, dt_lo), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS),
+            STORE_PRE=store_pre, HAS_SEG=has_seg, DOT_DTYPE=dot_dtype, PRECISION=precision, EMULATE=emulate,
+            FAST=fast_math(x), FACTORED=_factored(seg, dt_lo), BLOCK_M=block_m, BLOCK_K=min(block_m, SCAN_COLS),
             BLOCK_KL=min(block_m, SCAN_LEFT_COLS or SCAN_COLS), BLOCK_P=block_p, BLOCK_N=block_n,
             num_warps=SCAN_WARPS, num_stages=SCAN_STAGES)
-        if fused:
-            block_p = min(block_p, FUSED_COLS)
-            p_tiles = cdiv(headdim, block_p)
-            final = returned[:, -1]
-            init_strides = initial_states.stride() if initial_states is not None else (0, 0, 0, 0)
-            sync = torch.zeros(1 + batch * heads * p_tiles, dtype=torch.int32, device=dev)
-            launch_fitting_shared_memory(_chunk_scan_fused_kernel, (nc * batch * heads * p_tiles,),
-                x, x if z is None else z, B, cb, C, x if D is None else D, dtp, cs, g,
-                final if initial_states is None else initial_states, states, final, sync, out,
-                pre if store_pre else out,
-                length, heads, groups, hpg, headdim, dstate, T, nc, lp, *x.stride(), *z_strides, *B.stride(),
-                *C.stride(), *D_strides, *init_strides, *states.stride(), *final.stride(), *out.stride(),
-                HAS_INIT=initial_states is not None, KEEP_ALL=not lean, BLOCK_S=min(_pow2(T), STATES_STEP),
-                **{**scan_options, "num_warps": FUSED_WARPS, "BLOCK_P": block_p}, maxnreg=FUSED_MAXNREG)
-        else:
-            grid = (nc * cdiv(T, block_m), batch * heads, cdiv(headdim, block_p))
-            launch_fitting_shared_memory(_chunk_scan_kernel, grid,
-                x, x if z is None else z, cb, C, x if D is None else D, dtp, cs, seg_arg, states, out,
-                pre if store_pre else out,
-                length, heads, groups, hpg, headdim, dstate, T, nc, lp, *x.stride(), *z_strides, *C.stride(),
-                *D_strides, *seg_strides, *st_strides, *out.stride(), HAS_SEG=has_seg, **scan_options)
     if sequences > 0:
         block_p = min(_pow2(headdim), 64)
         block_n = min(_pow2(dstate), 64)
@@ -705,7 +649,7 @@ def ssd_chunk_scan_triton(x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bia
     seg = segment_ids(seq_idx, cu_seqlens, batch, length, x.device)
     grad = needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
     store_pre = z is not None and grad
-    lean = _lean_states(x, B.shape[-1], seg, cu_seqlens, backward_reads=grad and not recomputing())
+    lean = _lean_states(x, B.shape[-1], cu_seqlens, backward_reads=grad and not recomputing())
     out, _, states, varlen = _run(x, dt, A, B, C, D, z, dt_bias, initial_states, seg, cu_seqlens,
                                   int(chunk_size), bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]),
                                   store_pre, lean)

@@ -184,7 +184,6 @@ def test_boundary_states_in_one_kernel_or_two_bitwise_equal(monkeypatch, options
             launches.append(grid)
             return fused[grid]
     monkeypatch.setattr(module, "_chunk_states_passed_kernel", Counted())
-    monkeypatch.setattr(module, "FUSED_FORWARD", False)
     inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
     kwargs["chunk_size"] = chunk
     monkeypatch.setattr(module, "STATES_STEP", 16)
@@ -352,18 +351,6 @@ def test_gradients_of_side_by_side_inputs_in_one_buffer(monkeypatch, dtype, gate
     assert (bool(buffers) and grad.data_ptr() == buffers[-1][0].data_ptr()) == (not gate)
 
 
-def _launched_kernels(monkeypatch, module):
-    """The names of the output kernels the op launches from here on (a list the caller may clear)."""
-    names = []
-    real_launch = module.launch_fitting_shared_memory
-
-    def spy(kernel, grid, *args, **options):
-        names.append(kernel.__name__)
-        return real_launch(kernel, grid, *args, **options)
-    monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
-    return names
-
-
 @pytest.mark.parametrize("dtype,options,mode", [
     (torch.bfloat16, "plain", "no_grad"),
     (torch.bfloat16, "seq_idx_final_state", "no_grad"),
@@ -379,11 +366,9 @@ def test_states_in_the_input_dtype_give_the_same_bits(monkeypatch, dtype, option
     a recompute block, whose backward recomputes them in fp32; no varlen states) and that kernel rounds them to the
     16-bit input dtype for its product anyway, the forward keeps them in that dtype: every output (the final state
     in fp32 included) and gradient has the same bits as with fp32 states. Elsewhere (fp32 inputs, varlen states,
-    a gradient without a recompute block) the states stay fp32. (The two-kernel forward: the fused one keeps no
-    entering states at all there.)"""
+    a gradient without a recompute block) the states stay fp32."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    monkeypatch.setattr(module, "FUSED_FORWARD", False)
     inputs, kwargs = _states_case(options, backend_device("triton"), dtype)
     taken = []
     real_launch = module._states_launch
@@ -416,7 +401,7 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
     and of slow decay (fp32; fp16 with decays of Mamba-2's range, whose gradients the operand rounding leaves well
     inside the tolerance: bf16's reach 80-100% of it here with and without the factored path, and fp16 takes
     bf16's kernel code), initial and final states: against the reference, forward and every gradient. Asserted
-    per launch: the factored path is taken exactly where it may be (in the fused forward where that runs)."""
+    per launch: the factored path is taken exactly where it may be."""
     import importlib
     module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
     device = backend_device("triton")
@@ -439,8 +424,7 @@ def test_factored_decays(monkeypatch, dtype, dt_limit, seq_idx, factored):
         return real_launch(kernel, grid, *args, **options)
     monkeypatch.setattr(module, "launch_fitting_shared_memory", spy)
     check_parity(triton_scan, reference, inputs, dtype, grads_of(inputs), **kwargs)
-    fused = module._fused_forward(inputs["x"], inputs["B"].shape[-1], kwargs.get("seq_idx"))
-    assert taken == {"_chunk_scan_fused_kernel" if fused else "_chunk_scan_kernel": factored}
+    assert taken == {"_chunk_scan_kernel": factored}
 
 
 @pytest.mark.parametrize("one_kernel", [True, False])
@@ -460,81 +444,3 @@ def test_boundary_states_tiles(monkeypatch, one_kernel, cols, step):
     inputs = make_inputs(2, 130, 4, 8, 2, 40, torch.float32, device, D_shape="HP")
     check_parity(triton_scan, reference, inputs, torch.float32, grads_of(inputs), chunk_size=61, dt_softplus=True,
                  seq_idx=random_seq_idx(2, 130, device), return_final_states=True)
-
-
-def test_fused_forward_where_it_applies(monkeypatch):
-    """The fused forward (where FUSED_FORWARD) takes 16-bit inputs without segments and d_state up to
-    FUSED_MAX_DSTATE; fp32 inputs (their three-tf32 products spill there), segments and larger states keep the two
-    kernels."""
-    import importlib
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    monkeypatch.setattr(module, "FUSED_FORWARD", True)
-    x = torch.empty(1, 8, 2, 64, dtype=torch.bfloat16)
-    seg = torch.zeros(1, 8, dtype=torch.int32)
-    assert module._fused_forward(x, 128, None)
-    assert module._fused_forward(x.half(), 16, None)
-    assert not module._fused_forward(x.float(), 16, None)
-    assert not module._fused_forward(x, 128, seg)
-    assert not module._fused_forward(x, module.FUSED_MAX_DSTATE + 1, None)
-    assert not module._fused_forward(x[:, :0], 128, None)
-    monkeypatch.setattr(module, "FUSED_FORWARD", False)
-    assert not module._fused_forward(x, 128, None)
-
-
-@pytest.mark.parametrize("dtype,mode,headdim,init,factored", [
-    (torch.float16, "grad", 8, True, False),
-    (torch.bfloat16, "no_grad", 8, True, False),
-    (torch.bfloat16, "grad", 80, False, False),           # two P tiles, the second partial
-    (torch.float16, "recompute_block", 8, True, True),
-    (torch.bfloat16, "no_grad", 24, False, True),
-])
-def test_fused_forward_same_bits_as_two_kernels(monkeypatch, dtype, mode, headdim, init, factored):
-    """The forward's boundary states and output in one kernel (the states passed from work item to work item
-    through a two-slot ring where no backward reads them, through the boundary states the backward reads where
-    one does) give the same bits as the boundary-states and output kernels: outputs, the final state and every
-    gradient; 45 steps in 16-long chunks (the last one partial), z, D per head-dim, with and without initial
-    states, 4 heads in 2 groups. The two-kernel path's state tiles are whole-d_state like the fused kernel's, so
-    both take the same products. Asserted: which output kernel each run launched."""
-    import importlib
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    device = backend_device("triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(2, 45, 4, headdim, 2, 8, dtype, device, D_shape="HP", init=init)
-    kwargs = dict(chunk_size=16, dt_softplus=True, return_final_states=True)
-    monkeypatch.setattr(module, "STATES_COLS", 256)
-    monkeypatch.setattr(module, "FACTORED_DECAYS", factored)
-    launched = _launched_kernels(monkeypatch, module)
-    runs = []
-    for fused in (True, False):
-        monkeypatch.setattr(module, "FUSED_FORWARD", fused)
-        launched.clear()
-        runs.append(_run_mode(inputs, kwargs, mode))
-        output_kernels = {name for name in launched if name.startswith("_chunk_scan")}
-        assert output_kernels == {"_chunk_scan_fused_kernel" if fused else "_chunk_scan_kernel"}
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("mode", ["no_grad", "grad"])
-def test_fused_forward_many_items_in_flight(monkeypatch, mode):
-    """On a GPU, 64 chunks x 32 heads x 1 P tile = 2048 work items of the fused forward, several waves of them
-    resident at once, each waiting on the item of the chunk before it: the same bits as the two-kernel path
-    (whole-d_state state tiles) for the output, the final state and every gradient. The interpreter runs the
-    programs one after another, so only a GPU exercises the waiting."""
-    import importlib
-    device = backend_device("triton")
-    if device.type != "cuda":
-        pytest.skip("the work items wait on each other only where programs run concurrently (a GPU)")
-    module = importlib.import_module("ssm_kernels.ssd_chunk_scan.triton")
-    torch.manual_seed(0)
-    inputs = make_inputs(2, 4096, 32, 64, 1, 128, torch.bfloat16, device, D_shape="H", z=False)
-    kwargs = dict(chunk_size=64, dt_softplus=True, return_final_states=True)
-    monkeypatch.setattr(module, "STATES_COLS", 256)
-    launched = _launched_kernels(monkeypatch, module)
-    runs = []
-    for fused in (True, False):
-        monkeypatch.setattr(module, "FUSED_FORWARD", fused)
-        runs.append(_run_mode(inputs, kwargs, mode))
-    assert "_chunk_scan_fused_kernel" in launched
-    for a, b in zip(*runs):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
