@@ -380,6 +380,11 @@ def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias
                                          seq_idx=seq_idx, return_final_states=True)
         if outproj_weight is None:
             return_value = mixed(y.flatten(-2), z, zx0, rmsnorm_weight)  # (B, L, d_nonssm + dim)
+        elif recompute and rmsnorm_weight is not None and d_nonssm == 0:
+            # the norm and out_proj in one op that keeps no norm output (its backward writes it again)
+            return_value = gated_rmsnorm(y.flatten(-2), rmsnorm_weight, z, eps=rmsnorm_eps,
+                                         group_size=dim // ngroups, norm_before_gate=norm_before_gate,
+                                         linear_weight=outproj_weight, linear_bias=outproj_bias)
         else:
             out = keep_out(mixed, y.flatten(-2), z, zx0, rmsnorm_weight)
             if cast is not None:

@@ -210,6 +210,7 @@ SPLIT_CASES = {
                                        activation="swish")),
     "states-seq_idx-padding": (dict(length=11, initial_states=True, rms=True, seq_idx=[-1, -1] + [0] * 5 + [1] * 4),
                                dict(chunk_size=4, return_final_states=True, rmsnorm_eps=1e-5)),
+    "groups-rms-outproj": (dict(ngroups=2, rms=True, outproj=5), dict(chunk_size=4, norm_before_gate=False)),
     "no-activation-groups": (dict(length=7, ngroups=4, headdim=2, width=3), dict(chunk_size=256, activation=None)),
     "length-1": (dict(length=1, initial_states=True, outproj=3), dict(chunk_size=8, return_final_states=True)),
 }

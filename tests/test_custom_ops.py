@@ -29,6 +29,11 @@ def _gated_rmsnorm(device):
     return _leaf(5, 16, device=device), _leaf(16, device=device), _leaf(5, 16, device=device), 1e-6, 8, True
 
 
+def _gated_rmsnorm_linear(device):  # the norm with a linear layer after it
+    return (_leaf(5, 16, device=device), _leaf(16, device=device), _leaf(5, 16, device=device),
+            _leaf(6, 16, device=device), _leaf(6, device=device), 1e-6, 8, False)
+
+
 def _selective_scan(device):  # inputs in the compute layout: B, C grouped (Bb, G, N, Lb)
     return (_leaf(2, 4, 19, device=device), _leaf(2, 4, 19, device=device, scale=0.05, shift=0.1),
             _leaf(4, 3, device=device, scale=0.1, shift=-1.0), _leaf(2, 1, 3, 19, device=device),
@@ -98,6 +103,7 @@ CASES = {
     "causal_conv1d_triton": ("causal_conv1d", "triton", _causal_conv1d),
     "causal_conv1d_cuda": ("causal_conv1d", "cuda", _causal_conv1d),
     "gated_rmsnorm_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm),
+    "gated_rmsnorm_linear_triton": ("gated_rmsnorm", "triton", _gated_rmsnorm_linear),
     "fftconv_triton": ("fftconv", "triton", _fftconv),
     "fftconv_cuda": ("fftconv", "cuda", lambda device: fftconv_cuda_args(device, False)),
     "fftconv_cuda saved": ("fftconv", "cuda", lambda device: fftconv_cuda_args(device, True)),

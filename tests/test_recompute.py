@@ -76,13 +76,17 @@ def _mamba2(variant, device, dtype=torch.float32):
         options.update(rmsnorm=False)
     elif variant == "groups":
         options.update(ngroups=2, D_has_hdim=True, norm_before_gate=True)
+    elif variant == "bias":  # in_proj and out_proj with biases
+        options.update(bias=True)
     block = Mamba2(32, **options)
     if variant == "wrapped_in_proj":
         block.in_proj = _Halved(block.in_proj)
+    elif variant == "wrapped_out_proj":  # out_proj called as a module on the norm's output
+        block.out_proj = _Halved(block.out_proj)
     return block
 
 
-MAMBA2_VARIANTS = ["mamba2", "gated_mlp", "no_rmsnorm", "groups", "wrapped_in_proj"]
+MAMBA2_VARIANTS = ["mamba2", "gated_mlp", "no_rmsnorm", "groups", "bias", "wrapped_in_proj", "wrapped_out_proj"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -120,8 +124,9 @@ def test_mamba2_recompute_with_the_kernel_backends(backend):
     chosen = {"causal_conv1d": backend, "ssd_chunk_scan": "triton", "gated_rmsnorm": "triton"}
     with ssm_kernels._dispatch.record_backends() as used:
         recomputed = _mamba_run(block, x, True, backend=chosen)
-    # the conv and the norm ran again in the backward, the scan once
-    assert used == {"causal_conv1d": {backend: 2}, "ssd_chunk_scan": {"triton": 1}, "gated_rmsnorm": {"triton": 2}}
+    # the conv ran again in the backward; the scan once, and the norm once (with out_proj: its backward writes
+    # the norm's output again instead)
+    assert used == {"causal_conv1d": {backend: 2}, "ssd_chunk_scan": {"triton": 1}, "gated_rmsnorm": {"triton": 1}}
     _assert_same(_mamba_run(block, x, False, backend=chosen), recomputed)
 
 
@@ -179,16 +184,20 @@ def test_mamba_frees_the_conv_output_and_dt_after_the_forward(monkeypatch, devic
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recompute", [True, False, None])
-def test_mamba2_frees_the_conv_output_and_out_proj_input_after_the_forward(monkeypatch, device, recompute):
+@pytest.mark.parametrize("variant", ["mamba2", "gated_mlp"])
+def test_mamba2_frees_the_conv_output_and_out_proj_input_after_the_forward(monkeypatch, device, recompute, variant):
+    """The conv output is kept out of the saved tensors; out_proj's input too, as a recipe where gated-MLP
+    channels join it, else inside the norm + out_proj op, which keeps no norm output at all (its backward
+    writes it again)."""
     refs = _kept_out_refs(monkeypatch)
     torch.manual_seed(0)
-    block = _mamba2("mamba2", device)
+    block = _mamba2(variant, device)
     block.recompute_in_backward = recompute  # None (the default): on GPUs only
     y = block(torch.randn(2, 40, 32, device=device))
     if not (recompute or (recompute is None and device == "cuda")):
         assert refs == []
         return
-    assert len(refs) == 2 and all(ref() is None for ref in refs)
+    assert len(refs) == (1 if variant == "mamba2" else 2) and all(ref() is None for ref in refs)
     y.sum().backward()
     assert block.in_proj.weight.grad.abs().sum() > 0
 

@@ -31,6 +31,14 @@ def check_norm_inputs(check: ArgCheck, x, weight, z, eps, group_size, norm_befor
     return dim, group_size
 
 
+def check_linear_inputs(check: ArgCheck, linear_weight, linear_bias) -> None:
+    """Validate the linear layer after the norm (after check_norm_inputs: D is bound)."""
+    check.tensor("linear_weight", linear_weight, ("O", "D"), dtypes=REAL_DTYPES, optional=True)
+    check.tensor("linear_bias", linear_bias, ("O",), dtypes=REAL_DTYPES, optional=True)
+    if linear_bias is not None and linear_weight is None:
+        check.fail("linear_bias needs linear_weight (the linear layer after the norm)")
+
+
 def gated_input(x, z, norm_before_gate):
     """x * silu(z) when the gate comes before the norm, else x."""
     return x * F.silu(z) if z is not None and not norm_before_gate else x
@@ -39,3 +47,10 @@ def gated_input(x, z, norm_before_gate):
 def gated_output(y, z, norm_before_gate):
     """y * silu(z) when the gate comes after the norm, else y."""
     return y * F.silu(z) if z is not None and norm_before_gate else y
+
+
+def then_linear(y, linear_weight, linear_bias):
+    """y @ linear_weight^T + linear_bias in linear_weight's dtype, or y where linear_weight is None."""
+    if linear_weight is None:
+        return y
+    return F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)

@@ -16,6 +16,11 @@ and with gy = dy * w (* silu(z) when the gate follows the norm):
     dz = dy * n * w * silu'(z) (gate after) or du * x * silu'(z) (gate first),
 and accumulates its partial dweight = sum over rows of dy * n (* silu(z)) in fp32 registers, written to a
 (programs, D) buffer and summed with torch (deterministic: no atomics).
+
+With a linear layer after the norm (linear_weight: Mamba-2's out_proj, as mamba_ssm fuses it), the norm's output
+is not kept for the backward: the backward takes the layer's input gradient dy = dout W first, and the norm's
+backward kernel writes the output again (STORE_Y) for the weight's gradient dout^T y, which costs one write
+instead of a forward pass reading x and z again.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import functools
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -72,9 +78,9 @@ def _fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, M, N1, GS, eps,
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, N1, GS, eps, rows_per_program,
-                sx0, sx1, sxd, sz0, sz1, szd, swd, sdy0, sdy1, sdyd, sdx0, sdx1, sdxd, sdz0, sdz1, sdzd, sdwp,
-                HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+def _bwd_kernel(x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, y_ptr, M, N1, GS, eps, rows_per_program,
+                sx0, sx1, sxd, sz0, sz1, szd, swd, sdy0, sdy1, sdyd, sdx0, sdx1, sdxd, sdz0, sdz1, sdzd, sdwp, sym,
+                HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, STORE_Y: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr):
     pid_m = tl.program_id(0)
     group = tl.program_id(1)
@@ -102,6 +108,13 @@ def _bwd_kernel(x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, M, N1, GS, 
                 u = x * gate
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / GS + eps)
         n = u * rstd[:, None]
+        if STORE_Y:  # the forward's output again (contiguous, as the forward writes it), for a GEMM reading it
+            y = n * w[None, :]
+            if HAS_Z:
+                if NORM_BEFORE_GATE:
+                    y = y * gate
+            tl.store(y_ptr + rows[:, None] * sym + d[None, :],
+                     y.to(y_ptr.dtype.element_ty), mask=mask)
         gy = dy * w[None, :]
         if HAS_Z:
             if NORM_BEFORE_GATE:
@@ -183,11 +196,14 @@ def _forward_launch(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, 
     return y
 
 
-def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
+def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate, store_y: bool = False):
+    """(dx, dz or None, dweight), and with store_y the forward's output y (contiguous (..., D)) recomputed on the
+    way (one more write instead of a forward pass reading x and z again)."""
     dim = x.shape[-1]
     m = x.numel() // dim
+    y = new_output(x.shape, x.dtype, x.device) if store_y else x.new_empty(0)
     if m == 0:
-        return torch.zeros_like(x), (torch.zeros_like(z) if z is not None else None), torch.zeros_like(weight)
+        return torch.zeros_like(x), (torch.zeros_like(z) if z is not None else None), torch.zeros_like(weight), y
     # one row layout for all four (..., D) tensors: x's, unless the others do not share it
     tensors = [x, dy] + ([z] if z is not None else [])
     dims = [_row_dims(t) for t in tensors]
@@ -210,12 +226,12 @@ def _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate):
     dw_part = new_output((programs, dim), torch.float32, x.device)
     launch(
         _bwd_kernel, (programs, groups),
-        x_r, z_r, weight, dy_r, dx, dz, dw_part, m, n1, group_size, eps, rows_per_program,
+        x_r, z_r, weight, dy_r, dx, dz, dw_part, y if store_y else dx, m, n1, group_size, eps, rows_per_program,
         sx0, sx1, x_r.stride(-1), sz0, sz1, z_r.stride(-1), weight.stride(0), sdy0, sdy1, dy_r.stride(-1),
-        dim * n1, dim, 1, dim * n1, dim, 1, dw_part.stride(0),
-        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
+        dim * n1, dim, 1, dim * n1, dim, 1, dw_part.stride(0), dim,
+        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, STORE_Y=store_y,
         BLOCK_M=block_m, BLOCK_G=block_g, num_warps=num_warps)
-    return dx, (dz if z is not None else None), dw_part.sum(0).to(weight.dtype)
+    return dx, (dz if z is not None else None), dw_part.sum(0).to(weight.dtype), y
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -226,7 +242,7 @@ def _forward(x: Tensor, weight: Tensor, z: Optional[Tensor], eps: float, group_s
 
 def _backward(x: Tensor, weight: Tensor, z: Optional[Tensor], dy: Tensor, eps: float, group_size: int,
               norm_before_gate: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    dx, dz, dw = _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate)
+    dx, dz, dw, _ = _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate)
     return dx, (dz if dz is not None else x.new_empty(0)), dw
 
 
@@ -251,8 +267,60 @@ _run = define_custom_op("gated_rmsnorm_triton", _forward, lambda x, *_: x.new_em
                         _backward_fake, _save, _gradients)
 
 
+# --- the norm with a linear layer after it (linear_weight): its output is not kept for the backward -------
+def _linear_forward(x: Tensor, weight: Tensor, z: Optional[Tensor], linear_weight: Tensor,
+                    linear_bias: Optional[Tensor], eps: float, group_size: int, norm_before_gate: bool) -> Tensor:
+    y = _forward_launch(x, weight, z, eps, group_size, norm_before_gate)
+    return F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
+
+
+def _linear_forward_fake(x, weight, z, linear_weight, linear_bias, eps, group_size, norm_before_gate):
+    return x.new_empty((*x.shape[:-1], linear_weight.shape[0]), dtype=linear_weight.dtype)
+
+
+def _linear_backward(x: Tensor, weight: Tensor, z: Optional[Tensor], linear_weight: Tensor, dout: Tensor,
+                     eps: float, group_size: int, norm_before_gate: bool,
+                     bias_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The linear layer's input gradient first (dy = dout W), then the norm's backward, which also writes the
+    norm's output y again for the weight's gradient (dout^T y): no forward pass of the norm in the backward."""
+    rows = dout.reshape(-1, dout.shape[-1])  # (M, O)
+    dy = (rows @ linear_weight).view(x.shape)
+    dx, dz, dw, y = _backward_launch(x, weight, z, dy, eps, group_size, norm_before_gate, store_y=True)
+    dlinear = rows.t() @ y.view(-1, x.shape[-1]).to(rows.dtype)
+    dbias = rows.sum(0) if bias_grad else rows.new_empty(0)
+    return dx, (dz if dz is not None else x.new_empty(0)), dw, dlinear, dbias
+
+
+def _linear_backward_fake(x, weight, z, linear_weight, dout, eps, group_size, norm_before_gate, bias_grad):
+    return (x.new_empty(x.shape), z.new_empty(z.shape) if z is not None else x.new_empty(0),
+            weight.new_empty(weight.shape), linear_weight.new_empty(linear_weight.shape),
+            dout.new_empty(linear_weight.shape[:1] if bias_grad else (0,)))
+
+
+def _linear_save(ctx, inputs, output):
+    x, weight, z, linear_weight, linear_bias, eps, group_size, norm_before_gate = inputs
+    ctx.save_for_backward(x, weight, z, linear_weight)
+    ctx.args = (eps, group_size, norm_before_gate)
+    ctx.has_bias = linear_bias is not None
+
+
+def _linear_gradients(backward_op, ctx, dout):
+    x, weight, z, linear_weight = ctx.saved_tensors
+    bias_grad = ctx.has_bias and ctx.needs_input_grad[4]
+    dx, dz, dw, dlinear, dbias = backward_op(x, weight, z, linear_weight, dout, *ctx.args, bias_grad)
+    return dx, dw, (dz if z is not None else None), dlinear, (dbias if bias_grad else None), None, None, None
+
+
+_run_linear = define_custom_op("gated_rmsnorm_linear_triton", _linear_forward, _linear_forward_fake,
+                               _linear_backward, _linear_backward_fake, _linear_save, _linear_gradients)
+
+
 # --- backend function (supports: the lambda registered in __init__.py rejects fp64) ------------------
-def gated_rmsnorm_triton(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
-    """Triton backend of ssm_kernels.gated_rmsnorm (arguments already validated). Returns y (..., D)."""
-    dim = x.shape[-1]
-    return _run(x, weight, z, float(eps), dim if group_size is None else int(group_size), bool(norm_before_gate))
+def gated_rmsnorm_triton(x, weight, z=None, eps=1e-6, group_size=None, norm_before_gate=True, linear_weight=None,
+                         linear_bias=None):
+    """Triton backend of ssm_kernels.gated_rmsnorm (arguments already validated). Returns y (..., D), or
+    y @ linear_weight^T + linear_bias (..., O) where linear_weight is given."""
+    group_size = x.shape[-1] if group_size is None else int(group_size)
+    if linear_weight is not None:
+        return _run_linear(x, weight, z, linear_weight, linear_bias, float(eps), group_size, bool(norm_before_gate))
+    return _run(x, weight, z, float(eps), group_size, bool(norm_before_gate))

@@ -194,6 +194,20 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         return y
 
+    def _norm_then_plain_out_proj(self, z0) -> bool:
+        """Whether out_proj's input is the norm's output alone (no gated-MLP channels), both plain modules."""
+        norm = getattr(self, "norm", None)
+        return (z0.shape[-1] == 0 and type(norm) is RMSNormGated and is_plain_linear(self.out_proj)
+                and not (norm._forward_hooks or norm._forward_pre_hooks))
+
+    def _norm_out_proj(self, y, z):
+        """out_proj(norm(y, z)) in one op that keeps no norm output for the backward (its backward writes it
+        again), as mamba_ssm's fused Mamba-2 path does: the norm's forward is not recomputed."""
+        norm = self.norm
+        return gated_rmsnorm(y, norm.weight, z, eps=norm.eps, group_size=norm.group_size,
+                             norm_before_gate=norm.norm_before_gate, linear_weight=self.out_proj.weight,
+                             linear_bias=self.out_proj.bias)
+
     def _conv(self, xBC, weight, bias, seq_idx, initial_states):
         """The block's causal conv and SiLU: xBC (B, conv_dim, L) -> (B, conv_dim, L)."""
         return causal_conv1d(xBC, weight, bias, activation=self.activation, seq_idx=seq_idx,
@@ -307,7 +321,11 @@ class Mamba2(MambaStepConstants, InferenceCacheMixin, nn.Module):
                 y, last_state = y
                 state[0].copy_(new_conv)
                 state[1].copy_(last_state.detach())
-            out = self.out_proj(keep_out(self._out_proj_input, y.reshape(batch, seqlen, self.d_ssm), z, z0, x0))
+            y = y.reshape(batch, seqlen, self.d_ssm)
+            if recompute and self._norm_then_plain_out_proj(z0):
+                out = self._norm_out_proj(y, z)
+            else:
+                out = self.out_proj(keep_out(self._out_proj_input, y, z, z0, x0))
         return out.reshape(batch * seqlen, -1) if seqlen_og is not None else out
 
     # ------------------------------------------------------------------ recurrent

@@ -128,6 +128,107 @@ def test_validation(kwargs, error, match):
         gated_rmsnorm(**args)
 
 
+# --- a linear layer after the norm (linear_weight, linear_bias): Mamba-2's norm + out_proj -----------------
+def _with_linear(inputs, out_features, bias, dtype=None):
+    device, dim = inputs["x"].device, inputs["x"].shape[-1]
+    dtype = dtype or inputs["x"].dtype
+    inputs["linear_weight"] = (torch.randn(out_features, dim, device=device) / dim ** 0.5).to(dtype)
+    inputs["linear_bias"] = torch.randn(out_features, device=device).to(dtype) if bias else None
+    return inputs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,group_size,norm_before_gate,gate,bias", [
+    ((2, 7, 64), None, False, True, False), ((2, 7, 64), 16, True, True, True), ((63, 40), 8, False, True, True),
+    ((5, 24), 24, True, False, False), ((33,), 11, False, True, True),
+])
+def test_linear_after_the_norm_matches_reference(backend, dtype, shape, group_size, norm_before_gate, gate, bias):
+    """The norm then y @ linear_weight^T + linear_bias: the output and every gradient (x, weight, z, the linear
+    layer's weight and bias) against the reference."""
+    device = backend_device(backend)
+    inputs = _with_linear(make_inputs(shape, dtype, device, gate=gate), 12, bias)
+    grads = ["x", "weight", "linear_weight"] + (["z"] if gate else []) + (["linear_bias"] if bias else [])
+    check_parity(lambda **kw: gated_rmsnorm(**kw, backend=backend), gated_rmsnorm_ref, inputs, dtype, grads,
+                 eps=1e-5, group_size=group_size, norm_before_gate=norm_before_gate)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_after_the_norm_noncontiguous_and_mixed_dtypes(backend):
+    """x and z views of (D, ...) memory in bf16, the norm's weight fp32, the linear layer bf16 (as a bf16 block
+    computes it); and an fp32 linear layer after a bf16 norm (the norm's output cast to the layer's dtype)."""
+    device = backend_device(backend)
+    inputs = _with_linear(make_inputs((4, 9, 32), torch.bfloat16, device, weight_dtype=torch.float32,
+                                      transposed=True), 20, True)
+    check_parity(lambda **kw: gated_rmsnorm(**kw, backend=backend), gated_rmsnorm_ref, inputs, torch.bfloat16,
+                 ["x", "weight", "z", "linear_weight", "linear_bias"], group_size=8, norm_before_gate=False)
+    inputs = _with_linear(make_inputs((4, 9, 32), torch.bfloat16, device), 20, False, dtype=torch.float32)
+    out = gated_rmsnorm(**inputs, group_size=8, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == (4, 9, 20)
+    assert_close(out, gated_rmsnorm_ref(**inputs, group_size=8), torch.bfloat16, "fp32 linear after a bf16 norm")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_linear_after_the_norm_under_autocast(backend):
+    """Under autocast the linear layer runs in autocast's dtype, as nn.Linear would."""
+    device = backend_device(backend)
+    inputs = _with_linear(make_inputs((3, 5, 16), torch.float32, device), 8, True)
+    with torch.autocast(device.type if isinstance(device, torch.device) else device, dtype=torch.bfloat16):
+        out = gated_rmsnorm(**inputs, group_size=8, backend=backend)
+        expected = F.linear(gated_rmsnorm(inputs["x"], inputs["weight"], inputs["z"], group_size=8, backend=backend),
+                            inputs["linear_weight"], inputs["linear_bias"])
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, expected, torch.bfloat16, "autocast output")
+
+
+def test_linear_after_the_norm_keeps_no_norm_output():
+    """With the linear layer, the tensors kept for the backward are the inputs alone (x, z and the weights), not
+    the norm's (..., D) output: on the triton backend its backward writes that output again."""
+    device = backend_device("triton")
+    inputs = _with_linear(make_inputs((6, 7, 16), torch.float32, device), 24, True)
+    inputs = {k: (v.requires_grad_() if v is not None else v) for k, v in inputs.items()}
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        out = gated_rmsnorm(**inputs, group_size=8, backend="triton")
+    names = {id(t): k for k, t in inputs.items()}
+    assert sorted(names.get(id(t), str(tuple(t.shape))) for t in kept) == ["linear_weight", "weight", "x", "z"]
+    out.sum().backward()
+    assert all(t.grad is not None for t in inputs.values())
+
+
+def test_linear_after_the_norm_compile_fullgraph():
+    device = backend_device("triton")
+    inputs = _with_linear(make_inputs((4, 32), torch.float32, device), 8, True)
+    x = inputs["x"].requires_grad_()
+    fn = torch.compile(lambda x, w, z, lw, lb: gated_rmsnorm(x, w, z, group_size=8, norm_before_gate=False,
+                                                             linear_weight=lw, linear_bias=lb, backend="triton"),
+                       fullgraph=True, backend="aot_eager")
+    out = fn(x, inputs["weight"], inputs["z"], inputs["linear_weight"], inputs["linear_bias"])
+    reference = gated_rmsnorm_ref(**inputs, group_size=8, norm_before_gate=False)
+    assert_close(out, reference, torch.float32)
+    out.sum().backward()
+    x_ref = x.detach().requires_grad_()
+    gated_rmsnorm_ref(**{**inputs, "x": x_ref}, group_size=8, norm_before_gate=False).sum().backward()
+    assert_close(x.grad, x_ref.grad, torch.float32, "gradient of x")
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(linear_weight=torch.randn(5, 7)), ValueError, r"linear_weight must have shape \(O, D\) = \(O, 8\)"),
+    (dict(linear_weight=torch.randn(8)), ValueError, r"linear_weight must have shape \(O, D\)"),
+    (dict(linear_weight=torch.randn(5, 8), linear_bias=torch.randn(4)), ValueError,
+     r"linear_bias must have shape \(O,\) = \(5,\), got \(4,\)"),
+    (dict(linear_bias=torch.randn(5)), ValueError, "linear_bias needs linear_weight"),
+    (dict(linear_weight=torch.randint(0, 2, (5, 8))), TypeError, "linear_weight must have dtype"),
+    (dict(linear_weight=torch.randn(5, 8), linear_bias=torch.randn(5, dtype=torch.complex64)), TypeError,
+     "linear_bias must have dtype"),
+])
+def test_linear_validation(kwargs, error, match):
+    args = dict(x=torch.randn(2, 3, 8), weight=torch.randn(8), z=torch.randn(2, 3, 8))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        gated_rmsnorm(**args)
+
+
 # --- Triton-specific: row layouts, tile edges, partial-sum reduction, compile ---------------------------
 @pytest.mark.parametrize("case", ["unmergeable", "mixed_layouts", "big_group", "many_rows"])
 def test_triton_layouts_and_blocks(case):
