@@ -35,13 +35,19 @@ def seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
     return start[:L].contiguous(), end[:L].contiguous(), empty
 
 
+def rows_like(t: Tensor) -> Tensor:
+    """A (B, D, L) buffer with positions contiguous, in t's (batch, channel) order where t is dense with positions
+    contiguous (for the (D, B, L) order of a channels-first GEMM's output, one (D, B L) matrix), else contiguous."""
+    out = new_output_like(t) if t.stride(2) == 1 else None
+    if out is None or (out.stride(2) != 1 and t.shape[2] > 1):
+        return new_output(t.shape, t.dtype, t.device)
+    return out
+
+
 def gate_grad_buffer(z: Optional[Tensor]) -> Optional[Tensor]:
-    """What a backward that takes dz's strides writes dz into: z's memory order where z is dense with L
-    contiguous (the Mamba block's z is a channel slice of in_proj's (2 d_inner, B, L)-ordered output, whose
-    backward then reads dz in place), else contiguous (B, D, L)."""
-    if z is None:
-        return None
-    return new_output_like(z) if z.stride(2) == 1 else new_output(z.shape, z.dtype, z.device)
+    """What a backward that takes dz's strides writes dz into: rows_like(z) (the Mamba block's z is a channel
+    slice of in_proj's (2 d_inner, B, L)-ordered output, whose backward then reads dz in place)."""
+    return None if z is None else rows_like(z)
 
 
 def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_bias, initial_state, dfinal,

@@ -13,11 +13,11 @@ import torch
 from torch import Tensor
 
 from .._autograd import define_custom_op
-from ._kernel_io import gate_grad_buffer, state_rows
+from ._kernel_io import gate_grad_buffer, rows_like, state_rows
 
 
 def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_shape: Callable,
-               chunk_axis: int, dz_like_z: bool = False) -> Callable:
+               chunk_axis: int, dz_like_z: bool = False, y_like_u: bool = False) -> Callable:
     """Register the two custom ops of `backend` and return the function to call them with (op arguments:
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints).
 
@@ -25,7 +25,8 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
     delta_bias, delta_softplus, initial_state, cu_seqlens, checkpoints) -> 9 gradients (None for absent
     inputs); checkpoint_shape(u, A, B, C, n_chunks or None) -> the checkpoints' shape (real view) with that
     many chunks (None: as the forward saves them), whose chunk axis is `chunk_axis`. dz_like_z: the backward
-    writes dz in z's layout (gate_grad_buffer), not contiguous.
+    writes dz in z's layout (gate_grad_buffer), not contiguous; y_like_u: the forward writes y in u's
+    (batch, channel) order (rows_like), not contiguous.
     """
     def forward_impl(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
                    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -36,7 +37,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
 
     def forward_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens, save_checkpoints):
         cplx = A.is_complex()
-        return (u.new_empty(u.shape),
+        return (rows_like(u) if y_like_u else u.new_empty(u.shape),
                 u.new_empty((state_rows(u, cu_seqlens), u.shape[1], A.shape[1]),
                             dtype=torch.complex64 if cplx else torch.float32),
                 u.new_empty(checkpoint_shape(u, A, B, C, None if save_checkpoints else 0), dtype=torch.float32))

@@ -184,14 +184,15 @@ def _channel_inputs(delta_ptr, u_ptr, z_ptr, bias_ptr, D_ptr, A_ptr, pid_b, d, o
 
 
 @triton.jit
-def _store_output(y_ptr, row, offs_l, m, L, y, u, Dv, z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
-    """Row `row` (b * D + d) of the output: (y + D u) silu(z), each term where its option is set."""
+def _store_output(y_row, offs_l, m, y, u, Dv, z, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """One (batch, channel) row of the output (y_row: its first position; positions contiguous):
+    (y + D u) silu(z), each term where its option is set."""
     if HAS_D:
         y += Dv * u
     if HAS_Z:
         z = z.to(tl.float32)
         y = y * z * tl.sigmoid(z)
-    tl.store(y_ptr + row * L + offs_l, y.to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_row + offs_l, y.to(y_row.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -257,7 +258,7 @@ def _sum_positions(x):
 @triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
-    y_ptr, final_ptr, ckpt_ptr,
+    y_ptr, final_ptr, ckpt_ptr, s_y_b, s_y_d,
     L, DIM, N, n_chunks, cpg_B, cpg_C,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_C_b, s_C_g, s_C_n, s_C_l,
@@ -326,7 +327,8 @@ def _selective_scan_fwd_kernel(
             hs = _scan_runs(a, b, _row_of(H, rows, dd))
             if C_FIXED:
                 Ct = _load_row(C_ptr, d, offs_n, mn, s_C_g, s_C_n)[None, None, :]
-            _store_output(y_ptr, pid_b * DIM + d, pos, m, L, tl.sum(hs * Ct, axis=2), u, Dv, z_in, HAS_D, HAS_Z)
+            _store_output(y_ptr + pid_b * s_y_b + d * s_y_d, pos, m, tl.sum(hs * Ct, axis=2), u, Dv, z_in, HAS_D,
+                          HAS_Z)
             if VARLEN:
                 tl.store(final_ptr + eid[:, :, None] * (DIM * N) + d * N + offs_n[None, None, :], hs,
                          mask=is_end & mn[None, None, :])
@@ -346,7 +348,7 @@ def _selective_scan_fwd_kernel(
 @triton.jit
 def _selective_scan_fwd_complex_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, start_ptr, end_ptr,
-    y_ptr, final_ptr, ckpt_ptr,
+    y_ptr, final_ptr, ckpt_ptr, s_y_b, s_y_d,
     L, DIM, N, n_chunks, cpg_B, cpg_C,
     s_u_b, s_u_d, s_u_l, s_dt_b, s_dt_d, s_dt_l, s_z_b, s_z_d, s_z_l,
     s_A_d, s_A_n, s_B_b, s_B_g, s_B_n, s_B_l, s_B_im, s_C_b, s_C_g, s_C_n, s_C_l, s_C_im,
@@ -420,8 +422,8 @@ def _selective_scan_fwd_complex_kernel(
             z = u
             if HAS_Z:
                 z = tl.load(z_ptr + pid_b * s_z_b + d * s_z_d + offs_l * s_z_l, mask=m, other=0.0)
-            _store_output(y_ptr, pid_b * DIM + d, offs_l, m, L, 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0), u, Dv, z,
-                          HAS_D, HAS_Z)
+            _store_output(y_ptr + pid_b * s_y_b + d * s_y_d, offs_l, m, 2.0 * tl.sum(hsr * Cr - hsi * Ci, axis=0), u,
+                          Dv, z, HAS_D, HAS_Z)
             if VARLEN:
                 pf = final_ptr + eid[None, :] * (DIM * N * 2) + (d * N + offs_n[:, None]) * 2
                 mf = is_end & mn[:, None]

@@ -23,7 +23,7 @@ from torch import Tensor
 from .._autograd import needs_grad
 from .._triton_launch import fast_math, launch
 from .._utils import cdiv, new_output, next_power_of_2
-from ._kernel_io import gate_grad_buffer, gradients, real_view, seq_markers, state_rows
+from ._kernel_io import gate_grad_buffer, gradients, real_view, rows_like, seq_markers, state_rows
 from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
@@ -186,7 +186,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     pair = (2,) if cplx else ()
     rows = state_rows(u, cu_seqlens)
     n_chunks = cdiv(L, BL)
-    y = new_output((batch, dim, L), u.dtype, u.device)
+    y = rows_like(u)  # u's order: out_proj's weight gradient reads a (D, B L) matrix in place
     final = new_output((rows, dim, N), state_dtype, u.device)
     ckpt = new_output((batch, n_chunks if save_checkpoints else 0, dim, N, *pair), torch.float32, u.device)
     start = end = empty = None
@@ -202,7 +202,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     launch(
         kernel, (batch, cdiv(dim, BD)),
         u, delta, real_view(A), lay_B[0], lay_C[0], D, z, delta_bias, real_view(initial_state), start, end,
-        y, real_view(final), ckpt,
+        y, real_view(final), ckpt, y.stride(0), y.stride(1),
         L, dim, N, n_chunks, lay_B[2], lay_C[2], *data_strides, *param_strides,
         BLOCK_D=BD, BLOCK_N=BN, BLOCK_L=BL, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
@@ -271,7 +271,7 @@ def _checkpoint_shape(u: Tensor, A: Tensor, B: Tensor, C: Tensor, n_chunks: Opti
     return (u.shape[0], n, u.shape[1], A.shape[1], *((2,) if A.is_complex() else ()))
 
 
-_run = define_ops("triton", _forward, _backward, _checkpoint_shape, chunk_axis=1, dz_like_z=True)
+_run = define_ops("triton", _forward, _backward, _checkpoint_shape, chunk_axis=1, dz_like_z=True, y_like_u=True)
 
 
 # --- backend function --------------------------------------------------------------------------------------

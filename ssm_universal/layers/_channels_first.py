@@ -111,8 +111,22 @@ def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Opti
 
 
 def _forward(y: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-    out = torch.bmm(y.to(dtype).transpose(1, 2), w.t().expand(y.shape[0], -1, -1))  # (B, L, O)
+    y = y.to(dtype)
+    rows = _rows_view(y)
+    if rows is not None:  # one GEMM over the B L positions
+        out = (rows @ w.t()).view(y.shape[0], y.shape[2], -1)
+    else:
+        out = torch.bmm(y.transpose(1, 2), w.t().expand(y.shape[0], -1, -1))  # (B, L, O)
     return out if bias is None else out + bias.to(dtype)
+
+
+def _rows_view(y: torch.Tensor) -> Optional[torch.Tensor]:
+    """y (B, K, L) as the (B L, K) matrix of its positions where that is a view (y in (K, B, L) memory order,
+    as the selective scan writes its output for the Mamba block's channels-first activations), else None."""
+    batch, width, seqlen = y.shape
+    if batch == 1 or y.stride(0) == seqlen * y.stride(2):
+        return y.transpose(1, 2).reshape(batch * seqlen, width)
+    return None
 
 
 class _LinearFromChannelsFirst(torch.autograd.Function):
@@ -146,12 +160,16 @@ def weight_grad(dout: torch.Tensor, y: torch.Tensor, partials: Optional[bool] = 
     """The weight gradient of out = y^T @ weight^T: dout (B, L, O) and y (B, K, L), one dtype -> (O, K) =
     sum over b and l of dout[b, l, :]^T y[b, :, l], accumulated in fp32 (returned in fp32 or dout's dtype).
 
-    y's (b, l) positions are not one matrix axis, so a single GEMM needs y copied into (B L, K) rows: a
-    transposing copy of the whole activation (134 MB at (4, 4096, 4096) bf16). The `partials` form instead runs
+    Where y lies in (K, B, L) order its (b, l) positions are one matrix axis: one GEMM reads it in place.
+    Otherwise a single GEMM needs y copied into (B L, K) rows: a transposing copy of the whole activation (134 MB
+    at (4, 4096, 4096) bf16). The `partials` form instead runs
     one GEMM per batch row (bmm reads y_b transposed as it lies) writing fp32 partials (B, O, K), summed over
     the batch: no copy, and no rounding of the partials to bf16. It is taken (partials=None) on CUDA when the
     partials are no larger than the copy (O <= L) and torch's bmm writes fp32 from fp16 / bf16 (out_dtype)."""
     batch, seqlen, width_out = dout.shape
+    rows = _rows_view(y)
+    if rows is not None:  # y's positions are one matrix axis already: one GEMM, no copy, no partials
+        return dout.reshape(-1, width_out).t() @ rows
     if partials is None:
         partials = y.is_cuda and width_out <= seqlen and (y.dtype == torch.float32 or
                                                           y.device.type not in _BMM_REFUSES_OUT_DTYPE)

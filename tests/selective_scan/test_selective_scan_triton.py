@@ -263,3 +263,28 @@ def test_triton_dz_lies_like_z():
     ref = reference(**{k: v.detach() for k, v in leaves.items()}, z=ref_z, delta_softplus=True)
     ref.backward(cotangent)
     assert_close(seen[0], ref_z.grad, torch.float32, "dz")
+
+
+@pytest.mark.parametrize("complex_A", [False, True])
+def test_triton_output_lies_like_u(complex_A):
+    """The output comes in u's memory order where u is dense with L contiguous (the Mamba block's u: the conv
+    output in in_proj's (D, B, L) order, so out_proj's weight gradient reads y as one (D, B L) matrix), else
+    contiguous; equal to the reference either way, gradients included."""
+    dev = backend_device("triton")
+    inputs = make_inputs(2, 6, 21, 4, torch.float32, dev, complex_A=complex_A, init=False)
+    for u in (torch.randn(6, 2, 21, device=dev).transpose(0, 1),  # (B, D, L) view of (D, B, L) memory
+              torch.randn(2, 21, 6, device=dev).transpose(1, 2)):  # L not contiguous: a contiguous output
+        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items() if k not in ("u", "initial_state")}
+        u = u.requires_grad_()
+        y = selective_scan(u=u, **leaves, delta_softplus=True, backend="triton")
+        assert y.stride() == (u.stride() if u.stride(2) == 1 else (6 * 21, 21, 1))
+        cotangent = torch.randn_like(y)
+        grads = torch.autograd.grad(y, [u] + list(leaves.values()), cotangent)
+        ref_leaves = {k: v.detach().requires_grad_() for k, v in leaves.items()}
+        ref_u = u.detach().requires_grad_()
+        ref = reference(u=ref_u, **ref_leaves, delta_softplus=True)
+        ref_grads = torch.autograd.grad(ref, [ref_u] + list(ref_leaves.values()), cotangent)
+        assert_close(y, ref, torch.float32, "y")
+        for name, a, b in zip(["u"] + list(leaves), grads, ref_grads):
+            assert_close(a, b, torch.float32, f"d{name}")
+

@@ -242,6 +242,23 @@ def test_out_proj_weight_grad_both_forms(device, dtype, partials):
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_from_channels_first_on_positions_in_one_axis(bias, dtype):
+    """y (B, K, L) in (K, B, L) memory order (the selective scan's output for the block's channels-first
+    activations): its (b, l) positions are one matrix axis, read in place by one GEMM forward and for the weight
+    gradient; the same values as nn.Linear on (B, L, K)."""
+    from ssm_universal.layers._channels_first import _rows_view, linear_from_channels_first
+    torch.manual_seed(0)
+    y = torch.randn(5, 3, 9).to(dtype).transpose(0, 1)  # (B, K, L) = (3, 5, 9)
+    assert _rows_view(y) is not None and _rows_view(y).data_ptr() == y.data_ptr()
+    assert _rows_view(y.contiguous()) is None
+    weight, b = torch.randn(6, 5).to(dtype), (torch.randn(6).to(dtype) if bias else None)
+    check_parity(lambda x, weight, bias: linear_from_channels_first(x, weight, bias),
+                 lambda x, weight, bias: F.linear(x.transpose(1, 2), weight, bias), dict(x=y, weight=weight, bias=b),
+                 dtype, ["x", "weight"] + (["bias"] if bias else []))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_channels_first_linear_halves_equal_nn_linear(bias, dtype):
     """in_proj's GEMM and split as one step: the halves and every gradient equal nn.Linear's then chunk, whether
     a half's gradient lies in the GEMM output's (C, B, L) order (as the conv and the scan write it), is
