@@ -287,4 +287,3 @@ def test_triton_output_lies_like_u(complex_A):
         assert_close(y, ref, torch.float32, "y")
         for name, a, b in zip(["u"] + list(leaves), grads, ref_grads):
             assert_close(a, b, torch.float32, f"d{name}")
-
