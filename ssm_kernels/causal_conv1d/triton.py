@@ -99,9 +99,11 @@ def _like_layout(x: Tensor, dtype: torch.dtype) -> Tensor:
     return new_output((batch, dim, length), dtype, x.device)
 
 
-def _input_grad_buffer(x: Tensor) -> Tensor:
-    """dx: in x's memory order where x is dense (the Mamba block's conv input is a channel slice of in_proj's
-    (2 d_inner, B, L)-ordered output, whose backward then reads dx in place), else as _like_layout."""
+def _buffer_like(x: Tensor) -> Tensor:
+    """y or dx: in x's memory order where x is dense, else as _like_layout. The Mamba block's conv input is a
+    channel slice of in_proj's (2 d_inner, B, L)-ordered output: in_proj's backward reads dx in place, and y in
+    that order makes the selective scan's output (which follows its input's order) one (d_inner, B L) matrix
+    for out_proj's weight gradient."""
     return new_output_like(x) if is_dense(x) else _like_layout(x, x.dtype)
 
 
@@ -174,7 +176,7 @@ def _forward_launch(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: 
                     initial_states: Optional[Tensor], silu: bool, config: LaunchConfig) -> Tensor:
     batch, dim, length = x.shape
     width = weight.shape[1]
-    y = _like_layout(x, x.dtype)
+    y = _buffer_like(x)
     block_d, block_l = forward_blocks(x, config)
     tiles = max(1, min(config.fwd_tiles_per_program, cdiv(length, block_l)))
     pack_e = _pack_e(x, width, seq_idx, block_l, config.fwd_packed, config.cl_fwd_packed)
@@ -209,7 +211,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     tiles_per_chunk = cdiv(n_ltiles, n_lchunks)  # even chunks
     n_units = batch * n_dblk * n_lchunks
     programs = max(1, min(programs, n_units))
-    dx = _input_grad_buffer(x)
+    dx = _buffer_like(x)
     # dinit only where the initial states take a gradient (else no buffer, no memset per backward)
     dinit = (new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
                         x.device) if need_dinit else None)
@@ -252,10 +254,7 @@ def _forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optiona
 
 
 def _forward_fake(x, weight, bias, seq_idx, initial_states, silu):
-    batch, dim, length = x.shape
-    if _channel_last(x):
-        return x.new_empty((batch, length, dim)).transpose(1, 2)
-    return x.new_empty((batch, dim, length))
+    return _buffer_like(x)
 
 
 def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
@@ -268,7 +267,7 @@ def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Option
 
 def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
     batch, dim, length = x.shape
-    dx = _input_grad_buffer(x)
+    dx = _buffer_like(x)
     return (dx, weight.new_empty(weight.shape), (weight if bias is None else bias).new_empty((dim,)),
             x.new_empty((0,)) if initial_states is None
             else initial_states.new_empty((batch, dim, weight.shape[1] - 1)))

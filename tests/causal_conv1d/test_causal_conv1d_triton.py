@@ -225,8 +225,8 @@ def test_configured_restores_and_rejects_unknown_fields(conv_module):
             pass
 
 
-def test_dx_lies_like_x(triton_device, small_tiles):
-    """dx comes back in x's memory order where x is dense (the Mamba block's conv input: a channel slice of
+def test_y_and_dx_lie_like_x(triton_device, small_tiles):
+    """y and dx come back in x's memory order where x is dense (the Mamba block's conv input: a channel slice of
     in_proj's (2D, B, L)-ordered output), equal to the reference's."""
     small_tiles()
     gemm_out = torch.randn(10, 2, 37, device=triton_device).transpose(0, 1).requires_grad_()  # (2D, B, L) memory
@@ -235,9 +235,12 @@ def test_dx_lies_like_x(triton_device, small_tiles):
     seen = []
     x.register_hook(seen.append)
     out = causal_conv1d(x, weight, activation="silu", backend="triton")
+    assert out.stride() == x.stride()
     cotangent = torch.randn_like(out)
     out.backward(cotangent)
     assert seen[0].stride() == x.stride()
     ref_x = x.detach().clone().requires_grad_()
-    reference(ref_x, weight.detach(), activation="silu").backward(cotangent)
+    ref = reference(ref_x, weight.detach(), activation="silu")
+    ref.backward(cotangent)
+    assert_close(out, ref, torch.float32, "y")
     assert_close(seen[0], ref_x.grad, torch.float32, "dx")

@@ -240,6 +240,22 @@ def test_out_proj_weight_grad_both_forms(device, dtype, partials):
     assert_close(weight_grad(dout, y, partials=partials).double(), expected, dtype, "dweight")
 
 
+def test_block_out_proj_reads_the_scan_output_in_place(monkeypatch):
+    """With the Triton conv and scan, the block's activations keep in_proj's (d_inner, B, L) order through the
+    conv and the scan, so out_proj's weight gradient is one GEMM over y's positions (no partials, no copy)."""
+    from ssm_universal.layers import _channels_first
+    device = backend_device("triton")
+    torch.manual_seed(0)
+    block = Mamba(16, d_state=4, device=device)
+    seen = []
+    real = _channels_first.weight_grad
+    monkeypatch.setattr(_channels_first, "weight_grad",
+                        lambda dout, y, **kw: seen.append(_channels_first._rows_view(y) is not None) or real(dout, y))
+    with ssm_kernels.use_backend({"causal_conv1d": "triton", "selective_scan": "triton"}):
+        block(torch.randn(3, 21, 16, device=device)).sum().backward()
+    assert seen == [True]
+
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_from_channels_first_on_positions_in_one_axis(bias, dtype):
