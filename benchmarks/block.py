@@ -14,7 +14,8 @@ a GPU; "peak MB" is what forward+backward allocates beyond what is live before i
 leaves allocated for its backward (output included: what each layer of a deep model holds at once). "ours:keep"
 is our block with recompute_in_backward=False (the activations it recomputes in the backward on a GPU kept
 instead); on a CPU, where the default keeps them, "ours:recompute" is the block with it True.
---profile adds each variant's kernels per call (torch.profiler, GPU only).
+--profile adds each variant's kernels per call (torch.profiler, GPU only), then torch's own copies, reductions
+and elementwise kernels by the aten op (and its input shapes) that launched them.
 """
 from __future__ import annotations
 
@@ -76,13 +77,22 @@ def timed_variants(modules: Dict[str, torch.nn.Module], device: torch.device):
                 yield "ours:recompute", module, True
 
 
+# torch's own kernels in a block's step (what the block's ops should not need): copies, reductions, elementwise
+LIBRARY_KERNELS = r"Memcpy|Memset|reduce_kernel|elementwise_kernel"
+
+
 def print_kernels(label: str, fn, iters: int = 5) -> None:
-    from .profile import kernel_times
+    from .profile import kernel_sources, kernel_times
     times = kernel_times(fn, iters)
     total = sum(us for us, _ in times.values())
     print(f"\n== {label}: {sum(n for _, n in times.values()):.0f} kernels, {total:.1f} us of kernel time per call")
     for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[:16]:
         print(f"  {n:6.0f} x {us / n:8.2f} us  {us:9.1f} us  {name[:100]}")
+    sources = kernel_sources(fn, iters, LIBRARY_KERNELS)
+    if sources:
+        print("  torch's copies, reductions and elementwise kernels by the op that launched them:")
+        for (op, shapes, name), (us, n) in sorted(sources.items(), key=lambda kv: -kv[1][0])[:12]:
+            print(f"  {n:6.0f} x {us / n:8.2f} us  {us:9.1f} us  {op} {shapes[:60]}  {name[:40]}")
     sys.stdout.flush()
 
 

@@ -37,6 +37,30 @@ def kernel_times(fn, iters: int):
     return {name: (totals[name] / iters, calls[name] / iters) for name in totals}
 
 
+def kernel_sources(fn, iters: int, pattern: str):
+    """{(aten op, its input shapes, kernel name): (us per iteration, calls per iteration)} over `iters` calls of
+    fn, for the kernels whose name matches the regex `pattern`: which op (and on which tensors) launched a copy or
+    a reduction that the kernel table shows only by the library kernel's name."""
+    import re
+    matches = re.compile(pattern).search
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    totals, calls = defaultdict(float), defaultdict(int)
+    for event in prof.events():
+        for kernel in getattr(event, "kernels", None) or ():
+            if matches(kernel.name):
+                key = (event.name, str(event.input_shapes), kernel.name)
+                totals[key] += kernel.duration
+                calls[key] += 1
+    return {key: (totals[key] / iters, calls[key] / iters) for key in totals}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
