@@ -14,8 +14,9 @@ a GPU; "peak MB" is what forward+backward allocates beyond what is live before i
 leaves allocated for its backward (output included: what each layer of a deep model holds at once). "ours:keep"
 is our block with recompute_in_backward=False (the activations it recomputes in the backward on a GPU kept
 instead); on a CPU, where the default keeps them, "ours:recompute" is the block with it True.
---profile adds each variant's kernels per call (torch.profiler, GPU only), then torch's own copies, reductions
-and elementwise kernels by the aten op (and its input shapes) that launched them.
+--profile adds each variant's kernels per call (torch.profiler, GPU only), the GPU's idle time between them (and
+the largest gaps), then torch's own copies, reductions and elementwise kernels by the aten op (and its input
+shapes) that launched them.
 """
 from __future__ import annotations
 
@@ -82,12 +83,16 @@ LIBRARY_KERNELS = r"Memcpy|Memset|reduce_kernel|elementwise_kernel"
 
 
 def print_kernels(label: str, fn, iters: int = 5) -> None:
-    from .profile import kernel_sources, kernel_times
+    from .profile import kernel_gaps, kernel_sources, kernel_times
     times = kernel_times(fn, iters)
     total = sum(us for us, _ in times.values())
     print(f"\n== {label}: {sum(n for _, n in times.values()):.0f} kernels, {total:.1f} us of kernel time per call")
     for name, (us, n) in sorted(times.items(), key=lambda kv: -kv[1][0])[:16]:
         print(f"  {n:6.0f} x {us / n:8.2f} us  {us:9.1f} us  {name[:100]}")
+    idle, gaps = kernel_gaps(fn, iters)
+    print(f"  GPU idle between kernels: {idle:.1f} us per call; largest gaps (per call, kernel before -> after):")
+    for us, before, after in gaps:
+        print(f"  {us:9.1f} us  {before[:50]} -> {after[:50]}")
     sources = kernel_sources(fn, iters, LIBRARY_KERNELS)
     if sources:
         print("  torch's copies, reductions and elementwise kernels by the op that launched them:")

@@ -61,6 +61,32 @@ def kernel_sources(fn, iters: int, pattern: str):
     return {key: (totals[key] / iters, calls[key] / iters) for key in totals}
 
 
+def kernel_gaps(fn, iters: int, top: int = 8):
+    """Where the GPU idles between kernels over `iters` back-to-back calls of fn (after a warm-up): (idle us per
+    call, [(us per call, kernel before, kernel after), ...] for the `top` largest (before, after) pairs). Kernel
+    time below do_bench's is either such idle time (the host not keeping the queue full: host-bound stretches) or
+    timing differences (do_bench flushes L2 between calls)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                     if e.device_type == torch.autograd.DeviceType.CUDA)
+    idle, pairs = 0.0, defaultdict(float)
+    busy_until, previous = None, None
+    for start, end, name in kernels:
+        if busy_until is not None and start > busy_until:
+            idle += start - busy_until
+            pairs[(previous, name)] += start - busy_until
+        if busy_until is None or end > busy_until:
+            busy_until, previous = end, name
+    largest = sorted(pairs.items(), key=lambda kv: -kv[1])[:top]
+    return idle / iters, [(us / iters, before, after) for (before, after), us in largest]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -193,3 +193,50 @@ def test_ncu_command_profiles_the_child_run_only():
     assert command[command.index("-k") + 1] == "regex:_bwd_(dx|dgm)"
     child = command[command.index("-m"):]
     assert child[:3] == ["-m", "benchmarks.ncu", "--child"] and child[child.index("--calls") + 1] == "2"
+
+
+def _fake_profiler(monkeypatch, events):
+    """torch.profiler.profile replaced by one whose events() are `events` (CPU-only machines have no CUDA ones)."""
+    class Profile:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+    monkeypatch.setattr(torch.profiler, "profile", Profile)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+
+def test_kernel_gaps_sum_idle_time_between_kernels(monkeypatch):
+    """Idle time is the span between kernels not covered by any (an overlapping kernel extends the busy time),
+    per call, with the largest (before, after) pairs first."""
+    from types import SimpleNamespace
+    from benchmarks.profile import kernel_gaps
+
+    def event(start, end, name, device=torch.autograd.DeviceType.CUDA):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), name=name, device_type=device)
+    _fake_profiler(monkeypatch, [event(0, 10, "a"), event(12, 20, "b"), event(15, 18, "c"), event(30, 40, "d"),
+                                 event(40, 41, "e"), event(50, 60, "a"),
+                                 event(0, 100, "cpu op", torch.autograd.DeviceType.CPU)])
+    idle, gaps = kernel_gaps(lambda: None, iters=2)
+    assert idle == 10.5
+    assert gaps == [(5.0, "b", "d"), (4.5, "e", "a"), (1.0, "a", "b")]
+
+
+def test_kernel_sources_name_the_op_behind_matching_kernels(monkeypatch):
+    from types import SimpleNamespace
+    from benchmarks.profile import kernel_sources
+    copy = SimpleNamespace(name="aten::copy_", input_shapes=[[4, 8], [4, 8], []],
+                           kernels=[SimpleNamespace(name="Memcpy DtoD (Device -> Device)", duration=85.0)])
+    gemm = SimpleNamespace(name="aten::mm", input_shapes=[[2, 2]],
+                           kernels=[SimpleNamespace(name="nvjet", duration=9.0)])
+    launch = SimpleNamespace(name="cudaLaunchKernel", input_shapes=[], kernels=None)
+    _fake_profiler(monkeypatch, [copy, gemm, launch])
+    assert kernel_sources(lambda: None, 2, r"Memcpy|reduce_kernel") == {
+        ("aten::copy_", "[[4, 8], [4, 8], []]", "Memcpy DtoD (Device -> Device)"): (42.5, 0.5)}
