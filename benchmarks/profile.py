@@ -19,18 +19,26 @@ import torch
 from .core import forward_backward
 
 
-def kernel_times(fn, iters: int):
-    """{kernel name: (us per iteration, calls per iteration)} over `iters` calls of fn, after a warm-up."""
+def _profiled_events(fn, iters: int, host_ops: bool = False):
+    """torch.profiler's events of `iters` back-to-back calls of fn after a warm-up: the CUDA kernels, and with
+    host_ops the CPU ops too, with their input shapes."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     activities = [torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
+    if host_ops:
+        activities.append(torch.profiler.ProfilerActivity.CPU)
+    with torch.profiler.profile(activities=activities, record_shapes=host_ops) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
+    return prof.events()
+
+
+def kernel_times(fn, iters: int):
+    """{kernel name: (us per iteration, calls per iteration)} over `iters` calls of fn, after a warm-up."""
     totals, calls = defaultdict(float), defaultdict(int)
-    for event in prof.events():
+    for event in _profiled_events(fn, iters):
         if event.device_type == torch.autograd.DeviceType.CUDA:
             totals[event.name] += event.device_time_total
             calls[event.name] += 1
@@ -43,16 +51,8 @@ def kernel_sources(fn, iters: int, pattern: str):
     a reduction that the kernel table shows only by the library kernel's name."""
     import re
     matches = re.compile(pattern).search
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities, record_shapes=True) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
     totals, calls = defaultdict(float), defaultdict(int)
-    for event in prof.events():
+    for event in _profiled_events(fn, iters, host_ops=True):
         for kernel in getattr(event, "kernels", None) or ():
             if matches(kernel.name):
                 key = (event.name, str(event.input_shapes), kernel.name)
@@ -66,14 +66,7 @@ def kernel_gaps(fn, iters: int, top: int = 8):
     call, [(us per call, kernel before, kernel after), ...] for the `top` largest (before, after) pairs). Kernel
     time below do_bench's is either such idle time (the host not keeping the queue full: host-bound stretches) or
     timing differences (do_bench flushes L2 between calls)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+    kernels = sorted((e.time_range.start, e.time_range.end, e.name) for e in _profiled_events(fn, iters)
                      if e.device_type == torch.autograd.DeviceType.CUDA)
     idle, pairs = 0.0, defaultdict(float)
     busy_until, previous = None, None

@@ -28,7 +28,6 @@ import functools
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -36,6 +35,7 @@ from torch import Tensor
 from .._autograd import define_custom_op
 from .._triton_launch import launch
 from .._utils import cdiv, new_output, next_power_of_2
+from ._common import then_linear
 
 # The backward uses about this many row programs per group (fewer partial dweight rows to sum).
 BWD_TARGET_PROGRAMS = 1024
@@ -47,6 +47,17 @@ def _silu_parts(z):
     """(sigmoid(z), silu(z)) in fp32."""
     s = 1.0 / (1.0 + tl.exp(-z))
     return s, z * s
+
+
+@triton.jit
+def _normed_output(n, w, gate, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+    """The output from the normalised rows n (BLOCK_M, BLOCK_G): n * w, then * silu(z) (gate) when the gate
+    follows the norm. Shared by the forward and by the backward that writes the output again."""
+    y = n * w[None, :]
+    if HAS_Z:
+        if NORM_BEFORE_GATE:
+            y = y * gate
+    return y
 
 
 @triton.jit
@@ -64,16 +75,14 @@ def _fwd_kernel(x_ptr, z_ptr, w_ptr, y_ptr, M, N1, GS, eps,
     mask = (rows < M)[:, None] & (cols < GS)[None, :]
     x = tl.load(x_ptr + (r0 * sx0 + r1 * sx1)[:, None] + d[None, :] * sxd, mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + d * swd, mask=cols < GS, other=0.0).to(tl.float32)
+    gate = x  # (without z: unused)
     if HAS_Z:
         z = tl.load(z_ptr + (r0 * sz0 + r1 * sz1)[:, None] + d[None, :] * szd, mask=mask, other=0.0).to(tl.float32)
         _, gate = _silu_parts(z)
         if not NORM_BEFORE_GATE:
             x = x * gate
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / GS + eps)
-    y = x * rstd[:, None] * w[None, :]
-    if HAS_Z:
-        if NORM_BEFORE_GATE:
-            y = y * gate
+    y = _normed_output(x * rstd[:, None], w, gate, HAS_Z, NORM_BEFORE_GATE)
     tl.store(y_ptr + (r0 * sy0 + r1 * sy1)[:, None] + d[None, :] * syd, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -99,6 +108,7 @@ def _bwd_kernel(x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, y_ptr, M, N
         dy = tl.load(dy_ptr + (r0 * sdy0 + r1 * sdy1)[:, None] + d[None, :] * sdyd, mask=mask,
                      other=0.0).to(tl.float32)
         u = x
+        gate = x  # (without z: unused)
         if HAS_Z:
             z = tl.load(z_ptr + (r0 * sz0 + r1 * sz1)[:, None] + d[None, :] * szd, mask=mask,
                         other=0.0).to(tl.float32)
@@ -109,12 +119,8 @@ def _bwd_kernel(x_ptr, z_ptr, w_ptr, dy_ptr, dx_ptr, dz_ptr, dw_ptr, y_ptr, M, N
         rstd = 1.0 / tl.sqrt(tl.sum(u * u, axis=1) / GS + eps)
         n = u * rstd[:, None]
         if STORE_Y:  # the forward's output again (contiguous, as the forward writes it), for a GEMM reading it
-            y = n * w[None, :]
-            if HAS_Z:
-                if NORM_BEFORE_GATE:
-                    y = y * gate
-            tl.store(y_ptr + rows[:, None] * sym + d[None, :],
-                     y.to(y_ptr.dtype.element_ty), mask=mask)
+            y = _normed_output(n, w, gate, HAS_Z, NORM_BEFORE_GATE)
+            tl.store(y_ptr + rows[:, None] * sym + d[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
         gy = dy * w[None, :]
         if HAS_Z:
             if NORM_BEFORE_GATE:
@@ -270,8 +276,7 @@ _run = define_custom_op("gated_rmsnorm_triton", _forward, lambda x, *_: x.new_em
 # --- the norm with a linear layer after it (linear_weight): its output is not kept for the backward -------
 def _linear_forward(x: Tensor, weight: Tensor, z: Optional[Tensor], linear_weight: Tensor,
                     linear_bias: Optional[Tensor], eps: float, group_size: int, norm_before_gate: bool) -> Tensor:
-    y = _forward_launch(x, weight, z, eps, group_size, norm_before_gate)
-    return F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
+    return then_linear(_forward_launch(x, weight, z, eps, group_size, norm_before_gate), linear_weight, linear_bias)
 
 
 def _linear_forward_fake(x, weight, z, linear_weight, linear_bias, eps, group_size, norm_before_gate):
