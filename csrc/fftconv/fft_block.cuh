@@ -14,6 +14,8 @@
 //
 // Code here runs on a CUDA thread block or, compiled for the host, as a CPU model of it (host_device.cuh).
 #pragma once
+#include <type_traits>
+
 #include "_common/host_device.cuh"
 
 namespace ssm_kernels {
@@ -44,6 +46,7 @@ SSM_HD cfloat table_entry(const cfloat* table, int i) {
 
 constexpr int kMaxLogPoints = 14;  // M <= 16384: 128 KB of fp32 complex values, one buffer per block
 constexpr int kMaxLogRadix = 4;
+constexpr int kMinLogPoints = kMaxLogRadix;  // the first pass (the last of an inverse) is of radix 16
 
 SSM_HD int padded(int slot) { return slot + (slot >> 4) + (slot >> 8) + (slot >> 12); }
 SSM_HD int padded_size(int points) { return padded(points - 1) + 1; }
@@ -164,10 +167,20 @@ SSM_HD void twiddle_powers(cfloat (&w)[R]) {
   }
 }
 
-// One pass over blocks of S = 2^log_block points of buf. bases: this pass's twiddle bases exp(-2 pi i o / S)
-// for the offsets o < S / R (contiguous: a warp's threads load neighbouring entries).
-template <int LOG_R, bool INVERSE, class Block>
-SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfloat* bases, const Block& block) {
+// A buffer's slots as a pass reads and writes them: slot is the natural index, at its padded place.
+struct BufferSlots {
+  cfloat* buf;
+  SSM_HD cfloat load(int /*slot*/, int place) const { return buf[place]; }
+  SSM_HD void store(int /*slot*/, int place, cfloat value) const { buf[place] = value; }
+};
+
+// One pass over blocks of S = 2^log_block points, reading its inputs from `in` and writing its outputs to `out`
+// (BufferSlots of one buffer for a pass in place; the first forward pass reads a sequence straight from global
+// memory, the last inverse one hands its outputs to the caller's epilogue). bases: this pass's twiddle bases
+// exp(-2 pi i o / S) for the offsets o < S / R (contiguous: a warp's threads load neighbouring entries).
+template <int LOG_R, bool INVERSE, class In, class Out, class Block>
+SSM_HD void radix_pass(const In& in, const Out& out, int log_block, const Transform& t, const cfloat* bases,
+                       const Block& block) {
   constexpr int R = 1 << LOG_R;
   const int log_stride = log_block - LOG_R;
   const int groups = 1 << (t.log_points - LOG_R);
@@ -178,10 +191,10 @@ SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfl
   for (int r = 0; r < R; ++r) step[r] = padded(r << log_stride);
   for (int g = block.thread; g < groups; g += block.threads) {
     const int offset = g & ((1 << log_stride) - 1);
-    const int base = padded(((g >> log_stride) << log_block) + offset);
+    const int first = ((g >> log_stride) << log_block) + offset, base = padded(first);
     cfloat x[R], w[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) x[r] = buf[base + step[r]];
+    for (int r = 0; r < R; ++r) x[r] = in.load(first + (r << log_stride), base + step[r]);
     w[0] = {1.0f, 0.0f};
     w[1] = table_entry(bases, offset);
     twiddle_powers<2, R>(w);
@@ -190,18 +203,19 @@ SSM_HD void radix_pass(cfloat* buf, int log_block, const Transform& t, const cfl
     for (int q = 1; q < R; ++q) x[q] = INVERSE ? mul_conj(x[q], w[q]) : x[q] * w[q];
     if (INVERSE) small_dft<LOG_R, true>(x);
 #pragma unroll
-    for (int r = 0; r < R; ++r) buf[base + step[r]] = x[r];
+    for (int r = 0; r < R; ++r) out.store(first + (r << log_stride), base + step[r], x[r]);
   }
 }
 
 template <bool INVERSE, class Block>
 SSM_HD void run_pass(int radix_log, cfloat* buf, int log_block, const Transform& t, const cfloat* bases,
                      const Block& block) {
+  const BufferSlots slots{buf};
   switch (radix_log) {
-    case 4: radix_pass<4, INVERSE>(buf, log_block, t, bases, block); break;
-    case 3: radix_pass<3, INVERSE>(buf, log_block, t, bases, block); break;
-    case 2: radix_pass<2, INVERSE>(buf, log_block, t, bases, block); break;
-    default: radix_pass<1, INVERSE>(buf, log_block, t, bases, block); break;
+    case 4: radix_pass<4, INVERSE>(slots, slots, log_block, t, bases, block); break;
+    case 3: radix_pass<3, INVERSE>(slots, slots, log_block, t, bases, block); break;
+    case 2: radix_pass<2, INVERSE>(slots, slots, log_block, t, bases, block); break;
+    default: radix_pass<1, INVERSE>(slots, slots, log_block, t, bases, block); break;
   }
 }
 
@@ -216,32 +230,58 @@ SSM_HD int twiddle_table_size(const Transform& t) {
   return size;
 }
 
-// Forward transforms of a (and of b unless null) in place, spectrum in slot order; synchronises after each pass.
-template <class Block>
-SSM_HD void forward_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+// Forward transforms into a (and into b unless null), spectrum in slot order, of the sequences in_a and in_b
+// (slot accessors: BufferSlots of a and b for transforms in place): the first pass, always of radix 16
+// (kMinLogPoints), reads them. Synchronises after each pass.
+template <class InA, class InB, class Block>
+SSM_HD void forward_fft(const InA& in_a, cfloat* a, const InB& in_b, cfloat* b, const Transform& t,
+                        const cfloat* twiddles, const Block& block) {
   int log_block = t.log_points;
   const cfloat* bases = twiddles + (1 << (t.log_points - 1)) + 1;
+  constexpr bool kInPlace = std::is_same<InA, BufferSlots>::value && std::is_same<InB, BufferSlots>::value;
   for (int j = 0; j < t.passes; ++j) {
-    run_pass<false>(t.radix_log(j), a, log_block, t, bases, block);
-    if (b != nullptr) run_pass<false>(t.radix_log(j), b, log_block, t, bases, block);
+    if (!kInPlace && j == 0) {
+      radix_pass<kMaxLogRadix, false>(in_a, BufferSlots{a}, log_block, t, bases, block);
+      if (b != nullptr) radix_pass<kMaxLogRadix, false>(in_b, BufferSlots{b}, log_block, t, bases, block);
+    } else {
+      run_pass<false>(t.radix_log(j), a, log_block, t, bases, block);
+      if (b != nullptr) run_pass<false>(t.radix_log(j), b, log_block, t, bases, block);
+    }
     block.sync();
     bases += 1 << (log_block - t.radix_log(j));
     log_block -= t.radix_log(j);
   }
 }
 
-// Unnormalised inverse transforms (exp(+2 pi i k n / M) summed) of slot-ordered spectra, back to natural order.
+// Forward transforms of a (and of b unless null) in place.
 template <class Block>
-SSM_HD void inverse_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+SSM_HD void forward_fft(cfloat* a, cfloat* b, const Transform& t, const cfloat* twiddles, const Block& block) {
+  forward_fft(BufferSlots{a}, a, BufferSlots{b}, b, t, twiddles, block);
+}
+
+// The unnormalised inverse transform (exp(+2 pi i k n / M) summed) of the slot-ordered spectrum in a, back to
+// natural order: the last pass (radix 16) hands its outputs to `out` (out.store(n, padded place, value n);
+// BufferSlots of a for a transform in place). Synchronises after each pass.
+template <class Out, class Block>
+SSM_HD void inverse_fft(cfloat* a, const Out& out, const Transform& t, const cfloat* twiddles, const Block& block) {
   const cfloat* bases = twiddles + twiddle_table_size(t);
   int log_block = t.radix_log(t.passes - 1);
   for (int j = t.passes - 1; j >= 0; --j) {
     bases -= 1 << (log_block - t.radix_log(j));
-    run_pass<true>(t.radix_log(j), a, log_block, t, bases, block);
-    if (b != nullptr) run_pass<true>(t.radix_log(j), b, log_block, t, bases, block);
+    if (!std::is_same<Out, BufferSlots>::value && j == 0) {
+      radix_pass<kMaxLogRadix, true>(BufferSlots{a}, out, log_block, t, bases, block);
+    } else {
+      run_pass<true>(t.radix_log(j), a, log_block, t, bases, block);
+    }
     block.sync();
     if (j > 0) log_block += t.radix_log(j - 1);
   }
+}
+
+// The inverse transform of a in place.
+template <class Block>
+SSM_HD void inverse_fft(cfloat* a, const Transform& t, const cfloat* twiddles, const Block& block) {
+  inverse_fft(a, BufferSlots{a}, t, twiddles, block);
 }
 
 // Real sequences of N = 2M points travel as z[n] = x[2n] + i x[2n+1]; with Z = FFT_M(z) and W = exp(-2 pi i / N),

@@ -60,25 +60,22 @@ __global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
   for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) forward_row(p, y, ungated, row, buf, block);
 }
 
-// The backward's buffers a, b, acc: the first `in_shared` in shared memory, the others in this block's slot of
-// scratch (3 - in_shared buffers of padded_size(M) values per block). kAllShared (in_shared = 3) lets the compiler
-// see that every buffer is shared memory (shared-memory loads and stores instead of generic ones); otherwise every
-// transform runs in a (backward_row's one_fft_buffer), and b and acc are only touched slot by slot.
+// The backward's buffers a, b, acc: all three in shared memory (kAllShared), or a alone there and b, acc in this
+// block's slot of scratch (2 buffers of padded_size(M) values per block), where every transform runs in a
+// (backward_row's one_fft_buffer) and b and acc are only touched slot by slot. a is taken from `shared` directly in
+// both, so the compiler sees where every buffer lies (shared-memory loads and stores in the transforms, not generic
+// ones).
 template <typename T, bool kAllShared, int kMaxBlock>
 __global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
-    fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units, int in_shared, cfloat* scratch) {
+    fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units, cfloat* scratch) {
   extern __shared__ float4 shared[];
   const int size = padded_size(1 << p.transform.log_points);
-  if (kAllShared) in_shared = 3;
-  cfloat* buffers[3];
-  for (int i = 0; i < 3; ++i) {
-    buffers[i] = kAllShared || i < in_shared
-                     ? reinterpret_cast<cfloat*>(shared) + i * size
-                     : scratch + (int64_t(blockIdx.x) * (3 - in_shared) + (i - in_shared)) * size;
-  }
-  const CudaBlock block = this_block(reinterpret_cast<float*>(reinterpret_cast<cfloat*>(shared) + in_shared * size));
+  cfloat* a = reinterpret_cast<cfloat*>(shared);
+  cfloat* b = kAllShared ? a + size : scratch + int64_t(blockIdx.x) * 2 * size;
+  cfloat* acc = kAllShared ? a + 2 * size : b + size;
+  const CudaBlock block = this_block(reinterpret_cast<float*>(a + (kAllShared ? 3 : 1) * size));
   for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    backward_unit(p, grads, unit, buffers[0], buffers[1], buffers[2], !kAllShared, block);
+    backward_unit(p, grads, unit, a, b, acc, !kAllShared, block);
   }
 }
 
@@ -148,11 +145,10 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
   check_threads(threads);
   const size_t buffer = padded_size(1 << log_points) * sizeof(cfloat), sum_scratch = 32 * sizeof(float);
   const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-  int in_shared = 3;
-  while (in_shared > 1 && in_shared * buffer + sum_scratch > limit) --in_shared;
-  const size_t smem = in_shared * buffer + sum_scratch;
+  const bool all_shared = 3 * buffer + sum_scratch <= limit;
+  const size_t smem = (all_shared ? 3 : 1) * buffer + sum_scratch;
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd", [&] {
-    const auto kernel = in_shared < 3            ? fftconv_bwd_kernel<scalar_t, false, kMaxThreads>
+    const auto kernel = !all_shared              ? fftconv_bwd_kernel<scalar_t, false, kMaxThreads>
                         : threads <= kSmallBlock ? fftconv_bwd_kernel<scalar_t, true, kSmallBlock>
                                                  : fftconv_bwd_kernel<scalar_t, true, kMaxThreads>;
     const int resident = persistent_grid(kernel, int(threads), smem, int64_t(1) << 30);
@@ -164,12 +160,11 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
         make_gradients<scalar_t>(dy, ungated, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
     const int grid = int(std::min<int64_t>(units, resident));
     at::Tensor scratch;
-    if (in_shared < 3) {
-      scratch = at::empty({int64_t(grid) * (3 - in_shared) * int64_t(buffer / sizeof(float))},
-                          u.options().dtype(at::kFloat));
+    if (!all_shared) {
+      scratch = at::empty({int64_t(grid) * 2 * int64_t(buffer / sizeof(float))}, u.options().dtype(at::kFloat));
     }
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(
-        p, grads, int(units), in_shared, in_shared < 3 ? reinterpret_cast<cfloat*>(scratch.data_ptr<float>()) : nullptr);
+        p, grads, int(units), all_shared ? nullptr : reinterpret_cast<cfloat*>(scratch.data_ptr<float>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     dk.copy_(partial.sum(0));
   });

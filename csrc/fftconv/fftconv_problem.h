@@ -25,7 +25,7 @@ template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                         const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                         const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points) {
-  TORCH_CHECK(log_points >= 1 && log_points <= kMaxLogPoints, "fftconv: log_points out of range");
+  TORCH_CHECK(log_points >= kMinLogPoints && log_points <= kMaxLogPoints, "fftconv: log_points out of range");
   const int64_t points = int64_t(1) << log_points;
   const Transform transform = make_transform(int(log_points));
   TORCH_CHECK(u.dim() == 3 && spectrum.size(-2) == points + 1 && twiddles.size(0) == twiddle_table_size(transform),

@@ -82,14 +82,17 @@ struct RowIndex {
   SSM_HD RowIndex(int row, int batch) : b(row % batch), h(row / batch) {}
 };
 
-// buf[slot n] = (x(2n), x(2n + 1)) for the M slots; each thread writes the slots it also reads in the epilogues,
-// so consecutive rows need no barrier between an epilogue and the next fill.
-template <typename Values, class Block>
-SSM_HD void fill(cfloat* buf, const Values& x, int points, const Block& block) {
-  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = {x(2 * n), x(2 * n + 1)};
-}
+// The slots of a real sequence x (GatedRow) as a transform's first pass reads them: slot n is (x(2n), x(2n + 1)).
+template <class Values>
+struct SequenceSlots {
+  Values x;
+  SSM_HD cfloat load(int slot, int /*place*/) const { return {x(2 * slot), x(2 * slot + 1)}; }
+};
 
-// to[slot n] = from[slot n] for the M slots, each thread the slots fill gives it.
+template <class Values>
+SSM_HD SequenceSlots<Values> slots_of(const Values& x) { return {x}; }
+
+// to[slot n] = from[slot n] for the M slots, a thread every block.threads-th slot.
 template <class Block>
 SSM_HD void copy(const cfloat* from, cfloat* to, int points, const Block& block) {
   for (int n = block.thread; n < points; n += block.threads) to[padded(n)] = from[padded(n)];
@@ -133,39 +136,93 @@ SSM_HD void multiply_by_kernel(const cfloat* from, cfloat* to, const cfloat* ker
 }
 
 template <typename T>
-SSM_HD void store(T* out, int t, float value) {
+SSM_HD void store_value(T* out, int t, float value) {
   out[t] = static_cast<T>(value);
 }
 
+// The forward's epilogue, as the inverse transform's last pass hands it slot n of the convolution (positions 2n and
+// 2n + 1): y = (conv + D v) * post, and conv + D v into `ungated` unless it is nullptr (both contiguous rows).
+template <typename T>
+struct ForwardOutputs {
+  GatedRow<T> v;
+  RowIn<T> post;
+  float skip;
+  T* y;
+  T* ungated;
+  SSM_HD void store(int slot, int /*place*/, cfloat conv) const {
+    for (int j = 0; j < 2 && 2 * slot + j < v.length; ++j) {
+      const int pos = 2 * slot + j;
+      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
+      if (ungated != nullptr) store_value(ungated, pos, value);
+      if (post.data != nullptr) value *= post[pos];
+      store_value(y, pos, value);
+    }
+  }
+};
+
 // y = (conv(v, k) + D v) * post, v = u * pre, for one row; also conv + D v into `ungated` (contiguous, like y)
-// unless it is nullptr. buf: padded_size(M) values.
+// unless it is nullptr. buf: padded_size(M) values. Unlike the backward's, the forward's transforms do not read
+// the inputs in their first pass and write the outputs in their last: natively (H100, B8 H768) that made the
+// forward 1-10% slower (L 1024-16384) where it made the backward 1-6% faster. Each thread fills the slots it reads
+// in the epilogue, so consecutive rows need no barrier between an epilogue and the next fill.
 template <typename T, class Block>
 SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* buf, const Block& block) {
   const RowIndex at(row, p.batch);
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
   const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
-  fill(buf, v, points, block);
+  const SequenceSlots<GatedRow<T>> input = slots_of(v);
+  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = input.load(n, padded(n));
   block.sync();
   forward_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, block);
   block.sync();
-  inverse_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-
-  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
-  const RowIn<T> post = p.post.row(at.b, at.h);
+  inverse_fft(buf, t, p.twiddles, block);
   const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
-  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
-    const cfloat conv = buf[padded(n)];
-    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
-      const int pos = 2 * n + j;
-      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
-      if (ungated != nullptr) store(ungated + out, pos, value);
-      if (post.data != nullptr) value *= post[pos];
-      store(y + out, pos, value);
+  const ForwardOutputs<T> outputs{v, p.post.row(at.b, at.h), p.skip != nullptr ? p.skip[at.h] : 0.0f, y + out,
+                                  ungated != nullptr ? ungated + out : nullptr};
+  for (int n = block.thread; 2 * n < p.length; n += block.threads) outputs.store(n, padded(n), buf[padded(n)]);
+}
+
+// The recomputed convolution's epilogue (slot n of conv, positions 2n and 2n + 1): dpost = dy (conv + D v).
+template <typename T>
+struct PostgateGradient {
+  GatedRow<T> v;
+  RowIn<T> dy;
+  float skip;
+  T* dpost;
+  SSM_HD void store(int slot, int /*place*/, cfloat conv) const {
+    for (int j = 0; j < 2 && 2 * slot + j < v.length; ++j) {
+      const int pos = 2 * slot + j;
+      store_value(dpost, pos, dy[pos] * ((j == 0 ? conv.re : conv.im) + skip * v(pos)));
     }
   }
-}
+};
+
+// The backward's epilogue, as the last inverse pass hands it slot n of the correlation of g with k: dv = corr +
+// D g, du = dv * pre, dpre = dv * u, dpost = dy * ungated (where saved), and this thread's share of dD = sum g v.
+template <typename T>
+struct BackwardOutputs {
+  GatedRow<T> v, g;
+  RowIn<T> u, pre, dy, ungated;
+  float skip;
+  T *du, *dpre, *dpost;  // dpost: nullptr unless it comes from the saved ungated output
+  float* dskip;          // this thread's running sum
+  SSM_HD void store(int slot, int /*place*/, cfloat corr) const {
+    for (int j = 0; j < 2 && 2 * slot + j < v.length; ++j) {
+      const int pos = 2 * slot + j;
+      const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
+      *dskip += gt * v(pos);
+      if (dpost != nullptr) store_value(dpost, pos, dy[pos] * ungated[pos]);
+      if (pre.data != nullptr) {
+        store_value(dpre, pos, dv * u[pos]);
+        store_value(du, pos, dv * pre[pos]);
+      } else {
+        store_value(du, pos, dv);
+      }
+    }
+  }
+};
 
 // The backward of row (b, h), all but the kernel gradient, whose spectrum it adds to acc. a, b, acc: buffers
 // of padded_size(M) values. With g = dy * post and v = u * pre:
@@ -176,6 +233,7 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* 
 //   dD   = sum_t g v
 // one_fft_buffer: every transform runs in a, and b and acc are only read and written slot by slot (a is then the
 // one buffer that must be in shared memory: M = 16384's three do not fit); else V transforms in b, beside G in a.
+// The transforms' first passes read the inputs and the last ones write the outputs (forward_row says why only here).
 template <typename T, class Block>
 SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int batch_row, int h, cfloat* a,
                          cfloat* b, cfloat* acc, bool one_fft_buffer, const Block& block) {
@@ -188,39 +246,26 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   const float skip = p.skip != nullptr ? p.skip[h] : 0.0f;
   const int64_t out = (int64_t(batch_row) * p.heads + h) * p.length;
   const bool recompute_conv = grads.dpost != nullptr && grads.ungated.data == nullptr;
+  const BufferSlots no_buffer{nullptr};
 
   // G into a, V into b
   cfloat* v_transform = one_fft_buffer ? a : b;
   if (one_fft_buffer || recompute_conv) {
-    fill(v_transform, v, points, block);
-    block.sync();
-    forward_fft(v_transform, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-    if (one_fft_buffer) copy(a, b, points, block);
+    forward_fft(slots_of(v), v_transform, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    if (one_fft_buffer) {
+      copy(a, b, points, block);
+      block.sync();  // the copy read a's slots that the pairs or the transform below overwrite
+    }
   }
-  if (recompute_conv) {  // conv in a (from V where it was transformed), then g over it
-    if (one_fft_buffer) block.sync();  // the copy read a's slots that the pairs below overwrite
+  if (recompute_conv) {  // conv in a (from V where it was transformed), then G over it
     multiply_by_kernel(v_transform, a, kernel, t, p.twiddles, block);
     block.sync();
-    inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-    for (int n = block.thread; n < points; n += block.threads) {
-      const cfloat conv = a[padded(n)];
-      for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
-        const int pos = 2 * n + j;
-        store(grads.dpost + out, pos, dy[pos] * ((j == 0 ? conv.re : conv.im) + skip * v(pos)));
-      }
-      a[padded(n)] = {g(2 * n), g(2 * n + 1)};
-    }
-    block.sync();
-    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    inverse_fft(a, PostgateGradient<T>{v, dy, skip, grads.dpost + out}, t, p.twiddles, block);
+    forward_fft(slots_of(g), a, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   } else if (one_fft_buffer) {
-    fill(a, g, points, block);
-    block.sync();
-    forward_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
+    forward_fft(slots_of(g), a, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   } else {
-    fill(a, g, points, block);
-    fill(b, v, points, block);
-    block.sync();
-    forward_fft(a, b, t, p.twiddles, block);
+    forward_fft(slots_of(g), a, slots_of(v), b, t, p.twiddles, block);
   }
 
   const float dk_scale = 0.25f / float(2 * points);  // (2 G) conj(2 V) / 4N: unpack's factors 2, pack's 1 / N
@@ -233,26 +278,13 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
     pair.pack_into(a, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
   }
   block.sync();
-  inverse_fft(a, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-
-  const RowIn<T> u = p.u.row(batch_row, h), pre = p.pre.row(batch_row, h);
-  const RowIn<T> ungated = grads.ungated.row(batch_row, h);
   float dskip = 0.0f;
-  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
-    const cfloat corr = a[padded(n)];
-    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
-      const int pos = 2 * n + j;
-      const float gt = g(pos), dv = (j == 0 ? corr.re : corr.im) + skip * gt;
-      dskip += gt * v(pos);
-      if (grads.dpost != nullptr && !recompute_conv) store(grads.dpost + out, pos, dy[pos] * ungated[pos]);
-      if (pre.data != nullptr) {
-        store(grads.dpre + out, pos, dv * u[pos]);
-        store(grads.du + out, pos, dv * pre[pos]);
-      } else {
-        store(grads.du + out, pos, dv);
-      }
-    }
-  }
+  const bool dpost_from_ungated = grads.dpost != nullptr && !recompute_conv;
+  const RowIn<T> u = p.u.row(batch_row, h), pre = p.pre.row(batch_row, h);
+  const BackwardOutputs<T> outputs{v, g, u, pre, dy, grads.ungated.row(batch_row, h), skip, grads.du + out,
+                                   pre.data != nullptr ? grads.dpre + out : nullptr,
+                                   dpost_from_ungated ? grads.dpost + out : nullptr, &dskip};
+  inverse_fft(a, outputs, t, p.twiddles, block);
   if (grads.dskip != nullptr) {
     dskip = block.sum(dskip);
     if (block.thread == 0) grads.dskip[int64_t(batch_row) * p.heads + h] = dskip;
@@ -268,18 +300,19 @@ SSM_HD void backward_unit(const Problem<T>& p, const Gradients<T>& grads, int un
   const int groups = batch_groups(p.batch, grads.rows_per_group);
   const Unit unit(unit_index, groups, grads.rows_per_group, p.batch);
   for (int n = block.thread; n < points; n += block.threads) acc[padded(n)] = {0.0f, 0.0f};
+  block.sync();  // the previous unit's last reads of a (its lags in one_fft_buffer) precede the first row's writes
   for (int row = unit.begin; row < unit.end; ++row) {
     backward_row(p, grads, row, unit.h, a, b, acc, one_fft_buffer, block);
   }
   cfloat* lags = acc;
-  // acc's last additions precede the last row's inverse transform (its barriers), and that row's outputs read a in
-  // copy's own slots: no barrier before the copy
+  // acc's last additions and the last row's reads of a precede the barrier that ends that row's inverse
+  // transform: no barrier before the copy
   if (one_fft_buffer) {
     copy(acc, a, points, block);
     lags = a;
   }
   block.sync();
-  inverse_fft(lags, static_cast<cfloat*>(nullptr), p.transform, p.twiddles, block);
+  inverse_fft(lags, p.transform, p.twiddles, block);
 
   const int sides = grads.bidirectional ? 2 : 1;
   float* dk_causal = grads.dk + ((int64_t(unit.group) * sides) * p.heads + unit.h) * grads.taps;
