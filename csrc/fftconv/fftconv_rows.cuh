@@ -140,48 +140,37 @@ SSM_HD void store_value(T* out, int t, float value) {
   out[t] = static_cast<T>(value);
 }
 
-// The forward's epilogue, as the inverse transform's last pass hands it slot n of the convolution (positions 2n and
-// 2n + 1): y = (conv + D v) * post, and conv + D v into `ungated` unless it is nullptr (both contiguous rows).
-template <typename T>
-struct ForwardOutputs {
-  GatedRow<T> v;
-  RowIn<T> post;
-  float skip;
-  T* y;
-  T* ungated;
-  SSM_HD void store(int slot, int /*place*/, cfloat conv) const {
-    for (int j = 0; j < 2 && 2 * slot + j < v.length; ++j) {
-      const int pos = 2 * slot + j;
-      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
-      if (ungated != nullptr) store_value(ungated, pos, value);
-      if (post.data != nullptr) value *= post[pos];
-      store_value(y, pos, value);
-    }
-  }
-};
-
 // y = (conv(v, k) + D v) * post, v = u * pre, for one row; also conv + D v into `ungated` (contiguous, like y)
 // unless it is nullptr. buf: padded_size(M) values. Unlike the backward's, the forward's transforms do not read
 // the inputs in their first pass and write the outputs in their last: natively (H100, B8 H768) that made the
-// forward 1-10% slower (L 1024-16384) where it made the backward 1-6% faster. Each thread fills the slots it reads
-// in the epilogue, so consecutive rows need no barrier between an epilogue and the next fill.
+// forward 1-10% slower (L 1024-16384). Each thread fills the slots it reads in the epilogue, so consecutive rows
+// need no barrier between an epilogue and the next fill.
 template <typename T, class Block>
 SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* buf, const Block& block) {
   const RowIndex at(row, p.batch);
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
   const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
-  const SequenceSlots<GatedRow<T>> input = slots_of(v);
-  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = input.load(n, padded(n));
+  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = {v(2 * n), v(2 * n + 1)};
   block.sync();
   forward_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, block);
   block.sync();
   inverse_fft(buf, t, p.twiddles, block);
+
+  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
+  const RowIn<T> post = p.post.row(at.b, at.h);
   const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
-  const ForwardOutputs<T> outputs{v, p.post.row(at.b, at.h), p.skip != nullptr ? p.skip[at.h] : 0.0f, y + out,
-                                  ungated != nullptr ? ungated + out : nullptr};
-  for (int n = block.thread; 2 * n < p.length; n += block.threads) outputs.store(n, padded(n), buf[padded(n)]);
+  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
+    const cfloat conv = buf[padded(n)];
+    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
+      const int pos = 2 * n + j;
+      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
+      if (ungated != nullptr) store_value(ungated + out, pos, value);
+      if (post.data != nullptr) value *= post[pos];
+      store_value(y + out, pos, value);
+    }
+  }
 }
 
 // The recomputed convolution's epilogue (slot n of conv, positions 2n and 2n + 1): dpost = dy (conv + D v).
