@@ -1,8 +1,8 @@
 // FFT convolution, forward and backward, one thread block per (batch, head) row at a time: the row's N-point
 // real transform as an M = N / 2 point complex one in shared memory (fft_block.cuh), gates and skip fused into
 // its loads and stores (fftconv_rows.cuh). Grids are persistent (as many blocks as fit on the GPU at once, each
-// walking rows or units), so a buffer of the backward can live in a global scratch slot per block when its three
-// (a, b and the kernel gradient's spectrum, summed over a unit's rows) outgrow shared memory.
+// walking rows or units), so two of the backward's three buffers (b and the kernel gradient's spectrum, summed
+// over a unit's rows) can live in a global scratch slot per block when the three outgrow shared memory.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
