@@ -71,12 +71,18 @@ def format_summary(summary: "OrderedDict[str, Dict[str, tuple]]") -> str:
     return "\n".join(out)
 
 
+def gpu_cases(op: str) -> list:
+    """The op's benchmark cases that run on the GPU, in order: what --case-index counts."""
+    return [case for case in importlib.import_module(f"benchmarks.cases.{op}").cases(quick=False)
+            if "cuda" in case.device_types]
+
+
 def _run_child(args: argparse.Namespace) -> int:
     import torch
 
     from .core import forward_backward
     device = torch.device("cuda")
-    cases = importlib.import_module(f"benchmarks.cases.{args.op}").cases(quick=False)
+    cases = gpu_cases(args.op)
     if not 0 <= args.case_index < len(cases):
         raise SystemExit(f"--case-index: {args.case_index} is not within the {len(cases)} cases of {args.op}")
     case = cases[args.case_index]

@@ -240,3 +240,12 @@ def test_kernel_sources_name_the_op_behind_matching_kernels(monkeypatch):
     _fake_profiler(monkeypatch, [copy, gemm, launch])
     assert kernel_sources(lambda: None, 2, r"Memcpy|reduce_kernel") == {
         ("aten::copy_", "[[4, 8], [4, 8], []]", "Memcpy DtoD (Device -> Device)"): (42.5, 0.5)}
+
+
+def test_ncu_case_index_counts_gpu_cases_only():
+    from benchmarks.cases import fftconv
+    from benchmarks.ncu import gpu_cases
+    every = fftconv.cases(quick=False)
+    assert any("cuda" not in case.device_types for case in every)  # the CPU-sized cases come first
+    assert [case.name for case in gpu_cases("fftconv")] == [case.name for case in every if "cuda" in case.device_types]
+    assert gpu_cases("fftconv")[0].name == "B8 H768 L4096 causal bfloat16"
