@@ -18,6 +18,16 @@ struct RowIn {
   const T* data;
   int64_t stride;
   SSM_HD float operator[](int t) const { return static_cast<float>(data[t * stride]); }
+  // pairs[2 i + j] = x[2 (first + i step) + j] (j = 0, 1; i < kSlots), every load issued before any value is
+  // used; positions at or past `length` read x[length - 1] (an address in the row; the caller drops them)
+  template <int kSlots>
+  SSM_HD void load_pairs(int first, int step, int length, float (&pairs)[2 * kSlots]) const {
+#pragma unroll
+    for (int i = 0; i < 2 * kSlots; ++i) {
+      const int t = 2 * (first + (i >> 1) * step) + (i & 1);
+      pairs[i] = (*this)[t < length ? t : length - 1];
+    }
+  }
 };
 
 template <typename T>
@@ -36,6 +46,29 @@ struct GatedRow {
     if (t >= length) return 0.0f;
     const float value = x[t];
     return gate.data != nullptr ? value * gate[t] : value;
+  }
+  // The kSlots slots n = first + i step as a transform reads them, (x(2n), x(2n + 1)): a batch of loads in flight
+  // at once, where reading value by value waits out a memory latency per value.
+  template <int kSlots>
+  SSM_HD void load_slots(int first, int step, cfloat (&slots)[kSlots]) const {
+    float values[2 * kSlots];
+    if (2 * first >= length) {
+#pragma unroll
+      for (int i = 0; i < kSlots; ++i) slots[i] = {0.0f, 0.0f};
+      return;
+    }
+    x.template load_pairs<kSlots>(first, step, length, values);
+    if (gate.data != nullptr) {
+      float gates[2 * kSlots];
+      gate.template load_pairs<kSlots>(first, step, length, gates);
+#pragma unroll
+      for (int i = 0; i < 2 * kSlots; ++i) values[i] *= gates[i];
+    }
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) {
+      const int t = 2 * (first + i * step);
+      slots[i] = {t < length ? values[2 * i] : 0.0f, t + 1 < length ? values[2 * i + 1] : 0.0f};
+    }
   }
 };
 
@@ -140,36 +173,73 @@ SSM_HD void store_value(T* out, int t, float value) {
   out[t] = static_cast<T>(value);
 }
 
+// out[2 (first + i step) + j] = values[2 i + j] (j = 0, 1; i < kSlots) at the positions below length
+template <int kSlots, typename T>
+SSM_HD void store_pairs(T* out, int first, int step, int length, const float (&values)[2 * kSlots]) {
+#pragma unroll
+  for (int i = 0; i < 2 * kSlots; ++i) {
+    const int t = 2 * (first + (i >> 1) * step) + (i & 1);
+    if (t < length) store_value(out, t, values[i]);
+  }
+}
+
 // y = (conv(v, k) + D v) * post, v = u * pre, for one row; also conv + D v into `ungated` (contiguous, like y)
 // unless it is nullptr. buf: padded_size(M) values. Unlike the backward's, the forward's transforms do not read
 // the inputs in their first pass and write the outputs in their last: natively (H100, B8 H768) that made the
-// forward 1-10% slower (L 1024-16384). Each thread fills the slots it reads in the epilogue, so consecutive rows
-// need no barrier between an epilogue and the next fill.
+// forward 1-10% slower (L 1024-16384). The fill and the epilogue load a batch of slots at once (value by value,
+// each load waited out a memory latency: natively 10% slower at L 4096, 20% at 16384). Each thread fills the slots
+// it reads in the epilogue, so consecutive rows need no barrier between an epilogue and the next fill.
 template <typename T, class Block>
 SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* buf, const Block& block) {
   const RowIndex at(row, p.batch);
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
   const GatedRow<T> v{p.u.row(at.b, at.h), p.pre.row(at.b, at.h), p.length};
-  for (int n = block.thread; n < points; n += block.threads) buf[padded(n)] = {v(2 * n), v(2 * n + 1)};
+  constexpr int kFillBatch = 8, kBatch = 4;  // slots a thread loads at once in the fill, in the epilogue
+  for (int first = block.thread; first < points; first += kFillBatch * block.threads) {
+    cfloat slots[kFillBatch];
+    v.template load_slots<kFillBatch>(first, block.threads, slots);
+#pragma unroll
+    for (int i = 0; i < kFillBatch; ++i) {
+      const int n = first + i * block.threads;
+      if (n < points) buf[padded(n)] = slots[i];
+    }
+  }
   block.sync();
   forward_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
   multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, block);
   block.sync();
   inverse_fft(buf, t, p.twiddles, block);
 
-  const float skip = p.skip != nullptr ? p.skip[at.h] : 0.0f;
   const RowIn<T> post = p.post.row(at.b, at.h);
   const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
-  for (int n = block.thread; 2 * n < p.length; n += block.threads) {
-    const cfloat conv = buf[padded(n)];
-    for (int j = 0; j < 2 && 2 * n + j < p.length; ++j) {
-      const int pos = 2 * n + j;
-      float value = (j == 0 ? conv.re : conv.im) + skip * v(pos);
-      if (ungated != nullptr) store_value(ungated + out, pos, value);
-      if (post.data != nullptr) value *= post[pos];
-      store_value(y + out, pos, value);
+  for (int first = block.thread; 2 * first < p.length; first += kBatch * block.threads) {
+    float values[2 * kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int n = first + i * block.threads;
+      const cfloat conv = n < points ? buf[padded(n)] : cfloat{0.0f, 0.0f};  // only the slots this thread fills
+      values[2 * i] = conv.re;
+      values[2 * i + 1] = conv.im;
     }
+    if (p.skip != nullptr) {
+      const float skip = p.skip[at.h];
+      cfloat slots[kBatch];
+      v.template load_slots<kBatch>(first, block.threads, slots);
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        values[2 * i] += skip * slots[i].re;
+        values[2 * i + 1] += skip * slots[i].im;
+      }
+    }
+    if (ungated != nullptr) store_pairs<kBatch>(ungated + out, first, block.threads, p.length, values);
+    if (post.data != nullptr) {
+      float gates[2 * kBatch];
+      post.template load_pairs<kBatch>(first, block.threads, p.length, gates);
+#pragma unroll
+      for (int i = 0; i < 2 * kBatch; ++i) values[i] *= gates[i];
+    }
+    store_pairs<kBatch>(y + out, first, block.threads, p.length, values);
   }
 }
 

@@ -22,8 +22,9 @@ from ._common import absent, backward_fake, circular_kernel, gradients, save_for
 
 MIN_LOG_POINTS = 5  # M >= 32 complex points: one warp's worth of work per pass
 MAX_LOG_POINTS = 14  # csrc/fftconv/fft_block.cuh, kMaxLogPoints: L <= 2^14 (fftconv.MAX_CUDA_LENGTH)
-# Threads per block (read at each call, so a tuning run may set it): None gives one radix-16 group per thread
-# and pass, M / 16 threads, within 32..512.
+# Threads per block of both kernels (read at each call, so a tuning run may set it). None: the backward's blocks
+# have one radix-16 group per thread and pass (M / 16 threads), the forward's two (M / 32: fewer blocks' worth
+# of barriers and more blocks per SM; natively 6% faster at L 4096, H100), within 32..512.
 BLOCK_THREADS: Optional[int] = None
 # Sequence length from which a forward that records a gradient saves its output before the postgate (read at each
 # call). Natively (H100, B8 H768, both gates, this path: benchmarks/results/h100_fftconv_saved_ungated.txt):
@@ -45,10 +46,11 @@ def log_points(length: int) -> int:
     return max(MIN_LOG_POINTS, (2 * length - 1).bit_length() - 1)
 
 
-def block_threads(log_m: int) -> int:
+def block_threads(log_m: int, forward: bool) -> int:
     if BLOCK_THREADS is not None:
         return BLOCK_THREADS
-    return min(512, max(32, 1 << max(0, log_m - 4)))
+    groups_per_thread = 2 if forward else 1
+    return min(512, max(32, (1 << log_m) // (16 * groups_per_thread)))
 
 
 def pass_radix_logs(log_m: int) -> List[int]:
@@ -102,7 +104,7 @@ def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pre
     y = new_output(u.shape, dtype, u.device)
     ungated = new_output(u.shape, dtype, u.device) if save_ungated else None
     _kernels().fftconv_fwd(u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
-                           twiddles(log_m, u.device), log_m, block_threads(log_m), y, ungated)
+                           twiddles(log_m, u.device), log_m, block_threads(log_m, forward=True), y, ungated)
     return y.to(u.dtype), absent(u) if ungated is None else ungated
 
 
@@ -124,8 +126,8 @@ def _backward(grad: Tensor, ungated: Optional[Tensor], u: Tensor, k: Tensor, D: 
     dskip = new_output((batch, heads), torch.float32, u.device) if D is not None else None
     dk = new_output((2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
     _kernels().fftconv_bwd(grad.to(dtype), ungated, u_in, pre, post, _skip(D), kernel_spectrum(k, bidirectional, log_m),
-                           twiddles(log_m, u.device), log_m, block_threads(log_m), bidirectional, du, dpre, dpost,
-                           dskip, dk)
+                           twiddles(log_m, u.device), log_m, block_threads(log_m, forward=False), bidirectional, du,
+                           dpre, dpost, dskip, dk)
     return [du.to(u.dtype), dk.reshape(k.shape).to(k.dtype),
             dskip.sum(0).to(D.dtype) if D is not None else absent(u),
             dpre.to(pregate.dtype) if pregate is not None else absent(u),
