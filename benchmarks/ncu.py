@@ -1,11 +1,12 @@
-"""python -m benchmarks ncu --op OP [--case-index I] [--variant LABEL] [--mode fwd|fwd+bwd] [--kernels REGEX]:
-Nsight Compute's view of one benchmark case's kernels (what bounds each: occupancy, issue, memory, L2).
+"""python -m benchmarks ncu --op OP [--case-index I] [--variant LABEL] [--mode fwd|fwd+bwd] [--kernels REGEX]
+[--stalls]: Nsight Compute's view of one benchmark case's kernels (what bounds each: occupancy, issue, memory, L2).
 
 Runs `ncu` (Nsight Compute, on PATH and allowed to read the GPU's hardware counters) over this module in child
 mode, which warms the case up, then calls it `--calls` times between cudaProfilerStart / Stop, so that only those
 calls are profiled (--profile-from-start off). The clocks are left alone (--clock-control none). ncu's CSV
 (details page: one row per kernel launch, section and metric) is reduced to one block per kernel: the mean of each
-metric of METRICS over its launches.
+metric of METRICS over its launches. --stalls profiles the calls once more for the raw WarpStateStats metrics and
+prints each kernel's largest stall reasons (cycles per issued instruction).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections import OrderedDict, defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "SchedulerStats", "WarpStateStats", "MemoryWorkloadAnalysis")
 # Metric names as the details page spells them (sections above); a name ncu does not report is left out.
@@ -27,12 +28,17 @@ METRICS = ("Duration", "Registers Per Thread", "Theoretical Occupancy", "Achieve
            "Shared Memory Configuration Size", "Dynamic Shared Memory Per Block", "Static Shared Memory Per Block")
 
 
-def ncu_command(args: argparse.Namespace, ncu: str = "ncu") -> List[str]:
-    """The ncu command line that profiles the child run of `args`."""
+# Raw-page metrics of the WarpStateStats section: cycles per issued instruction a warp spends stalled for a reason.
+STALL_PREFIX, STALL_SUFFIX = "smsp__average_warps_issue_stalled_", "_per_issue_active.ratio"
+
+
+def ncu_command(args: argparse.Namespace, ncu: str = "ncu", page: str = "details",
+                sections: Sequence[str] = SECTIONS) -> List[str]:
+    """The ncu command line that profiles the child run of `args` (ncu's CSV of `page` for `sections`)."""
     child = [sys.executable, "-m", "benchmarks.ncu", "--child", "--op", args.op, "--case-index", str(args.case_index),
              "--variant", args.variant, "--mode", args.mode, "--calls", str(args.calls)]
-    command = [ncu, "--clock-control", "none", "--profile-from-start", "off", "--csv", "--page", "details"]
-    for section in SECTIONS:
+    command = [ncu, "--clock-control", "none", "--profile-from-start", "off", "--csv", "--page", page]
+    for section in sections:
         command += ["--section", section]
     if args.kernels:
         command += ["-k", f"regex:{args.kernels}"]
@@ -60,6 +66,39 @@ def summarize(text: str, metrics: Sequence[str] = METRICS) -> "OrderedDict[str, 
         units[metric] = row.get("Metric Unit", "")
     return OrderedDict((name, {m: (sum(v) / len(v), units[m], len(v)) for m in metrics if (v := found.get(m))})
                        for name, found in values.items())
+
+
+def stall_reasons(text: str) -> "OrderedDict[str, List[Tuple[str, float]]]":
+    """{kernel name: [(stall reason, cycles per issued instruction), ...] largest first, the mean over its launches}
+    from ncu's raw-page CSV (a header row of metric names, a row of units, a row per launch)."""
+    lines = text.splitlines()
+    start = next((k for k, line in enumerate(lines) if line.startswith('"ID"')), None)
+    if start is None:
+        raise ValueError("no ncu CSV in the output (no line starting with \"ID\")")
+    rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
+    header, launches = rows[0], rows[2:]
+    name_column = header.index("Kernel Name")
+    reasons = {k: h[len(STALL_PREFIX):-len(STALL_SUFFIX)] for k, h in enumerate(header)
+               if h.startswith(STALL_PREFIX) and h.endswith(STALL_SUFFIX)}
+    sums: Dict[str, Dict[str, List[float]]] = OrderedDict()
+    for row in launches:
+        per_reason = sums.setdefault(row[name_column], defaultdict(list))
+        for k, reason in reasons.items():
+            try:
+                per_reason[reason].append(float(row[k].replace(",", "")))
+            except ValueError:
+                continue
+    return OrderedDict((name, sorted(((reason, sum(v) / len(v)) for reason, v in found.items() if v),
+                                     key=lambda item: -item[1]))
+                       for name, found in sums.items())
+
+
+def format_stalls(stalls: "OrderedDict[str, List[Tuple[str, float]]]", top: int = 8) -> str:
+    out = []
+    for name, reasons in stalls.items():
+        out.append(f"## {name[:100]}: stalled cycles per issued instruction, by reason")
+        out.extend(f"  {reason:28s} {cycles:8.3f}" for reason, cycles in reasons[:top])
+    return "\n".join(out)
 
 
 def format_summary(summary: "OrderedDict[str, Dict[str, tuple]]") -> str:
@@ -114,6 +153,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default="", help="profile only kernels whose name matches this regex")
     parser.add_argument("--calls", type=int, default=1, help="profiled calls (after three warm-up calls)")
     parser.add_argument("--raw", default="", help="also write ncu's whole output (its CSV) to this file")
+    parser.add_argument("--stalls", action="store_true",
+                        help="profile the calls once more for the warps' stall reasons (raw WarpStateStats metrics)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.calls < 1:
@@ -131,6 +172,13 @@ def main(argv=None) -> int:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         return done.returncode
     print(format_summary(summarize(done.stdout)))
+    if args.stalls:
+        done = subprocess.run(ncu_command(args, ncu, page="raw", sections=("WarpStateStats",)), capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+            return done.returncode
+        print(format_stalls(stall_reasons(done.stdout)))
     return 0
 
 

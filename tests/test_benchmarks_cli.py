@@ -249,3 +249,30 @@ def test_ncu_case_index_counts_gpu_cases_only():
     assert any("cuda" not in case.device_types for case in every)  # the CPU-sized cases come first
     assert [case.name for case in gpu_cases("fftconv")] == [case.name for case in every if "cuda" in case.device_types]
     assert gpu_cases("fftconv")[0].name == "B8 H768 L4096 causal bfloat16"
+
+
+def test_ncu_stall_reasons_from_the_raw_page():
+    from benchmarks.ncu import format_stalls, stall_reasons
+    stalled = "smsp__average_warps_issue_stalled_{}_per_issue_active.ratio"
+    header = ['"ID"', '"Kernel Name"', f'"{stalled.format("long_scoreboard")}"', f'"{stalled.format("barrier")}"',
+              '"smsp__cycles_active.avg"']
+    text = "\n".join(["==PROF== Connected to process 1",
+                      ",".join(header), '"","","ratio","ratio","cycle"',
+                      '"0","fwd","3.5","0.5","100"', '"1","bwd","1.0","2.0","100"', '"2","fwd","4.5","0.25","100"'])
+    stalls = stall_reasons(text)
+    assert list(stalls) == ["fwd", "bwd"]
+    assert stalls["fwd"] == [("long_scoreboard", 4.0), ("barrier", 0.375)]  # means over launches, largest first
+    assert stalls["bwd"] == [("barrier", 2.0), ("long_scoreboard", 1.0)]
+    assert "long_scoreboard" in format_stalls(stalls, top=1) and "0.375" not in format_stalls(stalls, top=1)
+    with pytest.raises(ValueError, match="no ncu CSV"):
+        stall_reasons("==PROF== nothing profiled\n")
+
+
+def test_ncu_stalls_command_asks_for_the_raw_page():
+    import argparse
+
+    from benchmarks.ncu import ncu_command
+    args = argparse.Namespace(op="fftconv", case_index=0, variant="cuda", mode="fwd", kernels="", calls=1)
+    command = ncu_command(args, "ncu", page="raw", sections=("WarpStateStats",))
+    assert command[command.index("--page") + 1] == "raw"
+    assert [command[k + 1] for k, part in enumerate(command) if part == "--section"] == ["WarpStateStats"]
