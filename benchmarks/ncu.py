@@ -45,16 +45,21 @@ def ncu_command(args: argparse.Namespace, ncu: str = "ncu", page: str = "details
     return command + child
 
 
-def summarize(text: str, metrics: Sequence[str] = METRICS) -> "OrderedDict[str, Dict[str, tuple]]":
-    """{kernel name: {metric: (mean value, unit, launches)}} from ncu's details-page CSV (lines before its header,
-    ncu's own messages and the child's output, are skipped); kernels in order of first launch."""
+def _csv_part(text: str) -> str:
+    """ncu's CSV in its output, from the header line on (ncu's own messages and the child's output before it)."""
     lines = text.splitlines()
     start = next((k for k, line in enumerate(lines) if line.startswith('"ID"')), None)
     if start is None:
         raise ValueError("no ncu CSV in the output (no line starting with \"ID\")")
+    return "\n".join(lines[start:])
+
+
+def summarize(text: str, metrics: Sequence[str] = METRICS) -> "OrderedDict[str, Dict[str, tuple]]":
+    """{kernel name: {metric: (mean value, unit, launches)}} from ncu's details-page CSV (lines before its header,
+    ncu's own messages and the child's output, are skipped); kernels in order of first launch."""
     values: Dict[str, Dict[str, List[float]]] = OrderedDict()
     units: Dict[str, str] = {}
-    for row in csv.DictReader(io.StringIO("\n".join(lines[start:]))):
+    for row in csv.DictReader(io.StringIO(_csv_part(text))):
         name, metric = row.get("Kernel Name"), row.get("Metric Name")
         if not name or metric not in metrics:
             continue
@@ -71,11 +76,7 @@ def summarize(text: str, metrics: Sequence[str] = METRICS) -> "OrderedDict[str, 
 def stall_reasons(text: str) -> "OrderedDict[str, List[Tuple[str, float]]]":
     """{kernel name: [(stall reason, cycles per issued instruction), ...] largest first, the mean over its launches}
     from ncu's raw-page CSV (a header row of metric names, a row of units, a row per launch)."""
-    lines = text.splitlines()
-    start = next((k for k, line in enumerate(lines) if line.startswith('"ID"')), None)
-    if start is None:
-        raise ValueError("no ncu CSV in the output (no line starting with \"ID\")")
-    rows = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
+    rows = list(csv.reader(io.StringIO(_csv_part(text))))
     header, launches = rows[0], rows[2:]
     name_column = header.index("Kernel Name")
     reasons = {k: h[len(STALL_PREFIX):-len(STALL_SUFFIX)] for k, h in enumerate(header)
@@ -164,22 +165,27 @@ def main(argv=None) -> int:
     ncu = shutil.which("ncu")
     if ncu is None:
         raise SystemExit("ncu (Nsight Compute) is not on PATH")
-    done = subprocess.run(ncu_command(args, ncu), capture_output=True, text=True)
+    done = _run_ncu(ncu_command(args, ncu))
     if args.raw:
         with open(args.raw, "w") as raw:
             raw.write(done.stdout)
     if done.returncode != 0:
-        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         return done.returncode
     print(format_summary(summarize(done.stdout)))
     if args.stalls:
-        done = subprocess.run(ncu_command(args, ncu, page="raw", sections=("WarpStateStats",)), capture_output=True,
-                              text=True)
+        done = _run_ncu(ncu_command(args, ncu, page="raw", sections=("WarpStateStats",)))
         if done.returncode != 0:
-            sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             return done.returncode
         print(format_stalls(stall_reasons(done.stdout)))
     return 0
+
+
+def _run_ncu(command: List[str]) -> subprocess.CompletedProcess:
+    """ncu run to the end; where it failed, the tail of its output goes to stderr."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+    return done
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@
 namespace ssm_kernels {
 namespace fftconv {
 
+// Position i of a thread's batch of slot pairs: 2 (first + (i / 2) step) + i % 2, the two positions of slot
+// first + (i / 2) step (a thread's slots are step apart).
+SSM_HD int pair_position(int first, int step, int i) { return 2 * (first + (i >> 1) * step) + (i & 1); }
+
 // One row of a (B, H, L) tensor with any strides; reads as fp32.
 template <typename T>
 struct RowIn {
@@ -24,7 +28,7 @@ struct RowIn {
   SSM_HD void load_pairs(int first, int step, int length, float (&pairs)[2 * kSlots]) const {
 #pragma unroll
     for (int i = 0; i < 2 * kSlots; ++i) {
-      const int t = 2 * (first + (i >> 1) * step) + (i & 1);
+      const int t = pair_position(first, step, i);
       pairs[i] = (*this)[t < length ? t : length - 1];
     }
   }
@@ -65,10 +69,11 @@ struct GatedRow {
       for (int i = 0; i < 2 * kSlots; ++i) values[i] *= gates[i];
     }
 #pragma unroll
-    for (int i = 0; i < kSlots; ++i) {
-      const int t = 2 * (first + i * step);
-      slots[i] = {t < length ? values[2 * i] : 0.0f, t + 1 < length ? values[2 * i + 1] : 0.0f};
+    for (int i = 0; i < 2 * kSlots; ++i) {
+      if (pair_position(first, step, i) >= length) values[i] = 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) slots[i] = {values[2 * i], values[2 * i + 1]};
   }
 };
 
@@ -178,7 +183,7 @@ template <int kSlots, typename T>
 SSM_HD void store_pairs(T* out, int first, int step, int length, const float (&values)[2 * kSlots]) {
 #pragma unroll
   for (int i = 0; i < 2 * kSlots; ++i) {
-    const int t = 2 * (first + (i >> 1) * step) + (i & 1);
+    const int t = pair_position(first, step, i);
     if (t < length) store_value(out, t, values[i]);
   }
 }
