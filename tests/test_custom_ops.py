@@ -73,8 +73,12 @@ def _fftconv(device):  # (u, k, D, bidirectional, pregate, postgate)
             _leaf(2, 4, 24, device=device), _leaf(2, 4, 24, device=device))
 
 
-def fftconv_cuda_args(device, save_ungated: bool):  # the CUDA op also takes whether to save the ungated output
-    return (*_fftconv(device), save_ungated)
+def fftconv_cuda_args(device, save_ungated: bool):
+    """The CUDA op also takes whether to save the ungated output and the kernel's spectrum."""
+    from ssm_kernels.fftconv.cuda import kernel_spectrum, log_points
+    u, k, D, bidirectional, pregate, postgate = _fftconv(device)
+    spectrum = kernel_spectrum(k.detach(), bidirectional, log_points(u.shape[-1]))
+    return (u, k, D, bidirectional, pregate, postgate, save_ungated, spectrum)
 
 
 # forward op name (then a case name) -> (op, backend, arguments on the backend's test device)

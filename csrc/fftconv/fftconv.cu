@@ -16,11 +16,12 @@ namespace ssm_kernels {
 namespace fftconv {
 
 constexpr int kMaxThreads = 512;
-// Registers bound the kernels' occupancy (about 90 a thread: 2 blocks of 256 threads per SM). Blocks of up to 256
-// threads are compiled for 3 per SM (80 registers, no spills); the backward with a scratch buffer spills at 80.
+// Registers bound the kernels' occupancy (about 90 a thread: 2 blocks of 256 threads per SM). The forward's blocks
+// of up to 256 threads are compiled for 3 per SM (80 registers, no spills); the backward's for 2 (its epilogue's
+// batched loads need more, and its three shared buffers allow no more than 2 blocks from M = 4096 on).
 constexpr int kSmallBlock = 256;
-template <int kMaxBlock>
-constexpr int min_blocks() { return kMaxBlock <= kSmallBlock ? 3 : 1; }
+template <int kMaxBlock, bool kBackward>
+constexpr int min_blocks() { return kMaxBlock <= kSmallBlock ? (kBackward ? 2 : 3) : 1; }
 
 // The thread block as the row code sees it (its methods are host-device only so that the row templates, which
 // are, may call them; they run on the device alone).
@@ -52,7 +53,7 @@ struct CudaBlock {
 __device__ inline CudaBlock this_block(float* scratch) { return {int(threadIdx.x), int(blockDim.x), scratch}; }
 
 template <typename T, int kMaxBlock>
-__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
+__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock, false>())
     fftconv_fwd_kernel(Problem<T> p, T* y, T* ungated) {
   extern __shared__ float4 shared[];
   cfloat* buf = reinterpret_cast<cfloat*>(shared);
@@ -66,7 +67,7 @@ __global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
 // both, so the compiler sees where every buffer lies (shared-memory loads and stores in the transforms, not generic
 // ones).
 template <typename T, bool kAllShared, int kMaxBlock>
-__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock>())
+__global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock, true>())
     fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units, cfloat* scratch) {
   extern __shared__ float4 shared[];
   const int size = padded_size(1 << p.transform.log_points);
