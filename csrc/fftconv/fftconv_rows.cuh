@@ -178,6 +178,19 @@ SSM_HD void store_value(T* out, int t, float value) {
   out[t] = static_cast<T>(value);
 }
 
+// values[2 i + j] = the re (j = 0) / im (j = 1) part of buf's slot first + i step (i < kSlots), the positions
+// store_pairs writes them to; slots at or past `points` read as 0.
+template <int kSlots>
+SSM_HD void read_slot_pairs(const cfloat* buf, int first, int step, int points, float (&values)[2 * kSlots]) {
+#pragma unroll
+  for (int i = 0; i < kSlots; ++i) {
+    const int n = first + i * step;
+    const cfloat slot = n < points ? buf[padded(n)] : cfloat{0.0f, 0.0f};
+    values[2 * i] = slot.re;
+    values[2 * i + 1] = slot.im;
+  }
+}
+
 // out[2 (first + i step) + j] = values[2 i + j] (j = 0, 1; i < kSlots) at the positions below length
 template <int kSlots, typename T>
 SSM_HD void store_pairs(T* out, int first, int step, int length, const float (&values)[2 * kSlots]) {
@@ -220,13 +233,7 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* 
   const int64_t out = (int64_t(at.b) * p.heads + at.h) * p.length;
   for (int first = block.thread; 2 * first < p.length; first += kBatch * block.threads) {
     float values[2 * kBatch];
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int n = first + i * block.threads;
-      const cfloat conv = n < points ? buf[padded(n)] : cfloat{0.0f, 0.0f};  // only the slots this thread fills
-      values[2 * i] = conv.re;
-      values[2 * i + 1] = conv.im;
-    }
+    read_slot_pairs<kBatch>(buf, first, block.threads, points, values);  // only the slots this thread fills
     if (p.skip != nullptr) {
       const float skip = p.skip[at.h];
       cfloat slots[kBatch];
@@ -279,13 +286,7 @@ SSM_HD float backward_epilogue(const Problem<T>& p, const Gradients<T>& grads, i
   float dskip = 0.0f;
   for (int first = block.thread; 2 * first < p.length; first += kBatch * block.threads) {
     float dv[2 * kBatch], us[2 * kBatch], pres[2 * kBatch], dys[2 * kBatch], posts[2 * kBatch], ungateds[2 * kBatch];
-#pragma unroll
-    for (int i = 0; i < kBatch; ++i) {
-      const int n = first + i * block.threads;
-      const cfloat corr = n < points ? a[padded(n)] : cfloat{0.0f, 0.0f};
-      dv[2 * i] = corr.re;
-      dv[2 * i + 1] = corr.im;
-    }
+    read_slot_pairs<kBatch>(a, first, block.threads, points, dv);
     u.template load_pairs<kBatch>(first, block.threads, p.length, us);
     dy.template load_pairs<kBatch>(first, block.threads, p.length, dys);
     if (pre.data != nullptr) pre.template load_pairs<kBatch>(first, block.threads, p.length, pres);
