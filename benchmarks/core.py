@@ -6,7 +6,8 @@ affordable, and "peer:<package>" entries when --peers is given and the peer impo
 forward, and forward+backward when it has inputs to differentiate.
 
 GPU: triton.testing.do_bench medians; the bandwidth floor is the case's bytes over the copy bandwidth
-measured in the same run. CPU: median of wall-clock repeats.
+measured in the same run. CPU: median of wall-clock repeats. TFLOP/s: the case's count of floating-point
+operations (where it has one; its module says how it counts) over the time.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class Case:
     make: Callable[[torch.device, bool], Dict[str, Variant]]  # (device, peers) -> {label: Variant}
     bytes_fwd: int = 0  # fewest bytes the forward must move (each input read once, each output written once)
     bytes_fwd_bwd: int = 0  # the same for forward+backward
-    flops_fwd: int = 0
+    flops_fwd: int = 0  # the forward's floating-point operations as the case counts them (its docstring says how)
+    flops_fwd_bwd: int = 0  # the same for forward+backward
     notes: str = ""
     device_types: Tuple[str, ...] = ("cpu", "cuda")  # where the case is worth running (GPU sizes: "cuda")
     dtype: Optional[torch.dtype] = None  # the dtype the op's dispatch sees (its main input's)
@@ -49,6 +51,7 @@ class Result:
     ms: float
     gbps: Optional[float] = None
     floor_fraction: Optional[float] = None
+    tflops: Optional[float] = None  # the case's flops per second, in 10^12
     peak_mem_mb: Optional[float] = None
     host_ms: Optional[float] = None  # host_ms(): the CPU's time per call when calls are issued back to back
     dtype: Optional[str] = None  # Case.dtype, e.g. "bfloat16"
@@ -190,10 +193,10 @@ def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwid
     for label, variant in case.make(device, peers).items():
         if only and label not in only:
             continue
-        modes = [("fwd", variant.fn, case.bytes_fwd)]
+        modes = [("fwd", variant.fn, case.bytes_fwd, case.flops_fwd)]
         if variant.grad_inputs:
-            modes.append(("fwd+bwd", forward_backward(variant), case.bytes_fwd_bwd))
-        for mode, fn, nbytes in modes:
+            modes.append(("fwd+bwd", forward_backward(variant), case.bytes_fwd_bwd, case.flops_fwd_bwd))
+        for mode, fn, nbytes, flops in modes:
             with torch.no_grad() if mode == "fwd" else torch.enable_grad():
                 ms = time_ms(fn, device, quick)
                 mem = peak_memory_mb(fn, device) if memory else None
@@ -205,13 +208,16 @@ def run_case(case: Case, device: torch.device, quick: bool, peers: bool, bandwid
                 r.gbps = nbytes / (ms * 1e-3) / 1e9
                 if bandwidth:
                     r.floor_fraction = r.gbps / bandwidth
+            if flops:
+                r.tflops = flops / (ms * 1e-3) / 1e12
             results.append(r)
     return results
 
 
 def format_table(results: List[Result]) -> str:
     """One row per (case, variant, mode), with the time ratio to the fastest ssm_kernels backend."""
-    rows = [("op", "case", "variant", "mode", "ms", "GB/s", "floor", "peak MB", "host ms", "x vs best ours")]
+    rows = [("op", "case", "variant", "mode", "ms", "GB/s", "floor", "TFLOP/s", "peak MB", "host ms",
+             "x vs best ours")]
     best: Dict[tuple, float] = {}
     for r in results:
         if r.variant in _dispatch.BACKENDS:
@@ -222,6 +228,7 @@ def format_table(results: List[Result]) -> str:
         rows.append((r.op, r.case, r.variant, r.mode, f"{r.ms:.3f}",
                      "" if r.gbps is None else f"{r.gbps:.0f}",
                      "" if r.floor_fraction is None else f"{r.floor_fraction:.0%}",
+                     "" if r.tflops is None else f"{r.tflops:.3g}",
                      "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
                      "" if r.host_ms is None else f"{r.host_ms:.3f}",
                      "" if not ref else f"{r.ms / ref:.2f}"))

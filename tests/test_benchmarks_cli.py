@@ -144,6 +144,25 @@ def test_host_time_column(tmp_path, capsys):
     assert rows and all(r["host_ms"] > 0 for r in rows)
 
 
+def test_tflops_column(tmp_path, capsys):
+    """A case that counts its flops gets TFLOP/s in every row (after the floor column) and in the JSON."""
+    out = tmp_path / "r.json"
+    assert main(["--op", "fftconv", "--quick", "--only", "torch", "--device", "cpu", "--json", str(out)]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("op "))
+    assert header.index("floor") < header.index("TFLOP/s") < header.index("peak MB")
+    rows = json.loads(out.read_text())["results"]
+    assert rows and all(r["tflops"] > 0 for r in rows)
+
+
+def test_fftconv_flops_count_transforms_products_and_gates():
+    """N = 2L = 8: a real transform 2.5 N log2 N = 60, a complex product 6 (N / 2 + 1) = 30; forward two
+    transforms, one product, 4 L of gates and D, plus the kernel's transform; backward two transforms, two
+    products, 8 L, plus dk's inverse."""
+    from benchmarks.cases.fftconv import flops
+    assert flops(1, 1, 4) == (2 * 60 + 30 + 16 + 60, 2 * 60 + 60 + 32 + 60)
+    assert flops(3, 2, 4) == (3 * (2 * 60 + 30 + 16) + 2 * 60, 3 * (2 * 60 + 60 + 32) + 2 * 60)
+
+
 NCU_HEADER = ("ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
               "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value")
 NCU_ROWS = [  # (launch, kernel, section, metric, unit, value)
