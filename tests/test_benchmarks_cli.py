@@ -155,9 +155,9 @@ def test_tflops_column(tmp_path, capsys):
 
 
 def test_fftconv_flops_count_transforms_products_and_gates():
-    """N = 2L = 8: a real transform 2.5 N log2 N = 60, a complex product 6 (N / 2 + 1) = 30; forward two
-    transforms, one product, 4 L of gates and D, plus the kernel's transform; backward two transforms, two
-    products, 8 L, plus dk's inverse."""
+    """N = 2L = 8: a real transform 2.5 N log2 N = 60, a complex product 6 (N / 2 + 1) = 30; per row, forward two
+    transforms, one product, 4 L of gates and D, backward two transforms, two products, 8 L; per head the kernel's
+    transform (forward) and dk's inverse (backward)."""
     from benchmarks.cases.fftconv import flops
     assert flops(1, 1, 4) == (2 * 60 + 30 + 16 + 60, 2 * 60 + 60 + 32 + 60)
     assert flops(3, 2, 4) == (3 * (2 * 60 + 30 + 16) + 2 * 60, 3 * (2 * 60 + 60 + 32) + 2 * 60)

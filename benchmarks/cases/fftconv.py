@@ -4,10 +4,11 @@ torch.fft (rfft / irfft in fp32, autograd through them), the yardstick the Trito
 Backends that do not take a case (the Triton and CUDA kernels' L limits) are left out of it.
 
 Flops (TFLOP/s column) are the algorithm's, whatever a backend executes: a real transform of N = 2L points counts
-2.5 N log2 N (half the radix-2 complex count 5 N log2 N), a complex product 6 per frequency and the gates and D
-2 per position each. Forward per row: v's transform, the product with the kernel's spectrum, the inverse; per kernel
-(head, and side when bidirectional) its transform. Backward per row: g's transform, its products with the kernel's
-and with v's spectra (v's kept from the forward), the inverse for du; per kernel the inverse for dk. So the column
+2.5 N log2 N (half the radix-2 complex count 5 N log2 N), a complex product 6 per frequency. Forward per row: v's
+transform, the product with the kernel's spectrum, the inverse, and 4 per position for the gates and D (u pre,
++ D v, * post); per head the transform of its kernel (both sides in one circular kernel when bidirectional).
+Backward per row: g's transform, its products with the kernel's and with v's spectra (v's kept from the forward),
+the inverse for dv, and 8 per position (g, dpost, + D g, du, dpre, dD); per head the inverse for dk. So the column
 compares backends on equal terms, not with the ~700 TFLOP/s of bf16 tensor-core matmuls they may not use."""
 from __future__ import annotations
 
@@ -44,21 +45,21 @@ def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch
     io = batch * heads * length * dtype.itemsize
     kernels = (2 if bidirectional else 1) * heads
     kind = "bidir" if bidirectional else "causal"
-    flops_fwd, flops_bwd = flops(batch * heads, kernels, length)
+    flops_fwd, flops_bwd = flops(batch * heads, heads, length)
     return Case("fftconv", f"B{batch} H{heads} L{length} {kind} {str(dtype).replace('torch.', '')}", make,
                 bytes_fwd=4 * io + kernels * length * 4, bytes_fwd_bwd=11 * io + 3 * kernels * length * 4,
                 flops_fwd=flops_fwd, flops_fwd_bwd=flops_fwd + flops_bwd,
                 dtype=dtype, dispatch_size=batch * heads * length, device_types=device_types)
 
 
-def flops(rows: int, kernels: int, length: int):
-    """(forward, backward) flops of `rows` convolutions of `length` positions with `kernels` kernels, as the module
+def flops(rows: int, heads: int, length: int):
+    """(forward, backward) flops of `rows` convolutions of `length` positions with one kernel per head, as the module
     docstring counts them."""
     points = 2 * length
     transform = 2.5 * points * math.log2(points)
     product = 6 * (points // 2 + 1)
-    forward = rows * (2 * transform + product + 4 * length) + kernels * transform
-    backward = rows * (2 * transform + 2 * product + 8 * length) + kernels * transform
+    forward = rows * (2 * transform + product + 4 * length) + heads * transform
+    backward = rows * (2 * transform + 2 * product + 8 * length) + heads * transform
     return int(forward), int(backward)
 
 
