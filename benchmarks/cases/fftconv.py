@@ -43,11 +43,11 @@ def _case(batch: int, heads: int, length: int, bidirectional: bool, dtype: torch
         return variants
 
     io = batch * heads * length * dtype.itemsize
-    kernels = (2 if bidirectional else 1) * heads
+    kernel = (2 if bidirectional else 1) * heads * length * 4
     kind = "bidir" if bidirectional else "causal"
     flops_fwd, flops_bwd = flops(batch * heads, heads, length)
     return Case("fftconv", f"B{batch} H{heads} L{length} {kind} {str(dtype).replace('torch.', '')}", make,
-                bytes_fwd=4 * io + kernels * length * 4, bytes_fwd_bwd=11 * io + 3 * kernels * length * 4,
+                bytes_fwd=4 * io + kernel, bytes_fwd_bwd=11 * io + 3 * kernel,
                 flops_fwd=flops_fwd, flops_fwd_bwd=flops_fwd + flops_bwd,
                 dtype=dtype, dispatch_size=batch * heads * length, device_types=device_types)
 
