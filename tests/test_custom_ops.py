@@ -74,11 +74,12 @@ def _fftconv(device):  # (u, k, D, bidirectional, pregate, postgate)
 
 
 def fftconv_cuda_args(device, save_ungated: bool):
-    """The CUDA op also takes whether to save the ungated output and the kernel's spectrum."""
+    """The CUDA op also takes whether to save the ungated output and V (saved: the inputs require grad), and the
+    kernel's spectrum."""
     from ssm_kernels.fftconv.cuda import kernel_spectrum, log_points
     u, k, D, bidirectional, pregate, postgate = _fftconv(device)
     spectrum = kernel_spectrum(k.detach(), bidirectional, log_points(u.shape[-1]))
-    return (u, k, D, bidirectional, pregate, postgate, save_ungated, spectrum)
+    return (u, k, D, bidirectional, pregate, postgate, save_ungated, True, spectrum)
 
 
 # forward op name (then a case name) -> (op, backend, arguments on the backend's test device)

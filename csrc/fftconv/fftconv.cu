@@ -1,8 +1,8 @@
 // FFT convolution, forward and backward, one thread block per (batch, head) row at a time: the row's N-point
 // real transform as an M = N / 2 point complex one in shared memory (fft_block.cuh), gates and skip fused into
 // its loads and stores (fftconv_rows.cuh). Grids are persistent (as many blocks as fit on the GPU at once, each
-// walking rows or units), so two of the backward's three buffers (b and the kernel gradient's spectrum, summed
-// over a unit's rows) can live in a global scratch slot per block when the three outgrow shared memory.
+// walking rows or units), so the second of the backward's two buffers (the kernel gradient's spectrum, summed
+// over a unit's rows) can live in a global scratch slot per block when the two outgrow shared memory.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -18,7 +18,7 @@ namespace fftconv {
 constexpr int kMaxThreads = 512;
 // Registers bound the kernels' occupancy (about 90 a thread: 2 blocks of 256 threads per SM). The forward's blocks
 // of up to 256 threads are compiled for 3 per SM (80 registers, no spills); the backward's for 2 (its epilogue's
-// batched loads need more, and its three shared buffers allow no more than 2 blocks from M = 4096 on).
+// batched loads need more).
 constexpr int kSmallBlock = 256;
 template <int kMaxBlock, bool kBackward>
 constexpr int min_blocks() { return kMaxBlock <= kSmallBlock ? (kBackward ? 2 : 3) : 1; }
@@ -54,29 +54,29 @@ __device__ inline CudaBlock this_block(float* scratch) { return {int(threadIdx.x
 
 template <typename T, int kMaxBlock>
 __global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock, false>())
-    fftconv_fwd_kernel(Problem<T> p, T* y, T* ungated) {
+    fftconv_fwd_kernel(Problem<T> p, T* y, T* ungated, cfloat* v_spectrum) {
   extern __shared__ float4 shared[];
   cfloat* buf = reinterpret_cast<cfloat*>(shared);
   const CudaBlock block = this_block(nullptr);
-  for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) forward_row(p, y, ungated, row, buf, block);
+  for (int row = blockIdx.x; row < p.batch * p.heads; row += gridDim.x) {
+    forward_row(p, y, ungated, v_spectrum, row, buf, block);
+  }
 }
 
-// The backward's buffers a, b, acc: all three in shared memory (kAllShared), or a alone there and b, acc in this
-// block's slot of scratch (2 buffers of padded_size(M) values per block), where every transform runs in a
-// (backward_row's one_fft_buffer) and b and acc are only touched slot by slot. a is taken from `shared` directly in
-// both, so the compiler sees where every buffer lies (shared-memory loads and stores in the transforms, not generic
-// ones).
+// The backward's buffers a, acc: both in shared memory (kAllShared), or a alone there and acc, in frequency order,
+// in this block's slot of scratch (M values per block; backward_row's acc_in_scratch). a is taken from `shared`
+// directly in both, so the compiler sees where every buffer lies (shared-memory loads and stores in the transforms,
+// not generic ones).
 template <typename T, bool kAllShared, int kMaxBlock>
 __global__ void __launch_bounds__(kMaxBlock, min_blocks<kMaxBlock, true>())
     fftconv_bwd_kernel(Problem<T> p, Gradients<T> grads, int units, cfloat* scratch) {
   extern __shared__ float4 shared[];
-  const int size = padded_size(1 << p.transform.log_points);
+  const int points = 1 << p.transform.log_points, size = padded_size(points);
   cfloat* a = reinterpret_cast<cfloat*>(shared);
-  cfloat* b = kAllShared ? a + size : scratch + int64_t(blockIdx.x) * 2 * size;
-  cfloat* acc = kAllShared ? a + 2 * size : b + size;
-  const CudaBlock block = this_block(reinterpret_cast<float*>(a + (kAllShared ? 3 : 1) * size));
+  cfloat* acc = kAllShared ? a + size : scratch + int64_t(blockIdx.x) * points;
+  const CudaBlock block = this_block(reinterpret_cast<float*>(a + (kAllShared ? 2 : 1) * size));
   for (int unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    backward_unit(p, grads, unit, a, b, acc, !kAllShared, block);
+    backward_unit(p, grads, unit, a, acc, !kAllShared, block);
   }
 }
 
@@ -111,7 +111,8 @@ using namespace fftconv;
 void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                       const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
-                      at::Tensor& y, const c10::optional<at::Tensor>& ungated) {
+                      at::Tensor& y, const c10::optional<at::Tensor>& ungated,
+                      const c10::optional<at::Tensor>& v_spectrum) {
   const c10::cuda::CUDAGuard guard(u.device());
   const int64_t rows = u.size(0) * u.size(1);
   if (rows == 0 || u.size(2) == 0) return;
@@ -121,16 +122,18 @@ void fftconv_fwd_cuda(const at::Tensor& u, const c10::optional<at::Tensor>& preg
   const size_t smem = padded_size(1 << log_points) * sizeof(cfloat);
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
+    cfloat* saved = v_spectrum.has_value() ? v_spectrum_data(*v_spectrum, p.batch, p.heads, log_points) : nullptr;
     const auto kernel = threads <= kSmallBlock ? fftconv_fwd_kernel<scalar_t, kSmallBlock>
                                                : fftconv_fwd_kernel<scalar_t, kMaxThreads>;
     const int grid = persistent_grid(kernel, int(threads), smem, rows);
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(p, y.data_ptr<scalar_t>(),
-                                                                           optional_ptr<scalar_t>(ungated));
+                                                                           optional_ptr<scalar_t>(ungated), saved);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
-void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
+void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& v_spectrum,
+                      const at::Tensor& u,
                       const c10::optional<at::Tensor>& pregate, const c10::optional<at::Tensor>& postgate,
                       const c10::optional<at::Tensor>& skip,
                       const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
@@ -146,8 +149,8 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
   check_threads(threads);
   const size_t buffer = padded_size(1 << log_points) * sizeof(cfloat), sum_scratch = 32 * sizeof(float);
   const size_t limit = size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-  const bool all_shared = 3 * buffer + sum_scratch <= limit;
-  const size_t smem = (all_shared ? 3 : 1) * buffer + sum_scratch;
+  const bool all_shared = 2 * buffer + sum_scratch <= limit;
+  const size_t smem = (all_shared ? 2 : 1) * buffer + sum_scratch;
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_bwd", [&] {
     const auto kernel = !all_shared              ? fftconv_bwd_kernel<scalar_t, false, kMaxThreads>
                         : threads <= kSmallBlock ? fftconv_bwd_kernel<scalar_t, true, kSmallBlock>
@@ -158,11 +161,12 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
     at::Tensor partial = at::empty({units / heads, dk.size(0), heads, dk.size(-1)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
-        make_gradients<scalar_t>(dy, ungated, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
+        make_gradients<scalar_t>(p, dy, ungated, v_spectrum, bidirectional, per_group, du, dpregate, dpostgate, dskip,
+                                 partial);
     const int grid = int(std::min<int64_t>(units, resident));
     at::Tensor scratch;
     if (!all_shared) {
-      scratch = at::empty({int64_t(grid) * 2 * int64_t(buffer / sizeof(float))}, u.options().dtype(at::kFloat));
+      scratch = at::empty({int64_t(grid) << (log_points + 1)}, u.options().dtype(at::kFloat));
     }
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(
         p, grads, int(units), all_shared ? nullptr : reinterpret_cast<cfloat*>(scratch.data_ptr<float>()));

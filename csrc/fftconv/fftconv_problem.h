@@ -39,16 +39,25 @@ Problem<T> make_problem(const at::Tensor& u, const c10::optional<at::Tensor>& pr
           int(u.size(0)), int(u.size(1)), int(u.size(2)), transform};
 }
 
+// v_spectrum, the forward's transforms of v, as the row code reads and writes them: contiguous (B, H, M, 2) fp32.
+inline cfloat* v_spectrum_data(const at::Tensor& v_spectrum, int64_t batch, int64_t heads, int64_t log_points) {
+  TORCH_CHECK(v_spectrum.is_contiguous() && v_spectrum.scalar_type() == at::kFloat &&
+                  v_spectrum.sizes() == at::IntArrayRef({batch, heads, int64_t(1) << log_points, int64_t(2)}),
+              "fftconv: v_spectrum must be a contiguous (B, H, M, 2) fp32 tensor");
+  return reinterpret_cast<cfloat*>(v_spectrum.data_ptr<float>());
+}
+
 // dk: the (G, 1 or 2, H, Lk) per-unit partials for G = batch_groups(B, rows_per_group). ungated: the forward's
-// output before its postgate (B, H, L), or absent.
+// output before its postgate (B, H, L), or absent. v_spectrum: the forward's.
 template <typename T>
-Gradients<T> make_gradients(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, bool bidirectional,
-                            int rows_per_group, at::Tensor& du, const c10::optional<at::Tensor>& dpregate,
-                            const c10::optional<at::Tensor>& dpostgate, const c10::optional<at::Tensor>& dskip,
-                            at::Tensor& dk) {
+Gradients<T> make_gradients(const Problem<T>& p, const at::Tensor& dy, const c10::optional<at::Tensor>& ungated,
+                            const at::Tensor& v_spectrum, bool bidirectional, int rows_per_group, at::Tensor& du,
+                            const c10::optional<at::Tensor>& dpregate, const c10::optional<at::Tensor>& dpostgate,
+                            const c10::optional<at::Tensor>& dskip, at::Tensor& dk) {
   TORCH_CHECK(du.is_contiguous() && dk.is_contiguous(), "fftconv: outputs must be contiguous");
-  return {strided<T>(dy), strided<T>(ungated), du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate),
-          optional_ptr<float>(dskip), dk.data_ptr<float>(), int(dk.size(-1)), rows_per_group, bidirectional};
+  return {strided<T>(dy), strided<T>(ungated), v_spectrum_data(v_spectrum, p.batch, p.heads, p.transform.log_points),
+          du.data_ptr<T>(), optional_ptr<T>(dpregate), optional_ptr<T>(dpostgate), optional_ptr<float>(dskip),
+          dk.data_ptr<float>(), int(dk.size(-1)), rows_per_group, bidirectional};
 }
 
 // Batch rows per unit of the backward for `units_wanted` units at least (the resident blocks), as few groups

@@ -94,6 +94,7 @@ template <typename T>
 struct Gradients {
   Strided<T> dy;
   Strided<T> ungated;  // the forward's conv + D v (before the postgate), or absent: then recomputed for dpost
+  const cfloat* v_spectrum;  // (B, H, M): the forward's transform of each row's v, in frequency order
   T* du;
   T* dpre;         // nullptr without a pregate
   T* dpost;        // nullptr without a postgate
@@ -130,45 +131,69 @@ struct SequenceSlots {
 template <class Values>
 SSM_HD SequenceSlots<Values> slots_of(const Values& x) { return {x}; }
 
-// to[slot n] = from[slot n] for the M slots, a thread every block.threads-th slot.
-template <class Block>
-SSM_HD void copy(const cfloat* from, cfloat* to, int points, const Block& block) {
-  for (int n = block.thread; n < points; n += block.threads) to[padded(n)] = from[padded(n)];
-}
+// How an M-point spectrum is laid out: in slot order at padded places (a transform's output in a block's buffer),
+// or in frequency order (global memory: the forward's saved V, the kernel gradient's spectrum in scratch), where
+// a warp's pairs (k, M - k) touch two contiguous runs of memory instead of digit-reversed places.
+enum class Order { kSlots, kFrequencies };
 
-// The pair of slots of frequencies k and M - k (one slot when they coincide: k = 0, where M - k is M = 0 mod M,
-// and k = M / 2), and the factor W^k of the real-FFT identities.
+// The pair of frequencies k and M - k (one place when they coincide: k = 0, where M - k is M = 0 mod M, and
+// k = M / 2) in either order, and the factor W^k of the real-FFT identities.
 struct FrequencyPair {
-  int slot_k, slot_mk;
+  int slot_k, slot_mk, k, mk;
   cfloat wk;
   SSM_HD FrequencyPair(int k, const Transform& t, const cfloat* twiddles)
       : slot_k(padded(slot_of(k, t))),
         slot_mk(padded(slot_of((-k) & ((1 << t.log_points) - 1), t))),
+        k(k),
+        mk((-k) & ((1 << t.log_points) - 1)),
         wk(table_entry(twiddles, k)) {}
+  template <Order kOrder>
+  SSM_HD int place_k() const { return kOrder == Order::kSlots ? slot_k : k; }
+  template <Order kOrder>
+  SSM_HD int place_mk() const { return kOrder == Order::kSlots ? slot_mk : mk; }
+  // (Z[k], Z[M - k]) of a transform
+  template <Order kOrder = Order::kSlots>
+  SSM_HD void load(const cfloat* buf, cfloat& zk, cfloat& zmk) const {
+    zk = buf[place_k<kOrder>()];
+    zmk = buf[place_mk<kOrder>()];
+  }
+  template <Order kOrder = Order::kSlots>
   SSM_HD void unpack_from(const cfloat* buf, cfloat& xk, cfloat& xmk) const {
-    unpack(buf[slot_k], buf[slot_mk], wk, xk, xmk);
+    cfloat zk, zmk;
+    load<kOrder>(buf, zk, zmk);
+    unpack(zk, zmk, wk, xk, xmk);
+  }
+  // buf = (zk, zmk), or buf += it (ADD)
+  template <bool ADD = false, Order kOrder = Order::kSlots>
+  SSM_HD void store(cfloat* buf, cfloat zk, cfloat zmk) const {
+    const int at_k = place_k<kOrder>(), at_mk = place_mk<kOrder>();
+    buf[at_k] = ADD ? buf[at_k] + zk : zk;
+    if (at_mk != at_k) buf[at_mk] = ADD ? buf[at_mk] + zmk : zmk;
   }
   // buf = pack(yk, ymk), or buf += it (ADD: pack is linear, so spectra packed one by one add up to the packed
   // sum)
-  template <bool ADD = false>
+  template <bool ADD = false, Order kOrder = Order::kSlots>
   SSM_HD void pack_into(cfloat* buf, cfloat yk, cfloat ymk) const {
     cfloat zk, zmk;
     pack(yk, ymk, wk, zk, zmk);
-    buf[slot_k] = ADD ? buf[slot_k] + zk : zk;
-    if (slot_mk != slot_k) buf[slot_mk] = ADD ? buf[slot_mk] + zmk : zmk;
+    store<ADD, kOrder>(buf, zk, zmk);
   }
 };
 
 // to = pack(unpack(from) * kernel spectrum) over every frequency pair: to becomes the slot-ordered input of
-// the inverse transform that gives the convolution of from's sequence with the kernel (to may be from).
-template <class Block>
+// the inverse transform that gives the convolution of from's sequence with the kernel (to may be from, when
+// both are in slot order). from in kFromOrder; where `saved` is not null, it receives from's values in frequency
+// order (the forward's V for the backward).
+template <Order kFromOrder = Order::kSlots, class Block>
 SSM_HD void multiply_by_kernel(const cfloat* from, cfloat* to, const cfloat* kernel, const Transform& t,
-                               const cfloat* twiddles, const Block& block) {
+                               const cfloat* twiddles, cfloat* saved, const Block& block) {
   const int points = 1 << t.log_points;
   for (int k = block.thread; k <= points / 2; k += block.threads) {
     const FrequencyPair pair(k, t, twiddles);
-    cfloat xk, xmk;
-    pair.unpack_from(from, xk, xmk);
+    cfloat zk, zmk, xk, xmk;
+    pair.load<kFromOrder>(from, zk, zmk);
+    if (saved != nullptr) pair.store<false, Order::kFrequencies>(saved, zk, zmk);
+    unpack(zk, zmk, pair.wk, xk, xmk);
     pair.pack_into(to, xk * table_entry(kernel, k), xmk * table_entry(kernel, points - k));
   }
 }
@@ -202,13 +227,15 @@ SSM_HD void store_pairs(T* out, int first, int step, int length, const float (&v
 }
 
 // y = (conv(v, k) + D v) * post, v = u * pre, for one row; also conv + D v into `ungated` (contiguous, like y)
-// unless it is nullptr. buf: padded_size(M) values. Unlike the backward's, the forward's transforms do not read
+// and v's transform into `v_spectrum` ((B, H, M), frequency order) unless they are nullptr: what the backward
+// reads instead of recomputing. buf: padded_size(M) values. Unlike the backward's, the forward's transforms do not read
 // the inputs in their first pass and write the outputs in their last: natively (H100, B8 H768) that made the
 // forward 1-10% slower (L 1024-16384). The fill and the epilogue load a batch of slots at once (value by value,
 // each load waited out a memory latency: natively 10% slower at L 4096, 20% at 16384). Each thread fills the slots
 // it reads in the epilogue, so consecutive rows need no barrier between an epilogue and the next fill.
 template <typename T, class Block>
-SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* buf, const Block& block) {
+SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, cfloat* v_spectrum, int row, cfloat* buf,
+                        const Block& block) {
   const RowIndex at(row, p.batch);
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
@@ -225,7 +252,8 @@ SSM_HD void forward_row(const Problem<T>& p, T* y, T* ungated, int row, cfloat* 
   }
   block.sync();
   forward_fft(buf, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-  multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, block);
+  cfloat* saved = v_spectrum != nullptr ? v_spectrum + (int64_t(at.b) * p.heads + at.h) * points : nullptr;
+  multiply_by_kernel(buf, buf, p.spectrum + int64_t(at.h) * (points + 1), t, p.twiddles, saved, block);
   block.sync();
   inverse_fft(buf, t, p.twiddles, block);
 
@@ -315,23 +343,25 @@ SSM_HD float backward_epilogue(const Problem<T>& p, const Gradients<T>& grads, i
   return dskip;
 }
 
-// The backward of row (b, h), all but the kernel gradient, whose spectrum it adds to acc. a, b, acc: buffers
-// of padded_size(M) values. With g = dy * post and v = u * pre:
+// The backward of row (b, h), all but the kernel gradient, whose spectrum it adds to acc. a, acc: buffers of
+// padded_size(M) values; V, v's transform, comes from the forward (grads.v_spectrum). With g = dy * post and
+// v = u * pre:
 //   conv = IFFT(V K)          (only with a postgate and no saved ungated output: dpost = dy (conv + D v); with
 //                              one, dpost = dy ungated)
 //   dv   = IFFT(G conj K)     the correlation of g with k, + D g; du = dv * pre, dpre = dv * u
 //   acc += G conj V           the spectrum of the correlation of g with v (backward_unit turns it into dk)
 //   dD   = sum_t g v
-// one_fft_buffer: every transform runs in a, and b and acc are only read and written slot by slot (a is then the
-// one buffer that must be in shared memory: M = 16384's three do not fit); else V transforms in b, beside G in a.
-// The transforms' first passes read the inputs (forward_row says why only here); the last inverse pass leaves the
-// correlation in a for backward_epilogue (it says why).
+// Every transform runs in a; acc is only read and written pair by pair, in slot order, or in frequency order when
+// it lives in global memory (acc_in_scratch: M = 16384's two buffers do not fit in shared memory). The transforms'
+// first passes read the inputs (forward_row says why only here); the last inverse pass leaves the correlation in a
+// for backward_epilogue (it says why).
 template <typename T, class Block>
 SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int batch_row, int h, cfloat* a,
-                         cfloat* b, cfloat* acc, bool one_fft_buffer, const Block& block) {
+                         cfloat* acc, bool acc_in_scratch, const Block& block) {
   const Transform& t = p.transform;
   const int points = 1 << t.log_points;
   const cfloat* kernel = p.spectrum + int64_t(h) * (points + 1);
+  const cfloat* v_spectrum = grads.v_spectrum + (int64_t(batch_row) * p.heads + h) * points;
   const GatedRow<T> v{p.u.row(batch_row, h), p.pre.row(batch_row, h), p.length};
   const GatedRow<T> g{grads.dy.row(batch_row, h), p.post.row(batch_row, h), p.length};
   const RowIn<T> dy = grads.dy.row(batch_row, h);
@@ -340,33 +370,25 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
   const bool recompute_conv = grads.dpost != nullptr && grads.ungated.data == nullptr;
   const BufferSlots no_buffer{nullptr};
 
-  // G into a, V into b
-  cfloat* v_transform = one_fft_buffer ? a : b;
-  if (one_fft_buffer || recompute_conv) {
-    forward_fft(slots_of(v), v_transform, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-    if (one_fft_buffer) {
-      copy(a, b, points, block);
-      block.sync();  // the copy read a's slots that the pairs or the transform below overwrite
-    }
-  }
-  if (recompute_conv) {  // conv in a (from V where it was transformed), then G over it
-    multiply_by_kernel(v_transform, a, kernel, t, p.twiddles, block);
+  if (recompute_conv) {  // conv in a, then G over it
+    multiply_by_kernel<Order::kFrequencies>(v_spectrum, a, kernel, t, p.twiddles, nullptr, block);
     block.sync();
     inverse_fft(a, PostgateGradient<T>{v, dy, skip, grads.dpost + out}, t, p.twiddles, block);
-    forward_fft(slots_of(g), a, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-  } else if (one_fft_buffer) {
-    forward_fft(slots_of(g), a, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
-  } else {
-    forward_fft(slots_of(g), a, slots_of(v), b, t, p.twiddles, block);
   }
+  forward_fft(slots_of(g), a, no_buffer, static_cast<cfloat*>(nullptr), t, p.twiddles, block);
 
   const float dk_scale = 0.25f / float(2 * points);  // (2 G) conj(2 V) / 4N: unpack's factors 2, pack's 1 / N
   for (int k = block.thread; k <= points / 2; k += block.threads) {
     const FrequencyPair pair(k, t, p.twiddles);
     cfloat vk, vmk, gk, gmk;
-    pair.unpack_from(b, vk, vmk);
+    pair.unpack_from<Order::kFrequencies>(v_spectrum, vk, vmk);
     pair.unpack_from(a, gk, gmk);
-    pair.pack_into<true>(acc, dk_scale * mul_conj(gk, vk), dk_scale * mul_conj(gmk, vmk));
+    const cfloat dk_k = dk_scale * mul_conj(gk, vk), dk_mk = dk_scale * mul_conj(gmk, vmk);
+    if (acc_in_scratch) {
+      pair.pack_into<true, Order::kFrequencies>(acc, dk_k, dk_mk);
+    } else {
+      pair.pack_into<true>(acc, dk_k, dk_mk);
+    }
     pair.pack_into(a, mul_conj(gk, table_entry(kernel, k)), mul_conj(gmk, table_entry(kernel, points - k)));
   }
   block.sync();
@@ -383,25 +405,26 @@ SSM_HD void backward_row(const Problem<T>& p, const Gradients<T>& grads, int bat
 // The backward of one unit (a head, a group of its batch rows): every row's gradients, and the unit's kernel
 // gradient from the spectra the rows added up: dk at lag j (causal tap j) and N - 1 - j (anti-causal tap j).
 template <typename T, class Block>
-SSM_HD void backward_unit(const Problem<T>& p, const Gradients<T>& grads, int unit_index, cfloat* a, cfloat* b,
-                          cfloat* acc, bool one_fft_buffer, const Block& block) {
-  const int points = 1 << p.transform.log_points;
+SSM_HD void backward_unit(const Problem<T>& p, const Gradients<T>& grads, int unit_index, cfloat* a, cfloat* acc,
+                          bool acc_in_scratch, const Block& block) {
+  const Transform& t = p.transform;
+  const int points = 1 << t.log_points;
   const int groups = batch_groups(p.batch, grads.rows_per_group);
   const Unit unit(unit_index, groups, grads.rows_per_group, p.batch);
-  for (int n = block.thread; n < points; n += block.threads) acc[padded(n)] = {0.0f, 0.0f};
-  block.sync();  // the previous unit's last reads of a (its lags in one_fft_buffer) precede the first row's writes
+  for (int n = block.thread; n < points; n += block.threads) acc[acc_in_scratch ? n : padded(n)] = {0.0f, 0.0f};
+  block.sync();  // the previous unit's last reads of a (its lags with acc_in_scratch) precede the first row's writes
   for (int row = unit.begin; row < unit.end; ++row) {
-    backward_row(p, grads, row, unit.h, a, b, acc, one_fft_buffer, block);
+    backward_row(p, grads, row, unit.h, a, acc, acc_in_scratch, block);
   }
   cfloat* lags = acc;
   // acc's last additions and the last row's reads of a precede the barrier that ends that row's inverse
-  // transform: no barrier before the copy
-  if (one_fft_buffer) {
-    copy(acc, a, points, block);
+  // transform: no barrier before the copy of acc, from frequency order in scratch, into a in slot order
+  if (acc_in_scratch) {
+    for (int k = block.thread; k < points; k += block.threads) a[padded(slot_of(k, t))] = acc[k];
     lags = a;
   }
   block.sync();
-  inverse_fft(lags, p.transform, p.twiddles, block);
+  inverse_fft(lags, t, p.twiddles, block);
 
   const int sides = grads.bidirectional ? 2 : 1;
   float* dk_causal = grads.dk + ((int64_t(unit.group) * sides) * p.heads + unit.h) * grads.taps;

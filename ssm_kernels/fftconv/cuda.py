@@ -3,9 +3,12 @@
 One thread block per (batch, head) row at a time transforms the row in shared memory: N = 2M >= 2L real points
 (a power of two, at least 2 * 2^MIN_LOG_POINTS) as one M-point complex FFT of radix-16 passes, fp32 throughout
 for every input dtype (fp32, fp16, bf16), gates and D applied while loading and storing; nothing but the inputs
-is read or written in global memory, and nothing is saved for the backward but the inputs, the kernel's spectrum,
-and, with a postgate from SAVE_UNGATED_FROM positions on, the output before that gate (in the kernels' dtype), which
-spares the backward its recomputation of the convolution (one of its four transforms per row) for one more write.
+and outputs is read or written in global memory. A forward that records a gradient also saves each row's transform
+V of v = u * pregate ((B, H, M, 2) fp32: 8 bytes per frequency and row, 4 L bytes more per row than a bf16 output
+of L positions), which spares the backward the transform of v (one of its three per row) and its buffer: two
+transforms and two buffers of shared memory per row. With a postgate from SAVE_UNGATED_FROM positions on, it also
+saves the output before that gate (in the kernels' dtype), which spares the backward its recomputation of the
+convolution (an inverse transform) for one more write.
 L <= 2^MAX_LOG_POINTS (M <= 16384: 128 KB of shared memory per buffer). Torch computes the kernel's spectrum (rfft of
 the circular kernel, (H, M + 1) complex) once per forward, an input of the op that its backward reuses (natively,
 H100 B8 H768 L 4096 bf16: forward+backward 1.428 -> 1.377 ms); the twiddle table is cached per size and device.
@@ -97,28 +100,38 @@ def _skip(D: Optional[Tensor]) -> Optional[Tensor]:
     return None if D is None else D.float().contiguous()
 
 
+def _v_spectrum_shape(u: Tensor) -> Tuple[int, int, int, int]:
+    return (*u.shape[:2], 1 << log_points(u.shape[-1]), 2)
+
+
 def _forward(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pregate: Optional[Tensor],
-             postgate: Optional[Tensor], save_ungated: bool, spectrum: Tensor) -> Tuple[Tensor, Tensor]:
-    """(y, the output before the postgate in the kernels' dtype where save_ungated, else an empty tensor);
-    spectrum: kernel_spectrum(k, bidirectional, log_points(L)), made once for the forward and the backward."""
+             postgate: Optional[Tensor], save_ungated: bool, save_v_spectrum: bool,
+             spectrum: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, the output before the postgate in the kernels' dtype where save_ungated, the (B, H, M, 2) fp32 transforms
+    of v = u * pregate where save_v_spectrum), an empty tensor for what is not saved; spectrum:
+    kernel_spectrum(k, bidirectional, log_points(L)), made once for the forward and the backward."""
     log_m = log_points(u.shape[-1])
     dtype, (u_in, pre, post) = _one_dtype(u, pregate, postgate)
     y = new_output(u.shape, dtype, u.device)
     ungated = new_output(u.shape, dtype, u.device) if save_ungated else None
-    _kernels().fftconv_fwd(u_in, pre, post, _skip(D), spectrum,
-                           twiddles(log_m, u.device), log_m, block_threads(log_m, forward=True), y, ungated)
-    return y.to(u.dtype), absent(u) if ungated is None else ungated
+    v_spectrum = new_output(_v_spectrum_shape(u), torch.float32, u.device) if save_v_spectrum else None
+    _kernels().fftconv_fwd(u_in, pre, post, _skip(D), spectrum, twiddles(log_m, u.device), log_m,
+                           block_threads(log_m, forward=True), y, ungated, v_spectrum)
+    return (y.to(u.dtype), absent(u) if ungated is None else ungated,
+            absent(u).float() if v_spectrum is None else v_spectrum)
 
 
-def _forward_fake(u, k, D, bidirectional, pregate, postgate, save_ungated, spectrum):
+def _forward_fake(u, k, D, bidirectional, pregate, postgate, save_ungated, save_v_spectrum, spectrum):
     dtype = _one_dtype(u, pregate, postgate)[0]
-    return u.new_empty(u.shape), u.new_empty(u.shape if save_ungated else (0,), dtype=dtype)
+    return (u.new_empty(u.shape), u.new_empty(u.shape if save_ungated else (0,), dtype=dtype),
+            u.new_empty(_v_spectrum_shape(u) if save_v_spectrum else (0,), dtype=torch.float32))
 
 
-def _backward(grad: Tensor, ungated: Optional[Tensor], spectrum: Tensor, u: Tensor, k: Tensor, D: Optional[Tensor],
-              bidirectional: bool, pregate: Optional[Tensor], postgate: Optional[Tensor]) -> List[Tensor]:
+def _backward(grad: Tensor, ungated: Optional[Tensor], v_spectrum: Tensor, spectrum: Tensor, u: Tensor, k: Tensor,
+              D: Optional[Tensor], bidirectional: bool, pregate: Optional[Tensor],
+              postgate: Optional[Tensor]) -> List[Tensor]:
     """[du, dk, dD, dpregate, dpostgate] in the inputs' shapes and dtypes (placeholders for absent inputs);
-    ungated: the forward's output before the postgate, or None; spectrum: the forward's."""
+    ungated: the forward's output before the postgate, or None; v_spectrum, spectrum: the forward's."""
     batch, heads, length = u.shape
     log_m = log_points(length)
     dtype, (u_in, pre, post) = _one_dtype(u, pregate, postgate)
@@ -127,7 +140,7 @@ def _backward(grad: Tensor, ungated: Optional[Tensor], spectrum: Tensor, u: Tens
     dpost = new_output(u.shape, dtype, u.device) if postgate is not None else None
     dskip = new_output((batch, heads), torch.float32, u.device) if D is not None else None
     dk = new_output((2 if bidirectional else 1, heads, k.shape[-1]), torch.float32, u.device)
-    _kernels().fftconv_bwd(grad.to(dtype), ungated, u_in, pre, post, _skip(D), spectrum,
+    _kernels().fftconv_bwd(grad.to(dtype), ungated, v_spectrum, u_in, pre, post, _skip(D), spectrum,
                            twiddles(log_m, u.device), log_m, block_threads(log_m, forward=False), bidirectional, du,
                            dpre, dpost, dskip, dk)
     return [du.to(u.dtype), dk.reshape(k.shape).to(k.dtype),
@@ -136,23 +149,29 @@ def _backward(grad: Tensor, ungated: Optional[Tensor], spectrum: Tensor, u: Tens
             dpost.to(postgate.dtype) if postgate is not None else absent(u)]
 
 
-def _backward_fake(grad, ungated, spectrum, u, k, D, bidirectional, pregate, postgate):
+def _backward_fake(grad, ungated, v_spectrum, spectrum, u, k, D, bidirectional, pregate, postgate):
     return backward_fake(grad, u, k, D, bidirectional, pregate, postgate)
 
 
 def _save_for_backward(ctx, inputs, output):
-    ctx.mark_non_differentiable(output[1])
-    save_for_backward(ctx, inputs, output, output[1], inputs[7])
+    ctx.mark_non_differentiable(output[1], output[2])
+    save_for_backward(ctx, inputs, output, output[1], output[2], inputs[8])
 
 
-def _gradients(backward_op, ctx, grad, _):
-    """The shared rule, ungated and the kernel's spectrum (saved last; ungated empty where not saved) passed to the
-    backward after grad; no gradient of the inputs where y received none."""
+def _gradients(backward_op, ctx, grad, *_):
+    """The shared rule, ungated, V and the kernel's spectrum (saved last; ungated empty where not saved) passed to
+    the backward after grad; no gradient of the inputs where y received none. V is saved wherever autograd records
+    the forward (fftconv_cuda): should a caller have called the op without it, the backward makes it first."""
     if grad is None:
-        return (None,) * 8
-    ungated, spectrum = ctx.saved_tensors[-2:]
+        return (None,) * 9
+    ungated, v_spectrum, spectrum = ctx.saved_tensors[-3:]
     ungated = ungated if ungated.numel() else None
-    return (*gradients(lambda grad, *inputs: backward_op(grad, ungated, spectrum, *inputs), ctx, grad), None, None)
+    if not v_spectrum.numel():
+        u, k, D, pregate, postgate = ctx.saved_tensors[:5]
+        with torch.no_grad():
+            v_spectrum = _run(u, k, D, ctx.bidirectional, pregate, None, False, True, spectrum)[2]
+    return (*gradients(lambda grad, *inputs: backward_op(grad, ungated, v_spectrum, spectrum, *inputs), ctx, grad),
+            None, None, None)
 
 
 _run = define_custom_op("fftconv_cuda", _forward, _forward_fake, _backward, _backward_fake, _save_for_backward,
@@ -162,7 +181,7 @@ _run = define_custom_op("fftconv_cuda", _forward, _forward_fake, _backward, _bac
 def fftconv_cuda(u: Tensor, k: Tensor, D: Optional[Tensor], bidirectional: bool, pregate: Optional[Tensor],
                  postgate: Optional[Tensor]) -> Tensor:
     """CUDA backend: (u, k, D, bidirectional, pregate, postgate) -> y (B, H, L)."""
-    save_ungated = (postgate is not None and u.shape[-1] >= SAVE_UNGATED_FROM
-                    and needs_grad(u, k, D, pregate, postgate))
+    recorded = needs_grad(u, k, D, pregate, postgate)
+    save_ungated = recorded and postgate is not None and u.shape[-1] >= SAVE_UNGATED_FROM
     spectrum = kernel_spectrum(k.detach(), bidirectional, log_points(u.shape[-1]))
-    return _run(u, k, D, bidirectional, pregate, postgate, save_ungated, spectrum)[0]
+    return _run(u, k, D, bidirectional, pregate, postgate, save_ungated, recorded, spectrum)[0]

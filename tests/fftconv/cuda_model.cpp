@@ -18,9 +18,9 @@ namespace {
 
 using namespace ssm_kernels::fftconv;
 
-bool one_fft_buffer = false;  // the backward as the kernel runs it when its buffers outgrow shared memory
+bool acc_in_scratch = false;  // the backward as the kernel runs it when its buffers outgrow shared memory
 
-void set_one_fft_buffer(bool value) { one_fft_buffer = value; }
+void set_acc_in_scratch(bool value) { acc_in_scratch = value; }
 
 void check_threads(int64_t threads) {
   TORCH_CHECK(threads >= 1 && threads <= 1024, "fftconv model: threads must be in [1, 1024]");
@@ -29,20 +29,23 @@ void check_threads(int64_t threads) {
 void fftconv_fwd(const at::Tensor& u, const c10::optional<at::Tensor>& pregate,
                  const c10::optional<at::Tensor>& postgate, const c10::optional<at::Tensor>& skip,
                  const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
-                 at::Tensor& y, const c10::optional<at::Tensor>& ungated) {
+                 at::Tensor& y, const c10::optional<at::Tensor>& ungated,
+                 const c10::optional<at::Tensor>& v_spectrum) {
   SSM_DISPATCH_FLOAT_HALF_BF16(u.scalar_type(), "fftconv_fwd_model", [&] {
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     std::vector<cfloat> buf(padded_size(1 << log_points));
     scalar_t* out = y.data_ptr<scalar_t>();
     scalar_t* saved = optional_ptr<scalar_t>(ungated);
+    cfloat* v = v_spectrum.has_value() ? v_spectrum_data(*v_spectrum, p.batch, p.heads, log_points) : nullptr;
     check_threads(threads);
     run_block(int(threads), [&](const ThreadOfBlock& block) {
-      for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, saved, row, buf.data(), block);
+      for (int row = 0; row < p.batch * p.heads; ++row) forward_row(p, out, saved, v, row, buf.data(), block);
     });
   });
 }
 
-void fftconv_bwd(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& u,
+void fftconv_bwd(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated, const at::Tensor& v_spectrum,
+                 const at::Tensor& u,
                  const c10::optional<at::Tensor>& pregate, const c10::optional<at::Tensor>& postgate,
                  const c10::optional<at::Tensor>& skip,
                  const at::Tensor& spectrum, const at::Tensor& twiddles, int64_t log_points, int64_t threads,
@@ -56,14 +59,13 @@ void fftconv_bwd(const at::Tensor& dy, const c10::optional<at::Tensor>& ungated,
     at::Tensor partial = at::empty({groups, dk.size(0), dk.size(1), dk.size(2)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
-        make_gradients<scalar_t>(dy, ungated, bidirectional, per_group, du, dpregate, dpostgate, dskip, partial);
-    const int size = padded_size(1 << log_points);
-    std::vector<cfloat> buffers(3 * size);
+        make_gradients<scalar_t>(p, dy, ungated, v_spectrum, bidirectional, per_group, du, dpregate, dpostgate, dskip,
+                                 partial);
+    std::vector<cfloat> a(padded_size(1 << log_points)), acc(a.size());
     check_threads(threads);
     run_block(int(threads), [&](const ThreadOfBlock& block) {
       for (int unit = 0; unit < groups * p.heads; ++unit) {
-        backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size,
-                      one_fft_buffer, block);
+        backward_unit(p, grads, unit, a.data(), acc.data(), acc_in_scratch, block);
       }
     });
     dk.copy_(partial.sum(0));
@@ -84,5 +86,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fftconv_fwd", &fftconv_fwd);
   m.def("fftconv_bwd", &fftconv_bwd);
   m.def("slots", &slots);
-  m.def("set_one_fft_buffer", &set_one_fft_buffer);
+  m.def("set_acc_in_scratch", &set_acc_in_scratch);
 }

@@ -36,23 +36,22 @@ int main() {
         std::vector<float> dskip(batch * heads);
         const int rows_per_group = 2, groups = batch_groups(batch, rows_per_group);
         std::vector<float> dk(groups * (bidirectional ? 2 : 1) * heads * taps);
-        const int size = padded_size(points);
-        std::vector<cfloat> buffers(3 * size);
+        std::vector<cfloat> a(padded_size(points)), acc(a.size()), v_spectrum(batch * heads * points);
         for (int threads : {4, 8}) {
-          for (bool one_fft_buffer : {false, true}) {
+          for (bool acc_in_scratch : {false, true}) {
             // gated: the backward with the forward's ungated output (4 threads) and recomputing it (8)
             const bool saved = gated && threads == 4;
             const Gradients<float> grads{{dy.data(), heads * length, length, 1},
                                          saved ? Strided<float>{ungated.data(), heads * length, length, 1} : no_gate,
-                                         du.data(), gated ? dpre.data() : nullptr, gated ? dpost.data() : nullptr,
-                                         dskip.data(), dk.data(), taps, rows_per_group, bidirectional};
+                                         v_spectrum.data(), du.data(), gated ? dpre.data() : nullptr,
+                                         gated ? dpost.data() : nullptr, dskip.data(), dk.data(), taps,
+                                         rows_per_group, bidirectional};
             run_block(threads, [&](const ThreadOfBlock& block) {
               for (int row = 0; row < batch * heads; ++row) {
-                forward_row(p, y.data(), saved ? ungated.data() : nullptr, row, buffers.data(), block);
+                forward_row(p, y.data(), saved ? ungated.data() : nullptr, v_spectrum.data(), row, a.data(), block);
               }
               for (int unit = 0; unit < groups * heads; ++unit) {
-                backward_unit(p, grads, unit, buffers.data(), buffers.data() + size, buffers.data() + 2 * size,
-                              one_fft_buffer, block);
+                backward_unit(p, grads, unit, a.data(), acc.data(), acc_in_scratch, block);
               }
             });
           }

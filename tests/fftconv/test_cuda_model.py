@@ -71,26 +71,26 @@ def test_long(model, batch, length, taps, bidirectional):
 
 
 @pytest.fixture
-def one_fft_buffer(model):
-    """The model's backward as the kernel runs it when its three buffers outgrow shared memory (M = 16384)."""
-    model.set_one_fft_buffer(True)
+def acc_in_scratch(model):
+    """The model's backward as the kernel runs it when its two buffers outgrow shared memory (M = 16384)."""
+    model.set_acc_in_scratch(True)
     yield
-    model.set_one_fft_buffer(False)
+    model.set_acc_in_scratch(False)
 
 
 @pytest.mark.parametrize("length,taps,bidirectional,gates", [
     (7, 5, False, True), (130, 64, True, True), (1025, 1025, False, False), (4096, 300, True, True)])
-def test_one_fft_buffer_backward(model, one_fft_buffer, length, taps, bidirectional, gates):
-    """Every transform in buffer a, V kept in b and the kernel gradient's spectrum in acc, both touched slot by
-    slot only: the same gradients, with and without a postgate (its conv pass takes V from a then)."""
+def test_backward_with_acc_in_scratch(model, acc_in_scratch, length, taps, bidirectional, gates):
+    """The kernel gradient's spectrum summed in frequency order (as in global scratch) and reordered into slot order
+    for its inverse: the same gradients, with and without a postgate."""
     inputs = make_inputs(3, 2, length, taps, torch.float32, "cpu", bidirectional=bidirectional, gates=gates)
     names = [n for n in GRADS if inputs[n] is not None]
     check_parity(run, reference, inputs, torch.float32, names, bidirectional=bidirectional)
 
 
-@pytest.mark.parametrize("dtype,length,bidirectional,one_buffer", [
+@pytest.mark.parametrize("dtype,length,bidirectional,in_scratch", [
     (torch.float32, 130, True, False), (torch.bfloat16, 1025, False, False), (torch.float32, 1025, False, True)])
-def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, length, bidirectional, one_buffer):
+def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, length, bidirectional, in_scratch):
     """A forward that records a gradient with a postgate from SAVE_UNGATED_FROM positions on saves its output
     before the postgate, and the backward takes dpostgate from it instead of recomputing the convolution (in both
     backward schemes): every output and gradient against the reference. Asserted per call: saved exactly there
@@ -104,10 +104,10 @@ def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, lengt
             return getattr(model, name)
 
         def fftconv_fwd(self, *args):
-            saved.append(args[-1] is not None)
+            saved.append(args[-2] is not None)
             return real(*args)
     monkeypatch.setattr(cuda_backend, "_kernels", lambda: Spy())
-    model.set_one_fft_buffer(one_buffer)
+    model.set_acc_in_scratch(in_scratch)
     try:
         inputs = make_inputs(2, 3, length, length // 2, dtype, "cpu", bidirectional=bidirectional)
         check_parity(run, reference, inputs, dtype, GRADS, bidirectional=bidirectional)
@@ -119,7 +119,52 @@ def test_backward_with_the_saved_ungated_output(model, monkeypatch, dtype, lengt
                    pregate=inputs["pregate"][..., :-1], postgate=inputs["postgate"][..., :-1]))
         assert saved == [True, False, False]
     finally:
-        model.set_one_fft_buffer(False)
+        model.set_acc_in_scratch(False)
+
+
+def test_v_spectrum_saved_only_for_a_gradient(model, monkeypatch):
+    """A forward that autograd records writes V, the transform of v = u * pregate, (B, H, M, 2) fp32 in frequency
+    order, and the backward reads it; one that it does not record (no_grad, no input requiring grad) writes none."""
+    saved, given = [], []
+    real_fwd, real_bwd = model.fftconv_fwd, model.fftconv_bwd
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def fftconv_fwd(self, *args):
+            saved.append(args[-1])
+            return real_fwd(*args)
+
+        def fftconv_bwd(self, *args):
+            given.append(args[2])
+            return real_bwd(*args)
+    monkeypatch.setattr(cuda_backend, "_kernels", lambda: Spy())
+    inputs = make_inputs(2, 3, 100, 40, torch.float32, "cpu")
+    inputs["u"].requires_grad_()
+    run(**dict(inputs, bidirectional=False)).sum().backward()
+    v = inputs["u"].detach() * inputs["pregate"].detach()
+    points = 1 << cuda_backend.log_points(100)  # M = 128: z_n = v_2n + i v_2n+1, zero-padded
+    expected = torch.fft.fft(torch.complex(v[..., 0::2], v[..., 1::2]), n=points)
+    assert saved[0].shape == (2, 3, points, 2) and given[0] is saved[0]
+    torch.testing.assert_close(torch.view_as_complex(saved[0]), expected, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        run(**dict(inputs, bidirectional=False))
+    detached = {name: t.detach() if isinstance(t, torch.Tensor) else t for name, t in inputs.items()}
+    run(**dict(detached, bidirectional=False))
+    assert saved[1] is None and saved[2] is None and len(given) == 1
+
+
+def test_backward_makes_v_spectrum_where_the_forward_did_not(model):
+    """The op called with save_v_spectrum False while autograd records it (fftconv_cuda never does): the backward
+    makes V first, and every gradient is still the reference's."""
+    inputs = make_inputs(2, 3, 77, 30, torch.float32, "cpu", bidirectional=True)
+
+    def unsaved(**inputs):
+        spectrum = cuda_backend.kernel_spectrum(inputs["k"].detach(), True, cuda_backend.log_points(77))
+        return cuda_backend._run(inputs["u"], inputs["k"], inputs["D"], True, inputs["pregate"], inputs["postgate"],
+                                 False, False, spectrum)[0]
+    check_parity(unsaved, reference, inputs, torch.float32, GRADS, bidirectional=True)
 
 
 @pytest.mark.parametrize("save_ungated", [False, True])
@@ -148,17 +193,17 @@ def test_gates_of_another_dtype(model):
 
 @pytest.mark.parametrize("threads", [4, 32])
 @pytest.mark.parametrize("length,gates", [(100, True), (1000, False)])
-@pytest.mark.parametrize("one_buffer", [False, True])
-def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates, one_buffer):
+@pytest.mark.parametrize("in_scratch", [False, True])
+def test_threads_of_a_block_agree(model, monkeypatch, threads, length, gates, in_scratch):
     """Several threads per block, each taking its share of every loop and meeting the others at the barriers,
     compute what one thread computes, bitwise (dD up to the order of its block sum): the row code's barriers and
-    division of work are complete (in both backward schemes: one_buffer, the one_fft_buffer fixture's)."""
+    division of work are complete (in both backward schemes: in_scratch, the acc_in_scratch fixture's)."""
     inputs = make_inputs(3, 2, length, length // 3, torch.float32, "cpu", bidirectional=True, gates=gates)
-    model.set_one_fft_buffer(one_buffer)
+    model.set_acc_in_scratch(in_scratch)
     try:
         assert_block_sizes_agree(monkeypatch, run, inputs, (1, threads))
     finally:
-        model.set_one_fft_buffer(False)
+        model.set_acc_in_scratch(False)
 
 
 @pytest.mark.parametrize("log_m", range(1, cuda_backend.MAX_LOG_POINTS + 1))
