@@ -6,7 +6,8 @@ for every input dtype (fp32, fp16, bf16), gates and D applied while loading and 
 and outputs is read or written in global memory. A forward that records a gradient also saves each row's transform
 V of v = u * pregate ((B, H, M, 2) fp32: 8 bytes per frequency and row, 4 L bytes more per row than a bf16 output
 of L positions), which spares the backward the transform of v (one of its three per row) and its buffer: two
-transforms and two buffers of shared memory per row. With a postgate from SAVE_UNGATED_FROM positions on, it also
+transforms and two buffers of shared memory per row (natively, H100 B8 H768 bf16 forward+backward: L 4096 1.309 ->
+1.177 ms, L 16384 9.09 -> 6.06). With a postgate from SAVE_UNGATED_FROM positions on, it also
 saves the output before that gate (in the kernels' dtype), which spares the backward its recomputation of the
 convolution (an inverse transform) for one more write.
 L <= 2^MAX_LOG_POINTS (M <= 16384: 128 KB of shared memory per buffer). Torch computes the kernel's spectrum (rfft of
