@@ -58,8 +58,8 @@ def test_long_odd_lengths(backend, batch, length, taps, bidirectional, dtype):
 @pytest.mark.parametrize("length,taps,bidirectional,dtype", [
     (8193, 8193, True, torch.bfloat16), (16384, 5000, False, torch.float32), (12000, 12000, True, torch.float16)])
 def test_cuda_longest(length, taps, bidirectional, dtype):
-    """The CUDA kernel's longest sequences (from L 8193 the backward keeps its second buffer in a global scratch
-    slot), against the torch backend in fp64 (itself checked against the direct sum above; the direct sum at
+    """The CUDA kernel's longest sequences (from L 8193 the backward sums the kernel gradient's spectrum in a global
+    scratch slot), against the torch backend in fp64 (itself checked against the direct sum above; the direct sum at
     these lengths takes minutes)."""
     inputs = make_inputs(1, 3, length, taps, dtype, backend_device("cuda"), bidirectional=bidirectional)
 
