@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import List
 
@@ -88,8 +89,10 @@ def compile_extension(name: str, arch: str, sass_dir: Path = None) -> int:
             obj = Path(scratch) / (source.stem + ".o")
             cmd = [nvcc, "-std=c++20", f"-arch=sm_{arch}", *_cuda_ext.NVCC_FLAGS, "-Xptxas", "-v",
                    "-D_GLIBCXX_USE_CXX11_ABI=1", *flags, "-c", str(source), "-o", str(obj)]
+            start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)
-            print(f"== {source.relative_to(_cuda_ext.csrc_dir())} (sm_{arch}, nvcc rc {done.returncode})")
+            print(f"== {source.relative_to(_cuda_ext.csrc_dir())} (sm_{arch}, nvcc rc {done.returncode}, "
+                  f"{time.perf_counter() - start:.0f} s)")
             if done.returncode:
                 errors = [line for line in done.stderr.splitlines() if "error" in line]
                 print("\n".join(errors or done.stderr.splitlines()[-20:]))
