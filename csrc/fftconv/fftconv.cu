@@ -157,8 +157,10 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
                                                  : fftconv_bwd_kernel<scalar_t, true, kMaxThreads>;
     const int resident = persistent_grid(kernel, int(threads), smem, int64_t(1) << 30);
     const int per_group = rows_per_group(batch, heads, resident);
-    const int64_t units = heads * batch_groups(int(batch), per_group);
-    at::Tensor partial = at::empty({units / heads, dk.size(0), heads, dk.size(-1)}, dk.options());
+    const int64_t groups = batch_groups(int(batch), per_group), units = heads * groups;
+    // one group (the heads alone fill the GPU): the kernel writes dk itself, no partials to sum and copy
+    at::Tensor partial =
+        groups == 1 ? dk.unsqueeze(0) : at::empty({groups, dk.size(0), heads, dk.size(-1)}, dk.options());
     const Problem<scalar_t> p = make_problem<scalar_t>(u, pregate, postgate, skip, spectrum, twiddles, log_points);
     const Gradients<scalar_t> grads =
         make_gradients<scalar_t>(p, dy, ungated, v_spectrum, bidirectional, per_group, du, dpregate, dpostgate, dskip,
@@ -171,7 +173,7 @@ void fftconv_bwd_cuda(const at::Tensor& dy, const c10::optional<at::Tensor>& ung
     kernel<<<grid, int(threads), smem, c10::cuda::getCurrentCUDAStream()>>>(
         p, grads, int(units), all_shared ? nullptr : reinterpret_cast<cfloat*>(scratch.data_ptr<float>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    dk.copy_(partial.sum(0));
+    if (groups > 1) dk.copy_(partial.sum(0));
   });
 }
 
