@@ -17,8 +17,8 @@ namespace fftconv {
 
 constexpr int kMaxThreads = 512;
 // Registers bound the kernels' occupancy (about 90 a thread: 2 blocks of 256 threads per SM). The forward's blocks
-// of up to 256 threads are compiled for 3 per SM (80 registers, no spills); the backward's for 2 (its epilogue's
-// batched loads need more).
+// of up to 256 threads are compiled for 3 per SM (80 registers, 8 bytes spilled outside the transforms); the
+// backward's for 2 (its epilogue's batched loads need more).
 constexpr int kSmallBlock = 256;
 template <int kMaxBlock, bool kBackward>
 constexpr int min_blocks() { return kMaxBlock <= kSmallBlock ? (kBackward ? 2 : 3) : 1; }

@@ -139,13 +139,13 @@ enum class Order { kSlots, kFrequencies };
 // The pair of frequencies k and M - k (one place when they coincide: k = 0, where M - k is M = 0 mod M, and
 // k = M / 2) in either order, and the factor W^k of the real-FFT identities.
 struct FrequencyPair {
-  int slot_k, slot_mk, k, mk;
+  int k, mk, slot_k, slot_mk;
   cfloat wk;
   SSM_HD FrequencyPair(int k, const Transform& t, const cfloat* twiddles)
-      : slot_k(padded(slot_of(k, t))),
-        slot_mk(padded(slot_of((-k) & ((1 << t.log_points) - 1), t))),
-        k(k),
+      : k(k),
         mk((-k) & ((1 << t.log_points) - 1)),
+        slot_k(padded(slot_of(k, t))),
+        slot_mk(padded(slot_of(mk, t))),
         wk(table_entry(twiddles, k)) {}
   template <Order kOrder>
   SSM_HD int place_k() const { return kOrder == Order::kSlots ? slot_k : k; }
