@@ -12,6 +12,8 @@ Subcommands (python -m benchmarks SUBCOMMAND --help):
   transformers  transformers' Mamba / Mamba2 / FalconMamba models with and without patch()
               (benchmarks/transformers_patch.py)
   ncu         Nsight Compute's view of one case's kernels: occupancy, issue, memory (benchmarks/ncu.py)
+  stubbed-host  the host time of small calls with the kernels stubbed, on any machine (CPU tensors, no GPU),
+              beside the peers' (benchmarks/stubbed_host.py)
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def available_ops() -> list:
 
 SUBCOMMANDS = {"tune": "benchmarks.tune", "profile": "benchmarks.profile", "decode": "benchmarks.decode",
                "generate": "benchmarks.generation", "transformers": "benchmarks.transformers_patch",
-               "step-kernels": "benchmarks.step_kernels", "block": "benchmarks.block", "ncu": "benchmarks.ncu"}
+               "step-kernels": "benchmarks.step_kernels", "block": "benchmarks.block", "ncu": "benchmarks.ncu",
+               "stubbed-host": "benchmarks.stubbed_host"}
 
 
 def main(argv=None) -> int:

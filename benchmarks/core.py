@@ -232,5 +232,10 @@ def format_table(results: List[Result]) -> str:
                      "" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.0f}",
                      "" if r.host_ms is None else f"{r.host_ms:.3f}",
                      "" if not ref else f"{r.ms / ref:.2f}"))
+    return aligned_columns(rows)
+
+
+def aligned_columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of strings as text, each column padded to its widest cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)

@@ -11,7 +11,7 @@ or the bare implementation when no gradient is needed; its backward calls the ba
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -55,14 +55,15 @@ def eager_fast_path(op: Callable, impl: Callable, setup_context: Callable, backw
 
 def define_custom_op(name: str, forward: Callable, forward_fake: Callable, backward: Callable,
                      backward_fake: Callable, setup_context: Callable, backward_rule: Callable,
-                     materialize_grads: bool = True) -> Callable:
+                     materialize_grads: bool = True, eager_backward: Optional[Callable] = None) -> Callable:
     """Register the custom ops ssm_kernels::<name>_fwd and ssm_kernels::<name>_bwd (name: "<op>_<backend>")
     with their fakes and autograd, and return the function to call (eager_fast_path of the forward op).
 
     forward / backward: annotated functions (torch.library infers the schemas from them); their fakes take
     the same arguments. setup_context(ctx, inputs, output) saves what the backward needs;
     backward_rule(backward_op, ctx, *grads) returns one gradient (or None) per forward argument, calling
-    backward_op for the work.
+    backward_op for the work. eager_backward: what eager calls' backward_rule calls instead of `backward` (the
+    same work without what only the op's schema needs, e.g. empty tensors standing for absent gradients).
     """
     forward_op = torch.library.custom_op(f"ssm_kernels::{name}_fwd", forward, mutates_args=())
     forward_op.register_fake(forward_fake)
@@ -72,8 +73,10 @@ def define_custom_op(name: str, forward: Callable, forward_fake: Callable, backw
     def rule(ctx, *grads):
         return backward_rule(backward_op, ctx, *grads)
 
+    eager_body = backward if eager_backward is None else eager_backward
+
     def eager_rule(ctx, *grads):  # the backward's body without the op's dispatch (~10-40 us of host time)
-        return backward_rule(backward, ctx, *grads)
+        return backward_rule(eager_body, ctx, *grads)
 
     forward_op.register_autograd(rule, setup_context=setup_context)
     return eager_fast_path(forward_op, forward, setup_context, eager_rule, materialize_grads)

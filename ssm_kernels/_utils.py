@@ -233,6 +233,12 @@ def sum_segments(partials: torch.Tensor) -> torch.Tensor:
     return partials.squeeze(1) if partials.shape[1] == 1 else partials.sum(1)
 
 
+def in_dtype(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """t converted to dtype; t itself where it is already in it (or None). Tensor.to costs about a microsecond
+    of host time even when it returns t, and a small call's host time is the sum of a few dozen such."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype math runs in: fp32 (complex64) for fp32 and lower, fp64 (complex128) for fp64 inputs."""
     if dtype.is_complex:

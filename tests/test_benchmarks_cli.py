@@ -3,6 +3,10 @@
 import importlib
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +55,7 @@ def test_sweep_keeps_only_the_named_settings(triton_device, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("subcommand", ["tune", "profile", "decode", "generate", "transformers", "step-kernels",
-                                        "block"])
+                                        "block", "ncu", "stubbed-host"])
 def test_subcommands_parse(subcommand):
     with pytest.raises(SystemExit) as exit_:
         main([subcommand, "--help"])
@@ -295,3 +299,26 @@ def test_ncu_stalls_command_asks_for_the_raw_page():
     command = ncu_command(args, "ncu", page="raw", sections=("WarpStateStats",))
     assert command[command.index("--page") + 1] == "raw"
     assert [command[k + 1] for k, part in enumerate(command) if part == "--section"] == ["WarpStateStats"]
+
+
+def test_stubbed_host_times_every_backend_with_its_kernels_counted(tmp_path):
+    """stubbed-host (in its own process: it defines the CUDA extension's ops as CPU no-ops) times the CUDA and
+    Triton backends of each op and counts the kernels a call would launch: a forward+backward launches at least
+    its forward and backward kernels."""
+    out = tmp_path / "host.json"
+    env = {k: v for k, v in os.environ.items() if k != "SSM_PEERS_DIR"}
+    subprocess.run([sys.executable, "-m", "benchmarks", "stubbed-host", "--calls", "2", "--json", str(out)],
+                   check=True, env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["results"]
+    got = {(r["case"].split()[0], r["variant"], r["mode"]): r for r in rows}
+    for op in ("selective_scan", "causal_conv1d"):
+        for backend in ("cuda", "triton"):
+            assert got[op, backend, "fwd"]["host_us"] > 0
+            assert got[op, backend, "fwd no grad"]["launches"] >= 1
+            assert got[op, backend, "fwd+bwd"]["launches"] >= 2
+
+
+def test_stubbed_host_defines_every_extension_op():
+    from benchmarks.stubbed_host import _extension_schemas
+    names = {schema.split("(", 1)[0] for schema in _extension_schemas()}
+    assert {"selective_scan_fwd", "selective_scan_bwd", "causal_conv1d_fwd", "causal_conv1d_bwd"} <= names

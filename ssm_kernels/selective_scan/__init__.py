@@ -7,7 +7,7 @@ import torch
 
 from .. import _dispatch
 from .._autograd import needs_grad
-from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck
+from .._utils import COMPLEX_DTYPES, REAL_DTYPES, ArgCheck, PassedChecks
 from .._context_parallel import reject
 from ._common import check_bc
 from .context_parallel import selective_scan_context_parallel
@@ -72,6 +72,29 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         >>> y.shape, h.shape
         (torch.Size([2, 8, 32]), torch.Size([2, 8, 4]))
     """
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    key = _PASSED.key(tensors, delta_softplus) if cu_seqlens is None else None  # cu_seqlens: values checked
+    if not _PASSED.known(key):
+        _validate(*tensors, delta_softplus, cu_seqlens)
+        _PASSED.remember(key)
+
+    if cp_group is not None:
+        reject("selective_scan", cu_seqlens=cu_seqlens)
+        y, final_state = selective_scan_context_parallel(selective_scan, u, delta, A, B, C, D, z, delta_bias,
+                                                         delta_softplus, initial_state, cp_group, backend)
+        return (y, final_state) if return_final_state else y
+    # size: B * D * L, the numel of u
+    fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
+                          grad=needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),
+                          fp64_A=A.dtype in (torch.float64, torch.complex128))
+    y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
+    return (y, final_state) if return_final_state else y
+
+
+_PASSED = PassedChecks()  # a model calls it once per layer and step with the same signature: see PassedChecks
+
+
+def _validate(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, cu_seqlens):
     check = ArgCheck("selective_scan")
     check.tensor("u", u, ("B", "D", "L"), dtypes=REAL_DTYPES)
     check.tensor("delta", delta, ("B", "D", "L"), dtypes=REAL_DTYPES)
@@ -89,18 +112,6 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         state_rows = "S"
     state_dtypes = COMPLEX_DTYPES if A.is_complex() else PARAM_DTYPES
     check.tensor("initial_state", initial_state, (state_rows, "D", "N"), dtypes=state_dtypes, optional=True)
-
-    if cp_group is not None:
-        reject("selective_scan", cu_seqlens=cu_seqlens)
-        y, final_state = selective_scan_context_parallel(selective_scan, u, delta, A, B, C, D, z, delta_bias,
-                                                         delta_softplus, initial_state, cp_group, backend)
-        return (y, final_state) if return_final_state else y
-    # size: B * D * L, the numel of u
-    fn = _dispatch.select("selective_scan", u.device, backend=backend, dtype=u.dtype, size=u.numel(),
-                          grad=needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state),
-                          fp64_A=A.dtype in (torch.float64, torch.complex128))
-    y, final_state = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, cu_seqlens)
-    return (y, final_state) if return_final_state else y
 
 
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import new_output, new_output_like
+from .._utils import in_dtype, new_output, new_output_like
 
 
 def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -75,11 +75,13 @@ def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_b
             dinit = as_state(dh0)
             if empty is not None:  # an empty sequence passes dfinal straight to its initial state
                 dinit = torch.where(empty[:, None, None], passed, dinit)
-        dinit = dinit.to(initial_state.dtype)
+        dinit = in_dtype(dinit, initial_state.dtype)
 
     def reduce_bc(part, X):
         if X.dim() == 2:  # fixed: per batch row
             g = sum_over(part, 0)
+        elif X.dim() == 3 and part.shape[1] == 1:  # one block: the atomics' sum (or one block's partial)
+            g = part.select(1, 0)
         else:  # per block of channels (one block per group when the kernel added them with atomics)
             groups = 1 if X.dim() == 3 else X.shape[1]
             g = sum_over(part.view(batch, groups, part.shape[1] // groups, N, L, *pair), 2)
@@ -89,11 +91,12 @@ def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_b
             g = torch.view_as_complex(g.contiguous())
             if not X.is_complex():  # interleaved (re, im) along 2L
                 g = torch.view_as_real(g).flatten(-2)
-        return g.to(X.dtype)
+        return in_dtype(g, X.dtype)
 
-    return (du, ddelta, as_state(sum_over(dA, 0).contiguous()).to(A.dtype), reduce_bc(dB, B), reduce_bc(dC, C),
-            sum_over(dD, 0).to(D.dtype) if D is not None else None, dz if z is not None else None,
-            sum_over(dbias, 0).to(delta_bias.dtype) if delta_bias is not None else None, dinit)
+    return (du, ddelta, in_dtype(as_state(sum_over(dA, 0).contiguous()), A.dtype), reduce_bc(dB, B),
+            reduce_bc(dC, C), in_dtype(sum_over(dD, 0), D.dtype) if D is not None else None,
+            dz if z is not None else None,
+            in_dtype(sum_over(dbias, 0), delta_bias.dtype) if delta_bias is not None else None, dinit)
 
 
 def sum_over(t: Tensor, axis: int) -> Tensor:

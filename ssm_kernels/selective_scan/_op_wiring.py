@@ -81,4 +81,4 @@ def define_ops(backend: str, forward: Callable, backward: Callable, checkpoint_s
     # unused outputs' gradients (the final state's, often; the checkpoints', always) arrive as None: the kernel
     # skips a None dfinal, and zeros would be allocated and filled for nothing
     return define_custom_op(f"selective_scan_{backend}", forward_impl, forward_fake, backward_impl, backward_fake,
-                            setup_context, backward_rule, materialize_grads=False)
+                            setup_context, backward_rule, materialize_grads=False, eager_backward=backward)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._autograd import needs_grad
-from .._utils import new_output
+from .._utils import in_dtype, multiprocessor_count, new_output
 from ._kernel_io import gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
 
@@ -77,8 +77,7 @@ def _atomic_bc(fixed_B: bool, fixed_C: bool, partial_blocks: int, device: torch.
     more than the partials' sum."""
     if not ATOMIC_BC or (fixed_B and fixed_C) or torch.are_deterministic_algorithms_enabled():
         return False
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return partial_blocks < ATOMIC_BC_BELOW_BLOCKS_PER_SM * sms
+    return partial_blocks < ATOMIC_BC_BELOW_BLOCKS_PER_SM * multiprocessor_count(device)
 
 
 def _bc_sums(shape, atomic: bool, device) -> Tensor:
@@ -103,13 +102,14 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     y = new_output((batch, dim, L), u.dtype, u.device)
     final = new_output((rows, dim, N), state_dtype, u.device)
     ckpt = new_output((batch, dim, _n_ckpt(L) if save_checkpoints else 0, N, *pair), torch.float32, u.device)
-    init = (initial_state if initial_state is not None
-            else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
-    if L == 0:
-        return y, init.clone(), ckpt
     start = end = empty = None
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
+    if L == 0 or empty is not None:  # final states the kernel does not write: the initial ones
+        init = (initial_state if initial_state is not None
+                else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
+        if L == 0:
+            return y, init.clone(), ckpt
     B_arg, lay_B = _bc_arg(B, dim, cplx)
     C_arg, lay_C = _bc_arg(C, dim, cplx)
     torch.ops.ssm_kernels_cuda.selective_scan_fwd(
@@ -153,7 +153,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
     if dfinal is not None:
-        dfinal = dfinal.to(state_dtype).contiguous()
+        dfinal = in_dtype(dfinal, state_dtype).contiguous()
     if L > 0:
         torch.ops.ssm_kernels_cuda.selective_scan_bwd(
             u, delta, real_view(A), B_arg, lay_B, C_arg, lay_C, D, z, delta_bias, delta_softplus,
@@ -180,9 +180,9 @@ _run = define_ops("cuda", _forward, _backward, _checkpoint_shape, chunk_axis=2)
 def _bc_input(X: Tensor, common: torch.dtype, cplx: bool) -> Tensor:
     """B or C in a dtype the kernels read: u's dtype or fp32 (fixed: fp32 / complex64; complex: complex64)."""
     if X.is_complex() or (cplx and X.dim() == 2):
-        return X.to(torch.complex64)
+        return in_dtype(X, torch.complex64)
     if X.dim() == 2 or X.dtype != common:
-        return X.to(torch.float32)
+        return in_dtype(X, torch.float32)
     return X
 
 
@@ -199,12 +199,11 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
         common = torch.float32  # mixed dtypes: the kernel reads one dtype
     cplx = A.is_complex()
     state_dtype = torch.complex64 if cplx else torch.float32
-    args = (u.to(common), delta.to(common), A.to(state_dtype), _bc_input(B, common, cplx),
-            _bc_input(C, common, cplx), None if D is None else D.to(torch.float32).contiguous(),
-            None if z is None else z.to(common),
-            None if delta_bias is None else delta_bias.to(torch.float32).contiguous(), bool(delta_softplus),
-            None if initial_state is None else initial_state.to(state_dtype), cu_seqlens)
+    args = (in_dtype(u, common), in_dtype(delta, common), in_dtype(A, state_dtype), _bc_input(B, common, cplx),
+            _bc_input(C, common, cplx), None if D is None else in_dtype(D, torch.float32).contiguous(),
+            in_dtype(z, common), None if delta_bias is None else in_dtype(delta_bias, torch.float32).contiguous(),
+            bool(delta_softplus), in_dtype(initial_state, state_dtype), cu_seqlens)
     # the checkpoints are only for the backward: inference skips writing them
     save = needs_grad(u, delta, A, B, C, D, z, delta_bias, initial_state)
     y, final, _ = _run(*args, save)
-    return y.to(out_dtype), final
+    return in_dtype(y, out_dtype), final

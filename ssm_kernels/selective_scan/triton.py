@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .._autograd import needs_grad
 from .._triton_launch import fast_math, launch
-from .._utils import cdiv, new_output, next_power_of_2
+from .._utils import cdiv, in_dtype, new_output, next_power_of_2
 from ._kernel_io import gate_grad_buffer, gradients, real_view, rows_like, seq_markers, state_rows
 from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
@@ -240,7 +240,7 @@ def _backward(dout, dfinal, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
     if dfinal is not None:
-        dfinal = dfinal.to(state_dtype).contiguous()
+        dfinal = in_dtype(dfinal, state_dtype).contiguous()
     if L > 0:
         data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
         kernel = _selective_scan_bwd_complex_kernel if cplx else _selective_scan_bwd_kernel

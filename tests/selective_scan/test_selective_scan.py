@@ -334,6 +334,20 @@ def test_validation(kwargs, error, match):
         selective_scan(**args)
 
 
+def test_validation_after_a_passed_signature():
+    """Validation is skipped for a signature (shapes, dtypes, devices) that passed before: a call differing in any
+    of them, or in delta_softplus's type, is checked again."""
+    args = _base()
+    selective_scan(**args)
+    selective_scan(**args)
+    with pytest.raises(ValueError, match=r"delta must have shape \(B, D, L\) = \(2, 8, 16\)"):
+        selective_scan(**dict(args, delta=torch.randn(2, 8, 15)))
+    with pytest.raises(TypeError, match="delta_softplus must be a bool"):
+        selective_scan(**args, delta_softplus=1)
+    with pytest.raises(TypeError, match="A must have dtype"):
+        selective_scan(**dict(args, A=args["A"].half()))
+
+
 @pytest.mark.parametrize("cu_seqlens,match", [
     (torch.tensor([0, 9, 5, 16]), "non-decreasing"),
     (torch.tensor([0, 5, 15]), "end at L = 16"),
