@@ -239,6 +239,12 @@ def in_dtype(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Te
     return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+def sum_over(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """t summed over `axis`; where that axis has one element, that element as a view (no kernel launch: a
+    batch-1 call's backward is host-bound, and every launch is host time)."""
+    return t.select(axis, 0) if t.shape[axis] == 1 else t.sum(axis)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype math runs in: fp32 (complex64) for fp32 and lower, fp64 (complex128) for fp64 inputs."""
     if dtype.is_complex:

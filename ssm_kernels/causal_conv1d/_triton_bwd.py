@@ -329,7 +329,7 @@ def _bwd_tile(x_row, w_row, bias_ptr, seq_row, init_row, dout_row, dx_row, dinit
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, dw_ptr, db_ptr, scr_ptr,
+def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, dinit_ptr, parts_ptr, scr_ptr,
                 D, L, n_dblk, n_ltiles, n_lchunks, tiles_per_chunk, n_units, n_programs,
                 sxb, sxd, sxl, swd, swk, sib, sid, sil, ssb, ssl, sgb, sgd, sgl, sdb, sdd, sdl, sjb, sjd, sjl,
                 scr_d, scr_l,
@@ -377,6 +377,6 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, seq_ptr, init_ptr, dout_ptr, dx_ptr, din
                                    scr_row, d, d_mask, s0, L, sxl, swk, sil, ssl, sgl, sdl, sjl, scr_l, dw, db,
                                    W, W_PAD, INIT_PAD, HAS_BIAS, HAS_SEQ, HAS_INIT, SILU, True, PACK_E, ROWS,
                                    BLOCK_D, BLOCK_L)
-        part = b * n_lchunks + lchunk
-        tl.store(dw_ptr + part * D * W + d * W + kk, dw, mask=d_mask & (kk < W))
-        tl.store(db_ptr + part * D + d, db, mask=d_mask)
+        part = parts_ptr + (b * n_lchunks + lchunk) * (D * (W + 1))  # this unit's dweight (D, W), then dbias (D,)
+        tl.store(part + d * W + kk, dw, mask=d_mask & (kk < W))
+        tl.store(part + D * W + d, db, mask=d_mask)

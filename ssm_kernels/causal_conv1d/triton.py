@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .._autograd import define_custom_op
 from .._triton_launch import launch
-from .._utils import cdiv, is_dense, multiprocessor_count, new_output, new_output_like, next_power_of_2
+from .._utils import (cdiv, in_dtype, is_dense, multiprocessor_count, new_output, new_output_like, next_power_of_2,
+                      sum_over)
 from ._common import gradients, save_for_backward
 from ._triton_bwd import _bwd_kernel
 from ._triton_fwd import _fwd_kernel
@@ -215,8 +216,8 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
     # dinit only where the initial states take a gradient (else no buffer, no memset per backward)
     dinit = (new_output((batch, dim, width - 1), x.dtype if initial_states is None else initial_states.dtype,
                         x.device) if need_dinit else None)
-    dw_part = new_output((batch * n_lchunks, dim, width), torch.float32, x.device)
-    db_part = new_output((batch * n_lchunks, dim), torch.float32, x.device)
+    # each unit's dweight (D, W) and dbias (D,) partial sums in one row: one buffer, one sum over the units
+    parts = new_output((batch * n_lchunks, dim * (width + 1)), torch.float32, x.device)
     pack_e = rows or _pack_e(x, width, seq_idx, block_l, config.bwd_packed, config.cl_bwd_packed)
     # BACK / AHEAD: how far before / after a tile its loads reach (the unmasked path needs both inside [0, L))
     if pack_e:
@@ -225,15 +226,14 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         back, ahead = width - 1, w_pad
     # g scratch of the per-tap path, one slot per program, laid out like x's tiles (the contiguous axis stays
     # contiguous); the packed path has none
-    scratch = db_part if pack_e else torch.empty((programs * block_d * (block_l + w_pad),), dtype=torch.float32,
-                                                 device=x.device)
+    scratch = parts if pack_e else torch.empty((programs * block_d * (block_l + w_pad),), dtype=torch.float32,
+                                               device=x.device)
     scr_d, scr_l = (1, block_d) if channel_last else (block_l + w_pad, 1)
     has_init = initial_states is not None and width > 1
     launch(
         _bwd_kernel, (programs,),
         x, weight, x if bias is None else bias, x if seq_idx is None else seq_idx,
-        x if initial_states is None else initial_states, dout, dx, x if dinit is None else dinit, dw_part, db_part,
-        scratch,
+        x if initial_states is None else initial_states, dout, dx, x if dinit is None else dinit, parts, scratch,
         dim, length, n_dblk, n_ltiles, n_lchunks, tiles_per_chunk, n_units, programs,
         *x.stride(), *weight.stride(), *_strides3(initial_states),
         *((0, 0) if seq_idx is None else seq_idx.stride()), *dout.stride(), *dx.stride(), *_strides3(dinit),
@@ -244,7 +244,7 @@ def _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu, need_
         BLOCK_L=block_l, num_warps=config.bwd_num_warps)
     if dinit is not None and not has_init:
         dinit.zero_()  # W == 1: an empty state, nothing to write
-    return dx, dw_part.sum(0), db_part.sum(0), dinit
+    return dx, sum_over(parts, 0), dinit
 
 
 # --- autograd wiring -----------------------------------------------------------------------------------
@@ -257,12 +257,29 @@ def _forward_fake(x, weight, bias, seq_idx, initial_states, silu):
     return _buffer_like(x)
 
 
+def _backward_eager(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
+                    initial_states: Optional[Tensor], dout: Tensor, silu: bool):
+    """(dx, dweight, dbias, dinitial_states or None): dweight and dbias views of one buffer."""
+    dx, parts, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu,
+                                        initial_states is not None, CONFIG)
+    return (dx, *_weight_and_bias(parts, weight, bias), dinit)
+
+
 def _backward(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor],
               initial_states: Optional[Tensor], dout: Tensor, silu: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dw, db, dinit = _backward_launch(x, weight, bias, seq_idx, initial_states, dout, silu,
-                                         initial_states is not None, CONFIG)
-    return (dx, dw.to(weight.dtype), db.to(weight.dtype if bias is None else bias.dtype),
-            x.new_empty((0,)) if dinit is None else dinit)  # (a custom op returns a tensor)
+    """The backward op's body: its outputs may not alias each other, nor be None."""
+    dx, dw, db, dinit = _backward_eager(x, weight, bias, seq_idx, initial_states, dout, silu)
+    return dx, dw, db.clone(), x.new_empty((0,)) if dinit is None else dinit
+
+
+def _weight_and_bias(parts: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """dweight (D, W) and dbias (D,) in weight's / bias's dtypes from their fp32 sums in one row (D W + D,):
+    one cast where the two dtypes agree."""
+    dim, width = weight.shape
+    db_dtype = weight.dtype if bias is None else bias.dtype
+    if db_dtype == weight.dtype:
+        parts = in_dtype(parts, weight.dtype)
+    return in_dtype(parts[:dim * width].view(dim, width), weight.dtype), in_dtype(parts[dim * width:], db_dtype)
 
 
 def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
@@ -274,7 +291,7 @@ def _backward_fake(x, weight, bias, seq_idx, initial_states, dout, silu):
 
 
 _run = define_custom_op("causal_conv1d_triton", _forward, _forward_fake, _backward, _backward_fake,
-                        save_for_backward, gradients)
+                        save_for_backward, gradients, eager_backward=_backward_eager)
 
 
 # --- backend function ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._utils import in_dtype, new_output, new_output_like
+from .._utils import in_dtype, new_output, new_output_like, sum_over
 
 
 def real_view(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -97,9 +97,3 @@ def gradients(du, ddelta, dz, dA, dD, dbias, dB, dC, dh0, A, B, C, D, z, delta_b
             reduce_bc(dC, C), in_dtype(sum_over(dD, 0), D.dtype) if D is not None else None,
             dz if z is not None else None,
             in_dtype(sum_over(dbias, 0), delta_bias.dtype) if delta_bias is not None else None, dinit)
-
-
-def sum_over(t: Tensor, axis: int) -> Tensor:
-    """t summed over `axis`; where that axis has one element, that element as a view (no kernel launch: a
-    batch-1 call's backward is host-bound, and every launch is host time)."""
-    return t.select(axis, 0) if t.shape[axis] == 1 else t.sum(axis)

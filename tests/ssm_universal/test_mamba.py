@@ -331,6 +331,37 @@ def test_batched_linear_and_input_equals_reading_x_twice(used):
     assert torch.autograd.gradcheck(lambda x, w: batched_linear_and_input(w, x), (x, weight))
 
 
+def test_batched_linear_and_input_adds_into_an_owned_gradient_only():
+    """The backward adds the GEMM's input gradient in place into the other use's gradient where an op's backward
+    made it for this use alone (no copy of it), and never into a cotangent the caller holds."""
+    from ssm_universal.layers._channels_first import batched_linear_and_input
+    torch.manual_seed(0)
+    weight = torch.randn(6, 5, requires_grad=True)
+    x = torch.randn(3, 5, 7, requires_grad=True)
+    made = []
+
+    class Scale(torch.autograd.Function):  # a consumer whose backward returns a fresh gradient, as the scan's
+        @staticmethod
+        def forward(ctx, t):
+            return t * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            made.append(g * 2)
+            return made[-1]
+
+    x_again, out = batched_linear_and_input(weight, x)
+    g_y, g_out = torch.randn(3, 5, 7), torch.randn(3, 6, 7)
+    (dx,) = torch.autograd.grad([Scale.apply(x_again), out], [x], [g_y, g_out])
+    assert dx.data_ptr() == made[0].data_ptr()
+    torch.testing.assert_close(dx, 2 * g_y + weight.detach().t() @ g_out)
+    x_again, out = batched_linear_and_input(weight, x)
+    g_x = torch.randn(3, 5, 7)
+    kept = g_x.clone()
+    (dx,) = torch.autograd.grad([x_again, out], [x], [g_x, g_out])
+    assert torch.equal(g_x, kept) and dx.data_ptr() != g_x.data_ptr()
+
+
 def test_mamba_backward_sums_no_conv_output_gradients_apart():
     """The conv output's two gradients (the scan's and x_proj's) are summed inside x_proj's backward GEMM, not
     by a separate (B, d_inner, L) add."""
