@@ -11,6 +11,8 @@ GPU: CPU tensors stand in for CUDA ones and
 * the peers' compiled modules (mamba_ssm's selective_scan_cuda, causal-conv1d's causal_conv1d_cuda, with
   SSM_PEERS_DIR set, see benchmarks/peers.py) become Python functions allocating what theirs return (their
   allocations, done in C++ there, count here at Python's price: the peers' figures are upper bounds).
+The mamba_block case is one Mamba layer with every op on one backend (SSM_KERNELS_BACKEND); its GEMMs run on the
+CPU for real, at tiny sizes (--dtype float32 for it: the CPU's bf16 GEMMs are slow enough to count).
 Shapes are tiny (allocations on the CPU cost what the caching allocator's do on a GPU only while small). Each
 figure is the best of 5 loops of N calls, the variants taking turns. This machine's Python sets the scale: on
 the H100 host the same calls took about 3 times as long; compare variants, not machines.
@@ -121,7 +123,11 @@ def _stub_peer_modules() -> None:
                  None if D is None else torch.empty_like(D),
                  None if delta_bias is None else torch.empty_like(delta_bias)]
         grads[3], grads[4] = grads[3].to(B.dtype), grads[4].to(C.dtype)
-        return grads + ([torch.empty_like(z)] if z is not None else [])
+        if z is not None:  # dz (into the buffer passed, if any), then the recomputed gated output
+            grads.append(torch.empty_like(z) if dz is None else dz)
+            if recompute:
+                grads.append(torch.empty_like(z))
+        return grads
 
     selective_scan_cuda.fwd, selective_scan_cuda.bwd = scan_fwd, scan_bwd
     causal_conv1d_cuda = types.ModuleType("causal_conv1d_cuda")
@@ -182,7 +188,41 @@ def _causal_conv1d_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
     return f"causal_conv1d B{batch} D{dim} L{length} W{width} {str(dtype)[6:]}, bias, silu", (x, weight, bias), variants
 
 
-CASES = {"selective_scan": _selective_scan_case, "causal_conv1d": _causal_conv1d_case}
+def _mamba_block_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
+    """A Mamba block's call (a batch-1 prompt's forward for one layer), every op on one backend (the environment
+    variable SSM_KERNELS_BACKEND, as a GPU user would set it), recomputing its activations as it does on a GPU."""
+    from ssm_universal.layers.mamba import Mamba
+    batch, length, d_model = 1, 16, 16  # tiny: the CPU's GEMMs must not count
+    torch.manual_seed(0)
+    block = Mamba(d_model=d_model, d_state=16, d_conv=4, expand=2).to(dtype)
+    block.recompute_in_backward = True
+    x = torch.randn(batch, length, d_model, dtype=dtype, requires_grad=True)
+    inputs = (x, *block.parameters())
+
+    def on(backend):
+        def call():
+            os.environ[_dispatch_env()] = backend
+            return block(x)
+        return call
+
+    variants = {backend: on(backend) for backend in ("cuda", "triton")}
+    peer_class = _peer("mamba_ssm.modules.mamba_simple", "Mamba")
+    if peer_class is not None:
+        peer_block = peer_class(d_model=d_model, d_state=16, d_conv=4, expand=2).to(dtype)
+        peer_inputs = (x, *peer_block.parameters())
+        variants["peer:mamba_ssm"] = lambda: peer_block(x)
+        _GRAD_INPUTS["peer:mamba_ssm"] = peer_inputs
+    return f"Mamba block B{batch} L{length} d_model {d_model} N16 {str(dtype)[6:]}", inputs, variants
+
+
+def _dispatch_env() -> str:
+    from ssm_kernels._dispatch import ENV_VAR
+    return ENV_VAR
+
+
+_GRAD_INPUTS: Dict[str, tuple] = {}  # a variant's own leaves where they are not the case's (a peer's module)
+CASES = {"selective_scan": _selective_scan_case, "causal_conv1d": _causal_conv1d_case,
+         "mamba_block": _mamba_block_case}
 
 
 # --- timing ------------------------------------------------------------------------------------------------
@@ -239,6 +279,11 @@ def count_ops(fn: Callable) -> Tuple[List[str], int]:
     return ops, len(kernels) - 1 + _KERNELS[0] - kernels[0]
 
 
+_BACKEND_MODULES = {  # the modules of a case's backends where they are not ssm_kernels.<case>.<backend>
+    "mamba_block": [f"ssm_kernels.{op}.{backend}" for op in ("selective_scan", "causal_conv1d")
+                    for backend in ("cuda", "triton")]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks stubbed-host", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,17 +297,19 @@ def main(argv=None) -> int:
     stub()
     rows = []
     for op in args.op or sorted(CASES):
-        for backend in ("cuda", "triton"):  # import the backends, then point their names at the stubs
-            importlib.import_module(f"ssm_kernels.{op}.{backend}")
+        for name in _BACKEND_MODULES.get(op, [f"ssm_kernels.{op}.{backend}" for backend in ("cuda", "triton")]):
+            importlib.import_module(name)  # import the backends, then point their names at the stubs
         _patch_loaded_modules()
         name, inputs, variants = CASES[op](getattr(torch, args.dtype))
-        timed = {(label, mode): run for label, fn in variants.items() for mode, run in _modes(fn, inputs).items()}
+        timed = {(label, mode): run for label, fn in variants.items()
+                 for mode, run in _modes(fn, _GRAD_INPUTS.get(label, inputs)).items()}
         for (label, mode), us in time_variants(timed, args.calls).items():
             ops, launches = count_ops(timed[label, mode])
             rows.append({"case": name, "variant": label, "mode": mode, "host_us": round(us, 1),
                          "torch_ops": len(ops), "launches": launches, "ops": " ".join(ops)})
             if args.list_ops:
                 print(f"{name} {label} {mode}: {' '.join(ops)}")
+        os.environ.pop(_dispatch_env(), None)
     from .__main__ import report
     peer_us = {(r["case"], r["mode"]): r["host_us"] for r in rows if r["variant"].startswith("peer:")}
     table = aligned_columns([("case", "variant", "mode", "host us", "torch ops", "launches", "peer / this")] + [

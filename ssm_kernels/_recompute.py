@@ -67,7 +67,7 @@ class _Recipes:
         held = tuple(self.pack(value) if self._index(value) is not None else _off_the_graph(value)
                      for value in inputs)
         self.kept.append(tensor)
-        self._keys.append((tensor.untyped_storage().data_ptr(), tensor.dtype))
+        self._keys.append(_storage_key(tensor))
         self._layouts.append((tensor.shape, tensor.stride()))
         self._recipes.append((recipe, held))
         return True
@@ -76,7 +76,7 @@ class _Recipes:
         """Which kept tensor's storage `value` views, if any."""
         if not self._keys or not isinstance(value, Tensor) or value.layout != torch.strided or value.is_meta:
             return None
-        key = (value.untyped_storage().data_ptr(), value.dtype)
+        key = _storage_key(value)
         for index, kept in enumerate(self._keys):
             if key == kept:
                 return index
@@ -123,6 +123,13 @@ class _Token:
 
     def __init__(self, index: int, shape: torch.Size, stride: Tuple[int, ...], offset: int) -> None:
         self.index, self.shape, self.stride, self.offset = index, shape, stride, offset
+
+
+def _storage_key(tensor: Tensor) -> Tuple[int, torch.dtype]:
+    """(the address where tensor's storage starts, its dtype): equal for every view of one storage in one dtype.
+    From the tensor's own address and offset: untyped_storage() makes a Python object per call, and every tensor
+    an op saves inside a block passes here."""
+    return tensor.data_ptr() - tensor.storage_offset() * tensor.element_size(), tensor.dtype
 
 
 def _owns_storage(tensor: Tensor) -> bool:

@@ -250,3 +250,17 @@ def test_gpu_compile_fullgraph(backend):
     assert_close(y, causal_conv1d_ref(x.detach(), w, b, "silu"), torch.float32)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_validation_after_a_passed_signature():
+    """Validation is skipped for a signature (shapes, dtypes, devices, activation) that passed before: a call
+    differing in any of them is checked again."""
+    x, w = torch.randn(2, 8, 16), torch.randn(8, 4)
+    causal_conv1d(x, w, activation="silu")
+    causal_conv1d(x, w, activation="silu")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        causal_conv1d(x, w, activation="relu")
+    with pytest.raises(ValueError, match=r"bias must have shape \(D,\) = \(8,\)"):
+        causal_conv1d(x, w, torch.randn(9), activation="silu")
+    with pytest.raises(TypeError, match="initial_states must have dtype"):
+        causal_conv1d(x, w, activation="silu", initial_states=torch.randn(2, 8, 3, dtype=torch.float64))
