@@ -11,7 +11,7 @@ GPU: CPU tensors stand in for CUDA ones and
 * the peers' compiled modules (mamba_ssm's selective_scan_cuda, causal-conv1d's causal_conv1d_cuda, with
   SSM_PEERS_DIR set, see benchmarks/peers.py) become Python functions allocating what theirs return (their
   allocations, done in C++ there, count here at Python's price: the peers' figures are upper bounds).
-The mamba_block case is one Mamba layer with every op on one backend (SSM_KERNELS_BACKEND); its GEMMs run on the
+The block cases are one Mamba / Mamba2 layer, every op on one backend (SSM_KERNELS_BACKEND); their GEMMs run on the
 CPU for real, at tiny sizes (--dtype float32 for it: the CPU's bf16 GEMMs are slow enough to count).
 Shapes are tiny (allocations on the CPU cost what the caching allocator's do on a GPU only while small). Each
 figure is the best of 5 loops of N calls, the variants taking turns. This machine's Python sets the scale: on
@@ -20,6 +20,7 @@ the H100 host the same calls took about 3 times as long; compare variants, not m
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import importlib
 import os
@@ -188,13 +189,17 @@ def _causal_conv1d_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
     return f"causal_conv1d B{batch} D{dim} L{length} W{width} {str(dtype)[6:]}, bias, silu", (x, weight, bias), variants
 
 
-def _mamba_block_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
-    """A Mamba block's call (a batch-1 prompt's forward for one layer), every op on one backend (the environment
-    variable SSM_KERNELS_BACKEND, as a GPU user would set it), recomputing its activations as it does on a GPU."""
+def _block_case(layer: str, dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
+    """One Mamba / Mamba2 layer's call, every op on one backend (the environment variable SSM_KERNELS_BACKEND, as
+    a GPU user would set it), recomputing its activations as it does on a GPU; mamba_ssm's Mamba beside ours
+    (its Mamba2 runs Triton kernels of its own, which no stub replaces)."""
     from ssm_universal.layers.mamba import Mamba
+    from ssm_universal.layers.mamba2 import Mamba2
     batch, length, d_model = 1, 16, 16  # tiny: the CPU's GEMMs must not count
+    config = (dict(d_model=d_model, d_state=16, d_conv=4, expand=2) if layer == "mamba"
+              else dict(d_model=d_model, d_state=16, d_conv=4, expand=2, headdim=8, chunk_size=8))
     torch.manual_seed(0)
-    block = Mamba(d_model=d_model, d_state=16, d_conv=4, expand=2).to(dtype)
+    block = (Mamba if layer == "mamba" else Mamba2)(**config).to(dtype)
     block.recompute_in_backward = True
     x = torch.randn(batch, length, d_model, dtype=dtype, requires_grad=True)
     inputs = (x, *block.parameters())
@@ -205,14 +210,15 @@ def _mamba_block_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
             return block(x)
         return call
 
-    variants = {backend: on(backend) for backend in ("cuda", "triton")}
-    peer_class = _peer("mamba_ssm.modules.mamba_simple", "Mamba")
+    # Mamba2's SSD and gated norm have no CUDA backend: under "cuda" they would fall back to the CPU's order here
+    variants = {backend: on(backend) for backend in (("cuda", "triton") if layer == "mamba" else ("triton",))}
+    peer_class = _peer("mamba_ssm.modules.mamba_simple", "Mamba") if layer == "mamba" else None
     if peer_class is not None:
-        peer_block = peer_class(d_model=d_model, d_state=16, d_conv=4, expand=2).to(dtype)
-        peer_inputs = (x, *peer_block.parameters())
+        peer_block = peer_class(**config).to(dtype)
         variants["peer:mamba_ssm"] = lambda: peer_block(x)
-        _GRAD_INPUTS["peer:mamba_ssm"] = peer_inputs
-    return f"Mamba block B{batch} L{length} d_model {d_model} N16 {str(dtype)[6:]}", inputs, variants
+        _GRAD_INPUTS["peer:mamba_ssm"] = (x, *peer_block.parameters())
+    name = f"{'Mamba' if layer == 'mamba' else 'Mamba2'} block B{batch} L{length} d_model {d_model} N16"
+    return f"{name} {str(dtype)[6:]}", inputs, variants
 
 
 def _dispatch_env() -> str:
@@ -222,7 +228,8 @@ def _dispatch_env() -> str:
 
 _GRAD_INPUTS: Dict[str, tuple] = {}  # a variant's own leaves where they are not the case's (a peer's module)
 CASES = {"selective_scan": _selective_scan_case, "causal_conv1d": _causal_conv1d_case,
-         "mamba_block": _mamba_block_case}
+         "mamba_block": functools.partial(_block_case, "mamba"),
+         "mamba2_block": functools.partial(_block_case, "mamba2")}
 
 
 # --- timing ------------------------------------------------------------------------------------------------
@@ -281,7 +288,8 @@ def count_ops(fn: Callable) -> Tuple[List[str], int]:
 
 _BACKEND_MODULES = {  # the modules of a case's backends where they are not ssm_kernels.<case>.<backend>
     "mamba_block": [f"ssm_kernels.{op}.{backend}" for op in ("selective_scan", "causal_conv1d")
-                    for backend in ("cuda", "triton")]}
+                    for backend in ("cuda", "triton")],
+    "mamba2_block": [f"ssm_kernels.{op}.triton" for op in ("ssd_chunk_scan", "causal_conv1d", "gated_rmsnorm")]}
 
 
 def main(argv=None) -> int:
