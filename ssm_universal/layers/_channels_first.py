@@ -109,8 +109,10 @@ def _addable_in_place(grad: torch.Tensor, dtype: torch.dtype) -> bool:
     backward made it for this use only: not a cotangent the caller passed, nor one an add's backward also
     hands its other input), dense, in `dtype`, not a view, and no graph records (double backward, tracing).
     The engine's own test before it steals a gradient (AccumulateGrad) is the same reference count."""
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():  # (Dynamo traces no _use_count)
+        return False
     return (grad.dtype == dtype and grad._use_count() == 1 and grad._base is None and grad.is_contiguous()
-            and not grad.requires_grad and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+            and not grad.requires_grad)
 
 
 def linear_from_channels_first(y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
