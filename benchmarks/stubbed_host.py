@@ -49,13 +49,12 @@ def _extension_schemas() -> List[str]:
     return schemas
 
 
-def _stub_extension_ops(library: list) -> None:
+def _stub_extension_ops() -> None:
     lib = torch.library.Library("ssm_kernels_cuda", "DEF")
     for schema in _extension_schemas():
         lib.define(schema)
-        name = schema.split("(", 1)[0]
-        lib.impl(name, lambda *args, **kwargs: None, "CPU")
-    library.append(lib)  # a Library unregisters its ops when collected
+        lib.impl(schema.split("(", 1)[0], lambda *args, **kwargs: None, "CPU")
+    _LIBRARIES.append(lib)
 
 
 def _keyed_launch(kernel, grid, *args, **kwargs):
@@ -71,6 +70,7 @@ def _arg_key(arg):  # replaced by ssm_kernels._triton_launch._arg_key in _patch_
 
 _direct: dict = {}
 _KERNELS = [0]  # kernels the stubs stand for that no torch op shows: Triton launches, the peers' modules' calls
+_LIBRARIES: list = []  # the stub ops' torch.library.Library (it unregisters its ops when collected)
 
 
 def stub() -> None:
@@ -79,7 +79,7 @@ def stub() -> None:
         return
     _STUBBED[0] = True
     from ssm_kernels import _cuda_ext, _dispatch, _utils
-    _stub_extension_ops(_LIBRARIES)
+    _stub_extension_ops()
     _cuda_ext.load = lambda name: None
     real_problem = _dispatch.backend_problem
     _dispatch.backend_problem = lambda backend, device, extension=None: (
@@ -102,9 +102,6 @@ def _patch_loaded_modules() -> None:
             module.launch = _keyed_launch
         if hasattr(module, "multiprocessor_count"):
             module.multiprocessor_count = _utils.multiprocessor_count
-
-
-_LIBRARIES: list = []
 
 
 def _stub_peer_modules() -> None:
