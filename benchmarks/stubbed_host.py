@@ -33,6 +33,9 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
+from ssm_kernels import _triton_launch
+from ssm_kernels._dispatch import ENV_VAR
+
 from .core import aligned_columns
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,15 +63,9 @@ def _stub_extension_ops() -> None:
 def _keyed_launch(kernel, grid, *args, **kwargs):
     """What ssm_kernels._triton_launch.launch does on a repeat launch, less the compiled kernel's call."""
     _KERNELS[0] += 1
-    key = (id(kernel), 0, *kwargs.items(), *map(_arg_key, args))
-    _direct.get(key)
+    _triton_launch._direct.get(_triton_launch.launch_key(kernel, 0, args, kwargs))
 
 
-def _arg_key(arg):  # replaced by ssm_kernels._triton_launch._arg_key in _patch_loaded_modules
-    raise RuntimeError("stubbed-host: Triton launches are stubbed once the backends are imported")
-
-
-_direct: dict = {}
 _KERNELS = [0]  # kernels the stubs stand for that no torch op shows: Triton launches, the peers' modules' calls
 _LIBRARIES: list = []  # the stub ops' torch.library.Library (it unregisters its ops when collected)
 
@@ -87,14 +84,18 @@ def stub() -> None:
     _utils._sm_count = lambda index: 132
     _utils.multiprocessor_count = lambda device: 132
     _stub_peer_modules()
+    _patch_backends()
 
 
-def _patch_loaded_modules() -> None:
-    """Point every loaded ssm_kernels module's launch / multiprocessor_count names at the stubs (modules import
-    them by name, so this runs after the backends are imported)."""
-    from ssm_kernels import _triton_launch, _utils
-    global _arg_key
-    _arg_key, launch = _triton_launch._arg_key, _triton_launch.launch
+def _patch_backends() -> None:
+    """Import every CUDA and Triton backend, then point their launch / multiprocessor_count names at the stubs
+    (modules import them by name)."""
+    from ssm_kernels import _dispatch, _utils
+    for implementations in _dispatch._REGISTRY.values():
+        for backend, implementation in implementations.items():
+            if backend in ("cuda", "triton"):
+                importlib.import_module(implementation.module)
+    launch = _triton_launch.launch
     for name, module in list(sys.modules.items()):
         if not name.startswith("ssm_kernels.") or module is None:
             continue
@@ -154,7 +155,10 @@ def _peer(module: str, attribute: str):
 
 
 # --- cases -------------------------------------------------------------------------------------------------
-def _selective_scan_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
+Variants = Dict[str, Tuple[Callable, tuple]]  # label -> (the call, the leaves its forward+backward differentiates)
+
+
+def _selective_scan_case(dtype) -> Tuple[str, Variants]:
     from ssm_kernels import selective_scan
     batch, dim, length, N = 1, 64, 128, 16
     u, delta, z = (torch.randn(batch, dim, length, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -162,31 +166,32 @@ def _selective_scan_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
     B, C = (torch.randn(batch, N, length, dtype=dtype, requires_grad=True) for _ in range(2))
     D, bias = torch.randn(dim, requires_grad=True), torch.randn(dim, requires_grad=True)
     inputs = (u, delta, A, B, C, D, z, bias)
-    variants = {backend: (lambda backend=backend: selective_scan(
-        u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend))
+    variants = {backend: ((lambda backend=backend: selective_scan(
+        u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend)), inputs)
         for backend in ("cuda", "triton")}
     peer = _peer("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
     if peer is not None:
-        variants["peer:mamba_ssm"] = lambda: peer(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True)
-    name = f"selective_scan B{batch} D{dim} L{length} N{N} {str(dtype)[6:]}, D, z, delta_bias, softplus"
-    return name, inputs, variants
+        variants["peer:mamba_ssm"] = (
+            lambda: peer(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True), inputs)
+    return f"selective_scan B{batch} D{dim} L{length} N{N} {str(dtype)[6:]}, D, z, delta_bias, softplus", variants
 
 
-def _causal_conv1d_case(dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
+def _causal_conv1d_case(dtype) -> Tuple[str, Variants]:
     from ssm_kernels import causal_conv1d
     batch, dim, length, width = 1, 64, 128, 4
     x = torch.randn(batch, dim, length, dtype=dtype, requires_grad=True)
     weight = torch.randn(dim, width, dtype=dtype, requires_grad=True)
     bias = torch.randn(dim, dtype=dtype, requires_grad=True)
-    variants = {backend: (lambda backend=backend: causal_conv1d(x, weight, bias, "silu", backend=backend))
+    inputs = (x, weight, bias)
+    variants = {backend: ((lambda backend=backend: causal_conv1d(x, weight, bias, "silu", backend=backend)), inputs)
                 for backend in ("cuda", "triton")}
     peer = _peer("causal_conv1d.causal_conv1d_interface", "causal_conv1d_fn")
     if peer is not None:
-        variants["peer:causal_conv1d"] = lambda: peer(x, weight, bias, activation="silu")
-    return f"causal_conv1d B{batch} D{dim} L{length} W{width} {str(dtype)[6:]}, bias, silu", (x, weight, bias), variants
+        variants["peer:causal_conv1d"] = (lambda: peer(x, weight, bias, activation="silu"), inputs)
+    return f"causal_conv1d B{batch} D{dim} L{length} W{width} {str(dtype)[6:]}, bias, silu", variants
 
 
-def _block_case(layer: str, dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
+def _block_case(layer: str, dtype) -> Tuple[str, Variants]:
     """One Mamba / Mamba2 layer's call, every op on one backend (the environment variable SSM_KERNELS_BACKEND, as
     a GPU user would set it), recomputing its activations as it does on a GPU; mamba_ssm's Mamba beside ours
     (its Mamba2 runs Triton kernels of its own, which no stub replaces)."""
@@ -203,27 +208,21 @@ def _block_case(layer: str, dtype) -> Tuple[str, tuple, Dict[str, Callable]]:
 
     def on(backend):
         def call():
-            os.environ[_dispatch_env()] = backend
+            os.environ[ENV_VAR] = backend
             return block(x)
         return call
 
     # Mamba2's SSD and gated norm have no CUDA backend: under "cuda" they would fall back to the CPU's order here
-    variants = {backend: on(backend) for backend in (("cuda", "triton") if layer == "mamba" else ("triton",))}
+    variants = {backend: (on(backend), inputs)
+                for backend in (("cuda", "triton") if layer == "mamba" else ("triton",))}
     peer_class = _peer("mamba_ssm.modules.mamba_simple", "Mamba") if layer == "mamba" else None
     if peer_class is not None:
         peer_block = peer_class(**config).to(dtype)
-        variants["peer:mamba_ssm"] = lambda: peer_block(x)
-        _GRAD_INPUTS["peer:mamba_ssm"] = (x, *peer_block.parameters())
+        variants["peer:mamba_ssm"] = (lambda: peer_block(x), (x, *peer_block.parameters()))
     name = f"{'Mamba' if layer == 'mamba' else 'Mamba2'} block B{batch} L{length} d_model {d_model} N16"
-    return f"{name} {str(dtype)[6:]}", inputs, variants
+    return f"{name} {str(dtype)[6:]}", variants
 
 
-def _dispatch_env() -> str:
-    from ssm_kernels._dispatch import ENV_VAR
-    return ENV_VAR
-
-
-_GRAD_INPUTS: Dict[str, tuple] = {}  # a variant's own leaves where they are not the case's (a peer's module)
 CASES = {"selective_scan": _selective_scan_case, "causal_conv1d": _causal_conv1d_case,
          "mamba_block": functools.partial(_block_case, "mamba"),
          "mamba2_block": functools.partial(_block_case, "mamba2")}
@@ -268,25 +267,20 @@ def count_ops(fn: Callable) -> Tuple[List[str], int]:
     same op, while Python costs about 3 times as much there: the times here understate launches."""
     from torch.utils._python_dispatch import TorchDispatchMode
     ops: List[str] = []
-    kernels = [_KERNELS[0]]
+    launching: List[str] = []
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = func.overloadpacket.__name__
             ops.append(name)
             if not (func.is_view or name in _ALLOCATIONS or name in ("detach", "alias", "lift_fresh")):
-                kernels.append(name)
+                launching.append(name)
             return func(*args, **(kwargs or {}))
 
+    stubbed = _KERNELS[0]
     with Count():
         fn()
-    return ops, len(kernels) - 1 + _KERNELS[0] - kernels[0]
-
-
-_BACKEND_MODULES = {  # the modules of a case's backends where they are not ssm_kernels.<case>.<backend>
-    "mamba_block": [f"ssm_kernels.{op}.{backend}" for op in ("selective_scan", "causal_conv1d")
-                    for backend in ("cuda", "triton")],
-    "mamba2_block": [f"ssm_kernels.{op}.triton" for op in ("ssd_chunk_scan", "causal_conv1d", "gated_rmsnorm")]}
+    return ops, len(launching) + _KERNELS[0] - stubbed
 
 
 def main(argv=None) -> int:
@@ -302,19 +296,16 @@ def main(argv=None) -> int:
     stub()
     rows = []
     for op in args.op or sorted(CASES):
-        for name in _BACKEND_MODULES.get(op, [f"ssm_kernels.{op}.{backend}" for backend in ("cuda", "triton")]):
-            importlib.import_module(name)  # import the backends, then point their names at the stubs
-        _patch_loaded_modules()
-        name, inputs, variants = CASES[op](getattr(torch, args.dtype))
-        timed = {(label, mode): run for label, fn in variants.items()
-                 for mode, run in _modes(fn, _GRAD_INPUTS.get(label, inputs)).items()}
+        name, variants = CASES[op](getattr(torch, args.dtype))
+        timed = {(label, mode): run for label, (fn, inputs) in variants.items()
+                 for mode, run in _modes(fn, inputs).items()}
         for (label, mode), us in time_variants(timed, args.calls).items():
             ops, launches = count_ops(timed[label, mode])
             rows.append({"case": name, "variant": label, "mode": mode, "host_us": round(us, 1),
                          "torch_ops": len(ops), "launches": launches, "ops": " ".join(ops)})
             if args.list_ops:
                 print(f"{name} {label} {mode}: {' '.join(ops)}")
-        os.environ.pop(_dispatch_env(), None)
+        os.environ.pop(ENV_VAR, None)
     from .__main__ import report
     peer_us = {(r["case"], r["mode"]): r["host_us"] for r in rows if r["variant"].startswith("peer:")}
     table = aligned_columns([("case", "variant", "mode", "host us", "torch ops", "launches", "peer / this")] + [

@@ -45,6 +45,12 @@ def _arg_key(arg):
     raise _Uncached
 
 
+def launch_key(kernel, device: int, args: tuple, kwargs: dict) -> tuple:
+    """The direct launch's cache key of kernel[grid](*args, **kwargs) on `device` (raises _Uncached, or TypeError
+    for an unhashable kwarg, where the launch must take kernel[grid])."""
+    return (id(kernel), device, *kwargs.items(), *map(_arg_key, args))
+
+
 def _hooks_set() -> bool:
     """Whether a profiler (proton, ...) watches launches: those launches take kernel[grid], which calls it."""
     runtime = triton.knobs.runtime
@@ -66,7 +72,7 @@ def launch(kernel, grid, *args, **kwargs):
             and not kernel.pre_run_hooks):
         return kernel[grid](*args, **kwargs)
     try:
-        key = (id(kernel), torch.cuda.current_device(), *kwargs.items(), *map(_arg_key, args))
+        key = launch_key(kernel, torch.cuda.current_device(), args, kwargs)
         hit = _direct.get(key)
     except (_Uncached, TypeError):  # TypeError: an unhashable kwarg
         return kernel[grid](*args, **kwargs)

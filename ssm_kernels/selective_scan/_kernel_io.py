@@ -35,6 +35,15 @@ def seq_markers(cu_seqlens: Tensor, L: int) -> Tuple[Tensor, Tensor, Tensor]:
     return start[:L].contiguous(), end[:L].contiguous(), empty
 
 
+def entering_states(initial_state: Optional[Tensor], rows: int, dim: int, N: int, dtype: torch.dtype,
+                    device) -> Tensor:
+    """The states entering the sequences, (rows, D, N) in the state dtype: initial_state, or zeros. What the
+    forward kernels leave unwritten is the final state of an empty packed sequence (and of all when L = 0)."""
+    if initial_state is not None:
+        return in_dtype(initial_state, dtype)
+    return torch.zeros(rows, dim, N, dtype=dtype, device=device)
+
+
 def rows_like(t: Tensor) -> Tensor:
     """A (B, D, L) buffer with positions contiguous, in t's (batch, channel) order where t is dense with positions
     contiguous (for the (D, B, L) order of a channels-first GEMM's output, one (D, B L) matrix), else contiguous."""

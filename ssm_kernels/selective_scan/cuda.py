@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._autograd import needs_grad
 from .._utils import in_dtype, multiprocessor_count, new_output
-from ._kernel_io import gradients, real_view, seq_markers, state_rows
+from ._kernel_io import entering_states, gradients, real_view, seq_markers, state_rows
 from ._op_wiring import define_ops
 
 CKPT_SPACING = 512  # kSSCkptSpacing in csrc/selective_scan/selective_scan.h: checkpoint spacing
@@ -106,8 +106,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
     if L == 0 or empty is not None:  # final states the kernel does not write: the initial ones
-        init = (initial_state if initial_state is not None
-                else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
+        init = entering_states(initial_state, rows, dim, N, state_dtype, u.device)
         if L == 0:
             return y, init.clone(), ckpt
     B_arg, lay_B = _bc_arg(B, dim, cplx)

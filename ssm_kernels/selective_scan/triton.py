@@ -23,7 +23,7 @@ from torch import Tensor
 from .._autograd import needs_grad
 from .._triton_launch import fast_math, launch
 from .._utils import cdiv, in_dtype, new_output, next_power_of_2
-from ._kernel_io import gate_grad_buffer, gradients, real_view, rows_like, seq_markers, state_rows
+from ._kernel_io import entering_states, gate_grad_buffer, gradients, real_view, rows_like, seq_markers, state_rows
 from ._op_wiring import define_ops
 from ._triton_bwd import _selective_scan_bwd_complex_kernel, _selective_scan_bwd_kernel
 from ._triton_fwd import _selective_scan_fwd_complex_kernel, _selective_scan_fwd_kernel
@@ -193,8 +193,7 @@ def _forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
     if cu_seqlens is not None:
         start, end, empty = seq_markers(cu_seqlens, L)
     if L == 0 or empty is not None:  # final states the kernel does not write: the initial ones
-        init = (initial_state.to(state_dtype) if initial_state is not None
-                else torch.zeros(rows, dim, N, dtype=state_dtype, device=u.device))
+        init = entering_states(initial_state, rows, dim, N, state_dtype, u.device)
         if L == 0:
             return y, init.clone(), ckpt
     data_strides, param_strides = _shared_args(u, delta, A, z, lay_B, lay_C, initial_state)
